@@ -1,0 +1,435 @@
+//! The public HTTP edge: health, metrics, and every configured route.
+//!
+//! Configured routes change at run time, so they are not axum routes: a fallback handler looks
+//! the method and path up in the current [`Snapshot`]. Bad input is refused before anything is
+//! published: unknown path (404), wrong method (405), a body over the limit (413), a body that
+//! is not JSON (400/415), a missing or invalid `order_id` (400).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_nats::Client;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, request::Parts, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use busgate_shared::header::{REQUEST_ID, TRACEPARENT};
+use busgate_shared::validate::OrderIdRule;
+
+use crate::collector::Collector;
+use crate::error::{ErrorKind, GatewayError};
+use crate::gather::{self, Asker};
+use crate::merge;
+use crate::metrics::{Metrics, Name};
+use crate::snapshot::{Lookup, Route, Snapshot};
+
+/// Everything a request needs; every field is cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration in force; a request loads it once.
+    pub config: Arc<ArcSwap<Snapshot>>,
+    /// The NATS client.
+    pub nats: Client,
+    /// The reply collector.
+    pub collector: Collector,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Edge rules from settings.
+    pub edge: Arc<Edge>,
+}
+
+/// Rules of the edge that come from settings, not from dynamic configuration.
+#[derive(Debug)]
+pub struct Edge {
+    /// Largest request body.
+    pub body_limit: usize,
+    /// What an `order_id` must match.
+    pub order_id: OrderIdRule,
+    /// The metrics label of requests that matched no route.
+    pub unmatched: Name,
+}
+
+impl Edge {
+    /// Edge rules with the given limit and `order_id` rule.
+    pub fn new(body_limit: usize, order_id: OrderIdRule) -> Self {
+        Edge {
+            body_limit,
+            order_id,
+            unmatched: Name(Arc::from("-")),
+        }
+    }
+}
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(dispatch)
+        .method_not_allowed_fallback(builtin_method_not_allowed)
+        .with_state(state)
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "live"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let connected = busgate_shared::nats::is_connected(&state.nats);
+    let routes = state.config.load().spec.routes.len();
+    let body = serde_json::json!({
+        "status": if connected { "ready" } else { "not_ready" },
+        "nats": if connected { "connected" } else { "disconnected" },
+        "routes": routes,
+    });
+    let status = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn builtin_method_not_allowed(method: Method) -> GatewayError {
+    GatewayError::from(ErrorKind::MethodNotAllowed {
+        method: method.to_string(),
+        allow: "GET".into(),
+    })
+}
+
+async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let request_id = Uuid::now_v7().to_string();
+    let snapshot = state.config.load_full();
+    let (parts, body) = request.into_parts();
+    let (label, result) = match snapshot.lookup(&parts.method, parts.uri.path()) {
+        Lookup::Found {
+            route,
+            path_order_id,
+        } => (
+            &route.name,
+            serve(
+                &state,
+                route,
+                path_order_id,
+                &parts,
+                body,
+                &request_id,
+                started,
+            )
+            .await,
+        ),
+        Lookup::MethodNotAllowed(allow) => (
+            &state.edge.unmatched,
+            Err(ErrorKind::MethodNotAllowed {
+                method: parts.method.to_string(),
+                allow: allow.join(", "),
+            }
+            .into()),
+        ),
+        Lookup::NotFound => (
+            &state.edge.unmatched,
+            Err(ErrorKind::NotFound(parts.uri.path().to_owned()).into()),
+        ),
+    };
+    let mut response = match result {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => e.with_request(&request_id).into_response(),
+    };
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    state.metrics.record_http(
+        label,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+async fn serve(
+    state: &AppState,
+    route: &Arc<Route>,
+    path_order_id: Option<&str>,
+    parts: &Parts,
+    body: Body,
+    request_id: &str,
+    started: Instant,
+) -> Result<Vec<u8>, GatewayError> {
+    let body_order_id = if parts.method == Method::POST {
+        let bytes = read_body(parts, body, state.edge.body_limit).await?;
+        order_id_from_body(&bytes, path_order_id.is_none())?
+    } else {
+        None
+    };
+    let order_id = match path_order_id {
+        Some(raw) => percent_decode(raw).ok_or_else(|| invalid_order_id(&state.edge.order_id))?,
+        None => body_order_id.ok_or(ErrorKind::MissingOrderId)?,
+    };
+    if !state.edge.order_id.accepts(&order_id) {
+        return Err(invalid_order_id(&state.edge.order_id));
+    }
+    if !busgate_shared::nats::is_connected(&state.nats) {
+        return Err(
+            GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
+        );
+    }
+    let traceparent = traceparent(parts, request_id);
+    let outcome = gather::run(
+        &state.nats,
+        &state.collector,
+        route,
+        Asker {
+            request_id,
+            order_id: &order_id,
+            client: "",
+            traceparent: &traceparent,
+        },
+    )
+    .await;
+    for (target, result) in route.targets.iter().zip(&outcome.results) {
+        state
+            .metrics
+            .record_source(&target.service, result.status());
+    }
+    merge::answer(route, &outcome, request_id, &order_id, started.elapsed())
+}
+
+fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {
+    ErrorKind::InvalidOrderId {
+        pattern: rule.as_str().to_owned(),
+    }
+    .into()
+}
+
+/// Reads a request body up to `limit` bytes, refusing declared non-JSON content.
+async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ErrorKind::PayloadTooLarge { limit }.into());
+    }
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("");
+        let essence = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ErrorKind::UnsupportedMediaType(text.to_owned()).into());
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ErrorKind::PayloadTooLarge { limit }.into())
+        }
+        Err(e) => Err(ErrorKind::BodyRead(e.to_string()).into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct OrderBody<'a> {
+    #[serde(borrow, default)]
+    order_id: Option<&'a RawValue>,
+}
+
+/// The `order_id` of a JSON body: a string, or a non-negative integer taken as its digits.
+/// `required` says whether the body must carry one (it need not when the path does).
+fn order_id_from_body(bytes: &[u8], required: bool) -> Result<Option<String>, GatewayError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return if required {
+            Err(ErrorKind::MissingOrderId.into())
+        } else {
+            Ok(None)
+        };
+    }
+    let classify = |e: serde_json::Error| match e.classify() {
+        serde_json::error::Category::Data => ErrorKind::InvalidBody(e.to_string()),
+        _ => ErrorKind::MalformedJson(e.to_string()),
+    };
+    // serde would read a struct from an array too; the body must be an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(classify)?;
+        return Err(ErrorKind::InvalidBody("the body must be a JSON object".into()).into());
+    }
+    let parsed: OrderBody<'_> = serde_json::from_slice(bytes).map_err(classify)?;
+    let Some(raw) = parsed.order_id else {
+        return if required {
+            Err(ErrorKind::MissingOrderId.into())
+        } else {
+            Ok(None)
+        };
+    };
+    if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+        return Ok(Some(text.into_owned()));
+    }
+    if let Ok(number) = serde_json::from_str::<u64>(raw.get()) {
+        return Ok(Some(number.to_string()));
+    }
+    if raw.get() == "null" && required {
+        return Err(ErrorKind::MissingOrderId.into());
+    }
+    Err(ErrorKind::InvalidBody("order_id must be a string".into()).into())
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` when they do not make UTF-8.
+fn percent_decode(raw: &str) -> Option<String> {
+    if !raw.contains('%') {
+        return Some(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The W3C traceparent to send: the caller's trace with our own span, or a new trace whose id
+/// is the request id (a UUIDv7 is 128 bits, time-ordered and random enough for that).
+fn traceparent(parts: &Parts, request_id: &str) -> String {
+    let simple: String = request_id.chars().filter(|c| *c != '-').collect();
+    let span = &simple[16..32];
+    let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    match incoming.and_then(parse_traceparent) {
+        Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
+        None => format!("00-{simple}-{span}-01"),
+    }
+}
+
+/// `(trace_id, flags)` of a valid version-00 traceparent.
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let valid = version == "00"
+        && parts.next().is_none()
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0');
+    valid.then_some((trace, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_ids_come_from_strings_and_integers() {
+        assert_eq!(
+            order_id_from_body(br#"{"order_id":"A1"}"#, true).expect("ok"),
+            Some("A1".into())
+        );
+        assert_eq!(
+            order_id_from_body(br#"{"order_id":12345,"x":[1]}"#, true).expect("ok"),
+            Some("12345".into())
+        );
+        assert_eq!(
+            order_id_from_body(br#"{"order_id":"a\u0041"}"#, true).expect("ok"),
+            Some("aA".into())
+        );
+        assert_eq!(order_id_from_body(b"  ", false).expect("ok"), None);
+        assert_eq!(order_id_from_body(b"{}", false).expect("ok"), None);
+    }
+
+    #[test]
+    fn bad_bodies_are_classified() {
+        let kind = |body: &[u8]| order_id_from_body(body, true).expect_err("refused").kind;
+        assert!(matches!(
+            kind(b"{\"order_id\":"),
+            ErrorKind::MalformedJson(_)
+        ));
+        assert!(matches!(kind(b"not json"), ErrorKind::MalformedJson(_)));
+        assert!(matches!(kind(b"[1,2]"), ErrorKind::InvalidBody(_)));
+        assert!(matches!(kind(b"\"A1\""), ErrorKind::InvalidBody(_)));
+        assert!(matches!(kind(b"[1,"), ErrorKind::MalformedJson(_)));
+        assert!(matches!(
+            kind(br#"{"order_id":{"a":1}}"#),
+            ErrorKind::InvalidBody(_)
+        ));
+        assert!(matches!(
+            kind(br#"{"order_id":-1}"#),
+            ErrorKind::InvalidBody(_)
+        ));
+        assert!(matches!(
+            kind(br#"{"order_id":null}"#),
+            ErrorKind::MissingOrderId
+        ));
+        assert!(matches!(kind(b"{}"), ErrorKind::MissingOrderId));
+        assert!(matches!(kind(b""), ErrorKind::MissingOrderId));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("A1").as_deref(), Some("A1"));
+        assert_eq!(percent_decode("A%2D1").as_deref(), Some("A-1"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn traceparents_are_propagated_or_made() {
+        let id = "0190f5a2-7b3c-7def-8123-456789abcdef";
+        let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+        assert_eq!(
+            traceparent(&parts, id),
+            "00-0190f5a27b3c7def8123456789abcdef-8123456789abcdef-01"
+        );
+        parts.headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        assert_eq!(
+            traceparent(&parts, id),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-8123456789abcdef-00"
+        );
+        parts.headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-0000-00f067aa0ba902b7-01"),
+        );
+        assert!(traceparent(&parts, id).starts_with("00-0190f5a2"));
+    }
+}

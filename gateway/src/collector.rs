@@ -1,0 +1,204 @@
+//! The collector alone owns the table of pending gathers.
+//!
+//! One wildcard subscription per gateway instance (`_INBOX.busgate.<instance>.>`) receives every
+//! reply; a single routing task hands each one to its gather by the gather id in the subject.
+//! Others hold a cheap [`Collector`] handle: [`Collector::register`] opens a gather, dropping the
+//! returned [`Gather`] closes it, so a gather that ends for any reason (answered, deadline,
+//! client gone) leaves nothing behind and no sweeper is needed. Replies for a closed gather are
+//! dropped and counted as late.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_nats::{Client, Message, Subject};
+use dashmap::DashMap;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use busgate_shared::subject;
+
+use crate::metrics::Metrics;
+
+/// A cheap, cloneable handle to the collector.
+#[derive(Clone)]
+pub struct Collector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `_INBOX.busgate.<instance>.`
+    prefix: String,
+    pending: DashMap<u64, mpsc::Sender<Message>>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// An open gather: receives the replies addressed to it until dropped.
+pub struct Gather {
+    id: u64,
+    replies: mpsc::Receiver<Message>,
+    collector: Collector,
+}
+
+/// Stops the routing task when told to or dropped.
+pub struct CollectorTask {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Subscribes to this instance's inbox and starts routing replies.
+    pub async fn start(
+        nats: &Client,
+        instance: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Collector, CollectorTask), async_nats::SubscribeError> {
+        let subscription = nats
+            .subscribe(subject::instance_inbox_wildcard(instance))
+            .await?;
+        let collector = Collector {
+            inner: Arc::new(Inner {
+                prefix: subject::instance_inbox_prefix(instance),
+                pending: DashMap::new(),
+                next_id: AtomicU64::new(1),
+                metrics,
+            }),
+        };
+        let (stop, mut stopped) = oneshot::channel();
+        let routing = collector.clone();
+        let task = tokio::spawn(async move {
+            let mut subscription = subscription;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    next = subscription.next() => match next {
+                        Some(message) => routing.deliver(message),
+                        None => break,
+                    },
+                }
+            }
+            if let Err(e) = subscription.unsubscribe().await {
+                debug!(error = %e, "unsubscribing the reply inbox");
+            }
+        });
+        Ok((
+            collector,
+            CollectorTask {
+                stop: Some(stop),
+                task: Some(task),
+            },
+        ))
+    }
+
+    /// Opens a gather expecting up to `sources` replies.
+    pub fn register(&self, sources: usize) -> Gather {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(sources.max(1));
+        self.inner.pending.insert(id, tx);
+        self.inner.metrics.gathers_in_flight.inc();
+        Gather {
+            id,
+            replies: rx,
+            collector: self.clone(),
+        }
+    }
+
+    /// The reply subject of `source` within gather `id`.
+    pub fn reply_subject(&self, id: u64, source: &str) -> Subject {
+        let mut s = String::with_capacity(self.inner.prefix.len() + 21 + source.len());
+        s.push_str(&self.inner.prefix);
+        s.push_str(&id.to_string());
+        s.push('.');
+        s.push_str(source);
+        Subject::from(s)
+    }
+
+    /// The source name a reply was addressed to, if it is one of ours.
+    pub fn source_of<'m>(&self, message: &'m Message) -> Option<&'m str> {
+        let tail = message
+            .subject
+            .as_str()
+            .strip_prefix(self.inner.prefix.as_str())?;
+        subject::parse_reply_tail(tail).map(|(_, source)| source)
+    }
+
+    /// Counts a reply nobody waited for.
+    pub fn count_late(&self) {
+        self.inner.metrics.late_replies.inc();
+    }
+
+    /// Gathers open right now.
+    pub fn open_gathers(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    fn deliver(&self, message: Message) {
+        let id = message
+            .subject
+            .as_str()
+            .strip_prefix(self.inner.prefix.as_str())
+            .and_then(subject::parse_reply_tail)
+            .map(|(id, _)| id);
+        let Some(id) = id else {
+            warn!(subject = %message.subject, "reply on a subject that is not a gather's");
+            return;
+        };
+        // The shard lock is held only for a non-blocking send.
+        let delivered = match self.inner.pending.get(&id) {
+            Some(tx) => tx.try_send(message).is_ok(),
+            None => false,
+        };
+        if !delivered {
+            debug!(gather = id, "reply after its gather ended");
+            self.count_late();
+        }
+    }
+}
+
+impl Gather {
+    /// This gather's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next reply, or `None` if the collector stopped.
+    pub async fn next(&mut self) -> Option<Message> {
+        self.replies.recv().await
+    }
+
+    /// The handle it belongs to.
+    pub fn collector(&self) -> &Collector {
+        &self.collector
+    }
+}
+
+impl Drop for Gather {
+    fn drop(&mut self) {
+        self.collector.inner.pending.remove(&self.id);
+        self.collector.inner.metrics.gathers_in_flight.dec();
+    }
+}
+
+impl CollectorTask {
+    /// Stops routing replies and waits for the task to end.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                warn!(error = %e, "reply routing task ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for CollectorTask {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

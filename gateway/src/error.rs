@@ -1,0 +1,306 @@
+//! The gateway's one error type and its one HTTP mapping: RFC 9457 `application/problem+json`.
+//!
+//! Shaped like async-nats `Error<Kind>`: a [`ErrorKind`] that tests match on, plus the request
+//! context (`request_id`, `order_id`) that every problem document carries.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use busgate_shared::header::REQUEST_ID;
+
+/// Media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorKind {
+    /// The body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON of the wrong shape.
+    #[error("request body has the wrong shape: {0}")]
+    InvalidBody(String),
+    /// No `order_id` in path or body.
+    #[error("order_id is missing")]
+    MissingOrderId,
+    /// The `order_id` breaks the configured pattern.
+    #[error("order_id must match {pattern}")]
+    InvalidOrderId {
+        /// The pattern it must match.
+        pattern: String,
+    },
+    /// A body that is not JSON by its declared type.
+    #[error("content type {0:?} is not supported, send application/json")]
+    UnsupportedMediaType(String),
+    /// The body exceeds the limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body could not be read.
+    #[error("cannot read request body: {0}")]
+    BodyRead(String),
+    /// No route or endpoint at this path.
+    #[error("nothing is served at {0}")]
+    NotFound(String),
+    /// The path exists, the method does not.
+    #[error("method {method} is not allowed here, use {allow}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The methods allowed, comma separated (the `Allow` header).
+        allow: String,
+    },
+    /// A required source failed; `sources` has every source's outcome.
+    #[error("{detail}")]
+    Source {
+        /// Which failure.
+        failure: SourceFailure,
+        /// Human-readable detail naming the source.
+        detail: String,
+        /// The rendered `sources` object.
+        sources: Box<RawValue>,
+    },
+    /// The gateway cannot take requests now (NATS down, shutting down).
+    #[error("gateway not ready: {0}")]
+    NotReady(&'static str),
+    /// A bug or an unexpected failure; detail goes to the log only.
+    #[error("internal error")]
+    Internal,
+}
+
+/// How a required source failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFailure {
+    /// It does not know the order: 404.
+    NotFound,
+    /// It answered an error or garbage: 502.
+    Error,
+    /// Nobody serves it: 503.
+    NoResponders,
+    /// It did not answer in time: 504.
+    Timeout,
+}
+
+/// An error with the context of the request it ended.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct GatewayError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// The request's id, when one was assigned.
+    pub request_id: Option<String>,
+    /// The order id, when known and valid.
+    pub order_id: Option<String>,
+}
+
+impl From<ErrorKind> for GatewayError {
+    fn from(kind: ErrorKind) -> Self {
+        GatewayError {
+            kind,
+            request_id: None,
+            order_id: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sources: Option<&'a RawValue>,
+}
+
+impl GatewayError {
+    /// Attaches the request id.
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.request_id = Some(request_id.to_owned());
+        self
+    }
+
+    /// Attaches the order id.
+    pub fn with_order(mut self, order_id: &str) -> Self {
+        self.order_id = Some(order_id.to_owned());
+        self
+    }
+
+    /// The status code, the problem type's slug and its title.
+    pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        use ErrorKind as K;
+        match &self.kind {
+            K::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            K::InvalidBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-body",
+                "Invalid request body",
+            ),
+            K::MissingOrderId => (
+                StatusCode::BAD_REQUEST,
+                "missing-order-id",
+                "Missing order_id",
+            ),
+            K::InvalidOrderId { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid-order-id",
+                "Invalid order_id",
+            ),
+            K::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            K::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            K::BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable request body",
+            ),
+            K::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            K::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            K::Source { failure, .. } => match failure {
+                SourceFailure::NotFound => {
+                    (StatusCode::NOT_FOUND, "order-not-found", "Order not found")
+                }
+                SourceFailure::Error => {
+                    (StatusCode::BAD_GATEWAY, "upstream-error", "Upstream error")
+                }
+                SourceFailure::NoResponders => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service-unavailable",
+                    "Service unavailable",
+                ),
+                SourceFailure::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline-exceeded",
+                    "Deadline exceeded",
+                ),
+            },
+            K::NotReady(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                "Gateway not ready",
+            ),
+            K::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// The problem document: status and body bytes. Also what asynchronous results store.
+    pub fn problem(&self) -> (StatusCode, Bytes) {
+        let (status, slug, title) = self.classify();
+        let problem = Problem {
+            kind: problem_type(slug),
+            title,
+            status: status.as_u16(),
+            detail: self.kind.to_string(),
+            request_id: self.request_id.as_deref(),
+            order_id: self.order_id.as_deref(),
+            sources: match &self.kind {
+                ErrorKind::Source { sources, .. } => Some(sources),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
+        (status, Bytes::from(body))
+    }
+}
+
+/// The URI of a problem type: a URN, since these documents are not served anywhere.
+pub fn problem_type(slug: &str) -> String {
+    format!("urn:busgate:problem:{slug}")
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.problem();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(id) = self
+            .request_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(REQUEST_ID, id);
+        }
+        if let ErrorKind::MethodNotAllowed { allow, .. } = &self.kind {
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                headers.insert(header::ALLOW, v);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_carry_type_status_and_request_id() {
+        let err = GatewayError::from(ErrorKind::PayloadTooLarge { limit: 10 }).with_request("r1");
+        let (status, body) = err.problem();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["type"], "urn:busgate:problem:payload-too-large");
+        assert_eq!(v["status"], 413);
+        assert_eq!(v["request_id"], "r1");
+        assert!(v.get("order_id").is_none());
+    }
+
+    #[test]
+    fn source_failures_map_to_gateway_statuses() {
+        let cases = [
+            (SourceFailure::NotFound, 404),
+            (SourceFailure::Error, 502),
+            (SourceFailure::NoResponders, 503),
+            (SourceFailure::Timeout, 504),
+        ];
+        for (failure, code) in cases {
+            let err = GatewayError::from(ErrorKind::Source {
+                failure,
+                detail: "x".into(),
+                sources: RawValue::from_string("{}".into()).expect("raw"),
+            });
+            assert_eq!(err.classify().0.as_u16(), code);
+            let (_, body) = err.problem();
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(v["sources"], serde_json::json!({}));
+        }
+    }
+
+    #[test]
+    fn method_not_allowed_sets_allow() {
+        let r = GatewayError::from(ErrorKind::MethodNotAllowed {
+            method: "PUT".into(),
+            allow: "GET, POST".into(),
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, POST");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+}

@@ -1,0 +1,112 @@
+//! # busgate — the gateway
+//!
+//! An HTTP edge that answers a client's `order_id` request by scattering it over NATS to the
+//! services a route names, gathering their replies until a deadline, and merging them.
+//!
+//! # Layout
+//!
+//! - [`settings`]: typed settings (defaults < file < `BUSGATE_…` env), validated before binding.
+//! - [`snapshot`]: the compiled configuration a request runs on, and route lookup.
+//! - [`api`]: the public HTTP edge: validation, dispatch, health, metrics.
+//! - [`collector`]: owns the table of pending gathers and the one reply inbox per instance.
+//! - [`gather`]: one scatter-gather: publish to every target, collect until done or deadline.
+//! - [`merge`]: turns a gather's outcome into the answer or the problem.
+//! - [`error`]: the one error type and its one HTTP mapping (RFC 9457 problem+json).
+//! - [`metrics`]: Prometheus metrics.
+//! - [`up`]: `busgate up`, the one-command local stack.
+
+pub mod api;
+pub mod collector;
+pub mod error;
+pub mod gather;
+pub mod merge;
+pub mod metrics;
+pub mod settings;
+pub mod snapshot;
+pub mod up;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::api::{AppState, Edge};
+use crate::collector::Collector;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::snapshot::Snapshot;
+
+/// A random id for this process, used in reply subjects: hex, so a valid subject token.
+pub fn new_instance_id() -> String {
+    let simple = uuid::Uuid::now_v7().simple().to_string();
+    // The tail of a UUIDv7 is random; the head is the timestamp.
+    simple[simple.len() - 12..].to_owned()
+}
+
+/// Runs a gateway on `listener` until `shutdown` resolves, then stops taking connections,
+/// lets in-flight requests finish within `shutdown_grace`, stops the collector and drains NATS.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let order_id = settings.validate()?;
+    let snapshot = Snapshot::compile(settings.config_spec())?;
+    let instance = if settings.nats.instance.is_empty() {
+        new_instance_id()
+    } else {
+        settings.nats.instance.clone()
+    };
+    let nats =
+        busgate_shared::nats::connect(&settings.nats.url, &format!("busgate gateway {instance}"))
+            .await?;
+    let metrics = Arc::new(Metrics::new());
+    let (collector, collector_task) = Collector::start(&nats, &instance, metrics.clone())
+        .await
+        .context("cannot subscribe to the reply inbox")?;
+    let state = AppState {
+        config: Arc::new(ArcSwap::from_pointee(snapshot)),
+        nats: nats.clone(),
+        collector,
+        metrics,
+        edge: Arc::new(Edge::new(settings.http.body_limit, order_id)),
+    };
+    let addr = listener.local_addr()?;
+    info!(%addr, %instance, nats = %settings.nats.url, "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, api::router(state.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .into_future();
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            result.context("server task failed")?.context("server failed")?;
+            return Ok(());
+        }
+    }
+    let _ = stop_tx.send(());
+    info!(in_flight = state.collector.open_gathers(), grace = ?settings.shutdown_grace, "draining");
+    match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
+        Ok(result) => result
+            .context("server task failed")?
+            .context("server failed")?,
+        Err(_) => {
+            warn!(
+                in_flight = state.collector.open_gathers(),
+                "grace period over, closing connections"
+            );
+            server.abort();
+        }
+    }
+    collector_task.stop().await;
+    nats.drain().await.context("draining nats")?;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The `busgate` binary: `busgate gateway` runs a gateway, `busgate up` the local stack.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use busgate_gateway::settings::{Settings, SettingsError};
+use busgate_gateway::up;
+use busgate_shared::runtime;
+use clap::{Parser, Subcommand};
+
+/// Exit code for a configuration error (EX_CONFIG would be 78; BSD's EX_USAGE 64 is what
+/// operators grep for in this project: bad settings never start a listener).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Busgate: an API gateway that merges internal services' answers over NATS.
+#[derive(Debug, Parser)]
+#[command(name = "busgate", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway instance.
+    Gateway {
+        /// Settings file (TOML); environment variables BUSGATE_… override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the local stack: nats-server, gateway, two demo services and their adapters.
+    Up(up::UpArgs),
+    /// Check a settings file and print the effective settings as TOML-like JSON.
+    CheckConfig {
+        /// Settings file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    let settings = Settings::load(config).and_then(|s| s.validate().map(|_| s));
+    settings.map_err(|e: SettingsError| {
+        eprintln!("busgate: {e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gateway { config } => {
+            let settings = match load(config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            runtime::init_logging(settings.log.format, &settings.log.level);
+            let listener = match tokio::net::TcpListener::bind(settings.http.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(addr = %settings.http.listen, error = %e, "cannot listen");
+                    return ExitCode::from(1);
+                }
+            };
+            match busgate_gateway::run(settings, listener, runtime::shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "gateway failed");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Up(args) => {
+            let settings = match load(args.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            runtime::init_logging(settings.log.format, &settings.log.level);
+            match up::run(args, settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("busgate up: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match load(config.as_deref()) {
+            Ok(s) => {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}

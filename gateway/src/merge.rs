@@ -1,0 +1,315 @@
+//! Turns a gather's [`Outcome`] into the answer: the merged body, or the problem of the
+//! required source that failed. Sources' data is embedded byte for byte, never re-parsed.
+//!
+//! Answer shape:
+//! `{"request_id","order_id","complete","data":{"service1":{…},…},"sources":{"service1":{"status":"ok","elapsed_ms":3.1},…},"elapsed_ms"}`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use busgate_shared::config::MergeStrategy;
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorKind, GatewayError, SourceFailure};
+use crate::gather::{Outcome, SourceResult};
+use crate::snapshot::Route;
+
+/// Renders the answer for `outcome`: the body of a 200, or the error of a failed request.
+pub fn answer(
+    route: &Route,
+    outcome: &Outcome,
+    request_id: &str,
+    order_id: &str,
+    elapsed: Duration,
+) -> Result<Vec<u8>, GatewayError> {
+    if let Some(index) = outcome.failed {
+        return Err(failure(route, outcome, index)
+            .with_request(request_id)
+            .with_order(order_id));
+    }
+    let complete = outcome.results.iter().all(SourceResult::is_ok);
+    let data_len: usize = outcome
+        .results
+        .iter()
+        .map(|r| match r {
+            SourceResult::Ok { data: Some(d), .. } => d.len() + 24,
+            _ => 0,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(192 + data_len + 64 * outcome.results.len());
+    out.extend_from_slice(b"{\"request_id\":");
+    put_str(&mut out, request_id);
+    out.extend_from_slice(b",\"order_id\":");
+    put_str(&mut out, order_id);
+    out.extend_from_slice(if complete {
+        b",\"complete\":true,\"data\":"
+    } else {
+        b",\"complete\":false,\"data\":"
+    });
+    match route.merge {
+        MergeStrategy::Namespace => namespace(&mut out, route, &outcome.results),
+    }
+    out.extend_from_slice(b",\"sources\":");
+    sources(&mut out, route, &outcome.results);
+    out.extend_from_slice(b",\"elapsed_ms\":");
+    put_ms(&mut out, elapsed);
+    out.push(b'}');
+    Ok(out)
+}
+
+/// `namespace`: each source's data under its service name; sources without data are left out.
+fn namespace(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+    out.push(b'{');
+    let mut first = true;
+    for (target, result) in route.targets.iter().zip(results) {
+        let SourceResult::Ok { data, .. } = result else {
+            continue;
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        put_str(out, &target.service.0);
+        out.push(b':');
+        match data {
+            Some(bytes) => out.extend_from_slice(bytes),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+}
+
+/// The `sources` object: status and timing per source, and the error where there was one.
+fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+    out.push(b'{');
+    for (i, (target, result)) in route.targets.iter().zip(results).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        put_str(out, &target.service.0);
+        out.extend_from_slice(b":{\"status\":\"");
+        out.extend_from_slice(result.status().as_bytes());
+        out.push(b'"');
+        let elapsed = match result {
+            SourceResult::Ok { elapsed, .. }
+            | SourceResult::NotFound { elapsed }
+            | SourceResult::Error { elapsed, .. }
+            | SourceResult::NoResponders { elapsed } => Some(*elapsed),
+            SourceResult::Timeout { after } => Some(*after),
+            SourceResult::Cancelled => None,
+        };
+        if let Some(elapsed) = elapsed {
+            out.extend_from_slice(b",\"elapsed_ms\":");
+            put_ms(out, elapsed);
+        }
+        if let SourceResult::Error { code, message, .. } = result {
+            out.extend_from_slice(b",\"error\":{\"code\":");
+            put_str(out, code);
+            out.extend_from_slice(b",\"message\":");
+            put_str(out, message);
+            out.push(b'}');
+        }
+        if !target.required {
+            out.extend_from_slice(b",\"optional\":true");
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
+    let target = &route.targets[index];
+    let name = &target.service.0;
+    let (failure, detail) = match &outcome.results[index] {
+        SourceResult::NotFound { .. } => (
+            SourceFailure::NotFound,
+            format!("required source {name} does not know this order"),
+        ),
+        SourceResult::Error { code, message, .. } => (
+            SourceFailure::Error,
+            format!("required source {name} failed: {code}: {message}"),
+        ),
+        SourceResult::NoResponders { .. } => (
+            SourceFailure::NoResponders,
+            format!("no instance of required source {name} is available"),
+        ),
+        SourceResult::Timeout { after } => (
+            SourceFailure::Timeout,
+            format!(
+                "required source {name} did not answer within {}ms",
+                after.as_millis()
+            ),
+        ),
+        SourceResult::Ok { .. } | SourceResult::Cancelled => {
+            return GatewayError::from(ErrorKind::Internal);
+        }
+    };
+    let mut rendered = Vec::with_capacity(128);
+    sources(&mut rendered, route, &outcome.results);
+    let sources = String::from_utf8(rendered)
+        .ok()
+        .and_then(|s| RawValue::from_string(s).ok())
+        .unwrap_or_else(|| Box::<RawValue>::default());
+    GatewayError::from(ErrorKind::Source {
+        failure,
+        detail,
+        sources,
+    })
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Milliseconds with two decimals: sub-millisecond timings stay visible.
+fn put_ms(out: &mut Vec<u8>, d: Duration) {
+    let hundredths = d.as_micros() / 10;
+    let _ = write!(out, "{}.{:02}", hundredths / 100, hundredths % 100);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::metrics::Name;
+    use crate::snapshot::Target;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn route() -> Route {
+        let target = |name: &str, required| Target {
+            service: Name(Arc::from(name)),
+            subject: format!("busgate.svc.{name}").into(),
+            required,
+            timeout: 800 * MS,
+        };
+        Route {
+            name: Name(Arc::from("order")),
+            operation: "order".into(),
+            deadline: 1000 * MS,
+            targets: vec![target("service1", true), target("service2", false)],
+            merge: MergeStrategy::Namespace,
+        }
+    }
+
+    fn ok(json: &'static str) -> SourceResult {
+        SourceResult::Ok {
+            data: Some(Bytes::from_static(json.as_bytes())),
+            elapsed: Duration::from_micros(1234),
+        }
+    }
+
+    fn render(results: Vec<SourceResult>, failed: Option<usize>) -> Result<Value, GatewayError> {
+        let outcome = Outcome { results, failed };
+        answer(&route(), &outcome, "r1", "A1", 5 * MS)
+            .map(|body| serde_json::from_slice(&body).expect("valid JSON"))
+    }
+
+    #[test]
+    fn both_sources_are_merged_under_their_names() {
+        let v = render(
+            vec![ok(r#"{"amount":1}"#), ok(r#"{"carrier":"DHL"}"#)],
+            None,
+        )
+        .expect("ok");
+        assert_eq!(
+            v,
+            json!({
+                "request_id": "r1", "order_id": "A1", "complete": true,
+                "data": {"service1": {"amount": 1}, "service2": {"carrier": "DHL"}},
+                "sources": {
+                    "service1": {"status": "ok", "elapsed_ms": 1.23},
+                    "service2": {"status": "ok", "elapsed_ms": 1.23, "optional": true}
+                },
+                "elapsed_ms": 5.0
+            })
+        );
+    }
+
+    #[test]
+    fn a_missing_optional_source_is_data_not_an_error() {
+        let v = render(
+            vec![
+                ok(r#"{"amount":1}"#),
+                SourceResult::Timeout { after: 800 * MS },
+            ],
+            None,
+        )
+        .expect("ok");
+        assert_eq!(v["complete"], false);
+        assert_eq!(v["data"], json!({"service1": {"amount": 1}}));
+        assert_eq!(
+            v["sources"]["service2"],
+            json!({"status": "timeout", "elapsed_ms": 800.0, "optional": true})
+        );
+        let v = render(
+            vec![
+                ok("null"),
+                SourceResult::Error {
+                    code: "upstream_status".into(),
+                    message: "upstream answered 500".into(),
+                    elapsed: MS,
+                },
+            ],
+            None,
+        )
+        .expect("ok");
+        assert_eq!(v["data"], json!({"service1": null}));
+        assert_eq!(v["sources"]["service2"]["error"]["code"], "upstream_status");
+    }
+
+    #[test]
+    fn a_failed_required_source_becomes_its_problem() {
+        let cases = [
+            (
+                SourceResult::NotFound { elapsed: MS },
+                SourceFailure::NotFound,
+            ),
+            (
+                SourceResult::NoResponders { elapsed: MS },
+                SourceFailure::NoResponders,
+            ),
+            (
+                SourceResult::Timeout { after: 800 * MS },
+                SourceFailure::Timeout,
+            ),
+            (
+                SourceResult::Error {
+                    code: "x".into(),
+                    message: "y".into(),
+                    elapsed: MS,
+                },
+                SourceFailure::Error,
+            ),
+        ];
+        for (result, expected) in cases {
+            let err = render(vec![result, SourceResult::Cancelled], Some(0)).expect_err("fails");
+            let ErrorKind::Source {
+                failure, sources, ..
+            } = &err.kind
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(*failure, expected);
+            let sources: Value = serde_json::from_str(sources.get()).expect("json");
+            assert_eq!(
+                sources["service2"],
+                json!({"status": "cancelled", "optional": true})
+            );
+            assert_eq!(err.request_id.as_deref(), Some("r1"));
+            assert_eq!(err.order_id.as_deref(), Some("A1"));
+        }
+    }
+
+    #[test]
+    fn milliseconds_keep_two_decimals() {
+        let mut out = Vec::new();
+        put_ms(&mut out, Duration::from_micros(345));
+        assert_eq!(out, b"0.34");
+    }
+}

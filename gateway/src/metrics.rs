@@ -1,0 +1,178 @@
+//! Prometheus metrics, atomic counters only on the hot path.
+//!
+//! Label values are `Arc<str>` handles cloned from the compiled configuration, so recording a
+//! request allocates nothing.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label value shared with the configuration (route or service name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+/// Labels of an HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route name; `-` for requests that matched no route.
+    pub route: Name,
+    /// The HTTP status code.
+    pub status: u16,
+}
+
+/// Labels of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route name.
+    pub route: Name,
+}
+
+/// Labels of a source's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The service name.
+    pub service: Name,
+    /// `ok`, `not_found`, `error`, `timeout`, `no_responders`, `cancelled`.
+    pub outcome: &'static str,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Answers by route and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Time to answer by route.
+    pub http_duration: Family<RouteLabels, Histogram>,
+    /// Source outcomes by service.
+    pub source_outcomes: Family<SourceLabels, Counter>,
+    /// Gathers waiting for replies right now.
+    pub gathers_in_flight: Gauge,
+    /// Replies that arrived after their gather had ended, or twice.
+    pub late_replies: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("busgate");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let source_outcomes = Family::<SourceLabels, Counter>::default();
+        let gathers_in_flight = Gauge::default();
+        let late_replies = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP answers by route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to answer, by route",
+            http_duration.clone(),
+        );
+        registry.register(
+            "source_outcomes",
+            "Outcome of each source of each gather",
+            source_outcomes.clone(),
+        );
+        registry.register(
+            "gathers_in_flight",
+            "Gathers waiting for replies",
+            gathers_in_flight.clone(),
+        );
+        registry.register(
+            "late_replies",
+            "Replies that arrived after their gather ended (or twice)",
+            late_replies.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            source_outcomes,
+            gathers_in_flight,
+            late_replies,
+        }
+    }
+
+    /// Records one HTTP answer.
+    pub fn record_http(&self, route: &Name, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.clone(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records one source outcome.
+    pub fn record_source(&self, service: &Name, outcome: &'static str) {
+        self.source_outcomes
+            .get_or_create(&SourceLabels {
+                service: service.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_values_appear_in_the_exposition() {
+        let m = Metrics::new();
+        let route = Name("order".into());
+        m.record_http(&route, 200, 0.002);
+        m.record_source(&Name("service1".into()), "ok");
+        m.late_replies.inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"busgate_http_requests_total{route="order",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"busgate_source_outcomes_total{service="service1",outcome="ok"} 1"#)
+        );
+        assert!(text.contains("busgate_late_replies_total 1"));
+        assert!(text.contains("busgate_http_request_duration_seconds_count{route=\"order\"} 1"));
+    }
+}

@@ -1,0 +1,251 @@
+//! Typed settings: defaults < file (`busgate.toml`) < environment (`BUSGATE_…`, `__` between
+//! levels: `BUSGATE_NATS__URL`, `BUSGATE_HTTP__LISTEN`). Validated before any port is bound.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::runtime::LogFormat;
+use busgate_shared::validate::{OrderIdRule, DEFAULT_ORDER_ID_PATTERN};
+use serde::{Deserialize, Serialize};
+
+/// Why settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or the environment could not be read or parsed.
+    #[error("cannot load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value breaks a rule.
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] busgate_shared::Error),
+}
+
+/// Everything a gateway instance is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The NATS connection.
+    pub nats: NatsSettings,
+    /// The public listener.
+    pub http: HttpSettings,
+    /// The admin listener.
+    pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Internal services. When absent, the built-in `service1` and `service2`.
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Routes. When absent, the built-in `order` route.
+    pub routes: BTreeMap<String, RouteSpec>,
+}
+
+/// The NATS connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// This instance's id in reply subjects; random per start when empty.
+    pub instance: String,
+}
+
+/// The public listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    pub listen: SocketAddr,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// What an `order_id` must match (anchored regex).
+    pub order_id_pattern: String,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `busgate=debug` (RUST_LOG wins when set).
+    pub level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let builtin = ConfigSpec::builtin();
+        Settings {
+            nats: NatsSettings::default(),
+            http: HttpSettings::default(),
+            admin: AdminSettings::default(),
+            log: LogSettings::default(),
+            shutdown_grace: Duration::from_secs(10),
+            services: builtin.services,
+            routes: builtin.routes,
+        }
+    }
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: "nats://127.0.0.1:4222".into(),
+            instance: String::new(),
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            body_limit: 64 * 1024,
+            order_id_pattern: DEFAULT_ORDER_ID_PATTERN.into(),
+        }
+    }
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from an optional TOML file and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("BUSGATE")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// The configuration part (services and routes).
+    pub fn config_spec(&self) -> ConfigSpec {
+        ConfigSpec {
+            services: self.services.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
+    /// Checks every rule; returns the compiled `order_id` rule on success.
+    pub fn validate(&self) -> Result<OrderIdRule, SettingsError> {
+        use busgate_shared::Error;
+        self.config_spec().validate()?;
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.body_limit) {
+            return Err(Error::invalid(
+                "http.body_limit",
+                "must be between 1024 and 16777216 bytes",
+            )
+            .into());
+        }
+        if !self.nats.instance.is_empty() {
+            busgate_shared::validate::name("nats.instance", &self.nats.instance)?;
+        }
+        if self.nats.url.trim().is_empty() {
+            return Err(Error::invalid("nats.url", "must not be empty").into());
+        }
+        if self.shutdown_grace > Duration::from_secs(600) {
+            return Err(Error::invalid("shutdown_grace", "must be at most 600s").into());
+        }
+        Ok(OrderIdRule::new(&self.http.order_id_pattern)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn defaults_are_valid_and_builtin() {
+        let s = Settings::default();
+        s.validate().expect("valid");
+        assert_eq!(s.http.listen.port(), 8080);
+        assert_eq!(s.admin.listen.to_string(), "127.0.0.1:9090");
+        assert!(s.routes.contains_key("order"));
+        assert_eq!(s.services["service1"].timeout, Duration::from_millis(800));
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_replace_routes() {
+        let f = write(
+            r#"
+shutdown_grace = "3s"
+[http]
+listen = "127.0.0.1:0"
+[services.a]
+timeout = "250ms"
+[routes.only]
+deadline = "500ms"
+bindings = [{ method = "GET", path = "/x/{order_id}" }]
+targets = [{ service = "a" }]
+"#,
+        );
+        let s = Settings::load(Some(f.path())).expect("load");
+        s.validate().expect("valid");
+        assert_eq!(s.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(s.http.listen.port(), 0);
+        assert_eq!(s.http.body_limit, 64 * 1024);
+        assert_eq!(s.services.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(s.routes["only"].deadline, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let f = write("[http]\nlisten = \"127.0.0.1:0\"\nport = 3\n");
+        assert!(matches!(
+            Settings::load(Some(f.path())),
+            Err(SettingsError::Load(_))
+        ));
+        let f = write("[http]\nbody_limit = 10\n");
+        let s = Settings::load(Some(f.path())).expect("load");
+        assert!(matches!(s.validate(), Err(SettingsError::Invalid(_))));
+        let f = write("[http]\norder_id_pattern = \"[a-z]+\"\n");
+        let s = Settings::load(Some(f.path())).expect("load");
+        assert!(matches!(s.validate(), Err(SettingsError::Invalid(_))));
+    }
+}

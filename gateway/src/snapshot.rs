@@ -1,0 +1,232 @@
+//! The compiled configuration a request runs on, and the lookup of a route by method and path.
+//!
+//! A [`Snapshot`] is immutable; the gateway holds the current one in an `ArcSwap` and a request
+//! loads it once, so a request runs on one configuration from start to end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subject;
+use axum::http::Method;
+use busgate_shared::config::{ConfigSpec, HttpMethod, MergeStrategy, Segment};
+use busgate_shared::{subject, Error};
+
+use crate::metrics::Name;
+
+/// A validated, compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// What it was compiled from.
+    pub spec: ConfigSpec,
+    bindings: Vec<Binding>,
+}
+
+#[derive(Debug)]
+struct Binding {
+    method: HttpMethod,
+    segments: Vec<Segment>,
+    route: Arc<Route>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name.
+    pub name: Name,
+    /// The `operation` sent to services.
+    pub operation: String,
+    /// The whole gather ends by then.
+    pub deadline: Duration,
+    /// The services asked, in merge order.
+    pub targets: Vec<Target>,
+    /// How replies are merged.
+    pub merge: MergeStrategy,
+}
+
+/// A compiled target.
+#[derive(Debug)]
+pub struct Target {
+    /// The service's name.
+    pub service: Name,
+    /// `busgate.svc.<service>`.
+    pub subject: Subject,
+    /// Whether its failure fails the request.
+    pub required: bool,
+    /// How long the gather waits for it (never beyond the route's deadline).
+    pub timeout: Duration,
+}
+
+/// What a request's method and path lead to.
+#[derive(Debug)]
+pub enum Lookup<'s, 'p> {
+    /// A route answers it. `order_id` is the raw path segment when the path carries one.
+    Found {
+        /// The route.
+        route: &'s Arc<Route>,
+        /// The (still percent-encoded) path segment in the `{order_id}` position.
+        path_order_id: Option<&'p str>,
+    },
+    /// The path is bound, but not for this method; the methods that are.
+    MethodNotAllowed(Vec<&'static str>),
+    /// Nothing is bound at this path.
+    NotFound,
+}
+
+impl Snapshot {
+    /// Validates and compiles a configuration.
+    pub fn compile(spec: ConfigSpec) -> Result<Self, Error> {
+        spec.validate()?;
+        let mut bindings = Vec::new();
+        for (name, route) in &spec.routes {
+            let targets = route
+                .targets
+                .iter()
+                .map(|t| {
+                    let service_timeout = spec
+                        .services
+                        .get(&t.service)
+                        .map(|s| s.timeout)
+                        .unwrap_or(route.deadline);
+                    Target {
+                        service: Name(Arc::from(t.service.as_str())),
+                        subject: Subject::from(subject::service(&t.service)),
+                        required: t.required,
+                        timeout: t.timeout.unwrap_or(service_timeout).min(route.deadline),
+                    }
+                })
+                .collect();
+            let compiled = Arc::new(Route {
+                name: Name(Arc::from(name.as_str())),
+                operation: route.operation.clone().unwrap_or_else(|| name.clone()),
+                deadline: route.deadline,
+                targets,
+                merge: route.merge.strategy,
+            });
+            for (i, b) in route.bindings.iter().enumerate() {
+                bindings.push(Binding {
+                    method: b.method,
+                    segments: b.segments(&format!("routes.{name}.bindings[{i}].path"))?,
+                    route: compiled.clone(),
+                });
+            }
+        }
+        Ok(Snapshot { spec, bindings })
+    }
+
+    /// Finds the route for a method and path.
+    pub fn lookup<'s, 'p>(&'s self, method: &Method, path: &'p str) -> Lookup<'s, 'p> {
+        let mut allowed = Vec::new();
+        for binding in &self.bindings {
+            let Some(path_order_id) = matches(&binding.segments, path) else {
+                continue;
+            };
+            if method.as_str() == binding.method.as_str() {
+                return Lookup::Found {
+                    route: &binding.route,
+                    path_order_id,
+                };
+            }
+            if !allowed.contains(&binding.method.as_str()) {
+                allowed.push(binding.method.as_str());
+            }
+        }
+        if allowed.is_empty() {
+            Lookup::NotFound
+        } else {
+            allowed.sort_unstable();
+            Lookup::MethodNotAllowed(allowed)
+        }
+    }
+}
+
+/// Whether `path` fits the segments; on a fit, the `{order_id}` segment if there is one.
+fn matches<'p>(segments: &[Segment], path: &'p str) -> Option<Option<&'p str>> {
+    let mut parts = path.strip_prefix('/')?.split('/');
+    let mut order_id = None;
+    for segment in segments {
+        let part = parts.next()?;
+        match segment {
+            Segment::Literal(text) if text == part => {}
+            Segment::Literal(_) => return None,
+            Segment::OrderId => order_id = Some(part),
+        }
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(order_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin() -> Snapshot {
+        Snapshot::compile(ConfigSpec::builtin()).expect("compile")
+    }
+
+    #[test]
+    fn builtin_routes_are_found() {
+        let s = builtin();
+        match s.lookup(&Method::GET, "/api/orders/A1") {
+            Lookup::Found {
+                route,
+                path_order_id,
+            } => {
+                assert_eq!(&*route.name.0, "order");
+                assert_eq!(path_order_id, Some("A1"));
+                assert_eq!(route.targets.len(), 2);
+                assert!(route.targets[0].required && !route.targets[1].required);
+                assert_eq!(route.targets[0].subject.as_str(), "busgate.svc.service1");
+                assert_eq!(route.targets[0].timeout, Duration::from_millis(800));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.lookup(&Method::POST, "/api/order"),
+            Lookup::Found {
+                path_order_id: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn wrong_method_and_unknown_paths() {
+        let s = builtin();
+        match s.lookup(&Method::PUT, "/api/order") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, ["POST"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.lookup(&Method::DELETE, "/api/orders/1"),
+            Lookup::MethodNotAllowed(_)
+        ));
+        for path in [
+            "/api/orders",
+            "/api/orders/",
+            "/api/orders/1/x",
+            "/api/orderz",
+            "/",
+            "",
+            "api/order",
+        ] {
+            let found = s.lookup(&Method::GET, path);
+            assert!(
+                matches!(found, Lookup::NotFound) || path == "/api/orders/",
+                "{path}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_timeout_is_capped_by_the_deadline() {
+        let mut spec = ConfigSpec::builtin();
+        spec.services.get_mut("service2").expect("s2").timeout = Duration::from_secs(5);
+        let s = Snapshot::compile(spec).expect("compile");
+        let Lookup::Found { route, .. } = s.lookup(&Method::POST, "/api/order") else {
+            panic!("found")
+        };
+        assert_eq!(route.targets[1].timeout, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,418 @@
+//! The configuration schema: services, routes, targets, merge. Stored as settings today and as
+//! KV documents once configuration is dynamic; the same types and the same [`ConfigSpec::validate`]
+//! guard both.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{validate, Error};
+
+/// A whole configuration: what a gateway instance runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Internal services by name; each is reached on `busgate.svc.<name>`.
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Routes by name.
+    pub routes: BTreeMap<String, RouteSpec>,
+}
+
+/// An internal service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSpec {
+    /// How long a gather waits for this service unless the target says otherwise.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Free text for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            timeout: Duration::from_millis(800),
+            description: String::new(),
+        }
+    }
+}
+
+/// A route: which HTTP requests it answers, which services it asks, how it merges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// The HTTP requests this route answers.
+    pub bindings: Vec<HttpBinding>,
+    /// The whole gather ends by then, whatever the targets say.
+    #[serde(with = "humantime_serde", default = "default_deadline")]
+    pub deadline: Duration,
+    /// The services asked, in merge order.
+    pub targets: Vec<TargetSpec>,
+    /// How the answers are merged.
+    #[serde(default)]
+    pub merge: MergeSpec,
+    /// The `operation` sent to services; the route name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+fn default_deadline() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// HTTP methods a binding may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `GET`: the `order_id` comes from the path.
+    Get,
+    /// `POST`: the `order_id` comes from the path or from the JSON body field `order_id`.
+    Post,
+}
+
+impl HttpMethod {
+    /// The method's name as HTTP spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+}
+
+/// One HTTP method and path that a route answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpBinding {
+    /// The method.
+    pub method: HttpMethod,
+    /// The path: literal segments and at most one `{order_id}` segment.
+    pub path: String,
+}
+
+/// One segment of a binding's path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Segment {
+    /// Must equal this text.
+    Literal(String),
+    /// Captures the `order_id`.
+    OrderId,
+}
+
+/// The placeholder for the order id in a path.
+pub const ORDER_ID_PLACEHOLDER: &str = "{order_id}";
+
+/// Paths the gateway serves itself; no route may bind below them.
+pub const RESERVED_PATH_PREFIXES: &[&str] = &["/health", "/metrics", "/api/requests"];
+
+impl HttpBinding {
+    /// Parses the path into segments, checking its syntax.
+    pub fn segments(&self, field: &str) -> Result<Vec<Segment>, Error> {
+        let path = &self.path;
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(Error::invalid(field, "must start with /"));
+        };
+        if path.len() > 256 {
+            return Err(Error::invalid(field, "longer than 256 characters"));
+        }
+        let mut segments = Vec::new();
+        for seg in rest.split('/') {
+            if seg == ORDER_ID_PLACEHOLDER {
+                if segments.contains(&Segment::OrderId) {
+                    return Err(Error::invalid(field, "{order_id} may appear only once"));
+                }
+                segments.push(Segment::OrderId);
+            } else if seg.is_empty() {
+                return Err(Error::invalid(field, "has an empty segment"));
+            } else if seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+            {
+                segments.push(Segment::Literal(seg.to_owned()));
+            } else {
+                return Err(Error::invalid(
+                    field,
+                    format!("segment {seg:?} may use only A-Z a-z 0-9 - _ . ~ or be {{order_id}}"),
+                ));
+            }
+        }
+        if self.method == HttpMethod::Get && !segments.contains(&Segment::OrderId) {
+            return Err(Error::invalid(
+                field,
+                "a GET binding needs {order_id} in its path",
+            ));
+        }
+        for reserved in RESERVED_PATH_PREFIXES {
+            if path == reserved || path.starts_with(&format!("{reserved}/")) {
+                return Err(Error::invalid(
+                    field,
+                    format!("{reserved} is served by the gateway itself"),
+                ));
+            }
+        }
+        Ok(segments)
+    }
+}
+
+/// A service that a route asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The service's name.
+    pub service: String,
+    /// A required target that fails fails the request; an optional one leaves `complete: false`.
+    #[serde(default = "yes")]
+    pub required: bool,
+    /// Overrides the service's timeout; never more than the route's deadline.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How replies are merged into one answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MergeSpec {
+    /// The strategy.
+    pub strategy: MergeStrategy,
+}
+
+/// Merge strategies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeStrategy {
+    /// Each source's data under its service name: `{"service1":{…},"service2":{…}}`.
+    #[default]
+    Namespace,
+}
+
+/// The longest deadline a route may have.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(300);
+
+impl ConfigSpec {
+    /// The built-in configuration: `service1`, `service2` and the `order` route
+    /// (`POST /api/order`, `GET /api/orders/{order_id}`; service1 required, service2 optional).
+    pub fn builtin() -> Self {
+        let service = ServiceSpec::default();
+        let services = BTreeMap::from([
+            ("service1".to_owned(), service.clone()),
+            ("service2".to_owned(), service),
+        ]);
+        let order = RouteSpec {
+            bindings: vec![
+                HttpBinding {
+                    method: HttpMethod::Post,
+                    path: "/api/order".into(),
+                },
+                HttpBinding {
+                    method: HttpMethod::Get,
+                    path: "/api/orders/{order_id}".into(),
+                },
+            ],
+            deadline: default_deadline(),
+            targets: vec![
+                TargetSpec {
+                    service: "service1".into(),
+                    required: true,
+                    timeout: None,
+                },
+                TargetSpec {
+                    service: "service2".into(),
+                    required: false,
+                    timeout: None,
+                },
+            ],
+            merge: MergeSpec::default(),
+            operation: None,
+        };
+        ConfigSpec {
+            services,
+            routes: BTreeMap::from([("order".to_owned(), order)]),
+        }
+    }
+
+    /// Checks the whole configuration; the error names the first offending field.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, svc) in &self.services {
+            validate::name(&format!("services.{name}"), name)?;
+            if svc.timeout.is_zero() || svc.timeout > MAX_DEADLINE {
+                return Err(Error::invalid(
+                    format!("services.{name}.timeout"),
+                    "must be between 1ms and 300s",
+                ));
+            }
+        }
+        let mut bound = BTreeSet::new();
+        for (name, route) in &self.routes {
+            let at = format!("routes.{name}");
+            validate::name(&at, name)?;
+            if route.deadline.is_zero() || route.deadline > MAX_DEADLINE {
+                return Err(Error::invalid(
+                    format!("{at}.deadline"),
+                    "must be between 1ms and 300s",
+                ));
+            }
+            if route.bindings.is_empty() {
+                return Err(Error::invalid(
+                    format!("{at}.bindings"),
+                    "needs at least one binding",
+                ));
+            }
+            for (i, binding) in route.bindings.iter().enumerate() {
+                let field = format!("{at}.bindings[{i}].path");
+                let segments = binding.segments(&field)?;
+                if !bound.insert((binding.method, segments)) {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "{} {} is bound by another route or binding",
+                            binding.method.as_str(),
+                            binding.path
+                        ),
+                    ));
+                }
+            }
+            if route.targets.is_empty() {
+                return Err(Error::invalid(
+                    format!("{at}.targets"),
+                    "needs at least one target",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, target) in route.targets.iter().enumerate() {
+                let field = format!("{at}.targets[{i}]");
+                let Some(service) = self.services.get(&target.service) else {
+                    return Err(Error::invalid(
+                        format!("{field}.service"),
+                        format!("no service named {:?}", target.service),
+                    ));
+                };
+                if !seen.insert(&target.service) {
+                    return Err(Error::invalid(
+                        format!("{field}.service"),
+                        format!("{:?} is already a target of this route", target.service),
+                    ));
+                }
+                let timeout = target.timeout.unwrap_or(service.timeout);
+                if target.timeout.is_some_and(|t| t.is_zero()) {
+                    return Err(Error::invalid(
+                        format!("{field}.timeout"),
+                        "must be at least 1ms",
+                    ));
+                }
+                if target.timeout.is_some() && timeout > route.deadline {
+                    return Err(Error::invalid(
+                        format!("{field}.timeout"),
+                        "must not exceed the route's deadline",
+                    ));
+                }
+            }
+            if let Some(op) = &route.operation {
+                validate::name(&format!("{at}.operation"), op)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(result: Result<(), Error>) -> String {
+        match result {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn builtin_is_valid() {
+        ConfigSpec::builtin()
+            .validate()
+            .expect("builtin config is valid");
+    }
+
+    #[test]
+    fn unknown_target_service_is_named() {
+        let mut spec = ConfigSpec::builtin();
+        spec.routes.get_mut("order").expect("order").targets[1].service = "nope".into();
+        assert_eq!(field_of(spec.validate()), "routes.order.targets[1].service");
+    }
+
+    #[test]
+    fn duplicate_binding_is_refused() {
+        let mut spec = ConfigSpec::builtin();
+        let mut other = spec.routes["order"].clone();
+        other.bindings.truncate(1);
+        spec.routes.insert("again".into(), other);
+        assert_eq!(field_of(spec.validate()), "routes.order.bindings[0].path");
+    }
+
+    #[test]
+    fn target_timeout_cannot_exceed_deadline() {
+        let mut spec = ConfigSpec::builtin();
+        spec.routes.get_mut("order").expect("order").targets[0].timeout =
+            Some(Duration::from_secs(2));
+        assert_eq!(field_of(spec.validate()), "routes.order.targets[0].timeout");
+    }
+
+    #[test]
+    fn paths_are_checked() {
+        let b = |method, path: &str| HttpBinding {
+            method,
+            path: path.into(),
+        };
+        assert_eq!(
+            b(HttpMethod::Get, "/api/orders/{order_id}")
+                .segments("p")
+                .expect("ok"),
+            vec![
+                Segment::Literal("api".into()),
+                Segment::Literal("orders".into()),
+                Segment::OrderId
+            ]
+        );
+        assert!(b(HttpMethod::Post, "/api/order").segments("p").is_ok());
+        for bad in [
+            "api",
+            "/a//b",
+            "/a/{id}",
+            "/a/{order_id}/{order_id}",
+            "/health/x",
+            "/metrics",
+            "/a/b c",
+        ] {
+            assert!(b(HttpMethod::Post, bad).segments("p").is_err(), "{bad}");
+        }
+        assert!(b(HttpMethod::Get, "/api/order").segments("p").is_err());
+    }
+
+    #[test]
+    fn routes_parse_from_toml_shaped_json_with_human_durations() {
+        let spec: RouteSpec = serde_json::from_value(serde_json::json!({
+            "bindings": [{"method": "GET", "path": "/x/{order_id}"}],
+            "deadline": "250ms",
+            "targets": [{"service": "a", "timeout": "100ms"}, {"service": "b", "required": false}]
+        }))
+        .expect("parse");
+        assert_eq!(spec.deadline, Duration::from_millis(250));
+        assert!(spec.targets[0].required);
+        assert!(!spec.targets[1].required);
+        assert_eq!(spec.targets[0].timeout, Some(Duration::from_millis(100)));
+        let unknown = serde_json::from_value::<RouteSpec>(serde_json::json!({
+            "bindings": [], "targets": [], "colour": "red"
+        }));
+        assert!(unknown.is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! Header names carried on every service request, and deadline arithmetic.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The request id (UUIDv7) of the client request this message serves.
+pub const REQUEST_ID: &str = "Busgate-Request-Id";
+/// Absolute deadline of the work, unix milliseconds. Workers drop work past it.
+pub const DEADLINE: &str = "Busgate-Deadline";
+/// The client id the request came from (empty until clients are configured).
+pub const CLIENT: &str = "Busgate-Client";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Milliseconds since the unix epoch, now.
+pub fn now_unix_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// Milliseconds since the unix epoch of `t` (0 for times before the epoch).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Time left until the deadline `deadline_ms` (unix ms) as seen at `now_ms`; `None` once passed.
+pub fn remaining(deadline_ms: u64, now_ms: u64) -> Option<Duration> {
+    deadline_ms
+        .checked_sub(now_ms)
+        .filter(|left| *left > 0)
+        .map(Duration::from_millis)
+}
+
+/// Reads the deadline header of a message, if present and well formed.
+pub fn deadline_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
+    headers?.get(DEADLINE)?.as_str().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_is_none_once_the_deadline_passed() {
+        assert_eq!(remaining(1_000, 400), Some(Duration::from_millis(600)));
+        assert_eq!(remaining(1_000, 1_000), None);
+        assert_eq!(remaining(1_000, 2_000), None);
+    }
+
+    #[test]
+    fn deadline_header_parses() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(DEADLINE, "1700000000123");
+        assert_eq!(deadline_of(Some(&h)), Some(1_700_000_000_123));
+        let mut bad = async_nats::HeaderMap::new();
+        bad.insert(DEADLINE, "soon");
+        assert_eq!(deadline_of(Some(&bad)), None);
+        assert_eq!(deadline_of(None), None);
+    }
+}

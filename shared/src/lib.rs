@@ -1,0 +1,32 @@
+//! # busgate-shared — the wire contract v1
+//!
+//! Everything that two Busgate processes (or a Busgate process and an internal service) must agree
+//! on lives here, once. No other crate spells a subject, a header name or an envelope field.
+//!
+//! # Layout
+//!
+//! - [`subject`]: request subjects, queue groups and the gateway's reply-inbox layout.
+//! - [`header`]: header names carried on every request, and deadline helpers.
+//! - [`envelope`]: the request and reply payloads, reply status, error codes.
+//! - [`validate`]: service-name and `order_id` validation.
+//! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
+//! - [`nats`]: the NATS connect helper (reconnects forever, logs state changes).
+//! - [`sdk`]: serve a Busgate service directly on NATS: queue group, deadlines, envelopes,
+//!   registration with the NATS service API (`$SRV.PING|INFO|STATS`).
+//! - [`runtime`]: what every Busgate process does the same way: logging set-up, shutdown signals.
+//! - [`error`]: this crate's error type.
+
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod header;
+pub mod nats;
+pub mod runtime;
+pub mod sdk;
+pub mod subject;
+pub mod validate;
+
+pub use error::Error;
+
+/// The version of this crate, reported by every binary and NATS service registration.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

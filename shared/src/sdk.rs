@@ -1,0 +1,200 @@
+//! Serve a Busgate service directly on NATS.
+//!
+//! [`serve`] registers the service with the NATS service API (so `$SRV.PING|INFO|STATS` list
+//! it), subscribes in the queue group `busgate.<service>` on `busgate.svc.<service>`, decodes
+//! each [`ServiceRequest`], drops work whose `Busgate-Deadline` has passed, runs the handler
+//! with at most `concurrency` requests at once, cancels it at the deadline, and answers with
+//! the reply envelope. An internal service that adopts NATS needs nothing else:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), busgate_shared::Error> {
+//! use busgate_shared::{envelope::Reply, sdk};
+//! let client = busgate_shared::nats::connect("nats://127.0.0.1:4222", "billing").await?;
+//! let options = sdk::ServeOptions::new("billing");
+//! sdk::serve(&client, options, |req, _ctx| async move {
+//!     Reply::ok(&serde_json::json!({"order_id": req.order_id, "paid": true}))
+//!         .unwrap_or_else(|e| Reply::error("internal", e.to_string()))
+//! }, std::future::pending::<()>()).await
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::service::ServiceExt;
+use async_nats::Client;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::envelope::{code, Reply, ServiceRequest};
+use crate::{header, subject, validate, Error};
+
+/// How a service is served.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The service name (`^[a-z][a-z0-9_-]{0,31}$`).
+    pub service: String,
+    /// Requests handled at once by this instance.
+    pub concurrency: usize,
+    /// Shown by `$SRV.INFO`.
+    pub description: String,
+    /// Shown by `$SRV.INFO` and the admin API (e.g. `kind`, `upstream`).
+    pub metadata: HashMap<String, String>,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub grace: Duration,
+}
+
+impl ServeOptions {
+    /// Defaults: 1024 requests at once, 10 s of grace.
+    pub fn new(service: impl Into<String>) -> Self {
+        ServeOptions {
+            service: service.into(),
+            concurrency: 1024,
+            description: String::new(),
+            metadata: HashMap::new(),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a handler knows about the request beyond its payload.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// When the gateway stops waiting; the handler is cancelled then.
+    pub deadline: Option<Instant>,
+    /// The client the request came from (empty when unknown).
+    pub client: String,
+}
+
+/// Serves `service` until `shutdown` resolves, then stops taking requests, lets in-flight
+/// ones finish (bounded by `grace`) and unregisters. The caller owns (and drains) the client.
+pub async fn serve<H, Fut>(
+    client: &Client,
+    options: ServeOptions,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    H: Fn(ServiceRequest, RequestContext) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let name = options.service.clone();
+    validate::name("service", &name)?;
+    let service_err = |e: async_nats::Error| Error::Service(e.to_string());
+    let service = client
+        .service_builder()
+        .description(options.description.clone())
+        .metadata(options.metadata.clone())
+        .queue_group(subject::queue_group(&name))
+        .start(name.clone(), crate::VERSION)
+        .await
+        .map_err(service_err)?;
+    let mut endpoint = service
+        .endpoint_builder()
+        .name(name.clone())
+        .queue_group(subject::queue_group(&name))
+        .add(subject::service(&name))
+        .await
+        .map_err(service_err)?;
+    // The server knows our interest once the flush returns: only then are we "serving".
+    client
+        .flush()
+        .await
+        .map_err(|e| Error::Service(e.to_string()))?;
+    info!(service = %name, subject = %subject::service(&name), concurrency = options.concurrency, "serving");
+
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let request = tokio::select! {
+            () = &mut shutdown => break,
+            next = endpoint.next() => match next {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        let handler = handler.clone();
+        let name = name.clone();
+        tasks.spawn(async move {
+            handle(request, &name, handler).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    info!(service = %name, in_flight = tasks.len(), "stopping");
+    if let Err(e) = endpoint.stop().await {
+        warn!(service = %name, error = %e, "unsubscribing endpoint");
+    }
+    if tokio::time::timeout(options.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!(service = %name, abandoned = tasks.len(), "grace period over, abandoning requests");
+        tasks.abort_all();
+    }
+    if let Err(e) = service.stop().await {
+        warn!(service = %name, error = %e, "stopping service registration");
+    }
+    Ok(())
+}
+
+async fn handle<H, Fut>(request: async_nats::service::Request, name: &str, handler: H)
+where
+    H: Fn(ServiceRequest, RequestContext) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let started = Instant::now();
+    let message = &request.message;
+    let headers = message.headers.as_ref();
+    let deadline = match header::deadline_of(headers) {
+        Some(at) => match header::remaining(at, header::now_unix_ms()) {
+            Some(left) => Some(started + left),
+            None => {
+                debug!(service = name, "dropping work past its deadline");
+                return;
+            }
+        },
+        None => None,
+    };
+    let context = RequestContext {
+        deadline,
+        client: headers
+            .and_then(|h| h.get(header::CLIENT))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default(),
+    };
+    let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
+        Ok(req) => {
+            let work = handler(req, context);
+            match deadline {
+                Some(at) => match tokio::time::timeout_at(at.into(), work).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        debug!(service = name, "deadline reached while working, no reply");
+                        return;
+                    }
+                },
+                None => work.await,
+            }
+        }
+        Err(e) => Reply::error(code::BAD_REQUEST, format!("cannot decode request: {e}")),
+    };
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Err(e) = request.respond(Ok(reply.encode(name, elapsed_ms))).await {
+        warn!(service = name, error = %e, "cannot publish reply");
+    }
+}

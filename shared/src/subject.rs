@@ -1,0 +1,65 @@
+//! Subjects and queue groups. Subjects are built only from our own ids and validated names:
+//! an `order_id` or any other client text never becomes part of a subject.
+
+/// Prefix of every service request subject: `busgate.svc.<service>`.
+pub const SERVICE_PREFIX: &str = "busgate.svc";
+/// Prefix of every adapter/native worker queue group: `busgate.<service>`.
+pub const QUEUE_PREFIX: &str = "busgate";
+/// Prefix of the reply inboxes of gateway instances:
+/// `_INBOX.busgate.<instance>.<gather_id>.<source>`.
+pub const INBOX_PREFIX: &str = "_INBOX.busgate";
+/// Wildcard that matches every service request subject (monitoring, tests).
+pub const ALL_SERVICES: &str = "busgate.svc.>";
+
+/// The subject a request to `service` is published on.
+pub fn service(service: &str) -> String {
+    format!("{SERVICE_PREFIX}.{service}")
+}
+
+/// The queue group that workers of `service` share, so N instances split the load.
+pub fn queue_group(service: &str) -> String {
+    format!("{QUEUE_PREFIX}.{service}")
+}
+
+/// Prefix (with the trailing dot) of every reply subject of one gateway instance.
+pub fn instance_inbox_prefix(instance: &str) -> String {
+    format!("{INBOX_PREFIX}.{instance}.")
+}
+
+/// The one wildcard subscription a gateway instance holds for all its replies.
+pub fn instance_inbox_wildcard(instance: &str) -> String {
+    format!("{INBOX_PREFIX}.{instance}.>")
+}
+
+/// Splits the tail of a reply subject (what follows the instance prefix) into
+/// `(gather_id, source)`. Returns `None` for anything that is not ours.
+pub fn parse_reply_tail(tail: &str) -> Option<(u64, &str)> {
+    let (gather, source) = tail.split_once('.')?;
+    let gather = gather.parse().ok()?;
+    if source.is_empty() || source.contains('.') {
+        return None;
+    }
+    Some((gather, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_contract() {
+        assert_eq!(service("service1"), "busgate.svc.service1");
+        assert_eq!(queue_group("service1"), "busgate.service1");
+        assert_eq!(instance_inbox_prefix("g1"), "_INBOX.busgate.g1.");
+        assert_eq!(instance_inbox_wildcard("g1"), "_INBOX.busgate.g1.>");
+    }
+
+    #[test]
+    fn reply_tails_parse_only_when_well_formed() {
+        assert_eq!(parse_reply_tail("42.service1"), Some((42, "service1")));
+        assert_eq!(parse_reply_tail("x.service1"), None);
+        assert_eq!(parse_reply_tail("42."), None);
+        assert_eq!(parse_reply_tail("42"), None);
+        assert_eq!(parse_reply_tail("42.a.b"), None);
+    }
+}

@@ -1,0 +1,126 @@
+//! Validation of names and client input that the contract constrains.
+
+use regex::Regex;
+
+use crate::Error;
+
+/// Default pattern of an `order_id`.
+pub const DEFAULT_ORDER_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+
+/// Checks a service (or route, or client) name: `^[a-z][a-z0-9_-]{0,31}$`.
+/// Such names become subject tokens and KV keys, so nothing else may pass.
+pub fn name(field: &str, value: &str) -> Result<(), Error> {
+    let bytes = value.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 32
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!(
+                "{value:?} is not a valid name: use 1-32 of a-z 0-9 _ -, starting with a letter"
+            ),
+        ))
+    }
+}
+
+/// The compiled `order_id` rule.
+#[derive(Debug, Clone)]
+pub struct OrderIdRule {
+    pattern: Regex,
+}
+
+impl OrderIdRule {
+    /// Compiles a pattern; it must be anchored so that it constrains the whole id.
+    pub fn new(pattern: &str) -> Result<Self, Error> {
+        if !pattern.starts_with('^') || !pattern.ends_with('$') {
+            return Err(Error::invalid(
+                "order_id_pattern",
+                "must be anchored with ^ and $",
+            ));
+        }
+        let pattern = Regex::new(pattern)
+            .map_err(|e| Error::invalid("order_id_pattern", format!("not a regex: {e}")))?;
+        Ok(OrderIdRule { pattern })
+    }
+
+    /// Whether `order_id` is acceptable.
+    pub fn accepts(&self, order_id: &str) -> bool {
+        self.pattern.is_match(order_id)
+    }
+
+    /// The pattern, for error messages.
+    pub fn as_str(&self) -> &str {
+        self.pattern.as_str()
+    }
+}
+
+impl Default for OrderIdRule {
+    fn default() -> Self {
+        // The default pattern is a constant known to compile; a test proves it.
+        OrderIdRule {
+            pattern: Regex::new(DEFAULT_ORDER_ID_PATTERN).unwrap_or_else(|_| unreachable!()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["service1", "a", "s-2_x", "abcdefghijklmnopqrstuvwxyz012345"] {
+            assert!(name("f", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "Service",
+            "a.b",
+            "a*",
+            "a>",
+            "a b",
+            "abcdefghijklmnopqrstuvwxyz0123456",
+        ] {
+            assert!(
+                matches!(name("f", bad), Err(Error::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_order_ids() {
+        let rule = OrderIdRule::default();
+        assert_eq!(rule.as_str(), DEFAULT_ORDER_ID_PATTERN);
+        for good in ["A1", "slow-1", "x_y", &"a".repeat(64)] {
+            assert!(rule.accepts(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a.b",
+            "ä",
+            "a/b",
+            "a\n",
+            &"a".repeat(65),
+            "*",
+            ">",
+        ] {
+            assert!(!rule.accepts(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn patterns_must_be_anchored_and_valid() {
+        assert!(OrderIdRule::new("[0-9]+").is_err());
+        assert!(OrderIdRule::new("^[0-9+$").is_err());
+        assert!(OrderIdRule::new("^[0-9]{1,10}$").is_ok());
+    }
+}

@@ -1,0 +1,134 @@
+//! Demo orders: deterministic data per service and order id, and failure prefixes so that
+//! anyone can try every failure mode with curl.
+//!
+//! | order id prefix | effect |
+//! |---|---|
+//! | `slow-` | every demo service waits 3 s before answering |
+//! | `fail-` | every demo service fails (HTTP 500 / `error` reply) |
+//! | `missing-` | every demo service does not know the order (HTTP 404 / `not_found`) |
+//! | `slowN-`, `failN-`, `missingN-` | the same, only on service N (`service1`, `service2`, …) |
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// How long a `slow-` order takes.
+pub const SLOW_DELAY: Duration = Duration::from_secs(3);
+
+/// What a demo service does with an order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Answer with this data.
+    Data(Value),
+    /// Answer with this data after [`SLOW_DELAY`].
+    Slow(Value),
+    /// Fail.
+    Fail,
+    /// Say the order does not exist.
+    Missing,
+}
+
+/// The answer of demo `service` for `order_id`.
+pub fn answer(service: &str, order_id: &str) -> Answer {
+    let index = service_index(service);
+    if has_prefix(order_id, "missing", index) {
+        Answer::Missing
+    } else if has_prefix(order_id, "fail", index) {
+        Answer::Fail
+    } else if has_prefix(order_id, "slow", index) {
+        Answer::Slow(data(service, order_id))
+    } else {
+        Answer::Data(data(service, order_id))
+    }
+}
+
+/// `service2` → 2; names without trailing digits have no index.
+fn service_index(service: &str) -> Option<u32> {
+    let digits = service.trim_start_matches(|c: char| !c.is_ascii_digit());
+    digits.parse().ok()
+}
+
+/// `slow-…` matches every service; `slow2-…` only service 2.
+fn has_prefix(order_id: &str, word: &str, index: Option<u32>) -> bool {
+    let Some(rest) = order_id.strip_prefix(word) else {
+        return false;
+    };
+    if rest.starts_with('-') {
+        return true;
+    }
+    let Some((digits, _)) = rest.split_once('-') else {
+        return false;
+    };
+    !digits.is_empty() && digits.parse::<u32>().ok() == index && index.is_some()
+}
+
+/// FNV-1a: stable across runs and platforms (std's hasher is seeded per process).
+fn hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn data(service: &str, order_id: &str) -> Value {
+    let h = hash(order_id);
+    match service_index(service) {
+        Some(1) => {
+            let statuses = ["created", "paid", "shipped", "delivered"];
+            json!({
+                "order_id": order_id,
+                "status": statuses[(h % 4) as usize],
+                "amount": (h % 100_000) as f64 / 100.0,
+                "currency": "EUR",
+                "items": [{"sku": format!("SKU-{}", h % 1000), "qty": 1 + h % 5}],
+            })
+        }
+        Some(2) => {
+            let carriers = ["DHL", "UPS", "FedEx", "GLS"];
+            json!({
+                "order_id": order_id,
+                "carrier": carriers[(h % 4) as usize],
+                "tracking": format!("JD{:010}", h % 10_000_000_000),
+                "eta": format!("2026-12-{:02}", 1 + h % 28),
+            })
+        }
+        _ => json!({"order_id": order_id, "service": service, "value": h % 1000}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_deterministic_and_carries_the_order_id() {
+        let a = answer("service1", "A1");
+        assert_eq!(a, answer("service1", "A1"));
+        let Answer::Data(v) = a else { panic!("data") };
+        assert_eq!(v["order_id"], "A1");
+        assert!(v["amount"].is_number());
+        let Answer::Data(v) = answer("service2", "A1") else {
+            panic!("data")
+        };
+        assert_eq!(v["order_id"], "A1");
+        assert!(v["carrier"].is_string());
+        assert!(v["tracking"].is_string());
+    }
+
+    #[test]
+    fn prefixes_act_on_all_or_one_service() {
+        assert_eq!(answer("service1", "fail-1"), Answer::Fail);
+        assert_eq!(answer("service2", "fail-1"), Answer::Fail);
+        assert_eq!(
+            answer("service1", "missing2-1"),
+            answer("service1", "missing2-1")
+        );
+        assert!(matches!(answer("service1", "missing2-1"), Answer::Data(_)));
+        assert_eq!(answer("service2", "missing2-1"), Answer::Missing);
+        assert!(matches!(answer("service1", "slow1-x"), Answer::Slow(_)));
+        assert!(matches!(answer("service2", "slow1-x"), Answer::Data(_)));
+        assert!(matches!(answer("service1", "slowly"), Answer::Data(_)));
+        assert!(matches!(answer("service12", "fail1-x"), Answer::Data(_)));
+        assert!(matches!(answer("billing", "fail1-x"), Answer::Data(_)));
+        assert_eq!(answer("billing", "fail-x"), Answer::Fail);
+    }
+}

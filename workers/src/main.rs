@@ -1,0 +1,173 @@
+//! # busgate-worker
+//!
+//! One binary, three roles:
+//!
+//! - `adapter`: takes requests for one service off NATS (queue group `busgate.<service>`) and
+//!   calls the internal HTTP service ([`adapter`]).
+//! - `demo`: a demo internal HTTP service with deterministic data and failure prefixes ([`demo`]).
+//! - `native`: the same demo data answered directly on NATS through the shared SDK ([`native`]).
+//!
+//! # Layout
+//!
+//! - [`demo_data`]: the demo orders and the `slow-`/`fail-`/`missing-` prefixes, shared by
+//!   `demo` and `native`.
+//! - [`adapter`], [`demo`], [`native`]: one module per role.
+
+mod adapter;
+mod demo;
+mod demo_data;
+mod native;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use busgate_shared::runtime::{self, LogFormat};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Busgate workers: adapters to internal HTTP services, and demo services.
+#[derive(Debug, Parser)]
+#[command(name = "busgate-worker", version)]
+struct Cli {
+    /// NATS server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "BUSGATE_NATS__URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "BUSGATE_LOG__FORMAT",
+        default_value = "text"
+    )]
+    log_format: CliLogFormat,
+    /// Log level (RUST_LOG wins when set).
+    #[arg(
+        long,
+        global = true,
+        env = "BUSGATE_LOG__LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a Busgate service by calling an internal HTTP service.
+    Adapter {
+        /// The Busgate service name (requests arrive on busgate.svc.<service>).
+        #[arg(long)]
+        service: String,
+        /// Upstream URL template; `{order_id}` is replaced by the (percent-encoded) order id.
+        #[arg(long)]
+        upstream: String,
+        /// Requests handled at once by this instance.
+        #[arg(long, default_value_t = 1024)]
+        concurrency: usize,
+        /// Upstream timeout for requests that carry no deadline.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Run a demo internal HTTP service: GET /order/{order_id}.
+    Demo {
+        /// Which demo service to be (service1: status, amount, items; service2: carrier, tracking, eta).
+        #[arg(long)]
+        service: String,
+        /// Address to listen on (port 0 picks a free one; the log says which).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+    /// Answer the demo data directly on NATS through the Busgate SDK (no HTTP hop).
+    Native {
+        /// The Busgate service name.
+        #[arg(long)]
+        service: String,
+        /// Requests handled at once by this instance.
+        #[arg(long, default_value_t = 1024)]
+        concurrency: usize,
+    },
+}
+
+/// Parses `250ms`, `3s`, `1m` (the units Busgate's settings use).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms or 3s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match cli.log_format {
+        CliLogFormat::Text => LogFormat::Text,
+        CliLogFormat::Json => LogFormat::Json,
+    };
+    runtime::init_logging(format, &cli.log_level);
+    let result = match cli.command {
+        Command::Adapter {
+            service,
+            upstream,
+            concurrency,
+            timeout,
+        } => {
+            adapter::run(
+                &cli.nats,
+                adapter::Options {
+                    service,
+                    upstream,
+                    concurrency,
+                    timeout,
+                },
+                runtime::shutdown_signal(),
+            )
+            .await
+        }
+        Command::Demo { service, listen } => {
+            demo::run(&service, listen, runtime::shutdown_signal()).await
+        }
+        Command::Native {
+            service,
+            concurrency,
+        } => native::run(&cli.nats, &service, concurrency, runtime::shutdown_signal()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "worker failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+}

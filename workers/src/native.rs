@@ -1,0 +1,47 @@
+//! The demo data answered directly on NATS through the Busgate SDK: no HTTP hop.
+
+use std::future::Future;
+
+use busgate_shared::envelope::{code, Reply};
+use busgate_shared::sdk::{self, ServeOptions};
+
+use crate::demo_data::{self, Answer, SLOW_DELAY};
+
+/// Serves demo `service` natively on NATS until `shutdown` resolves.
+pub async fn run(
+    nats: &str,
+    service: &str,
+    concurrency: usize,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client =
+        busgate_shared::nats::connect(nats, &format!("busgate-worker native {service}")).await?;
+    let mut options = ServeOptions::new(service);
+    options.concurrency = concurrency;
+    options.description = format!("demo service {service}, native on NATS");
+    options.metadata.insert("kind".into(), "native".into());
+    let name = service.to_owned();
+    sdk::serve(
+        &client,
+        options,
+        move |req, _ctx| {
+            let answer = demo_data::answer(&name, &req.order_id);
+            async move {
+                let data = match answer {
+                    Answer::Data(v) => v,
+                    Answer::Slow(v) => {
+                        tokio::time::sleep(SLOW_DELAY).await;
+                        v
+                    }
+                    Answer::Fail => return Reply::error(code::INTERNAL, "demo failure"),
+                    Answer::Missing => return Reply::NotFound,
+                };
+                Reply::ok(&data).unwrap_or_else(|e| Reply::error(code::INTERNAL, e.to_string()))
+            }
+        },
+        shutdown,
+    )
+    .await?;
+    client.drain().await?;
+    Ok(())
+}
