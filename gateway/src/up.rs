@@ -1,9 +1,400 @@
-//! `busgate up`: placeholder replaced below.
+//! `busgate up`: the whole local stack in one command.
+//!
+//! Starts `nats-server` with JetStream in a data dir of its own (only when nothing answers at
+//! the configured NATS URL), a demo HTTP service and an adapter worker for every configured
+//! service, and the gateway itself in this process; prints the URLs and a curl to try. Ctrl-C
+//! (or SIGTERM) stops the gateway first, then the adapters, the demo services and NATS, each
+//! with SIGTERM and, after a grace period, SIGKILL. A child that dies stops the whole stack.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+use tracing::{info, warn};
+
+use busgate_shared::runtime::{locate_nats_server, shutdown_signal, NATS_SERVER_HINT};
+
+use crate::settings::Settings;
+
+/// Arguments of `busgate up`.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
+    /// Settings file (TOML); its services each get a demo service and an adapter.
     #[arg(long, short)]
-    pub config: Option<std::path::PathBuf>,
+    pub config: Option<PathBuf>,
+    /// Where the stack keeps NATS data and child logs.
+    #[arg(long, default_value = ".busgate")]
+    pub data_dir: PathBuf,
+    /// The nats-server binary (else NATS_SERVER, the pinned install, PATH).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// Port of the first demo service; the next services take the following ports.
+    #[arg(long, default_value_t = 8081)]
+    pub demo_port: u16,
 }
-pub async fn run(_a: UpArgs, _s: crate::settings::Settings) -> anyhow::Result<()> {
+
+/// How long a child may take to stop after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a child may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(15);
+
+/// A child process watched by a task of its own.
+struct Running {
+    name: String,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
+pub async fn run(args: UpArgs, settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(args.data_dir.join("logs"))
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let (died_tx, mut died_rx) = mpsc::channel::<String>(8);
+    let mut children: Vec<Running> = Vec::new();
+    let started = start_children(&args, &settings, &data_dir, &died_tx, &mut children).await;
+    let nats_note = match started {
+        Ok(note) => note,
+        Err(e) => {
+            stop_all(children).await;
+            return Err(e);
+        }
+    };
+
+    let listener = match tokio::net::TcpListener::bind(settings.http.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            stop_all(children).await;
+            return Err(e).with_context(|| format!("cannot listen on {}", settings.http.listen));
+        }
+    };
+    print_banner(
+        &settings,
+        &args,
+        &data_dir,
+        &nats_note,
+        listener.local_addr()?,
+    );
+
+    let (died_note_tx, died_note_rx) = oneshot::channel::<String>();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Some(name) = died_rx.recv() => {
+                let _ = died_note_tx.send(name);
+            }
+        }
+    };
+    let result = crate::run(settings, listener, shutdown).await;
+    stop_all(children).await;
+    if let Ok(name) = died_note_rx.await {
+        bail!(
+            "{name} exited unexpectedly; see {}",
+            data_dir.join("logs").display()
+        );
+    }
+    result
+}
+
+async fn start_children(
+    args: &UpArgs,
+    settings: &Settings,
+    data_dir: &Path,
+    died: &mpsc::Sender<String>,
+    children: &mut Vec<Running>,
+) -> anyhow::Result<String> {
+    let nats_url = settings
+        .nats
+        .url
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let nats_addr = nats_socket_addr(&nats_url)?;
+    let nats_note = if answers(nats_addr).await {
+        format!("{nats_url} (already running, used as is)")
+    } else {
+        if !nats_addr.ip().is_loopback() {
+            bail!("nothing answers at {nats_url}, and up only starts a NATS server on this machine (loopback)");
+        }
+        let binary = locate_nats_server(args.nats_server.as_deref()).context(NATS_SERVER_HINT)?;
+        let store = data_dir.join("nats");
+        let mut cmd = Command::new(&binary);
+        cmd.arg("-a")
+            .arg(nats_addr.ip().to_string())
+            .arg("-p")
+            .arg(nats_addr.port().to_string())
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store)
+            .arg("-n")
+            .arg("busgate-up");
+        children.push(spawn("nats-server", cmd, data_dir, died)?);
+        wait_until(READY_WITHIN, || answers(nats_addr))
+            .await
+            .with_context(|| format!("nats-server did not listen on {nats_addr}"))?;
+        format!(
+            "{nats_url} (started {}, data in {})",
+            binary.display(),
+            store.display()
+        )
+    };
+
+    let worker = sibling_binary("busgate-worker")?;
+    for (i, service) in settings.services.keys().enumerate() {
+        let port = args
+            .demo_port
+            .checked_add(u16::try_from(i)?)
+            .context("demo ports run past 65535")?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut demo = Command::new(&worker);
+        demo.args([
+            "demo",
+            "--service",
+            service,
+            "--listen",
+            &listen.to_string(),
+        ]);
+        children.push(spawn(&format!("demo-{service}"), demo, data_dir, died)?);
+        wait_until(READY_WITHIN, || answers(listen))
+            .await
+            .with_context(|| format!("demo service {service} did not listen on {listen}"))?;
+        let mut adapter = Command::new(&worker);
+        adapter.args([
+            "--nats",
+            &nats_url,
+            "adapter",
+            "--service",
+            service,
+            "--upstream",
+            &format!("http://{listen}/order/{{order_id}}"),
+        ]);
+        children.push(spawn(
+            &format!("adapter-{service}"),
+            adapter,
+            data_dir,
+            died,
+        )?);
+    }
+    wait_for_services(&nats_url, settings.services.keys()).await?;
+    Ok(nats_note)
+}
+
+/// Waits until every service answers a NATS service-API ping.
+async fn wait_for_services<'a>(
+    nats_url: &str,
+    services: impl Iterator<Item = &'a String>,
+) -> anyhow::Result<()> {
+    let client = busgate_shared::nats::connect(nats_url, "busgate up").await?;
+    for service in services {
+        let subject = format!("$SRV.PING.{service}");
+        wait_until(READY_WITHIN, || {
+            let client = client.clone();
+            let subject = subject.clone();
+            async move {
+                matches!(
+                    timeout(
+                        Duration::from_millis(500),
+                        client.request(subject, "".into())
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+        })
+        .await
+        .with_context(|| format!("the adapter of {service} did not come up"))?;
+    }
+    client.drain().await?;
     Ok(())
+}
+
+fn spawn(
+    name: &str,
+    mut cmd: Command,
+    data_dir: &Path,
+    died: &mpsc::Sender<String>,
+) -> anyhow::Result<Running> {
+    let log_path = data_dir.join("logs").join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        // A group of its own: Ctrl-C reaches us only, and we stop children in order.
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    info!(name, pid = child.id(), log = %log_path.display(), "started");
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let died = died.clone();
+    let task_name = name.to_owned();
+    let done = tokio::spawn(watch(task_name, child, stop_rx, died));
+    Ok(Running {
+        name: name.to_owned(),
+        stop: stop_tx,
+        done,
+    })
+}
+
+/// Waits for the child to exit (reporting it as died) or for a stop request.
+async fn watch(
+    name: String,
+    mut child: Child,
+    stop: oneshot::Receiver<()>,
+    died: mpsc::Sender<String>,
+) {
+    tokio::select! {
+        status = child.wait() => {
+            warn!(name, ?status, "exited");
+            let _ = died.send(name).await;
+        }
+        _ = stop => {
+            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            match timeout(STOP_GRACE, child.wait()).await {
+                Ok(status) => info!(name, ?status, "stopped"),
+                Err(_) => {
+                    warn!(name, "did not stop in time, killing");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// Stops children in reverse start order (adapters before demos, NATS last).
+async fn stop_all(children: Vec<Running>) {
+    for running in children.into_iter().rev() {
+        let _ = running.stop.send(());
+        if let Err(e) = running.done.await {
+            warn!(name = running.name, error = %e, "watcher failed");
+        }
+    }
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let sibling = exe.with_file_name(name);
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{name} not found beside {} or on PATH: run cargo build --release",
+                exe.display()
+            )
+        })
+}
+
+fn nats_socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let hostport = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, hp)| hp);
+    let hostport = hostport.trim_end_matches('/');
+    let with_port = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:4222")
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {url}"))?
+        .next()
+        .with_context(|| format!("{url} resolves to no address"))
+}
+
+async fn answers(addr: SocketAddr) -> bool {
+    matches!(
+        timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+async fn wait_until<F, Fut>(within: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + within;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if Instant::now() >= until {
+            bail!("not ready after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_banner(settings: &Settings, args: &UpArgs, data_dir: &Path, nats: &str, addr: SocketAddr) {
+    let host = if addr.ip().is_unspecified() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let mut out = String::new();
+    out.push_str("\nBusgate is up.\n\n");
+    out.push_str(&format!("  gateway   http://{host}\n"));
+    out.push_str(&format!("  health    http://{host}/health/ready\n"));
+    out.push_str(&format!("  metrics   http://{host}/metrics\n"));
+    out.push_str(&format!("  nats      {nats}\n"));
+    for (i, service) in settings.services.keys().enumerate() {
+        let port = usize::from(args.demo_port) + i;
+        out.push_str(&format!(
+            "  {service:<9} demo http://127.0.0.1:{port}/order/{{order_id}}, adapter on busgate.svc.{service}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "  logs      {}\n\n",
+        data_dir.join("logs").display()
+    ));
+    out.push_str("Try:\n");
+    out.push_str(&format!(
+        "  curl -s {host}/api/order -H 'content-type: application/json' -d '{{\"order_id\":\"A1\"}}'\n"
+    ));
+    out.push_str(&format!("  curl -s {host}/api/orders/A1\n"));
+    out.push_str(&format!(
+        "  curl -s {host}/api/orders/slow2-A1     # service2 too slow: complete=false after 800 ms\n"
+    ));
+    out.push_str(&format!(
+        "  curl -s {host}/api/orders/missing1-A1  # service1 does not know it: 404 problem\n\n"
+    ));
+    out.push_str("Ctrl-C stops everything.\n");
+    println!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_urls_resolve_to_socket_addresses() {
+        let a = |u: &str| nats_socket_addr(u).expect("resolves").to_string();
+        assert_eq!(a("nats://127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(a("nats://127.0.0.1"), "127.0.0.1:4222");
+        assert_eq!(a("nats://user:pw@127.0.0.1:5222/"), "127.0.0.1:5222");
+        assert_eq!(a("127.0.0.1:6222"), "127.0.0.1:6222");
+    }
 }

