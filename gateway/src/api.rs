@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -224,16 +224,14 @@ fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {
     .into()
 }
 
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// receives the 413 instead of a broken pipe. Past this the connection is simply closed.
+const DRAIN_AT_MOST: usize = 1024 * 1024;
+/// How long that draining may take.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Reads a request body up to `limit` bytes, refusing declared non-JSON content.
-async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ErrorKind::PayloadTooLarge { limit }.into());
-    }
+async fn read_body(parts: &Parts, mut body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
         let essence = text
@@ -246,13 +244,42 @@ async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<Bytes, Gat
             return Err(ErrorKind::UnsupportedMediaType(text.to_owned()).into());
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ErrorKind::PayloadTooLarge { limit }.into())
-        }
-        Err(e) => Err(ErrorKind::BodyRead(e.to_string()).into()),
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        drain(body).await;
+        return Err(ErrorKind::PayloadTooLarge { limit }.into());
     }
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(256, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ErrorKind::BodyRead(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(ErrorKind::PayloadTooLarge { limit }.into());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and discards what is left of a body, bounded by [`DRAIN_AT_MOST`] and [`DRAIN_WITHIN`].
+async fn drain(body: Body) {
+    let discard = async {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_AT_MOST {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WITHIN, discard).await;
 }
 
 #[derive(Deserialize)]

@@ -30,7 +30,7 @@ enum Command {
     },
     /// Run the local stack: nats-server, gateway, two demo services and their adapters.
     Up(up::UpArgs),
-    /// Check a settings file and print the effective settings as TOML-like JSON.
+    /// Check a settings file and print the effective settings (as JSON).
     CheckConfig {
         /// Settings file (TOML).
         #[arg(long, short)]

@@ -8,6 +8,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use busgate_shared::config::MergeStrategy;
+use busgate_shared::envelope::code as envelope_code;
 use serde_json::value::RawValue;
 
 use crate::error::{ErrorKind, GatewayError, SourceFailure};
@@ -125,6 +126,11 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
             SourceFailure::NotFound,
             format!("required source {name} does not know this order"),
         ),
+        // An upstream that timed out is a gateway timeout (504), as nginx would say.
+        SourceResult::Error { code, message, .. } if code == envelope_code::UPSTREAM_TIMEOUT => (
+            SourceFailure::Timeout,
+            format!("required source {name} timed out upstream: {message}"),
+        ),
         SourceResult::Error { code, message, .. } => (
             SourceFailure::Error,
             format!("required source {name} failed: {code}: {message}"),
@@ -149,7 +155,7 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
     let sources = String::from_utf8(rendered)
         .ok()
         .and_then(|s| RawValue::from_string(s).ok())
-        .unwrap_or_else(|| Box::<RawValue>::default());
+        .unwrap_or_default();
     GatewayError::from(ErrorKind::Source {
         failure,
         detail,
@@ -285,6 +291,14 @@ mod tests {
                     elapsed: MS,
                 },
                 SourceFailure::Error,
+            ),
+            (
+                SourceResult::Error {
+                    code: "upstream_timeout".into(),
+                    message: "upstream did not answer in time".into(),
+                    elapsed: MS,
+                },
+                SourceFailure::Timeout,
             ),
         ];
         for (result, expected) in cases {

@@ -14,6 +14,9 @@ use anyhow::{bail, Context};
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 
+/// How far past the request's deadline the HTTP call's own timeout is set.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
 /// How an adapter runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -106,9 +109,13 @@ impl Upstream {
     }
 
     async fn call(&self, req: &ServiceRequest, ctx: &RequestContext) -> Reply {
+        // With a deadline, the SDK cancels this call at the deadline and sends nothing: the
+        // gateway reports the timeout itself. The margin makes sure that cancellation, not
+        // the HTTP client's own timer, ends the call, so a late "upstream_timeout" reply
+        // never races the gateway's timer.
         let timeout = ctx
             .deadline
-            .map(|at| at.saturating_duration_since(Instant::now()))
+            .map(|at| at.saturating_duration_since(Instant::now()) + DEADLINE_MARGIN)
             .unwrap_or(self.default_timeout);
         let result = self
             .http

@@ -1,0 +1,616 @@
+//! End-to-end: real nats-server, real gateway and worker binaries, HTTP from outside.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use support::{eventually, Gateway, Stack, Worker};
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// A route with only service1, besides the built-in ones.
+const SINGLE_AND_GHOST: &str = r#"
+[services.service1]
+timeout = "800ms"
+[services.service2]
+timeout = "800ms"
+[services.ghost]
+timeout = "800ms"
+
+[routes.order]
+deadline = "1s"
+bindings = [{ method = "POST", path = "/api/order" }, { method = "GET", path = "/api/orders/{order_id}" }]
+targets = [{ service = "service1", required = true }, { service = "service2", required = false }]
+
+[routes.single]
+bindings = [{ method = "GET", path = "/api/single/{order_id}" }]
+targets = [{ service = "service1" }]
+
+[routes.ghost]
+bindings = [{ method = "GET", path = "/api/ghost/{order_id}" }]
+targets = [{ service = "ghost", required = true }, { service = "service1", required = false }]
+
+[routes.optional-ghost]
+bindings = [{ method = "GET", path = "/api/optional-ghost/{order_id}" }]
+targets = [{ service = "service1" }, { service = "ghost", required = false }]
+"#;
+
+async fn get(gateway: &Gateway, path: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = reqwest::get(gateway.url(path)).await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+fn assert_merged(body: &Value, order_id: &str) {
+    assert_eq!(body["order_id"], order_id, "{body}");
+    assert_eq!(body["complete"], true, "{body}");
+    assert_eq!(body["data"]["service1"]["order_id"], order_id, "{body}");
+    assert_eq!(body["data"]["service2"]["order_id"], order_id, "{body}");
+    assert!(body["data"]["service1"]["amount"].is_number(), "{body}");
+    assert!(body["data"]["service2"]["carrier"].is_string(), "{body}");
+    assert_eq!(body["sources"]["service1"]["status"], "ok");
+    assert_eq!(body["sources"]["service2"]["status"], "ok");
+}
+
+#[tokio::test]
+async fn post_and_get_answer_with_both_sources_merged() {
+    let stack = Stack::start("").await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(stack.gateway.url("/api/order"))
+        .header("content-type", "application/json")
+        .body(r#"{"order_id":"A1"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let header_id = response.headers()["busgate-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    let posted: Value = response.json().await.expect("json");
+    assert_merged(&posted, "A1");
+    assert_eq!(posted["request_id"], header_id.as_str());
+    assert_eq!(header_id.len(), 36);
+    assert_eq!(&header_id[14..15], "7", "a UUIDv7");
+
+    let (status, _, got) = get(&stack.gateway, "/api/orders/A1").await;
+    assert_eq!(status, 200);
+    assert_merged(&got, "A1");
+    assert_eq!(
+        got["data"], posted["data"],
+        "the same order gives the same data either way"
+    );
+    assert_ne!(got["request_id"], posted["request_id"]);
+
+    // An integer order id is taken as its digits.
+    let response = http
+        .post(stack.gateway.url("/api/order"))
+        .json(&json!({"order_id": 12345}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    assert_merged(&response.json().await.expect("json"), "12345");
+}
+
+#[tokio::test]
+async fn a_route_with_one_service_answers_with_that_service_only() {
+    let stack = Stack::start(SINGLE_AND_GHOST).await;
+    let (status, _, body) = get(&stack.gateway, "/api/single/B7").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true);
+    assert_eq!(body["data"].as_object().expect("data").len(), 1, "{body}");
+    assert_eq!(body["data"]["service1"]["order_id"], "B7");
+    assert_eq!(body["sources"].as_object().expect("sources").len(), 1);
+}
+
+#[tokio::test]
+async fn failure_modes_have_their_status_codes_and_timings() {
+    let stack = Stack::start("").await;
+    // When service1 fails fast, service2 may or may not have answered yet: it is `ok` or
+    // `cancelled`, a race the answer reports faithfully.
+    let raced: &[&str] = &["ok", "cancelled"];
+    // (order id, status, problem type or None for a 200, service2 statuses, min ms, max ms)
+    let cases = [
+        ("missing1-x", 404, Some("order-not-found"), raced, 0, 500),
+        ("fail1-x", 502, Some("upstream-error"), raced, 0, 500),
+        (
+            "slow1-x",
+            504,
+            Some("deadline-exceeded"),
+            &["ok"][..],
+            780,
+            1500,
+        ),
+        ("missing2-x", 200, None, &["not_found"][..], 0, 500),
+        ("fail2-x", 200, None, &["error"][..], 0, 500),
+        ("slow2-x", 200, None, &["timeout"][..], 780, 1500),
+    ];
+    let mut checks = Vec::new();
+    for (order_id, status, problem, service2, min_ms, max_ms) in cases {
+        let gateway = &stack.gateway;
+        checks.push(async move {
+            let started = Instant::now();
+            let (got, headers, body) = get(gateway, &format!("/api/orders/{order_id}")).await;
+            let ms = started.elapsed().as_millis();
+            assert_eq!(got, status, "{order_id}: {body}");
+            assert!(
+                (min_ms..max_ms).contains(&ms),
+                "{order_id} took {ms} ms, expected {min_ms}..{max_ms}"
+            );
+            let service2_status = body["sources"]["service2"]["status"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(service2.contains(&service2_status), "{order_id}: {body}");
+            match problem {
+                Some(kind) => {
+                    assert_eq!(headers["content-type"], PROBLEM_JSON);
+                    assert_eq!(body["type"], format!("urn:busgate:problem:{kind}"));
+                    assert_eq!(body["status"], status);
+                    assert_eq!(body["order_id"], order_id);
+                    assert!(body["request_id"].is_string());
+                }
+                None => {
+                    assert_eq!(body["complete"], false, "{order_id}: {body}");
+                    assert_eq!(body["data"]["service1"]["order_id"], order_id);
+                    assert!(body["data"].get("service2").is_none(), "{body}");
+                }
+            }
+        });
+    }
+    futures::future::join_all(checks).await;
+}
+
+#[tokio::test]
+async fn no_responders_answers_at_once_not_at_the_deadline() {
+    let stack = Stack::start(SINGLE_AND_GHOST).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, _, body) = get(&stack.gateway, "/api/ghost/A1").await;
+        let ms = started.elapsed().as_millis();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["type"], "urn:busgate:problem:service-unavailable");
+        assert_eq!(body["sources"]["ghost"]["status"], "no_responders");
+        assert!(ms < 100, "no responders took {ms} ms");
+    }
+    let started = Instant::now();
+    let (status, _, body) = get(&stack.gateway, "/api/optional-ghost/A1").await;
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], false);
+    assert_eq!(body["sources"]["ghost"]["status"], "no_responders");
+}
+
+/// (method, path, content type, body, status, problem type)
+type BadInput<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
+#[tokio::test]
+async fn bad_inputs_are_refused_with_problems_and_nothing_is_published() {
+    let stack = Stack::start("").await;
+    let watcher = stack.nats.client().await;
+    let mut published = watcher.subscribe("busgate.svc.>").await.expect("subscribe");
+    watcher.flush().await.expect("flush");
+    let http = reqwest::Client::new();
+    let big = format!(r#"{{"order_id":"A1","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let long_id = format!(r#"{{"order_id":"{}"}}"#, "a".repeat(65));
+    let json = "application/json";
+    let cases: Vec<BadInput<'_>> = vec![
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            r#"{"order_id":"#.into(),
+            400,
+            "malformed-json",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            "not json".into(),
+            400,
+            "malformed-json",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            "[1,2]".into(),
+            400,
+            "invalid-body",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            r#"{"order_id":{"a":1}}"#.into(),
+            400,
+            "invalid-body",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            "{}".into(),
+            400,
+            "missing-order-id",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            "".into(),
+            400,
+            "missing-order-id",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            r#"{"order_id":""}"#.into(),
+            400,
+            "invalid-order-id",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            r#"{"order_id":"a b"}"#.into(),
+            400,
+            "invalid-order-id",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            r#"{"order_id":"busgate.svc.>"}"#.into(),
+            400,
+            "invalid-order-id",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            long_id,
+            400,
+            "invalid-order-id",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some(json),
+            big,
+            413,
+            "payload-too-large",
+        ),
+        (
+            "POST",
+            "/api/order",
+            Some("text/plain"),
+            r#"{"order_id":"A1"}"#.into(),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            "GET",
+            "/api/orders/a%2Fb",
+            None,
+            String::new(),
+            400,
+            "invalid-order-id",
+        ),
+        (
+            "GET",
+            "/api/orders/%zz",
+            None,
+            String::new(),
+            400,
+            "invalid-order-id",
+        ),
+        (
+            "GET",
+            "/api/orders/",
+            None,
+            String::new(),
+            400,
+            "invalid-order-id",
+        ),
+        ("GET", "/nope", None, String::new(), 404, "not-found"),
+        (
+            "GET",
+            "/api/orders/A1/extra",
+            None,
+            String::new(),
+            404,
+            "not-found",
+        ),
+        (
+            "PUT",
+            "/api/order",
+            Some(json),
+            r#"{"order_id":"A1"}"#.into(),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "DELETE",
+            "/api/orders/A1",
+            None,
+            String::new(),
+            405,
+            "method-not-allowed",
+        ),
+        (
+            "POST",
+            "/metrics",
+            None,
+            String::new(),
+            405,
+            "method-not-allowed",
+        ),
+    ];
+    assert!(cases.len() >= 10);
+    for (method, path, content_type, body, status, kind) in cases {
+        let mut request = http
+            .request(method.parse().expect("method"), stack.gateway.url(path))
+            .body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.expect("send");
+        let what = format!("{method} {path}");
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(response.headers()["content-type"], PROBLEM_JSON, "{what}");
+        if status == 405 {
+            assert!(
+                response.headers().contains_key("allow"),
+                "{what}: Allow header"
+            );
+        }
+        let header_id = response
+            .headers()
+            .get("busgate-request-id")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let problem: Value = response.json().await.expect("problem json");
+        assert_eq!(
+            problem["type"],
+            format!("urn:busgate:problem:{kind}"),
+            "{what}: {problem}"
+        );
+        assert_eq!(problem["status"], status, "{what}");
+        assert!(
+            problem["title"].is_string() && problem["detail"].is_string(),
+            "{what}"
+        );
+        if path != "/metrics" {
+            assert_eq!(
+                problem["request_id"].as_str(),
+                header_id.as_deref(),
+                "{what}"
+            );
+        }
+    }
+    // A good request after all the bad ones: the first thing ever published must be it.
+    let (status, _, _) = get(&stack.gateway, "/api/orders/marker-1").await;
+    assert_eq!(status, 200);
+    let first = tokio::time::timeout(Duration::from_secs(5), published.next())
+        .await
+        .expect("the marker was published")
+        .expect("message");
+    let payload: Value = serde_json::from_slice(&first.payload).expect("request json");
+    assert_eq!(
+        payload["order_id"], "marker-1",
+        "something was published for a bad input"
+    );
+}
+
+/// Generous timeouts: this test is about correlation under load, not latency.
+const LOAD: &str = r#"
+[services.service1]
+timeout = "9s"
+[services.service2]
+timeout = "9s"
+[routes.order]
+deadline = "10s"
+bindings = [{ method = "POST", path = "/api/order" }, { method = "GET", path = "/api/orders/{order_id}" }]
+targets = [{ service = "service1", required = true }, { service = "service2", required = false }]
+"#;
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_each_get_their_own_answer() {
+    let stack = Stack::start(LOAD).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1000)
+        .build()
+        .expect("client");
+    let requests = (0..1000).map(|i| {
+        let http = http.clone();
+        let url = stack.gateway.url(&format!("/api/orders/load-{i}"));
+        async move {
+            let response = http.get(url).send().await.expect("send");
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.expect("json");
+            (i, body)
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    assert_eq!(answers.len(), 1000);
+    let mut request_ids = std::collections::HashSet::new();
+    for (i, body) in answers {
+        assert_merged(&body, &format!("load-{i}"));
+        assert!(request_ids.insert(body["request_id"].as_str().expect("id").to_owned()));
+    }
+    assert_eq!(
+        stack.gateway.metric("busgate_gathers_in_flight", "").await,
+        0.0
+    );
+}
+
+/// `num_requests` of every instance of `service`, from the NATS service API.
+async fn instance_request_counts(
+    client: &async_nats::Client,
+    service: &str,
+    instances: usize,
+) -> Vec<u64> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(format!("$SRV.STATS.{service}"), inbox, "".into())
+        .await
+        .expect("publish");
+    let mut counts = Vec::new();
+    while counts.len() < instances {
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("every instance answers STATS")
+            .expect("reply");
+        let stats: Value = serde_json::from_slice(&reply.payload).expect("stats json");
+        counts.push(
+            stats["endpoints"][0]["num_requests"]
+                .as_u64()
+                .expect("num_requests"),
+        );
+    }
+    counts
+}
+
+#[tokio::test]
+async fn two_workers_of_one_service_share_the_load() {
+    let stack = Stack::start("").await;
+    let _second = Worker::adapter(&stack.nats, "service1", &stack.demos[0].1);
+    let http = reqwest::Client::new();
+    let total = 200;
+    futures::stream::iter(0..total)
+        .for_each_concurrent(16, |i| {
+            let http = http.clone();
+            let url = stack.gateway.url(&format!("/api/orders/share-{i}"));
+            async move {
+                let response = http.get(url).send().await.expect("send");
+                assert_eq!(response.status(), 200);
+            }
+        })
+        .await;
+    let client = stack.nats.client().await;
+    let counts = instance_request_counts(&client, "service1", 2).await;
+    assert_eq!(counts.iter().sum::<u64>(), total, "{counts:?}");
+    for count in &counts {
+        assert!(
+            *count >= 40,
+            "queue group split {counts:?}: each instance should take a fair share"
+        );
+    }
+}
+
+/// Sends `total` GETs, 32 at a time, each bounded by `limit`; returns (status or 0 for a hang).
+fn spawn_load(
+    base: String,
+    prefix: &'static str,
+    total: usize,
+    limit: Duration,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<u16>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        futures::stream::iter(0..total)
+            .map(|i| {
+                let (http, url, progress) = (
+                    http.clone(),
+                    format!("{base}/api/orders/{prefix}-{i}"),
+                    progress.clone(),
+                );
+                async move {
+                    let status = match tokio::time::timeout(limit, http.get(url).send()).await {
+                        Ok(Ok(r)) => r.status().as_u16(),
+                        Ok(Err(_)) => 1,
+                        Err(_) => 0,
+                    };
+                    progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    status
+                }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await
+    })
+}
+
+#[tokio::test]
+async fn a_worker_restart_mid_load_leaves_no_request_hanging() {
+    let mut stack = Stack::start("").await;
+    let _spare = Worker::adapter(&stack.nats, "service1", &stack.demos[0].1);
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = 600;
+    // Deadline 1 s: an answer that takes longer than 3 s is a hung request.
+    let load = spawn_load(
+        stack.gateway.base.clone(),
+        "restart",
+        total,
+        Duration::from_secs(3),
+        progress.clone(),
+    );
+    eventually(Duration::from_secs(30), || {
+        let n = progress.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n >= total / 5 }
+    })
+    .await;
+    stack.adapters[0].kill();
+    let _replacement = Worker::adapter(&stack.nats, "service1", &stack.demos[0].1);
+    let statuses = load.await.expect("load task");
+    assert_eq!(statuses.len(), total);
+    let hung = statuses.iter().filter(|s| **s == 0).count();
+    let broken = statuses
+        .iter()
+        .filter(|s| ![200, 503, 504].contains(*s))
+        .count();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(hung, 0, "requests hung: {statuses:?}");
+    assert_eq!(broken, 0, "unexpected statuses: {statuses:?}");
+    // Only requests in flight at the killed worker may fail (at most the 32 in flight).
+    assert!(ok >= total - 32, "only {ok} of {total} answered 200");
+    assert_eq!(
+        stack.gateway.metric("busgate_gathers_in_flight", "").await,
+        0.0
+    );
+    // After the restart, the service answers fully again.
+    let after = spawn_load(
+        stack.gateway.base.clone(),
+        "after",
+        64,
+        Duration::from_secs(3),
+        progress,
+    )
+    .await
+    .expect("load task");
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_gathers() {
+    let mut stack = Stack::start("").await;
+    let url = stack.gateway.url("/api/orders/slow2-shutdown");
+    let in_flight = tokio::spawn(async move {
+        reqwest::get(url)
+            .await
+            .expect("answered")
+            .json::<Value>()
+            .await
+    });
+    eventually(Duration::from_secs(5), || {
+        let gateway = &stack.gateway;
+        async move { gateway.metric("busgate_gathers_in_flight", "").await == 1.0 }
+    })
+    .await;
+    let code = stack.gateway.proc.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "a clean exit");
+    let body = in_flight.await.expect("task").expect("json");
+    assert_eq!(body["order_id"], "slow2-shutdown");
+    assert_eq!(body["complete"], false, "{body}");
+    assert_eq!(body["sources"]["service2"]["status"], "timeout");
+}

@@ -1,0 +1,391 @@
+//! The end-to-end harness: a real `nats-server` on a free port and the real binaries, each a
+//! child process killed in `Drop`. Children log JSON to stderr; a thread per child keeps every
+//! line, so tests wait on what a process says (bounded), and a failing test prints the tails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long any process may take to become ready.
+pub const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// A built binary of this workspace (`busgate`, `busgate-worker`).
+pub fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child wrote, shared with the thread that reads them.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A child process whose output is kept; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    lines: Arc<Lines>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Lines::default());
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("BUSGATE_TEST_LOGS").is_some() {
+                        eprintln!("{line}");
+                    }
+                    lines.lines.lock().expect("lines").push(line);
+                    lines.grew.notify_all();
+                }
+            });
+        }
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            lines,
+        }
+    }
+
+    /// Waits (bounded) for a line for which `pick` returns something, and returns that.
+    pub fn wait_for<T>(&self, within: Duration, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let until = Instant::now() + within;
+        let mut seen = 0;
+        let mut lines = self.lines.lines.lock().expect("lines");
+        loop {
+            for line in &lines[seen..] {
+                if let Some(found) = pick(line) {
+                    return found;
+                }
+            }
+            seen = lines.len();
+            let now = Instant::now();
+            if now >= until {
+                panic!(
+                    "{}: nothing expected was logged within {within:?}; last lines:\n{}",
+                    self.name,
+                    tail(&lines, 30)
+                );
+            }
+            lines = self
+                .lines
+                .grew
+                .wait_timeout(lines, until - now)
+                .expect("lines")
+                .0;
+        }
+    }
+
+    /// Waits for a JSON log line whose `message` is `message`; returns the whole line.
+    pub fn wait_for_message(&self, message: &str) -> Value {
+        self.wait_for(READY_WITHIN, |line| {
+            let v: Value = serde_json::from_str(line).ok()?;
+            (v["message"] == message).then_some(v)
+        })
+    }
+
+    /// Whether any line so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.lines
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains(text))
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let until = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not stop within {within:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let lines = self
+                .lines
+                .lines
+                .lock()
+                .map(|l| tail(&l, 15))
+                .unwrap_or_default();
+            eprintln!("--- last lines of {} ---\n{lines}", self.name);
+        }
+        self.kill();
+    }
+}
+
+/// A real nats-server with JetStream, on a free port, with a data dir of its own.
+pub struct NatsServer {
+    pub url: String,
+    pub port: u16,
+    proc: Proc,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, 0)
+    }
+
+    /// Starts on `port` (0: any free one) with its store in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, port: u16) -> NatsServer {
+        let binary = busgate_shared::runtime::locate_nats_server(None)
+            .unwrap_or_else(|| panic!("{}", busgate_shared::runtime::NATS_SERVER_HINT));
+        let mut cmd = Command::new(binary);
+        let port_arg = if port == 0 {
+            "-1".to_owned()
+        } else {
+            port.to_string()
+        };
+        cmd.args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(dir.path());
+        let proc = Proc::spawn("nats-server", cmd);
+        let port = proc.wait_for(READY_WITHIN, |line| {
+            let (_, rest) = line.split_once("Listening for client connections on ")?;
+            rest.trim().rsplit_once(':')?.1.parse::<u16>().ok()
+        });
+        NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            proc,
+            dir,
+        }
+    }
+
+    /// Stops the server, keeping its store for a restart.
+    pub fn stop(mut self) -> (tempfile::TempDir, u16) {
+        self.proc.terminate(Duration::from_secs(10));
+        (self.dir, self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(&self.url)
+            .await
+            .expect("connect to test nats")
+    }
+}
+
+/// A `busgate gateway` child on a free port.
+pub struct Gateway {
+    pub base: String,
+    pub proc: Proc,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Gateway {
+    /// Starts a gateway on `nats` with `config` (TOML; services/routes as in busgate.toml).
+    pub async fn start(nats: &NatsServer, config: &str) -> Gateway {
+        use std::io::Write;
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("config file");
+        file.write_all(config.as_bytes()).expect("write config");
+        let mut cmd = Command::new(bin("busgate"));
+        cmd.arg("gateway")
+            .arg("--config")
+            .arg(file.path())
+            .env("BUSGATE_NATS__URL", &nats.url)
+            .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("BUSGATE_LOG__FORMAT", "json")
+            .env("BUSGATE_LOG__LEVEL", "info");
+        let proc = Proc::spawn("gateway", cmd);
+        let listening = proc.wait_for_message("listening");
+        let addr = listening["addr"].as_str().expect("addr").to_owned();
+        let gateway = Gateway {
+            base: format!("http://{addr}"),
+            proc,
+            _config: file,
+        };
+        let http = reqwest::Client::new();
+        eventually(READY_WITHIN, || async {
+            matches!(http.get(gateway.url("/health/ready")).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A gauge or counter from /metrics (summed over label sets that contain `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// `busgate-worker` children.
+pub struct Worker;
+
+impl Worker {
+    fn command(nats: Option<&NatsServer>) -> Command {
+        let mut cmd = Command::new(bin("busgate-worker"));
+        cmd.env("BUSGATE_LOG__FORMAT", "json");
+        if let Some(nats) = nats {
+            cmd.env("BUSGATE_NATS__URL", &nats.url);
+        }
+        cmd
+    }
+
+    /// A demo HTTP service on a free port; returns it with its base URL.
+    pub fn demo(service: &str) -> (Proc, String) {
+        let mut cmd = Self::command(None);
+        cmd.args(["demo", "--service", service, "--listen", "127.0.0.1:0"]);
+        let proc = Proc::spawn(&format!("demo-{service}"), cmd);
+        let addr = proc.wait_for_message("listening")["addr"]
+            .as_str()
+            .expect("addr")
+            .to_owned();
+        (proc, format!("http://{addr}"))
+    }
+
+    /// An adapter for `service` calling `upstream_base/order/{order_id}`; ready when serving.
+    pub fn adapter(nats: &NatsServer, service: &str, upstream_base: &str) -> Proc {
+        let mut cmd = Self::command(Some(nats));
+        cmd.args([
+            "adapter",
+            "--service",
+            service,
+            "--upstream",
+            &format!("{upstream_base}/order/{{order_id}}"),
+        ]);
+        let proc = Proc::spawn(&format!("adapter-{service}"), cmd);
+        proc.wait_for_message("serving");
+        proc
+    }
+
+    /// A native NATS demo service; ready when serving.
+    pub fn native(nats: &NatsServer, service: &str) -> Proc {
+        let mut cmd = Self::command(Some(nats));
+        cmd.args(["native", "--service", service]);
+        let proc = Proc::spawn(&format!("native-{service}"), cmd);
+        proc.wait_for_message("serving");
+        proc
+    }
+}
+
+/// NATS, two demo services with an adapter each, and a gateway.
+pub struct Stack {
+    pub gateway: Gateway,
+    pub adapters: Vec<Proc>,
+    pub demos: Vec<(Proc, String)>,
+    pub nats: NatsServer,
+}
+
+impl Stack {
+    /// The default stack; `config` is the gateway's settings file (empty: built-in routes).
+    pub async fn start(config: &str) -> Stack {
+        let nats = NatsServer::start();
+        let demos = vec![Worker::demo("service1"), Worker::demo("service2")];
+        let adapters = vec![
+            Worker::adapter(&nats, "service1", &demos[0].1),
+            Worker::adapter(&nats, "service2", &demos[1].1),
+        ];
+        let gateway = Gateway::start(&nats, config).await;
+        Stack {
+            gateway,
+            adapters,
+            demos,
+            nats,
+        }
+    }
+}
+
+/// Polls `check` until it holds, at most `within`; panics otherwise.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
