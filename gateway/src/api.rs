@@ -26,11 +26,13 @@ use uuid::Uuid;
 use busgate_shared::header::{REQUEST_ID, TRACEPARENT};
 use busgate_shared::validate::OrderIdRule;
 
+use crate::callback::{Allowlist, Guard, Signer};
 use crate::collector::Collector;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::{self, Asker};
 use crate::merge;
 use crate::metrics::{Metrics, Name};
+use crate::requests::{self, JobsCell, Prefer, Submit};
 use crate::snapshot::{Lookup, Route, Snapshot};
 
 /// Everything a request needs; every field is cheap to clone.
@@ -46,6 +48,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Edge rules from settings.
     pub edge: Arc<Edge>,
+    /// Asynchronous requests, once JetStream is ready.
+    pub jobs: JobsCell,
 }
 
 /// Rules of the edge that come from settings, not from dynamic configuration.
@@ -57,15 +61,21 @@ pub struct Edge {
     pub order_id: OrderIdRule,
     /// The metrics label of requests that matched no route.
     pub unmatched: Name,
+    /// Signs callbacks; `None` refuses them.
+    pub signer: Option<Signer>,
+    /// Checks callback URLs.
+    pub guard: Guard,
 }
 
 impl Edge {
-    /// Edge rules with the given limit and `order_id` rule.
+    /// Edge rules with the given limit and `order_id` rule, and no callbacks.
     pub fn new(body_limit: usize, order_id: OrderIdRule) -> Self {
         Edge {
             body_limit,
             order_id,
             unmatched: Name(Arc::from("-")),
+            signer: None,
+            guard: Guard::new(Allowlist::default()),
         }
     }
 }
@@ -76,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/api/requests/{request_id}", get(requests::poll))
+        .route("/api/requests/{request_id}/events", get(requests::events))
         .fallback(dispatch)
         .method_not_allowed_fallback(builtin_method_not_allowed)
         .with_state(state)
@@ -155,7 +167,7 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         ),
     };
     let mut response = match result {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(response) => response,
         Err(e) => e.with_request(&request_id).into_response(),
     };
     if let Ok(id) = HeaderValue::from_str(&request_id) {
@@ -177,16 +189,16 @@ async fn serve(
     body: Body,
     request_id: &str,
     started: Instant,
-) -> Result<Vec<u8>, GatewayError> {
-    let body_order_id = if parts.method == Method::POST {
+) -> Result<Response, GatewayError> {
+    let (fields, raw) = if parts.method == Method::POST {
         let bytes = read_body(parts, body, state.edge.body_limit).await?;
-        order_id_from_body(&bytes, path_order_id.is_none())?
+        (body_fields(&bytes, path_order_id.is_none())?, bytes)
     } else {
-        None
+        (BodyFields::default(), Bytes::new())
     };
     let order_id = match path_order_id {
         Some(raw) => percent_decode(raw).ok_or_else(|| invalid_order_id(&state.edge.order_id))?,
-        None => body_order_id.ok_or(ErrorKind::MissingOrderId)?,
+        None => fields.order_id.ok_or(ErrorKind::MissingOrderId)?,
     };
     if !state.edge.order_id.accepts(&order_id) {
         return Err(invalid_order_id(&state.edge.order_id));
@@ -197,24 +209,51 @@ async fn serve(
         );
     }
     let traceparent = traceparent(parts, request_id);
-    let outcome = gather::run(
-        &state.nats,
-        &state.collector,
-        route,
-        Asker {
+    let prefer = Prefer::parse(&parts.headers);
+    if prefer.respond_async || fields.callback_url.is_some() {
+        let submit = Submit {
+            route,
+            parts,
+            body: &raw,
+            order_id,
+            callback_url: fields.callback_url,
+            prefer,
             request_id,
-            order_id: &order_id,
-            client: "",
-            traceparent: &traceparent,
-        },
-    )
-    .await;
+            traceparent,
+        };
+        return requests::submit(state, submit).await;
+    }
+    let asker = Asker {
+        request_id,
+        order_id: &order_id,
+        client: "",
+        traceparent: &traceparent,
+    };
+    let body = gather_answer(state, route, asker, started).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Runs a route's gather and renders the answer: the one code path of synchronous and
+/// asynchronous requests.
+pub async fn gather_answer(
+    state: &AppState,
+    route: &Route,
+    asker: Asker<'_>,
+    started: Instant,
+) -> Result<Vec<u8>, GatewayError> {
+    let outcome = gather::run(&state.nats, &state.collector, route, asker).await;
     for (target, result) in route.targets.iter().zip(&outcome.results) {
         state
             .metrics
             .record_source(&target.service, result.status());
     }
-    merge::answer(route, &outcome, request_id, &order_id, started.elapsed())
+    merge::answer(
+        route,
+        &outcome,
+        asker.request_id,
+        asker.order_id,
+        started.elapsed(),
+    )
 }
 
 fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {
@@ -286,17 +325,33 @@ async fn drain(body: Body) {
 struct OrderBody<'a> {
     #[serde(borrow, default)]
     order_id: Option<&'a RawValue>,
+    #[serde(default)]
+    callback_url: Option<String>,
 }
 
-/// The `order_id` of a JSON body: a string, or a non-negative integer taken as its digits.
-/// `required` says whether the body must carry one (it need not when the path does).
-fn order_id_from_body(bytes: &[u8], required: bool) -> Result<Option<String>, GatewayError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return if required {
-            Err(ErrorKind::MissingOrderId.into())
+/// What a POST body may say.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BodyFields {
+    order_id: Option<String>,
+    callback_url: Option<String>,
+}
+
+/// Reads a JSON body's fields: the `order_id` (a string, or a non-negative integer taken as
+/// its digits) and the `callback_url`. `required` says whether the body must carry an
+/// `order_id` (it need not when the path does).
+fn body_fields(bytes: &[u8], required: bool) -> Result<BodyFields, GatewayError> {
+    let missing = |callback_url| {
+        if required {
+            Err(GatewayError::from(ErrorKind::MissingOrderId))
         } else {
-            Ok(None)
-        };
+            Ok(BodyFields {
+                order_id: None,
+                callback_url,
+            })
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return missing(None);
     }
     let classify = |e: serde_json::Error| match e.classify() {
         serde_json::error::Category::Data => ErrorKind::InvalidBody(e.to_string()),
@@ -308,23 +363,21 @@ fn order_id_from_body(bytes: &[u8], required: bool) -> Result<Option<String>, Ga
         return Err(ErrorKind::InvalidBody("the body must be a JSON object".into()).into());
     }
     let parsed: OrderBody<'_> = serde_json::from_slice(bytes).map_err(classify)?;
-    let Some(raw) = parsed.order_id else {
-        return if required {
-            Err(ErrorKind::MissingOrderId.into())
-        } else {
-            Ok(None)
-        };
+    let callback_url = parsed.callback_url;
+    let Some(raw) = parsed.order_id.filter(|raw| raw.get() != "null") else {
+        return missing(callback_url);
     };
-    if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-        return Ok(Some(text.into_owned()));
-    }
-    if let Ok(number) = serde_json::from_str::<u64>(raw.get()) {
-        return Ok(Some(number.to_string()));
-    }
-    if raw.get() == "null" && required {
-        return Err(ErrorKind::MissingOrderId.into());
-    }
-    Err(ErrorKind::InvalidBody("order_id must be a string".into()).into())
+    let order_id = if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+        text.into_owned()
+    } else if let Ok(number) = serde_json::from_str::<u64>(raw.get()) {
+        number.to_string()
+    } else {
+        return Err(ErrorKind::InvalidBody("order_id must be a string".into()).into());
+    };
+    Ok(BodyFields {
+        order_id: Some(order_id),
+        callback_url,
+    })
 }
 
 /// Decodes `%XX` escapes of a path segment; `None` when they do not make UTF-8.
@@ -385,25 +438,27 @@ mod tests {
 
     #[test]
     fn order_ids_come_from_strings_and_integers() {
+        let id = |body: &[u8], required| body_fields(body, required).expect("ok").order_id;
+        assert_eq!(id(br#"{"order_id":"A1"}"#, true), Some("A1".into()));
         assert_eq!(
-            order_id_from_body(br#"{"order_id":"A1"}"#, true).expect("ok"),
-            Some("A1".into())
-        );
-        assert_eq!(
-            order_id_from_body(br#"{"order_id":12345,"x":[1]}"#, true).expect("ok"),
+            id(br#"{"order_id":12345,"x":[1]}"#, true),
             Some("12345".into())
         );
-        assert_eq!(
-            order_id_from_body(br#"{"order_id":"a\u0041"}"#, true).expect("ok"),
-            Some("aA".into())
-        );
-        assert_eq!(order_id_from_body(b"  ", false).expect("ok"), None);
-        assert_eq!(order_id_from_body(b"{}", false).expect("ok"), None);
+        assert_eq!(id(br#"{"order_id":"a\u0041"}"#, true), Some("aA".into()));
+        assert_eq!(id(b"  ", false), None);
+        assert_eq!(id(b"{}", false), None);
+        let fields = body_fields(
+            br#"{"order_id":"A1","callback_url":"https://x.test/h"}"#,
+            true,
+        )
+        .expect("ok");
+        assert_eq!(fields.callback_url.as_deref(), Some("https://x.test/h"));
+        assert!(body_fields(br#"{"order_id":"A1","callback_url":5}"#, true).is_err());
     }
 
     #[test]
     fn bad_bodies_are_classified() {
-        let kind = |body: &[u8]| order_id_from_body(body, true).expect_err("refused").kind;
+        let kind = |body: &[u8]| body_fields(body, true).expect_err("refused").kind;
         assert!(matches!(
             kind(b"{\"order_id\":"),
             ErrorKind::MalformedJson(_)

@@ -68,6 +68,24 @@ pub enum ErrorKind {
     /// The gateway cannot take requests now (NATS down, shutting down).
     #[error("gateway not ready: {0}")]
     NotReady(&'static str),
+    /// A callback was asked for, but no signing secret is configured.
+    #[error("callbacks are not configured on this gateway (callbacks.secret)")]
+    CallbacksDisabled,
+    /// The callback URL may not be called.
+    #[error("callback_url refused: {0}")]
+    CallbackRefused(String),
+    /// The `Idempotency-Key` header is not usable.
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    /// The `Idempotency-Key` was used before with a different request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
+    /// No asynchronous request with this id (or not visible to this client).
+    #[error("no request {0}")]
+    RequestNotFound(String),
+    /// A dependency (JetStream) failed; detail goes to the log.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
     /// A bug or an unexpected failure; detail goes to the log only.
     #[error("internal error")]
     Internal,
@@ -199,6 +217,36 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not-ready",
                 "Gateway not ready",
+            ),
+            K::CallbacksDisabled => (
+                StatusCode::BAD_REQUEST,
+                "callbacks-not-configured",
+                "Callbacks not configured",
+            ),
+            K::CallbackRefused(_) => (
+                StatusCode::BAD_REQUEST,
+                "callback-refused",
+                "Callback URL refused",
+            ),
+            K::InvalidIdempotencyKey => (
+                StatusCode::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+            ),
+            K::IdempotencyConflict => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+            ),
+            K::RequestNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "request-not-found",
+                "Request not found",
+            ),
+            K::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Temporarily unavailable",
             ),
             K::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,22 +11,30 @@
 //! - [`collector`]: owns the table of pending gathers and the one reply inbox per instance.
 //! - [`gather`]: one scatter-gather: publish to every target, collect until done or deadline.
 //! - [`merge`]: turns a gather's outcome into the answer or the problem.
+//! - [`requests`]: asynchronous requests over HTTP: submit (202), poll, server-sent events.
+//! - [`jobs`]: asynchronous requests on JetStream: the work queue, status documents,
+//!   idempotency keys, and the processor every instance runs.
+//! - [`callback`]: signed callbacks: signing, SSRF guard, delivery with retries.
 //! - [`error`]: the one error type and its one HTTP mapping (RFC 9457 problem+json).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`up`]: `busgate up`, the one-command local stack.
 
 pub mod api;
+pub mod callback;
 pub mod collector;
 pub mod error;
 pub mod gather;
+pub mod jobs;
 pub mod merge;
 pub mod metrics;
+pub mod requests;
 pub mod settings;
 pub mod snapshot;
 pub mod up;
 
 use std::future::{Future, IntoFuture};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -34,7 +42,9 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::api::{AppState, Edge};
+use crate::callback::{Allowlist, Deliverer, Guard, Signer};
 use crate::collector::Collector;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
@@ -54,6 +64,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
+    busgate_shared::runtime::install_crypto_provider();
     let snapshot = Snapshot::compile(settings.config_spec())?;
     let instance = if settings.nats.instance.is_empty() {
         new_instance_id()
@@ -72,8 +83,15 @@ pub async fn run(
         nats: nats.clone(),
         collector,
         metrics,
-        edge: Arc::new(Edge::new(settings.http.body_limit, order_id)),
+        edge: Arc::new(edge(&settings, order_id)?),
+        jobs: Arc::new(OnceLock::new()),
     };
+    let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
+    let jobs_task = tokio::spawn(supervise_jobs(
+        state.clone(),
+        settings.clone(),
+        stop_jobs_rx,
+    ));
     let addr = listener.local_addr()?;
     info!(%addr, %instance, nats = %settings.nats.url, "listening");
 
@@ -105,8 +123,81 @@ pub async fn run(
             server.abort();
         }
     }
+    let _ = stop_jobs.send(true);
+    if tokio::time::timeout(settings.shutdown_grace, jobs_task)
+        .await
+        .is_err()
+    {
+        warn!("asynchronous processing did not stop within the grace period");
+    }
     collector_task.stop().await;
     nats.drain().await.context("draining nats")?;
     info!("stopped");
     Ok(())
+}
+
+fn edge(
+    settings: &Settings,
+    order_id: busgate_shared::validate::OrderIdRule,
+) -> anyhow::Result<Edge> {
+    let mut edge = Edge::new(settings.http.body_limit, order_id);
+    if !settings.callbacks.secret.is_empty() {
+        edge.signer = Some(Signer::new(&settings.callbacks.secret)?);
+    }
+    edge.guard = Guard::new(Allowlist::parse(&settings.callbacks.allow)?);
+    Ok(edge)
+}
+
+/// Sets JetStream up (retrying until NATS answers), then runs the processor of asynchronous
+/// requests and the callback deliverer until `stop` turns true.
+async fn supervise_jobs(
+    state: AppState,
+    settings: Settings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    let jobs = loop {
+        match Jobs::setup(&state.nats, &settings.jobs, settings.callbacks.timeout).await {
+            Ok(jobs) => break Arc::new(jobs),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "jetstream is not ready");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let _ = state.jobs.set(jobs.clone());
+    info!("asynchronous requests ready");
+    let processor = jobs::run_requests(
+        jobs.clone(),
+        state.clone(),
+        stop.clone(),
+        settings.shutdown_grace,
+    );
+    let deliveries = async {
+        let Some(signer) = state.edge.signer.clone() else {
+            return Ok(());
+        };
+        let retry = settings.callbacks.retry.iter().map(|d| **d).collect();
+        match Deliverer::new(
+            signer,
+            state.edge.guard.clone(),
+            retry,
+            settings.callbacks.timeout,
+        ) {
+            Ok(deliverer) => callback::run_deliveries(jobs.clone(), deliverer, stop.clone()).await,
+            Err(e) => Err(jobs::JobsError::JetStream(format!(
+                "cannot build the callback client: {e}"
+            ))),
+        }
+    };
+    let (processed, delivered) = tokio::join!(processor, deliveries);
+    for result in [processed, delivered] {
+        if let Err(e) = result {
+            warn!(error = %e, "asynchronous processing stopped");
+        }
+    }
 }

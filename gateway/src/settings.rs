@@ -34,6 +34,10 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Asynchronous requests.
+    pub jobs: JobsSettings,
+    /// Signed callbacks.
+    pub callbacks: CallbackSettings,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -83,6 +87,80 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Asynchronous requests (JetStream work queue and KV results).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSettings {
+    /// How long status documents (results) are kept.
+    #[serde(with = "humantime_serde")]
+    pub result_ttl: Duration,
+    /// How long an instance may hold a request before another instance gets it.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Deliveries after which a request that keeps failing ends as `failed`.
+    pub max_deliver: u32,
+    /// Asynchronous gathers one instance runs at once.
+    pub concurrency: usize,
+    /// How long an `Idempotency-Key` maps to its request.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// The longest `Prefer: wait=N` honoured.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// How long a server-sent events stream stays open at most (clients reconnect).
+    #[serde(with = "humantime_serde")]
+    pub events_max: Duration,
+    /// Stream and bucket replicas (3 on a 3-node cluster).
+    pub replicas: usize,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        JobsSettings {
+            result_ttl: Duration::from_secs(24 * 3600),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            concurrency: 256,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            max_wait: Duration::from_secs(30),
+            events_max: Duration::from_secs(300),
+            replicas: 1,
+        }
+    }
+}
+
+/// Signed callbacks (Standard Webhooks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackSettings {
+    /// The signing secret, `whsec_<base64>`. Callbacks are refused while it is empty.
+    pub secret: String,
+    /// Delays before each retry; after the last one the delivery is given up.
+    pub retry: Vec<humantime_serde::Serde<Duration>>,
+    /// Timeout of one delivery attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Hosts, IPs or CIDRs that callbacks may reach although they are loopback, private,
+    /// link-local, CGNAT or metadata addresses (e.g. `127.0.0.0/8`, `::1`, `hooks.internal`).
+    pub allow: Vec<String>,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        // The Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+        let retry = [5, 300, 1800, 7200, 18_000, 36_000, 36_000]
+            .into_iter()
+            .map(|s| humantime_serde::Serde::from(Duration::from_secs(s)))
+            .collect();
+        CallbackSettings {
+            secret: String::new(),
+            retry,
+            timeout: Duration::from_secs(10),
+            allow: Vec::new(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         let builtin = ConfigSpec::builtin();
@@ -91,6 +169,8 @@ impl Default for Settings {
             http: HttpSettings::default(),
             admin: AdminSettings::default(),
             log: LogSettings::default(),
+            jobs: JobsSettings::default(),
+            callbacks: CallbackSettings::default(),
             shutdown_grace: Duration::from_secs(10),
             services: builtin.services,
             routes: builtin.routes,
@@ -149,7 +229,10 @@ impl Settings {
             config::Environment::with_prefix("BUSGATE")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("callbacks.allow")
+                .with_list_parse_key("callbacks.retry"),
         );
         Ok(builder.build()?.try_deserialize()?)
     }
@@ -182,6 +265,36 @@ impl Settings {
         if self.shutdown_grace > Duration::from_secs(600) {
             return Err(Error::invalid("shutdown_grace", "must be at most 600s").into());
         }
+        if self.jobs.ack_wait < Duration::from_secs(1)
+            || self.jobs.max_deliver == 0
+            || self.jobs.concurrency == 0
+        {
+            return Err(Error::invalid(
+                "jobs",
+                "ack_wait must be at least 1s, max_deliver and concurrency at least 1",
+            )
+            .into());
+        }
+        if self.jobs.result_ttl < Duration::from_secs(1)
+            || self.jobs.idempotency_ttl < Duration::from_secs(1)
+        {
+            return Err(Error::invalid(
+                "jobs",
+                "result_ttl and idempotency_ttl must be at least 1s",
+            )
+            .into());
+        }
+        if !self.callbacks.secret.is_empty() {
+            crate::callback::Signer::new(&self.callbacks.secret)?;
+        }
+        if self.callbacks.retry.is_empty() || self.callbacks.timeout.is_zero() {
+            return Err(Error::invalid(
+                "callbacks",
+                "retry needs at least one delay and timeout must be positive",
+            )
+            .into());
+        }
+        crate::callback::Allowlist::parse(&self.callbacks.allow)?;
         Ok(OrderIdRule::new(&self.http.order_id_pattern)?)
     }
 }

@@ -19,6 +19,7 @@ pub struct Snapshot {
     /// What it was compiled from.
     pub spec: ConfigSpec,
     bindings: Vec<Binding>,
+    routes: std::collections::BTreeMap<String, Arc<Route>>,
 }
 
 #[derive(Debug)]
@@ -77,6 +78,7 @@ impl Snapshot {
     pub fn compile(spec: ConfigSpec) -> Result<Self, Error> {
         spec.validate()?;
         let mut bindings = Vec::new();
+        let mut routes = std::collections::BTreeMap::new();
         for (name, route) in &spec.routes {
             let targets = route
                 .targets
@@ -102,6 +104,7 @@ impl Snapshot {
                 targets,
                 merge: route.merge.strategy,
             });
+            routes.insert(name.clone(), compiled.clone());
             for (i, b) in route.bindings.iter().enumerate() {
                 bindings.push(Binding {
                     method: b.method,
@@ -110,7 +113,16 @@ impl Snapshot {
                 });
             }
         }
-        Ok(Snapshot { spec, bindings })
+        Ok(Snapshot {
+            spec,
+            bindings,
+            routes,
+        })
+    }
+
+    /// A route by name.
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.get(name)
     }
 
     /// Finds the route for a method and path.

@@ -53,7 +53,16 @@ struct Running {
 }
 
 /// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
-pub async fn run(args: UpArgs, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
+    // Callbacks work out of the box locally: a fresh secret, and loopback receivers allowed.
+    if settings.callbacks.secret.is_empty() {
+        settings.callbacks.secret = crate::callback::Signer::generate_secret();
+    }
+    for entry in ["127.0.0.0/8", "::1", "localhost"] {
+        if !settings.callbacks.allow.iter().any(|a| a == entry) {
+            settings.callbacks.allow.push(entry.into());
+        }
+    }
     std::fs::create_dir_all(args.data_dir.join("logs"))
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -379,7 +388,10 @@ fn print_banner(settings: &Settings, args: &UpArgs, data_dir: &Path, nats: &str,
         "  curl -s {host}/api/orders/slow2-A1     # service2 too slow: complete=false after 800 ms\n"
     ));
     out.push_str(&format!(
-        "  curl -s {host}/api/orders/missing1-A1  # service1 does not know it: 404 problem\n\n"
+        "  curl -s {host}/api/orders/missing1-A1  # service1 does not know it: 404 problem\n"
+    ));
+    out.push_str(&format!(
+        "  curl -si {host}/api/orders/A1 -H 'Prefer: respond-async'   # 202, then poll the Location\n\n"
     ));
     out.push_str("Ctrl-C stops everything.\n");
     println!("{out}");

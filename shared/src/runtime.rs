@@ -29,6 +29,12 @@ pub fn init_logging(format: LogFormat, level: &str) {
     drop(result);
 }
 
+/// Installs the process-wide TLS crypto provider (ring, the one async-nats already uses) so
+/// that HTTP clients can speak https. Call once at start; a second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -11,6 +11,25 @@ pub const INBOX_PREFIX: &str = "_INBOX.busgate";
 /// Wildcard that matches every service request subject (monitoring, tests).
 pub const ALL_SERVICES: &str = "busgate.svc.>";
 
+/// JetStream work-queue stream of accepted asynchronous requests.
+pub const REQUESTS_STREAM: &str = "BUSGATE_REQUESTS";
+/// Subject an accepted asynchronous request is published on.
+pub const REQUESTS_SUBJECT: &str = "busgate.jobs.request";
+/// Durable consumer that every gateway instance pulls asynchronous requests from.
+pub const REQUESTS_CONSUMER: &str = "gateways";
+/// JetStream work-queue stream of callback deliveries (retries are scheduled by NAK delays).
+pub const CALLBACKS_STREAM: &str = "BUSGATE_CALLBACKS";
+/// Subject a callback delivery is published on.
+pub const CALLBACKS_SUBJECT: &str = "busgate.jobs.callback";
+/// Durable consumer of callback deliveries.
+pub const CALLBACKS_CONSUMER: &str = "callbacks";
+/// KV bucket of asynchronous requests' status documents, keyed by request id.
+pub const RESULTS_BUCKET: &str = "busgate-results";
+/// KV bucket of idempotency keys (hashed), mapping to request ids.
+pub const IDEMPOTENCY_BUCKET: &str = "busgate-idempotency";
+/// KV bucket of the dynamic configuration.
+pub const CONFIG_BUCKET: &str = "busgate-config";
+
 /// The subject a request to `service` is published on.
 pub fn service(service: &str) -> String {
     format!("{SERVICE_PREFIX}.{service}")

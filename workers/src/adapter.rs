@@ -81,10 +81,8 @@ impl Upstream {
         let probe = format!("{before}x{after}");
         let url = reqwest::Url::parse(&probe)
             .with_context(|| format!("--upstream {probe:?} is not a URL"))?;
-        if url.scheme() != "http" {
-            bail!(
-                "--upstream must be an http:// URL (TLS to internal services is not built in yet)"
-            );
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!("--upstream must be an http:// or https:// URL");
         }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(options.concurrency)
@@ -174,6 +172,7 @@ mod tests {
     use super::*;
 
     fn options(upstream: &str) -> Options {
+        busgate_shared::runtime::install_crypto_provider();
         Options {
             service: "s".into(),
             upstream: upstream.into(),
@@ -194,6 +193,9 @@ mod tests {
         assert!(Upstream::new(&options("http://127.0.0.1:8081/order")).is_err());
         assert!(Upstream::new(&options("http://h/{order_id}/{order_id}")).is_err());
         assert!(Upstream::new(&options("ftp://h/{order_id}")).is_err());
+        if let Err(e) = Upstream::new(&options("https://h/{order_id}")) {
+            panic!("https upstreams are allowed: {e:#}");
+        }
         assert!(Upstream::new(&options("not a url {order_id}")).is_err());
     }
 }

@@ -122,6 +122,7 @@ async fn main() -> ExitCode {
         CliLogFormat::Json => LogFormat::Json,
     };
     runtime::init_logging(format, &cli.log_level);
+    runtime::install_crypto_provider();
     let result = match cli.command {
         Command::Adapter {
             service,

@@ -199,6 +199,8 @@ impl NatsServer {
 
     /// Starts on `port` (0: any free one) with its store in `dir`.
     pub fn start_in(dir: tempfile::TempDir, port: u16) -> NatsServer {
+        // reqwest is built with TLS in this workspace: it needs the process's crypto provider.
+        busgate_shared::runtime::install_crypto_provider();
         let binary = busgate_shared::runtime::locate_nats_server(None)
             .unwrap_or_else(|| panic!("{}", busgate_shared::runtime::NATS_SERVER_HINT));
         let mut cmd = Command::new(binary);
@@ -245,6 +247,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway on `nats` with `config` (TOML; services/routes as in busgate.toml).
     pub async fn start(nats: &NatsServer, config: &str) -> Gateway {
+        busgate_shared::runtime::install_crypto_provider();
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .suffix(".toml")

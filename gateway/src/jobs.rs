@@ -1,0 +1,678 @@
+//! Asynchronous requests that are never lost.
+//!
+//! An accepted request is a [`Job`] on the JetStream work-queue stream `BUSGATE_REQUESTS`
+//! (deduplicated by request id) and a `pending` [`StatusDoc`] in the KV bucket
+//! `busgate-results`; the client's 202 is sent only after both. Every gateway instance pulls
+//! from one durable consumer and runs the same gather as a synchronous request; the final
+//! document is written before the message is acked, so a gateway that dies mid-gather leaves
+//! the message unacked and another instance (or the same one, restarted) finishes it. A job
+//! that keeps failing ends as `failed` after `max_deliver` deliveries, never as a loop.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_nats::Client;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use busgate_shared::subject;
+
+use crate::api::{self, AppState};
+use crate::error::problem_type;
+use crate::gather::Asker;
+use crate::settings::JobsSettings;
+
+/// What can fail talking to JetStream.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// A JetStream or KV call failed.
+    #[error("jetstream: {0}")]
+    JetStream(String),
+    /// A stored document could not be read.
+    #[error("corrupt document: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// A compare-and-set update kept losing.
+    #[error("too many concurrent updates of {0}")]
+    Contended(String),
+}
+
+fn js<E: std::fmt::Display>(e: E) -> JobsError {
+    JobsError::JetStream(e.to_string())
+}
+
+/// An accepted asynchronous request, as published to the work queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The request id (also the KV key and the JetStream message id).
+    pub request_id: String,
+    /// The route, by name; resolved in the configuration in force when it is processed.
+    pub route: String,
+    /// The validated order id.
+    pub order_id: String,
+    /// Who submitted it.
+    pub client: String,
+    /// Where to POST the result, if anywhere (checked at submit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// The trace context to continue.
+    pub traceparent: String,
+}
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Accepted, not finished.
+    Pending,
+    /// Finished where the synchronous call would have answered 200.
+    Completed,
+    /// Finished with any other answer.
+    Failed,
+}
+
+/// The status document: what a poll, an event and a callback carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The request id.
+    pub request_id: String,
+    /// Where it is.
+    pub status: JobStatus,
+    /// The status the synchronous call would have answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// The body the synchronous call would have answered (answer or problem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+    /// The route that ran.
+    pub route: String,
+    /// The order id.
+    pub order_id: String,
+    /// Who submitted it (empty until clients are configured).
+    pub client: String,
+    /// When it was accepted (RFC 3339).
+    pub submitted_at: String,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// Callback delivery state, when a callback was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackState>,
+}
+
+/// The delivery state of a callback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackState {
+    /// Where it goes.
+    pub url: String,
+    /// `waiting` (for the result), `pending`, `delivered`, `gone` (410) or `failed` (gave up).
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The receiver's last HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// The last transport error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the next attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// When it was delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+}
+
+impl StatusDoc {
+    /// The pending document of a new job.
+    pub fn pending(job: &Job) -> Self {
+        StatusDoc {
+            request_id: job.request_id.clone(),
+            status: JobStatus::Pending,
+            http_status: None,
+            result: None,
+            route: job.route.clone(),
+            order_id: job.order_id.clone(),
+            client: job.client.clone(),
+            submitted_at: rfc3339(SystemTime::now()),
+            completed_at: None,
+            callback: job.callback_url.as_ref().map(|url| CallbackState {
+                url: url.clone(),
+                state: "waiting".into(),
+                attempts: 0,
+                last_status: None,
+                last_error: None,
+                next_attempt_at: None,
+                delivered_at: None,
+            }),
+        }
+    }
+
+    /// Whether it has finished.
+    pub fn is_final(&self) -> bool {
+        self.status != JobStatus::Pending
+    }
+
+    /// Records the answer the synchronous call would have given.
+    pub fn finish(&mut self, http_status: u16, body: &[u8]) {
+        self.status = if http_status == 200 {
+            JobStatus::Completed
+        } else {
+            JobStatus::Failed
+        };
+        self.http_status = Some(http_status);
+        self.result = std::str::from_utf8(body)
+            .ok()
+            .and_then(|s| RawValue::from_string(s.to_owned()).ok());
+        self.completed_at = Some(rfc3339(SystemTime::now()));
+        if let Some(cb) = &mut self.callback {
+            cb.state = "pending".into();
+        }
+    }
+}
+
+/// A time as RFC 3339 with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// What an idempotency key claim found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is new and now maps to the given request id.
+    New,
+    /// The key was used with the same request: its request id.
+    Repeat(String),
+    /// The key was used with a different request.
+    Conflict,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyRecord {
+    request_id: String,
+    fingerprint: String,
+}
+
+/// JetStream streams and KV buckets of asynchronous requests.
+pub struct Jobs {
+    js: jetstream::Context,
+    results: kv::Store,
+    keys: kv::Store,
+    settings: JobsSettings,
+    callback_ack_wait: Duration,
+}
+
+impl Jobs {
+    /// Creates (or finds) the streams and buckets.
+    pub async fn setup(
+        nats: &Client,
+        settings: &JobsSettings,
+        callback_timeout: Duration,
+    ) -> Result<Self, JobsError> {
+        let js = jetstream::new(nats.clone());
+        for (name, subj) in [
+            (subject::REQUESTS_STREAM, subject::REQUESTS_SUBJECT),
+            (subject::CALLBACKS_STREAM, subject::CALLBACKS_SUBJECT),
+        ] {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subj.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(js_err)?;
+        }
+        let bucket = |name: &str, ttl: Duration, description: &str| kv::Config {
+            bucket: name.into(),
+            description: description.into(),
+            history: 1,
+            max_age: ttl,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        let results = js
+            .create_or_update_key_value(bucket(
+                subject::RESULTS_BUCKET,
+                settings.result_ttl,
+                "status documents of asynchronous requests",
+            ))
+            .await
+            .map_err(js_err)?;
+        let keys = js
+            .create_or_update_key_value(bucket(
+                subject::IDEMPOTENCY_BUCKET,
+                settings.idempotency_ttl,
+                "idempotency keys of asynchronous requests",
+            ))
+            .await
+            .map_err(js_err)?;
+        Ok(Jobs {
+            js,
+            results,
+            keys,
+            settings: settings.clone(),
+            callback_ack_wait: callback_timeout + Duration::from_secs(30),
+        })
+    }
+
+    /// Stores the pending document and publishes the job; returns once JetStream acked both.
+    pub async fn submit(&self, job: &Job) -> Result<(), JobsError> {
+        let doc = serde_json::to_vec(&StatusDoc::pending(job))?;
+        self.results
+            .put(&job.request_id, doc.into())
+            .await
+            .map_err(js)?;
+        let payload = serde_json::to_vec(job)?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(&job.request_id);
+        self.js
+            .send_publish(subject::REQUESTS_SUBJECT, publish)
+            .await
+            .map_err(js)?
+            .await
+            .map_err(js)?;
+        Ok(())
+    }
+
+    /// The status document of a request and its revision.
+    pub async fn status(&self, request_id: &str) -> Result<Option<(u64, StatusDoc)>, JobsError> {
+        let Some(entry) = self.results.entry(request_id).await.map_err(js)? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        Ok(Some((
+            entry.revision,
+            serde_json::from_slice(&entry.value)?,
+        )))
+    }
+
+    /// Changes a status document with compare-and-set, retrying on concurrent writes.
+    pub async fn update(
+        &self,
+        request_id: &str,
+        mut change: impl FnMut(&mut StatusDoc),
+    ) -> Result<StatusDoc, JobsError> {
+        for _ in 0..8 {
+            let Some((revision, mut doc)) = self.status(request_id).await? else {
+                return Err(JobsError::JetStream(format!(
+                    "no status document for {request_id}"
+                )));
+            };
+            change(&mut doc);
+            let bytes = serde_json::to_vec(&doc)?;
+            match self
+                .results
+                .update(request_id, bytes.into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(doc),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(js(e)),
+            }
+        }
+        Err(JobsError::Contended(request_id.to_owned()))
+    }
+
+    /// Status documents of a request as they change, the current one first.
+    pub async fn watch(
+        &self,
+        request_id: &str,
+    ) -> Result<BoxStream<'static, StatusDoc>, JobsError> {
+        let watch = self
+            .results
+            .watch_with_history(request_id)
+            .await
+            .map_err(js)?;
+        Ok(watch
+            .filter_map(|entry| async move {
+                let entry = entry.ok()?;
+                if entry.operation != kv::Operation::Put {
+                    return None;
+                }
+                serde_json::from_slice::<StatusDoc>(&entry.value).ok()
+            })
+            .boxed())
+    }
+
+    /// Claims an idempotency key for `request_id` (atomic across instances).
+    pub async fn claim(
+        &self,
+        client: &str,
+        key: &str,
+        fingerprint: &str,
+        request_id: &str,
+    ) -> Result<Claim, JobsError> {
+        // Client text never becomes a KV key: the key is a hash of client and key.
+        let hashed = hex(&Sha256::digest(format!("{client}\0{key}").as_bytes()));
+        let record = serde_json::to_vec(&KeyRecord {
+            request_id: request_id.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+        })?;
+        match self.keys.create(&hashed, record.into()).await {
+            Ok(_) => Ok(Claim::New),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let existing = self.keys.get(&hashed).await.map_err(js)?;
+                let Some(existing) = existing else {
+                    return Err(JobsError::JetStream("idempotency key vanished".into()));
+                };
+                let existing: KeyRecord = serde_json::from_slice(&existing)?;
+                if existing.fingerprint == fingerprint {
+                    Ok(Claim::Repeat(existing.request_id))
+                } else {
+                    Ok(Claim::Conflict)
+                }
+            }
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// Releases a key whose request could not be accepted.
+    pub async fn release(&self, client: &str, key: &str) {
+        let hashed = hex(&Sha256::digest(format!("{client}\0{key}").as_bytes()));
+        if let Err(e) = self.keys.purge(&hashed).await {
+            warn!(error = %e, "cannot release an idempotency key");
+        }
+    }
+
+    /// Queues the callback delivery of a finished request (deduplicated per request).
+    pub async fn schedule_callback(&self, request_id: &str) -> Result<(), JobsError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(request_id.to_owned()))
+            .message_id(format!("callback-{request_id}"));
+        self.js
+            .send_publish(subject::CALLBACKS_SUBJECT, publish)
+            .await
+            .map_err(js)?
+            .await
+            .map_err(js)?;
+        Ok(())
+    }
+
+    async fn consumer(
+        &self,
+        stream: &str,
+        name: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<consumer::PullConsumer, JobsError> {
+        let stream = self.js.get_stream(stream).await.map_err(js)?;
+        stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    // Bounded by us: the final failure is recorded before the message goes.
+                    max_deliver: -1,
+                    max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(js)
+    }
+}
+
+impl Jobs {
+    /// The durable consumer of callback deliveries.
+    pub async fn callbacks_consumer(&self) -> Result<consumer::PullConsumer, JobsError> {
+        self.consumer(
+            subject::CALLBACKS_STREAM,
+            subject::CALLBACKS_CONSUMER,
+            self.callback_ack_wait,
+            20_000,
+        )
+        .await
+    }
+
+    /// How long a poll's `Prefer: wait` and an event stream may last.
+    pub fn settings(&self) -> &JobsSettings {
+        &self.settings
+    }
+}
+
+fn js_err<E: std::fmt::Display>(e: E) -> JobsError {
+    js(e)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Pulls asynchronous requests and runs them until `stop` turns true.
+pub async fn run_requests(
+    jobs: Arc<Jobs>,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), JobsError> {
+    let consumer = jobs
+        .consumer(
+            subject::REQUESTS_STREAM,
+            subject::REQUESTS_CONSUMER,
+            jobs.settings.ack_wait,
+            20_000,
+        )
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(jobs.settings.concurrency)
+        .messages()
+        .await
+        .map_err(js)?;
+    let permits = Arc::new(Semaphore::new(jobs.settings.concurrency));
+    let mut tasks = JoinSet::new();
+    info!(
+        concurrency = jobs.settings.concurrency,
+        "processing asynchronous requests"
+    );
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let message = tokio::select! {
+            _ = stop.changed() => break,
+            next = messages.next() => match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    warn!(error = %e, "pulling asynchronous requests");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let (jobs, state) = (jobs.clone(), state.clone());
+        tasks.spawn(async move {
+            process(&jobs, &state, message).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!(
+            abandoned = tasks.len(),
+            "asynchronous requests left unacked for another instance"
+        );
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+async fn process(jobs: &Jobs, state: &AppState, message: jetstream::Message) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let job: Job = match serde_json::from_slice(&message.payload) {
+        Ok(job) => job,
+        Err(e) => {
+            warn!(error = %e, "dropping an undecodable asynchronous request");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let request_id = job.request_id.as_str();
+    match jobs.status(request_id).await {
+        Ok(Some((_, doc))) if doc.is_final() => {
+            debug!(request_id, "already finished, acking a redelivery");
+            let _ = message.ack().await;
+            return;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(request_id, error = %e, "cannot read a status document, retrying later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    }
+    let (http_status, body) = if delivered > i64::from(jobs.settings.max_deliver) {
+        warn!(
+            request_id,
+            delivered, "giving up on an asynchronous request"
+        );
+        gave_up(request_id, delivered)
+    } else {
+        let work = run_job(state, &job);
+        tokio::pin!(work);
+        // Tell JetStream we are alive while a long gather runs.
+        let mut ticks = tokio::time::interval(jobs.settings.ack_wait / 2);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                answer = &mut work => break answer,
+                _ = ticks.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            }
+        }
+    };
+    let finished = jobs
+        .update(request_id, |doc| doc.finish(http_status, &body))
+        .await;
+    if let Err(e) = finished {
+        warn!(request_id, error = %e, "cannot store a result, retrying later");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+        return;
+    }
+    if job.callback_url.is_some() {
+        if let Err(e) = jobs.schedule_callback(request_id).await {
+            warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    }
+    if let Err(e) = message.double_ack().await {
+        // The result is stored; a redelivery only finds it final and acks.
+        debug!(request_id, error = %e, "ack not confirmed");
+    }
+}
+
+/// Runs the job's route exactly as a synchronous request would.
+async fn run_job(state: &AppState, job: &Job) -> (u16, Vec<u8>) {
+    let snapshot = state.config.load_full();
+    let Some(route) = snapshot.route(&job.route) else {
+        let problem = serde_json::json!({
+            "type": problem_type("route-not-found"),
+            "title": "Route not found",
+            "status": 404,
+            "detail": format!("the route {} no longer exists", job.route),
+            "request_id": job.request_id,
+            "order_id": job.order_id,
+        });
+        return (404, serde_json::to_vec(&problem).unwrap_or_default());
+    };
+    let started = tokio::time::Instant::now();
+    let asker = Asker {
+        request_id: &job.request_id,
+        order_id: &job.order_id,
+        client: &job.client,
+        traceparent: &job.traceparent,
+    };
+    match api::gather_answer(state, route, asker, started).await {
+        Ok(body) => (200, body),
+        Err(e) => {
+            let (status, body) = e.problem();
+            (status.as_u16(), body.to_vec())
+        }
+    }
+}
+
+fn gave_up(request_id: &str, delivered: i64) -> (u16, Vec<u8>) {
+    let problem = serde_json::json!({
+        "type": problem_type("processing-failed"),
+        "title": "Processing failed",
+        "status": 500,
+        "detail": format!("processing was attempted {delivered} times without finishing"),
+        "request_id": request_id,
+    });
+    (500, serde_json::to_vec(&problem).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            request_id: "r1".into(),
+            route: "order".into(),
+            order_id: "A1".into(),
+            client: String::new(),
+            callback_url: Some("https://example.com/hook".into()),
+            traceparent: "00-x-y-01".into(),
+        }
+    }
+
+    #[test]
+    fn a_finished_document_carries_the_synchronous_answer() {
+        let mut doc = StatusDoc::pending(&job());
+        assert!(!doc.is_final());
+        assert_eq!(
+            doc.callback.as_ref().map(|c| c.state.as_str()),
+            Some("waiting")
+        );
+        doc.finish(200, br#"{"complete":true}"#);
+        assert_eq!(doc.status, JobStatus::Completed);
+        assert_eq!(
+            doc.callback.as_ref().map(|c| c.state.as_str()),
+            Some("pending")
+        );
+        let v = serde_json::to_value(&doc).expect("json");
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["http_status"], 200);
+        assert_eq!(v["result"]["complete"], true);
+        let mut failed = StatusDoc::pending(&job());
+        failed.finish(504, br#"{"status":504}"#);
+        assert_eq!(failed.status, JobStatus::Failed);
+    }
+
+    #[test]
+    fn giving_up_is_a_problem_document() {
+        let (status, body) = gave_up("r1", 6);
+        assert_eq!(status, 500);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["type"], "urn:busgate:problem:processing-failed");
+    }
+}

@@ -1,0 +1,335 @@
+//! Asynchronous requests over HTTP: submit (`Prefer: respond-async` or a `callback_url`),
+//! poll (`GET /api/requests/{id}`), and server-sent events (`…/events`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use busgate_shared::header::REQUEST_ID;
+
+use crate::api::AppState;
+use crate::error::{ErrorKind, GatewayError};
+use crate::jobs::{hex, Claim, Job, Jobs, StatusDoc};
+use crate::snapshot::Route;
+
+/// The jobs store, set once JetStream is ready.
+pub type JobsCell = Arc<OnceLock<Arc<Jobs>>>;
+
+/// What the client prefers (RFC 7240).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prefer {
+    /// `respond-async`.
+    pub respond_async: bool,
+    /// `wait=N`: answer synchronously if done within N seconds.
+    pub wait: Option<Duration>,
+}
+
+impl Prefer {
+    /// Reads every `Prefer` header.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut prefer = Prefer::default();
+        for value in headers.get_all("prefer") {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split([',', ';']) {
+                let token = token.trim();
+                let (name, arg) = token.split_once('=').map_or((token, None), |(n, a)| {
+                    (n.trim(), Some(a.trim().trim_matches('"')))
+                });
+                if name.eq_ignore_ascii_case("respond-async") {
+                    prefer.respond_async = true;
+                } else if name.eq_ignore_ascii_case("wait") {
+                    prefer.wait = arg
+                        .and_then(|a| a.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                }
+            }
+        }
+        prefer
+    }
+}
+
+/// What an asynchronous submit carries.
+pub struct Submit<'a> {
+    /// The route.
+    pub route: &'a Arc<Route>,
+    /// The request's head.
+    pub parts: &'a Parts,
+    /// The raw body (for the idempotency fingerprint).
+    pub body: &'a [u8],
+    /// The validated order id.
+    pub order_id: String,
+    /// The callback URL, not yet checked.
+    pub callback_url: Option<String>,
+    /// The client's preferences.
+    pub prefer: Prefer,
+    /// The new request id.
+    pub request_id: &'a str,
+    /// The trace context.
+    pub traceparent: String,
+}
+
+/// Accepts an asynchronous request: 202 once JetStream has it (or the answer, with `wait`).
+pub async fn submit(state: &AppState, submit: Submit<'_>) -> Result<Response, GatewayError> {
+    let jobs = state
+        .jobs
+        .get()
+        .ok_or(ErrorKind::NotReady(
+            "asynchronous requests are not ready yet",
+        ))?
+        .clone();
+    if let Some(url) = &submit.callback_url {
+        if state.edge.signer.is_none() {
+            return Err(ErrorKind::CallbacksDisabled.into());
+        }
+        state
+            .edge
+            .guard
+            .check(url)
+            .await
+            .map_err(ErrorKind::CallbackRefused)?;
+    }
+    let client = "";
+    let key = idempotency_key(&submit.parts.headers)?;
+    if let Some(key) = key {
+        let fingerprint = fingerprint(submit.parts, submit.body);
+        match jobs
+            .claim(client, key, &fingerprint, submit.request_id)
+            .await
+        {
+            Ok(Claim::New) => {}
+            Ok(Claim::Repeat(existing)) => {
+                return Ok(accepted(&existing, submit.prefer.respond_async))
+            }
+            Ok(Claim::Conflict) => return Err(ErrorKind::IdempotencyConflict.into()),
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    let job = Job {
+        request_id: submit.request_id.to_owned(),
+        route: submit.route.name.0.to_string(),
+        order_id: submit.order_id,
+        client: client.to_owned(),
+        callback_url: submit.callback_url,
+        traceparent: submit.traceparent,
+    };
+    if let Err(e) = jobs.submit(&job).await {
+        if let Some(key) = key {
+            jobs.release(client, key).await;
+        }
+        return Err(unavailable(e).with_order(&job.order_id));
+    }
+    if let Some(wait) = submit.prefer.wait.filter(|w| !w.is_zero()) {
+        let wait = wait.min(jobs.settings().max_wait);
+        if let Some(doc) = wait_final(&jobs, submit.request_id, wait).await {
+            return Ok(final_answer(&doc));
+        }
+    }
+    Ok(accepted(submit.request_id, submit.prefer.respond_async))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> GatewayError {
+    warn!(error = %e, "jetstream call failed");
+    ErrorKind::Unavailable("the request store is not reachable".into()).into()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ErrorKind::InvalidIdempotencyKey)?
+        .trim_matches('"');
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ErrorKind::InvalidIdempotencyKey.into());
+    }
+    Ok(Some(key))
+}
+
+/// What makes two submits "the same request": method, path and body.
+fn fingerprint(parts: &Parts, body: &[u8]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(parts.method.as_str());
+    hash.update([0]);
+    hash.update(parts.uri.path());
+    hash.update([0]);
+    hash.update(body);
+    hex(&hash.finalize())
+}
+
+/// The 202 answer.
+fn accepted(request_id: &str, preference_applied: bool) -> Response {
+    let status_url = format!("/api/requests/{request_id}");
+    let body = serde_json::json!({"request_id": request_id, "status": "pending", "status_url": status_url});
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&status_url) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if preference_applied {
+        headers.insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async"),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// The answer the synchronous call would have given, from a finished document.
+fn final_answer(doc: &StatusDoc) -> Response {
+    let status = doc
+        .http_status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status == StatusCode::OK {
+        "application/json"
+    } else {
+        crate::error::PROBLEM_JSON
+    };
+    let body = doc
+        .result
+        .as_ref()
+        .map(|r| r.get().to_owned())
+        .unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn wait_final(jobs: &Jobs, request_id: &str, within: Duration) -> Option<StatusDoc> {
+    let mut finished = jobs
+        .watch(request_id)
+        .await
+        .ok()?
+        .filter(|doc| futures::future::ready(doc.is_final()));
+    tokio::time::timeout(within, finished.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+fn jobs_of(state: &AppState) -> Result<Arc<Jobs>, GatewayError> {
+    state
+        .jobs
+        .get()
+        .cloned()
+        .ok_or_else(|| ErrorKind::NotReady("asynchronous requests are not ready yet").into())
+}
+
+/// Request ids are UUIDs; anything else is unknown (and never becomes a KV key).
+fn checked_id(id: &str) -> Result<String, GatewayError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| ErrorKind::RequestNotFound(id.chars().take(64).collect()).into())
+}
+
+/// `GET /api/requests/{request_id}`.
+pub async fn poll(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, GatewayError> {
+    let id = checked_id(&id)?;
+    let jobs = jobs_of(&state)?;
+    match jobs.status(&id).await {
+        Ok(Some((_, doc))) => Ok(axum::Json(doc).into_response()),
+        Ok(None) => Err(ErrorKind::RequestNotFound(id).into()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// `GET /api/requests/{request_id}/events`: the status document on every change, ending after
+/// the final one (or after `jobs.events_max`; clients reconnect).
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, GatewayError> {
+    let id = checked_id(&id)?;
+    let jobs = jobs_of(&state)?;
+    match jobs.status(&id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ErrorKind::RequestNotFound(id).into()),
+        Err(e) => return Err(unavailable(e)),
+    }
+    let docs = jobs.watch(&id).await.map_err(unavailable)?;
+    let limit = tokio::time::sleep(jobs.settings().events_max);
+    let stream = docs
+        .scan(false, |ended, doc| {
+            let item = if *ended { None } else { Some(doc) };
+            if let Some(doc) = &item {
+                *ended = doc.is_final();
+            }
+            futures::future::ready(item)
+        })
+        .map(|doc| {
+            let name = match doc.status {
+                crate::jobs::JobStatus::Pending => "pending",
+                crate::jobs::JobStatus::Completed => "completed",
+                crate::jobs::JobStatus::Failed => "failed",
+            };
+            Ok(Event::default()
+                .event(name)
+                .json_data(&doc)
+                .unwrap_or_else(|_| Event::default().event(name)))
+        })
+        .take_until(limit);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("prefer", HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn prefer_headers_parse() {
+        assert_eq!(Prefer::parse(&headers(&[])), Prefer::default());
+        assert_eq!(
+            Prefer::parse(&headers(&["respond-async, wait=5"])),
+            Prefer {
+                respond_async: true,
+                wait: Some(Duration::from_secs(5))
+            }
+        );
+        assert_eq!(
+            Prefer::parse(&headers(&["return=minimal", "Respond-Async"])),
+            Prefer {
+                respond_async: true,
+                wait: None
+            }
+        );
+        assert_eq!(Prefer::parse(&headers(&["wait=x"])).wait, None);
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).ok(), Some(None));
+        h.insert("idempotency-key", HeaderValue::from_static("\"abc-1\""));
+        assert_eq!(idempotency_key(&h).ok(), Some(Some("abc-1")));
+        h.insert("idempotency-key", HeaderValue::from_static("a b"));
+        assert!(idempotency_key(&h).is_err());
+    }
+
+    #[test]
+    fn only_uuids_are_request_ids() {
+        assert!(checked_id("01a20092-06fb-75cf-a84a-ff868feb3495").is_ok());
+        assert!(checked_id("../x").is_err());
+        assert!(checked_id("a.b.>").is_err());
+    }
+}
