@@ -99,13 +99,16 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let connected = busgate_shared::nats::is_connected(&state.nats);
+    let jobs = state.jobs.get().is_some();
     let routes = state.config.load().spec.routes.len();
+    let ready = connected && jobs;
     let body = serde_json::json!({
-        "status": if connected { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "nats": if connected { "connected" } else { "disconnected" },
+        "jetstream": if jobs { "ready" } else { "not_ready" },
         "routes": routes,
     });
-    let status = if connected {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

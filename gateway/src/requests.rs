@@ -261,26 +261,27 @@ pub async fn events(
     }
     let docs = jobs.watch(&id).await.map_err(unavailable)?;
     let limit = tokio::time::sleep(jobs.settings().events_max);
-    let stream = docs
-        .scan(false, |ended, doc| {
-            let item = if *ended { None } else { Some(doc) };
-            if let Some(doc) = &item {
-                *ended = doc.is_final();
-            }
-            futures::future::ready(item)
-        })
-        .map(|doc| {
-            let name = match doc.status {
-                crate::jobs::JobStatus::Pending => "pending",
-                crate::jobs::JobStatus::Completed => "completed",
-                crate::jobs::JobStatus::Failed => "failed",
-            };
-            Ok(Event::default()
-                .event(name)
-                .json_data(&doc)
-                .unwrap_or_else(|_| Event::default().event(name)))
-        })
-        .take_until(limit);
+    // Ends right after the final document, not at the next (never coming) one.
+    let stream = futures::stream::unfold((docs, false), |(mut docs, ended)| async move {
+        if ended {
+            return None;
+        }
+        let doc = docs.next().await?;
+        let ended = doc.is_final();
+        Some((doc, (docs, ended)))
+    })
+    .map(|doc| {
+        let name = match doc.status {
+            crate::jobs::JobStatus::Pending => "pending",
+            crate::jobs::JobStatus::Completed => "completed",
+            crate::jobs::JobStatus::Failed => "failed",
+        };
+        Ok(Event::default()
+            .event(name)
+            .json_data(&doc)
+            .unwrap_or_else(|_| Event::default().event(name)))
+    })
+    .take_until(limit);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -227,6 +227,7 @@ impl Settings {
         }
         builder = builder.add_source(
             config::Environment::with_prefix("BUSGATE")
+                .source(Some(settings_env(std::env::vars())))
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
@@ -236,6 +237,19 @@ impl Settings {
         );
         Ok(builder.build()?.try_deserialize()?)
     }
+
+    /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).
+    const TOP_LEVEL: [&'static str; 9] = [
+        "NATS",
+        "HTTP",
+        "ADMIN",
+        "LOG",
+        "JOBS",
+        "CALLBACKS",
+        "SHUTDOWN_GRACE",
+        "SERVICES",
+        "ROUTES",
+    ];
 
     /// The configuration part (services and routes).
     pub fn config_spec(&self) -> ConfigSpec {
@@ -299,6 +313,20 @@ impl Settings {
     }
 }
 
+/// The `BUSGATE_…` variables that are settings. Others (`BUSGATE_HOME` of the install script,
+/// a tool's own) are left alone instead of failing as unknown keys; a typo inside a known
+/// section (`BUSGATE_HTTP__LISTN`) still fails.
+fn settings_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(name, _)| {
+        let Some(rest) = name.strip_prefix("BUSGATE_") else {
+            return false;
+        };
+        let top = rest.split("__").next().unwrap_or_default();
+        Settings::TOP_LEVEL.contains(&top)
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +339,22 @@ mod tests {
             .expect("temp file");
         f.write_all(text.as_bytes()).expect("write");
         f
+    }
+
+    #[test]
+    fn only_settings_are_read_from_the_environment() {
+        let vars = [
+            ("BUSGATE_NATS__URL", "nats://x:4222"),
+            ("BUSGATE_HOME", "/opt/busgate"),
+            ("BUSGATE_TEST_LOGS", "1"),
+            ("BUSGATE_SHUTDOWN_GRACE", "3s"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let kept = settings_env(vars.into_iter());
+        let mut names: Vec<_> = kept.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["BUSGATE_NATS__URL", "BUSGATE_SHUTDOWN_GRACE"]);
     }
 
     #[test]

@@ -376,8 +376,12 @@ fn print_banner(settings: &Settings, args: &UpArgs, data_dir: &Path, nats: &str,
         ));
     }
     out.push_str(&format!(
-        "  logs      {}\n\n",
+        "  logs      {}\n",
         data_dir.join("logs").display()
+    ));
+    out.push_str(&format!(
+        "  callbacks signed with {} (loopback receivers allowed)\n\n",
+        settings.callbacks.secret
     ));
     out.push_str("Try:\n");
     out.push_str(&format!(
