@@ -50,6 +50,12 @@ pub struct AppState {
     pub edge: Arc<Edge>,
     /// Asynchronous requests, once JetStream is ready.
     pub jobs: JobsCell,
+    /// The configuration store, once JetStream is ready.
+    pub store: Arc<std::sync::OnceLock<crate::store::ConfigStore>>,
+    /// What the configuration watcher reports.
+    pub store_status: Arc<crate::store::StoreStatus>,
+    /// This instance's id.
+    pub instance: Arc<str>,
 }
 
 /// Rules of the edge that come from settings, not from dynamic configuration.
@@ -100,12 +106,17 @@ async fn live() -> Json<serde_json::Value> {
 async fn ready(State(state): State<AppState>) -> Response {
     let connected = busgate_shared::nats::is_connected(&state.nats);
     let jobs = state.jobs.get().is_some();
+    let config = state
+        .store_status
+        .loaded
+        .load(std::sync::atomic::Ordering::Acquire);
     let routes = state.config.load().spec.routes.len();
-    let ready = connected && jobs;
+    let ready = connected && jobs && config;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "nats": if connected { "connected" } else { "disconnected" },
         "jetstream": if jobs { "ready" } else { "not_ready" },
+        "config": if config { "loaded" } else { "not_loaded" },
         "routes": routes,
     });
     let status = if ready {
@@ -231,6 +242,7 @@ async fn serve(
         order_id: &order_id,
         client: "",
         traceparent: &traceparent,
+        headers: &parts.headers,
     };
     let body = gather_answer(state, route, asker, started).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

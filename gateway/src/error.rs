@@ -83,6 +83,34 @@ pub enum ErrorKind {
     /// No asynchronous request with this id (or not visible to this client).
     #[error("no request {0}")]
     RequestNotFound(String),
+    /// The admin API needs a valid bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// A configuration change breaks a rule; `field` names where.
+    #[error("{field}: {reason}")]
+    InvalidConfig {
+        /// Dotted path of the offending field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A write without `If-Match`.
+    #[error("send If-Match with the ETag you read, so that no update is lost")]
+    PreconditionRequired,
+    /// A write whose `If-Match` is not the current revision.
+    #[error("the object changed since revision {expected}; it is at {current} now")]
+    PreconditionFailed {
+        /// The revision the writer had.
+        expected: u64,
+        /// The revision in the store.
+        current: u64,
+    },
+    /// The change conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such configuration object.
+    #[error("{0} does not exist")]
+    ObjectNotFound(String),
     /// A dependency (JetStream) failed; detail goes to the log.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -139,6 +167,8 @@ struct Problem<'a> {
     order_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sources: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl GatewayError {
@@ -248,6 +278,24 @@ impl GatewayError {
                 "unavailable",
                 "Temporarily unavailable",
             ),
+            K::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            K::InvalidConfig { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-config",
+                "Invalid configuration",
+            ),
+            K::PreconditionRequired => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition-required",
+                "If-Match required",
+            ),
+            K::PreconditionFailed { .. } => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Lost update",
+            ),
+            K::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            K::ObjectNotFound(_) => (StatusCode::NOT_FOUND, "object-not-found", "Not found"),
             K::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -268,6 +316,10 @@ impl GatewayError {
             order_id: self.order_id.as_deref(),
             sources: match &self.kind {
                 ErrorKind::Source { sources, .. } => Some(sources),
+                _ => None,
+            },
+            field: match &self.kind {
+                ErrorKind::InvalidConfig { field, .. } => Some(field),
                 _ => None,
             },
         };
@@ -298,6 +350,12 @@ impl IntoResponse for GatewayError {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 headers.insert(header::ALLOW, v);
             }
+        }
+        if let ErrorKind::Unauthorized = &self.kind {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"busgate-admin\""),
+            );
         }
         response
     }

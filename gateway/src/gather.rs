@@ -54,6 +54,8 @@ pub enum SourceResult {
     },
     /// The gather ended (a required source failed) before this one answered.
     Cancelled,
+    /// The target's conditions did not hold for this request: it was not asked.
+    Skipped,
 }
 
 impl SourceResult {
@@ -66,7 +68,13 @@ impl SourceResult {
             SourceResult::NoResponders { .. } => "no_responders",
             SourceResult::Timeout { .. } => "timeout",
             SourceResult::Cancelled => "cancelled",
+            SourceResult::Skipped => "skipped",
         }
+    }
+
+    /// Whether the source counts as present for `complete` (answered, or not asked).
+    pub fn is_present(&self) -> bool {
+        matches!(self, SourceResult::Ok { .. } | SourceResult::Skipped)
     }
 
     /// Whether the source delivered data.
@@ -180,7 +188,7 @@ impl Book {
         if slot.result.is_some() {
             return None;
         }
-        if slot.required && !result.is_ok() && self.failed.is_none() {
+        if slot.required && !result.is_present() && self.failed.is_none() {
             self.failed = Some(index);
         }
         slot.result = Some(result);
@@ -232,7 +240,7 @@ impl Book {
 }
 
 /// Who is asking, for the request headers and payload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Asker<'a> {
     /// The request's UUIDv7.
     pub request_id: &'a str,
@@ -242,6 +250,8 @@ pub struct Asker<'a> {
     pub client: &'a str,
     /// The W3C traceparent to send.
     pub traceparent: &'a str,
+    /// The request headers that conditions may read.
+    pub headers: &'a dyn crate::snapshot::Headers,
 }
 
 /// Scatters the request to every target of `route` and gathers the replies.
@@ -267,6 +277,17 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
     };
     let now_ms = header::now_unix_ms();
     for (index, target) in route.targets.iter().enumerate() {
+        if let Some(when) = &target.when {
+            if !when.holds(
+                &target.service.0,
+                asker.order_id,
+                asker.client,
+                asker.headers,
+            ) {
+                book.settle(index, SourceResult::Skipped);
+                continue;
+            }
+        }
         let mut headers = HeaderMap::new();
         headers.insert(header::REQUEST_ID, asker.request_id);
         headers.insert(

@@ -64,6 +64,9 @@ pub struct Job {
     pub callback_url: Option<String>,
     /// The trace context to continue.
     pub traceparent: String,
+    /// The request headers the route's conditions read, `(lower-case name, value)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 /// Where a request is.
@@ -609,6 +612,7 @@ async fn run_job(state: &AppState, job: &Job) -> (u16, Vec<u8>) {
         order_id: &job.order_id,
         client: &job.client,
         traceparent: &job.traceparent,
+        headers: &job.headers,
     };
     match api::gather_answer(state, route, asker, started).await {
         Ok(body) => (200, body),
@@ -642,6 +646,7 @@ mod tests {
             client: String::new(),
             callback_url: Some("https://example.com/hook".into()),
             traceparent: "00-x-y-01".into(),
+            headers: Vec::new(),
         }
     }
 

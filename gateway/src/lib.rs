@@ -8,6 +8,7 @@
 //! - [`settings`]: typed settings (defaults < file < `BUSGATE_…` env), validated before binding.
 //! - [`snapshot`]: the compiled configuration a request runs on, and route lookup.
 //! - [`api`]: the public HTTP edge: validation, dispatch, health, metrics.
+//! - [`admin`]: the admin API, OpenAPI document and web UI on the admin listener.
 //! - [`collector`]: owns the table of pending gathers and the one reply inbox per instance.
 //! - [`gather`]: one scatter-gather: publish to every target, collect until done or deadline.
 //! - [`merge`]: turns a gather's outcome into the answer or the problem.
@@ -16,9 +17,12 @@
 //!   idempotency keys, and the processor every instance runs.
 //! - [`callback`]: signed callbacks: signing, SSRF guard, delivery with retries.
 //! - [`error`]: the one error type and its one HTTP mapping (RFC 9457 problem+json).
+//! - [`store`]: the configuration in the KV bucket `busgate-config`, and the watcher that
+//!   keeps every instance's configuration in force.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`up`]: `busgate up`, the one-command local stack.
 
+pub mod admin;
 pub mod api;
 pub mod callback;
 pub mod collector;
@@ -30,6 +34,7 @@ pub mod metrics;
 pub mod requests;
 pub mod settings;
 pub mod snapshot;
+pub mod store;
 pub mod up;
 
 use std::future::{Future, IntoFuture};
@@ -61,6 +66,7 @@ pub fn new_instance_id() -> String {
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
+    admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
@@ -85,6 +91,9 @@ pub async fn run(
         metrics,
         edge: Arc::new(edge(&settings, order_id)?),
         jobs: Arc::new(OnceLock::new()),
+        store: Arc::new(OnceLock::new()),
+        store_status: Arc::new(store::StoreStatus::default()),
+        instance: Arc::from(instance.as_str()),
     };
     let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
     let jobs_task = tokio::spawn(supervise_jobs(
@@ -94,6 +103,23 @@ pub async fn run(
     ));
     let addr = listener.local_addr()?;
     info!(%addr, %instance, nats = %settings.nats.url, "listening");
+    let token = if settings.admin.token.is_empty() {
+        let generated = uuid::Uuid::new_v4().simple().to_string();
+        warn!(token = %generated, "admin.token is not set: generated one for this process");
+        generated
+    } else {
+        settings.admin.token.clone()
+    };
+    let admin_addr = admin_listener.local_addr()?;
+    info!(addr = %admin_addr, "admin listening");
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(
+        axum::serve(admin_listener, admin::router(state.clone(), &token))
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop_rx.await;
+            })
+            .into_future(),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, api::router(state.clone()))
@@ -123,6 +149,13 @@ pub async fn run(
             server.abort();
         }
     }
+    let _ = admin_stop_tx.send(());
+    if tokio::time::timeout(Duration::from_secs(2), admin)
+        .await
+        .is_err()
+    {
+        warn!("admin listener did not close in time");
+    }
     let _ = stop_jobs.send(true);
     if tokio::time::timeout(settings.shutdown_grace, jobs_task)
         .await
@@ -148,17 +181,37 @@ fn edge(
     Ok(edge)
 }
 
-/// Sets JetStream up (retrying until NATS answers), then runs the processor of asynchronous
-/// requests and the callback deliverer until `stop` turns true.
+/// Sets JetStream up (retrying until NATS answers): the configuration store (seeded from
+/// settings when empty) and its watcher, the processor of asynchronous requests and the
+/// callback deliverer; runs them until `stop` turns true.
 async fn supervise_jobs(
     state: AppState,
     settings: Settings,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut delay = Duration::from_millis(200);
-    let jobs = loop {
-        match Jobs::setup(&state.nats, &settings.jobs, settings.callbacks.timeout).await {
-            Ok(jobs) => break Arc::new(jobs),
+    let (jobs, store) = loop {
+        let ready = async {
+            let jobs = Jobs::setup(&state.nats, &settings.jobs, settings.callbacks.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let store = store::ConfigStore::open(&state.nats, settings.jobs.replicas)
+                .await
+                .map_err(|e| e.to_string())?;
+            let seeded = store
+                .seed(&settings.config_spec())
+                .await
+                .map_err(|e| e.to_string())?;
+            if seeded > 0 {
+                info!(
+                    objects = seeded,
+                    "configuration store was empty: seeded from settings"
+                );
+            }
+            Ok::<_, String>((jobs, store))
+        };
+        match ready.await {
+            Ok((jobs, store)) => break (Arc::new(jobs), store),
             Err(e) => {
                 warn!(error = %e, retry_in = ?delay, "jetstream is not ready");
                 tokio::select! {
@@ -170,7 +223,14 @@ async fn supervise_jobs(
         }
     };
     let _ = state.jobs.set(jobs.clone());
+    let _ = state.store.set(store.clone());
     info!("asynchronous requests ready");
+    let watcher = store::run_watcher(
+        store,
+        state.config.clone(),
+        state.store_status.clone(),
+        stop.clone(),
+    );
     let processor = jobs::run_requests(
         jobs.clone(),
         state.clone(),
@@ -194,7 +254,7 @@ async fn supervise_jobs(
             ))),
         }
     };
-    let (processed, delivered) = tokio::join!(processor, deliveries);
+    let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
     for result in [processed, delivered] {
         if let Err(e) = result {
             warn!(error = %e, "asynchronous processing stopped");

@@ -56,14 +56,20 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime::init_logging(settings.log.format, &settings.log.level);
-            let listener = match tokio::net::TcpListener::bind(settings.http.listen).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(addr = %settings.http.listen, error = %e, "cannot listen");
-                    return ExitCode::from(1);
+            let mut listeners = Vec::new();
+            for addr in [settings.http.listen, settings.admin.listen] {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => {
+                        tracing::error!(%addr, error = %e, "cannot listen");
+                        return ExitCode::from(1);
+                    }
                 }
+            }
+            let (Some(admin), Some(public)) = (listeners.pop(), listeners.pop()) else {
+                return ExitCode::from(1);
             };
-            match busgate_gateway::run(settings, listener, runtime::shutdown_signal()).await {
+            match busgate_gateway::run(settings, public, admin, runtime::shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "gateway failed");

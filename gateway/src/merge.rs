@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use busgate_shared::config::MergeStrategy;
 use busgate_shared::envelope::code as envelope_code;
+use bytes::Bytes;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use crate::error::{ErrorKind, GatewayError, SourceFailure};
 use crate::gather::{Outcome, SourceResult};
-use crate::snapshot::Route;
+use crate::snapshot::{Route, Target};
 
 /// Renders the answer for `outcome`: the body of a 200, or the error of a failed request.
 pub fn answer(
@@ -28,7 +30,7 @@ pub fn answer(
             .with_request(request_id)
             .with_order(order_id));
     }
-    let complete = outcome.results.iter().all(SourceResult::is_ok);
+    let complete = outcome.results.iter().all(SourceResult::is_present);
     let data_len: usize = outcome
         .results
         .iter()
@@ -49,6 +51,7 @@ pub fn answer(
     });
     match route.merge {
         MergeStrategy::Namespace => namespace(&mut out, route, &outcome.results),
+        MergeStrategy::Deep => deep(&mut out, route, &outcome.results),
     }
     out.extend_from_slice(b",\"sources\":");
     sources(&mut out, route, &outcome.results);
@@ -73,11 +76,73 @@ fn namespace(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
         put_str(out, &target.service.0);
         out.push(b':');
         match data {
-            Some(bytes) => out.extend_from_slice(bytes),
+            Some(bytes) => out.extend_from_slice(&transformed(target, bytes)),
             None => out.extend_from_slice(b"null"),
         }
     }
     out.push(b'}');
+}
+
+/// `deep`: every source's data object merged into one, lowest priority first, so a field
+/// present in several sources takes the value of the highest-priority one.
+fn deep(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+    let mut merged = Value::Object(Map::new());
+    for &index in route.priority.iter().rev() {
+        let (
+            Some(target),
+            Some(SourceResult::Ok {
+                data: Some(data), ..
+            }),
+        ) = (route.targets.get(index), results.get(index))
+        else {
+            continue;
+        };
+        if let Ok(value) = serde_json::from_slice::<Value>(&transformed(target, data)) {
+            merge_into(&mut merged, value);
+        }
+    }
+    let _ = serde_json::to_writer(&mut *out, &merged);
+}
+
+fn merge_into(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Object(base), Value::Object(top)) => {
+            for (key, value) in top {
+                match base.get_mut(&key) {
+                    Some(existing) => merge_into(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, top) => *base = top,
+    }
+}
+
+/// The data of a source after its target's `allow` / `deny` / `rename` (top-level fields of
+/// an object; other values pass unchanged). Without a transform the bytes pass untouched.
+fn transformed(target: &Target, data: &Bytes) -> Bytes {
+    let Some(t) = &target.transform else {
+        return data.clone();
+    };
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(data) else {
+        return data.clone();
+    };
+    if !t.allow.is_empty() {
+        map.retain(|key, _| t.allow.contains(key));
+    }
+    for key in &t.deny {
+        map.remove(key);
+    }
+    for (from, to) in &t.rename {
+        if let Some(value) = map.remove(from) {
+            map.insert(to.clone(), value);
+        }
+    }
+    serde_json::to_vec(&map)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| data.clone())
 }
 
 /// The `sources` object: status and timing per source, and the error where there was one.
@@ -97,7 +162,7 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
             | SourceResult::Error { elapsed, .. }
             | SourceResult::NoResponders { elapsed } => Some(*elapsed),
             SourceResult::Timeout { after } => Some(*after),
-            SourceResult::Cancelled => None,
+            SourceResult::Cancelled | SourceResult::Skipped => None,
         };
         if let Some(elapsed) = elapsed {
             out.extend_from_slice(b",\"elapsed_ms\":");
@@ -146,7 +211,7 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
                 after.as_millis()
             ),
         ),
-        SourceResult::Ok { .. } | SourceResult::Cancelled => {
+        SourceResult::Ok { .. } | SourceResult::Cancelled | SourceResult::Skipped => {
             return GatewayError::from(ErrorKind::Internal);
         }
     };
@@ -178,12 +243,11 @@ fn put_ms(out: &mut Vec<u8>, d: Duration) {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     use super::*;
     use crate::metrics::Name;
-    use crate::snapshot::Target;
+    use crate::snapshot::Transform;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -193,6 +257,8 @@ mod tests {
             subject: format!("busgate.svc.{name}").into(),
             required,
             timeout: 800 * MS,
+            when: None,
+            transform: None,
         };
         Route {
             name: Name(Arc::from("order")),
@@ -200,6 +266,7 @@ mod tests {
             deadline: 1000 * MS,
             targets: vec![target("service1", true), target("service2", false)],
             merge: MergeStrategy::Namespace,
+            priority: vec![0, 1],
         }
     }
 
@@ -318,6 +385,79 @@ mod tests {
             assert_eq!(err.request_id.as_deref(), Some("r1"));
             assert_eq!(err.order_id.as_deref(), Some("A1"));
         }
+    }
+
+    #[test]
+    fn deep_merge_follows_the_declared_priority_not_arrival() {
+        let mut r = route();
+        r.merge = MergeStrategy::Deep;
+        let results = vec![
+            ok(r#"{"status":"paid","shipping":{"carrier":"DHL","eta":"a"},"items":[1]}"#),
+            ok(r#"{"status":"shipped","shipping":{"eta":"b"},"tracking":"T"}"#),
+        ];
+        let outcome = Outcome {
+            results,
+            failed: None,
+        };
+        let merged = |priority: Vec<usize>, r: &mut Route| {
+            r.priority = priority;
+            let body = answer(r, &outcome, "r1", "A1", MS).expect("ok");
+            serde_json::from_slice::<Value>(&body).expect("json")["data"].clone()
+        };
+        assert_eq!(
+            merged(vec![0, 1], &mut r),
+            json!({"status":"paid","shipping":{"carrier":"DHL","eta":"a"},"items":[1],"tracking":"T"})
+        );
+        assert_eq!(
+            merged(vec![1, 0], &mut r),
+            json!({"status":"shipped","shipping":{"carrier":"DHL","eta":"b"},"items":[1],"tracking":"T"})
+        );
+    }
+
+    #[test]
+    fn allow_deny_and_rename_apply_before_the_merge() {
+        let mut r = route();
+        r.targets[0].transform = Some(Transform {
+            allow: vec!["amount".into(), "status".into()],
+            deny: vec![],
+            rename: vec![("status".into(), "order_status".into())],
+        });
+        r.targets[1].transform = Some(Transform {
+            allow: vec![],
+            deny: vec!["secret".into()],
+            rename: vec![],
+        });
+        let results = vec![
+            ok(r#"{"amount":1,"status":"paid","internal":true}"#),
+            ok(r#"{"carrier":"DHL","secret":"x"}"#),
+        ];
+        let body = answer(
+            &r,
+            &Outcome {
+                results,
+                failed: None,
+            },
+            "r1",
+            "A1",
+            MS,
+        )
+        .expect("ok");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v["data"],
+            json!({"service1": {"amount": 1, "order_status": "paid"}, "service2": {"carrier": "DHL"}})
+        );
+    }
+
+    #[test]
+    fn skipped_targets_leave_the_answer_complete() {
+        let v = render(vec![ok(r#"{"amount":1}"#), SourceResult::Skipped], None).expect("ok");
+        assert_eq!(v["complete"], true);
+        assert_eq!(
+            v["sources"]["service2"],
+            json!({"status": "skipped", "optional": true})
+        );
+        assert_eq!(v["data"], json!({"service1": {"amount": 1}}));
     }
 
     #[test]

@@ -118,6 +118,14 @@ pub async fn submit(state: &AppState, submit: Submit<'_>) -> Result<Response, Ga
         client: client.to_owned(),
         callback_url: submit.callback_url,
         traceparent: submit.traceparent,
+        headers: submit
+            .route
+            .condition_headers()
+            .filter_map(|name| {
+                let value = submit.parts.headers.get(name)?.to_str().ok()?;
+                Some((name.to_owned(), value.to_owned()))
+            })
+            .collect(),
     };
     if let Err(e) = jobs.submit(&job).await {
         if let Some(key) = key {

@@ -75,6 +75,8 @@ pub struct HttpSettings {
 pub struct AdminSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Bearer token of the admin API; a random one is generated (and logged) when empty.
+    pub token: String,
 }
 
 /// Logging.
@@ -201,6 +203,7 @@ impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: String::new(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// How replies are merged.
     pub merge: MergeStrategy,
+    /// For `deep`: target indices from highest to lowest priority.
+    pub priority: Vec<usize>,
 }
 
 /// A compiled target.
@@ -55,6 +57,90 @@ pub struct Target {
     pub required: bool,
     /// How long the gather waits for it (never beyond the route's deadline).
     pub timeout: Duration,
+    /// When it is asked; always when `None`.
+    pub when: Option<When>,
+    /// What is done to its data before the merge; nothing when `None`.
+    pub transform: Option<Transform>,
+}
+
+/// A compiled [`busgate_shared::config::Condition`].
+#[derive(Debug)]
+pub struct When {
+    /// `(lower-case name, value)` the request header must have.
+    pub header: Option<(String, String)>,
+    /// Client ids allowed.
+    pub clients: Option<Vec<String>>,
+    /// Pattern the order id must match.
+    pub order_id: Option<regex::Regex>,
+    /// Stable share of order ids.
+    pub percent: Option<f64>,
+}
+
+/// Per-target `allow` / `deny` / `rename` of top-level fields.
+#[derive(Debug, Default)]
+pub struct Transform {
+    /// Kept fields (all when empty).
+    pub allow: Vec<String>,
+    /// Dropped fields.
+    pub deny: Vec<String>,
+    /// Renamed fields.
+    pub rename: Vec<(String, String)>,
+}
+
+/// Where a condition reads request headers from (the HTTP request, or a stored job).
+pub trait Headers: Sync {
+    /// The value of a header (name in lower case).
+    fn get_header(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for axum::http::HeaderMap {
+    fn get_header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Headers for Vec<(String, String)> {
+    fn get_header(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl When {
+    /// Whether the target is asked for this request.
+    pub fn holds(&self, salt: &str, order_id: &str, client: &str, headers: &dyn Headers) -> bool {
+        if let Some((name, value)) = &self.header {
+            if headers.get_header(name) != Some(value.as_str()) {
+                return false;
+            }
+        }
+        if let Some(clients) = &self.clients {
+            if !clients.iter().any(|c| c == client) {
+                return false;
+            }
+        }
+        if let Some(pattern) = &self.order_id {
+            if !pattern.is_match(order_id) {
+                return false;
+            }
+        }
+        if let Some(percent) = self.percent {
+            if !busgate_shared::config::in_rollout(salt, order_id, percent) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Route {
+    /// Lower-case names of the request headers any condition of this route reads.
+    pub fn condition_headers(&self) -> impl Iterator<Item = &str> {
+        self.targets
+            .iter()
+            .filter_map(|t| t.when.as_ref()?.header.as_ref().map(|(n, _)| n.as_str()))
+    }
 }
 
 /// What a request's method and path lead to.
@@ -94,15 +180,52 @@ impl Snapshot {
                         subject: Subject::from(subject::service(&t.service)),
                         required: t.required,
                         timeout: t.timeout.unwrap_or(service_timeout).min(route.deadline),
+                        when: t.when.as_ref().map(|w| When {
+                            header: w
+                                .header
+                                .as_ref()
+                                .map(|h| (h.name.to_ascii_lowercase(), h.equals.clone())),
+                            clients: w.clients.clone(),
+                            // Validated by `spec.validate()` above.
+                            order_id: w
+                                .order_id_matches
+                                .as_ref()
+                                .and_then(|p| regex::Regex::new(p).ok()),
+                            percent: w.percent,
+                        }),
+                        transform: (!t.allow.is_empty()
+                            || !t.deny.is_empty()
+                            || !t.rename.is_empty())
+                        .then(|| Transform {
+                            allow: t.allow.clone(),
+                            deny: t.deny.clone(),
+                            rename: t
+                                .rename
+                                .iter()
+                                .map(|(a, b)| (a.clone(), b.clone()))
+                                .collect(),
+                        }),
                     }
                 })
+                .collect::<Vec<_>>();
+            let mut priority: Vec<usize> = route
+                .merge
+                .priority
+                .iter()
+                .filter_map(|name| route.targets.iter().position(|t| &t.service == name))
                 .collect();
+            for i in 0..route.targets.len() {
+                if !priority.contains(&i) {
+                    priority.push(i);
+                }
+            }
             let compiled = Arc::new(Route {
                 name: Name(Arc::from(name.as_str())),
                 operation: route.operation.clone().unwrap_or_else(|| name.clone()),
                 deadline: route.deadline,
                 targets,
                 merge: route.merge.strategy,
+                priority,
             });
             routes.insert(name.clone(), compiled.clone());
             for (i, b) in route.bindings.iter().enumerate() {

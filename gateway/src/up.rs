@@ -54,6 +54,10 @@ struct Running {
 
 /// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
 pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
+    // The admin UI opens with a token in its URL.
+    if settings.admin.token.is_empty() {
+        settings.admin.token = uuid::Uuid::new_v4().simple().to_string();
+    }
     // Callbacks work out of the box locally: a fresh secret, and loopback receivers allowed.
     if settings.callbacks.secret.is_empty() {
         settings.callbacks.secret = crate::callback::Signer::generate_secret();
@@ -77,12 +81,18 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
         }
     };
 
-    let listener = match tokio::net::TcpListener::bind(settings.http.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            stop_all(children).await;
-            return Err(e).with_context(|| format!("cannot listen on {}", settings.http.listen));
+    let mut listeners = Vec::new();
+    for addr in [settings.http.listen, settings.admin.listen] {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                stop_all(children).await;
+                return Err(e).with_context(|| format!("cannot listen on {addr}"));
+            }
         }
+    }
+    let (Some(admin), Some(listener)) = (listeners.pop(), listeners.pop()) else {
+        bail!("listeners missing");
     };
     print_banner(
         &settings,
@@ -90,6 +100,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
         &data_dir,
         &nats_note,
         listener.local_addr()?,
+        admin.local_addr()?,
     );
 
     let (died_note_tx, died_note_rx) = oneshot::channel::<String>();
@@ -101,7 +112,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
             }
         }
     };
-    let result = crate::run(settings, listener, shutdown).await;
+    let result = crate::run(settings, listener, admin, shutdown).await;
     stop_all(children).await;
     if let Ok(name) = died_note_rx.await {
         bail!(
@@ -357,7 +368,14 @@ where
     }
 }
 
-fn print_banner(settings: &Settings, args: &UpArgs, data_dir: &Path, nats: &str, addr: SocketAddr) {
+fn print_banner(
+    settings: &Settings,
+    args: &UpArgs,
+    data_dir: &Path,
+    nats: &str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+) {
     let host = if addr.ip().is_unspecified() {
         format!("localhost:{}", addr.port())
     } else {
@@ -368,6 +386,14 @@ fn print_banner(settings: &Settings, args: &UpArgs, data_dir: &Path, nats: &str,
     out.push_str(&format!("  gateway   http://{host}\n"));
     out.push_str(&format!("  health    http://{host}/health/ready\n"));
     out.push_str(&format!("  metrics   http://{host}/metrics\n"));
+    out.push_str(&format!(
+        "  admin UI  http://{admin}/#token={}\n",
+        settings.admin.token
+    ));
+    out.push_str(&format!(
+        "  admin API http://{admin}/admin/v1/ (Authorization: Bearer {})\n",
+        settings.admin.token
+    ));
     out.push_str(&format!("  nats      {nats}\n"));
     for (i, service) in settings.services.keys().enumerate() {
         let port = usize::from(args.demo_port) + i;

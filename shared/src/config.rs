@@ -173,6 +173,62 @@ pub struct TargetSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// When the target is asked; always when absent. Every condition given must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+    /// Only these top-level fields of the source's data are kept (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// These top-level fields of the source's data are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Top-level fields renamed (`from = "to"`), after `allow`/`deny`, before the merge.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+}
+
+impl TargetSpec {
+    /// A required target with no conditions or transforms.
+    pub fn new(service: impl Into<String>, required: bool) -> Self {
+        TargetSpec {
+            service: service.into(),
+            required,
+            timeout: None,
+            when: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            rename: BTreeMap::new(),
+        }
+    }
+}
+
+/// Conditions that decide whether a target is asked for a request. All given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Condition {
+    /// A request header must equal a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderEquals>,
+    /// The client id must be one of these.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<String>>,
+    /// The `order_id` must match this regular expression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id_matches: Option<String>,
+    /// A stable share of order ids, 0 to 100 (hash-based: the same order id always gets the
+    /// same decision), for a gradual rollout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+}
+
+/// `header: { name, equals }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEquals {
+    /// Header name (case-insensitive).
+    pub name: String,
+    /// The value it must have.
+    pub equals: String,
 }
 
 fn yes() -> bool {
@@ -185,6 +241,10 @@ fn yes() -> bool {
 pub struct MergeSpec {
     /// The strategy.
     pub strategy: MergeStrategy,
+    /// For `deep`: services from highest to lowest priority; a field present in several
+    /// sources takes the value of the highest. Targets not listed follow in route order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub priority: Vec<String>,
 }
 
 /// Merge strategies.
@@ -194,6 +254,107 @@ pub enum MergeStrategy {
     /// Each source's data under its service name: `{"service1":{…},"service2":{…}}`.
     #[default]
     Namespace,
+    /// Objects merged into one, recursively, in a declared priority order (deterministic:
+    /// never "the slowest wins").
+    Deep,
+}
+
+impl TargetSpec {
+    fn validate_transforms(&self, field: &str) -> Result<(), Error> {
+        if !self.allow.is_empty() && !self.deny.is_empty() {
+            return Err(Error::invalid(
+                format!("{field}.deny"),
+                "use allow or deny, not both",
+            ));
+        }
+        for (list, name) in [(&self.allow, "allow"), (&self.deny, "deny")] {
+            if let Some(i) = list.iter().position(|f| f.is_empty() || f.len() > 128) {
+                return Err(Error::invalid(
+                    format!("{field}.{name}[{i}]"),
+                    "must be 1 to 128 characters",
+                ));
+            }
+        }
+        let mut targets = BTreeSet::new();
+        for (from, to) in &self.rename {
+            if from.is_empty() || to.is_empty() || to.len() > 128 {
+                return Err(Error::invalid(
+                    format!("{field}.rename.{from}"),
+                    "names must be 1 to 128 characters",
+                ));
+            }
+            if !targets.insert(to) {
+                return Err(Error::invalid(
+                    format!("{field}.rename.{from}"),
+                    format!("two fields renamed to {to:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Condition {
+    fn validate(&self, field: &str) -> Result<(), Error> {
+        if let Some(h) = &self.header {
+            let ok = !h.name.is_empty()
+                && h.name.len() <= 64
+                && h.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(Error::invalid(
+                    format!("{field}.header.name"),
+                    "not a header name",
+                ));
+            }
+        }
+        if let Some(pattern) = &self.order_id_matches {
+            if pattern.len() > 256 {
+                return Err(Error::invalid(
+                    format!("{field}.order_id_matches"),
+                    "longer than 256 characters",
+                ));
+            }
+            regex::Regex::new(pattern).map_err(|e| {
+                Error::invalid(
+                    format!("{field}.order_id_matches"),
+                    format!("not a regex: {e}"),
+                )
+            })?;
+        }
+        if let Some(p) = self.percent {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(Error::invalid(
+                    format!("{field}.percent"),
+                    "must be between 0 and 100",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `order_id` falls in the first `percent` % of the stable hash space of
+/// `(salt, order_id)`: the same order id always gets the same decision, and the shares of
+/// different targets (salted with their names) are independent.
+pub fn in_rollout(salt: &str, order_id: &str, percent: f64) -> bool {
+    let h = salt
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(order_id.bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    // Finalize (murmur3 fmix64) so that nearby ids spread evenly.
+    let mut x = h;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    let bucket = x % 10_000;
+    (bucket as f64) < percent * 100.0
 }
 
 /// The longest deadline a route may have.
@@ -221,16 +382,8 @@ impl ConfigSpec {
             ],
             deadline: default_deadline(),
             targets: vec![
-                TargetSpec {
-                    service: "service1".into(),
-                    required: true,
-                    timeout: None,
-                },
-                TargetSpec {
-                    service: "service2".into(),
-                    required: false,
-                    timeout: None,
-                },
+                TargetSpec::new("service1", true),
+                TargetSpec::new("service2", false),
             ],
             merge: MergeSpec::default(),
             operation: None,
@@ -316,6 +469,18 @@ impl ConfigSpec {
                         "must not exceed the route's deadline",
                     ));
                 }
+                target.validate_transforms(&field)?;
+                if let Some(when) = &target.when {
+                    when.validate(&format!("{field}.when"))?;
+                }
+            }
+            for (i, service) in route.merge.priority.iter().enumerate() {
+                if !route.targets.iter().any(|t| &t.service == service) {
+                    return Err(Error::invalid(
+                        format!("{at}.merge.priority[{i}]"),
+                        format!("{service:?} is not a target of this route"),
+                    ));
+                }
             }
             if let Some(op) = &route.operation {
                 validate::name(&format!("{at}.operation"), op)?;
@@ -365,6 +530,53 @@ mod tests {
         spec.routes.get_mut("order").expect("order").targets[0].timeout =
             Some(Duration::from_secs(2));
         assert_eq!(field_of(spec.validate()), "routes.order.targets[0].timeout");
+    }
+
+    #[test]
+    fn rollout_shares_are_close_to_the_setting_and_stable() {
+        for percent in [0.0, 10.0, 25.0, 50.0, 90.0, 100.0] {
+            let hits = (0..10_000)
+                .filter(|i| in_rollout("service2", &format!("ord-{i}"), percent))
+                .count();
+            let share = hits as f64 / 100.0;
+            assert!((share - percent).abs() <= 2.0, "{percent}%: got {share}%");
+        }
+        assert!((0..100).all(|i| {
+            let id = format!("A{i}");
+            in_rollout("s", &id, 33.0) == in_rollout("s", &id, 33.0)
+        }));
+    }
+
+    #[test]
+    fn conditions_and_transforms_are_checked() {
+        let mut spec = ConfigSpec::builtin();
+        let target = &mut spec.routes.get_mut("order").expect("order").targets[1];
+        target.when = Some(Condition {
+            percent: Some(150.0),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(spec.validate()),
+            "routes.order.targets[1].when.percent"
+        );
+        let target = &mut spec.routes.get_mut("order").expect("order").targets[1];
+        target.when = Some(Condition {
+            order_id_matches: Some("([".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(spec.validate()),
+            "routes.order.targets[1].when.order_id_matches"
+        );
+        let target = &mut spec.routes.get_mut("order").expect("order").targets[1];
+        target.when = None;
+        target.allow = vec!["a".into()];
+        target.deny = vec!["b".into()];
+        assert_eq!(field_of(spec.validate()), "routes.order.targets[1].deny");
+        let route = spec.routes.get_mut("order").expect("order");
+        route.targets[1].deny.clear();
+        route.merge.priority = vec!["nope".into()];
+        assert_eq!(field_of(spec.validate()), "routes.order.merge.priority[0]");
     }
 
     #[test]

@@ -238,8 +238,13 @@ impl NatsServer {
 }
 
 /// A `busgate gateway` child on a free port.
+/// The admin token every test gateway uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 pub struct Gateway {
     pub base: String,
+    /// Base URL of the admin listener.
+    pub admin: String,
     pub proc: Proc,
     _config: tempfile::NamedTempFile,
 }
@@ -260,13 +265,20 @@ impl Gateway {
             .arg(file.path())
             .env("BUSGATE_NATS__URL", &nats.url)
             .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
+            .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
             .env("BUSGATE_LOG__FORMAT", "json")
             .env("BUSGATE_LOG__LEVEL", "info");
         let proc = Proc::spawn("gateway", cmd);
         let listening = proc.wait_for_message("listening");
         let addr = listening["addr"].as_str().expect("addr").to_owned();
+        let admin = proc.wait_for_message("admin listening")["addr"]
+            .as_str()
+            .expect("admin addr")
+            .to_owned();
         let gateway = Gateway {
             base: format!("http://{addr}"),
+            admin: format!("http://{admin}"),
             proc,
             _config: file,
         };
@@ -280,6 +292,11 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
     }
 
     /// A gauge or counter from /metrics (summed over label sets that contain `labels`).

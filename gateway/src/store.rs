@@ -1,0 +1,515 @@
+//! The configuration store: services and routes as documents in the KV bucket
+//! `busgate-config` (`services.<name>`, `routes.<name>`), watched by every gateway instance.
+//!
+//! [`ConfigStore`] is the guarded way to read and write them (revisions for `ETag`/`If-Match`,
+//! history, the value at a revision). [`run_watcher`] keeps an instance's configuration in
+//! force: it loads every key, then follows changes; after each change it validates the whole
+//! new snapshot and swaps it in atomically, or refuses it, logs why and keeps the last good one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::subject;
+
+use crate::snapshot::Snapshot;
+
+/// What can fail in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object exists already (create).
+    #[error("{0} exists already")]
+    Exists(String),
+    /// The object does not exist.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// The revision given is not the current one (a lost update).
+    #[error("{key} changed since revision {expected}")]
+    Stale {
+        /// The key.
+        key: String,
+        /// The revision the writer had.
+        expected: u64,
+    },
+    /// A stored document is not valid JSON of its kind.
+    #[error("stored {key} is not valid: {error}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        error: String,
+    },
+    /// JetStream failed.
+    #[error("jetstream: {0}")]
+    JetStream(String),
+}
+
+fn js<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::JetStream(e.to_string())
+}
+
+/// The two kinds of configuration objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `services.<name>`.
+    Service,
+    /// `routes.<name>`.
+    Route,
+}
+
+impl Kind {
+    /// The key prefix and the word used in URLs and errors.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::Route => "routes",
+        }
+    }
+
+    /// The KV key of an object (`name` must be a validated name).
+    pub fn key(self, name: &str) -> String {
+        format!("{}.{name}", self.plural())
+    }
+}
+
+/// One revision of an object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Revision {
+    /// The KV revision.
+    pub revision: u64,
+    /// `put` or `delete`.
+    pub operation: &'static str,
+    /// When it was written (RFC 3339).
+    pub created: String,
+    /// The document (absent for a delete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+}
+
+/// What the watcher reports about the configuration in force.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    /// Whether a configuration from the store is in force.
+    pub loaded: AtomicBool,
+    /// The highest KV revision in the configuration in force.
+    pub revision: AtomicU64,
+    /// Why the last change was refused, if it was.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The guarded access to `busgate-config`.
+#[derive(Clone)]
+pub struct ConfigStore {
+    js: jetstream::Context,
+    kv: kv::Store,
+}
+
+impl ConfigStore {
+    /// Opens (or creates) the bucket.
+    pub async fn open(nats: &async_nats::Client, replicas: usize) -> Result<Self, StoreError> {
+        let context = jetstream::new(nats.clone());
+        let kv = context
+            .create_or_update_key_value(kv::Config {
+                bucket: subject::CONFIG_BUCKET.into(),
+                description: "Busgate services and routes".into(),
+                history: 64,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(js)?;
+        Ok(ConfigStore { js: context, kv })
+    }
+
+    /// Seeds an empty bucket with `spec`; returns how many objects were written (0 when the
+    /// bucket had any). Concurrent seeders do not overwrite each other (`create`).
+    pub async fn seed(&self, spec: &ConfigSpec) -> Result<usize, StoreError> {
+        if self.last_sequence().await? > 0 {
+            return Ok(0);
+        }
+        let mut written = 0;
+        for (kind, name, value) in objects(spec)? {
+            match self.kv.create(kind.key(&name), value).await {
+                Ok(_) => written += 1,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(js(e)),
+            }
+        }
+        Ok(written)
+    }
+
+    async fn last_sequence(&self) -> Result<u64, StoreError> {
+        let mut stream = self
+            .js
+            .get_stream(format!("KV_{}", subject::CONFIG_BUCKET))
+            .await
+            .map_err(js)?;
+        Ok(stream.info().await.map_err(js)?.state.last_sequence)
+    }
+
+    /// Every current object as `key → (revision, document)`, and the stream's last sequence
+    /// before they were read.
+    async fn load(&self) -> Result<(BTreeMap<String, (u64, Bytes)>, u64), StoreError> {
+        let last = self.last_sequence().await?;
+        let mut keys = self.kv.keys().await.map_err(js)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(js)?);
+        }
+        let mut entries = BTreeMap::new();
+        for key in names {
+            if let Some(entry) = self.kv.entry(&key).await.map_err(js)? {
+                if entry.operation == kv::Operation::Put {
+                    entries.insert(key, (entry.revision, entry.value));
+                }
+            }
+        }
+        Ok((entries, last))
+    }
+
+    /// An object and its revision.
+    pub async fn get(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+        let key = kind.key(name);
+        match self.kv.entry(&key).await.map_err(js)? {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let value =
+                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
+                        key,
+                        error: e.to_string(),
+                    })?;
+                Ok(Some((entry.revision, value)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates an object; fails if it exists.
+    pub async fn create(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let key = kind.key(name);
+        let bytes = Bytes::from(serde_json::to_vec(value).map_err(js)?);
+        match self.kv.create(&key, bytes).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(StoreError::Exists(key))
+            }
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// Replaces an object if its revision is still `expected`.
+    pub async fn update(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &serde_json::Value,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
+        let key = kind.key(name);
+        let bytes = Bytes::from(serde_json::to_vec(value).map_err(js)?);
+        match self.kv.update(&key, bytes, expected).await {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(StoreError::Stale { key, expected })
+            }
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// Writes an object whatever its revision (import).
+    pub async fn put(
+        &self,
+        kind: Kind,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let bytes = Bytes::from(serde_json::to_vec(value).map_err(js)?);
+        self.kv.put(kind.key(name), bytes).await.map_err(js)
+    }
+
+    /// Deletes an object if its revision is still `expected` (any revision when `None`).
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let key = kind.key(name);
+        match self.kv.delete_expect_revision(&key, expected).await {
+            Ok(()) => Ok(()),
+            Err(e) if expected.is_some() && e.to_string().contains("wrong last sequence") => {
+                Err(StoreError::Stale {
+                    key,
+                    expected: expected.unwrap_or_default(),
+                })
+            }
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// Every revision of an object still in history, oldest first.
+    pub async fn history(&self, kind: Kind, name: &str) -> Result<Vec<Revision>, StoreError> {
+        let key = kind.key(name);
+        let mut history = match self.kv.history(&key).await {
+            Ok(h) => h,
+            Err(e) if e.to_string().contains("no message found") => return Ok(Vec::new()),
+            Err(e) => return Err(js(e)),
+        };
+        let mut revisions = Vec::new();
+        while let Some(entry) = history.next().await {
+            let entry = entry.map_err(js)?;
+            let put = entry.operation == kv::Operation::Put;
+            revisions.push(Revision {
+                revision: entry.revision,
+                operation: if put { "put" } else { "delete" },
+                created: crate::jobs::rfc3339(SystemTime::from(entry.created)),
+                spec: if put {
+                    serde_json::from_slice(&entry.value).ok()
+                } else {
+                    None
+                },
+            });
+        }
+        Ok(revisions)
+    }
+
+    /// The document an object had at `revision`.
+    pub async fn at_revision(
+        &self,
+        kind: Kind,
+        name: &str,
+        revision: u64,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self
+            .history(kind, name)
+            .await?
+            .into_iter()
+            .find(|r| r.revision == revision)
+            .and_then(|r| r.spec))
+    }
+}
+
+/// The objects of a configuration as `(kind, name, document)`.
+fn objects(spec: &ConfigSpec) -> Result<Vec<(Kind, String, Bytes)>, StoreError> {
+    let mut out = Vec::new();
+    for (name, service) in &spec.services {
+        out.push((
+            Kind::Service,
+            name.clone(),
+            Bytes::from(serde_json::to_vec(service).map_err(js)?),
+        ));
+    }
+    for (name, route) in &spec.routes {
+        out.push((
+            Kind::Route,
+            name.clone(),
+            Bytes::from(serde_json::to_vec(route).map_err(js)?),
+        ));
+    }
+    Ok(out)
+}
+
+/// Builds a configuration from stored documents.
+pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec, StoreError> {
+    let mut spec = ConfigSpec {
+        services: BTreeMap::new(),
+        routes: BTreeMap::new(),
+    };
+    for (key, (_, value)) in entries {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            key: key.clone(),
+            error: e.to_string(),
+        };
+        if let Some(name) = key.strip_prefix("services.") {
+            spec.services.insert(
+                name.to_owned(),
+                serde_json::from_slice::<ServiceSpec>(value).map_err(corrupt)?,
+            );
+        } else if let Some(name) = key.strip_prefix("routes.") {
+            spec.routes.insert(
+                name.to_owned(),
+                serde_json::from_slice::<RouteSpec>(value).map_err(corrupt)?,
+            );
+        }
+    }
+    Ok(spec)
+}
+
+/// Keeps the configuration in force in line with the store until `stop` turns true.
+pub async fn run_watcher(
+    store: ConfigStore,
+    config: Arc<ArcSwap<Snapshot>>,
+    status: Arc<StoreStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // `follow` returns Ok once `stop` turns true.
+        let result = follow(&store, &config, &status, &mut stop).await;
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "configuration watch interrupted");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn follow(
+    store: &ConfigStore,
+    config: &ArcSwap<Snapshot>,
+    status: &StoreStatus,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let (mut entries, last) = store.load().await?;
+    apply(&entries, config, status);
+    let mut changes = store
+        .kv
+        .watch_all_from_revision(last + 1)
+        .await
+        .map_err(js)?;
+    loop {
+        let entry = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            next = changes.next() => match next {
+                Some(entry) => entry.map_err(js)?,
+                None => return Err(StoreError::JetStream("the watch ended".into())),
+            },
+        };
+        // A change already read by `load` is not applied again (no flip to an older value).
+        if entries
+            .get(&entry.key)
+            .is_some_and(|(rev, _)| *rev >= entry.revision)
+        {
+            continue;
+        }
+        match entry.operation {
+            kv::Operation::Put => {
+                entries.insert(entry.key.clone(), (entry.revision, entry.value.clone()));
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                entries.remove(&entry.key);
+            }
+        }
+        status.revision.fetch_max(entry.revision, Ordering::Relaxed);
+        apply(&entries, config, status);
+    }
+}
+
+/// Validates and swaps in the configuration the entries describe, or refuses it.
+fn apply(
+    entries: &BTreeMap<String, (u64, Bytes)>,
+    config: &ArcSwap<Snapshot>,
+    status: &StoreStatus,
+) {
+    let revision = entries.values().map(|(r, _)| *r).max().unwrap_or(0);
+    let compiled = spec_from(entries).and_then(|spec| {
+        Snapshot::compile(spec).map_err(|e| StoreError::Corrupt {
+            key: "configuration".into(),
+            error: e.to_string(),
+        })
+    });
+    match compiled {
+        Ok(snapshot) => {
+            let routes = snapshot.spec.routes.len();
+            let services = snapshot.spec.services.len();
+            config.store(Arc::new(snapshot));
+            status.revision.fetch_max(revision, Ordering::Relaxed);
+            status.loaded.store(true, Ordering::Release);
+            if let Ok(mut last) = status.last_error.lock() {
+                *last = None;
+            }
+            info!(revision, routes, services, "configuration in force");
+        }
+        Err(e) => {
+            warn!(revision, error = %e, "configuration refused, the last good one stays in force");
+            if let Ok(mut last) = status.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_round_trip_through_keys() {
+        let spec = ConfigSpec::builtin();
+        let entries: BTreeMap<String, (u64, Bytes)> = objects(&spec)
+            .expect("objects")
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, name, value))| (kind.key(&name), (i as u64 + 1, value)))
+            .collect();
+        assert!(entries.contains_key("services.service1"));
+        assert!(entries.contains_key("routes.order"));
+        assert_eq!(spec_from(&entries).expect("spec"), spec);
+    }
+
+    #[test]
+    fn an_invalid_change_keeps_the_last_good_configuration() {
+        let spec = ConfigSpec::builtin();
+        let mut entries: BTreeMap<String, (u64, Bytes)> = objects(&spec)
+            .expect("objects")
+            .into_iter()
+            .map(|(kind, name, value)| (kind.key(&name), (1, value)))
+            .collect();
+        let config =
+            ArcSwap::from_pointee(Snapshot::compile(ConfigSpec::builtin()).expect("compile"));
+        let status = StoreStatus::default();
+        apply(&entries, &config, &status);
+        assert!(status.loaded.load(Ordering::Acquire));
+        // A route naming a service that does not exist.
+        entries.insert(
+            "routes.order".into(),
+            (2, Bytes::from_static(br#"{"bindings":[{"method":"GET","path":"/x/{order_id}"}],"targets":[{"service":"ghost"}]}"#)),
+        );
+        apply(&entries, &config, &status);
+        assert!(
+            config
+                .load()
+                .route("order")
+                .is_some_and(|r| r.targets.len() == 2),
+            "the old route stays"
+        );
+        assert!(status
+            .last_error
+            .lock()
+            .expect("lock")
+            .as_deref()
+            .is_some_and(|e| e.contains("ghost")));
+        // Garbage is refused the same way.
+        entries.insert(
+            "services.service1".into(),
+            (3, Bytes::from_static(b"not json")),
+        );
+        apply(&entries, &config, &status);
+        assert!(config.load().route("order").is_some());
+    }
+}
