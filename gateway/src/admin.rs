@@ -163,10 +163,11 @@ fn invalid(e: busgate_shared::Error) -> GatewayError {
 /// Parses a document of `kind` strictly, naming the field on error.
 fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayError> {
     let result = match kind {
-        Kind::Service => serde_json::from_value::<ServiceSpec>(value.clone())
-            .and_then(|s| serde_json::to_value(s)),
+        Kind::Service => {
+            serde_json::from_value::<ServiceSpec>(value.clone()).and_then(serde_json::to_value)
+        }
         Kind::Route => {
-            serde_json::from_value::<RouteSpec>(value.clone()).and_then(|s| serde_json::to_value(s))
+            serde_json::from_value::<RouteSpec>(value.clone()).and_then(serde_json::to_value)
         }
     };
     result.map_err(|e| {
