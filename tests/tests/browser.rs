@@ -1,0 +1,54 @@
+//! End-to-end: the admin UI in headless Chromium (Debian's), driven by playwright-core
+//! (`tests/browser/ui.mjs`), against a real stack. Screenshots land in
+//! `tests/browser/screenshots/`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Stack, Worker, ADMIN_TOKEN};
+
+#[tokio::test]
+async fn the_admin_ui_creates_tries_and_rolls_back_a_route() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} is missing: tests/run.sh installs Debian's chromium (or set CHROMIUM)"
+    );
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: tests/run.sh runs npm ci in tests/browser"
+    );
+    let stack = Stack::start("").await;
+    // The service the UI creates is answered by a native worker that is already running.
+    let _billing = Worker::native(&stack.nats, "billing");
+    let screenshots = browser_dir.join("screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let admin_url = stack.gateway.admin.clone();
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || {
+            Command::new("node")
+                .arg(browser_dir.join("ui.mjs"))
+                .env("ADMIN_URL", admin_url)
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("SCREENSHOTS", &screenshots)
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node runs (tests/run.sh needs Node.js)")
+        }),
+    )
+    .await
+    .expect("the UI test finishes within 2 minutes")
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "UI test failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ui: all steps passed"), "{stdout}");
+}
