@@ -355,6 +355,40 @@ mod tests {
     }
 
     #[test]
+    fn conditions_decide_per_request() {
+        let when = When {
+            header: Some(("x-tier".into(), "gold".into())),
+            clients: Some(vec!["acme".into()]),
+            order_id: Some(regex::Regex::new("^VIP-").expect("regex")),
+            percent: None,
+        };
+        let gold = vec![("x-tier".to_owned(), "gold".to_owned())];
+        let plain: Vec<(String, String)> = Vec::new();
+        assert!(when.holds("s", "VIP-1", "acme", &gold));
+        assert!(!when.holds("s", "VIP-1", "acme", &plain), "header missing");
+        assert!(
+            !when.holds("s", "VIP-1", "other", &gold),
+            "client not listed"
+        );
+        assert!(
+            !when.holds("s", "A-1", "acme", &gold),
+            "order id does not match"
+        );
+        let none = When {
+            header: None,
+            clients: None,
+            order_id: None,
+            percent: Some(0.0),
+        };
+        assert!(!none.holds("s", "A", "", &plain), "0% asks nobody");
+        let all = When {
+            percent: Some(100.0),
+            ..none
+        };
+        assert!(all.holds("s", "A", "", &plain), "100% asks everybody");
+    }
+
+    #[test]
     fn target_timeout_is_capped_by_the_deadline() {
         let mut spec = ConfigSpec::builtin();
         spec.services.get_mut("service2").expect("s2").timeout = Duration::from_secs(5);

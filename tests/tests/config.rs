@@ -441,3 +441,68 @@ async fn the_admin_api_needs_its_token_and_lists_live_instances() {
     assert_eq!(items[0]["metadata"]["kind"], "adapter");
     assert_eq!(items[0]["subject"], "busgate.svc.service1");
 }
+
+#[tokio::test]
+async fn export_and_import_replace_the_whole_configuration() {
+    let stack = Stack::start(ONE_SOURCE).await;
+    let (status, _, exported) = admin_get(&stack.gateway, "/admin/v1/config").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        exported["routes"]["order"]["targets"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let mut config = exported.clone();
+    config["routes"]["order"] = two_targets();
+    config["routes"]["vip"] = json!({
+        "bindings": [{"method": "GET", "path": "/api/vip/{order_id}"}],
+        "targets": [
+            {"service": "service1"},
+            {"service": "service2", "required": false, "when": {"header": {"name": "X-Tier", "equals": "gold"}}}
+        ]
+    });
+    let (status, body) = admin_send(&stack.gateway, "PUT", "/admin/v1/config", None, &config).await;
+    assert_eq!(status, 200, "{body}");
+    until_sources(
+        &stack.gateway,
+        &["service1", "service2"],
+        Duration::from_secs(2),
+    )
+    .await;
+    // The header condition decides per request.
+    support::eventually(Duration::from_secs(2), || async {
+        matches!(reqwest::get(stack.gateway.url("/api/vip/V1")).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let plain: Value = http
+        .get(stack.gateway.url("/api/vip/V1"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(plain["sources"]["service2"]["status"], "skipped", "{plain}");
+    assert_eq!(plain["complete"], true);
+    let gold: Value = http
+        .get(stack.gateway.url("/api/vip/V1"))
+        .header("x-tier", "gold")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(gold["sources"]["service2"]["status"], "ok", "{gold}");
+    // An invalid import changes nothing.
+    let mut broken = config.clone();
+    broken["routes"]["vip"]["targets"][0]["service"] = json!("ghost");
+    let (status, problem) =
+        admin_send(&stack.gateway, "PUT", "/admin/v1/config", None, &broken).await;
+    assert_eq!(status, 422);
+    assert_eq!(problem["field"], "routes.vip.targets[0].service");
+    let (_, _, now) = admin_get(&stack.gateway, "/admin/v1/config").await;
+    assert_eq!(now["routes"]["vip"]["targets"][0]["service"], "service1");
+}
