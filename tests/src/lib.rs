@@ -5,7 +5,15 @@
 //!
 //! # Layout
 //!
-//! - `tests/support/mod.rs`: the harness (processes, log waits, the default stack).
+//! - [`support`]: the harness (processes, log waits, the default stack), shared by the tests
+//!   and the benchmark.
 //! - `tests/e2e.rs`: the synchronous scatter-gather, failure modes, bad input, load, workers.
+//! - `tests/async_requests.rs`: asynchronous requests, callbacks, idempotency, kill -9.
+//! - `tests/config.rs`: dynamic configuration and the admin API on two instances.
+//! - `tests/browser.rs`: the admin UI in headless Chromium.
+//! - `src/bin/busgate-bench.rs`: the benchmark against the nginx peers.
 //!
-//! Run them with `tests/run.sh` (installs nats-server, builds the binaries, runs everything).
+//! Run the tests with `tests/run.sh` (installs what they need, builds the binaries, runs
+//! everything).
+
+pub mod support;

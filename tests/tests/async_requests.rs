@@ -1,6 +1,6 @@
 //! End-to-end: asynchronous requests on a real nats-server with JetStream.
 
-mod support;
+use busgate_tests::support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! (`tests/browser/ui.mjs`), against a real stack. Screenshots land in
 //! `tests/browser/screenshots/`.
 
-mod support;
+use busgate_tests::support;
 
 use std::path::PathBuf;
 use std::process::Command;

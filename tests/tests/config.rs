@@ -1,6 +1,6 @@
 //! End-to-end: dynamic configuration through the admin API, on two gateway instances.
 
-mod support;
+use busgate_tests::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! End-to-end: real nats-server, real gateway and worker binaries, HTTP from outside.
 
-mod support;
+use busgate_tests::support;
 
 use std::time::{Duration, Instant};
 

@@ -91,9 +91,9 @@ enum Command {
     },
     /// Answer the demo data directly on NATS through the Busgate SDK (no HTTP hop).
     Native {
-        /// The Busgate service name.
-        #[arg(long)]
-        service: String,
+        /// The Busgate service name; repeat to serve several services from one process.
+        #[arg(long = "service", required = true)]
+        services: Vec<String>,
         /// Requests handled at once by this instance.
         #[arg(long, default_value_t = 1024)]
         concurrency: usize,
@@ -146,9 +146,17 @@ async fn main() -> ExitCode {
             demo::run(&service, listen, runtime::shutdown_signal()).await
         }
         Command::Native {
-            service,
+            services,
             concurrency,
-        } => native::run(&cli.nats, &service, concurrency, runtime::shutdown_signal()).await,
+        } => {
+            native::run(
+                &cli.nats,
+                &services,
+                concurrency,
+                runtime::shutdown_signal(),
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,41 +7,63 @@ use busgate_shared::sdk::{self, ServeOptions};
 
 use crate::demo_data::{self, Answer, SLOW_DELAY};
 
-/// Serves demo `service` natively on NATS until `shutdown` resolves.
+/// Serves the demo `services` natively on NATS, on one connection, until `shutdown` resolves.
 pub async fn run(
     nats: &str,
-    service: &str,
+    services: &[String],
     concurrency: usize,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let client =
-        busgate_shared::nats::connect(nats, &format!("busgate-worker native {service}")).await?;
-    let mut options = ServeOptions::new(service);
-    options.concurrency = concurrency;
-    options.description = format!("demo service {service}, native on NATS");
-    options.metadata.insert("kind".into(), "native".into());
-    let name = service.to_owned();
-    sdk::serve(
-        &client,
-        options,
-        move |req, _ctx| {
-            let answer = demo_data::answer(&name, &req.order_id);
-            async move {
-                let data = match answer {
-                    Answer::Data(v) => v,
-                    Answer::Slow(v) => {
-                        tokio::time::sleep(SLOW_DELAY).await;
-                        v
-                    }
-                    Answer::Fail => return Reply::error(code::INTERNAL, "demo failure"),
-                    Answer::Missing => return Reply::NotFound,
-                };
-                Reply::ok(&data).unwrap_or_else(|e| Reply::error(code::INTERNAL, e.to_string()))
-            }
-        },
-        shutdown,
+    let client = busgate_shared::nats::connect(
+        nats,
+        &format!("busgate-worker native {}", services.join(",")),
     )
     .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = services.iter().map(|service| {
+        let mut stop = stop_rx.clone();
+        let client = client.clone();
+        async move {
+            let mut options = ServeOptions::new(service.as_str());
+            options.concurrency = concurrency;
+            options.description = format!("demo service {service}, native on NATS");
+            options.metadata.insert("kind".into(), "native".into());
+            let name = service.clone();
+            sdk::serve(
+                &client,
+                options,
+                move |req, _ctx| {
+                    let answer = demo_data::answer(&name, &req.order_id);
+                    async move {
+                        let data = match answer {
+                            Answer::Data(v) => v,
+                            Answer::Slow(v) => {
+                                tokio::time::sleep(SLOW_DELAY).await;
+                                v
+                            }
+                            Answer::Fail => return Reply::error(code::INTERNAL, "demo failure"),
+                            Answer::Missing => return Reply::NotFound,
+                        };
+                        Reply::ok(&data)
+                            .unwrap_or_else(|e| Reply::error(code::INTERNAL, e.to_string()))
+                    }
+                },
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )
+            .await
+        }
+    });
+    let all = futures::future::try_join_all(serving);
+    tokio::pin!(all);
+    tokio::select! {
+        result = &mut all => { result?; }
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            all.await?;
+        }
+    }
     client.drain().await?;
     Ok(())
 }

@@ -2,8 +2,6 @@
 //! child process killed in `Drop`. Children log JSON to stderr; a thread per child keeps every
 //! line, so tests wait on what a process says (bounded), and a failing test prints the tails.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,11 +15,14 @@ use serde_json::Value;
 /// How long any process may take to become ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(20);
 
-/// A built binary of this workspace (`busgate`, `busgate-worker`).
+/// A built binary of this workspace (`busgate`, `busgate-worker`), beside the running one.
 pub fn bin(name: &str) -> PathBuf {
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    // target/<profile>/deps/e2e-<hash> (a test) or target/<profile>/busgate-bench (a binary)
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("profile dir");
+    }
     let path = dir.join(name);
     assert!(
         path.is_file(),
