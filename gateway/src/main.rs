@@ -8,6 +8,11 @@ use busgate_gateway::up;
 use busgate_shared::runtime;
 use clap::{Parser, Subcommand};
 
+// glibc's malloc was the top cost in profiles of the hot path (malloc, free and
+// malloc_consolidate together about 12 % of all CPU under load); mimalloc is faster there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error (EX_CONFIG would be 78; BSD's EX_USAGE 64 is what
 /// operators grep for in this project: bad settings never start a listener).
 const EXIT_BAD_CONFIG: u8 = 64;

@@ -632,20 +632,33 @@ async fn main() {
         fanout.push(json!({"width": width, "busgate": ours, "raw_nats": {"p50_ms": raw_p50, "p99_ms": raw_p99, "rps": raw_rps}, "p50_over_raw_ms": ours.p50_ms - raw_p50}));
     }
 
-    // 7. Memory: RSS with many gathers in flight (each held by a slow- order for 3 s).
+    // 7. Memory: RSS with many gathers in flight (each held by a slow- order for 3 s). The
+    // connections are opened first and measured idle, so the difference is what a request in
+    // flight costs beyond its connection: the gather, its handler and its reply buffers.
     let baseline = rss_kib(gw_pid, "VmRSS");
     let hold = if o.smoke { 500 } else { 10_000 };
     let addr = gateway.base.trim_start_matches("http://").to_owned();
     let mut sockets = Vec::with_capacity(hold);
-    let opened = Instant::now();
-    for i in 0..hold {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
-            use tokio::io::AsyncWriteExt;
-            let request = format!("GET /bench/hold/slow-{i} HTTP/1.1\r\nHost: x\r\n\r\n");
-            if s.write_all(request.as_bytes()).await.is_ok() {
-                sockets.push(s);
-            }
+    for _ in 0..hold {
+        if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+            sockets.push(s);
         }
+    }
+    // Let the gateway accept them all (bounded: 2 s).
+    let mut connected_rss = rss_kib(gw_pid, "VmRSS");
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = rss_kib(gw_pid, "VmRSS");
+        if now == connected_rss {
+            break;
+        }
+        connected_rss = now;
+    }
+    let opened = Instant::now();
+    for (i, s) in sockets.iter_mut().enumerate() {
+        use tokio::io::AsyncWriteExt;
+        let request = format!("GET /bench/hold/slow-{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = s.write_all(request.as_bytes()).await;
     }
     let mut in_flight = 0.0;
     let mut held_rss = 0;
@@ -657,14 +670,19 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let per_gather = if in_flight > 0.0 {
+    let per_request = if in_flight > 0.0 {
         (held_rss.saturating_sub(baseline)) as f64 / in_flight
     } else {
         f64::NAN
     };
-    eprintln!("memory: peak RSS under scenario 3 {peak_rss_scenario3} KiB; {in_flight} requests in flight (opened in {:?}): RSS {held_rss} KiB vs {baseline} KiB idle = {per_gather:.2} KiB each", opened.elapsed());
+    let per_gather = if in_flight > 0.0 {
+        (held_rss.saturating_sub(connected_rss)) as f64 / in_flight
+    } else {
+        f64::NAN
+    };
+    eprintln!("memory: peak RSS under scenario 3 {peak_rss_scenario3} KiB; {in_flight} in flight (sent in {:?}): RSS {held_rss} KiB, {connected_rss} KiB with the connections idle, {baseline} KiB before: {per_gather:.2} KiB per gather, {per_request:.2} KiB per request with its connection", opened.elapsed());
     drop(sockets);
-    let memory = json!({"peak_rss_scenario3_kib": peak_rss_scenario3, "idle_rss_kib": baseline, "held_rss_kib": held_rss, "in_flight": in_flight, "kib_per_in_flight_request": per_gather});
+    let memory = json!({"peak_rss_scenario3_kib": peak_rss_scenario3, "idle_rss_kib": baseline, "connected_rss_kib": connected_rss, "held_rss_kib": held_rss, "in_flight": in_flight, "kib_per_gather": per_gather, "kib_per_in_flight_request": per_request});
 
     let raw = json!({
         "started_at": busgate_shared::header::unix_ms(started_at),
@@ -793,7 +811,7 @@ fn report(raw: &Value) -> String {
         );
     }
     let m = &raw["memory"];
-    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB against {:.1} MiB idle, **{:.2} KiB per in-flight request** (gather, HTTP connection and socket buffers together).", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"], m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
+    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB, {:.1} MiB with the same connections open but idle, {:.1} MiB before: **{:.2} KiB per in-flight gather** (gather, handler, buffers), {:.2} KiB per request with its connection.", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"], m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
     md
 }
 
