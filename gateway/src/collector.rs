@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_nats::{Client, Message, Subject};
 use dashmap::DashMap;
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -30,15 +30,45 @@ pub struct Collector {
 struct Inner {
     /// `_INBOX.busgate.<instance>.`
     prefix: String,
-    pending: DashMap<u64, mpsc::Sender<Message>>,
+    pending: DashMap<u64, Arc<Inbox>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// The replies of one gather, waiting to be read. A small vector sized to the sources and a
+/// `Notify`: a tokio channel allocates a 32-slot block per gather, which dominated the memory
+/// of a gather in flight.
+struct Inbox {
+    replies: std::sync::Mutex<Vec<Message>>,
+    capacity: usize,
+    arrived: Notify,
+}
+
+impl Inbox {
+    /// Queues a reply; false when the inbox is full (a duplicate beyond the sources).
+    fn push(&self, message: Message) -> bool {
+        let Ok(mut replies) = self.replies.lock() else {
+            return false;
+        };
+        if replies.len() >= self.capacity {
+            return false;
+        }
+        replies.push(message);
+        drop(replies);
+        self.arrived.notify_one();
+        true
+    }
+
+    fn pop(&self) -> Option<Message> {
+        let mut replies = self.replies.lock().ok()?;
+        (!replies.is_empty()).then(|| replies.remove(0))
+    }
 }
 
 /// An open gather: receives the replies addressed to it until dropped.
 pub struct Gather {
     id: u64,
-    replies: mpsc::Receiver<Message>,
+    inbox: Arc<Inbox>,
     collector: Collector,
 }
 
@@ -95,12 +125,17 @@ impl Collector {
     /// Opens a gather expecting up to `sources` replies.
     pub fn register(&self, sources: usize) -> Gather {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(sources.max(1));
-        self.inner.pending.insert(id, tx);
+        let capacity = sources.max(1);
+        let inbox = Arc::new(Inbox {
+            replies: std::sync::Mutex::new(Vec::with_capacity(capacity)),
+            capacity,
+            arrived: Notify::new(),
+        });
+        self.inner.pending.insert(id, inbox.clone());
         self.inner.metrics.gathers_in_flight.inc();
         Gather {
             id,
-            replies: rx,
+            inbox,
             collector: self.clone(),
         }
     }
@@ -145,9 +180,9 @@ impl Collector {
             warn!(subject = %message.subject, "reply on a subject that is not a gather's");
             return;
         };
-        // The shard lock is held only for a non-blocking send.
+        // The shard lock is held only for a short, non-blocking push.
         let delivered = match self.inner.pending.get(&id) {
-            Some(tx) => tx.try_send(message).is_ok(),
+            Some(inbox) => inbox.push(message),
             None => false,
         };
         if !delivered {
@@ -163,9 +198,15 @@ impl Gather {
         self.id
     }
 
-    /// The next reply, or `None` if the collector stopped.
+    /// The next reply. Waits until one arrives (callers bound the wait with their deadline).
     pub async fn next(&mut self) -> Option<Message> {
-        self.replies.recv().await
+        loop {
+            if let Some(message) = self.inbox.pop() {
+                return Some(message);
+            }
+            // A push between the check and this wait leaves a permit: nothing is missed.
+            self.inbox.arrived.notified().await;
+        }
     }
 
     /// The handle it belongs to.

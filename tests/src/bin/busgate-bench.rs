@@ -222,7 +222,6 @@ fn oha(url: &str, connections: usize, seconds: u64, rate: f64) -> Option<Run> {
         "-q",
         &format!("{rate:.0}"),
         "--latency-correction",
-        "--disable-keepalive=false",
         url,
     ]));
     let json_start = text.find('{')?;
