@@ -89,6 +89,11 @@ async fn until_sources(gateway: &Gateway, expected: &[&str], within: Duration) -
     }
 }
 
+/// Replaces the `order` route, with `If-Match: if_match` when given.
+async fn put_order(gateway: &Gateway, if_match: Option<&str>, body: &Value) -> (u16, Value) {
+    admin_send(gateway, "PUT", "/admin/v1/routes/order", if_match, body).await
+}
+
 fn two_targets() -> Value {
     json!({
         "bindings": [{"method": "POST", "path": "/api/order"}, {"method": "GET", "path": "/api/orders/{order_id}"}],
@@ -106,14 +111,7 @@ async fn a_change_through_one_instance_is_in_force_on_the_other_within_a_second(
     let (status, etag, route) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     assert_eq!(status, 200);
     assert_eq!(etag, format!("\"{}\"", route["revision"]));
-    let (status, changed) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &two_targets(),
-    )
-    .await;
+    let (status, changed) = put_order(&stack.gateway, Some(&etag), &two_targets()).await;
     assert_eq!(status, 200, "{changed}");
     let took = until_sources(&other, &["service1", "service2"], Duration::from_secs(1)).await;
     eprintln!("admin write to in force on the other instance: {took:?}");
@@ -131,27 +129,13 @@ async fn invalid_changes_are_refused_and_the_old_route_keeps_serving() {
     let (_, etag, _) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let mut ghost = two_targets();
     ghost["targets"][1]["service"] = json!("ghost");
-    let (status, problem) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &ghost,
-    )
-    .await;
+    let (status, problem) = put_order(&stack.gateway, Some(&etag), &ghost).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["type"], "urn:busgate:problem:invalid-config");
     assert_eq!(problem["field"], "routes.order.targets[1].service");
     let mut bad_percent = two_targets();
     bad_percent["targets"][1]["when"] = json!({"percent": 140});
-    let (status, problem) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &bad_percent,
-    )
-    .await;
+    let (status, problem) = put_order(&stack.gateway, Some(&etag), &bad_percent).await;
     assert_eq!(status, 422);
     assert_eq!(problem["field"], "routes.order.targets[1].when.percent");
     let (status, problem) = admin_send(
@@ -199,33 +183,12 @@ async fn invalid_changes_are_refused_and_the_old_route_keeps_serving() {
 async fn lost_updates_are_refused() {
     let stack = Stack::start(ONE_SOURCE).await;
     let (_, etag, _) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
-    let (status, problem) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        None,
-        &two_targets(),
-    )
-    .await;
+    let (status, problem) = put_order(&stack.gateway, None, &two_targets()).await;
     assert_eq!(status, 428, "{problem}");
-    let (status, _) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &two_targets(),
-    )
-    .await;
+    let (status, _) = put_order(&stack.gateway, Some(&etag), &two_targets()).await;
     assert_eq!(status, 200);
     // A second editor still holding the first ETag loses.
-    let (status, problem) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &two_targets(),
-    )
-    .await;
+    let (status, problem) = put_order(&stack.gateway, Some(&etag), &two_targets()).await;
     assert_eq!(status, 412, "{problem}");
     assert_eq!(problem["type"], "urn:busgate:problem:precondition-failed");
     // Concurrent writers with the same ETag: exactly one wins.
@@ -262,14 +225,7 @@ async fn rollback_restores_the_earlier_answer() {
     let other = Gateway::start(&stack.nats, ONE_SOURCE).await;
     let (_, etag, first) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let first_revision = first["revision"].as_u64().expect("revision");
-    let (_, changed) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &two_targets(),
-    )
-    .await;
+    let (_, changed) = put_order(&stack.gateway, Some(&etag), &two_targets()).await;
     until_sources(&other, &["service1", "service2"], Duration::from_secs(2)).await;
     let (status, _, history) = admin_get(&stack.gateway, "/admin/v1/routes/order/history").await;
     assert_eq!(status, 200);
@@ -300,14 +256,7 @@ async fn a_percentage_rollout_reaches_its_share_and_decides_the_same_way_every_t
     let (_, etag, _) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let mut rollout = two_targets();
     rollout["targets"][1]["when"] = json!({"percent": 30});
-    let (status, body) = admin_send(
-        &stack.gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some(&etag),
-        &rollout,
-    )
-    .await;
+    let (status, body) = put_order(&stack.gateway, Some(&etag), &rollout).await;
     assert_eq!(status, 200, "{body}");
     // In force when a request shows the service2 target as skipped or asked.
     support::eventually(Duration::from_secs(2), || async {

@@ -5,7 +5,7 @@
 //! Lua merge) on free ports, `nats-server`, a gateway, native NATS services and adapters to the
 //! nginx upstreams; then, per scenario, interleaves Busgate and peer rounds (A B A B …) after a
 //! warm-up with `wrk` at a fixed number of keep-alive connections (throughput), and with `oha
-//! --latency-correction` at a fixed rate of half the peer's peak (latency). Writes `raw.json`,
+//! --latency-correction` at a fixed rate of half the lower of the two peaks (latency). Writes `raw.json`,
 //! `report.md` and `chart.svg` to the results folder and prints the table.
 //!
 //! `busgate-bench --smoke`: one short round per scenario, no fixed-rate phase, no ratios to
@@ -211,21 +211,28 @@ fn wrk(url: &str, connections: usize, seconds: u64, header: Option<&str>) -> Run
 /// `oha` at a fixed rate with coordinated-omission correction.
 fn oha(url: &str, connections: usize, seconds: u64, rate: f64) -> Option<Run> {
     let oha = which("oha")?;
-    let text = output(Command::new(oha).args([
-        "--no-tui",
-        "--output-format",
-        "json",
-        "-c",
-        &connections.to_string(),
-        "-z",
-        &format!("{seconds}s"),
-        "-q",
-        &format!("{rate:.0}"),
-        "--latency-correction",
-        url,
-    ]));
-    let json_start = text.find('{')?;
-    let v: Value = serde_json::from_str(&text[json_start..]).ok()?;
+    let out = Command::new(oha)
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-c",
+            &connections.to_string(),
+            "-z",
+            &format!("{seconds}s"),
+            "-q",
+            &format!("{rate:.0}"),
+            "--latency-correction",
+            url,
+        ])
+        .output()
+        .ok()?;
+    // stdout only, and only its first JSON value: oha may say more on stderr.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .next()?
+        .ok()?;
     let pct = |k: &str| {
         v["latencyPercentiles"][k]
             .as_f64()
@@ -589,7 +596,10 @@ async fn main() {
         let fixed_rate = if o.smoke || s.key.starts_with('5') {
             None
         } else {
-            let rate = (peer_rps / 2.0).max(100.0);
+            // Half the lower of the two peaks: neither side is saturated, so the figures are
+            // latency, not queueing (half the peer's peak would overload the slower side).
+            let ours_rps = median(rounds.iter().map(|(a, _)| a.rps).collect());
+            let rate = (ours_rps.min(peer_rps) / 2.0).max(100.0);
             match (
                 oha(&s.ours, o.connections, o.duration, rate),
                 oha(&s.peer, o.connections, o.duration, rate),
@@ -732,7 +742,7 @@ fn report(raw: &Value) -> String {
         v["rustc"].as_str().unwrap_or("")
     );
     let s = &raw["settings"];
-    let _ = writeln!(md, "Throughput: `wrk -t2 -c{} -d{}s`, {} interleaved rounds (Busgate, peer, Busgate, peer, …) after a {} s warm-up; everything on loopback on the same machine. Latency: `oha --latency-correction` at half the peer's median peak.\n", s["connections"], s["duration_s"], s["rounds"], s["warmup_s"]);
+    let _ = writeln!(md, "Throughput: `wrk -t2 -c{} -d{}s`, {} interleaved rounds (Busgate, peer, Busgate, peer, …) after a {} s warm-up; everything on loopback on the same machine. Latency: `oha --latency-correction` at half the lower of the two median peaks (so that neither side is saturated).\n", s["connections"], s["duration_s"], s["rounds"], s["warmup_s"]);
     let _ = writeln!(md, "| scenario | peer | Busgate req/s | peer req/s | ratio per round | median ratio | Busgate p99 | peer p99 |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in raw["scenarios"].as_array().into_iter().flatten() {
@@ -764,7 +774,7 @@ fn report(raw: &Value) -> String {
     if !fixed.is_empty() {
         let _ = writeln!(
             md,
-            "\n## Latency at a fixed rate (half the peer's peak), coordinated omission corrected\n"
+            "\n## Latency at a fixed rate (half the lower peak), coordinated omission corrected\n"
         );
         let _ = writeln!(
             md,
