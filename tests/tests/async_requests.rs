@@ -44,6 +44,18 @@ async fn submit(gateway: &Gateway, path: &str) -> (reqwest::header::HeaderMap, V
     (headers, body)
 }
 
+/// The status document of a request, as a poll returns it.
+async fn status_doc(gateway: &Gateway, request_id: &str) -> Value {
+    http()
+        .get(gateway.url(&format!("/api/requests/{request_id}")))
+        .send()
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// Polls until the request is final; returns the status document.
 async fn until_final(gateway: &Gateway, request_id: &str) -> Value {
     let url = gateway.url(&format!("/api/requests/{request_id}"));
@@ -409,16 +421,9 @@ async fn callbacks_are_signed_retried_with_one_id_and_stop_on_410() {
         assert_eq!(doc["result"]["data"]["service1"]["order_id"], "C1");
     }
     eventually(Duration::from_secs(5), || {
-        let url = stack.gateway.url(&format!("/api/requests/{id}"));
+        let (gateway, id) = (&stack.gateway, &id);
         async move {
-            let doc: Value = http()
-                .get(url)
-                .send()
-                .await
-                .expect("poll")
-                .json()
-                .await
-                .expect("json");
+            let doc = status_doc(gateway, id).await;
             doc["callback"]["state"] == "delivered"
                 && doc["callback"]["attempts"] == 3
                 && doc["callback"]["last_status"] == 200
@@ -434,16 +439,9 @@ async fn callbacks_are_signed_retried_with_one_id_and_stop_on_410() {
         .expect("id")
         .to_owned();
     eventually(Duration::from_secs(10), || {
-        let url = stack.gateway.url(&format!("/api/requests/{id}"));
+        let (gateway, id) = (&stack.gateway, &id);
         async move {
-            let doc: Value = http()
-                .get(url)
-                .send()
-                .await
-                .expect("poll")
-                .json()
-                .await
-                .expect("json");
+            let doc = status_doc(gateway, id).await;
             doc["callback"]["state"] == "gone"
         }
     })
