@@ -136,7 +136,6 @@ fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
 fn store_error(e: StoreError) -> GatewayError {
     match e {
         StoreError::Exists(key) => ErrorKind::Conflict(format!("{key} exists already")).into(),
-        StoreError::Missing(key) => ErrorKind::ObjectNotFound(key).into(),
         StoreError::Stale { .. } => {
             ErrorKind::Conflict("changed concurrently, read it again".into()).into()
         }

@@ -219,22 +219,23 @@ impl Jobs {
         settings: &JobsSettings,
         callback_timeout: Duration,
     ) -> Result<Self, JobsError> {
-        let js = jetstream::new(nats.clone());
+        let context = jetstream::new(nats.clone());
         for (name, subj) in [
             (subject::REQUESTS_STREAM, subject::REQUESTS_SUBJECT),
             (subject::CALLBACKS_STREAM, subject::CALLBACKS_SUBJECT),
         ] {
-            js.get_or_create_stream(stream::Config {
-                name: name.into(),
-                subjects: vec![subj.into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: settings.replicas,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(js_err)?;
+            context
+                .get_or_create_stream(stream::Config {
+                    name: name.into(),
+                    subjects: vec![subj.into()],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    num_replicas: settings.replicas,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .map_err(js)?;
         }
         let bucket = |name: &str, ttl: Duration, description: &str| kv::Config {
             bucket: name.into(),
@@ -245,24 +246,24 @@ impl Jobs {
             num_replicas: settings.replicas,
             ..Default::default()
         };
-        let results = js
+        let results = context
             .create_or_update_key_value(bucket(
                 subject::RESULTS_BUCKET,
                 settings.result_ttl,
                 "status documents of asynchronous requests",
             ))
             .await
-            .map_err(js_err)?;
-        let keys = js
+            .map_err(js)?;
+        let keys = context
             .create_or_update_key_value(bucket(
                 subject::IDEMPOTENCY_BUCKET,
                 settings.idempotency_ttl,
                 "idempotency keys of asynchronous requests",
             ))
             .await
-            .map_err(js_err)?;
+            .map_err(js)?;
         Ok(Jobs {
-            js,
+            js: context,
             results,
             keys,
             settings: settings.clone(),
@@ -448,10 +449,6 @@ impl Jobs {
     pub fn settings(&self) -> &JobsSettings {
         &self.settings
     }
-}
-
-fn js_err<E: std::fmt::Display>(e: E) -> JobsError {
-    js(e)
 }
 
 /// Lower-case hex of bytes.

@@ -96,7 +96,7 @@ pub async fn run(
         instance: Arc::from(instance.as_str()),
     };
     let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
-    let jobs_task = tokio::spawn(supervise_jobs(
+    let jobs_task = tokio::spawn(supervise_jetstream(
         state.clone(),
         settings.clone(),
         stop_jobs_rx,
@@ -184,7 +184,7 @@ fn edge(
 /// Sets JetStream up (retrying until NATS answers): the configuration store (seeded from
 /// settings when empty) and its watcher, the processor of asynchronous requests and the
 /// callback deliverer; runs them until `stop` turns true.
-async fn supervise_jobs(
+async fn supervise_jetstream(
     state: AppState,
     settings: Settings,
     mut stop: tokio::sync::watch::Receiver<bool>,

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ErrorKind, GatewayError, SourceFailure};
 use crate::gather::{Outcome, SourceResult};
-use crate::snapshot::{Route, Target};
+use crate::snapshot::{Route, Target, Transform};
 
 /// Renders the answer for `outcome`: the body of a 200, or the error of a failed request.
 pub fn answer(
@@ -97,7 +97,10 @@ fn deep(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
         else {
             continue;
         };
-        if let Ok(value) = serde_json::from_slice::<Value>(&transformed(target, data)) {
+        if let Ok(mut value) = serde_json::from_slice::<Value>(data) {
+            if let (Some(t), Value::Object(map)) = (&target.transform, &mut value) {
+                apply(t, map);
+            }
             merge_into(&mut merged, value);
         }
     }
@@ -129,6 +132,14 @@ fn transformed(target: &Target, data: &Bytes) -> Bytes {
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(data) else {
         return data.clone();
     };
+    apply(t, &mut map);
+    serde_json::to_vec(&map)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| data.clone())
+}
+
+/// `allow`, then `deny`, then `rename` on the top-level fields of an object.
+fn apply(t: &Transform, map: &mut Map<String, Value>) {
     if !t.allow.is_empty() {
         map.retain(|key, _| t.allow.contains(key));
     }
@@ -140,9 +151,6 @@ fn transformed(target: &Target, data: &Bytes) -> Bytes {
             map.insert(to.clone(), value);
         }
     }
-    serde_json::to_vec(&map)
-        .map(Bytes::from)
-        .unwrap_or_else(|_| data.clone())
 }
 
 /// The `sources` object: status and timing per source, and the error where there was one.

@@ -77,13 +77,7 @@ pub struct Submit<'a> {
 
 /// Accepts an asynchronous request: 202 once JetStream has it (or the answer, with `wait`).
 pub async fn submit(state: &AppState, submit: Submit<'_>) -> Result<Response, GatewayError> {
-    let jobs = state
-        .jobs
-        .get()
-        .ok_or(ErrorKind::NotReady(
-            "asynchronous requests are not ready yet",
-        ))?
-        .clone();
+    let jobs = jobs_of(state)?;
     if let Some(url) = &submit.callback_url {
         if state.edge.signer.is_none() {
             return Err(ErrorKind::CallbacksDisabled.into());

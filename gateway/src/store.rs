@@ -30,9 +30,6 @@ pub enum StoreError {
     /// The object exists already (create).
     #[error("{0} exists already")]
     Exists(String),
-    /// The object does not exist.
-    #[error("{0} does not exist")]
-    Missing(String),
     /// The revision given is not the current one (a lost update).
     #[error("{key} changed since revision {expected}")]
     Stale {
