@@ -35,9 +35,28 @@ use crate::metrics::{Metrics, Name};
 use crate::requests::{self, JobsCell, Prefer, Submit};
 use crate::snapshot::{Lookup, Route, Snapshot};
 
-/// Everything a request needs; every field is cheap to clone.
+/// Everything a request needs, behind one `Arc`: axum clones the state for every request, and
+/// one reference count is cheaper than the dozen a NATS client and its siblings would cost.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `shared` with every handler.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// The configuration in force; a request loads it once.
     pub config: Arc<ArcSwap<Snapshot>>,
     /// The NATS client.
@@ -147,7 +166,7 @@ async fn builtin_method_not_allowed(method: Method) -> GatewayError {
 
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let request_id = Uuid::now_v7().to_string();
+    let request_id = new_request_id().to_string();
     let snapshot = state.config.load_full();
     let (parts, body) = request.into_parts();
     let (label, result) = match snapshot.lookup(&parts.method, parts.uri.path()) {
@@ -269,6 +288,16 @@ pub async fn gather_answer(
         asker.order_id,
         started.elapsed(),
     )
+}
+
+/// A UUIDv7 request id: the unix millisecond clock, then 74 bits from the thread-local CSPRNG
+/// (an id is a capability: whoever holds it can read the result). `Uuid::now_v7` asks the
+/// kernel for its random bits, a system call on every request.
+pub fn new_request_id() -> Uuid {
+    let mut random = [0u8; 10];
+    rand::fill(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(busgate_shared::header::now_unix_ms(), &random)
+        .into_uuid()
 }
 
 fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {
@@ -505,6 +534,24 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%FF"), None);
+    }
+
+    #[test]
+    fn request_ids_are_fresh_version_7_uuids_of_now() {
+        let before = busgate_shared::header::now_unix_ms();
+        let (a, b) = (new_request_id(), new_request_id());
+        let after = busgate_shared::header::now_unix_ms();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().expect("v7 has a time").to_unix();
+            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(
+                (before..=after).contains(&ms),
+                "{ms} not in {before}..={after}"
+            );
+        }
     }
 
     #[test]

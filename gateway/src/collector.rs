@@ -7,6 +7,7 @@
 //! client gone) leaves nothing behind and no sweeper is needed. Replies for a closed gather are
 //! dropped and counted as late.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -144,8 +145,8 @@ impl Collector {
     pub fn reply_subject(&self, id: u64, source: &str) -> Subject {
         let mut s = String::with_capacity(self.inner.prefix.len() + 21 + source.len());
         s.push_str(&self.inner.prefix);
-        s.push_str(&id.to_string());
-        s.push('.');
+        // Writing into a String cannot fail.
+        let _ = write!(s, "{id}.");
         s.push_str(source);
         Subject::from(s)
     }

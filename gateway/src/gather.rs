@@ -289,13 +289,13 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
             }
         }
         let mut headers = HeaderMap::new();
-        headers.insert(header::REQUEST_ID, asker.request_id);
+        headers.insert(header::name::request_id(), asker.request_id);
         headers.insert(
-            header::DEADLINE,
+            header::name::deadline(),
             (now_ms + u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX)).to_string(),
         );
-        headers.insert(header::CLIENT, asker.client);
-        headers.insert(header::TRACEPARENT, asker.traceparent);
+        headers.insert(header::name::client(), asker.client);
+        headers.insert(header::name::traceparent(), asker.traceparent);
         let reply = collector.reply_subject(gather.id(), &target.service.0);
         let published = nats
             .publish_with_reply_and_headers(target.subject.clone(), reply, headers, payload.clone())

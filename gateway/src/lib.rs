@@ -46,7 +46,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::api::{AppState, Edge};
+use crate::api::{AppState, Edge, Shared};
 use crate::callback::{Allowlist, Deliverer, Guard, Signer};
 use crate::collector::Collector;
 use crate::jobs::Jobs;
@@ -84,7 +84,7 @@ pub async fn run(
     let (collector, collector_task) = Collector::start(&nats, &instance, metrics.clone())
         .await
         .context("cannot subscribe to the reply inbox")?;
-    let state = AppState {
+    let state = AppState::new(Shared {
         config: Arc::new(ArcSwap::from_pointee(snapshot)),
         nats: nats.clone(),
         collector,
@@ -94,7 +94,7 @@ pub async fn run(
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(store::StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
-    };
+    });
     let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
     let jobs_task = tokio::spawn(supervise_jetstream(
         state.clone(),

@@ -11,6 +11,29 @@ pub const CLIENT: &str = "Busgate-Client";
 /// W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The same names as NATS [`HeaderName`](async_nats::HeaderName)s, made without checking or
+/// allocating: building a name from a `&str` does both, on every message.
+pub mod name {
+    use async_nats::HeaderName;
+
+    /// [`super::REQUEST_ID`].
+    pub fn request_id() -> HeaderName {
+        HeaderName::from_static(super::REQUEST_ID)
+    }
+    /// [`super::DEADLINE`].
+    pub fn deadline() -> HeaderName {
+        HeaderName::from_static(super::DEADLINE)
+    }
+    /// [`super::CLIENT`].
+    pub fn client() -> HeaderName {
+        HeaderName::from_static(super::CLIENT)
+    }
+    /// [`super::TRACEPARENT`].
+    pub fn traceparent() -> HeaderName {
+        HeaderName::from_static(super::TRACEPARENT)
+    }
+}
+
 /// Milliseconds since the unix epoch, now.
 pub fn now_unix_ms() -> u64 {
     unix_ms(SystemTime::now())
@@ -33,7 +56,7 @@ pub fn remaining(deadline_ms: u64, now_ms: u64) -> Option<Duration> {
 
 /// Reads the deadline header of a message, if present and well formed.
 pub fn deadline_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
-    headers?.get(DEADLINE)?.as_str().parse().ok()
+    headers?.get(name::deadline())?.as_str().parse().ok()
 }
 
 #[cfg(test)]
