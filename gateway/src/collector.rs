@@ -54,6 +54,11 @@ impl Inbox {
         if replies.len() >= self.capacity {
             return false;
         }
+        // Sized on the first reply, not when the gather opens: a message is ~200 bytes and a
+        // gather spends its life waiting.
+        if replies.capacity() == 0 {
+            replies.reserve_exact(self.capacity);
+        }
         replies.push(message);
         drop(replies);
         self.arrived.notify_one();
@@ -128,7 +133,7 @@ impl Collector {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let capacity = sources.max(1);
         let inbox = Arc::new(Inbox {
-            replies: std::sync::Mutex::new(Vec::with_capacity(capacity)),
+            replies: std::sync::Mutex::new(Vec::new()),
             capacity,
             arrived: Notify::new(),
         });

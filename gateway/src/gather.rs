@@ -262,6 +262,16 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
         route.targets.iter().map(|t| (t.required, t.timeout)),
     );
     let mut gather = collector.register(route.targets.len());
+    // Boxed and gone before the wait: the publish futures of the NATS client are larger than
+    // everything else a waiting gather holds, and the future of a request is allocated whole.
+    Box::pin(scatter(nats, &gather, route, asker, &mut book)).await;
+    collect(&mut book, &mut gather, route).await;
+    book.finish()
+}
+
+/// Publishes the request to every target whose condition holds; settles the others (skipped)
+/// and those that cannot be published.
+async fn scatter(nats: &Client, gather: &Gather, route: &Route, asker: Asker<'_>, book: &mut Book) {
     let request = ServiceRequest {
         request_id: asker.request_id.to_owned(),
         order_id: asker.order_id.to_owned(),
@@ -272,7 +282,7 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
         Ok(p) => Bytes::from(p),
         Err(e) => {
             warn!(error = %e, "cannot encode a service request");
-            return failed_everywhere(book, "encode_failed", &e.to_string());
+            return fail_open_slots(book, "encode_failed", &e.to_string());
         }
     };
     let now_ms = header::now_unix_ms();
@@ -296,7 +306,9 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
         );
         headers.insert(header::name::client(), asker.client);
         headers.insert(header::name::traceparent(), asker.traceparent);
-        let reply = collector.reply_subject(gather.id(), &target.service.0);
+        let reply = gather
+            .collector()
+            .reply_subject(gather.id(), &target.service.0);
         let published = nats
             .publish_with_reply_and_headers(target.subject.clone(), reply, headers, payload.clone())
             .await;
@@ -305,16 +317,14 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
             book.settle(
                 index,
                 SourceResult::NoResponders {
-                    elapsed: started.elapsed(),
+                    elapsed: book.started().elapsed(),
                 },
             );
         }
     }
-    collect(&mut book, &mut gather, route).await;
-    book.finish()
 }
 
-fn failed_everywhere(mut book: Book, code: &str, message: &str) -> Outcome {
+fn fail_open_slots(book: &mut Book, code: &str, message: &str) {
     for i in 0..book.slots.len() {
         book.settle(
             i,
@@ -325,7 +335,6 @@ fn failed_everywhere(mut book: Book, code: &str, message: &str) -> Outcome {
             },
         );
     }
-    book.finish()
 }
 
 /// Waits for replies until the book says the gather is done.

@@ -175,7 +175,7 @@ fn parse_ms(text: &str) -> f64 {
 fn wrk(url: &str, connections: usize, seconds: u64, header: Option<&str>) -> Run {
     let mut cmd = Command::new("wrk");
     cmd.args([
-        "-t2",
+        if connections > 1 { "-t2" } else { "-t1" },
         &format!("-c{connections}"),
         &format!("-d{seconds}s"),
         "--latency",
@@ -382,6 +382,49 @@ targets = [{ service = "n1", timeout = "30s" }]
 
 /// Raw NATS scatter-gather to `width` native services, `concurrency` in flight, for `seconds`:
 /// the floor the bus itself sets. Returns (p50 ms, p99 ms, requests/s).
+/// Sends one quick request on every socket and reads its answer (bounded: 30 s in all);
+/// returns how many were answered.
+async fn warm_up(sockets: &mut [tokio::net::TcpStream]) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = b"GET /bench/hold/warm HTTP/1.1\r\nHost: x\r\n\r\n";
+    let all = async {
+        let mut answered = 0;
+        for s in sockets.iter_mut() {
+            if s.write_all(request).await.is_err() {
+                continue;
+            }
+            // Read until the head and the body of Content-Length bytes are in.
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= head_end + 4 + length {
+                        answered += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        answered
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .unwrap_or(0)
+}
+
 async fn raw_nats(url: &str, width: usize, concurrency: usize, seconds: u64) -> (f64, f64, f64) {
     let client = async_nats::connect(url).await.expect("connect");
     let payload = bytes::Bytes::from_static(
@@ -626,24 +669,27 @@ async fn main() {
         });
     }
 
-    // 6. Fan-out width against raw NATS scatter-gather of the same width.
+    // 6. Fan-out width against raw NATS scatter-gather of the same width. One request in
+    // flight shows what the gateway adds to a request (HTTP hop included); at 64 in flight
+    // both sides queue on the two cores, so the difference there is mostly throughput.
     let mut fanout = Vec::new();
     for width in [1usize, 2, 4, 8] {
-        let ours = wrk(
-            &g(&format!("/bench/fan{width}/12345")),
-            o.connections,
-            o.duration,
-            None,
-        );
-        let (raw_p50, raw_p99, raw_rps) =
-            raw_nats(&nats.url, width, o.connections, o.duration).await;
-        eprintln!("fan-out {width}: busgate p50 {:.2} p99 {:.2} ms ({:.0}/s) | raw NATS p50 {raw_p50:.2} p99 {raw_p99:.2} ms ({raw_rps:.0}/s)", ours.p50_ms, ours.p99_ms, ours.rps);
-        fanout.push(json!({"width": width, "busgate": ours, "raw_nats": {"p50_ms": raw_p50, "p99_ms": raw_p99, "rps": raw_rps}, "p50_over_raw_ms": ours.p50_ms - raw_p50}));
+        let url = g(&format!("/bench/fan{width}/12345"));
+        let mut row = json!({"width": width});
+        for (key, in_flight) in [("one", 1), ("loaded", o.connections)] {
+            let ours = wrk(&url, in_flight, o.duration, None);
+            let (raw_p50, raw_p99, raw_rps) =
+                raw_nats(&nats.url, width, in_flight, o.duration).await;
+            eprintln!("fan-out {width}, {in_flight} in flight: busgate p50 {:.3} p99 {:.3} ms ({:.0}/s) | raw NATS p50 {raw_p50:.3} p99 {raw_p99:.3} ms ({raw_rps:.0}/s)", ours.p50_ms, ours.p99_ms, ours.rps);
+            row[key] = json!({"in_flight": in_flight, "busgate": ours, "raw_nats": {"p50_ms": raw_p50, "p99_ms": raw_p99, "rps": raw_rps}, "p50_over_raw_ms": ours.p50_ms - raw_p50});
+        }
+        fanout.push(row);
     }
 
     // 7. Memory: RSS with many gathers in flight (each held by a slow- order for 3 s). The
-    // connections are opened first and measured idle, so the difference is what a request in
-    // flight costs beyond its connection: the gather, its handler and its reply buffers.
+    // connections are opened and each serves one quick request first (hyper sizes its
+    // connection buffers on the first request), then are measured idle: the difference is what
+    // a request in flight costs beyond a keep-alive connection: its handler and its gather.
     let baseline = rss_kib(gw_pid, "VmRSS");
     let hold = if o.smoke { 500 } else { 10_000 };
     let addr = gateway.base.trim_start_matches("http://").to_owned();
@@ -653,7 +699,8 @@ async fn main() {
             sockets.push(s);
         }
     }
-    // Let the gateway accept them all (bounded: 2 s).
+    let warmed = warm_up(&mut sockets).await;
+    // Let the RSS settle (bounded: 2 s).
     let mut connected_rss = rss_kib(gw_pid, "VmRSS");
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -689,9 +736,9 @@ async fn main() {
     } else {
         f64::NAN
     };
-    eprintln!("memory: peak RSS under scenario 3 {peak_rss_scenario3} KiB; {in_flight} in flight (sent in {:?}): RSS {held_rss} KiB, {connected_rss} KiB with the connections idle, {baseline} KiB before: {per_gather:.2} KiB per gather, {per_request:.2} KiB per request with its connection", opened.elapsed());
+    eprintln!("memory: peak RSS under scenario 3 {peak_rss_scenario3} KiB; {in_flight} in flight (sent in {:?}): RSS {held_rss} KiB, {connected_rss} KiB with the connections idle after {warmed} quick requests, {baseline} KiB before: {per_gather:.2} KiB per gather, {per_request:.2} KiB per request with its connection", opened.elapsed());
     drop(sockets);
-    let memory = json!({"peak_rss_scenario3_kib": peak_rss_scenario3, "idle_rss_kib": baseline, "connected_rss_kib": connected_rss, "held_rss_kib": held_rss, "in_flight": in_flight, "kib_per_gather": per_gather, "kib_per_in_flight_request": per_request});
+    let memory = json!({"peak_rss_scenario3_kib": peak_rss_scenario3, "idle_rss_kib": baseline, "connected_rss_kib": connected_rss, "warmed_connections": warmed, "held_rss_kib": held_rss, "in_flight": in_flight, "kib_per_gather": per_gather, "kib_per_in_flight_request": per_request});
 
     let raw = json!({
         "started_at": busgate_shared::header::unix_ms(started_at),
@@ -801,26 +848,30 @@ fn report(raw: &Value) -> String {
             );
         }
     }
-    let _ = writeln!(md, "\n## Fan-out width: Busgate beside raw NATS scatter-gather of the same width ({} in flight)\n", s["connections"]);
+    let _ = writeln!(md, "\n## Fan-out width: Busgate beside raw NATS scatter-gather of the same width\n\nRaw NATS: the bench's own async-nats client publishes to the same native services and waits for all replies, no HTTP. One in flight (`wrk -t1 -c1`, one raw loop) is the latency Busgate adds, its HTTP hop included; at {} in flight both queue on the two cores.\n", s["connections"]);
     let _ = writeln!(
         md,
-        "| width | Busgate p50 / p99 | raw NATS p50 / p99 | Busgate p50 over raw |"
+        "| width | in flight | Busgate p50 / p99 | raw NATS p50 / p99 | Busgate p50 over raw |"
     );
-    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|");
     for f in raw["fanout"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            md,
-            "| {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:+.2} ms |",
-            f["width"],
-            f["busgate"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-            f["busgate"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
-            f["raw_nats"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-            f["raw_nats"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
-            f["p50_over_raw_ms"].as_f64().unwrap_or(f64::NAN)
-        );
+        for key in ["one", "loaded"] {
+            let r = &f[key];
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:+.3} ms |",
+                f["width"],
+                r["in_flight"],
+                r["busgate"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["busgate"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                r["raw_nats"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["raw_nats"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p50_over_raw_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
     }
     let m = &raw["memory"];
-    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB, {:.1} MiB with the same connections open but idle, {:.1} MiB before: **{:.2} KiB per in-flight gather** (gather, handler, buffers), {:.2} KiB per request with its connection.", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"], m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
+    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB, {:.1} MiB with the same keep-alive connections idle after one quick request each ({} warmed), {:.1} MiB before: **{:.2} KiB per in-flight gather** (its handler future, gather and request; beyond the connection), {:.2} KiB per request with its connection (hyper's buffers included).", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"], m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["warmed_connections"], m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
     md
 }
 
