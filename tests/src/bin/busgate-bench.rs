@@ -789,7 +789,7 @@ fn report(raw: &Value) -> String {
         v["rustc"].as_str().unwrap_or("")
     );
     let s = &raw["settings"];
-    let _ = writeln!(md, "Throughput: `wrk -t2 -c{} -d{}s`, {} interleaved rounds (Busgate, peer, Busgate, peer, …) after a {} s warm-up; everything on loopback on the same machine. Latency: `oha --latency-correction` at half the lower of the two median peaks (so that neither side is saturated).\n", s["connections"], s["duration_s"], s["rounds"], s["warmup_s"]);
+    let _ = writeln!(md, "Throughput: `wrk -t2 -c{} -d{}s`, {} interleaved rounds (Busgate, peer, Busgate, peer, …) after a {} s warm-up; everything on loopback on the same machine. Latency: `oha --latency-correction` at half the lower of the two median peaks (so that neither side is saturated). Targets, profiling findings and changes: [`../README.md`](../README.md).\n", s["connections"], s["duration_s"], s["rounds"], s["warmup_s"]);
     let _ = writeln!(md, "| scenario | peer | Busgate req/s | peer req/s | ratio per round | median ratio | Busgate p99 | peer p99 |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in raw["scenarios"].as_array().into_iter().flatten() {
