@@ -540,7 +540,7 @@ async fn try_route(
         headers: &headers,
     };
     let started = tokio::time::Instant::now();
-    let (status, answer) = match api::gather_answer(app, route, asker, started).await {
+    let (status, answer) = match api::gather_answer(app, route, &asker, started).await {
         Ok(body) => (200, body),
         Err(e) => {
             let (status, body) = e.problem();

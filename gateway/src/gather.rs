@@ -255,7 +255,12 @@ pub struct Asker<'a> {
 }
 
 /// Scatters the request to every target of `route` and gathers the replies.
-pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Asker<'_>) -> Outcome {
+pub async fn run(
+    nats: &Client,
+    collector: &Collector,
+    route: &Route,
+    asker: &Asker<'_>,
+) -> Outcome {
     let started = Instant::now();
     let mut book = Book::new(
         started,
@@ -271,7 +276,13 @@ pub async fn run(nats: &Client, collector: &Collector, route: &Route, asker: Ask
 
 /// Publishes the request to every target whose condition holds; settles the others (skipped)
 /// and those that cannot be published.
-async fn scatter(nats: &Client, gather: &Gather, route: &Route, asker: Asker<'_>, book: &mut Book) {
+async fn scatter(
+    nats: &Client,
+    gather: &Gather,
+    route: &Route,
+    asker: &Asker<'_>,
+    book: &mut Book,
+) {
     let request = ServiceRequest {
         request_id: asker.request_id.to_owned(),
         order_id: asker.order_id.to_owned(),

@@ -611,7 +611,7 @@ async fn run_job(state: &AppState, job: &Job) -> (u16, Vec<u8>) {
         traceparent: &job.traceparent,
         headers: &job.headers,
     };
-    match api::gather_answer(state, route, asker, started).await {
+    match api::gather_answer(state, route, &asker, started).await {
         Ok(body) => (200, body),
         Err(e) => {
             let (status, body) = e.problem();
