@@ -614,3 +614,52 @@ async fn shutdown_finishes_in_flight_gathers() {
     assert_eq!(body["complete"], false, "{body}");
     assert_eq!(body["sources"]["service2"]["status"], "timeout");
 }
+
+/// Native services answer through the SDK, which runs a handler in place when it does not wait
+/// and gives it a task of its own when it does: both paths, side by side, under load.
+#[tokio::test]
+async fn native_services_answer_in_place_and_from_their_own_tasks() {
+    let nats = support::NatsServer::start();
+    let _service1 = Worker::native(&nats, "service1");
+    let _service2 = Worker::native(&nats, "service2");
+    let gateway = Gateway::start(&nats, "").await;
+
+    // Slow orders on service2 (3 s, past its deadline) hold tasks and permits while quick
+    // orders are answered in place around them.
+    let slow = (0..20).map(|i| {
+        let gateway = &gateway;
+        async move { get(gateway, &format!("/api/orders/slow2-{i}")).await }
+    });
+    let quick = (0..300).map(|i| {
+        let gateway = &gateway;
+        async move { (i, get(gateway, &format!("/api/orders/Q{i}")).await) }
+    });
+    let (slow, quick) = tokio::join!(
+        futures::future::join_all(slow),
+        futures::stream::iter(quick)
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+    );
+    for (i, (status, _, body)) in quick {
+        assert_eq!(status, 200, "Q{i}: {body}");
+        assert_eq!(body["complete"], true, "Q{i}: {body}");
+        for source in ["service1", "service2"] {
+            assert_eq!(body["data"][source]["order_id"], format!("Q{i}"), "{body}");
+        }
+    }
+    for (status, _, body) in slow {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["complete"], false, "{body}");
+        assert_eq!(body["sources"]["service1"]["status"], "ok", "{body}");
+        assert_eq!(body["sources"]["service2"]["status"], "timeout", "{body}");
+    }
+    // A handler's own failure and a missing order come back as replies, not as silence.
+    let (status, _, body) = get(&gateway, "/api/orders/fail2-x").await;
+    assert_eq!(
+        (status, &body["sources"]["service2"]["status"]),
+        (200, &json!("error")),
+        "{body}"
+    );
+    let (status, _, body) = get(&gateway, "/api/orders/missing1-x").await;
+    assert_eq!(status, 404, "{body}");
+}
