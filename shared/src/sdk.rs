@@ -20,8 +20,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt;
@@ -29,7 +30,7 @@ use async_nats::Client;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::envelope::{code, Reply, ServiceRequest};
 use crate::{header, subject, validate, Error};
@@ -133,16 +134,26 @@ where
         // Most requests are answered without waiting for anything: run the handler here once
         // and give it a task of its own only if it has to wait. A task per request cost more
         // than the handlers of the benchmark do.
+        // A panicking handler loses its request (the gateway sees a timeout), never the
+        // service: caught here as a task would have caught it.
         let mut work = Box::pin(handle(request, shared_name.clone(), handler.clone()));
         let mut first_poll = Context::from_waker(Waker::noop());
-        if work.as_mut().poll(&mut first_poll).is_pending() {
-            // Polled again by its task at once, which registers the task's real waker.
-            tasks.spawn(async move {
-                work.await;
-                drop(permit);
-            });
+        match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut first_poll))) {
+            Ok(Poll::Ready(())) => {}
+            Ok(Poll::Pending) => {
+                // Polled again by its task at once, which registers the task's real waker.
+                tasks.spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => error!(service = %name, "handler panicked; its request is dropped"),
         }
-        while tasks.try_join_next().is_some() {}
+        while let Some(done) = tasks.try_join_next() {
+            if done.is_err_and(|e| e.is_panic()) {
+                error!(service = %name, "handler panicked; its request is dropped");
+            }
+        }
     }
     info!(service = %name, in_flight = tasks.len(), "stopping");
     if let Err(e) = endpoint.stop().await {
