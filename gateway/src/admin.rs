@@ -521,17 +521,13 @@ async fn try_route(
     let route = snapshot
         .route(&body.route)
         .ok_or_else(|| ErrorKind::ObjectNotFound(Kind::Route.key(&body.route)))?;
-    let request_id = uuid::Uuid::now_v7().to_string();
+    let request_id = api::new_request_id().to_string();
     let headers: Vec<(String, String)> = body
         .headers
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
-    let traceparent = format!(
-        "00-{}-{}-01",
-        uuid::Uuid::now_v7().simple(),
-        &uuid::Uuid::now_v7().simple().to_string()[16..]
-    );
+    let traceparent = api::traceparent(None, &request_id);
     let asker = Asker {
         request_id: &request_id,
         order_id: &body.order_id,

@@ -241,7 +241,8 @@ async fn serve(
             GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
         );
     }
-    let traceparent = traceparent(parts, request_id);
+    let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    let traceparent = traceparent(incoming, request_id);
     let prefer = Prefer::parse(&parts.headers);
     if prefer.respond_async || fields.callback_url.is_some() {
         let submit = Submit {
@@ -448,13 +449,13 @@ fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The W3C traceparent to send: the caller's trace with our own span, or a new trace whose id
-/// is the request id (a UUIDv7 is 128 bits, time-ordered and random enough for that).
-fn traceparent(parts: &Parts, request_id: &str) -> String {
+/// The W3C traceparent to send: the caller's trace (`incoming`, when valid) with our own span,
+/// or a new trace whose id is the request id (a UUIDv7 is 128 bits, time-ordered and random
+/// enough for that).
+pub fn traceparent(incoming: Option<&str>, request_id: &str) -> String {
     let mut simple = String::with_capacity(32);
     simple.extend(request_id.chars().filter(|c| *c != '-'));
     let span = simple.get(16..32).unwrap_or("");
-    let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
     let (trace, flags) = incoming
         .and_then(parse_traceparent)
         .unwrap_or((simple.as_str(), "01"));
@@ -611,8 +612,16 @@ mod tests {
     fn traceparents_are_propagated_or_made() {
         let id = "0190f5a2-7b3c-7def-8123-456789abcdef";
         let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+        let incoming = |parts: &Parts| {
+            parts
+                .headers
+                .get(TRACEPARENT)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        };
         assert_eq!(
-            traceparent(&parts, id),
+            traceparent(incoming(&parts).as_deref(), id),
             "00-0190f5a27b3c7def8123456789abcdef-8123456789abcdef-01"
         );
         parts.headers.insert(
@@ -620,13 +629,13 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
         );
         assert_eq!(
-            traceparent(&parts, id),
+            traceparent(incoming(&parts).as_deref(), id),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-8123456789abcdef-00"
         );
         parts.headers.insert(
             TRACEPARENT,
             HeaderValue::from_static("00-0000-00f067aa0ba902b7-01"),
         );
-        assert!(traceparent(&parts, id).starts_with("00-0190f5a2"));
+        assert!(traceparent(incoming(&parts).as_deref(), id).starts_with("00-0190f5a2"));
     }
 }
