@@ -10,29 +10,10 @@ set -u
 WHO=${1:-gateway}; shift || true
 BINS=${BINS:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 OUT=${OUT:-$(mktemp -d)}
-cat > "$OUT/gw.toml" <<'T'
-[log]
-level = "warn"
-[services.n1]
-timeout = "2s"
-[services.n2]
-timeout = "2s"
-[routes.merge]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/merge/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2", required = false }]
-T
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-np=$(port); hp=$(port); ap=$(port)
-nats-server -a 127.0.0.1 -p "$np" > "$OUT/nats.log" 2>&1 & N=$!
-export BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn
-"$BINS/busgate-worker" native --service n1 --service n2 > "$OUT/w.log" 2>&1 & W=$!
-BUSGATE_HTTP__LISTEN=127.0.0.1:$hp BUSGATE_ADMIN__LISTEN=127.0.0.1:$ap "$BINS/busgate" gateway --config "$OUT/gw.toml" > "$OUT/g.log" 2>&1 & G=$!
-trap 'kill $G $W $N 2>/dev/null' EXIT
-url=http://127.0.0.1:$hp/bench/merge/12345
-for _ in $(seq 100); do curl -sf "$url" > /dev/null && break; sleep 0.1; done
-wrk -t2 -c64 -d2s "$url" > /dev/null
-wrk -t2 -c64 -d10s "$url" > "$OUT/wrk.txt" & WRK=$!
+. "$(dirname "$0")/merge-stack.sh"
+start_merge_stack "$BINS" "$OUT"
+trap stop_merge_stack EXIT
+wrk -t2 -c64 -d10s "$URL" > "$OUT/wrk.txt" & WRK=$!
 sleep 2
 case $WHO in gateway) P=$G;; worker) P=$W;; nats-server) P=$N;; *) echo "WHO: gateway|worker|nats-server" >&2; exit 2;; esac
 perf record -e cpu-clock -F 2000 -g --call-graph dwarf,16384 -p "$P" -o "$OUT/perf.data" -- sleep 4 > /dev/null 2>&1

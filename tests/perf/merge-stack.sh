@@ -1,0 +1,37 @@
+# Sourced by the scripts beside it: the native merge path (nats-server, a native worker serving
+# n1 and n2, a gateway with route /bench/merge) on free ports, from the binaries in a directory.
+#   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids) and URL, waits until URL answers,
+#                                        then warms it up with 2 s of wrk -c64
+#   stop_merge_stack                     stops them
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_merge_stack() {
+  local bins=$1 dir=$2 np hp ap
+  cat > "$dir/gw.toml" <<'T'
+[log]
+level = "warn"
+[services.n1]
+timeout = "2s"
+[services.n2]
+timeout = "2s"
+[routes.merge]
+deadline = "2s"
+bindings = [{ method = "GET", path = "/bench/merge/{order_id}" }]
+targets = [{ service = "n1" }, { service = "n2", required = false }]
+T
+  np=$(port); hp=$(port); ap=$(port)
+  nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
+  BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
+    "$bins/busgate-worker" native --service n1 --service n2 > "$dir/w.log" 2>&1 & W=$!
+  BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
+    BUSGATE_HTTP__LISTEN=127.0.0.1:$hp BUSGATE_ADMIN__LISTEN=127.0.0.1:$ap \
+    "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g.log" 2>&1 & G=$!
+  URL=http://127.0.0.1:$hp/bench/merge/12345
+  for _ in $(seq 100); do curl -sf "$URL" > /dev/null && break; sleep 0.1; done
+  wrk -t2 -c64 -d2s "$URL" > /dev/null
+}
+
+stop_merge_stack() {
+  kill "$G" "$W" 2>/dev/null; wait "$G" "$W" 2>/dev/null
+  kill "$N" 2>/dev/null; wait "$N" 2>/dev/null
+}
