@@ -59,13 +59,20 @@ async fn admin_send(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn sources_of(gateway: &Gateway, order_id: &str) -> Vec<String> {
-    let body: Value = reqwest::get(gateway.url(&format!("/api/orders/{order_id}")))
+/// Sends a request to the gateway and reads its JSON answer.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
         .await
-        .expect("get")
+        .expect("request")
         .json()
         .await
-        .expect("json");
+        .expect("json")
+}
+
+async fn sources_of(gateway: &Gateway, order_id: &str) -> Vec<String> {
+    let url = gateway.url(&format!("/api/orders/{order_id}"));
+    let body = json_of(reqwest::Client::new().get(url)).await;
     let mut names: Vec<String> = body["data"]
         .as_object()
         .map(|o| o.keys().cloned().collect())
@@ -260,12 +267,8 @@ async fn a_percentage_rollout_reaches_its_share_and_decides_the_same_way_every_t
     assert_eq!(status, 200, "{body}");
     // In force when a request shows the service2 target as skipped or asked.
     support::eventually(Duration::from_secs(2), || async {
-        let body: Value = reqwest::get(stack.gateway.url("/api/orders/probe"))
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let url = stack.gateway.url("/api/orders/probe");
+        let body = json_of(reqwest::Client::new().get(url)).await;
         body["sources"].get("service2").is_some()
     })
     .await;
@@ -274,14 +277,7 @@ async fn a_percentage_rollout_reaches_its_share_and_decides_the_same_way_every_t
         let http = http.clone();
         let url = stack.gateway.url(&format!("/api/orders/roll-{i}"));
         async move {
-            let body: Value = http
-                .get(url)
-                .send()
-                .await
-                .expect("get")
-                .json()
-                .await
-                .expect("json");
+            let body = json_of(http.get(url)).await;
             assert_eq!(body["complete"], true, "{body}");
             body["sources"]["service2"]["status"] == "ok"
         }
@@ -425,25 +421,14 @@ async fn export_and_import_replace_the_whole_configuration() {
     })
     .await;
     let http = reqwest::Client::new();
-    let plain: Value = http
-        .get(stack.gateway.url("/api/vip/V1"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let plain = json_of(http.get(stack.gateway.url("/api/vip/V1"))).await;
     assert_eq!(plain["sources"]["service2"]["status"], "skipped", "{plain}");
     assert_eq!(plain["complete"], true);
-    let gold: Value = http
-        .get(stack.gateway.url("/api/vip/V1"))
-        .header("x-tier", "gold")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let gold = json_of(
+        http.get(stack.gateway.url("/api/vip/V1"))
+            .header("x-tier", "gold"),
+    )
+    .await;
     assert_eq!(gold["sources"]["service2"]["status"], "ok", "{gold}");
     // An invalid import changes nothing.
     let mut broken = config.clone();
