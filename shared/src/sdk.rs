@@ -70,6 +70,8 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
     /// The client the request came from (empty when unknown).
     pub client: String,
+    /// The W3C `traceparent` the gateway sent (empty when none), to pass on downstream.
+    pub traceparent: String,
 }
 
 /// Serves `service` until `shutdown` resolves, then stops taking requests, lets in-flight
@@ -193,12 +195,16 @@ where
         },
         None => None,
     };
+    let text_of = |name| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
     let context = RequestContext {
         deadline,
-        client: headers
-            .and_then(|h| h.get(header::name::client()))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default(),
+        client: text_of(header::name::client()),
+        traceparent: text_of(header::name::traceparent()),
     };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {

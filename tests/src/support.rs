@@ -330,8 +330,13 @@ impl Worker {
 
     /// A demo HTTP service on a free port; returns it with its base URL.
     pub fn demo(service: &str) -> (Proc, String) {
+        Self::demo_on(service, "127.0.0.1:0")
+    }
+
+    /// A demo HTTP service listening on `listen`; returns it with its base URL.
+    pub fn demo_on(service: &str, listen: &str) -> (Proc, String) {
         let mut cmd = Self::command(None);
-        cmd.args(["demo", "--service", service, "--listen", "127.0.0.1:0"]);
+        cmd.args(["demo", "--service", service, "--listen", listen]);
         let proc = Proc::spawn(&format!("demo-{service}"), cmd);
         let addr = proc.wait_for_message("listening")["addr"]
             .as_str()

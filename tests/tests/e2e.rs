@@ -168,6 +168,47 @@ async fn failure_modes_have_their_status_codes_and_timings() {
     futures::future::join_all(checks).await;
 }
 
+/// The adapter keeps connections to its upstream open between requests. When the upstream
+/// restarts, the connections it closed are not reused: every request succeeds at once. While
+/// it is down, requests fail fast as upstream errors.
+#[tokio::test]
+async fn an_adapter_outlives_its_upstream_restarting() {
+    let mut stack = Stack::start("").await;
+    let gateway = &stack.gateway;
+    let burst = |prefix: &'static str| {
+        futures::future::join_all((0..16).map(move |i| async move {
+            let order_id = format!("{prefix}{i}");
+            let (status, _, body) = get(gateway, &format!("/api/orders/{order_id}")).await;
+            (order_id, status, body)
+        }))
+    };
+    let all_merged = |answers: Vec<(String, u16, Value)>| {
+        for (order_id, status, body) in answers {
+            assert_eq!(status, 200, "{body}");
+            assert_merged(&body, &order_id);
+        }
+    };
+    // Several connections to service1's upstream are now idle in the adapter's pool.
+    all_merged(burst("before-").await);
+
+    let address = stack.demos[0].1.trim_start_matches("http://").to_owned();
+    stack.demos[0].0.kill();
+    let (mut restarted, _) = Worker::demo_on("service1", &address);
+    all_merged(burst("after-").await);
+
+    restarted.kill();
+    let started = Instant::now();
+    for (_, status, body) in burst("down-").await {
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["type"], "urn:busgate:problem:upstream-error", "{body}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "a refused connection is an answer, not a wait for the deadline: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn no_responders_answers_at_once_not_at_the_deadline() {
     let stack = Stack::start(SINGLE_AND_GHOST).await;

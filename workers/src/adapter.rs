@@ -12,10 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
+use busgate_shared::header;
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
+use bytes::Bytes;
+
+use crate::http1;
 
 /// How far past the request's deadline the HTTP call's own timeout is set.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+/// How long opening a connection to the upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How an adapter runs.
 #[derive(Debug, Clone)]
@@ -63,42 +69,87 @@ pub async fn run(
 
 /// The internal HTTP service an adapter calls.
 struct Upstream {
-    http: reqwest::Client,
-    /// The template split around `{order_id}`.
+    transport: Transport,
+    /// The template split around `{order_id}`: the whole URL for reqwest, the request target
+    /// (path and query) for the HTTP/1.1 pool.
     before: String,
     after: String,
     default_timeout: Duration,
 }
 
+/// Plain `http://` upstreams go through Busgate's own keep-alive pool ([`http1`]); `https://`
+/// ones through reqwest and rustls.
+enum Transport {
+    Http1(http1::Pool),
+    Reqwest(reqwest::Client),
+}
+
+/// What a call brought back, whichever transport made it.
+enum Outcome {
+    Answered { status: u16, body: Bytes },
+    TimedOut,
+    Unreachable(String),
+}
+
+/// Stands for `{order_id}` while the template is parsed as a URL.
+const MARKER: &str = "busgate0order0id0marker";
+
 impl Upstream {
     fn new(options: &Options) -> anyhow::Result<Self> {
-        let Some((before, after)) = options.upstream.split_once("{order_id}") else {
+        let Some((_, rest)) = options.upstream.split_once("{order_id}") else {
             bail!("--upstream must contain {{order_id}}, e.g. http://127.0.0.1:8081/order/{{order_id}}");
         };
-        if after.contains("{order_id}") {
+        if rest.contains("{order_id}") {
             bail!("--upstream may contain {{order_id}} only once");
         }
-        let probe = format!("{before}x{after}");
+        let probe = options.upstream.replace("{order_id}", MARKER);
         let url = reqwest::Url::parse(&probe)
-            .with_context(|| format!("--upstream {probe:?} is not a URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
+            .with_context(|| format!("--upstream {:?} is not a URL", options.upstream))?;
+        let host = url.host_str().unwrap_or_default();
+        let Some(port) = url.port_or_known_default() else {
             bail!("--upstream must be an http:// or https:// URL");
+        };
+        // The parsed URL, normalised and percent-encoded, split again around the marker. The
+        // marker must be in the path or query: an order id never chooses the host.
+        let (whole, target) = (url.as_str(), &url[url::Position::BeforePath..]);
+        if url.fragment().is_some() || !target.contains(MARKER) || host.contains(MARKER) {
+            bail!("--upstream must carry {{order_id}} in its path or query");
         }
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(options.concurrency)
-            .connect_timeout(Duration::from_secs(2))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot build the HTTP client")?;
+        let (transport, template) = match url.scheme() {
+            "http" => {
+                let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+                let pool = http1::Pool::new(
+                    format!("{host}:{port}"),
+                    authority,
+                    options.concurrency,
+                    CONNECT_TIMEOUT,
+                );
+                (Transport::Http1(pool), target)
+            }
+            "https" => {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(options.concurrency)
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .context("cannot build the HTTP client")?;
+                (Transport::Reqwest(client), whole)
+            }
+            _ => bail!("--upstream must be an http:// or https:// URL"),
+        };
+        let (before, after) = template
+            .split_once(MARKER)
+            .context("the marker is in the template")?;
         Ok(Upstream {
-            http,
+            transport,
             before: before.to_owned(),
             after: after.to_owned(),
             default_timeout: options.timeout,
         })
     }
 
-    fn url(&self, order_id: &str) -> String {
+    /// What the transport is given for `order_id`: the request target or the whole URL.
+    fn target(&self, order_id: &str) -> String {
         let mut url = String::with_capacity(self.before.len() + order_id.len() + self.after.len());
         url.push_str(&self.before);
         percent_encode_into(&mut url, order_id);
@@ -107,52 +158,110 @@ impl Upstream {
     }
 
     async fn call(&self, req: &ServiceRequest, ctx: &RequestContext) -> Reply {
+        let target = self.target(&req.order_id);
+        // Passed on so the upstream's logs and traces join the gateway's.
+        let mut extra: [(&str, &str); 2] = [("", ""); 2];
+        let mut n = 0;
+        for (name, value) in [
+            (header::REQUEST_ID, req.request_id.as_str()),
+            (header::TRACEPARENT, ctx.traceparent.as_str()),
+        ] {
+            if is_header_text(value) {
+                extra[n] = (name, value);
+                n += 1;
+            }
+        }
+        let extra = &extra[..n];
         // With a deadline, the SDK cancels this call at the deadline and sends nothing: the
-        // gateway reports the timeout itself. The margin makes sure that cancellation, not
-        // the HTTP client's own timer, ends the call, so a late "upstream_timeout" reply
-        // never races the gateway's timer.
-        let timeout = ctx
-            .deadline
-            .map(|at| at.saturating_duration_since(Instant::now()) + DEADLINE_MARGIN)
-            .unwrap_or(self.default_timeout);
-        let result = self
-            .http
-            .get(self.url(&req.order_id))
-            .timeout(timeout)
-            .send()
-            .await;
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => return transport_error(&e),
+        // gateway reports the timeout itself. So the pool's call needs no timer of its own
+        // then. reqwest always sets one: the margin makes sure that cancellation, not its
+        // timer, ends the call, so a late "upstream_timeout" reply never races the gateway's.
+        let outcome = match &self.transport {
+            Transport::Http1(pool) => {
+                let call = pool.get(&target, extra);
+                let result = match ctx.deadline {
+                    Some(_) => Ok(call.await),
+                    None => tokio::time::timeout(self.default_timeout, call).await,
+                };
+                match result {
+                    Ok(Ok(r)) => Outcome::Answered {
+                        status: r.status,
+                        body: r.body,
+                    },
+                    Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
+                    Err(_) => Outcome::TimedOut,
+                }
+            }
+            Transport::Reqwest(http) => {
+                let timeout = ctx
+                    .deadline
+                    .map(|at| at.saturating_duration_since(Instant::now()) + DEADLINE_MARGIN)
+                    .unwrap_or(self.default_timeout);
+                reqwest_get(http, target, extra, timeout).await
+            }
         };
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Reply::NotFound;
-        }
-        if !status.is_success() {
-            return Reply::error(code::UPSTREAM_STATUS, format!("upstream answered {status}"));
-        }
-        match response.bytes().await {
-            Ok(body) => Reply::ok_json(body).unwrap_or_else(|e| {
-                Reply::error(
-                    code::UPSTREAM_BAD_BODY,
-                    format!("upstream body is not JSON: {e}"),
-                )
-            }),
-            Err(e) => transport_error(&e),
+        match outcome {
+            Outcome::Answered { status: 404, .. } => Reply::NotFound,
+            Outcome::Answered { status, body } if (200..300).contains(&status) => {
+                Reply::ok_json(body).unwrap_or_else(|e| {
+                    Reply::error(
+                        code::UPSTREAM_BAD_BODY,
+                        format!("upstream body is not JSON: {e}"),
+                    )
+                })
+            }
+            Outcome::Answered { status, .. } => {
+                Reply::error(code::UPSTREAM_STATUS, format!("upstream answered {status}"))
+            }
+            Outcome::TimedOut => {
+                Reply::error(code::UPSTREAM_TIMEOUT, "upstream did not answer in time")
+            }
+            Outcome::Unreachable(e) => Reply::error(
+                code::UPSTREAM_UNREACHABLE,
+                format!("upstream unreachable: {e}"),
+            ),
         }
     }
 }
 
-fn transport_error(e: &reqwest::Error) -> Reply {
-    if e.is_timeout() {
-        Reply::error(code::UPSTREAM_TIMEOUT, "upstream did not answer in time")
-    } else {
-        Reply::error(
-            code::UPSTREAM_UNREACHABLE,
-            format!("upstream unreachable: {e}"),
-        )
+async fn reqwest_get(
+    http: &reqwest::Client,
+    url: String,
+    extra: &[(&str, &str)],
+    timeout: Duration,
+) -> Outcome {
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() {
+            Outcome::TimedOut
+        } else {
+            Outcome::Unreachable(e.to_string())
+        }
+    };
+    let mut request = http.get(url).timeout(timeout);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
     }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let status = response.status().as_u16();
+    // Only a success's body is read: the others are reported by status alone.
+    if !(200..300).contains(&status) {
+        return Outcome::Answered {
+            status,
+            body: Bytes::new(),
+        };
+    }
+    match response.bytes().await {
+        Ok(body) => Outcome::Answered { status, body },
+        Err(e) => failed(e),
+    }
+}
+
+/// Visible ASCII only: safe to write as an HTTP header value.
+fn is_header_text(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
@@ -184,8 +293,12 @@ mod tests {
     #[test]
     fn urls_are_built_from_the_template_with_encoding() {
         let u = Upstream::new(&options("http://127.0.0.1:8081/order/{order_id}?x=1")).expect("ok");
-        assert_eq!(u.url("A1"), "http://127.0.0.1:8081/order/A1?x=1");
-        assert_eq!(u.url("a/b c"), "http://127.0.0.1:8081/order/a%2Fb%20c?x=1");
+        assert_eq!(u.target("A1"), "/order/A1?x=1");
+        assert_eq!(u.target("a/b c"), "/order/a%2Fb%20c?x=1");
+        let u = Upstream::new(&options("http://h:81/o%20k/{order_id}")).expect("ok");
+        assert_eq!(u.target("1"), "/o%20k/1");
+        let u = Upstream::new(&options("https://h/order/{order_id}")).expect("ok");
+        assert_eq!(u.target("a b"), "https://h/order/a%20b");
     }
 
     #[test]
@@ -197,5 +310,7 @@ mod tests {
             panic!("https upstreams are allowed: {e:#}");
         }
         assert!(Upstream::new(&options("not a url {order_id}")).is_err());
+        assert!(Upstream::new(&options("http://{order_id}.svc/x")).is_err());
+        assert!(Upstream::new(&options("http://h/x#{order_id}")).is_err());
     }
 }

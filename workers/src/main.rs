@@ -12,10 +12,12 @@
 //! - [`demo_data`]: the demo orders and the `slow-`/`fail-`/`missing-` prefixes, shared by
 //!   `demo` and `native`.
 //! - [`adapter`], [`demo`], [`native`]: one module per role.
+//! - [`http1`]: the adapters' lean HTTP/1.1 client for plain-HTTP upstreams.
 
 mod adapter;
 mod demo;
 mod demo_data;
+mod http1;
 mod native;
 
 use std::net::SocketAddr;
