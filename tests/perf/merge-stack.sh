@@ -1,6 +1,6 @@
 # Sourced by the scripts beside it: the native merge path (nats-server, a native worker serving
 # n1 and n2, a gateway with route /bench/merge) on free ports, from the binaries in a directory.
-#   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids) and URL, waits until URL answers,
+#   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids), NATS_URL and URL, waits until URL answers,
 #                                        then warms it up with 2 s of wrk -c64
 #   stop_merge_stack                     stops them
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -26,6 +26,7 @@ T
   BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
     BUSGATE_HTTP__LISTEN=127.0.0.1:$hp BUSGATE_ADMIN__LISTEN=127.0.0.1:$ap \
     "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g.log" 2>&1 & G=$!
+  NATS_URL=nats://127.0.0.1:$np
   URL=http://127.0.0.1:$hp/bench/merge/12345
   for _ in $(seq 100); do curl -sf "$URL" > /dev/null && break; sleep 0.1; done
   wrk -t2 -c64 -d2s "$URL" > /dev/null
