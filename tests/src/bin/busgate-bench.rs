@@ -425,7 +425,15 @@ async fn warm_up(sockets: &mut [tokio::net::TcpStream]) -> usize {
         .unwrap_or(0)
 }
 
-async fn raw_nats(url: &str, width: usize, concurrency: usize, seconds: u64) -> (f64, f64, f64) {
+/// Raw NATS scatter-gather: `width` publishes, then all replies, in `concurrency` loops. With
+/// `headers`, each request carries the contract's four headers as Busgate's do.
+async fn raw_nats(
+    url: &str,
+    width: usize,
+    concurrency: usize,
+    seconds: u64,
+    headers: bool,
+) -> (f64, f64, f64) {
     let client = async_nats::connect(url).await.expect("connect");
     let payload = bytes::Bytes::from_static(
         br#"{"request_id":"r","order_id":"12345","operation":"raw","attributes":{}}"#,
@@ -444,14 +452,23 @@ async fn raw_nats(url: &str, width: usize, concurrency: usize, seconds: u64) -> 
             while Instant::now() < until {
                 let started = Instant::now();
                 for i in 1..=width {
-                    client
-                        .publish_with_reply(
-                            format!("busgate.svc.n{i}"),
-                            format!("{inbox}.{i}"),
-                            payload.clone(),
-                        )
-                        .await
-                        .expect("publish");
+                    let subject = format!("busgate.svc.n{i}");
+                    let reply = format!("{inbox}.{i}");
+                    if headers {
+                        client
+                            .publish_with_reply_and_headers(
+                                subject,
+                                reply,
+                                contract_headers(),
+                                payload.clone(),
+                            )
+                            .await
+                    } else {
+                        client
+                            .publish_with_reply(subject, reply, payload.clone())
+                            .await
+                    }
+                    .expect("publish");
                 }
                 for _ in 0..width {
                     if tokio::time::timeout(Duration::from_secs(2), replies.next())
@@ -481,6 +498,23 @@ async fn raw_nats(url: &str, width: usize, concurrency: usize, seconds: u64) -> 
             .unwrap_or(f64::NAN)
     };
     (at(0.5), at(0.99), n / seconds as f64)
+}
+
+/// The four headers the contract puts on every request, with values shaped like Busgate's.
+fn contract_headers() -> async_nats::HeaderMap {
+    use busgate_shared::header::{self, name};
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(name::request_id(), "01a201b2-6a4c-739c-a392-72111f957172");
+    headers.insert(
+        name::deadline(),
+        (header::now_unix_ms() + 60_000).to_string(),
+    );
+    headers.insert(name::client(), "anonymous");
+    headers.insert(
+        name::traceparent(),
+        "00-01a201b26a4c739ca39272111f957172-a39272111f957172-01",
+    );
+    headers
 }
 
 #[tokio::main]
@@ -679,9 +713,11 @@ async fn main() {
         for (key, in_flight) in [("one", 1), ("loaded", o.connections)] {
             let ours = wrk(&url, in_flight, o.duration, None);
             let (raw_p50, raw_p99, raw_rps) =
-                raw_nats(&nats.url, width, in_flight, o.duration).await;
-            eprintln!("fan-out {width}, {in_flight} in flight: busgate p50 {:.3} p99 {:.3} ms ({:.0}/s) | raw NATS p50 {raw_p50:.3} p99 {raw_p99:.3} ms ({raw_rps:.0}/s)", ours.p50_ms, ours.p99_ms, ours.rps);
-            row[key] = json!({"in_flight": in_flight, "busgate": ours, "raw_nats": {"p50_ms": raw_p50, "p99_ms": raw_p99, "rps": raw_rps}, "p50_over_raw_ms": ours.p50_ms - raw_p50});
+                raw_nats(&nats.url, width, in_flight, o.duration, false).await;
+            let (hdr_p50, hdr_p99, hdr_rps) =
+                raw_nats(&nats.url, width, in_flight, o.duration, true).await;
+            eprintln!("fan-out {width}, {in_flight} in flight: busgate p50 {:.3} p99 {:.3} ms ({:.0}/s) | raw NATS p50 {raw_p50:.3} p99 {raw_p99:.3} ms ({raw_rps:.0}/s) | with headers p50 {hdr_p50:.3} p99 {hdr_p99:.3} ms ({hdr_rps:.0}/s)", ours.p50_ms, ours.p99_ms, ours.rps);
+            row[key] = json!({"in_flight": in_flight, "busgate": ours, "raw_nats": {"p50_ms": raw_p50, "p99_ms": raw_p99, "rps": raw_rps}, "raw_nats_headers": {"p50_ms": hdr_p50, "p99_ms": hdr_p99, "rps": hdr_rps}, "p50_over_raw_ms": ours.p50_ms - raw_p50, "p50_over_raw_headers_ms": ours.p50_ms - hdr_p50});
         }
         fanout.push(row);
     }
@@ -848,30 +884,33 @@ fn report(raw: &Value) -> String {
             );
         }
     }
-    let _ = writeln!(md, "\n## Fan-out width: Busgate beside raw NATS scatter-gather of the same width\n\nRaw NATS: the bench's own async-nats client publishes to the same native services and waits for all replies, no HTTP. One in flight (`wrk -t1 -c1`, one raw loop) is the latency Busgate adds, its HTTP hop included; at {} in flight both queue on the two cores.\n", s["connections"]);
+    let _ = writeln!(md, "\n## Fan-out width: Busgate beside raw NATS scatter-gather of the same width\n\nRaw NATS: the bench's own async-nats client publishes to the same native services and waits for all replies, no HTTP, no headers; \"+ headers\": the same with the contract's four NATS headers on each request, as Busgate sends them. One in flight (`wrk -t1 -c1`, one raw loop) is the latency Busgate adds, its HTTP hop included; at {} in flight both queue on the two cores.\n", s["connections"]);
     let _ = writeln!(
         md,
-        "| width | in flight | Busgate p50 / p99 | raw NATS p50 / p99 | Busgate p50 over raw |"
+        "| width | in flight | Busgate p50 / p99 | raw NATS p50 / p99 | raw NATS + headers p50 / p99 | Busgate p50 over raw | over raw + headers |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for f in raw["fanout"].as_array().into_iter().flatten() {
         for key in ["one", "loaded"] {
             let r = &f[key];
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:+.3} ms |",
+                "| {} | {} | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:.3} / {:.3} ms | {:+.3} ms | {:+.3} ms |",
                 f["width"],
                 r["in_flight"],
                 r["busgate"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
                 r["busgate"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 r["raw_nats"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
                 r["raw_nats"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
-                r["p50_over_raw_ms"].as_f64().unwrap_or(f64::NAN)
+                r["raw_nats_headers"]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["raw_nats_headers"]["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p50_over_raw_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p50_over_raw_headers_ms"].as_f64().unwrap_or(f64::NAN)
             );
         }
     }
     let m = &raw["memory"];
-    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB, {:.1} MiB with the same keep-alive connections idle after one quick request each ({} warmed), {:.1} MiB before: **{:.2} KiB per in-flight gather** (its handler future, gather and request; beyond the connection), {:.2} KiB per request with its connection (hyper's buffers included).", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"], m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["warmed_connections"], m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
+    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {:.0} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB, {:.1} MiB with the same keep-alive connections idle after one quick request each ({} warmed), {:.1} MiB before: **{:.2} KiB per in-flight gather** (its handler future, gather and request; beyond the connection), {:.2} KiB per request with its connection (hyper's buffers included).", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"].as_f64().unwrap_or(0.0), m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["warmed_connections"], m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
     md
 }
 
