@@ -1,7 +1,8 @@
 //! The floor of the architecture: the least an axum + async-nats scatter-gather can do for a
 //! two-source merge. One wildcard inbox subscription, a `DashMap` of pending gathers, replies
 //! concatenated as they came. No routes, validation, metrics, envelopes or merge rules.
-//! With `FLOOR_HEADERS` set, each request carries the contract's four headers, as Busgate's do.
+//! With `FLOOR_HEADERS` set, each request carries the contract's four headers, as Busgate's do
+//! (its `traceparent` unsampled, as Busgate starts traces by default).
 //!
 //! Measured against Busgate and nginx + Lua by `tests/perf/floor.sh`; not part of the product.
 //!
@@ -63,7 +64,7 @@ async fn merge(State(floor): State<Arc<Floor>>, Path(order_id): Path<String>) ->
             headers.insert(header::name::client(), "anonymous");
             headers.insert(
                 header::name::traceparent(),
-                "00-01a201b26a4c739ca39272111f957172-a39272111f957172-01",
+                "00-01a201b26a4c739ca39272111f957172-a39272111f957172-00",
             );
             floor
                 .nats

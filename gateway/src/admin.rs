@@ -527,7 +527,7 @@ async fn try_route(
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
-    let traceparent = api::traceparent(None, &request_id);
+    let traceparent = api::traceparent(None, &request_id, app.edge.trace_sample_ratio);
     let asker = Asker {
         request_id: &request_id,
         order_id: &body.order_id,

@@ -90,6 +90,8 @@ pub struct Edge {
     pub signer: Option<Signer>,
     /// Checks callback URLs.
     pub guard: Guard,
+    /// The share of the traces started here that are marked sampled.
+    pub trace_sample_ratio: f64,
 }
 
 impl Edge {
@@ -101,6 +103,7 @@ impl Edge {
             unmatched: Name(Arc::from("-")),
             signer: None,
             guard: Guard::new(Allowlist::default()),
+            trace_sample_ratio: 0.0,
         }
     }
 }
@@ -242,7 +245,7 @@ async fn serve(
         );
     }
     let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
-    let traceparent = traceparent(incoming, request_id);
+    let traceparent = traceparent(incoming, request_id, state.edge.trace_sample_ratio);
     let prefer = Prefer::parse(&parts.headers);
     if prefer.respond_async || fields.callback_url.is_some() {
         let submit = Submit {
@@ -449,16 +452,21 @@ fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The W3C traceparent to send: the caller's trace (`incoming`, when valid) with our own span,
-/// or a new trace whose id is the request id (a UUIDv7 is 128 bits, time-ordered and random
-/// enough for that).
-pub fn traceparent(incoming: Option<&str>, request_id: &str) -> String {
+/// The W3C traceparent to send: the caller's trace (`incoming`, when valid) with our own span
+/// and the caller's flags, or a new trace whose id is the request id (a UUIDv7 is 128 bits,
+/// time-ordered and random enough for that), marked sampled with probability `sample_ratio`.
+///
+/// Unsampled is also the cheap case on the bus: nats-server lifts every header of a message
+/// into a map of its own when a `traceparent` says sampled (for its message tracing), which
+/// cost it about 7 µs per merged request here (`tests/perf/floor.sh`, nats-server 2.15).
+pub fn traceparent(incoming: Option<&str>, request_id: &str, sample_ratio: f64) -> String {
     let mut simple = String::with_capacity(32);
     simple.extend(request_id.chars().filter(|c| *c != '-'));
     let span = simple.get(16..32).unwrap_or("");
-    let (trace, flags) = incoming
-        .and_then(parse_traceparent)
-        .unwrap_or((simple.as_str(), "01"));
+    let (trace, flags) = incoming.and_then(parse_traceparent).unwrap_or_else(|| {
+        let sampled = sample_ratio > 0.0 && rand::random::<f64>() < sample_ratio;
+        (simple.as_str(), if sampled { "01" } else { "00" })
+    });
     let mut out = String::with_capacity(55);
     for piece in ["00-", trace, "-", span, "-", flags] {
         out.push_str(piece);
@@ -621,21 +629,27 @@ mod tests {
                 .map(str::to_owned)
         };
         assert_eq!(
-            traceparent(incoming(&parts).as_deref(), id),
-            "00-0190f5a27b3c7def8123456789abcdef-8123456789abcdef-01"
+            traceparent(incoming(&parts).as_deref(), id, 0.0),
+            "00-0190f5a27b3c7def8123456789abcdef-8123456789abcdef-00"
         );
+        assert!(traceparent(None, id, 1.0).ends_with("-01"));
+        let sampled = (0..1000)
+            .filter(|_| traceparent(None, id, 0.25).ends_with("-01"))
+            .count();
+        assert!((150..350).contains(&sampled), "{sampled} of 1000 at 0.25");
         parts.headers.insert(
             TRACEPARENT,
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
         );
         assert_eq!(
-            traceparent(incoming(&parts).as_deref(), id),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-8123456789abcdef-00"
+            traceparent(incoming(&parts).as_deref(), id, 1.0),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-8123456789abcdef-00",
+            "the caller's flags are kept"
         );
         parts.headers.insert(
             TRACEPARENT,
             HeaderValue::from_static("00-0000-00f067aa0ba902b7-01"),
         );
-        assert!(traceparent(incoming(&parts).as_deref(), id).starts_with("00-0190f5a2"));
+        assert!(traceparent(incoming(&parts).as_deref(), id, 0.0).starts_with("00-0190f5a2"));
     }
 }

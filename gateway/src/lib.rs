@@ -174,6 +174,7 @@ fn edge(
     order_id: busgate_shared::validate::OrderIdRule,
 ) -> anyhow::Result<Edge> {
     let mut edge = Edge::new(settings.http.body_limit, order_id);
+    edge.trace_sample_ratio = settings.http.trace_sample_ratio;
     if !settings.callbacks.secret.is_empty() {
         edge.signer = Some(Signer::new(&settings.callbacks.secret)?);
     }

@@ -67,6 +67,11 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// What an `order_id` must match (anchored regex).
     pub order_id_pattern: String,
+    /// The share of the traces Busgate starts (requests without a `traceparent`) that are
+    /// marked sampled, 0.0 to 1.0. Busgate records no spans itself, so by default it starts
+    /// them unsampled; tracers downstream that follow their parent's decision record the
+    /// marked ones. A caller's `traceparent` keeps its own flags.
+    pub trace_sample_ratio: f64,
 }
 
 /// The admin listener.
@@ -195,6 +200,7 @@ impl Default for HttpSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             body_limit: 64 * 1024,
             order_id_pattern: DEFAULT_ORDER_ID_PATTERN.into(),
+            trace_sample_ratio: 0.0,
         }
     }
 }
@@ -272,6 +278,11 @@ impl Settings {
                 "must be between 1024 and 16777216 bytes",
             )
             .into());
+        }
+        if !(0.0..=1.0).contains(&self.http.trace_sample_ratio) {
+            return Err(
+                Error::invalid("http.trace_sample_ratio", "must be between 0.0 and 1.0").into(),
+            );
         }
         if !self.nats.instance.is_empty() {
             busgate_shared::validate::name("nats.instance", &self.nats.instance)?;
@@ -407,5 +418,17 @@ targets = [{ service = "a" }]
         let f = write("[http]\norder_id_pattern = \"[a-z]+\"\n");
         let s = Settings::load(Some(f.path())).expect("load");
         assert!(matches!(s.validate(), Err(SettingsError::Invalid(_))));
+        for ratio in ["1.5", "-0.1", "nan"] {
+            let f = write(&format!("[http]\ntrace_sample_ratio = {ratio}\n"));
+            let s = Settings::load(Some(f.path())).expect("load");
+            assert!(
+                matches!(s.validate(), Err(SettingsError::Invalid(_))),
+                "{ratio} must be refused"
+            );
+        }
+        let f = write("[http]\ntrace_sample_ratio = 0.5\n");
+        let s = Settings::load(Some(f.path())).expect("load");
+        s.validate().expect("0.5 is a ratio");
+        assert_eq!(s.http.trace_sample_ratio, 0.5);
     }
 }

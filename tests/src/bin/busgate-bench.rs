@@ -512,7 +512,7 @@ fn contract_headers() -> async_nats::HeaderMap {
     headers.insert(name::client(), "anonymous");
     headers.insert(
         name::traceparent(),
-        "00-01a201b26a4c739ca39272111f957172-a39272111f957172-01",
+        "00-01a201b26a4c739ca39272111f957172-a39272111f957172-00",
     );
     headers
 }
