@@ -105,6 +105,9 @@ impl Upstream {
         let probe = options.upstream.replace("{order_id}", MARKER);
         let url = reqwest::Url::parse(&probe)
             .with_context(|| format!("--upstream {:?} is not a URL", options.upstream))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("--upstream must not carry credentials: they would show in the process list");
+        }
         let host = url.host_str().unwrap_or_default();
         let Some(port) = url.port_or_known_default() else {
             bail!("--upstream must be an http:// or https:// URL");
@@ -312,5 +315,6 @@ mod tests {
         assert!(Upstream::new(&options("not a url {order_id}")).is_err());
         assert!(Upstream::new(&options("http://{order_id}.svc/x")).is_err());
         assert!(Upstream::new(&options("http://h/x#{order_id}")).is_err());
+        assert!(Upstream::new(&options("http://u:p@h/{order_id}")).is_err());
     }
 }
