@@ -1,7 +1,10 @@
 # Sourced by the scripts beside it: the native merge path (nats-server, a native worker serving
 # n1 and n2, a gateway with route /bench/merge) on free ports, from the binaries in a directory.
-#   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids), NATS_URL and URL, waits until URL answers,
-#                                        then warms it up with 2 s of wrk -c64
+# With ADAPTERS=1, n1 and n2 are two adapters to the anchors' nginx upstreams instead
+# (../shared/bench/anchors.sh start; ports UP1/UP2, default 18081/18082).
+#   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids; W2 for the second adapter), NATS_URL
+#                                        and URL, waits until URL answers, then warms it up
+#                                        with 2 s of wrk -c64
 #   stop_merge_stack                     stops them
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -21,8 +24,16 @@ targets = [{ service = "n1" }, { service = "n2", required = false }]
 T
   np=$(port); hp=$(port); ap=$(port)
   nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
-  BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
-    "$bins/busgate-worker" native --service n1 --service n2 > "$dir/w.log" 2>&1 & W=$!
+  W2=
+  if [ -n "${ADAPTERS:-}" ]; then
+    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
+      --service n1 --upstream "http://127.0.0.1:${UP1:-18081}/order/{order_id}" > "$dir/w.log" 2>&1 & W=$!
+    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
+      --service n2 --upstream "http://127.0.0.1:${UP2:-18082}/order/{order_id}" > "$dir/w2.log" 2>&1 & W2=$!
+  else
+    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
+      "$bins/busgate-worker" native --service n1 --service n2 > "$dir/w.log" 2>&1 & W=$!
+  fi
   BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
     BUSGATE_HTTP__LISTEN=127.0.0.1:$hp BUSGATE_ADMIN__LISTEN=127.0.0.1:$ap \
     "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g.log" 2>&1 & G=$!
@@ -33,6 +44,6 @@ T
 }
 
 stop_merge_stack() {
-  kill "$G" "$W" 2>/dev/null; wait "$G" "$W" 2>/dev/null
+  kill "$G" "$W" $W2 2>/dev/null; wait "$G" "$W" $W2 2>/dev/null
   kill "$N" 2>/dev/null; wait "$N" 2>/dev/null
 }
