@@ -268,6 +268,10 @@ impl Conn {
                         self.buf.advance(len);
                         break size;
                     }
+                    // A size line (with extensions) never takes a head's worth of bytes.
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                        return Err(Error::Protocol("chunk size line too long"))
+                    }
                     Ok(httparse::Status::Partial) => self.read_required().await?,
                     Err(_) => return Err(Error::Protocol("bad chunk size")),
                 }
@@ -619,6 +623,20 @@ mod tests {
 
         let (addr, _server) = server(vec![Some("HTTP/1.1 OK\r\n\r\n")]).await;
         assert!(matches!(pool_get(&addr).await, Err(Error::Protocol(_))));
+
+        let endless_size_line: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
+                "x".repeat(MAX_HEAD + 1024)
+            )
+            .into_boxed_str(),
+        );
+        let (addr, _server) = server(vec![Some(endless_size_line)]).await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), pool_get(&addr)).await;
+        assert!(
+            matches!(answer, Ok(Err(Error::Protocol("chunk size line too long")))),
+            "{answer:?}"
+        );
 
         let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = unused.local_addr().expect("addr").to_string();
