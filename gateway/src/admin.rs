@@ -133,6 +133,26 @@ fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
         .ok_or_else(|| ErrorKind::NotReady("the configuration store is not ready yet").into())
 }
 
+/// How long a write waits for this instance to run what it wrote.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until this instance's configuration includes the store's latest change, so that a
+/// list, a read or a try-it right after a write sees it (the other instances follow through
+/// their own watchers). The write is durable either way: past [`APPLY_WAIT`] it answers anyway.
+async fn settle(store: &ConfigStore, state: &AdminState) {
+    match store.last_sequence().await {
+        Ok(latest) => {
+            if !state.app.store_status.wait_for(latest, APPLY_WAIT).await {
+                tracing::warn!(
+                    revision = latest,
+                    "the configuration watcher has not caught up with a write yet"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the latest configuration revision"),
+    }
+}
+
 fn store_error(e: StoreError) -> GatewayError {
     match e {
         StoreError::Exists(key) => ErrorKind::Conflict(format!("{key} exists already")).into(),
@@ -299,10 +319,12 @@ async fn create(
     validate::name("name", &body.name).map_err(invalid)?;
     let spec = parse_spec(kind, &body.name, &body.spec)?;
     candidate(&state, kind, &body.name, Some(&spec))?;
-    let revision = store_of(&state)?
+    let store = store_of(&state)?;
+    let revision = store
         .create(kind, &body.name, &spec)
         .await
         .map_err(store_error)?;
+    settle(&store, &state).await;
     let mut response = object(&body.name, revision, spec);
     *response.status_mut() = StatusCode::CREATED;
     if let Ok(location) =
@@ -349,7 +371,10 @@ async fn write(
     }
     candidate(state, kind, name, Some(&spec))?;
     match store.update(kind, name, &spec, expected).await {
-        Ok(revision) => Ok(object(name, revision, spec)),
+        Ok(revision) => {
+            settle(&store, state).await;
+            Ok(object(name, revision, spec))
+        }
         Err(StoreError::Stale { expected, .. }) => {
             let current = store
                 .get(kind, name)
@@ -381,7 +406,10 @@ async fn remove(
     }
     candidate(&state, kind, &name, None)?;
     match store.delete(kind, &name, Some(expected)).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(()) => {
+            settle(&store, &state).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Err(StoreError::Stale { expected, .. }) => Err(ErrorKind::PreconditionFailed {
             expected,
             current: 0,
@@ -474,6 +502,7 @@ async fn import(
             .await
             .map_err(store_error)?;
     }
+    settle(&store, &state).await;
     Ok(Json(spec).into_response())
 }
 

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
@@ -102,6 +102,35 @@ pub struct StoreStatus {
     pub revision: AtomicU64,
     /// Why the last change was refused, if it was.
     pub last_error: Mutex<Option<String>>,
+    /// The highest KV revision the watcher has dealt with, in force or refused.
+    seen: AtomicU64,
+    /// Wakes those waiting for `seen` to move.
+    moved: Notify,
+}
+
+impl StoreStatus {
+    fn saw(&self, revision: u64) {
+        self.seen.fetch_max(revision, Ordering::Release);
+        self.moved.notify_waiters();
+    }
+
+    /// Waits until the watcher has dealt with `revision` (so this instance runs it, or has
+    /// refused it), at most `within`; false when it has not by then.
+    pub async fn wait_for(&self, revision: u64, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check: a move between the check and the wait is not lost.
+            moved.as_mut().enable();
+            if self.seen.load(Ordering::Acquire) >= revision {
+                return true;
+            }
+            if tokio::time::timeout_at(until, moved).await.is_err() {
+                return self.seen.load(Ordering::Acquire) >= revision;
+            }
+        }
+    }
 }
 
 /// The guarded access to `busgate-config`.
@@ -146,7 +175,8 @@ impl ConfigStore {
         Ok(written)
     }
 
-    async fn last_sequence(&self) -> Result<u64, StoreError> {
+    /// The revision of the bucket's latest change, whatever its key.
+    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
         let mut stream = self
             .js
             .get_stream(format!("KV_{}", subject::CONFIG_BUCKET))
@@ -384,6 +414,7 @@ async fn follow(
 ) -> Result<(), StoreError> {
     let (mut entries, last) = store.load().await?;
     apply(&entries, config, status);
+    status.saw(last);
     let mut changes = store
         .kv
         .watch_all_from_revision(last + 1)
@@ -402,6 +433,7 @@ async fn follow(
             .get(&entry.key)
             .is_some_and(|(rev, _)| *rev >= entry.revision)
         {
+            status.saw(entry.revision);
             continue;
         }
         match entry.operation {
@@ -414,6 +446,7 @@ async fn follow(
         }
         status.revision.fetch_max(entry.revision, Ordering::Relaxed);
         apply(&entries, config, status);
+        status.saw(entry.revision);
     }
 }
 
@@ -454,6 +487,28 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_revision_ends_when_the_watcher_reaches_it_or_at_its_bound() {
+        let status = Arc::new(StoreStatus::default());
+        status.saw(3);
+        assert!(status.wait_for(3, Duration::from_secs(2)).await);
+
+        let started = tokio::time::Instant::now();
+        assert!(!status.wait_for(5, Duration::from_secs(2)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        let waiting = tokio::spawn({
+            let status = status.clone();
+            async move { status.wait_for(5, Duration::from_secs(2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status.saw(4);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "4 is not 5");
+        status.saw(6);
+        assert!(waiting.await.expect("join"));
+    }
 
     #[test]
     fn documents_round_trip_through_keys() {
