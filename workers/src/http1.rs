@@ -395,6 +395,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
     let framing = if status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::Empty
     } else if chunked {
+        // Both framings at once is how responses get smuggled: chunked wins, and the
+        // connection is not trusted again (RFC 9112, section 6.3).
+        if length.is_some() {
+            keep_alive = false;
+        }
         Framing::Chunked
     } else if let Some(len) = length {
         Framing::Length(len)
@@ -438,7 +443,9 @@ mod tests {
         let (h, _) = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
         );
-        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        let (h, _) = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
         let (h, _) = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
         let (h, _) = head("HTTP/1.1 200 OK\r\n\r\n");
