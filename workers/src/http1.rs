@@ -96,12 +96,7 @@ impl Pool {
         let request = self.encode(target, extra);
         if let Some(mut conn) = self.take_idle() {
             match conn.exchange(&request).await {
-                Ok((response, reusable)) => {
-                    if reusable {
-                        self.put_idle(conn);
-                    }
-                    return Ok(response);
-                }
+                Ok(done) => return Ok(self.keep(conn, done)),
                 // Closed while idle: try once more on a fresh connection.
                 Err(Failure::Stale(_)) => {}
                 Err(Failure::Failed(e)) => return Err(e),
@@ -109,14 +104,17 @@ impl Pool {
         }
         let mut conn = self.connect().await?;
         match conn.exchange(&request).await {
-            Ok((response, reusable)) => {
-                if reusable {
-                    self.put_idle(conn);
-                }
-                Ok(response)
-            }
+            Ok(done) => Ok(self.keep(conn, done)),
             Err(Failure::Stale(e) | Failure::Failed(e)) => Err(e),
         }
+    }
+
+    /// The response of an exchange; its connection goes back to the pool if it can serve again.
+    fn keep(&self, conn: Conn, (response, reusable): (Response, bool)) -> Response {
+        if reusable {
+            self.put_idle(conn);
+        }
+        response
     }
 
     /// Idle connections right now.
