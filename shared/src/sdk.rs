@@ -195,9 +195,9 @@ where
         },
         None => None,
     };
-    let text_of = |name| {
+    let text_of = |key| {
         headers
-            .and_then(|h| h.get(name))
+            .and_then(|h| h.get(key))
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default()
     };
