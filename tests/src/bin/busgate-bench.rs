@@ -380,8 +380,6 @@ bindings = [{ method = "GET", path = "/bench/hold/{order_id}" }]
 targets = [{ service = "n1", timeout = "30s" }]
 "#;
 
-/// Raw NATS scatter-gather to `width` native services, `concurrency` in flight, for `seconds`:
-/// the floor the bus itself sets. Returns (p50 ms, p99 ms, requests/s).
 /// Sends one quick request on every socket and reads its answer (bounded: 30 s in all);
 /// returns how many were answered.
 async fn warm_up(sockets: &mut [tokio::net::TcpStream]) -> usize {
@@ -425,8 +423,9 @@ async fn warm_up(sockets: &mut [tokio::net::TcpStream]) -> usize {
         .unwrap_or(0)
 }
 
-/// Raw NATS scatter-gather: `width` publishes, then all replies, in `concurrency` loops. With
-/// `headers`, each request carries the contract's four headers as Busgate's do.
+/// Raw NATS scatter-gather to `width` native services, `concurrency` loops in flight, for
+/// `seconds`: the floor the bus itself sets. With `headers`, each request carries the
+/// contract's four headers as Busgate's do. Returns (p50 ms, p99 ms, requests/s).
 async fn raw_nats(
     url: &str,
     width: usize,
