@@ -50,17 +50,8 @@ print(f"  busgate / floor+hdr: " + "  ".join(f"{x:.2f}" for x in ratios) + f"   
 '
 echo "(raw rounds in $OUT/rounds.txt)"
 [ -n "${CPU:-}" ] || exit 0
-echo
 for i in 0 1 2; do
   gw=$G; [ "$i" = 1 ] && gw=$F; [ "$i" = 2 ] && gw=$FH
-  wrk -t2 -c64 -d8s "${urls[$i]}" > "$OUT/cpu-wrk.txt" & WRK=$!
-  sleep 1.5
-  for p in $gw $W $N; do perf stat -e cpu-clock -p "$p" -o "$OUT/cpu.$p" -- sleep 5 & done
-  wait $WRK; sleep 0.5
-  rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/cpu-wrk.txt")
-  printf '%-10s %8.0f req/s ' "${names[$i]}" "$rps"
-  for p in gateway:$gw worker:$W nats-server:$N; do
-    awk -v n="${p%%:*}" -v rps="$rps" '/cpu-clock/ {gsub(",","",$1); printf "  %s %.1f us", n, $1*1000/(rps*5)}' "$OUT/cpu.${p#*:}"
-  done
-  echo " CPU per request"
+  echo; echo "${names[$i]}:"
+  cpu_per_request "${urls[$i]}" gateway:$gw worker:$W nats-server:$N
 done

@@ -6,6 +6,9 @@
 #                                        and URL, waits until URL answers, then warms it up
 #                                        with 2 s of wrk -c64
 #   stop_merge_stack                     stops them
+#   cpu_per_request URL NAME:PID…        10 s of wrk -t2 -c64 on URL with 5 s of perf stat on
+#                                        each PID; prints req/s, then per NAME the CPU time,
+#                                        system calls and context switches per request
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_merge_stack() {
@@ -46,4 +49,23 @@ T
 stop_merge_stack() {
   kill "$G" "$W" $W2 2>/dev/null; wait "$G" "$W" $W2 2>/dev/null
   kill "$N" 2>/dev/null; wait "$N" 2>/dev/null
+}
+
+cpu_per_request() {
+  local url=$1 dir wrk p rps; shift
+  dir=$(mktemp -d)
+  wrk -t2 -c64 -d10s "$url" > "$dir/wrk.txt" & wrk=$!
+  sleep 2
+  for p in "$@"; do
+    perf stat -e raw_syscalls:sys_enter,context-switches,cpu-clock -p "${p#*:}" -o "$dir/stat.${p#*:}" -- sleep 5 &
+  done
+  wait $wrk; sleep 1
+  rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
+  printf '  %s req/s\n' "$rps"
+  for p in "$@"; do
+    awk -v n="${p%%:*}" -v rps="$rps" '
+      /raw_syscalls/ {gsub(",","",$1); s=$1} /context-switches/ {gsub(",","",$1); c=$1} /cpu-clock/ {gsub(",","",$1); t=$1}
+      END {printf "  %-12s %6.1f us CPU  %5.2f syscalls  %5.2f context switches per request\n", n, t*1000/(rps*5), s/(rps*5), c/(rps*5)}' "$dir/stat.${p#*:}"
+  done
+  rm -rf "$dir"
 }
