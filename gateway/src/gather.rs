@@ -254,24 +254,41 @@ pub struct Asker<'a> {
     pub headers: &'a dyn crate::snapshot::Headers,
 }
 
-/// Scatters the request to every target of `route` and gathers the replies.
-pub async fn run(
+/// A gather whose requests are out: all it needs to collect the replies. It holds nothing of
+/// the request that asked for it, so a request waiting on one is small.
+pub struct Pending {
+    book: Book,
+    gather: Gather,
+}
+
+impl Pending {
+    /// Waits until every source of `route` (the route it was started for) has settled, a
+    /// required one has failed, or the deadlines passed.
+    pub async fn collect(&mut self, route: &Route) {
+        collect(&mut self.book, &mut self.gather, route).await;
+    }
+
+    /// The result, after [`Pending::collect`]: sources still open are
+    /// [`SourceResult::Cancelled`].
+    pub fn finish(self) -> Outcome {
+        self.book.finish()
+    }
+}
+
+/// Opens a gather and publishes the request to every target of `route` whose condition holds.
+pub async fn start(
     nats: &Client,
     collector: &Collector,
     route: &Route,
     asker: &Asker<'_>,
-) -> Outcome {
-    let started = Instant::now();
+) -> Pending {
     let mut book = Book::new(
-        started,
+        Instant::now(),
         route.targets.iter().map(|t| (t.required, t.timeout)),
     );
-    let mut gather = collector.register(route.targets.len());
-    // Boxed and gone before the wait: the publish futures of the NATS client are larger than
-    // everything else a waiting gather holds, and the future of a request is allocated whole.
-    Box::pin(scatter(nats, &gather, route, asker, &mut book)).await;
-    collect(&mut book, &mut gather, route).await;
-    book.finish()
+    let gather = collector.register(route.targets.len());
+    scatter(nats, &gather, route, asker, &mut book).await;
+    Pending { book, gather }
 }
 
 /// Publishes the request to every target whose condition holds; settles the others (skipped)
