@@ -300,19 +300,11 @@ async fn scatter(
     asker: &Asker<'_>,
     book: &mut Book,
 ) {
-    let request = ServiceRequest {
-        request_id: asker.request_id.to_owned(),
-        order_id: asker.order_id.to_owned(),
-        operation: route.operation.clone(),
-        attributes: Default::default(),
-    };
-    let payload = match serde_json::to_vec(&request) {
-        Ok(p) => Bytes::from(p),
-        Err(e) => {
-            warn!(error = %e, "cannot encode a service request");
-            return fail_open_slots(book, "encode_failed", &e.to_string());
-        }
-    };
+    let payload = ServiceRequest::encode_without_attributes(
+        asker.request_id,
+        asker.order_id,
+        &route.operation,
+    );
     let now_ms = header::now_unix_ms();
     for (index, target) in route.targets.iter().enumerate() {
         if let Some(when) = &target.when {
@@ -349,19 +341,6 @@ async fn scatter(
                 },
             );
         }
-    }
-}
-
-fn fail_open_slots(book: &mut Book, code: &str, message: &str) {
-    for i in 0..book.slots.len() {
-        book.settle(
-            i,
-            SourceResult::Error {
-                code: code.to_owned(),
-                message: message.to_owned(),
-                elapsed: Duration::ZERO,
-            },
-        );
     }
 }
 

@@ -23,6 +23,24 @@ pub struct ServiceRequest {
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
+impl ServiceRequest {
+    /// The wire payload of a request without attributes (what the gateway sends), written
+    /// straight from borrowed parts: the same bytes as serialising a [`ServiceRequest`], without
+    /// copying the parts into one first.
+    pub fn encode_without_attributes(request_id: &str, order_id: &str, operation: &str) -> Bytes {
+        let mut out =
+            BytesMut::with_capacity(72 + request_id.len() + order_id.len() + operation.len());
+        out.put_slice(b"{\"request_id\":");
+        put_json_str(&mut out, request_id);
+        out.put_slice(b",\"order_id\":");
+        put_json_str(&mut out, order_id);
+        out.put_slice(b",\"operation\":");
+        put_json_str(&mut out, operation);
+        out.put_slice(b",\"attributes\":{}}");
+        out.freeze()
+    }
+}
+
 /// How a service answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,16 +143,20 @@ impl Reply {
             }
         }
         out.put_slice(b",\"elapsed_ms\":");
-        out.put_slice(elapsed_ms.to_string().as_bytes());
+        put_json(&mut out, &elapsed_ms);
         out.put_u8(b'}');
         out.freeze()
     }
 }
 
 fn put_json_str(out: &mut BytesMut, s: &str) {
-    // serde_json escapes correctly; writing into a Vec cannot fail.
-    let quoted = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned());
-    out.put_slice(quoted.as_bytes());
+    put_json(out, s);
+}
+
+/// Writes `value` as JSON at the end of `out` (serde_json escapes strings).
+fn put_json<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) {
+    // Writing into memory cannot fail, and neither can serialising a string or a number.
+    let _ = serde_json::to_writer(out.writer(), value);
 }
 
 /// A reply as the gateway reads it: status and error decoded, `data` kept as a zero-copy slice
@@ -216,6 +238,27 @@ mod tests {
         let err = ParsedReply::parse(&Bytes::from_static(b"{\"status\":\"maybe\"}"));
         assert!(matches!(err, Err(Error::MalformedReply(_))));
         assert!(Reply::ok_json(Bytes::from_static(b"not json")).is_err());
+    }
+
+    #[test]
+    fn a_request_written_from_parts_is_the_serialised_request() {
+        for (request_id, order_id, operation) in [
+            ("019a", "A1", "order"),
+            ("r", "quote\" back\\slash", "op"),
+            ("r", "tab\t nl\n nul\u{0} é ✓", "über"),
+            ("", "", ""),
+        ] {
+            let wire = ServiceRequest::encode_without_attributes(request_id, order_id, operation);
+            let req = ServiceRequest {
+                request_id: request_id.into(),
+                order_id: order_id.into(),
+                operation: operation.into(),
+                attributes: Default::default(),
+            };
+            assert_eq!(&wire[..], &serde_json::to_vec(&req).expect("json")[..]);
+            let back: ServiceRequest = serde_json::from_slice(&wire).expect("decodes");
+            assert_eq!(back, req);
+        }
     }
 
     #[test]
