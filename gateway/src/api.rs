@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use async_nats::Client;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, request::Parts, HeaderValue, Method, StatusCode};
+use axum::http::{header, request::Parts, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use busgate_shared::header::{REQUEST_ID, TRACEPARENT};
+use busgate_shared::header::TRACEPARENT;
 use busgate_shared::validate::OrderIdRule;
 
 use crate::callback::{Allowlist, Guard, Signer};
@@ -36,6 +36,10 @@ use crate::merge;
 use crate::metrics::{Metrics, Name};
 use crate::requests::{self, JobsCell, Prefer, Submit};
 use crate::snapshot::{Lookup, Route, Snapshot};
+
+/// `Busgate-Request-Id` as a ready header name: inserting a `&str` name that is not a standard
+/// one allocates a copy of it on every response.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("busgate-request-id");
 
 /// Everything a request needs, behind one `Arc`: axum clones the state for every request, and
 /// one reference count is cheaper than the dozen a NATS client and its siblings would cost.
@@ -110,7 +114,53 @@ impl Edge {
     }
 }
 
-/// The public router.
+/// The public edge as a service: the built-in paths go to [`router`]; every other request goes
+/// straight to the configured routes. (The router's fallback leads there too, but axum first gives
+/// each request URL parameters, three allocations, and a clone of the boxed fallback service.)
+#[derive(Clone)]
+pub struct Public {
+    builtins: Router,
+    state: AppState,
+}
+
+impl Public {
+    /// The edge over `state`.
+    pub fn new(state: AppState) -> Self {
+        Public {
+            builtins: router(state.clone()),
+            state,
+        }
+    }
+
+    /// Whether [`router`] has a route for `path` (else only its fallback would answer).
+    fn is_builtin(path: &str) -> bool {
+        matches!(path, "/health/live" | "/health/ready" | "/metrics")
+            || path.starts_with("/api/requests/")
+    }
+}
+
+impl tower::Service<Request> for Public {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if Public::is_builtin(request.uri().path()) {
+            Box::pin(tower::Service::call(&mut self.builtins, request))
+        } else {
+            Box::pin(dispatch(self.state.clone(), request))
+        }
+    }
+}
+
+/// The public router: the built-in paths, and the configured routes as its fallback.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
@@ -201,7 +251,8 @@ fn dispatch(
                 )
                 .await;
                 let result = answer.map(|body| {
-                    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+                    let json = HeaderValue::from_static("application/json");
+                    ([(header::CONTENT_TYPE, json)], body).into_response()
                 });
                 (route.name.clone(), result)
             }
@@ -211,7 +262,7 @@ fn dispatch(
             Err(e) => e.with_request(request_id.as_str()).into_response(),
         };
         if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
-            response.headers_mut().insert(REQUEST_ID, id);
+            response.headers_mut().insert(REQUEST_ID_HEADER, id);
         }
         state.metrics.record_http(
             &label,
@@ -685,9 +736,9 @@ mod tests {
     /// body, validation, the NATS client's publish futures, the asynchronous branch) is in the
     /// boxed admission, freed once the requests are out. Before that split, a waiting request
     /// held a 1,448-byte future and axum's handler wrapper kept the request's head beside it.
-    #[tokio::test]
-    async fn a_request_in_flight_is_a_small_future() {
-        // Not connected (nothing listens on port 1): nothing here is ever polled.
+    /// A state whose NATS client is not connected (nothing listens on port 1), with one route,
+    /// `order` on `GET /api/orders/{order_id}`.
+    async fn unconnected_state() -> AppState {
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect("nats://127.0.0.1:1")
@@ -702,7 +753,7 @@ mod tests {
             "routes": {"order": {"bindings": [{"method": "GET", "path": "/api/orders/{order_id}"}], "targets": [{"service": "service1"}]}}
         }))
         .expect("spec");
-        let state = AppState::new(Shared {
+        AppState::new(Shared {
             config: Arc::new(ArcSwap::from_pointee(
                 Snapshot::compile(spec).expect("compile"),
             )),
@@ -717,7 +768,12 @@ mod tests {
             store: Arc::new(std::sync::OnceLock::new()),
             store_status: Arc::new(crate::store::StoreStatus::default()),
             instance: Arc::from("size"),
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_is_a_small_future() {
+        let state = unconnected_state().await;
         let request = axum::http::Request::get("/api/orders/1")
             .body(Body::empty())
             .expect("request");
@@ -730,6 +786,40 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         println!("dispatch future: {size} bytes; admission, boxed until the requests are out: {admitting} bytes");
         assert!(size <= 1024, "dispatch future is {size} bytes");
+    }
+
+    /// The edge sends built-in paths to the router and everything else to the configured
+    /// routes, as the router alone (with the configured routes as its fallback) would.
+    #[tokio::test]
+    async fn the_edge_routes_like_the_router() {
+        use tower::ServiceExt;
+        let public = Public::new(unconnected_state().await);
+        let problem = "application/problem+json";
+        for (method, path, status, content_type) in [
+            ("GET", "/health/live", 200, "application/json"),
+            ("GET", "/metrics", 200, "text/plain"),
+            ("POST", "/metrics", 405, problem),
+            ("GET", "/health/ready", 503, "application/json"),
+            ("GET", "/api/requests/nope/events/more", 404, problem),
+            ("GET", "/api/orders/1", 503, problem),
+            ("DELETE", "/api/orders/1", 405, problem),
+            ("GET", "/nope", 404, problem),
+        ] {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            let response = public.clone().oneshot(request).await.expect("infallible");
+            let seen = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(response.status().as_u16(), status, "{method} {path}");
+            assert!(seen.starts_with(content_type), "{method} {path}: {seen}");
+        }
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub async fn run(
     info!(addr = %admin_addr, "admin listening");
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(
+        // `into_make_service`: serving a `Router` itself rebuilds its route table for every
+        // connection (axum 0.8), 3.6 KiB each; this hands each connection a clone of one table.
         axum::serve(
             admin_listener,
             admin::router(state.clone(), &token).into_make_service(),
@@ -125,9 +127,10 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // `into_make_service`: serving a `Router` itself rebuilds its route table for every
-    // connection (axum 0.8), 3.6 KiB each; this hands each connection a clone of one table.
-    let server = axum::serve(listener, api::router(state.clone()).into_make_service())
+    let public = axum::ServiceExt::<axum::extract::Request>::into_make_service(api::Public::new(
+        state.clone(),
+    ));
+    let server = axum::serve(listener, public)
         .with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         })
