@@ -751,16 +751,29 @@ async fn main() {
         let request = format!("GET /bench/hold/slow-{i} HTTP/1.1\r\nHost: x\r\n\r\n");
         let _ = s.write_all(request.as_bytes()).await;
     }
+    // Until every request is in flight (bounded: 2 s), the peak includes requests still being
+    // admitted (their head, body and publish); then the RSS with all of them waiting, once
+    // settled (bounded: 2 s), is what the gathers in flight hold.
     let mut in_flight = 0.0;
-    let mut held_rss = 0;
+    let mut admission_peak_rss = 0;
     for _ in 0..40 {
         in_flight = gateway.metric("busgate_gathers_in_flight", "").await;
-        held_rss = held_rss.max(rss_kib(gw_pid, "VmRSS"));
+        admission_peak_rss = admission_peak_rss.max(rss_kib(gw_pid, "VmRSS"));
         if in_flight >= sockets.len() as f64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut held_rss = rss_kib(gw_pid, "VmRSS");
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = rss_kib(gw_pid, "VmRSS");
+        if now == held_rss {
+            break;
+        }
+        held_rss = now;
+    }
+    admission_peak_rss = admission_peak_rss.max(held_rss);
     let per_request = if in_flight > 0.0 {
         (held_rss.saturating_sub(baseline)) as f64 / in_flight
     } else {
@@ -771,9 +784,9 @@ async fn main() {
     } else {
         f64::NAN
     };
-    eprintln!("memory: peak RSS under scenario 3 {peak_rss_scenario3} KiB; {in_flight} in flight (sent in {:?}): RSS {held_rss} KiB, {connected_rss} KiB with the connections idle after {warmed} quick requests, {baseline} KiB before: {per_gather:.2} KiB per gather, {per_request:.2} KiB per request with its connection", opened.elapsed());
+    eprintln!("memory: peak RSS under scenario 3 {peak_rss_scenario3} KiB; {in_flight} in flight (sent in {:?}): RSS {held_rss} KiB (peak while admitting {admission_peak_rss} KiB), {connected_rss} KiB with the connections idle after {warmed} quick requests, {baseline} KiB before: {per_gather:.2} KiB per gather, {per_request:.2} KiB per request with its connection", opened.elapsed());
     drop(sockets);
-    let memory = json!({"peak_rss_scenario3_kib": peak_rss_scenario3, "idle_rss_kib": baseline, "connected_rss_kib": connected_rss, "warmed_connections": warmed, "held_rss_kib": held_rss, "in_flight": in_flight, "kib_per_gather": per_gather, "kib_per_in_flight_request": per_request});
+    let memory = json!({"peak_rss_scenario3_kib": peak_rss_scenario3, "idle_rss_kib": baseline, "connected_rss_kib": connected_rss, "warmed_connections": warmed, "held_rss_kib": held_rss, "admission_peak_rss_kib": admission_peak_rss, "in_flight": in_flight, "kib_per_gather": per_gather, "kib_per_in_flight_request": per_request});
 
     let raw = json!({
         "started_at": busgate_shared::header::unix_ms(started_at),
@@ -909,7 +922,7 @@ fn report(raw: &Value) -> String {
         }
     }
     let m = &raw["memory"];
-    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {:.0} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB, {:.1} MiB with the same keep-alive connections idle after one quick request each ({} warmed), {:.1} MiB before: **{:.2} KiB per in-flight gather** (its handler future, gather and request; beyond the connection), {:.2} KiB per request with its connection (hyper's buffers included).", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"].as_f64().unwrap_or(0.0), m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["warmed_connections"], m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
+    let _ = writeln!(md, "\n## Memory\n\nPeak RSS of the gateway during scenario 3: **{:.1} MiB**. With {:.0} requests held in flight (gathers waiting on a slow service): RSS {:.1} MiB once all are in flight and it settled ({:.1} MiB at most while they were being admitted), {:.1} MiB with the same keep-alive connections idle after one quick request each ({} warmed), {:.1} MiB before: **{:.2} KiB per in-flight gather** (its handler future, gather and request; beyond the connection), {:.2} KiB per request with its connection (hyper's buffers included).", m["peak_rss_scenario3_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["in_flight"].as_f64().unwrap_or(0.0), m["held_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["admission_peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["connected_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["warmed_connections"], m["idle_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, m["kib_per_gather"].as_f64().unwrap_or(f64::NAN), m["kib_per_in_flight_request"].as_f64().unwrap_or(f64::NAN));
     md
 }
 
