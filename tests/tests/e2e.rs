@@ -632,6 +632,55 @@ async fn a_worker_restart_mid_load_leaves_no_request_hanging() {
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
 }
 
+/// A client that hangs up while its gather waits ends the gather then, not at its deadline:
+/// nothing of the request is left behind (the services are slow for 3 s, the deadline is 10 s).
+#[tokio::test]
+async fn a_client_that_hangs_up_ends_its_gather() {
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::start(
+        r#"
+[services.service1]
+timeout = "10s"
+[services.service2]
+timeout = "10s"
+[routes.order]
+deadline = "10s"
+bindings = [{ method = "GET", path = "/api/orders/{order_id}" }]
+targets = [{ service = "service1" }, { service = "service2", required = false }]
+"#,
+    )
+    .await;
+    let addr = stack.gateway.base.trim_start_matches("http://").to_owned();
+    let mut client = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /api/orders/slow-gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let gateway = &stack.gateway;
+    eventually(Duration::from_secs(5), || async move {
+        gateway.metric("busgate_gathers_in_flight", "").await == 1.0
+    })
+    .await;
+    let hung_up = Instant::now();
+    drop(client);
+    eventually(Duration::from_secs(2), || async move {
+        gateway.metric("busgate_gathers_in_flight", "").await == 0.0
+    })
+    .await;
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(2),
+        "the gather outlived its client by {:?}",
+        hung_up.elapsed()
+    );
+    // The gateway goes on answering.
+    let response = reqwest::get(stack.gateway.url("/api/orders/after-hang-up"))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+}
+
 #[tokio::test]
 async fn shutdown_finishes_in_flight_gathers() {
     let mut stack = Stack::start("").await;
