@@ -380,6 +380,20 @@ bindings = [{ method = "GET", path = "/bench/hold/{order_id}" }]
 targets = [{ service = "n1", timeout = "30s" }]
 "#;
 
+/// The RSS of `pid` once it stops moving between two looks 50 ms apart (bounded: 2 s).
+async fn settled_rss_kib(pid: u32) -> u64 {
+    let mut last = rss_kib(pid, "VmRSS");
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = rss_kib(pid, "VmRSS");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 /// Sends one quick request on every socket and reads its answer (bounded: 30 s in all);
 /// returns how many were answered.
 async fn warm_up(sockets: &mut [tokio::net::TcpStream]) -> usize {
@@ -735,16 +749,7 @@ async fn main() {
         }
     }
     let warmed = warm_up(&mut sockets).await;
-    // Let the RSS settle (bounded: 2 s).
-    let mut connected_rss = rss_kib(gw_pid, "VmRSS");
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = rss_kib(gw_pid, "VmRSS");
-        if now == connected_rss {
-            break;
-        }
-        connected_rss = now;
-    }
+    let connected_rss = settled_rss_kib(gw_pid).await;
     let opened = Instant::now();
     for (i, s) in sockets.iter_mut().enumerate() {
         use tokio::io::AsyncWriteExt;
@@ -764,15 +769,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut held_rss = rss_kib(gw_pid, "VmRSS");
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = rss_kib(gw_pid, "VmRSS");
-        if now == held_rss {
-            break;
-        }
-        held_rss = now;
-    }
+    let held_rss = settled_rss_kib(gw_pid).await;
     admission_peak_rss = admission_peak_rss.max(held_rss);
     let per_request = if in_flight > 0.0 {
         (held_rss.saturating_sub(baseline)) as f64 / in_flight
