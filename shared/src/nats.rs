@@ -5,6 +5,12 @@ use tracing::{error, info, warn};
 
 use crate::Error;
 
+/// Messages a client queues for its connection before a publish waits for room. async-nats'
+/// default, 2,048, is reached by a burst of requests to a gateway: every request beyond it then
+/// waits inside its admission (about 2 KiB: head, payload, headers, the publish future) rather
+/// than as a queued message (a few hundred bytes). Queued messages are bounded by this count.
+pub const CLIENT_CAPACITY: usize = 64 * 1024;
+
 /// Connects to `url` as `name`. The client reconnects forever and logs every state change;
 /// when no server answers yet, this returns at once and the client keeps trying in the
 /// background (callers report readiness from [`Client::connection_state`]).
@@ -13,6 +19,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
     ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
+        .client_capacity(CLIENT_CAPACITY)
         .retry_on_initial_connect()
         .event_callback(move |event| {
             let url = logged_url.clone();
