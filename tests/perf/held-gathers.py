@@ -120,6 +120,7 @@ env = dict(os.environ, BUSGATE_NATS__URL=f"nats://127.0.0.1:{nats_port}", BUSGAT
 quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 procs = [subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(nats_port)], **quiet)]
 sockets = []
+pid = None
 try:
     time.sleep(0.3)
     procs.append(subprocess.Popen([f"{bins}/busgate-worker", "native", "--service", "n1", "--service", "n2"],
@@ -163,6 +164,9 @@ try:
 finally:
     for s in sockets:
         s.close()
+    if heaptrack and pid:
+        # heaptrack's wrapper does not pass the signal on: stop the gateway itself.
+        os.kill(pid, signal.SIGINT)
     for p in reversed(procs):
         p.send_signal(signal.SIGINT)
         try:
