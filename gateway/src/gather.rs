@@ -3,7 +3,7 @@
 //! deadlines pass.
 //!
 //! The bookkeeping is a pure state machine ([`Book`]) so that its deadline logic is unit-tested
-//! with paused time; [`run`] is the thin async loop around it.
+//! with paused time; [`start`] and [`Pending::collect`] are the thin async code around it.
 
 use std::time::Duration;
 
