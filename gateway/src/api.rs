@@ -731,11 +731,6 @@ mod tests {
         assert_eq!(percent_decode("%FF"), None);
     }
 
-    /// What a request in flight holds besides its connection is mostly this future, boxed whole
-    /// by [`Public`] for every request. Everything before the wait (the request's head and
-    /// body, validation, the NATS client's publish futures, the asynchronous branch) is in the
-    /// boxed admission, freed once the requests are out. Before that split, a waiting request
-    /// held a 1,448-byte future and axum's handler wrapper kept the request's head beside it.
     /// A state whose NATS client is not connected (nothing listens on port 1), with one route,
     /// `order` on `GET /api/orders/{order_id}`.
     async fn unconnected_state() -> AppState {
@@ -771,6 +766,11 @@ mod tests {
         })
     }
 
+    /// What a request in flight holds besides its connection is mostly this future, boxed whole
+    /// by [`Public`] for every request. Everything before the wait (the request's head and
+    /// body, validation, the NATS client's publish futures, the asynchronous branch) is in the
+    /// boxed admission, freed once the requests are out. Before that split, a waiting request
+    /// held a 1,448-byte future and axum's handler wrapper kept the request's head beside it.
     #[tokio::test]
     async fn a_request_in_flight_is_a_small_future() {
         let state = unconnected_state().await;
