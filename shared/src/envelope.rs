@@ -31,11 +31,11 @@ impl ServiceRequest {
         let mut out =
             BytesMut::with_capacity(72 + request_id.len() + order_id.len() + operation.len());
         out.put_slice(b"{\"request_id\":");
-        put_json_str(&mut out, request_id);
+        put_json(&mut out, request_id);
         out.put_slice(b",\"order_id\":");
-        put_json_str(&mut out, order_id);
+        put_json(&mut out, order_id);
         out.put_slice(b",\"operation\":");
-        put_json_str(&mut out, operation);
+        put_json(&mut out, operation);
         out.put_slice(b",\"attributes\":{}}");
         out.freeze()
     }
@@ -127,7 +127,7 @@ impl Reply {
         };
         let mut out = BytesMut::with_capacity(64 + service.len() + data_len);
         out.put_slice(b"{\"service\":");
-        put_json_str(&mut out, service);
+        put_json(&mut out, service);
         match self {
             Reply::Ok(data) => {
                 out.put_slice(b",\"status\":\"ok\",\"data\":");
@@ -136,9 +136,9 @@ impl Reply {
             Reply::NotFound => out.put_slice(b",\"status\":\"not_found\",\"data\":null"),
             Reply::Error(e) => {
                 out.put_slice(b",\"status\":\"error\",\"data\":null,\"error\":{\"code\":");
-                put_json_str(&mut out, &e.code);
+                put_json(&mut out, &e.code);
                 out.put_slice(b",\"message\":");
-                put_json_str(&mut out, &e.message);
+                put_json(&mut out, &e.message);
                 out.put_u8(b'}');
             }
         }
@@ -147,10 +147,6 @@ impl Reply {
         out.put_u8(b'}');
         out.freeze()
     }
-}
-
-fn put_json_str(out: &mut BytesMut, s: &str) {
-    put_json(out, s);
 }
 
 /// Writes `value` as JSON at the end of `out` (serde_json escapes strings).
