@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -41,10 +41,10 @@ fn router(service: &str) -> Router {
 
 async fn order(State(service): State<Arc<str>>, Path(order_id): Path<String>) -> Response {
     match demo_data::answer(&service, &order_id) {
-        Answer::Data(v) => Json(v).into_response(),
+        Answer::Data(v) => json_body(v),
         Answer::Slow(v) => {
             tokio::time::sleep(SLOW_DELAY).await;
-            Json(v).into_response()
+            json_body(v)
         }
         Answer::Fail => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -57,4 +57,8 @@ async fn order(State(service): State<Arc<str>>, Path(order_id): Path<String>) ->
         )
             .into_response(),
     }
+}
+
+fn json_body(data: bytes::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], data).into_response()
 }

@@ -44,8 +44,7 @@ pub async fn run(
                             Answer::Fail => return Reply::error(code::INTERNAL, "demo failure"),
                             Answer::Missing => return Reply::NotFound,
                         };
-                        Reply::ok(&data)
-                            .unwrap_or_else(|e| Reply::error(code::INTERNAL, e.to_string()))
+                        Reply::Ok(data)
                     }
                 },
                 async move {
