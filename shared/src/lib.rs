@@ -12,7 +12,8 @@
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
 //! - [`nats`]: the NATS connect helper (reconnects forever, logs state changes).
 //! - [`sdk`]: serve a Busgate service directly on NATS: queue group, deadlines, envelopes,
-//!   registration with the NATS service API (`$SRV.PING|INFO|STATS`).
+//!   the NATS service API (`$SRV.PING|INFO|STATS`).
+//! - [`micro`]: the NATS service API answers of one instance, with its counters.
 //! - [`runtime`]: what every Busgate process does the same way: logging set-up, shutdown signals.
 //! - [`error`]: this crate's error type.
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod header;
+pub mod micro;
 pub mod nats;
 pub mod runtime;
 pub mod sdk;

@@ -1,7 +1,8 @@
 //! Serve a Busgate service directly on NATS.
 //!
-//! [`serve`] registers the service with the NATS service API (so `$SRV.PING|INFO|STATS` list
-//! it), subscribes in the queue group `busgate.<service>` on `busgate.svc.<service>`, decodes
+//! [`serve`] subscribes in the queue group `busgate.<service>` on `busgate.svc.<service>`,
+//! answers the NATS service API for the instance (`$SRV.PING|INFO|STATS`, see [`crate::micro`]),
+//! decodes
 //! each [`ServiceRequest`], drops work whose `Busgate-Deadline` has passed, runs the handler
 //! with at most `concurrency` requests at once, cancels it at the deadline, and answers with
 //! the reply envelope. An internal service that adopts NATS needs nothing else:
@@ -25,14 +26,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_nats::service::ServiceExt;
-use async_nats::Client;
+use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::envelope::{code, Reply, ServiceRequest};
+use crate::micro::{Discovery, Identity, Stats};
 use crate::{header, subject, validate, Error};
 
 /// How a service is served.
@@ -64,14 +65,38 @@ impl ServeOptions {
 }
 
 /// What a handler knows about the request beyond its payload.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestContext {
     /// When the gateway stops waiting; the handler is cancelled then.
     pub deadline: Option<Instant>,
+    /// The message's headers, kept as they came: read through the methods below.
+    headers: Option<HeaderMap>,
+}
+
+impl RequestContext {
     /// The client the request came from (empty when unknown).
-    pub client: String,
+    pub fn client(&self) -> &str {
+        self.header(header::name::client())
+    }
+
     /// The W3C `traceparent` the gateway sent (empty when none), to pass on downstream.
-    pub traceparent: String,
+    pub fn traceparent(&self) -> &str {
+        self.header(header::name::traceparent())
+    }
+
+    fn header(&self, name: async_nats::HeaderName) -> &str {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map_or("", |v| v.as_str())
+    }
+}
+
+/// What every request of one served endpoint shares.
+struct Endpoint {
+    client: Client,
+    name: String,
+    stats: Arc<Stats>,
 }
 
 /// Serves `service` until `shutdown` resolves, then stops taking requests, lets in-flight
@@ -88,32 +113,33 @@ where
 {
     let name = options.service.clone();
     validate::name("service", &name)?;
-    let service_err = |e: async_nats::Error| Error::Service(e.to_string());
-    let service = client
-        .service_builder()
-        .description(options.description.clone())
-        .metadata(options.metadata.clone())
-        .queue_group(subject::queue_group(&name))
-        .start(name.clone(), crate::VERSION)
+    let service_err = |e: &dyn std::fmt::Display| Error::Service(e.to_string());
+    let identity = Identity {
+        name: name.clone(),
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        version: crate::VERSION.to_owned(),
+        description: options.description.clone(),
+        metadata: options.metadata.clone(),
+        subject: subject::service(&name),
+        queue_group: subject::queue_group(&name),
+    };
+    let mut requests = client
+        .queue_subscribe(identity.subject.clone(), identity.queue_group.clone())
         .await
-        .map_err(service_err)?;
-    let mut endpoint = service
-        .endpoint_builder()
-        .name(name.clone())
-        .queue_group(subject::queue_group(&name))
-        .add(subject::service(&name))
-        .await
-        .map_err(service_err)?;
+        .map_err(|e| service_err(&e))?;
+    let stats = Arc::new(Stats::default());
+    let discovery = Discovery::start(client, identity, stats.clone()).await?;
     // The server knows our interest once the flush returns: only then are we "serving".
-    client
-        .flush()
-        .await
-        .map_err(|e| Error::Service(e.to_string()))?;
+    client.flush().await.map_err(|e| service_err(&e))?;
     info!(service = %name, subject = %subject::service(&name), concurrency = options.concurrency, "serving");
 
+    let endpoint = Arc::new(Endpoint {
+        client: client.clone(),
+        name: name.clone(),
+        stats,
+    });
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    let shared_name: Arc<str> = Arc::from(name.as_str());
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -126,10 +152,10 @@ where
                 },
             },
         };
-        let request = tokio::select! {
+        let message = tokio::select! {
             () = &mut shutdown => break,
-            next = endpoint.next() => match next {
-                Some(r) => r,
+            next = requests.next() => match next {
+                Some(m) => m,
                 None => break,
             },
         };
@@ -138,7 +164,7 @@ where
         // than the handlers of the benchmark do.
         // A panicking handler loses its request (the gateway sees a timeout), never the
         // service: caught here as a task would have caught it.
-        let mut work = Box::pin(handle(request, shared_name.clone(), handler.clone()));
+        let mut work = Box::pin(handle(message, endpoint.clone(), handler.clone()));
         let mut first_poll = Context::from_waker(Waker::noop());
         match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut first_poll))) {
             Ok(Poll::Ready(())) => {}
@@ -158,7 +184,7 @@ where
         }
     }
     info!(service = %name, in_flight = tasks.len(), "stopping");
-    if let Err(e) = endpoint.stop().await {
+    if let Err(e) = requests.unsubscribe().await {
         warn!(service = %name, error = %e, "unsubscribing endpoint");
     }
     if tokio::time::timeout(options.grace, async {
@@ -170,22 +196,23 @@ where
         warn!(service = %name, abandoned = tasks.len(), "grace period over, abandoning requests");
         tasks.abort_all();
     }
-    if let Err(e) = service.stop().await {
-        warn!(service = %name, error = %e, "stopping service registration");
-    }
+    discovery.stop().await;
     Ok(())
 }
 
-async fn handle<H, Fut>(request: async_nats::service::Request, name: Arc<str>, handler: H)
+async fn handle<H, Fut>(mut message: Message, endpoint: Arc<Endpoint>, handler: H)
 where
     H: Fn(ServiceRequest, RequestContext) -> Fut,
     Fut: Future<Output = Reply>,
 {
-    let name: &str = &name;
+    let name = endpoint.name.as_str();
     let started = Instant::now();
-    let message = &request.message;
-    let headers = message.headers.as_ref();
-    let deadline = match header::deadline_of(headers) {
+    let Some(reply_to) = message.reply.take() else {
+        debug!(service = name, "dropping a request without a reply subject");
+        return;
+    };
+    let headers = message.headers.take();
+    let deadline = match header::deadline_of(headers.as_ref()) {
         Some(at) => match header::remaining(at, header::now_unix_ms()) {
             Some(left) => Some(started + left),
             None => {
@@ -195,17 +222,7 @@ where
         },
         None => None,
     };
-    let text_of = |key| {
-        headers
-            .and_then(|h| h.get(key))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default()
-    };
-    let context = RequestContext {
-        deadline,
-        client: text_of(header::name::client()),
-        traceparent: text_of(header::name::traceparent()),
-    };
+    let context = RequestContext { deadline, headers };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {
             let work = handler(req, context);
@@ -222,8 +239,15 @@ where
         }
         Err(e) => Reply::error(code::BAD_REQUEST, format!("cannot decode request: {e}")),
     };
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Err(e) = request.respond(Ok(reply.encode(name, elapsed_ms))).await {
+    let elapsed = started.elapsed();
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let payload = reply.encode(name, elapsed_ms);
+    let error = match &reply {
+        Reply::Error(e) => Some(format!("{}: {}", e.code, e.message)),
+        _ => None,
+    };
+    endpoint.stats.record(elapsed, error);
+    if let Err(e) = endpoint.client.publish(reply_to, payload).await {
         warn!(service = name, error = %e, "cannot publish reply");
     }
 }

@@ -66,3 +66,94 @@ async fn a_panicking_handler_loses_its_request_not_the_service() {
         "serve ends cleanly: {ended:?}"
     );
 }
+
+/// The SDK answers the NATS service API itself: `$SRV.PING|INFO|STATS` by name and by id,
+/// with replies and error replies counted, and nothing answers once `serve` has returned.
+#[tokio::test]
+async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let handler = |req: ServiceRequest, _ctx| async move {
+                if req.order_id.starts_with("fail") {
+                    Reply::error("internal", "no luck")
+                } else {
+                    Reply::ok(&json!({"order_id": req.order_id})).expect("json")
+                }
+            };
+            let mut options = sdk::ServeOptions::new("counted");
+            options.description = "counts".into();
+            options.metadata.insert("kind".into(), "native".into());
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            sdk::serve(&client, options, handler, stopped).await
+        }
+    });
+    let api = |subject: String| {
+        let client = client.clone();
+        async move {
+            let asked = client.request(subject, "".into());
+            match tokio::time::timeout(Duration::from_secs(2), asked).await {
+                Ok(Ok(reply)) if reply.status.is_none() => {
+                    serde_json::from_slice::<Value>(&reply.payload).ok()
+                }
+                _ => None,
+            }
+        }
+    };
+    eventually(Duration::from_secs(10), || async {
+        api("$SRV.PING.counted".into()).await.is_some()
+    })
+    .await;
+    let payload = |order_id: &str| {
+        json!({"request_id": "r", "order_id": order_id, "operation": "get", "attributes": {}})
+            .to_string()
+    };
+    for order_id in ["one", "fail-two", "three"] {
+        let reply = client
+            .request(subject::service("counted"), payload(order_id).into())
+            .await
+            .expect("a reply");
+        let reply: Value = serde_json::from_slice(&reply.payload).expect("json");
+        assert_eq!(reply["service"], "counted");
+    }
+
+    let ping = api("$SRV.PING".into()).await.expect("ping");
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
+    assert_eq!(ping["name"], "counted");
+    let id = ping["id"].as_str().expect("id").to_owned();
+    let info = api(format!("$SRV.INFO.counted.{id}"))
+        .await
+        .expect("info by id");
+    assert_eq!(info["description"], "counts");
+    assert_eq!(info["metadata"]["kind"], "native");
+    assert_eq!(info["endpoints"][0]["subject"], "busgate.svc.counted");
+    assert_eq!(info["endpoints"][0]["queue_group"], "busgate.counted");
+    let stats = api("$SRV.STATS.counted".into()).await.expect("stats");
+    let endpoint = &stats["endpoints"][0];
+    assert_eq!(endpoint["num_requests"], 3, "{stats}");
+    assert_eq!(endpoint["num_errors"], 1, "{stats}");
+    assert_eq!(endpoint["last_error"], "internal: no luck", "{stats}");
+    assert!(
+        endpoint["average_processing_time"].as_u64().is_some(),
+        "{stats}"
+    );
+    assert!(
+        stats["started"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{stats}"
+    );
+    assert_eq!(api("$SRV.STATS.other".into()).await, None, "another name");
+
+    stop.send(()).expect("still serving");
+    let ended = tokio::time::timeout(Duration::from_secs(15), serving).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "serve ends: {ended:?}");
+    let asked = client.request("$SRV.PING.counted", "".into()).await;
+    assert!(
+        matches!(&asked, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "nothing answers once stopped: {asked:?}"
+    );
+}

@@ -167,7 +167,7 @@ impl Upstream {
         let mut n = 0;
         for (name, value) in [
             (header::REQUEST_ID, req.request_id.as_str()),
-            (header::TRACEPARENT, ctx.traceparent.as_str()),
+            (header::TRACEPARENT, ctx.traceparent()),
         ] {
             if is_header_text(value) {
                 extra[n] = (name, value);
