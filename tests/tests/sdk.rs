@@ -7,10 +7,48 @@ use busgate_shared::{sdk, subject};
 use busgate_tests::support::{eventually, NatsServer};
 use serde_json::{json, Value};
 
+/// A service request payload for `order_id`.
+fn request(order_id: &str) -> String {
+    json!({"request_id": "r", "order_id": order_id, "operation": "get", "attributes": {}})
+        .to_string()
+}
+
+/// A service served by the SDK on a task of its own, until [`Serving::stop`].
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), busgate_shared::Error>>,
+}
+
+impl Serving {
+    fn start<H, Fut>(client: &async_nats::Client, options: sdk::ServeOptions, handler: H) -> Self
+    where
+        H: Fn(ServiceRequest, sdk::RequestContext) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Reply> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let client = client.clone();
+        let task = tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            sdk::serve(&client, options, handler, stopped).await
+        });
+        Serving { stop, task }
+    }
+
+    /// Stops the service and asserts that `serve` ends cleanly within 15 s.
+    async fn stop(self) {
+        self.stop.send(()).expect("still serving");
+        let ended = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+        assert!(
+            matches!(ended, Ok(Ok(Ok(())))),
+            "serve ends cleanly: {ended:?}"
+        );
+    }
+}
+
 async fn ask(client: &async_nats::Client, order_id: &str) -> Option<Value> {
-    let payload =
-        json!({"request_id": "r", "order_id": order_id, "operation": "get", "attributes": {}});
-    let asked = client.request(subject::service("panicky"), payload.to_string().into());
+    let asked = client.request(subject::service("panicky"), request(order_id).into());
     match tokio::time::timeout(Duration::from_millis(500), asked).await {
         Ok(Ok(reply)) if reply.status.is_none() => serde_json::from_slice(&reply.payload).ok(),
         _ => None,
@@ -23,24 +61,15 @@ async fn ask(client: &async_nats::Client, order_id: &str) -> Option<Value> {
 async fn a_panicking_handler_loses_its_request_not_the_service() {
     let nats = NatsServer::start();
     let client = async_nats::connect(&nats.url).await.expect("connect");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let handler = |req: ServiceRequest, _ctx| async move {
-                if req.order_id.starts_with("later") {
-                    // Not ready at the first poll: the rest runs on a task of its own.
-                    tokio::task::yield_now().await;
-                }
-                assert!(!req.order_id.ends_with("boom"), "the handler fails");
-                Reply::ok(&json!({"order_id": req.order_id})).expect("json")
-            };
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            sdk::serve(&client, sdk::ServeOptions::new("panicky"), handler, stopped).await
+    let handler = |req: ServiceRequest, _ctx| async move {
+        if req.order_id.starts_with("later") {
+            // Not ready at the first poll: the rest runs on a task of its own.
+            tokio::task::yield_now().await;
         }
-    });
+        assert!(!req.order_id.ends_with("boom"), "the handler fails");
+        Reply::ok(&json!({"order_id": req.order_id})).expect("json")
+    };
+    let serving = Serving::start(&client, sdk::ServeOptions::new("panicky"), handler);
     eventually(Duration::from_secs(10), || async {
         ask(&client, "first").await.is_some()
     })
@@ -59,12 +88,7 @@ async fn a_panicking_handler_loses_its_request_not_the_service() {
         assert_eq!(reply["status"], "ok", "{reply}");
         assert_eq!(reply["data"]["order_id"], order_id, "{reply}");
     }
-    stop.send(()).expect("still serving");
-    let ended = tokio::time::timeout(Duration::from_secs(15), serving).await;
-    assert!(
-        matches!(ended, Ok(Ok(Ok(())))),
-        "serve ends cleanly: {ended:?}"
-    );
+    serving.stop().await;
 }
 
 /// The SDK answers the NATS service API itself: `$SRV.PING|INFO|STATS` by name and by id,
@@ -73,26 +97,17 @@ async fn a_panicking_handler_loses_its_request_not_the_service() {
 async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() {
     let nats = NatsServer::start();
     let client = async_nats::connect(&nats.url).await.expect("connect");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let handler = |req: ServiceRequest, _ctx| async move {
-                if req.order_id.starts_with("fail") {
-                    Reply::error("internal", "no luck")
-                } else {
-                    Reply::ok(&json!({"order_id": req.order_id})).expect("json")
-                }
-            };
-            let mut options = sdk::ServeOptions::new("counted");
-            options.description = "counts".into();
-            options.metadata.insert("kind".into(), "native".into());
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            sdk::serve(&client, options, handler, stopped).await
+    let handler = |req: ServiceRequest, _ctx| async move {
+        if req.order_id.starts_with("fail") {
+            Reply::error("internal", "no luck")
+        } else {
+            Reply::ok(&json!({"order_id": req.order_id})).expect("json")
         }
-    });
+    };
+    let mut options = sdk::ServeOptions::new("counted");
+    options.description = "counts".into();
+    options.metadata.insert("kind".into(), "native".into());
+    let serving = Serving::start(&client, options, handler);
     let api = |subject: String| {
         let client = client.clone();
         async move {
@@ -109,13 +124,9 @@ async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() 
         api("$SRV.PING.counted".into()).await.is_some()
     })
     .await;
-    let payload = |order_id: &str| {
-        json!({"request_id": "r", "order_id": order_id, "operation": "get", "attributes": {}})
-            .to_string()
-    };
     for order_id in ["one", "fail-two", "three"] {
         let reply = client
-            .request(subject::service("counted"), payload(order_id).into())
+            .request(subject::service("counted"), request(order_id).into())
             .await
             .expect("a reply");
         let reply: Value = serde_json::from_slice(&reply.payload).expect("json");
@@ -148,9 +159,7 @@ async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() 
     );
     assert_eq!(api("$SRV.STATS.other".into()).await, None, "another name");
 
-    stop.send(()).expect("still serving");
-    let ended = tokio::time::timeout(Duration::from_secs(15), serving).await;
-    assert!(matches!(ended, Ok(Ok(Ok(())))), "serve ends: {ended:?}");
+    serving.stop().await;
     let asked = client.request("$SRV.PING.counted", "".into()).await;
     assert!(
         matches!(&asked, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
