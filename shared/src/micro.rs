@@ -60,11 +60,6 @@ impl Stats {
             *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
         }
     }
-
-    /// Replies counted so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
 }
 
 /// The answers, as pure functions of identity and counters.

@@ -2,10 +2,9 @@
 //!
 //! [`serve`] subscribes in the queue group `busgate.<service>` on `busgate.svc.<service>`,
 //! answers the NATS service API for the instance (`$SRV.PING|INFO|STATS`, see [`crate::micro`]),
-//! decodes
-//! each [`ServiceRequest`], drops work whose `Busgate-Deadline` has passed, runs the handler
-//! with at most `concurrency` requests at once, cancels it at the deadline, and answers with
-//! the reply envelope. An internal service that adopts NATS needs nothing else:
+//! decodes each [`ServiceRequest`], drops work whose `Busgate-Deadline` has passed, runs the
+//! handler with at most `concurrency` requests at once, cancels it at the deadline, and answers
+//! with the reply envelope. An internal service that adopts NATS needs nothing else:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), busgate_shared::Error> {
