@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/m/{order_id}", get(merge))
         .with_state(floor);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = busgate_shared::runtime::listen(listen.parse()?)?;
     axum::serve(listener, app).await?;
     Ok(())
 }

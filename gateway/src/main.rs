@@ -63,7 +63,7 @@ async fn main() -> ExitCode {
             runtime::init_logging(settings.log.format, &settings.log.level);
             let mut listeners = Vec::new();
             for addr in [settings.http.listen, settings.admin.listen] {
-                match tokio::net::TcpListener::bind(addr).await {
+                match busgate_shared::runtime::listen(addr) {
                     Ok(l) => listeners.push(l),
                     Err(e) => {
                         tracing::error!(%addr, error = %e, "cannot listen");

@@ -83,7 +83,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
 
     let mut listeners = Vec::new();
     for addr in [settings.http.listen, settings.admin.listen] {
-        match tokio::net::TcpListener::bind(addr).await {
+        match busgate_shared::runtime::listen(addr) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 stop_all(children).await;

