@@ -181,7 +181,8 @@ async fn live() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let connected = busgate_shared::nats::is_connected(&state.nats);
+    let connected =
+        busgate_shared::nats::is_connected(&state.nats) && state.collector.is_connected();
     let jobs = state.jobs.get().is_some();
     let config = state
         .store_status
@@ -379,7 +380,7 @@ async fn serve(
     if !state.edge.order_id.accepts(&order_id) {
         return Err(invalid_order_id(&state.edge.order_id));
     }
-    if !busgate_shared::nats::is_connected(&state.nats) {
+    if !busgate_shared::nats::is_connected(&state.nats) || !state.collector.is_connected() {
         return Err(
             GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
         );
@@ -411,7 +412,7 @@ async fn serve(
         traceparent: &traceparent,
         headers: &parts.headers,
     };
-    let pending = gather::start(&state.nats, &state.collector, route, &asker).await;
+    let pending = gather::start(&state.collector, route, &asker);
     Ok(Served::Waiting { pending, order_id })
 }
 
@@ -423,9 +424,7 @@ pub async fn gather_answer(
     asker: &Asker<'_>,
     started: Instant,
 ) -> Result<Vec<u8>, GatewayError> {
-    // Boxed and gone before the wait: the NATS client's publish futures are larger than
-    // everything a waiting gather holds.
-    let pending = Box::pin(gather::start(&state.nats, &state.collector, route, asker)).await;
+    let pending = gather::start(&state.collector, route, asker);
     answer(
         state,
         route,
@@ -740,9 +739,10 @@ mod tests {
             .await
             .expect("a client that connects later");
         let metrics = Arc::new(Metrics::new());
-        let (collector, _task) = Collector::start(&nats, "size", metrics.clone())
-            .await
-            .expect("subscribe");
+        let wire = busgate_shared::wire::Connection::connect("nats://127.0.0.1:1", "size")
+            .expect("a connection that connects later");
+        let (collector, _task) =
+            Collector::start(&wire, "size", metrics.clone()).expect("subscribe");
         let spec: busgate_shared::config::ConfigSpec = serde_json::from_value(serde_json::json!({
             "services": {"service1": {}},
             "routes": {"order": {"bindings": [{"method": "GET", "path": "/api/orders/{order_id}"}], "targets": [{"service": "service1"}]}}

@@ -1,24 +1,22 @@
 //! The collector alone owns the table of pending gathers.
 //!
-//! One wildcard subscription per gateway instance (`_INBOX.busgate.<instance>.>`) receives every
-//! reply; a single routing task hands each one to its gather by the gather id in the subject.
-//! Others hold a cheap [`Collector`] handle: [`Collector::register`] opens a gather, dropping the
+//! One wildcard subscription per gateway instance (`_INBOX.busgate.<instance>.>`) on the
+//! request path's [`wire::Connection`] receives every reply; its read task hands each one to its
+//! gather by the gather id in the subject, with no task or channel in between. Others hold a cheap [`Collector`] handle: [`Collector::register`] opens a gather, dropping the
 //! returned [`Gather`] closes it, so a gather that ends for any reason (answered, deadline,
 //! client gone) leaves nothing behind and no sweeper is needed. Replies for a closed gather are
 //! dropped and counted as late.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use async_nats::{Client, Message, Subject};
 use dashmap::DashMap;
-use futures::StreamExt;
-use tokio::sync::{oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use busgate_shared::subject;
+use busgate_shared::wire::{self, Msg};
 
 use crate::metrics::Metrics;
 
@@ -29,6 +27,8 @@ pub struct Collector {
 }
 
 struct Inner {
+    /// The request path's connection: requests go out and replies come in on it.
+    wire: wire::Connection,
     /// `_INBOX.busgate.<instance>.`
     prefix: String,
     pending: DashMap<u64, Arc<Inbox>>,
@@ -40,14 +40,14 @@ struct Inner {
 /// `Notify`: a tokio channel allocates a 32-slot block per gather, which dominated the memory
 /// of a gather in flight.
 struct Inbox {
-    replies: std::sync::Mutex<Vec<Message>>,
+    replies: std::sync::Mutex<Vec<Msg>>,
     capacity: usize,
     arrived: Notify,
 }
 
 impl Inbox {
     /// Queues a reply; false when the inbox is full (a duplicate beyond the sources).
-    fn push(&self, message: Message) -> bool {
+    fn push(&self, message: Msg) -> bool {
         let Ok(mut replies) = self.replies.lock() else {
             return false;
         };
@@ -65,7 +65,7 @@ impl Inbox {
         true
     }
 
-    fn pop(&self) -> Option<Message> {
+    fn pop(&self) -> Option<Msg> {
         let mut replies = self.replies.lock().ok()?;
         (!replies.is_empty()).then(|| replies.remove(0))
     }
@@ -78,54 +78,55 @@ pub struct Gather {
     collector: Collector,
 }
 
-/// Stops the routing task when told to or dropped.
+/// The reply inbox's subscription: replies are routed until it is stopped or dropped.
 pub struct CollectorTask {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    subscription: Mutex<Option<wire::Subscription>>,
 }
 
 impl Collector {
-    /// Subscribes to this instance's inbox and starts routing replies.
-    pub async fn start(
-        nats: &Client,
+    /// Subscribes to this instance's inbox on `wire` and routes replies from then on.
+    pub fn start(
+        wire: &wire::Connection,
         instance: &str,
         metrics: Arc<Metrics>,
-    ) -> Result<(Collector, CollectorTask), async_nats::SubscribeError> {
-        let subscription = nats
-            .subscribe(subject::instance_inbox_wildcard(instance))
-            .await?;
+    ) -> Result<(Collector, CollectorTask), wire::PublishError> {
         let collector = Collector {
             inner: Arc::new(Inner {
+                wire: wire.clone(),
                 prefix: subject::instance_inbox_prefix(instance),
                 pending: DashMap::new(),
                 next_id: AtomicU64::new(1),
                 metrics,
             }),
         };
-        let (stop, mut stopped) = oneshot::channel();
-        let routing = collector.clone();
-        let task = tokio::spawn(async move {
-            let mut subscription = subscription;
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    next = subscription.next() => match next {
-                        Some(message) => routing.deliver(message),
-                        None => break,
-                    },
+        // The subscription's callback holds the table weakly: the connection keeps callbacks,
+        // and a strong handle there would keep the collector alive through its own connection.
+        let routing = Arc::downgrade(&collector.inner);
+        let subscription = wire.subscribe(
+            &subject::instance_inbox_wildcard(instance),
+            None,
+            move |message| {
+                if let Some(inner) = routing.upgrade() {
+                    Collector { inner }.deliver(message);
                 }
-            }
-            if let Err(e) = subscription.unsubscribe().await {
-                debug!(error = %e, "unsubscribing the reply inbox");
-            }
-        });
+            },
+        )?;
         Ok((
             collector,
             CollectorTask {
-                stop: Some(stop),
-                task: Some(task),
+                subscription: Mutex::new(Some(subscription)),
             },
         ))
+    }
+
+    /// The request path's connection.
+    pub fn wire(&self) -> &wire::Connection {
+        &self.inner.wire
+    }
+
+    /// Whether requests can go out right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.wire.is_connected()
     }
 
     /// Opens a gather expecting up to `sources` replies.
@@ -146,22 +147,19 @@ impl Collector {
         }
     }
 
-    /// The reply subject of `source` within gather `id`.
-    pub fn reply_subject(&self, id: u64, source: &str) -> Subject {
-        let mut s = String::with_capacity(self.inner.prefix.len() + 21 + source.len());
+    /// Writes the reply subject of `source` within gather `id` into `s` (cleared first).
+    pub fn reply_subject(&self, id: u64, source: &str, s: &mut String) {
+        s.clear();
+        s.reserve(self.inner.prefix.len() + 21 + source.len());
         s.push_str(&self.inner.prefix);
         // Writing into a String cannot fail.
         let _ = write!(s, "{id}.");
         s.push_str(source);
-        Subject::from(s)
     }
 
     /// The source name a reply was addressed to, if it is one of ours.
-    pub fn source_of<'m>(&self, message: &'m Message) -> Option<&'m str> {
-        let tail = message
-            .subject
-            .as_str()
-            .strip_prefix(self.inner.prefix.as_str())?;
+    pub fn source_of<'m>(&self, message: &'m Msg) -> Option<&'m str> {
+        let tail = message.subject().strip_prefix(self.inner.prefix.as_str())?;
         subject::parse_reply_tail(tail).map(|(_, source)| source)
     }
 
@@ -175,15 +173,14 @@ impl Collector {
         self.inner.pending.len()
     }
 
-    fn deliver(&self, message: Message) {
+    fn deliver(&self, message: Msg) {
         let id = message
-            .subject
-            .as_str()
+            .subject()
             .strip_prefix(self.inner.prefix.as_str())
             .and_then(subject::parse_reply_tail)
             .map(|(id, _)| id);
         let Some(id) = id else {
-            warn!(subject = %message.subject, "reply on a subject that is not a gather's");
+            warn!(subject = %message.subject(), "reply on a subject that is not a gather's");
             return;
         };
         // The shard lock is held only for a short, non-blocking push.
@@ -205,7 +202,7 @@ impl Gather {
     }
 
     /// The next reply. Waits until one arrives (callers bound the wait with their deadline).
-    pub async fn next(&mut self) -> Option<Message> {
+    pub async fn next(&mut self) -> Option<Msg> {
         loop {
             if let Some(message) = self.inbox.pop() {
                 return Some(message);
@@ -229,23 +226,11 @@ impl Drop for Gather {
 }
 
 impl CollectorTask {
-    /// Stops routing replies and waits for the task to end.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                warn!(error = %e, "reply routing task ended abnormally");
-            }
-        }
-    }
-}
-
-impl Drop for CollectorTask {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    /// Stops routing replies: the inbox is unsubscribed (replies after it are not read).
+    pub fn stop(self) {
+        if let Some(subscription) = self.subscription.lock().ok().and_then(|mut s| s.take()) {
+            subscription.unsubscribe();
+            debug!("reply inbox unsubscribed");
         }
     }
 }

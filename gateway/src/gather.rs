@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, HeaderMap, Message};
+use busgate_shared::wire::Msg;
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -83,9 +83,9 @@ impl SourceResult {
     }
 
     /// Reads a reply message (or the bus's status message) into a result.
-    pub fn from_message(message: &Message, elapsed: Duration) -> Self {
-        if let Some(status) = message.status {
-            if status == async_nats::StatusCode::NO_RESPONDERS {
+    pub fn from_message(message: &Msg, elapsed: Duration) -> Self {
+        if let Some(status) = message.status() {
+            if status == 503 {
                 return SourceResult::NoResponders { elapsed };
             }
             return SourceResult::Error {
@@ -276,36 +276,27 @@ impl Pending {
 }
 
 /// Opens a gather and publishes the request to every target of `route` whose condition holds.
-pub async fn start(
-    nats: &Client,
-    collector: &Collector,
-    route: &Route,
-    asker: &Asker<'_>,
-) -> Pending {
+/// Never waits: the requests are queued on the collector's connection.
+pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
     let mut book = Book::new(
         Instant::now(),
         route.targets.iter().map(|t| (t.required, t.timeout)),
     );
     let gather = collector.register(route.targets.len());
-    scatter(nats, &gather, route, asker, &mut book).await;
+    scatter(&gather, route, asker, &mut book);
     Pending { book, gather }
 }
 
 /// Publishes the request to every target whose condition holds; settles the others (skipped)
 /// and those that cannot be published.
-async fn scatter(
-    nats: &Client,
-    gather: &Gather,
-    route: &Route,
-    asker: &Asker<'_>,
-    book: &mut Book,
-) {
+fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
     let payload = ServiceRequest::encode_without_attributes(
         asker.request_id,
         asker.order_id,
         &route.operation,
     );
     let now_ms = header::now_unix_ms();
+    let mut reply = String::new();
     for (index, target) in route.targets.iter().enumerate() {
         if let Some(when) = &target.when {
             if !when.holds(
@@ -318,20 +309,21 @@ async fn scatter(
                 continue;
             }
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(header::name::request_id(), asker.request_id);
-        headers.insert(
-            header::name::deadline(),
-            (now_ms + u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX)).to_string(),
-        );
-        headers.insert(header::name::client(), asker.client);
-        headers.insert(header::name::traceparent(), asker.traceparent);
-        let reply = gather
-            .collector()
-            .reply_subject(gather.id(), &target.service.0);
-        let published = nats
-            .publish_with_reply_and_headers(target.subject.clone(), reply, headers, payload.clone())
-            .await;
+        let deadline_ms =
+            now_ms.saturating_add(u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX));
+        let mut digits = [0u8; 20];
+        let headers = [
+            (header::REQUEST_ID, asker.request_id),
+            (header::DEADLINE, header::decimal(deadline_ms, &mut digits)),
+            (header::CLIENT, asker.client),
+            (header::TRACEPARENT, asker.traceparent),
+        ];
+        let collector = gather.collector();
+        collector.reply_subject(gather.id(), &target.service.0, &mut reply);
+        let published =
+            collector
+                .wire()
+                .publish(target.subject.as_str(), Some(&reply), &headers, &payload);
         if let Err(e) = published {
             warn!(service = %target.service.0, error = %e, "cannot publish a service request");
             book.settle(
@@ -455,18 +447,19 @@ mod tests {
 
     #[test]
     fn bus_statuses_and_bad_payloads_are_classified() {
-        let message = |status: Option<u16>, payload: &'static [u8]| Message {
-            subject: "s".into(),
+        let message = |status: Option<u16>, payload: &'static [u8]| Msg {
+            subject: Bytes::from_static(b"s"),
             reply: None,
+            headers: status.map(|s| Bytes::from(format!("NATS/1.0 {s}\r\n\r\n"))),
             payload: Bytes::from_static(payload),
-            headers: None,
-            status: status.and_then(|s| async_nats::StatusCode::from_u16(s).ok()),
-            description: None,
-            length: 0,
         };
         assert_eq!(
             SourceResult::from_message(&message(Some(503), b""), MS),
             SourceResult::NoResponders { elapsed: MS }
+        );
+        assert_eq!(
+            SourceResult::from_message(&message(Some(408), b""), MS).status(),
+            "error"
         );
         assert_eq!(
             SourceResult::from_message(&message(None, b"nope"), MS).status(),

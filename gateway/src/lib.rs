@@ -80,9 +80,14 @@ pub async fn run(
     let nats =
         busgate_shared::nats::connect(&settings.nats.url, &format!("busgate gateway {instance}"))
             .await?;
+    // The request path (requests out, replies in) has a lean connection of its own; JetStream,
+    // KV and the service API use the async-nats client above.
+    let wire = busgate_shared::wire::Connection::connect(
+        &settings.nats.url,
+        &format!("busgate gateway {instance} requests"),
+    )?;
     let metrics = Arc::new(Metrics::new());
-    let (collector, collector_task) = Collector::start(&nats, &instance, metrics.clone())
-        .await
+    let (collector, collector_task) = Collector::start(&wire, &instance, metrics.clone())
         .context("cannot subscribe to the reply inbox")?;
     let state = AppState::new(Shared {
         config: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -171,7 +176,8 @@ pub async fn run(
     {
         warn!("asynchronous processing did not stop within the grace period");
     }
-    collector_task.stop().await;
+    collector_task.stop();
+    wire.close(Duration::from_secs(2)).await;
     nats.drain().await.context("draining nats")?;
     info!("stopped");
     Ok(())

@@ -290,6 +290,10 @@ impl Settings {
         if self.nats.url.trim().is_empty() {
             return Err(Error::invalid("nats.url", "must not be empty").into());
         }
+        // The request path's connection reads the same list (see `busgate_shared::wire`).
+        if let Err(e) = busgate_shared::wire::parse_servers(&self.nats.url) {
+            return Err(Error::invalid("nats.url", format!("{}: {}", e.url, e.reason)).into());
+        }
         if self.shutdown_grace > Duration::from_secs(600) {
             return Err(Error::invalid("shutdown_grace", "must be at most 600s").into());
         }

@@ -23,6 +23,9 @@ pub enum Error {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A NATS URL list the request path's connection cannot use.
+    #[error(transparent)]
+    Url(#[from] crate::wire::UrlError),
     /// Registering or running a NATS service failed.
     #[error("nats service: {0}")]
     Service(String),

@@ -34,6 +34,22 @@ pub mod name {
     }
 }
 
+/// `n` in decimal, written into `digits` (a header value without an allocation).
+pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &str {
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&digits[i..]).unwrap_or("0")
+}
+
 /// Milliseconds since the unix epoch, now.
 pub fn now_unix_ms() -> u64 {
     unix_ms(SystemTime::now())
@@ -54,9 +70,9 @@ pub fn remaining(deadline_ms: u64, now_ms: u64) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// Reads the deadline header of a message, if present and well formed.
-pub fn deadline_of(headers: Option<&async_nats::HeaderMap>) -> Option<u64> {
-    headers?.get(name::deadline())?.as_str().parse().ok()
+/// Reads a deadline header's value, if present and well formed.
+pub fn deadline_of(value: Option<&str>) -> Option<u64> {
+    value?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -71,13 +87,17 @@ mod tests {
     }
 
     #[test]
+    fn decimals_are_written_in_place() {
+        let mut d = [0u8; 20];
+        assert_eq!(decimal(0, &mut d), "0");
+        assert_eq!(decimal(1_700_000_000_123, &mut d), "1700000000123");
+        assert_eq!(decimal(u64::MAX, &mut d), u64::MAX.to_string());
+    }
+
+    #[test]
     fn deadline_header_parses() {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(DEADLINE, "1700000000123");
-        assert_eq!(deadline_of(Some(&h)), Some(1_700_000_000_123));
-        let mut bad = async_nats::HeaderMap::new();
-        bad.insert(DEADLINE, "soon");
-        assert_eq!(deadline_of(Some(&bad)), None);
+        assert_eq!(deadline_of(Some("1700000000123")), Some(1_700_000_000_123));
+        assert_eq!(deadline_of(Some("soon")), None);
         assert_eq!(deadline_of(None), None);
     }
 }

@@ -14,6 +14,7 @@
 //! - [`sdk`]: serve a Busgate service directly on NATS: queue group, deadlines, envelopes,
 //!   the NATS service API (`$SRV.PING|INFO|STATS`).
 //! - [`micro`]: the NATS service API answers of one instance, with its counters.
+//! - [`wire`]: the lean NATS connection of the request path (publish with headers, callbacks).
 //! - [`runtime`]: what every Busgate process does the same way: logging set-up, shutdown signals.
 //! - [`error`]: this crate's error type.
 
@@ -27,6 +28,7 @@ pub mod runtime;
 pub mod sdk;
 pub mod subject;
 pub mod validate;
+pub mod wire;
 
 pub use error::Error;
 

@@ -6,12 +6,15 @@
 //! handler with at most `concurrency` requests at once, cancels it at the deadline, and answers
 //! with the reply envelope. An internal service that adopts NATS needs nothing else:
 //!
+//! Requests and replies travel on the lean [`crate::wire`] connection of a [`Bus`]; the
+//! service API on its async-nats client.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), busgate_shared::Error> {
-//! use busgate_shared::{envelope::Reply, sdk};
-//! let client = busgate_shared::nats::connect("nats://127.0.0.1:4222", "billing").await?;
+//! use busgate_shared::{envelope::Reply, nats::Bus, sdk};
+//! let bus = Bus::connect("nats://127.0.0.1:4222", "billing").await?;
 //! let options = sdk::ServeOptions::new("billing");
-//! sdk::serve(&client, options, |req, _ctx| async move {
+//! sdk::serve(&bus, options, |req, _ctx| async move {
 //!     Reply::ok(&serde_json::json!({"order_id": req.order_id, "paid": true}))
 //!         .unwrap_or_else(|e| Reply::error("internal", e.to_string()))
 //! }, std::future::pending::<()>()).await
@@ -25,15 +28,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, HeaderMap, Message};
-use futures::StreamExt;
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::envelope::{code, Reply, ServiceRequest};
 use crate::micro::{Discovery, Identity, Stats};
+use crate::nats::Bus;
+use crate::wire::{self, Msg};
 use crate::{header, subject, validate, Error};
+
+/// Requests received and not yet taken by the serve loop; beyond it, requests are dropped and
+/// logged (the gateway sees a timeout), as a NATS slow consumer's would be.
+const QUEUED_REQUESTS: usize = 64 * 1024;
 
 /// How a service is served.
 #[derive(Debug, Clone)]
@@ -68,40 +76,41 @@ impl ServeOptions {
 pub struct RequestContext {
     /// When the gateway stops waiting; the handler is cancelled then.
     pub deadline: Option<Instant>,
-    /// The message's headers, kept as they came: read through the methods below.
-    headers: Option<HeaderMap>,
+    /// The message's header block, kept as it came: read through the methods below.
+    headers: Option<Bytes>,
 }
 
 impl RequestContext {
     /// The client the request came from (empty when unknown).
     pub fn client(&self) -> &str {
-        self.header(header::name::client())
+        self.header(header::CLIENT)
     }
 
     /// The W3C `traceparent` the gateway sent (empty when none), to pass on downstream.
     pub fn traceparent(&self) -> &str {
-        self.header(header::name::traceparent())
+        self.header(header::TRACEPARENT)
     }
 
-    fn header(&self, name: async_nats::HeaderName) -> &str {
+    fn header(&self, name: &str) -> &str {
         self.headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map_or("", |v| v.as_str())
+            .as_deref()
+            .and_then(|h| wire::header_value(h, name))
+            .unwrap_or("")
     }
 }
 
 /// What every request of one served endpoint shares.
 struct Endpoint {
-    client: Client,
+    wire: wire::Connection,
     name: String,
     stats: Arc<Stats>,
 }
 
-/// Serves `service` until `shutdown` resolves, then stops taking requests, lets in-flight
-/// ones finish (bounded by `grace`) and unregisters. The caller owns (and drains) the client.
+/// Serves `service` until `shutdown` resolves, then stops taking requests, answers those
+/// already received, lets in-flight ones finish (bounded by `grace`) and unregisters. The
+/// caller owns (and closes) the bus.
 pub async fn serve<H, Fut>(
-    client: &Client,
+    bus: &Bus,
     options: ServeOptions,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -122,29 +131,60 @@ where
         subject: subject::service(&name),
         queue_group: subject::queue_group(&name),
     };
-    let mut requests = client
-        .queue_subscribe(identity.subject.clone(), identity.queue_group.clone())
-        .await
+    let (queue, mut requests) = mpsc::channel::<Msg>(QUEUED_REQUESTS);
+    let full = name.clone();
+    let mut subscription = bus
+        .wire
+        .subscribe(
+            &identity.subject,
+            Some(&identity.queue_group),
+            move |message| {
+                if queue.try_send(message).is_err() {
+                    warn!(service = %full, "request queue full, request dropped");
+                }
+            },
+        )
+        .map(Some)
         .map_err(|e| service_err(&e))?;
     let stats = Arc::new(Stats::default());
-    let discovery = Discovery::start(client, identity, stats.clone()).await?;
-    // The server knows our interest once the flush returns: only then are we "serving".
-    client.flush().await.map_err(|e| service_err(&e))?;
+    let discovery = Discovery::start(&bus.client, identity, stats.clone()).await?;
+    tokio::pin!(shutdown);
+    // The server knows our interest once a flush returns: only then are we "serving". A server
+    // that is not up yet is waited for (the subscription is made on connecting).
+    loop {
+        let flushed = async {
+            bus.wire.connected(Duration::from_secs(1)).await
+                && bus.wire.flush(Duration::from_secs(5)).await.is_ok()
+        };
+        tokio::select! {
+            () = &mut shutdown => {
+                stop_taking(&mut subscription, &mut requests);
+                discovery.stop().await;
+                return Ok(());
+            }
+            ok = flushed => if ok { break },
+        }
+    }
+    bus.client.flush().await.map_err(|e| service_err(&e))?;
     info!(service = %name, subject = %subject::service(&name), concurrency = options.concurrency, "serving");
 
     let endpoint = Arc::new(Endpoint {
-        client: client.clone(),
+        wire: bus.wire.clone(),
         name: name.clone(),
         stats,
     });
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
+    let mut stopping = false;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    stop_taking(&mut subscription, &mut requests);
+                    continue;
+                }
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
@@ -152,8 +192,12 @@ where
             },
         };
         let message = tokio::select! {
-            () = &mut shutdown => break,
-            next = requests.next() => match next {
+            () = &mut shutdown, if !stopping => {
+                stopping = true;
+                stop_taking(&mut subscription, &mut requests);
+                continue;
+            }
+            next = requests.recv() => match next {
                 Some(m) => m,
                 None => break,
             },
@@ -183,9 +227,7 @@ where
         }
     }
     info!(service = %name, in_flight = tasks.len(), "stopping");
-    if let Err(e) = requests.unsubscribe().await {
-        warn!(service = %name, error = %e, "unsubscribing endpoint");
-    }
+    stop_taking(&mut subscription, &mut requests);
     if tokio::time::timeout(options.grace, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -199,19 +241,27 @@ where
     Ok(())
 }
 
-async fn handle<H, Fut>(mut message: Message, endpoint: Arc<Endpoint>, handler: H)
+/// No more requests come in: the subscription ends, and the queue takes nothing new. Those
+/// already received are still answered.
+fn stop_taking(subscription: &mut Option<wire::Subscription>, requests: &mut mpsc::Receiver<Msg>) {
+    if let Some(subscription) = subscription.take() {
+        subscription.unsubscribe();
+    }
+    requests.close();
+}
+
+async fn handle<H, Fut>(message: Msg, endpoint: Arc<Endpoint>, handler: H)
 where
     H: Fn(ServiceRequest, RequestContext) -> Fut,
     Fut: Future<Output = Reply>,
 {
     let name = endpoint.name.as_str();
     let started = Instant::now();
-    let Some(reply_to) = message.reply.take() else {
+    let Some(reply_to) = message.reply() else {
         debug!(service = name, "dropping a request without a reply subject");
         return;
     };
-    let headers = message.headers.take();
-    let deadline = match header::deadline_of(headers.as_ref()) {
+    let deadline = match header::deadline_of(message.header(header::DEADLINE)) {
         Some(at) => match header::remaining(at, header::now_unix_ms()) {
             Some(left) => Some(started + left),
             None => {
@@ -221,7 +271,10 @@ where
         },
         None => None,
     };
-    let context = RequestContext { deadline, headers };
+    let context = RequestContext {
+        deadline,
+        headers: message.headers.clone(),
+    };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {
             let work = handler(req, context);
@@ -246,7 +299,7 @@ where
         _ => None,
     };
     endpoint.stats.record(elapsed, error);
-    if let Err(e) = endpoint.client.publish(reply_to, payload).await {
+    if let Err(e) = endpoint.wire.publish(reply_to, None, &[], &payload) {
         warn!(service = name, error = %e, "cannot publish reply");
     }
 }

@@ -236,6 +236,13 @@ impl NatsServer {
             .await
             .expect("connect to test nats")
     }
+
+    /// Both connections a service needs (see `busgate_shared::nats::Bus`).
+    pub async fn bus(&self) -> busgate_shared::nats::Bus {
+        busgate_shared::nats::Bus::connect(&self.url, "test")
+            .await
+            .expect("connect to test nats")
+    }
 }
 
 /// A `busgate gateway` child on a free port.

@@ -20,18 +20,22 @@ struct Serving {
 }
 
 impl Serving {
-    fn start<H, Fut>(client: &async_nats::Client, options: sdk::ServeOptions, handler: H) -> Self
+    fn start<H, Fut>(
+        bus: &busgate_shared::nats::Bus,
+        options: sdk::ServeOptions,
+        handler: H,
+    ) -> Self
     where
         H: Fn(ServiceRequest, sdk::RequestContext) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = Reply> + Send + 'static,
     {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let client = client.clone();
+        let bus = bus.clone();
         let task = tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
             };
-            sdk::serve(&client, options, handler, stopped).await
+            sdk::serve(&bus, options, handler, stopped).await
         });
         Serving { stop, task }
     }
@@ -69,7 +73,11 @@ async fn a_panicking_handler_loses_its_request_not_the_service() {
         assert!(!req.order_id.ends_with("boom"), "the handler fails");
         Reply::ok(&json!({"order_id": req.order_id})).expect("json")
     };
-    let serving = Serving::start(&client, sdk::ServeOptions::new("panicky"), handler);
+    let serving = Serving::start(
+        &nats.bus().await,
+        sdk::ServeOptions::new("panicky"),
+        handler,
+    );
     eventually(Duration::from_secs(10), || async {
         ask(&client, "first").await.is_some()
     })
@@ -107,7 +115,7 @@ async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() 
     let mut options = sdk::ServeOptions::new("counted");
     options.description = "counts".into();
     options.metadata.insert("kind".into(), "native".into());
-    let serving = Serving::start(&client, options, handler);
+    let serving = Serving::start(&nats.bus().await, options, handler);
     let api = |subject: String| {
         let client = client.clone();
         async move {

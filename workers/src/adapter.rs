@@ -43,9 +43,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let upstream = Arc::new(Upstream::new(&options)?);
-    let client =
-        busgate_shared::nats::connect(nats, &format!("busgate-worker adapter {}", options.service))
-            .await?;
+    let bus = busgate_shared::nats::Bus::connect(
+        nats,
+        &format!("busgate-worker adapter {}", options.service),
+    )
+    .await?;
     let mut serve = ServeOptions::new(&options.service);
     serve.concurrency = options.concurrency;
     serve.description = format!("adapter to {}", options.upstream);
@@ -54,7 +56,7 @@ pub async fn run(
         .metadata
         .insert("upstream".into(), options.upstream.clone());
     sdk::serve(
-        &client,
+        &bus,
         serve,
         move |req, ctx| {
             let upstream = upstream.clone();
@@ -63,7 +65,7 @@ pub async fn run(
         shutdown,
     )
     .await?;
-    client.drain().await?;
+    bus.close().await?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ pub async fn run(
     concurrency: usize,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let client = busgate_shared::nats::connect(
+    let bus = busgate_shared::nats::Bus::connect(
         nats,
         &format!("busgate-worker native {}", services.join(",")),
     )
@@ -22,7 +22,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = services.iter().map(|service| {
         let mut stop = stop_rx.clone();
-        let client = client.clone();
+        let bus = bus.clone();
         async move {
             let mut options = ServeOptions::new(service.as_str());
             options.concurrency = concurrency;
@@ -30,7 +30,7 @@ pub async fn run(
             options.metadata.insert("kind".into(), "native".into());
             let name = service.clone();
             sdk::serve(
-                &client,
+                &bus,
                 options,
                 move |req, _ctx| {
                     let answer = demo_data::answer(&name, &req.order_id);
@@ -63,6 +63,6 @@ pub async fn run(
             all.await?;
         }
     }
-    client.drain().await?;
+    bus.close().await?;
     Ok(())
 }

@@ -1,0 +1,276 @@
+//! The request path's lean NATS connection against a real nats-server: what it sends is what
+//! async-nats receives and the other way round, queue groups, "no responders", flush, a server
+//! restart, credentials, and a close that sends what was queued.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use busgate_shared::wire::{Connection, Msg, PublishError};
+use busgate_tests::support::{eventually, NatsServer, Proc};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+async fn connected(url: &str) -> Connection {
+    let wire = Connection::connect(url, "wire test").expect("url");
+    assert!(wire.connected(WITHIN).await, "connects to {url}");
+    wire
+}
+
+/// Returns once the server has processed everything `client` sent before: async-nats' `flush`
+/// only empties its own buffer, while a request nobody serves is answered by the server itself.
+async fn round_trip(client: &async_nats::Client) {
+    let asked = client.request("nobody.serves.this", "".into());
+    let answer = tokio::time::timeout(WITHIN, asked).await.expect("in time");
+    assert!(answer.is_err(), "no responders");
+}
+
+/// A subscription whose messages arrive on a channel.
+fn subscribe(
+    wire: &Connection,
+    subject: &str,
+    queue: Option<&str>,
+) -> (
+    busgate_shared::wire::Subscription,
+    mpsc::UnboundedReceiver<Msg>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sub = wire
+        .subscribe(subject, queue, move |m| {
+            let _ = tx.send(m);
+        })
+        .expect("subscribe");
+    (sub, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Msg {
+    tokio::time::timeout(WITHIN, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("subscription open")
+}
+
+#[tokio::test]
+async fn messages_and_headers_cross_to_async_nats_and_back() {
+    let nats = NatsServer::start();
+    let wire = connected(&nats.url).await;
+    let client = nats.client().await;
+
+    // wire → async-nats, with headers and a reply subject.
+    let mut theirs = client.subscribe("to.client").await.expect("sub");
+    round_trip(&client).await;
+    wire.publish(
+        "to.client",
+        Some("back.here"),
+        &[("Busgate-Deadline", "123"), ("traceparent", "00-ab-cd-00")],
+        b"{\"x\":1}",
+    )
+    .expect("publish");
+    let got = tokio::time::timeout(WITHIN, theirs.next())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(&got.payload[..], b"{\"x\":1}");
+    assert_eq!(got.reply.as_deref(), Some("back.here"));
+    let headers = got.headers.expect("headers");
+    assert_eq!(
+        headers.get("Busgate-Deadline").map(|v| v.as_str()),
+        Some("123")
+    );
+    assert_eq!(
+        headers.get("traceparent").map(|v| v.as_str()),
+        Some("00-ab-cd-00")
+    );
+
+    // async-nats → wire, with headers; then without.
+    let (_sub, mut ours) = subscribe(&wire, "to.wire.>", None);
+    wire.flush(WITHIN).await.expect("flush");
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Busgate-Client", "acme");
+    client
+        .publish_with_reply_and_headers("to.wire.a", "r.1", h, "hello".into())
+        .await
+        .expect("publish");
+    client
+        .publish("to.wire.b", "".into())
+        .await
+        .expect("publish");
+    let a = next(&mut ours).await;
+    assert_eq!((a.subject(), a.reply()), ("to.wire.a", Some("r.1")));
+    assert_eq!(a.header("busgate-client"), Some("acme"));
+    assert_eq!((&a.payload[..], a.status()), (&b"hello"[..], None));
+    let b = next(&mut ours).await;
+    assert_eq!(
+        (b.subject(), b.reply(), b.headers.is_none()),
+        ("to.wire.b", None, true)
+    );
+    assert!(b.payload.is_empty());
+
+    // A request nobody serves: the bus answers 503 on the reply subject at once.
+    let (_inbox, mut replies) = subscribe(&wire, "_INBOX.t.>", None);
+    wire.flush(WITHIN).await.expect("flush");
+    wire.publish("nobody.home", Some("_INBOX.t.1"), &[("a", "b")], b"?")
+        .expect("publish");
+    let status = next(&mut replies).await;
+    assert_eq!(
+        (status.subject(), status.status()),
+        ("_INBOX.t.1", Some(503))
+    );
+
+    // Refused before anything is written.
+    assert_eq!(
+        wire.publish("a b", None, &[], b""),
+        Err(PublishError::InvalidSubject)
+    );
+    assert_eq!(
+        wire.publish("a", None, &[("x", "1\r\nInjected: yes")], b""),
+        Err(PublishError::InvalidHeader)
+    );
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    assert_eq!(
+        wire.publish("a", None, &[], &big),
+        Err(PublishError::TooLarge)
+    );
+}
+
+#[tokio::test]
+async fn a_queue_group_shares_and_an_unsubscribed_callback_gets_nothing() {
+    let nats = NatsServer::start();
+    let wire = connected(&nats.url).await;
+    let counts = Arc::new(Mutex::new([0usize; 2]));
+    let subs: Vec<_> = (0..2)
+        .map(|i| {
+            let counts = counts.clone();
+            wire.subscribe("work", Some("workers"), move |_| {
+                counts.lock().expect("lock")[i] += 1;
+            })
+            .expect("subscribe")
+        })
+        .collect();
+    wire.flush(WITHIN).await.expect("flush");
+    for _ in 0..200 {
+        wire.publish("work", None, &[], b"w").expect("publish");
+    }
+    wire.flush(WITHIN).await.expect("flush");
+    eventually(WITHIN, || {
+        let c = *counts.lock().expect("lock");
+        async move { c[0] + c[1] == 200 }
+    })
+    .await;
+    let c = *counts.lock().expect("lock");
+    assert!(c[0] > 0 && c[1] > 0, "both members took work: {c:?}");
+
+    let mut subs = subs.into_iter();
+    subs.next().expect("first").unsubscribe();
+    wire.flush(WITHIN).await.expect("flush");
+    for _ in 0..50 {
+        wire.publish("work", None, &[], b"w").expect("publish");
+    }
+    wire.flush(WITHIN).await.expect("flush");
+    eventually(WITHIN, || {
+        let c = *counts.lock().expect("lock");
+        async move { c[0] + c[1] == 250 }
+    })
+    .await;
+    assert_eq!(
+        counts.lock().expect("lock")[0],
+        c[0],
+        "no message after unsubscribe"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_server_is_reconnected_to_and_subscriptions_come_back() {
+    let nats = NatsServer::start();
+    let url = nats.url.clone();
+    let wire = connected(&url).await;
+    let (_sub, mut rx) = subscribe(&wire, "again", None);
+    wire.flush(WITHIN).await.expect("flush");
+    wire.publish("again", None, &[], b"1").expect("publish");
+    assert_eq!(&next(&mut rx).await.payload[..], b"1");
+
+    let (dir, port) = nats.stop();
+    eventually(WITHIN, || {
+        let down = !wire.is_connected();
+        async move { down }
+    })
+    .await;
+    assert_eq!(
+        wire.publish("again", None, &[], b"lost"),
+        Err(PublishError::NotConnected),
+        "a publish while down fails at once"
+    );
+    assert!(wire.flush(WITHIN).await.is_err());
+
+    let _nats = NatsServer::start_in(dir, port);
+    assert!(wire.connected(WITHIN).await, "reconnects");
+    assert_eq!(wire.connects(), 2);
+    wire.flush(WITHIN).await.expect("flush");
+    wire.publish("again", None, &[], b"2").expect("publish");
+    assert_eq!(&next(&mut rx).await.payload[..], b"2", "resubscribed");
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_used_and_wrong_ones_never_connect() {
+    let binary = busgate_shared::runtime::locate_nats_server(None).expect("nats-server");
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        "-1",
+        "--user",
+        "bus",
+        "--pass",
+        "s3cret",
+    ]);
+    let proc = Proc::spawn("nats-server-auth", cmd);
+    let port = proc.wait_for(WITHIN, |line| {
+        let (_, rest) = line.split_once("Listening for client connections on ")?;
+        rest.trim().rsplit_once(':')?.1.parse::<u16>().ok()
+    });
+    let good = connected(&format!("nats://bus:s3cret@127.0.0.1:{port}")).await;
+    good.flush(WITHIN).await.expect("flush");
+    let bad =
+        Connection::connect(&format!("nats://bus:wrong@127.0.0.1:{port}"), "bad").expect("url");
+    assert!(
+        !bad.connected(Duration::from_secs(1)).await,
+        "wrong password"
+    );
+    // A list whose first server is down: the next one is used.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    connected(&format!(
+        "nats://127.0.0.1:{dead_port},nats://bus:s3cret@127.0.0.1:{port}"
+    ))
+    .await;
+    bad.close(WITHIN).await;
+}
+
+#[tokio::test]
+async fn close_sends_what_was_queued() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let mut theirs = client.subscribe("last.words").await.expect("sub");
+    round_trip(&client).await;
+    let wire = connected(&nats.url).await;
+    for i in 0..1000u32 {
+        wire.publish("last.words", None, &[], i.to_string().as_bytes())
+            .expect("publish");
+    }
+    wire.close(WITHIN).await;
+    assert_eq!(
+        wire.publish("last.words", None, &[], b"late"),
+        Err(PublishError::Closed)
+    );
+    for i in 0..1000u32 {
+        let got = tokio::time::timeout(WITHIN, theirs.next())
+            .await
+            .expect("in time")
+            .expect("message");
+        assert_eq!(got.payload, i.to_string().as_bytes(), "in order, none lost");
+    }
+}
