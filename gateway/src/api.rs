@@ -374,7 +374,8 @@ async fn serve(
         (BodyFields::default(), Bytes::new())
     };
     let order_id = match path_order_id {
-        Some(raw) => percent_decode(raw).ok_or_else(|| invalid_order_id(&state.edge.order_id))?,
+        Some(raw) => busgate_shared::validate::percent_decode(raw)
+            .ok_or_else(|| invalid_order_id(&state.edge.order_id))?,
         None => fields.order_id.ok_or(ErrorKind::MissingOrderId)?,
     };
     if !state.edge.order_id.accepts(&order_id) {
@@ -608,28 +609,6 @@ fn body_fields(bytes: &[u8], required: bool) -> Result<BodyFields, GatewayError>
     })
 }
 
-/// Decodes `%XX` escapes of a path segment; `None` when they do not make UTF-8.
-fn percent_decode(raw: &str) -> Option<String> {
-    if !raw.contains('%') {
-        return Some(raw.to_owned());
-    }
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The W3C traceparent to send: the caller's trace (`incoming`, when valid) with our own span
 /// and the caller's flags, or a new trace whose id is the request id (a UUIDv7 is 128 bits,
 /// time-ordered and random enough for that), marked sampled with probability `sample_ratio`.
@@ -719,15 +698,6 @@ mod tests {
         ));
         assert!(matches!(kind(b"{}"), ErrorKind::MissingOrderId));
         assert!(matches!(kind(b""), ErrorKind::MissingOrderId));
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("A1").as_deref(), Some("A1"));
-        assert_eq!(percent_decode("A%2D1").as_deref(), Some("A-1"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%"), None);
-        assert_eq!(percent_decode("%FF"), None);
     }
 
     /// A state whose NATS client is not connected (nothing listens on port 1), with one route,

@@ -128,10 +128,15 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
             None => Auth::None,
             Some(u) => match u.split_once(':') {
                 Some((user, pass)) => Auth::User {
-                    user: percent_decode(user).ok_or_else(|| fail("bad percent-encoding"))?,
-                    pass: percent_decode(pass).ok_or_else(|| fail("bad percent-encoding"))?,
+                    user: crate::validate::percent_decode(user)
+                        .ok_or_else(|| fail("bad percent-encoding"))?,
+                    pass: crate::validate::percent_decode(pass)
+                        .ok_or_else(|| fail("bad percent-encoding"))?,
                 },
-                None => Auth::Token(percent_decode(u).ok_or_else(|| fail("bad percent-encoding"))?),
+                None => Auth::Token(
+                    crate::validate::percent_decode(u)
+                        .ok_or_else(|| fail("bad percent-encoding"))?,
+                ),
             },
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -169,23 +174,6 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
         });
     }
     Ok(servers)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A message as it came off the wire. Its parts share the read buffer.
