@@ -12,13 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_nats::{Client, Message};
-use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::warn;
 
+use crate::wire;
 use crate::Error;
 
 /// What an instance says about itself.
@@ -110,57 +107,55 @@ fn answer(verb: &str, who: &Identity, stats: &Stats, started: SystemTime) -> Opt
 
 /// Answers the service API for one instance until [`Discovery::stop`].
 pub struct Discovery {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    wire: wire::Connection,
+    subscriptions: Vec<wire::Subscription>,
 }
 
 impl Discovery {
     /// Subscribes to `$SRV.<verb>`, `$SRV.<verb>.<name>` and `$SRV.<verb>.<name>.<id>` (as three
-    /// wildcards over the verb) and answers on a task of its own.
-    pub async fn start(client: &Client, who: Identity, stats: Arc<Stats>) -> Result<Self, Error> {
-        let subscribe = |subject: String| async move {
-            client
-                .subscribe(subject)
-                .await
-                .map_err(|e| Error::Service(e.to_string()))
-        };
-        let all = subscribe("$SRV.*".to_owned()).await?;
-        let by_name = subscribe(format!("$SRV.*.{}", who.name)).await?;
-        let by_id = subscribe(format!("$SRV.*.{}.{}", who.name, who.id)).await?;
-        let mut asks = futures::stream::select_all([all, by_name, by_id]);
-        let (stop, mut stopped) = oneshot::channel();
-        let client = client.clone();
+    /// wildcards over the verb) on `wire` and answers on its read task (a few hundred bytes of
+    /// JSON, on the rare discovery path).
+    pub fn start(wire: &wire::Connection, who: Identity, stats: Arc<Stats>) -> Result<Self, Error> {
+        let who = Arc::new(who);
         let started = SystemTime::now();
-        let task = tokio::spawn(async move {
-            loop {
-                let ask: Message = tokio::select! {
-                    _ = &mut stopped => break,
-                    next = asks.next() => match next {
-                        Some(m) => m,
-                        None => break,
-                    },
-                };
-                let (Some(reply), Some(verb)) = (ask.reply, ask.subject.split('.').nth(1)) else {
-                    continue;
-                };
-                let Some(body) = answer(verb, &who, &stats, started) else {
-                    continue;
-                };
-                if let Err(e) = client.publish(reply, body.to_string().into()).await {
-                    warn!(service = %who.name, error = %e, "cannot answer the service API");
-                }
-            }
-            for mut subscription in asks {
-                let _ = subscription.unsubscribe().await;
-            }
-        });
-        Ok(Discovery { stop, task })
+        let subjects = [
+            "$SRV.*".to_owned(),
+            format!("$SRV.*.{}", who.name),
+            format!("$SRV.*.{}.{}", who.name, who.id),
+        ];
+        let mut subscriptions = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let (who, stats, answering) = (who.clone(), stats.clone(), wire.clone());
+            let subscription = wire
+                .subscribe(&subject, None, move |ask| {
+                    let (Some(reply), Some(verb)) = (ask.reply(), ask.subject().split('.').nth(1))
+                    else {
+                        return;
+                    };
+                    let Some(body) = answer(verb, &who, &stats, started) else {
+                        return;
+                    };
+                    if let Err(e) = answering.publish(reply, None, &[], body.to_string().as_bytes())
+                    {
+                        warn!(service = %who.name, error = %e, "cannot answer the service API");
+                    }
+                })
+                .map_err(|e| Error::Service(e.to_string()))?;
+            subscriptions.push(subscription);
+        }
+        Ok(Discovery {
+            wire: wire.clone(),
+            subscriptions,
+        })
     }
 
-    /// Stops answering and unsubscribes.
+    /// Stops answering: unsubscribes, and returns once the server has taken the unsubscriptions
+    /// in (bounded by 2 s), so that nothing answers for this instance afterwards.
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+        drop(self.subscriptions);
+        if let Err(e) = self.wire.flush(Duration::from_secs(2)).await {
+            warn!(error = %e, "the service API's unsubscriptions were not confirmed");
+        }
     }
 }
 

@@ -1,44 +1,9 @@
 //! The NATS connect helper every Busgate binary uses.
 
-use std::time::Duration;
-
 use async_nats::{Client, ConnectOptions, Event};
 use tracing::{error, info, warn};
 
-use crate::{wire, Error};
-
-/// The two connections of a process that serves requests: async-nats for JetStream, KV and the
-/// NATS service API, and the lean [`wire::Connection`] that requests and replies travel on.
-#[derive(Clone)]
-pub struct Bus {
-    /// For everything but the request path.
-    pub client: Client,
-    /// The request path.
-    pub wire: wire::Connection,
-}
-
-impl Bus {
-    /// Connects both to `url` as `name` (see [`connect`] and [`wire::Connection::connect`]).
-    pub async fn connect(url: &str, name: &str) -> Result<Bus, Error> {
-        let wire = wire::Connection::connect(url, &format!("{name} requests"))?;
-        let client = connect(url, name).await?;
-        Ok(Bus { client, wire })
-    }
-
-    /// Whether both are connected right now.
-    pub fn is_connected(&self) -> bool {
-        is_connected(&self.client) && self.wire.is_connected()
-    }
-
-    /// Sends what is queued on both (the request path bounded by 2 s) and closes them.
-    pub async fn close(&self) -> Result<(), Error> {
-        self.wire.close(Duration::from_secs(2)).await;
-        self.client
-            .drain()
-            .await
-            .map_err(|e| Error::Service(format!("draining nats: {e}")))
-    }
-}
+use crate::Error;
 
 /// Messages a client queues for its connection before a publish waits for room. async-nats'
 /// default, 2,048, is reached by a burst of requests to a gateway: every request beyond it then

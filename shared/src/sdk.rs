@@ -6,15 +6,14 @@
 //! handler with at most `concurrency` requests at once, cancels it at the deadline, and answers
 //! with the reply envelope. An internal service that adopts NATS needs nothing else:
 //!
-//! Requests and replies travel on the lean [`crate::wire`] connection of a [`Bus`]; the
-//! service API on its async-nats client.
+//! Requests, replies and the service API travel on the lean [`crate::wire`] connection.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), busgate_shared::Error> {
-//! use busgate_shared::{envelope::Reply, nats::Bus, sdk};
-//! let bus = Bus::connect("nats://127.0.0.1:4222", "billing").await?;
+//! use busgate_shared::{envelope::Reply, sdk, wire};
+//! let nats = wire::Connection::connect("nats://127.0.0.1:4222", "billing")?;
 //! let options = sdk::ServeOptions::new("billing");
-//! sdk::serve(&bus, options, |req, _ctx| async move {
+//! sdk::serve(&nats, options, |req, _ctx| async move {
 //!     Reply::ok(&serde_json::json!({"order_id": req.order_id, "paid": true}))
 //!         .unwrap_or_else(|e| Reply::error("internal", e.to_string()))
 //! }, std::future::pending::<()>()).await
@@ -24,22 +23,22 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
+use futures::FutureExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, error, info, warn};
 
 use crate::envelope::{code, Reply, ServiceRequest};
 use crate::micro::{Discovery, Identity, Stats};
-use crate::nats::Bus;
 use crate::wire::{self, Msg};
 use crate::{header, subject, validate, Error};
 
-/// Requests received and not yet taken by the serve loop; beyond it, requests are dropped and
+/// Requests waiting for a permit (all `concurrency` taken); beyond it, requests are dropped and
 /// logged (the gateway sees a timeout), as a NATS slow consumer's would be.
 const QUEUED_REQUESTS: usize = 64 * 1024;
 
@@ -100,23 +99,35 @@ impl RequestContext {
 }
 
 /// What every request of one served endpoint shares.
-struct Endpoint {
+struct Endpoint<H> {
     wire: wire::Connection,
     name: String,
     stats: Arc<Stats>,
+    handler: H,
+    /// One per request being handled: at most `concurrency` at once.
+    permits: Arc<Semaphore>,
+    /// Requests that came while every permit was taken, for the serve loop to start.
+    overflow: mpsc::Sender<Msg>,
+    /// How many wait there: while any do, new requests queue behind them.
+    queued: AtomicUsize,
 }
 
 /// Serves `service` until `shutdown` resolves, then stops taking requests, answers those
 /// already received, lets in-flight ones finish (bounded by `grace`) and unregisters. The
-/// caller owns (and closes) the bus.
+/// caller owns (and closes) the connection.
+///
+/// A request is started on the connection's read task as it arrives: its handler is polled
+/// once there, and given a task of its own only if it has to wait. Most handlers answer without
+/// waiting, and a hop to another task per request (a wake-up, often a context switch) cost more
+/// than the handlers of the benchmark do.
 pub async fn serve<H, Fut>(
-    bus: &Bus,
+    nats: &wire::Connection,
     options: ServeOptions,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error>
 where
-    H: Fn(ServiceRequest, RequestContext) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(ServiceRequest, RequestContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
     let name = options.service.clone();
@@ -131,30 +142,35 @@ where
         subject: subject::service(&name),
         queue_group: subject::queue_group(&name),
     };
-    let (queue, mut requests) = mpsc::channel::<Msg>(QUEUED_REQUESTS);
-    let full = name.clone();
-    let mut subscription = bus
-        .wire
+    let concurrency = options.concurrency.max(1);
+    let (overflow, mut requests) = mpsc::channel::<Msg>(QUEUED_REQUESTS);
+    let stats = Arc::new(Stats::default());
+    let endpoint = Arc::new(Endpoint {
+        wire: nats.clone(),
+        name: name.clone(),
+        stats: stats.clone(),
+        handler,
+        permits: Arc::new(Semaphore::new(concurrency)),
+        overflow,
+        queued: AtomicUsize::new(0),
+    });
+    let arrived = endpoint.clone();
+    let mut subscription = nats
         .subscribe(
             &identity.subject,
             Some(&identity.queue_group),
-            move |message| {
-                if queue.try_send(message).is_err() {
-                    warn!(service = %full, "request queue full, request dropped");
-                }
-            },
+            move |message| arrived.arrive(message),
         )
         .map(Some)
         .map_err(|e| service_err(&e))?;
-    let stats = Arc::new(Stats::default());
-    let discovery = Discovery::start(&bus.client, identity, stats.clone()).await?;
+    let discovery = Discovery::start(nats, identity, stats)?;
     tokio::pin!(shutdown);
     // The server knows our interest once a flush returns: only then are we "serving". A server
     // that is not up yet is waited for (the subscription is made on connecting).
     loop {
         let flushed = async {
-            bus.wire.connected(Duration::from_secs(1)).await
-                && bus.wire.flush(Duration::from_secs(5)).await.is_ok()
+            nats.connected(Duration::from_secs(1)).await
+                && nats.flush(Duration::from_secs(5)).await.is_ok()
         };
         tokio::select! {
             () = &mut shutdown => {
@@ -165,80 +181,108 @@ where
             ok = flushed => if ok { break },
         }
     }
-    bus.client.flush().await.map_err(|e| service_err(&e))?;
-    info!(service = %name, subject = %subject::service(&name), concurrency = options.concurrency, "serving");
+    info!(service = %name, subject = %subject::service(&name), concurrency, "serving");
 
-    let endpoint = Arc::new(Endpoint {
-        wire: bus.wire.clone(),
-        name: name.clone(),
-        stats,
-    });
-    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
+    // The overflow: requests that found every permit taken, started as permits come back.
+    let grace = tokio::time::sleep(options.grace);
+    tokio::pin!(grace);
     let mut stopping = false;
     loop {
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => tokio::select! {
-                () = &mut shutdown, if !stopping => {
-                    stopping = true;
-                    stop_taking(&mut subscription, &mut requests);
-                    continue;
-                }
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            },
-        };
         let message = tokio::select! {
             () = &mut shutdown, if !stopping => {
                 stopping = true;
                 stop_taking(&mut subscription, &mut requests);
+                grace.as_mut().reset(tokio::time::Instant::now() + options.grace);
                 continue;
             }
+            () = &mut grace, if stopping => break,
             next = requests.recv() => match next {
                 Some(m) => m,
                 None => break,
             },
         };
-        // Most requests are answered without waiting for anything: run the handler here once
-        // and give it a task of its own only if it has to wait. A task per request cost more
-        // than the handlers of the benchmark do.
-        // A panicking handler loses its request (the gateway sees a timeout), never the
-        // service: caught here as a task would have caught it.
-        let mut work = Box::pin(handle(message, endpoint.clone(), handler.clone()));
+        let permit = loop {
+            tokio::select! {
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    stop_taking(&mut subscription, &mut requests);
+                    grace.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                }
+                () = &mut grace, if stopping => break None,
+                permit = endpoint.permits.clone().acquire_owned() => break permit.ok(),
+            }
+        };
+        let Some(permit) = permit else { break };
+        endpoint.queued.fetch_sub(1, Ordering::AcqRel);
+        endpoint.clone().start(message, permit);
+    }
+    stop_taking(&mut subscription, &mut requests);
+    if !stopping {
+        grace
+            .as_mut()
+            .reset(tokio::time::Instant::now() + options.grace);
+    }
+    info!(service = %name, in_flight = endpoint.in_flight(concurrency), "stopping");
+    // Every permit back: nothing is in flight.
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = endpoint.permits.acquire_many(all) => {}
+        () = &mut grace => warn!(
+            service = %name,
+            abandoned = endpoint.in_flight(concurrency),
+            "grace period over, abandoning requests"
+        ),
+    }
+    discovery.stop().await;
+    Ok(())
+}
+
+impl<H, Fut> Endpoint<H>
+where
+    H: Fn(ServiceRequest, RequestContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    /// A request came in (on the connection's read task): start it, or queue it when every
+    /// permit is taken or others already wait.
+    fn arrive(self: &Arc<Self>, message: Msg) {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                self.clone().start(message, permit);
+                return;
+            }
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.overflow.try_send(message).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            warn!(service = %self.name, "request queue full or closed, request dropped");
+        }
+    }
+
+    /// Runs the handler once here; gives it a task of its own only if it has to wait. The
+    /// permit is held until the request is done. A panicking handler loses its request (the
+    /// gateway sees a timeout), never the service.
+    fn start(self: Arc<Self>, message: Msg, permit: OwnedSemaphorePermit) {
+        let name = self.name.clone();
+        let mut work = Box::pin(handle(message, self));
         let mut first_poll = Context::from_waker(Waker::noop());
         match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut first_poll))) {
             Ok(Poll::Ready(())) => {}
             Ok(Poll::Pending) => {
                 // Polled again by its task at once, which registers the task's real waker.
-                tasks.spawn(async move {
-                    work.await;
+                tokio::spawn(async move {
+                    if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                        error!(service = %name, "handler panicked; its request is dropped");
+                    }
                     drop(permit);
                 });
             }
             Err(_) => error!(service = %name, "handler panicked; its request is dropped"),
         }
-        while let Some(done) = tasks.try_join_next() {
-            if done.is_err_and(|e| e.is_panic()) {
-                error!(service = %name, "handler panicked; its request is dropped");
-            }
-        }
     }
-    info!(service = %name, in_flight = tasks.len(), "stopping");
-    stop_taking(&mut subscription, &mut requests);
-    if tokio::time::timeout(options.grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        warn!(service = %name, abandoned = tasks.len(), "grace period over, abandoning requests");
-        tasks.abort_all();
+
+    fn in_flight(&self, concurrency: usize) -> usize {
+        concurrency.saturating_sub(self.permits.available_permits())
     }
-    discovery.stop().await;
-    Ok(())
 }
 
 /// No more requests come in: the subscription ends, and the queue takes nothing new. Those
@@ -250,7 +294,7 @@ fn stop_taking(subscription: &mut Option<wire::Subscription>, requests: &mut mps
     requests.close();
 }
 
-async fn handle<H, Fut>(message: Msg, endpoint: Arc<Endpoint>, handler: H)
+async fn handle<H, Fut>(message: Msg, endpoint: Arc<Endpoint<H>>)
 where
     H: Fn(ServiceRequest, RequestContext) -> Fut,
     Fut: Future<Output = Reply>,
@@ -277,7 +321,7 @@ where
     };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {
-            let work = handler(req, context);
+            let work = (endpoint.handler)(req, context);
             match deadline {
                 Some(at) => match tokio::time::timeout_at(at.into(), work).await {
                     Ok(reply) => reply,

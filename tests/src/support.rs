@@ -237,11 +237,9 @@ impl NatsServer {
             .expect("connect to test nats")
     }
 
-    /// Both connections a service needs (see `busgate_shared::nats::Bus`).
-    pub async fn bus(&self) -> busgate_shared::nats::Bus {
-        busgate_shared::nats::Bus::connect(&self.url, "test")
-            .await
-            .expect("connect to test nats")
+    /// The request path's connection, as a service serves on (see `busgate_shared::wire`).
+    pub fn wire(&self) -> busgate_shared::wire::Connection {
+        busgate_shared::wire::Connection::connect(&self.url, "test").expect("a valid url")
     }
 }
 
@@ -364,6 +362,30 @@ impl Worker {
         ]);
         let proc = Proc::spawn(&format!("adapter-{service}"), cmd);
         proc.wait_for_message("serving");
+        proc
+    }
+
+    /// One adapter process serving each `(service, upstream_base)` pair; ready when all serve.
+    pub fn adapters(nats: &NatsServer, pairs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Self::command(Some(nats));
+        cmd.arg("adapter");
+        for (service, base) in pairs {
+            cmd.args([
+                "--service",
+                service,
+                "--upstream",
+                &format!("{base}/order/{{order_id}}"),
+            ]);
+        }
+        let proc = Proc::spawn("adapters", cmd);
+        let mut serving = std::collections::HashSet::new();
+        proc.wait_for(READY_WITHIN, |line| {
+            let v: Value = serde_json::from_str(line).ok()?;
+            if v["message"] == "serving" {
+                serving.insert(v["service"].as_str()?.to_owned());
+            }
+            (serving.len() == pairs.len()).then_some(())
+        });
         proc
     }
 

@@ -753,3 +753,60 @@ async fn native_services_answer_in_place_and_from_their_own_tasks() {
     let (status, _, body) = get(&gateway, "/api/orders/missing1-x").await;
     assert_eq!(status, 404, "{body}");
 }
+
+/// One adapter process can serve several services, each to its own upstream: a merged request
+/// through it has both sources, both register with the service API, and flags that do not pair
+/// up are refused before anything connects.
+#[tokio::test]
+async fn one_adapter_process_serves_two_services() {
+    let nats = support::NatsServer::start();
+    let (_demo1, base1) = Worker::demo("service1");
+    let (_demo2, base2) = Worker::demo("service2");
+    let _adapters = Worker::adapters(&nats, &[("service1", &base1), ("service2", &base2)]);
+    let gateway = Gateway::start(&nats, "").await;
+    let answers = futures::stream::iter(0..200)
+        .map(|i| {
+            let gateway = &gateway;
+            async move { (i, get(gateway, &format!("/api/orders/M{i}")).await) }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for (i, (status, _, body)) in answers {
+        assert_eq!(status, 200, "M{i}: {body}");
+        assert_merged(&body, &format!("M{i}"));
+    }
+    let client = nats.client().await;
+    for service in ["service1", "service2"] {
+        let ping = client
+            .request(format!("$SRV.INFO.{service}"), "".into())
+            .await
+            .expect("info");
+        let info: Value = serde_json::from_slice(&ping.payload).expect("json");
+        assert_eq!(info["metadata"]["kind"], "adapter", "{info}");
+        assert_eq!(
+            info["endpoints"][0]["subject"],
+            format!("busgate.svc.{service}")
+        );
+    }
+
+    let refused = std::process::Command::new(support::bin("busgate-worker"))
+        .args([
+            "adapter",
+            "--service",
+            "a",
+            "--service",
+            "b",
+            "--upstream",
+            "http://x/{order_id}",
+        ])
+        .env("BUSGATE_NATS__URL", &nats.url)
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("2 --service but 1 --upstream"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

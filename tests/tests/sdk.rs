@@ -5,6 +5,7 @@ use std::time::Duration;
 use busgate_shared::envelope::{Reply, ServiceRequest};
 use busgate_shared::{sdk, subject};
 use busgate_tests::support::{eventually, NatsServer};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 /// A service request payload for `order_id`.
@@ -21,7 +22,7 @@ struct Serving {
 
 impl Serving {
     fn start<H, Fut>(
-        bus: &busgate_shared::nats::Bus,
+        nats: &busgate_shared::wire::Connection,
         options: sdk::ServeOptions,
         handler: H,
     ) -> Self
@@ -30,12 +31,12 @@ impl Serving {
         Fut: std::future::Future<Output = Reply> + Send + 'static,
     {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let bus = bus.clone();
+        let nats = nats.clone();
         let task = tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
             };
-            sdk::serve(&bus, options, handler, stopped).await
+            sdk::serve(&nats, options, handler, stopped).await
         });
         Serving { stop, task }
     }
@@ -73,11 +74,7 @@ async fn a_panicking_handler_loses_its_request_not_the_service() {
         assert!(!req.order_id.ends_with("boom"), "the handler fails");
         Reply::ok(&json!({"order_id": req.order_id})).expect("json")
     };
-    let serving = Serving::start(
-        &nats.bus().await,
-        sdk::ServeOptions::new("panicky"),
-        handler,
-    );
+    let serving = Serving::start(&nats.wire(), sdk::ServeOptions::new("panicky"), handler);
     eventually(Duration::from_secs(10), || async {
         ask(&client, "first").await.is_some()
     })
@@ -115,7 +112,7 @@ async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() 
     let mut options = sdk::ServeOptions::new("counted");
     options.description = "counts".into();
     options.metadata.insert("kind".into(), "native".into());
-    let serving = Serving::start(&nats.bus().await, options, handler);
+    let serving = Serving::start(&nats.wire(), options, handler);
     let api = |subject: String| {
         let client = client.clone();
         async move {
@@ -173,4 +170,106 @@ async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() 
         matches!(&asked, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
         "nothing answers once stopped: {asked:?}"
     );
+}
+
+/// A service stopped with one request in flight and two waiting for a permit (concurrency 1)
+/// answers all three before `serve` returns; nothing is lost and nothing answers afterwards.
+#[tokio::test]
+async fn a_stopped_service_answers_what_it_had_received() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let wire = nats.wire();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opened = gate.clone();
+    let handler = move |req: ServiceRequest, _ctx| {
+        let _ = started_tx.send(req.order_id.clone());
+        let gate = opened.clone();
+        async move {
+            if req.order_id == "first" {
+                gate.notified().await;
+            }
+            Reply::ok(&json!({"order_id": req.order_id})).expect("json")
+        }
+    };
+    let mut options = sdk::ServeOptions::new("draining");
+    options.concurrency = 1;
+    let serving = Serving::start(&wire, options, handler);
+    let mut replies = client.subscribe("replies.>").await.expect("sub");
+    eventually(Duration::from_secs(10), || async {
+        let asked = client.request(subject::service("draining"), request("probe").into());
+        matches!(tokio::time::timeout(Duration::from_secs(1), asked).await, Ok(Ok(r)) if r.status.is_none())
+    })
+    .await;
+    let within = Duration::from_secs(5);
+    // Drain what the probes started.
+    while let Ok(Some(order_id)) =
+        tokio::time::timeout(Duration::from_millis(1), started.recv()).await
+    {
+        assert_eq!(order_id, "probe");
+    }
+    let ask = |order_id: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .publish_with_reply(
+                    subject::service("draining"),
+                    format!("replies.{order_id}"),
+                    request(order_id).into(),
+                )
+                .await
+                .expect("publish");
+        }
+    };
+    ask("first").await;
+    let first = tokio::time::timeout(within, started.recv())
+        .await
+        .expect("in time");
+    assert_eq!(first.as_deref(), Some("first"));
+    // The marker comes on the service's own connection after both requests: once it is here,
+    // both have been received and wait for the one permit.
+    let (marker_tx, mut marker) = tokio::sync::mpsc::unbounded_channel();
+    let _marker = wire
+        .subscribe("marker", None, move |_| {
+            let _ = marker_tx.send(());
+        })
+        .expect("subscribe");
+    wire.flush(within).await.expect("flush");
+    ask("second").await;
+    ask("third").await;
+    client.publish("marker", "".into()).await.expect("publish");
+    tokio::time::timeout(within, marker.recv())
+        .await
+        .expect("marker in time");
+
+    let stopped = tokio::spawn(serving.stop());
+    // Stop has begun (nothing new is taken); the request in flight may finish now.
+    eventually(within, || {
+        let client = client.clone();
+        async move {
+            let asked = client.request(subject::service("draining"), request("late").into());
+            matches!(
+                tokio::time::timeout(Duration::from_millis(500), asked).await,
+                Ok(Err(_))
+            )
+        }
+    })
+    .await;
+    gate.notify_one();
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        let reply = tokio::time::timeout(within, replies.next())
+            .await
+            .expect("every received request is answered")
+            .expect("reply");
+        let body: Value = serde_json::from_slice(&reply.payload).expect("json");
+        assert_eq!(body["status"], "ok", "{body}");
+        answered.push(reply.subject.to_string());
+    }
+    answered.sort();
+    assert_eq!(
+        answered,
+        ["replies.first", "replies.second", "replies.third"]
+    );
+    stopped.await.expect("stop task");
 }

@@ -36,36 +36,60 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-/// Runs the adapter until `shutdown` resolves.
+/// Runs an adapter for each of `adapters` (one service and its upstream each) on one NATS
+/// connection until `shutdown` resolves. One process for several upstreams is what one nginx
+/// does for several `upstream` blocks: both requests of a merge come in one read, and both
+/// replies go out in one write.
 pub async fn run(
     nats: &str,
-    options: Options,
+    adapters: &[Options],
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let upstream = Arc::new(Upstream::new(&options)?);
-    let bus = busgate_shared::nats::Bus::connect(
+    let upstreams = adapters
+        .iter()
+        .map(|options| Upstream::new(options).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let names: Vec<&str> = adapters.iter().map(|o| o.service.as_str()).collect();
+    let nats = busgate_shared::wire::Connection::connect(
         nats,
-        &format!("busgate-worker adapter {}", options.service),
-    )
-    .await?;
-    let mut serve = ServeOptions::new(&options.service);
-    serve.concurrency = options.concurrency;
-    serve.description = format!("adapter to {}", options.upstream);
-    serve.metadata.insert("kind".into(), "adapter".into());
-    serve
-        .metadata
-        .insert("upstream".into(), options.upstream.clone());
-    sdk::serve(
-        &bus,
-        serve,
-        move |req, ctx| {
-            let upstream = upstream.clone();
-            async move { upstream.call(&req, &ctx).await }
-        },
-        shutdown,
-    )
-    .await?;
-    bus.close().await?;
+        &format!("busgate-worker adapter {}", names.join(",")),
+    )?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = adapters.iter().zip(upstreams).map(|(options, upstream)| {
+        let mut stop = stop_rx.clone();
+        let nats = nats.clone();
+        let mut serve = ServeOptions::new(&options.service);
+        serve.concurrency = options.concurrency;
+        serve.description = format!("adapter to {}", options.upstream);
+        serve.metadata.insert("kind".into(), "adapter".into());
+        serve
+            .metadata
+            .insert("upstream".into(), options.upstream.clone());
+        async move {
+            sdk::serve(
+                &nats,
+                serve,
+                move |req, ctx| {
+                    let upstream = upstream.clone();
+                    async move { upstream.call(&req, &ctx).await }
+                },
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )
+            .await
+        }
+    });
+    let all = futures::future::try_join_all(serving);
+    tokio::pin!(all);
+    tokio::select! {
+        result = &mut all => { result?; }
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            all.await?;
+        }
+    }
+    nats.close(Duration::from_secs(2)).await;
     Ok(())
 }
 

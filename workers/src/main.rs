@@ -71,14 +71,15 @@ enum CliLogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a Busgate service by calling an internal HTTP service.
+    /// Serve Busgate services by calling internal HTTP services.
     Adapter {
-        /// The Busgate service name (requests arrive on busgate.svc.<service>).
-        #[arg(long)]
-        service: String,
+        /// The Busgate service name (requests arrive on busgate.svc.<service>); repeat, each
+        /// with its --upstream in the same order, to serve several from one process.
+        #[arg(long = "service", required = true)]
+        services: Vec<String>,
         /// Upstream URL template; `{order_id}` is replaced by the (percent-encoded) order id.
-        #[arg(long)]
-        upstream: String,
+        #[arg(long = "upstream", required = true)]
+        upstreams: Vec<String>,
         /// Requests handled at once by this instance.
         #[arg(long, default_value_t = 1024)]
         concurrency: usize,
@@ -131,22 +132,30 @@ async fn main() -> ExitCode {
     runtime::install_crypto_provider();
     let result = match cli.command {
         Command::Adapter {
-            service,
-            upstream,
+            services,
+            upstreams,
             concurrency,
             timeout,
         } => {
-            adapter::run(
-                &cli.nats,
-                adapter::Options {
+            if services.len() != upstreams.len() {
+                eprintln!(
+                    "busgate-worker: {} --service but {} --upstream: give one upstream for each service, in the same order",
+                    services.len(),
+                    upstreams.len()
+                );
+                return ExitCode::from(2);
+            }
+            let adapters: Vec<adapter::Options> = services
+                .into_iter()
+                .zip(upstreams)
+                .map(|(service, upstream)| adapter::Options {
                     service,
                     upstream,
                     concurrency,
                     timeout,
-                },
-                runtime::shutdown_signal(),
-            )
-            .await
+                })
+                .collect();
+            adapter::run(&cli.nats, &adapters, runtime::shutdown_signal()).await
         }
         Command::Demo { service, listen } => {
             demo::run(&service, listen, runtime::shutdown_signal()).await

@@ -14,15 +14,14 @@ pub async fn run(
     concurrency: usize,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let bus = busgate_shared::nats::Bus::connect(
+    let nats = busgate_shared::wire::Connection::connect(
         nats,
         &format!("busgate-worker native {}", services.join(",")),
-    )
-    .await?;
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = services.iter().map(|service| {
         let mut stop = stop_rx.clone();
-        let bus = bus.clone();
+        let nats = nats.clone();
         async move {
             let mut options = ServeOptions::new(service.as_str());
             options.concurrency = concurrency;
@@ -30,7 +29,7 @@ pub async fn run(
             options.metadata.insert("kind".into(), "native".into());
             let name = service.clone();
             sdk::serve(
-                &bus,
+                &nats,
                 options,
                 move |req, _ctx| {
                     let answer = demo_data::answer(&name, &req.order_id);
@@ -63,6 +62,6 @@ pub async fn run(
             all.await?;
         }
     }
-    bus.close().await?;
+    nats.close(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
