@@ -1,7 +1,8 @@
 # Sourced by the scripts beside it: the native merge path (nats-server, a native worker serving
 # n1 and n2, a gateway with route /bench/merge) on free ports, from the binaries in a directory.
 # With ADAPTERS=1, n1 and n2 are two adapters to the anchors' nginx upstreams instead
-# (../shared/bench/anchors.sh start; ports UP1/UP2, default 18081/18082).
+# (../shared/bench/anchors.sh start; ports UP1/UP2, default 18081/18082), in two processes, or
+# in one with ADAPTER_PROCESSES=1.
 #   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids; W2 for the second adapter), NATS_URL
 #                                        and URL, waits until URL answers, then warms it up
 #                                        with 2 s of wrk -c64
@@ -28,7 +29,11 @@ T
   np=$(port); hp=$(port); ap=$(port)
   nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
   W2=
-  if [ -n "${ADAPTERS:-}" ]; then
+  if [ -n "${ADAPTERS:-}" ] && [ "${ADAPTER_PROCESSES:-2}" = 1 ]; then
+    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
+      --service n1 --upstream "http://127.0.0.1:${UP1:-18081}/order/{order_id}" \
+      --service n2 --upstream "http://127.0.0.1:${UP2:-18082}/order/{order_id}" > "$dir/w.log" 2>&1 & W=$!
+  elif [ -n "${ADAPTERS:-}" ]; then
     BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
       --service n1 --upstream "http://127.0.0.1:${UP1:-18081}/order/{order_id}" > "$dir/w.log" 2>&1 & W=$!
     BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
