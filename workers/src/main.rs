@@ -59,6 +59,18 @@ struct Cli {
         default_value = "info"
     )]
     log_level: String,
+    /// Threads of the async runtime. One event loop per process is the cheapest per request
+    /// (the adapters measured a quarter more requests per second with 1 than with 2 on a busy
+    /// 2-core machine, with a third of the context switches): scale out with more processes,
+    /// which share the queue group, or raise this for one large process.
+    #[arg(
+        long,
+        global = true,
+        env = "BUSGATE_WORKER_THREADS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,9 +133,22 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.threads))
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("busgate-worker: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let format = match cli.log_format {
         CliLogFormat::Text => LogFormat::Text,
         CliLogFormat::Json => LogFormat::Json,
@@ -185,6 +210,32 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_runtime_thread_unless_told_otherwise() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let cli = parse(&["busgate-worker", "native", "--service", "a"]).expect("parses");
+        assert_eq!(cli.threads, 1);
+        let cli = parse(&[
+            "busgate-worker",
+            "native",
+            "--service",
+            "a",
+            "--threads",
+            "4",
+        ])
+        .expect("parses");
+        assert_eq!(cli.threads, 4);
+        assert!(parse(&[
+            "busgate-worker",
+            "--threads",
+            "0",
+            "native",
+            "--service",
+            "a"
+        ])
+        .is_err());
+    }
 
     #[test]
     fn durations() {
