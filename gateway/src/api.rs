@@ -738,7 +738,7 @@ mod tests {
 
     /// What a request in flight holds besides its connection is mostly this future, boxed whole
     /// by [`Public`] for every request. Everything before the wait (the request's head and
-    /// body, validation, the NATS client's publish futures, the asynchronous branch) is in the
+    /// body, validation, the asynchronous branch's JetStream futures) is in the
     /// boxed admission, freed once the requests are out. Before that split, a waiting request
     /// held a 1,448-byte future and axum's handler wrapper kept the request's head beside it.
     #[tokio::test]

@@ -2,10 +2,11 @@
 //!
 //! One wildcard subscription per gateway instance (`_INBOX.busgate.<instance>.>`) on the
 //! request path's [`wire::Connection`] receives every reply; its read task hands each one to its
-//! gather by the gather id in the subject, with no task or channel in between. Others hold a cheap [`Collector`] handle: [`Collector::register`] opens a gather, dropping the
-//! returned [`Gather`] closes it, so a gather that ends for any reason (answered, deadline,
-//! client gone) leaves nothing behind and no sweeper is needed. Replies for a closed gather are
-//! dropped and counted as late.
+//! gather by the gather id in the subject, with no task or channel in between. Others hold a
+//! cheap [`Collector`] handle: [`Collector::register`] opens a gather, dropping the returned
+//! [`Gather`] closes it, so a gather that ends for any reason (answered, deadline, client gone)
+//! leaves nothing behind and no sweeper is needed. Replies for a closed gather are dropped and
+//! counted as late.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
