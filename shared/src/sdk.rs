@@ -237,6 +237,36 @@ where
     Ok(())
 }
 
+/// Serves each of `services` (its options and handler) on `nats` until `shutdown` resolves,
+/// then stops them all as [`serve`] does and returns once every one has. The first error is
+/// returned at once; the services still serving are dropped with it.
+pub async fn serve_all<H, Fut>(
+    nats: &wire::Connection,
+    services: impl IntoIterator<Item = (ServeOptions, H)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    H: Fn(ServiceRequest, RequestContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = services.into_iter().map(|(options, handler)| {
+        let mut stop = stop_rx.clone();
+        serve(nats, options, handler, async move {
+            let _ = stop.changed().await;
+        })
+    });
+    let all = futures::future::try_join_all(serving);
+    tokio::pin!(all);
+    tokio::select! {
+        result = &mut all => result.map(drop),
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            all.await.map(drop)
+        }
+    }
+}
+
 impl<H, Fut> Endpoint<H>
 where
     H: Fn(ServiceRequest, RequestContext) -> Fut + Send + Sync + 'static,

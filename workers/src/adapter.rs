@@ -54,10 +54,7 @@ pub async fn run(
         nats,
         &format!("busgate-worker adapter {}", names.join(",")),
     )?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = adapters.iter().zip(upstreams).map(|(options, upstream)| {
-        let mut stop = stop_rx.clone();
-        let nats = nats.clone();
         let mut serve = ServeOptions::new(&options.service);
         serve.concurrency = options.concurrency;
         serve.description = format!("adapter to {}", options.upstream);
@@ -65,30 +62,13 @@ pub async fn run(
         serve
             .metadata
             .insert("upstream".into(), options.upstream.clone());
-        async move {
-            sdk::serve(
-                &nats,
-                serve,
-                move |req, ctx| {
-                    let upstream = upstream.clone();
-                    async move { upstream.call(&req, &ctx).await }
-                },
-                async move {
-                    let _ = stop.changed().await;
-                },
-            )
-            .await
-        }
+        let handler = move |req: ServiceRequest, ctx: RequestContext| {
+            let upstream = upstream.clone();
+            async move { upstream.call(&req, &ctx).await }
+        };
+        (serve, handler)
     });
-    let all = futures::future::try_join_all(serving);
-    tokio::pin!(all);
-    tokio::select! {
-        result = &mut all => { result?; }
-        () = shutdown => {
-            let _ = stop_tx.send(true);
-            all.await?;
-        }
-    }
+    sdk::serve_all(&nats, serving, shutdown).await?;
     nats.close(Duration::from_secs(2)).await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use busgate_shared::envelope::{code, Reply};
+use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::sdk::{self, ServeOptions};
 
 use crate::demo_data::{self, Answer, SLOW_DELAY};
@@ -18,50 +18,30 @@ pub async fn run(
         nats,
         &format!("busgate-worker native {}", services.join(",")),
     )?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serving = services.iter().map(|service| {
-        let mut stop = stop_rx.clone();
-        let nats = nats.clone();
-        async move {
-            let mut options = ServeOptions::new(service.as_str());
-            options.concurrency = concurrency;
-            options.description = format!("demo service {service}, native on NATS");
-            options.metadata.insert("kind".into(), "native".into());
-            let name = service.clone();
-            sdk::serve(
-                &nats,
-                options,
-                move |req, _ctx| {
-                    let answer = demo_data::answer(&name, &req.order_id);
-                    async move {
-                        let data = match answer {
-                            Answer::Data(v) => v,
-                            Answer::Slow(v) => {
-                                tokio::time::sleep(SLOW_DELAY).await;
-                                v
-                            }
-                            Answer::Fail => return Reply::error(code::INTERNAL, "demo failure"),
-                            Answer::Missing => return Reply::NotFound,
-                        };
-                        Reply::Ok(data)
+        let mut options = ServeOptions::new(service.as_str());
+        options.concurrency = concurrency;
+        options.description = format!("demo service {service}, native on NATS");
+        options.metadata.insert("kind".into(), "native".into());
+        let name = service.clone();
+        let handler = move |req: ServiceRequest, _ctx| {
+            let answer = demo_data::answer(&name, &req.order_id);
+            async move {
+                let data = match answer {
+                    Answer::Data(v) => v,
+                    Answer::Slow(v) => {
+                        tokio::time::sleep(SLOW_DELAY).await;
+                        v
                     }
-                },
-                async move {
-                    let _ = stop.changed().await;
-                },
-            )
-            .await
-        }
+                    Answer::Fail => return Reply::error(code::INTERNAL, "demo failure"),
+                    Answer::Missing => return Reply::NotFound,
+                };
+                Reply::Ok(data)
+            }
+        };
+        (options, handler)
     });
-    let all = futures::future::try_join_all(serving);
-    tokio::pin!(all);
-    tokio::select! {
-        result = &mut all => { result?; }
-        () = shutdown => {
-            let _ = stop_tx.send(true);
-            all.await?;
-        }
-    }
+    sdk::serve_all(&nats, serving, shutdown).await?;
     nats.close(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
