@@ -85,7 +85,7 @@ impl SourceResult {
     /// Reads a reply message (or the bus's status message) into a result.
     pub fn from_message(message: &Msg, elapsed: Duration) -> Self {
         if let Some(status) = message.status() {
-            if status == 503 {
+            if status == busgate_shared::wire::NO_RESPONDERS {
                 return SourceResult::NoResponders { elapsed };
             }
             return SourceResult::Error {

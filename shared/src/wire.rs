@@ -27,7 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -176,6 +176,9 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
     Ok(servers)
 }
 
+/// The status the server sends to a request's reply subject when nobody serves its subject.
+pub const NO_RESPONDERS: u16 = 503;
+
 /// A message as it came off the wire. Its parts share the read buffer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Msg {
@@ -219,7 +222,7 @@ impl Msg {
             .and_then(|r| std::str::from_utf8(r).ok())
     }
 
-    /// The status code of a status message (`NATS/1.0 503` is "no responders").
+    /// The status code of a status message ([`NO_RESPONDERS`], for example).
     pub fn status(&self) -> Option<u16> {
         status_of(self.headers.as_deref()?)
     }
@@ -421,7 +424,7 @@ impl Connection {
         if header_len + payload.len() > inner.max_payload.load(Ordering::Relaxed) {
             return Err(PublishError::TooLarge);
         }
-        let mut out = inner.out.lock().map_err(|_| PublishError::Closed)?;
+        let out = inner.out.lock().map_err(|_| PublishError::Closed)?;
         if inner.closing.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
@@ -431,12 +434,9 @@ impl Connection {
         if out.buf.len() > MAX_BACKLOG {
             return Err(PublishError::Backlog);
         }
-        let was_empty = out.buf.is_empty();
-        write_pub(&mut out.buf, subject, reply, headers, header_len, payload);
-        drop(out);
-        if was_empty {
-            inner.wake_writer.notify_one();
-        }
+        inner.queue(out, |out| {
+            write_pub(&mut out.buf, subject, reply, headers, header_len, payload);
+        });
         Ok(())
     }
 
@@ -476,16 +476,17 @@ impl Connection {
         let inner = self.inner();
         let (tx, rx) = oneshot::channel();
         {
-            let Ok(mut out) = inner.out.lock() else {
+            let Ok(out) = inner.out.lock() else {
                 return Err(FlushError::NotConnected);
             };
             if !inner.connected.load(Ordering::Acquire) {
                 return Err(FlushError::NotConnected);
             }
-            out.buf.put_slice(b"PING\r\n");
-            out.pings.push_back(Some(tx));
+            inner.queue(out, |out| {
+                out.buf.put_slice(b"PING\r\n");
+                out.pings.push_back(Some(tx));
+            });
         }
-        inner.wake_writer.notify_one();
         match tokio::time::timeout(within, rx).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(FlushError::NotConnected),
@@ -509,15 +510,29 @@ impl Connection {
 }
 
 impl Inner {
+    /// Writes into the outgoing buffer `out` holds, then wakes the writer if the buffer was
+    /// empty. Whoever makes it non-empty wakes the writer, and the writer takes all of it, so
+    /// the others need not.
+    fn queue(&self, mut out: MutexGuard<'_, Out>, write: impl FnOnce(&mut Out)) {
+        let was_empty = out.buf.is_empty();
+        write(&mut out);
+        drop(out);
+        if was_empty {
+            self.wake_writer.notify_one();
+        }
+    }
+
     /// Appends protocol bytes regardless of the publish checks (PONG, SUB, UNSUB).
     fn send_raw(&self, write: impl FnOnce(&mut BytesMut)) {
-        if let Ok(mut out) = self.out.lock() {
-            let was_empty = out.buf.is_empty();
-            write(&mut out.buf);
-            drop(out);
-            if was_empty {
-                self.wake_writer.notify_one();
-            }
+        if let Ok(out) = self.out.lock() {
+            self.queue(out, |out| write(&mut out.buf));
+        }
+    }
+
+    /// What an `INFO` says that this connection uses.
+    fn learn(&self, info: &Info) {
+        if info.max_payload > 0 {
+            self.max_payload.store(info.max_payload, Ordering::Relaxed);
         }
     }
 
@@ -686,8 +701,6 @@ enum ConnError {
     Server(String),
     #[error("the server stopped answering pings")]
     Stale,
-    #[error("timed out")]
-    Timeout,
 }
 
 /// Parses one operation off the front of `buf`; `None` when more bytes are needed.
@@ -876,9 +889,7 @@ async fn handshake(
             "the server does not support headers (nats-server 2.2 or later is needed)".into(),
         ));
     }
-    if info.max_payload > 0 {
-        inner.max_payload.store(info.max_payload, Ordering::Relaxed);
-    }
+    inner.learn(&info);
     let mut connect = serde_json::json!({
         "verbose": false,
         "pedantic": false,
@@ -959,9 +970,7 @@ async fn serve(
                     }
                     Op::Info(json) => {
                         if let Ok(info) = serde_json::from_str::<Info>(&json) {
-                            if info.max_payload > 0 {
-                                inner.max_payload.store(info.max_payload, Ordering::Relaxed);
-                            }
+                            inner.learn(&info);
                             if info.ldm {
                                 warn!(name = %inner.name, "nats server entering lame duck mode");
                             }
@@ -1006,22 +1015,13 @@ async fn serve(
         tick.tick().await;
         loop {
             tick.tick().await;
-            let stale = match inner.out.lock() {
-                Ok(mut out) => {
-                    if out.pings.len() >= MAX_PINGS_OUT {
-                        true
-                    } else {
-                        out.buf.put_slice(b"PING\r\n");
-                        out.pings.push_back(None);
-                        false
-                    }
-                }
-                Err(_) => true,
-            };
-            if stale {
-                return Err::<(), _>(ConnError::Stale);
+            match inner.out.lock() {
+                Ok(out) if out.pings.len() < MAX_PINGS_OUT => inner.queue(out, |out| {
+                    out.buf.put_slice(b"PING\r\n");
+                    out.pings.push_back(None);
+                }),
+                _ => return Err::<(), _>(ConnError::Stale),
             }
-            inner.wake_writer.notify_one();
         }
     };
     tokio::select! {
@@ -1029,10 +1029,6 @@ async fn serve(
         r = writing => r,
         r = pinging => r,
     }
-    .map_err(|e| match e {
-        ConnError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => ConnError::Timeout,
-        other => other,
-    })
 }
 
 #[cfg(test)]
