@@ -190,9 +190,7 @@ where
     loop {
         let message = tokio::select! {
             () = &mut shutdown, if !stopping => {
-                stopping = true;
-                stop_taking(&mut subscription, &mut requests);
-                grace.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                stopping = begin_stop(&mut subscription, &mut requests, grace.as_mut(), options.grace);
                 continue;
             }
             () = &mut grace, if stopping => break,
@@ -204,9 +202,7 @@ where
         let permit = loop {
             tokio::select! {
                 () = &mut shutdown, if !stopping => {
-                    stopping = true;
-                    stop_taking(&mut subscription, &mut requests);
-                    grace.as_mut().reset(tokio::time::Instant::now() + options.grace);
+                    stopping = begin_stop(&mut subscription, &mut requests, grace.as_mut(), options.grace);
                 }
                 () = &mut grace, if stopping => break None,
                 permit = endpoint.permits.clone().acquire_owned() => break permit.ok(),
@@ -216,11 +212,13 @@ where
         endpoint.queued.fetch_sub(1, Ordering::AcqRel);
         endpoint.clone().start(message, permit);
     }
-    stop_taking(&mut subscription, &mut requests);
     if !stopping {
-        grace
-            .as_mut()
-            .reset(tokio::time::Instant::now() + options.grace);
+        begin_stop(
+            &mut subscription,
+            &mut requests,
+            grace.as_mut(),
+            options.grace,
+        );
     }
     info!(service = %name, in_flight = endpoint.in_flight(concurrency), "stopping");
     // Every permit back: nothing is in flight.
@@ -322,6 +320,19 @@ fn stop_taking(subscription: &mut Option<wire::Subscription>, requests: &mut mps
         subscription.unsubscribe();
     }
     requests.close();
+}
+
+/// Stops taking requests ([`stop_taking`]) and starts the grace period, `within` from now.
+/// Returns true: the serve loop is stopping from then on.
+fn begin_stop(
+    subscription: &mut Option<wire::Subscription>,
+    requests: &mut mpsc::Receiver<Msg>,
+    grace: std::pin::Pin<&mut tokio::time::Sleep>,
+    within: Duration,
+) -> bool {
+    stop_taking(subscription, requests);
+    grace.reset(tokio::time::Instant::now() + within);
+    true
 }
 
 async fn handle<H, Fut>(message: Msg, endpoint: Arc<Endpoint<H>>)
