@@ -512,7 +512,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
     Json(json!({
         "instance": &*app.instance,
         "version": busgate_shared::VERSION,
-        "nats": if busgate_shared::nats::is_connected(&app.nats) && app.collector.is_connected() { "connected" } else { "disconnected" },
+        "nats": if app.nats_connected() { "connected" } else { "disconnected" },
         "config": {
             "loaded": app.store_status.loaded.load(Ordering::Acquire),
             "revision": app.store_status.revision.load(Ordering::Relaxed),

@@ -83,6 +83,13 @@ pub struct Shared {
     pub instance: Arc<str>,
 }
 
+impl Shared {
+    /// Whether both NATS connections are up: the client (JetStream, KV) and the request path's.
+    pub fn nats_connected(&self) -> bool {
+        busgate_shared::nats::is_connected(&self.nats) && self.collector.is_connected()
+    }
+}
+
 /// Rules of the edge that come from settings, not from dynamic configuration.
 #[derive(Debug)]
 pub struct Edge {
@@ -181,8 +188,7 @@ async fn live() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let connected =
-        busgate_shared::nats::is_connected(&state.nats) && state.collector.is_connected();
+    let connected = state.nats_connected();
     let jobs = state.jobs.get().is_some();
     let config = state
         .store_status
@@ -381,7 +387,7 @@ async fn serve(
     if !state.edge.order_id.accepts(&order_id) {
         return Err(invalid_order_id(&state.edge.order_id));
     }
-    if !busgate_shared::nats::is_connected(&state.nats) || !state.collector.is_connected() {
+    if !state.nats_connected() {
         return Err(
             GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
         );

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
@@ -81,7 +81,7 @@ pub struct Gather {
 
 /// The reply inbox's subscription: replies are routed until it is stopped or dropped.
 pub struct CollectorTask {
-    subscription: Mutex<Option<wire::Subscription>>,
+    subscription: wire::Subscription,
 }
 
 impl Collector {
@@ -112,12 +112,7 @@ impl Collector {
                 }
             },
         )?;
-        Ok((
-            collector,
-            CollectorTask {
-                subscription: Mutex::new(Some(subscription)),
-            },
-        ))
+        Ok((collector, CollectorTask { subscription }))
     }
 
     /// The request path's connection.
@@ -229,9 +224,7 @@ impl Drop for Gather {
 impl CollectorTask {
     /// Stops routing replies: the inbox is unsubscribed (replies after it are not read).
     pub fn stop(self) {
-        if let Some(subscription) = self.subscription.lock().ok().and_then(|mut s| s.take()) {
-            subscription.unsubscribe();
-            debug!("reply inbox unsubscribed");
-        }
+        self.subscription.unsubscribe();
+        debug!("reply inbox unsubscribed");
     }
 }
