@@ -352,17 +352,7 @@ impl Worker {
 
     /// An adapter for `service` calling `upstream_base/order/{order_id}`; ready when serving.
     pub fn adapter(nats: &NatsServer, service: &str, upstream_base: &str) -> Proc {
-        let mut cmd = Self::command(Some(nats));
-        cmd.args([
-            "adapter",
-            "--service",
-            service,
-            "--upstream",
-            &format!("{upstream_base}/order/{{order_id}}"),
-        ]);
-        let proc = Proc::spawn(&format!("adapter-{service}"), cmd);
-        proc.wait_for_message("serving");
-        proc
+        Self::adapters(nats, &[(service, upstream_base)])
     }
 
     /// One adapter process serving each `(service, upstream_base)` pair; ready when all serve.
@@ -377,7 +367,8 @@ impl Worker {
                 &format!("{base}/order/{{order_id}}"),
             ]);
         }
-        let proc = Proc::spawn("adapters", cmd);
+        let names: Vec<&str> = pairs.iter().map(|(service, _)| *service).collect();
+        let proc = Proc::spawn(&format!("adapter-{}", names.join("+")), cmd);
         let mut serving = std::collections::HashSet::new();
         proc.wait_for(READY_WITHIN, |line| {
             let v: Value = serde_json::from_str(line).ok()?;

@@ -149,31 +149,29 @@ async fn a_queue_group_shares_and_an_unsubscribed_callback_gets_nothing() {
             .expect("subscribe")
         })
         .collect();
-    wire.flush(WITHIN).await.expect("flush");
-    for _ in 0..200 {
-        wire.publish("work", None, &[], b"w").expect("publish");
-    }
-    wire.flush(WITHIN).await.expect("flush");
-    eventually(WITHIN, || {
-        let c = *counts.lock().expect("lock");
-        async move { c[0] + c[1] == 200 }
-    })
-    .await;
+    // Publishes `n` and waits until the members together have taken `total`.
+    let work = |n: usize, total: usize| {
+        let (wire, counts) = (&wire, &counts);
+        async move {
+            wire.flush(WITHIN).await.expect("flush");
+            for _ in 0..n {
+                wire.publish("work", None, &[], b"w").expect("publish");
+            }
+            wire.flush(WITHIN).await.expect("flush");
+            eventually(WITHIN, || {
+                let c = *counts.lock().expect("lock");
+                async move { c[0] + c[1] == total }
+            })
+            .await;
+        }
+    };
+    work(200, 200).await;
     let c = *counts.lock().expect("lock");
     assert!(c[0] > 0 && c[1] > 0, "both members took work: {c:?}");
 
     let mut subs = subs.into_iter();
     subs.next().expect("first").unsubscribe();
-    wire.flush(WITHIN).await.expect("flush");
-    for _ in 0..50 {
-        wire.publish("work", None, &[], b"w").expect("publish");
-    }
-    wire.flush(WITHIN).await.expect("flush");
-    eventually(WITHIN, || {
-        let c = *counts.lock().expect("lock");
-        async move { c[0] + c[1] == 250 }
-    })
-    .await;
+    work(50, 250).await;
     assert_eq!(
         counts.lock().expect("lock")[0],
         c[0],
