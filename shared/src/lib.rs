@@ -10,7 +10,7 @@
 //! - [`envelope`]: the request and reply payloads, reply status, error codes.
 //! - [`validate`]: service-name and `order_id` validation.
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
-//! - [`nats`]: the NATS connect helper (reconnects forever, logs state changes).
+//! - [`nats`]: the async-nats connect helper (JetStream, KV; reconnects forever, logs state changes).
 //! - [`sdk`]: serve a Busgate service directly on NATS: queue group, deadlines, envelopes,
 //!   the NATS service API (`$SRV.PING|INFO|STATS`).
 //! - [`micro`]: the NATS service API answers of one instance, with its counters.

@@ -1,4 +1,5 @@
-//! The NATS connect helper every Busgate binary uses.
+//! The async-nats connect helper: the gateway's client for JetStream, KV and the admin's
+//! discovery requests. Requests and replies travel on [`crate::wire`] instead.
 
 use async_nats::{Client, ConnectOptions, Event};
 use tracing::{error, info, warn};
@@ -6,9 +7,10 @@ use tracing::{error, info, warn};
 use crate::Error;
 
 /// Messages a client queues for its connection before a publish waits for room. async-nats'
-/// default, 2,048, is reached by a burst of requests to a gateway: every request beyond it then
-/// waits inside its admission (about 2 KiB: head, payload, headers, the publish future) rather
-/// than as a queued message (a few hundred bytes). Queued messages are bounded by this count.
+/// default, 2,048, was reached by a burst of requests when they were published through it; a
+/// burst of asynchronous submits (JetStream publishes) still can be: every one beyond it waits
+/// inside its admission (about 2 KiB) rather than as a queued message (a few hundred bytes).
+/// Queued messages are bounded by this count.
 pub const CLIENT_CAPACITY: usize = 64 * 1024;
 
 /// Connects to `url` as `name`. The client reconnects forever and logs every state change;
