@@ -111,12 +111,94 @@ pub enum ErrorKind {
     /// No such configuration object.
     #[error("{0} does not exist")]
     ObjectNotFound(String),
-    /// A dependency (JetStream) failed; detail goes to the log.
-    #[error("temporarily unavailable: {0}")]
-    Unavailable(String),
+    /// A JetStream stream or KV bucket could not be used. The client is told which store; the
+    /// cause goes to the log.
+    #[error("the {store} store failed: {source}")]
+    Unreachable {
+        /// Which store.
+        store: Store,
+        /// What the client library said.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A stored document could not be read.
+    #[error("stored {key} is not valid: {source}")]
+    Corrupt {
+        /// Which store.
+        store: Store,
+        /// Its key.
+        key: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A compare-and-set update kept losing to concurrent writers.
+    #[error("too many concurrent updates of {0}")]
+    Contended(String),
+    /// The object exists already (a create).
+    #[error("{0} exists already")]
+    Exists(String),
+    /// A conditional write lost: the object is no longer at `expected`.
+    #[error("changed concurrently, read it again")]
+    Stale {
+        /// The key.
+        key: String,
+        /// The revision the writer had.
+        expected: u64,
+    },
+    /// An asynchronous request whose status document is gone.
+    #[error("no status document for {0}")]
+    StatusMissing(String),
+    /// An asynchronous request names a route that no longer exists.
+    #[error("the route {0} no longer exists")]
+    RouteGone(String),
+    /// An asynchronous request was delivered `attempts` times without finishing.
+    #[error("processing was attempted {attempts} times without finishing")]
+    ProcessingFailed {
+        /// How many deliveries.
+        attempts: i64,
+    },
+    /// The HTTP client of callbacks could not be built.
+    #[error("cannot build the callback client: {0}")]
+    CallbackClient(#[source] reqwest::Error),
+    /// The settings could not be read from the file or the environment.
+    #[error("cannot load settings: {0}")]
+    LoadSettings(#[source] Box<config::ConfigError>),
+    /// A setting or a configuration value breaks a rule of the contract.
+    #[error("invalid settings: {0}")]
+    InvalidSettings(#[source] Box<busgate_shared::Error>),
     /// A bug or an unexpected failure; detail goes to the log only.
     #[error("internal error")]
     Internal,
+}
+
+/// The stores a request can depend on, as named to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Asynchronous requests: the work queue, status documents, idempotency keys.
+    Requests,
+    /// `busgate-config`.
+    Config,
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::Requests => "request",
+            Store::Config => "configuration",
+        })
+    }
+}
+
+impl Store {
+    /// Wraps a client library error of this store.
+    pub fn failed(self, source: impl Into<async_nats::Error>) -> GatewayError {
+        ErrorKind::Unreachable {
+            store: self,
+            source: source.into(),
+        }
+        .into()
+    }
 }
 
 /// How a required source failed.
@@ -154,6 +236,18 @@ impl From<ErrorKind> for GatewayError {
     }
 }
 
+impl From<busgate_shared::Error> for GatewayError {
+    fn from(e: busgate_shared::Error) -> Self {
+        ErrorKind::InvalidSettings(Box::new(e)).into()
+    }
+}
+
+impl From<config::ConfigError> for GatewayError {
+    fn from(e: config::ConfigError) -> Self {
+        ErrorKind::LoadSettings(Box::new(e)).into()
+    }
+}
+
 #[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
@@ -172,6 +266,20 @@ struct Problem<'a> {
 }
 
 impl GatewayError {
+    /// A configuration change that breaks a rule of the contract: 422, naming the field.
+    pub fn invalid_config(e: busgate_shared::Error) -> Self {
+        match e {
+            busgate_shared::Error::Invalid { field, reason } => {
+                ErrorKind::InvalidConfig { field, reason }.into()
+            }
+            other => ErrorKind::InvalidConfig {
+                field: String::new(),
+                reason: other.to_string(),
+            }
+            .into(),
+        }
+    }
+
     /// Attaches the request id.
     pub fn with_request(mut self, request_id: &str) -> Self {
         self.request_id = Some(request_id.to_owned());
@@ -273,10 +381,22 @@ impl GatewayError {
                 "request-not-found",
                 "Request not found",
             ),
-            K::Unavailable(_) => (
+            K::Unreachable { .. } | K::Corrupt { .. } | K::Contended(_) | K::StatusMissing(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Temporarily unavailable",
+            ),
+            K::Exists(_) | K::Stale { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            K::RouteGone(_) => (StatusCode::NOT_FOUND, "route-not-found", "Route not found"),
+            K::ProcessingFailed { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "processing-failed",
+                "Processing failed",
+            ),
+            K::CallbackClient(_) | K::LoadSettings(_) | K::InvalidSettings(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
             ),
             K::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             K::InvalidConfig { .. } => (
@@ -304,6 +424,47 @@ impl GatewayError {
         }
     }
 
+    /// What a problem document says: the kind's message, except for failures inside the
+    /// gateway, whose cause is for the log (see [`GatewayError::log_if_internal`]).
+    fn public_detail(&self) -> String {
+        use ErrorKind as K;
+        match &self.kind {
+            K::Unreachable { store, .. } | K::Corrupt { store, .. } => {
+                format!("temporarily unavailable: the {store} store is not reachable")
+            }
+            K::Contended(_) | K::StatusMissing(_) => {
+                format!(
+                    "temporarily unavailable: the {} store is not reachable",
+                    Store::Requests
+                )
+            }
+            K::CallbackClient(_) | K::LoadSettings(_) | K::InvalidSettings(_) => {
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Logs the cause of a failure inside the gateway (a store, a bug), which the problem
+    /// document does not show; bad input and failed sources are not logged here.
+    pub fn log_if_internal(&self) {
+        use ErrorKind as K;
+        let internal = matches!(
+            self.kind,
+            K::Unreachable { .. }
+                | K::Corrupt { .. }
+                | K::Contended(_)
+                | K::StatusMissing(_)
+                | K::CallbackClient(_)
+                | K::LoadSettings(_)
+                | K::InvalidSettings(_)
+                | K::Internal
+        );
+        if internal {
+            tracing::warn!(request_id = self.request_id.as_deref(), error = %self.kind, "request failed inside the gateway");
+        }
+    }
+
     /// The problem document: status and body bytes. Also what asynchronous results store.
     pub fn problem(&self) -> (StatusCode, Bytes) {
         let (status, slug, title) = self.classify();
@@ -311,7 +472,7 @@ impl GatewayError {
             kind: problem_type(slug),
             title,
             status: status.as_u16(),
-            detail: self.kind.to_string(),
+            detail: self.public_detail(),
             request_id: self.request_id.as_deref(),
             order_id: self.order_id.as_deref(),
             sources: match &self.kind {
@@ -335,6 +496,7 @@ pub fn problem_type(slug: &str) -> String {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
+        self.log_if_internal();
         let (status, body) = self.problem();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
@@ -396,6 +558,12 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
             assert_eq!(v["sources"], serde_json::json!({}));
         }
+    }
+
+    /// Every fallible step of a request carries this type: it stays as small as it was.
+    #[test]
+    fn the_error_stays_small() {
+        assert!(std::mem::size_of::<GatewayError>() <= 128);
     }
 
     #[test]

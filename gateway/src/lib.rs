@@ -23,18 +23,14 @@
 //! - [`up`]: `busgate up`, the one-command local stack.
 
 pub mod admin;
-pub mod api;
-pub mod callback;
-pub mod collector;
+pub mod clock;
+pub mod config;
+pub mod edge;
 pub mod error;
 pub mod gather;
 pub mod jobs;
-pub mod merge;
 pub mod metrics;
-pub mod requests;
-pub mod settings;
-pub mod snapshot;
-pub mod store;
+pub mod route;
 pub mod up;
 
 use std::future::{Future, IntoFuture};
@@ -46,13 +42,20 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::api::{AppState, Edge, Shared};
-use crate::callback::{Allowlist, Deliverer, Guard, Signer};
-use crate::collector::Collector;
-use crate::jobs::Jobs;
+use crate::error::{ErrorKind, GatewayError};
+
+use crate::config::allowlist::Allowlist;
+use crate::config::settings::Settings;
+use crate::config::snapshot::Snapshot;
+use crate::config::store::{ConfigStore, StoreStatus};
+use crate::edge::{AppState, Edge, Shared};
+use crate::gather::collector::Collector;
+use crate::jobs::callback::{Deliverer, Signer};
+use crate::jobs::guard::Guard;
+use crate::jobs::http::AsyncRequests;
+use crate::jobs::queue::Jobs;
 use crate::metrics::Metrics;
-use crate::settings::Settings;
-use crate::snapshot::Snapshot;
+use crate::route::Runner;
 
 /// A random id for this process, used in reply subjects: hex, so a valid subject token.
 pub fn new_instance_id() -> String {
@@ -87,17 +90,25 @@ pub async fn run(
         &format!("busgate gateway {instance} requests"),
     )?;
     let metrics = Arc::new(Metrics::new());
-    let (collector, collector_task) = Collector::start(&wire, &instance, metrics.clone())
+    let (collector, inbox) = Collector::start(&wire, &instance, metrics.clone())
         .context("cannot subscribe to the reply inbox")?;
+    let signer = if settings.callbacks.secret.is_empty() {
+        None
+    } else {
+        Some(Signer::new(&settings.callbacks.secret)?)
+    };
+    let guard = Guard::new(Allowlist::parse(&settings.callbacks.allow)?);
     let state = AppState::new(Shared {
-        config: Arc::new(ArcSwap::from_pointee(snapshot)),
+        runner: Runner::new(
+            Arc::new(ArcSwap::from_pointee(snapshot)),
+            collector,
+            metrics,
+        ),
         nats: nats.clone(),
-        collector,
-        metrics,
-        edge: Arc::new(edge(&settings, order_id)?),
-        jobs: Arc::new(OnceLock::new()),
+        edge: Arc::new(edge(&settings, order_id)),
+        requests: Arc::new(AsyncRequests::new(signer, guard)),
         store: Arc::new(OnceLock::new()),
-        store_status: Arc::new(store::StoreStatus::default()),
+        store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
     });
     let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
@@ -132,7 +143,7 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let public = axum::ServiceExt::<axum::extract::Request>::into_make_service(api::Public::new(
+    let public = axum::ServiceExt::<axum::extract::Request>::into_make_service(edge::Public::new(
         state.clone(),
     ));
     let server = axum::serve(listener, public)
@@ -149,14 +160,14 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(());
-    info!(in_flight = state.collector.open_gathers(), grace = ?settings.shutdown_grace, "draining");
+    info!(in_flight = state.runner.collector().open_gathers(), grace = ?settings.shutdown_grace, "draining");
     match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
         Ok(result) => result
             .context("server task failed")?
             .context("server failed")?,
         Err(_) => {
             warn!(
-                in_flight = state.collector.open_gathers(),
+                in_flight = state.runner.collector().open_gathers(),
                 "grace period over, closing connections"
             );
             server.abort();
@@ -176,24 +187,17 @@ pub async fn run(
     {
         warn!("asynchronous processing did not stop within the grace period");
     }
-    collector_task.stop();
+    inbox.stop();
     wire.close(Duration::from_secs(2)).await;
     nats.drain().await.context("draining nats")?;
     info!("stopped");
     Ok(())
 }
 
-fn edge(
-    settings: &Settings,
-    order_id: busgate_shared::validate::OrderIdRule,
-) -> anyhow::Result<Edge> {
+fn edge(settings: &Settings, order_id: busgate_shared::validate::OrderIdRule) -> Edge {
     let mut edge = Edge::new(settings.http.body_limit, order_id);
     edge.trace_sample_ratio = settings.http.trace_sample_ratio;
-    if !settings.callbacks.secret.is_empty() {
-        edge.signer = Some(Signer::new(&settings.callbacks.secret)?);
-    }
-    edge.guard = Guard::new(Allowlist::parse(&settings.callbacks.allow)?);
-    Ok(edge)
+    edge
 }
 
 /// Sets JetStream up (retrying until NATS answers): the configuration store (seeded from
@@ -207,23 +211,16 @@ async fn supervise_jetstream(
     let mut delay = Duration::from_millis(200);
     let (jobs, store) = loop {
         let ready = async {
-            let jobs = Jobs::setup(&state.nats, &settings.jobs, settings.callbacks.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
-            let store = store::ConfigStore::open(&state.nats, settings.jobs.replicas)
-                .await
-                .map_err(|e| e.to_string())?;
-            let seeded = store
-                .seed(&settings.config_spec())
-                .await
-                .map_err(|e| e.to_string())?;
+            let jobs = Jobs::setup(&state.nats, &settings.jobs, settings.callbacks.timeout).await?;
+            let store = ConfigStore::open(&state.nats, settings.jobs.replicas).await?;
+            let seeded = store.seed(&settings.config_spec()).await?;
             if seeded > 0 {
                 info!(
                     objects = seeded,
                     "configuration store was empty: seeded from settings"
                 );
             }
-            Ok::<_, String>((jobs, store))
+            Ok::<_, GatewayError>((jobs, store))
         };
         match ready.await {
             Ok((jobs, store)) => break (Arc::new(jobs), store),
@@ -237,37 +234,34 @@ async fn supervise_jetstream(
             }
         }
     };
-    let _ = state.jobs.set(jobs.clone());
+    state.requests.ready(jobs.clone());
     let _ = state.store.set(store.clone());
     info!("asynchronous requests ready");
-    let watcher = store::run_watcher(
+    let watcher = config::store::run_watcher(
         store,
-        state.config.clone(),
+        state.runner.config().clone(),
         state.store_status.clone(),
         stop.clone(),
     );
-    let processor = jobs::run_requests(
+    let processor = jobs::queue::run_requests(
         jobs.clone(),
-        state.clone(),
+        state.runner.clone(),
         stop.clone(),
         settings.shutdown_grace,
     );
     let deliveries = async {
-        let Some(signer) = state.edge.signer.clone() else {
+        let Some(signer) = state.requests.signer().cloned() else {
             return Ok(());
         };
         let retry = settings.callbacks.retry.iter().map(|d| **d).collect();
-        match Deliverer::new(
+        let deliverer = Deliverer::new(
             signer,
-            state.edge.guard.clone(),
+            state.requests.guard().clone(),
             retry,
             settings.callbacks.timeout,
-        ) {
-            Ok(deliverer) => callback::run_deliveries(jobs.clone(), deliverer, stop.clone()).await,
-            Err(e) => Err(jobs::JobsError::JetStream(format!(
-                "cannot build the callback client: {e}"
-            ))),
-        }
+        )
+        .map_err(ErrorKind::CallbackClient)?;
+        jobs::callback::run_deliveries(jobs.clone(), deliverer, stop.clone()).await
     };
     let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
     for result in [processed, delivered] {

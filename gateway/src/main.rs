@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use busgate_gateway::settings::{Settings, SettingsError};
+use busgate_gateway::config::settings::Settings;
+use busgate_gateway::error::GatewayError;
 use busgate_gateway::up;
 use busgate_shared::runtime;
 use clap::{Parser, Subcommand};
@@ -45,7 +46,7 @@ enum Command {
 
 fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
     let settings = Settings::load(config).and_then(|s| s.validate().map(|_| s));
-    settings.map_err(|e: SettingsError| {
+    settings.map_err(|e: GatewayError| {
         eprintln!("busgate: {e}");
         ExitCode::from(EXIT_BAD_CONFIG)
     })

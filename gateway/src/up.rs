@@ -19,9 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
 
+use busgate_shared::micro::Verb;
 use busgate_shared::runtime::{locate_nats_server, shutdown_signal, NATS_SERVER_HINT};
 
-use crate::settings::Settings;
+use crate::config::settings::Settings;
 
 /// Arguments of `busgate up`.
 #[derive(Debug, clap::Args)]
@@ -60,7 +61,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     }
     // Callbacks work out of the box locally: a fresh secret, and loopback receivers allowed.
     if settings.callbacks.secret.is_empty() {
-        settings.callbacks.secret = crate::callback::Signer::generate_secret();
+        settings.callbacks.secret = crate::jobs::callback::Signer::generate_secret();
     }
     for entry in ["127.0.0.0/8", "::1", "localhost"] {
         if !settings.callbacks.allow.iter().any(|a| a == entry) {
@@ -215,7 +216,7 @@ async fn wait_for_services<'a>(
 ) -> anyhow::Result<()> {
     let client = busgate_shared::nats::connect(nats_url, "busgate up").await?;
     for service in services {
-        let subject = format!("$SRV.PING.{service}");
+        let subject = Verb::Ping.subject(Some(service));
         wait_until(READY_WITHIN, || {
             let client = client.clone();
             let subject = subject.clone();

@@ -76,6 +76,16 @@ pub mod code {
     pub const BAD_REQUEST: &str = "bad_request";
     /// The service failed for a reason of its own.
     pub const INTERNAL: &str = "internal";
+
+    /// Codes the gateway gives a source that sent no usable reply (they appear in `sources`).
+    pub mod gateway {
+        /// The bus answered with a status of its own (other than no responders).
+        pub const BUS_STATUS: &str = "bus_status";
+        /// The reply was not a valid reply envelope.
+        pub const BAD_REPLY: &str = "bad_reply";
+        /// The reply said `error` without saying which.
+        pub const UNKNOWN: &str = "unknown";
+    }
 }
 
 /// A reply as a service builds it; [`Reply::encode`] turns it into the wire payload.

@@ -26,9 +26,9 @@ pub enum Error {
     /// A NATS URL list the request path's connection cannot use.
     #[error(transparent)]
     Url(#[from] crate::wire::UrlError),
-    /// Registering or running a NATS service failed.
-    #[error("nats service: {0}")]
-    Service(String),
+    /// Subscribing or publishing on the request path's connection failed.
+    #[error(transparent)]
+    Publish(#[from] crate::wire::PublishError),
 }
 
 impl Error {

@@ -4,6 +4,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The request id (UUIDv7) of the client request this message serves.
 pub const REQUEST_ID: &str = "Busgate-Request-Id";
+/// [`REQUEST_ID`] in lower case, the spelling a ready-made HTTP header name takes
+/// (`http::HeaderName::from_static`); the gateway's answers carry it.
+pub const REQUEST_ID_LOWER: &str = "busgate-request-id";
 /// Absolute deadline of the work, unix milliseconds. Workers drop work past it.
 pub const DEADLINE: &str = "Busgate-Deadline";
 /// The client id the request came from (empty until clients are configured).
@@ -78,6 +81,11 @@ pub fn deadline_of(value: Option<&str>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lower_case_request_id_is_the_same_name() {
+        assert_eq!(REQUEST_ID_LOWER, REQUEST_ID.to_ascii_lowercase());
+    }
 
     #[test]
     fn remaining_is_none_once_the_deadline_passed() {

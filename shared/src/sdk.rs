@@ -132,7 +132,6 @@ where
 {
     let name = options.service.clone();
     validate::name("service", &name)?;
-    let service_err = |e: &dyn std::fmt::Display| Error::Service(e.to_string());
     let identity = Identity {
         name: name.clone(),
         id: uuid::Uuid::new_v4().simple().to_string(),
@@ -161,8 +160,7 @@ where
             Some(&identity.queue_group),
             move |message| arrived.arrive(message),
         )
-        .map(Some)
-        .map_err(|e| service_err(&e))?;
+        .map(Some)?;
     let discovery = Discovery::start(nats, identity, stats)?;
     tokio::pin!(shutdown);
     // The server knows our interest once a flush returns: only then are we "serving". A server

@@ -22,37 +22,24 @@ use tracing::{info, warn};
 use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::subject;
 
-use crate::snapshot::Snapshot;
+use crate::config::snapshot::Snapshot;
+use crate::error::{ErrorKind, GatewayError, Store};
 
-/// What can fail in the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The object exists already (create).
-    #[error("{0} exists already")]
-    Exists(String),
-    /// The revision given is not the current one (a lost update).
-    #[error("{key} changed since revision {expected}")]
-    Stale {
-        /// The key.
-        key: String,
-        /// The revision the writer had.
-        expected: u64,
-    },
-    /// A stored document is not valid JSON of its kind.
-    #[error("stored {key} is not valid: {error}")]
-    Corrupt {
-        /// The key.
-        key: String,
-        /// Why.
-        error: String,
-    },
-    /// JetStream failed.
-    #[error("jetstream: {0}")]
-    JetStream(String),
+/// A JetStream or KV failure of this store.
+fn js(e: impl Into<async_nats::Error>) -> GatewayError {
+    Store::Config.failed(e)
 }
 
-fn js<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::JetStream(e.to_string())
+/// A document of this store that cannot be read or written as JSON.
+fn corrupt(key: &str) -> impl FnOnce(serde_json::Error) -> GatewayError + '_ {
+    move |source| {
+        ErrorKind::Corrupt {
+            store: Store::Config,
+            key: key.to_owned(),
+            source,
+        }
+        .into()
+    }
 }
 
 /// The two kinds of configuration objects.
@@ -142,7 +129,7 @@ pub struct ConfigStore {
 
 impl ConfigStore {
     /// Opens (or creates) the bucket.
-    pub async fn open(nats: &async_nats::Client, replicas: usize) -> Result<Self, StoreError> {
+    pub async fn open(nats: &async_nats::Client, replicas: usize) -> Result<Self, GatewayError> {
         let context = jetstream::new(nats.clone());
         let kv = context
             .create_or_update_key_value(kv::Config {
@@ -160,7 +147,7 @@ impl ConfigStore {
 
     /// Seeds an empty bucket with `spec`; returns how many objects were written (0 when the
     /// bucket had any). Concurrent seeders do not overwrite each other (`create`).
-    pub async fn seed(&self, spec: &ConfigSpec) -> Result<usize, StoreError> {
+    pub async fn seed(&self, spec: &ConfigSpec) -> Result<usize, GatewayError> {
         if self.last_sequence().await? > 0 {
             return Ok(0);
         }
@@ -176,7 +163,7 @@ impl ConfigStore {
     }
 
     /// The revision of the bucket's latest change, whatever its key.
-    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
+    pub async fn last_sequence(&self) -> Result<u64, GatewayError> {
         let mut stream = self
             .js
             .get_stream(format!("KV_{}", subject::CONFIG_BUCKET))
@@ -187,7 +174,7 @@ impl ConfigStore {
 
     /// Every current object as `key → (revision, document)`, and the stream's last sequence
     /// before they were read.
-    async fn load(&self) -> Result<(BTreeMap<String, (u64, Bytes)>, u64), StoreError> {
+    async fn load(&self) -> Result<(BTreeMap<String, (u64, Bytes)>, u64), GatewayError> {
         let last = self.last_sequence().await?;
         let mut keys = self.kv.keys().await.map_err(js)?;
         let mut names = Vec::new();
@@ -210,15 +197,11 @@ impl ConfigStore {
         &self,
         kind: Kind,
         name: &str,
-    ) -> Result<Option<(u64, serde_json::Value)>, StoreError> {
+    ) -> Result<Option<(u64, serde_json::Value)>, GatewayError> {
         let key = kind.key(name);
         match self.kv.entry(&key).await.map_err(js)? {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let value =
-                    serde_json::from_slice(&entry.value).map_err(|e| StoreError::Corrupt {
-                        key,
-                        error: e.to_string(),
-                    })?;
+                let value = serde_json::from_slice(&entry.value).map_err(corrupt(&key))?;
                 Ok(Some((entry.revision, value)))
             }
             _ => Ok(None),
@@ -231,13 +214,13 @@ impl ConfigStore {
         kind: Kind,
         name: &str,
         value: &serde_json::Value,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, GatewayError> {
         let key = kind.key(name);
-        let bytes = Bytes::from(serde_json::to_vec(value).map_err(js)?);
+        let bytes = Bytes::from(serde_json::to_vec(value).map_err(corrupt(&key))?);
         match self.kv.create(&key, bytes).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                Err(StoreError::Exists(key))
+                Err(ErrorKind::Exists(key).into())
             }
             Err(e) => Err(js(e)),
         }
@@ -250,13 +233,13 @@ impl ConfigStore {
         name: &str,
         value: &serde_json::Value,
         expected: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, GatewayError> {
         let key = kind.key(name);
-        let bytes = Bytes::from(serde_json::to_vec(value).map_err(js)?);
+        let bytes = Bytes::from(serde_json::to_vec(value).map_err(corrupt(&key))?);
         match self.kv.update(&key, bytes, expected).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(StoreError::Stale { key, expected })
+                Err(ErrorKind::Stale { key, expected }.into())
             }
             Err(e) => Err(js(e)),
         }
@@ -268,9 +251,10 @@ impl ConfigStore {
         kind: Kind,
         name: &str,
         value: &serde_json::Value,
-    ) -> Result<u64, StoreError> {
-        let bytes = Bytes::from(serde_json::to_vec(value).map_err(js)?);
-        self.kv.put(kind.key(name), bytes).await.map_err(js)
+    ) -> Result<u64, GatewayError> {
+        let key = kind.key(name);
+        let bytes = Bytes::from(serde_json::to_vec(value).map_err(corrupt(&key))?);
+        self.kv.put(key, bytes).await.map_err(js)
     }
 
     /// Deletes an object if its revision is still `expected` (any revision when `None`).
@@ -279,22 +263,23 @@ impl ConfigStore {
         kind: Kind,
         name: &str,
         expected: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), GatewayError> {
         let key = kind.key(name);
         match self.kv.delete_expect_revision(&key, expected).await {
             Ok(()) => Ok(()),
             Err(e) if expected.is_some() && e.to_string().contains("wrong last sequence") => {
-                Err(StoreError::Stale {
+                Err(ErrorKind::Stale {
                     key,
                     expected: expected.unwrap_or_default(),
-                })
+                }
+                .into())
             }
             Err(e) => Err(js(e)),
         }
     }
 
     /// Every revision of an object still in history, oldest first.
-    pub async fn history(&self, kind: Kind, name: &str) -> Result<Vec<Revision>, StoreError> {
+    pub async fn history(&self, kind: Kind, name: &str) -> Result<Vec<Revision>, GatewayError> {
         let key = kind.key(name);
         let mut history = match self.kv.history(&key).await {
             Ok(h) => h,
@@ -308,7 +293,7 @@ impl ConfigStore {
             revisions.push(Revision {
                 revision: entry.revision,
                 operation: if put { "put" } else { "delete" },
-                created: crate::jobs::rfc3339(SystemTime::from(entry.created)),
+                created: crate::clock::rfc3339(SystemTime::from(entry.created)),
                 spec: if put {
                     serde_json::from_slice(&entry.value).ok()
                 } else {
@@ -325,7 +310,7 @@ impl ConfigStore {
         kind: Kind,
         name: &str,
         revision: u64,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
+    ) -> Result<Option<serde_json::Value>, GatewayError> {
         Ok(self
             .history(kind, name)
             .await?
@@ -336,45 +321,41 @@ impl ConfigStore {
 }
 
 /// The objects of a configuration as `(kind, name, document)`.
-fn objects(spec: &ConfigSpec) -> Result<Vec<(Kind, String, Bytes)>, StoreError> {
+fn objects(spec: &ConfigSpec) -> Result<Vec<(Kind, String, Bytes)>, GatewayError> {
     let mut out = Vec::new();
     for (name, service) in &spec.services {
         out.push((
             Kind::Service,
             name.clone(),
-            Bytes::from(serde_json::to_vec(service).map_err(js)?),
+            Bytes::from(serde_json::to_vec(service).map_err(corrupt(name))?),
         ));
     }
     for (name, route) in &spec.routes {
         out.push((
             Kind::Route,
             name.clone(),
-            Bytes::from(serde_json::to_vec(route).map_err(js)?),
+            Bytes::from(serde_json::to_vec(route).map_err(corrupt(name))?),
         ));
     }
     Ok(out)
 }
 
 /// Builds a configuration from stored documents.
-pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec, StoreError> {
+pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec, GatewayError> {
     let mut spec = ConfigSpec {
         services: BTreeMap::new(),
         routes: BTreeMap::new(),
     };
     for (key, (_, value)) in entries {
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-            key: key.clone(),
-            error: e.to_string(),
-        };
         if let Some(name) = key.strip_prefix("services.") {
             spec.services.insert(
                 name.to_owned(),
-                serde_json::from_slice::<ServiceSpec>(value).map_err(corrupt)?,
+                serde_json::from_slice::<ServiceSpec>(value).map_err(corrupt(key))?,
             );
         } else if let Some(name) = key.strip_prefix("routes.") {
             spec.routes.insert(
                 name.to_owned(),
-                serde_json::from_slice::<RouteSpec>(value).map_err(corrupt)?,
+                serde_json::from_slice::<RouteSpec>(value).map_err(corrupt(key))?,
             );
         }
     }
@@ -411,7 +392,7 @@ async fn follow(
     config: &ArcSwap<Snapshot>,
     status: &StoreStatus,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), StoreError> {
+) -> Result<(), GatewayError> {
     let (mut entries, last) = store.load().await?;
     apply(&entries, config, status);
     status.saw(last);
@@ -425,7 +406,7 @@ async fn follow(
             _ = stop.changed() => return Ok(()),
             next = changes.next() => match next {
                 Some(entry) => entry.map_err(js)?,
-                None => return Err(StoreError::JetStream("the watch ended".into())),
+                None => return Err(js("the watch ended")),
             },
         };
         // A change already read by `load` is not applied again (no flip to an older value).
@@ -457,12 +438,8 @@ fn apply(
     status: &StoreStatus,
 ) {
     let revision = entries.values().map(|(r, _)| *r).max().unwrap_or(0);
-    let compiled = spec_from(entries).and_then(|spec| {
-        Snapshot::compile(spec).map_err(|e| StoreError::Corrupt {
-            key: "configuration".into(),
-            error: e.to_string(),
-        })
-    });
+    let compiled = spec_from(entries)
+        .and_then(|spec| Snapshot::compile(spec).map_err(GatewayError::invalid_config));
     match compiled {
         Ok(snapshot) => {
             let routes = snapshot.spec.routes.len();

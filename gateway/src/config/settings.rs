@@ -6,22 +6,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use base64::Engine as _;
 use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::runtime::LogFormat;
 use busgate_shared::validate::{OrderIdRule, DEFAULT_ORDER_ID_PATTERN};
+use busgate_shared::Error;
 use serde::{Deserialize, Serialize};
 
-/// Why settings could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    /// The file or the environment could not be read or parsed.
-    #[error("cannot load settings: {0}")]
-    Load(#[from] config::ConfigError),
-    /// A value breaks a rule.
-    #[error("invalid settings: {0}")]
-    Invalid(#[from] busgate_shared::Error),
-}
+use crate::error::GatewayError;
 
+/// Why settings could not be used.
 /// Everything a gateway instance is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,7 +219,7 @@ impl Default for LogSettings {
 
 impl Settings {
     /// Loads settings from an optional TOML file and the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+    pub fn load(file: Option<&Path>) -> Result<Self, GatewayError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(
@@ -269,8 +263,7 @@ impl Settings {
     }
 
     /// Checks every rule; returns the compiled `order_id` rule on success.
-    pub fn validate(&self) -> Result<OrderIdRule, SettingsError> {
-        use busgate_shared::Error;
+    pub fn validate(&self) -> Result<OrderIdRule, GatewayError> {
         self.config_spec().validate()?;
         if !(1024..=16 * 1024 * 1024).contains(&self.http.body_limit) {
             return Err(Error::invalid(
@@ -317,7 +310,7 @@ impl Settings {
             .into());
         }
         if !self.callbacks.secret.is_empty() {
-            crate::callback::Signer::new(&self.callbacks.secret)?;
+            callback_key(&self.callbacks.secret)?;
         }
         if self.callbacks.retry.is_empty() || self.callbacks.timeout.is_zero() {
             return Err(Error::invalid(
@@ -326,9 +319,24 @@ impl Settings {
             )
             .into());
         }
-        crate::callback::Allowlist::parse(&self.callbacks.allow)?;
+        crate::config::allowlist::Allowlist::parse(&self.callbacks.allow)?;
         Ok(OrderIdRule::new(&self.http.order_id_pattern)?)
     }
+}
+
+/// The HMAC key of a `whsec_<base64>` callback secret: at least 16 bytes.
+pub fn callback_key(secret: &str) -> Result<Vec<u8>, Error> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| Error::invalid("callbacks.secret", "must be whsec_ followed by base64"))?;
+    if key.len() < 16 {
+        return Err(Error::invalid(
+            "callbacks.secret",
+            "must hold at least 16 bytes of key",
+        ));
+    }
+    Ok(key)
 }
 
 /// The `BUSGATE_…` variables that are settings. Others (`BUSGATE_HOME` of the install script,
@@ -348,6 +356,7 @@ fn settings_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use std::io::Write;
 
     fn write(text: &str) -> tempfile::NamedTempFile {
@@ -414,19 +423,40 @@ targets = [{ service = "a" }]
         let f = write("[http]\nlisten = \"127.0.0.1:0\"\nport = 3\n");
         assert!(matches!(
             Settings::load(Some(f.path())),
-            Err(SettingsError::Load(_))
+            Err(GatewayError {
+                kind: ErrorKind::LoadSettings(_),
+                ..
+            })
         ));
         let f = write("[http]\nbody_limit = 10\n");
         let s = Settings::load(Some(f.path())).expect("load");
-        assert!(matches!(s.validate(), Err(SettingsError::Invalid(_))));
+        assert!(matches!(
+            s.validate(),
+            Err(GatewayError {
+                kind: ErrorKind::InvalidSettings(_),
+                ..
+            })
+        ));
         let f = write("[http]\norder_id_pattern = \"[a-z]+\"\n");
         let s = Settings::load(Some(f.path())).expect("load");
-        assert!(matches!(s.validate(), Err(SettingsError::Invalid(_))));
+        assert!(matches!(
+            s.validate(),
+            Err(GatewayError {
+                kind: ErrorKind::InvalidSettings(_),
+                ..
+            })
+        ));
         for ratio in ["1.5", "-0.1", "nan"] {
             let f = write(&format!("[http]\ntrace_sample_ratio = {ratio}\n"));
             let s = Settings::load(Some(f.path())).expect("load");
             assert!(
-                matches!(s.validate(), Err(SettingsError::Invalid(_))),
+                matches!(
+                    s.validate(),
+                    Err(GatewayError {
+                        kind: ErrorKind::InvalidSettings(_),
+                        ..
+                    })
+                ),
                 "{ratio} must be refused"
             );
         }

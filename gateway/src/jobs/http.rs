@@ -10,17 +10,62 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tracing::warn;
 
 use busgate_shared::header::REQUEST_ID;
 
-use crate::api::AppState;
-use crate::error::{ErrorKind, GatewayError};
-use crate::jobs::{hex, Claim, Job, Jobs, StatusDoc};
-use crate::snapshot::Route;
+use crate::config::snapshot::Route;
+use crate::error::{ErrorKind, GatewayError, PROBLEM_JSON};
+use crate::jobs::callback::Signer;
+use crate::jobs::guard::Guard;
+use crate::jobs::queue::{hex, Claim, Job, JobStatus, Jobs, StatusDoc};
+use crate::route::Call;
 
-/// The jobs store, set once JetStream is ready.
-pub type JobsCell = Arc<OnceLock<Arc<Jobs>>>;
+/// What asynchronous requests over HTTP need: the store, once JetStream is ready, and the
+/// callback policy.
+pub struct AsyncRequests {
+    jobs: OnceLock<Arc<Jobs>>,
+    /// Signs callbacks; `None` refuses them.
+    signer: Option<Signer>,
+    /// Checks callback URLs.
+    guard: Guard,
+}
+
+impl AsyncRequests {
+    /// Asynchronous requests with this callback policy, not ready until [`AsyncRequests::ready`].
+    pub fn new(signer: Option<Signer>, guard: Guard) -> Self {
+        AsyncRequests {
+            jobs: OnceLock::new(),
+            signer,
+            guard,
+        }
+    }
+
+    /// JetStream is ready: requests are taken from now on.
+    pub fn ready(&self, jobs: Arc<Jobs>) {
+        let _ = self.jobs.set(jobs);
+    }
+
+    /// Whether requests are taken.
+    pub fn is_ready(&self) -> bool {
+        self.jobs.get().is_some()
+    }
+
+    /// The callback signer, if callbacks are configured.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_ref()
+    }
+
+    /// The SSRF guard of callback URLs.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    fn jobs(&self) -> Result<&Arc<Jobs>, GatewayError> {
+        self.jobs
+            .get()
+            .ok_or_else(|| ErrorKind::NotReady("asynchronous requests are not ready yet").into())
+    }
+}
 
 /// What the client prefers (RFC 7240).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,14 +121,16 @@ pub struct Submit<'a> {
 }
 
 /// Accepts an asynchronous request: 202 once JetStream has it (or the answer, with `wait`).
-pub async fn submit(state: &AppState, submit: Submit<'_>) -> Result<Response, GatewayError> {
-    let jobs = jobs_of(state)?;
+pub async fn submit(
+    requests: &AsyncRequests,
+    submit: Submit<'_>,
+) -> Result<Response, GatewayError> {
+    let jobs = requests.jobs()?;
     if let Some(url) = &submit.callback_url {
-        if state.edge.signer.is_none() {
+        if requests.signer.is_none() {
             return Err(ErrorKind::CallbacksDisabled.into());
         }
-        state
-            .edge
+        requests
             .guard
             .check(url)
             .await
@@ -95,50 +142,44 @@ pub async fn submit(state: &AppState, submit: Submit<'_>) -> Result<Response, Ga
         let fingerprint = fingerprint(submit.parts, submit.body);
         match jobs
             .claim(client, key, &fingerprint, submit.request_id)
-            .await
+            .await?
         {
-            Ok(Claim::New) => {}
-            Ok(Claim::Repeat(existing)) => {
-                return Ok(accepted(&existing, submit.prefer.respond_async))
-            }
-            Ok(Claim::Conflict) => return Err(ErrorKind::IdempotencyConflict.into()),
-            Err(e) => return Err(unavailable(e)),
+            Claim::New => {}
+            Claim::Repeat(existing) => return Ok(accepted(&existing, submit.prefer.respond_async)),
+            Claim::Conflict => return Err(ErrorKind::IdempotencyConflict.into()),
         }
     }
     let job = Job {
-        request_id: submit.request_id.to_owned(),
-        route: submit.route.name.0.to_string(),
-        order_id: submit.order_id,
-        client: client.to_owned(),
+        call: Call {
+            request_id: submit.request_id.to_owned(),
+            route: submit.route.name.0.to_string(),
+            order_id: submit.order_id,
+            client: client.to_owned(),
+            traceparent: submit.traceparent,
+            headers: submit
+                .route
+                .condition_headers()
+                .filter_map(|name| {
+                    let value = submit.parts.headers.get(name)?.to_str().ok()?;
+                    Some((name.to_owned(), value.to_owned()))
+                })
+                .collect(),
+        },
         callback_url: submit.callback_url,
-        traceparent: submit.traceparent,
-        headers: submit
-            .route
-            .condition_headers()
-            .filter_map(|name| {
-                let value = submit.parts.headers.get(name)?.to_str().ok()?;
-                Some((name.to_owned(), value.to_owned()))
-            })
-            .collect(),
     };
     if let Err(e) = jobs.submit(&job).await {
         if let Some(key) = key {
             jobs.release(client, key).await;
         }
-        return Err(unavailable(e).with_order(&job.order_id));
+        return Err(e.with_order(&job.call.order_id));
     }
     if let Some(wait) = submit.prefer.wait.filter(|w| !w.is_zero()) {
         let wait = wait.min(jobs.settings().max_wait);
-        if let Some(doc) = wait_final(&jobs, submit.request_id, wait).await {
+        if let Some(doc) = wait_final(jobs, submit.request_id, wait).await {
             return Ok(final_answer(&doc));
         }
     }
     Ok(accepted(submit.request_id, submit.prefer.respond_async))
-}
-
-fn unavailable(e: impl std::fmt::Display) -> GatewayError {
-    warn!(error = %e, "jetstream call failed");
-    ErrorKind::Unavailable("the request store is not reachable".into()).into()
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
@@ -197,7 +238,7 @@ fn final_answer(doc: &StatusDoc) -> Response {
     let content_type = if status == StatusCode::OK {
         "application/json"
     } else {
-        crate::error::PROBLEM_JSON
+        PROBLEM_JSON
     };
     let body = doc
         .result
@@ -219,14 +260,6 @@ async fn wait_final(jobs: &Jobs, request_id: &str, within: Duration) -> Option<S
         .flatten()
 }
 
-fn jobs_of(state: &AppState) -> Result<Arc<Jobs>, GatewayError> {
-    state
-        .jobs
-        .get()
-        .cloned()
-        .ok_or_else(|| ErrorKind::NotReady("asynchronous requests are not ready yet").into())
-}
-
 /// Request ids are UUIDs; anything else is unknown (and never becomes a KV key).
 fn checked_id(id: &str) -> Result<String, GatewayError> {
     uuid::Uuid::parse_str(id)
@@ -236,32 +269,28 @@ fn checked_id(id: &str) -> Result<String, GatewayError> {
 
 /// `GET /api/requests/{request_id}`.
 pub async fn poll(
-    State(state): State<AppState>,
+    State(requests): State<Arc<AsyncRequests>>,
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let id = checked_id(&id)?;
-    let jobs = jobs_of(&state)?;
-    match jobs.status(&id).await {
-        Ok(Some((_, doc))) => Ok(axum::Json(doc).into_response()),
-        Ok(None) => Err(ErrorKind::RequestNotFound(id).into()),
-        Err(e) => Err(unavailable(e)),
+    match requests.jobs()?.status(&id).await? {
+        Some((_, doc)) => Ok(axum::Json(doc).into_response()),
+        None => Err(ErrorKind::RequestNotFound(id).into()),
     }
 }
 
 /// `GET /api/requests/{request_id}/events`: the status document on every change, ending after
 /// the final one (or after `jobs.events_max`; clients reconnect).
 pub async fn events(
-    State(state): State<AppState>,
+    State(requests): State<Arc<AsyncRequests>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, GatewayError> {
     let id = checked_id(&id)?;
-    let jobs = jobs_of(&state)?;
-    match jobs.status(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return Err(ErrorKind::RequestNotFound(id).into()),
-        Err(e) => return Err(unavailable(e)),
+    let jobs = requests.jobs()?;
+    if jobs.status(&id).await?.is_none() {
+        return Err(ErrorKind::RequestNotFound(id).into());
     }
-    let docs = jobs.watch(&id).await.map_err(unavailable)?;
+    let docs = jobs.watch(&id).await?;
     let limit = tokio::time::sleep(jobs.settings().events_max);
     // Ends right after the final document, not at the next (never coming) one.
     let stream = futures::stream::unfold((docs, false), |(mut docs, ended)| async move {
@@ -274,9 +303,9 @@ pub async fn events(
     })
     .map(|doc| {
         let name = match doc.status {
-            crate::jobs::JobStatus::Pending => "pending",
-            crate::jobs::JobStatus::Completed => "completed",
-            crate::jobs::JobStatus::Failed => "failed",
+            JobStatus::Pending => "pending",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
         };
         Ok(Event::default()
             .event(name)

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::config::snapshot::{Route, Target, Transform};
 use crate::error::{ErrorKind, GatewayError, SourceFailure};
-use crate::gather::{Outcome, SourceResult};
-use crate::snapshot::{Route, Target, Transform};
+use crate::gather::scatter::{Outcome, SourceResult};
 
 /// Renders the answer for `outcome`: the body of a 200, or the error of a failed request.
 pub fn answer(
@@ -254,8 +254,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::snapshot::Transform;
     use crate::metrics::Name;
-    use crate::snapshot::Transform;
 
     const MS: Duration = Duration::from_millis(1);
 

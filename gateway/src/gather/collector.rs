@@ -80,7 +80,7 @@ pub struct Gather {
 }
 
 /// The reply inbox's subscription: replies are routed until it is stopped or dropped.
-pub struct CollectorTask {
+pub struct InboxSubscription {
     subscription: wire::Subscription,
 }
 
@@ -90,7 +90,7 @@ impl Collector {
         wire: &wire::Connection,
         instance: &str,
         metrics: Arc<Metrics>,
-    ) -> Result<(Collector, CollectorTask), wire::PublishError> {
+    ) -> Result<(Collector, InboxSubscription), wire::PublishError> {
         let collector = Collector {
             inner: Arc::new(Inner {
                 wire: wire.clone(),
@@ -112,7 +112,7 @@ impl Collector {
                 }
             },
         )?;
-        Ok((collector, CollectorTask { subscription }))
+        Ok((collector, InboxSubscription { subscription }))
     }
 
     /// The request path's connection.
@@ -221,7 +221,7 @@ impl Drop for Gather {
     }
 }
 
-impl CollectorTask {
+impl InboxSubscription {
     /// Stops routing replies: the inbox is unsubscribed (replies after it are not read).
     pub fn stop(self) {
         self.subscription.unsubscribe();

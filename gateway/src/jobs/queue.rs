@@ -25,48 +25,37 @@ use tracing::{debug, info, warn};
 
 use busgate_shared::subject;
 
-use crate::api::{self, AppState};
-use crate::error::problem_type;
-use crate::gather::Asker;
-use crate::settings::JobsSettings;
+use crate::clock::rfc3339;
+use crate::config::settings::JobsSettings;
+use crate::error::{ErrorKind, GatewayError, Store};
+use crate::route::{Call, Runner};
 
-/// What can fail talking to JetStream.
-#[derive(Debug, thiserror::Error)]
-pub enum JobsError {
-    /// A JetStream or KV call failed.
-    #[error("jetstream: {0}")]
-    JetStream(String),
-    /// A stored document could not be read.
-    #[error("corrupt document: {0}")]
-    Corrupt(#[from] serde_json::Error),
-    /// A compare-and-set update kept losing.
-    #[error("too many concurrent updates of {0}")]
-    Contended(String),
+/// A JetStream or KV failure of this store.
+fn js(e: impl Into<async_nats::Error>) -> GatewayError {
+    Store::Requests.failed(e)
 }
 
-fn js<E: std::fmt::Display>(e: E) -> JobsError {
-    JobsError::JetStream(e.to_string())
+/// A document of this store that cannot be read or written as JSON.
+fn corrupt(key: &str) -> impl FnOnce(serde_json::Error) -> GatewayError + '_ {
+    move |source| {
+        ErrorKind::Corrupt {
+            store: Store::Requests,
+            key: key.to_owned(),
+            source,
+        }
+        .into()
+    }
 }
 
 /// An accepted asynchronous request, as published to the work queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
-    /// The request id (also the KV key and the JetStream message id).
-    pub request_id: String,
-    /// The route, by name; resolved in the configuration in force when it is processed.
-    pub route: String,
-    /// The validated order id.
-    pub order_id: String,
-    /// Who submitted it.
-    pub client: String,
+    /// The run of the route. Its request id is also the KV key and the JetStream message id.
+    #[serde(flatten)]
+    pub call: Call,
     /// Where to POST the result, if anywhere (checked at submit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    /// The trace context to continue.
-    pub traceparent: String,
-    /// The request headers the route's conditions read, `(lower-case name, value)`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
 }
 
 /// Where a request is.
@@ -137,13 +126,13 @@ impl StatusDoc {
     /// The pending document of a new job.
     pub fn pending(job: &Job) -> Self {
         StatusDoc {
-            request_id: job.request_id.clone(),
+            request_id: job.call.request_id.clone(),
             status: JobStatus::Pending,
             http_status: None,
             result: None,
-            route: job.route.clone(),
-            order_id: job.order_id.clone(),
-            client: job.client.clone(),
+            route: job.call.route.clone(),
+            order_id: job.call.order_id.clone(),
+            client: job.call.client.clone(),
             submitted_at: rfc3339(SystemTime::now()),
             completed_at: None,
             callback: job.callback_url.as_ref().map(|url| CallbackState {
@@ -181,11 +170,6 @@ impl StatusDoc {
     }
 }
 
-/// A time as RFC 3339 with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// What an idempotency key claim found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -218,7 +202,7 @@ impl Jobs {
         nats: &Client,
         settings: &JobsSettings,
         callback_timeout: Duration,
-    ) -> Result<Self, JobsError> {
+    ) -> Result<Self, GatewayError> {
         let context = jetstream::new(nats.clone());
         for (name, subj) in [
             (subject::REQUESTS_STREAM, subject::REQUESTS_SUBJECT),
@@ -272,16 +256,14 @@ impl Jobs {
     }
 
     /// Stores the pending document and publishes the job; returns once JetStream acked both.
-    pub async fn submit(&self, job: &Job) -> Result<(), JobsError> {
-        let doc = serde_json::to_vec(&StatusDoc::pending(job))?;
-        self.results
-            .put(&job.request_id, doc.into())
-            .await
-            .map_err(js)?;
-        let payload = serde_json::to_vec(job)?;
+    pub async fn submit(&self, job: &Job) -> Result<(), GatewayError> {
+        let request_id = &job.call.request_id;
+        let doc = serde_json::to_vec(&StatusDoc::pending(job)).map_err(corrupt(request_id))?;
+        self.results.put(request_id, doc.into()).await.map_err(js)?;
+        let payload = serde_json::to_vec(job).map_err(corrupt(request_id))?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
-            .message_id(&job.request_id);
+            .message_id(request_id);
         self.js
             .send_publish(subject::REQUESTS_SUBJECT, publish)
             .await
@@ -292,17 +274,15 @@ impl Jobs {
     }
 
     /// The status document of a request and its revision.
-    pub async fn status(&self, request_id: &str) -> Result<Option<(u64, StatusDoc)>, JobsError> {
+    pub async fn status(&self, request_id: &str) -> Result<Option<(u64, StatusDoc)>, GatewayError> {
         let Some(entry) = self.results.entry(request_id).await.map_err(js)? else {
             return Ok(None);
         };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        Ok(Some((
-            entry.revision,
-            serde_json::from_slice(&entry.value)?,
-        )))
+        let doc = serde_json::from_slice(&entry.value).map_err(corrupt(request_id))?;
+        Ok(Some((entry.revision, doc)))
     }
 
     /// Changes a status document with compare-and-set, retrying on concurrent writes.
@@ -310,15 +290,13 @@ impl Jobs {
         &self,
         request_id: &str,
         mut change: impl FnMut(&mut StatusDoc),
-    ) -> Result<StatusDoc, JobsError> {
+    ) -> Result<StatusDoc, GatewayError> {
         for _ in 0..8 {
             let Some((revision, mut doc)) = self.status(request_id).await? else {
-                return Err(JobsError::JetStream(format!(
-                    "no status document for {request_id}"
-                )));
+                return Err(ErrorKind::StatusMissing(request_id.to_owned()).into());
             };
             change(&mut doc);
-            let bytes = serde_json::to_vec(&doc)?;
+            let bytes = serde_json::to_vec(&doc).map_err(corrupt(request_id))?;
             match self
                 .results
                 .update(request_id, bytes.into(), revision)
@@ -329,14 +307,14 @@ impl Jobs {
                 Err(e) => return Err(js(e)),
             }
         }
-        Err(JobsError::Contended(request_id.to_owned()))
+        Err(ErrorKind::Contended(request_id.to_owned()).into())
     }
 
     /// Status documents of a request as they change, the current one first.
     pub async fn watch(
         &self,
         request_id: &str,
-    ) -> Result<BoxStream<'static, StatusDoc>, JobsError> {
+    ) -> Result<BoxStream<'static, StatusDoc>, GatewayError> {
         let watch = self
             .results
             .watch_with_history(request_id)
@@ -360,21 +338,23 @@ impl Jobs {
         key: &str,
         fingerprint: &str,
         request_id: &str,
-    ) -> Result<Claim, JobsError> {
+    ) -> Result<Claim, GatewayError> {
         // Client text never becomes a KV key: the key is a hash of client and key.
         let hashed = hex(&Sha256::digest(format!("{client}\0{key}").as_bytes()));
         let record = serde_json::to_vec(&KeyRecord {
             request_id: request_id.to_owned(),
             fingerprint: fingerprint.to_owned(),
-        })?;
+        })
+        .map_err(corrupt(&hashed))?;
         match self.keys.create(&hashed, record.into()).await {
             Ok(_) => Ok(Claim::New),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let existing = self.keys.get(&hashed).await.map_err(js)?;
                 let Some(existing) = existing else {
-                    return Err(JobsError::JetStream("idempotency key vanished".into()));
+                    return Err(js("idempotency key vanished"));
                 };
-                let existing: KeyRecord = serde_json::from_slice(&existing)?;
+                let existing: KeyRecord =
+                    serde_json::from_slice(&existing).map_err(corrupt(&hashed))?;
                 if existing.fingerprint == fingerprint {
                     Ok(Claim::Repeat(existing.request_id))
                 } else {
@@ -394,7 +374,7 @@ impl Jobs {
     }
 
     /// Queues the callback delivery of a finished request (deduplicated per request).
-    pub async fn schedule_callback(&self, request_id: &str) -> Result<(), JobsError> {
+    pub async fn schedule_callback(&self, request_id: &str) -> Result<(), GatewayError> {
         let publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(request_id.to_owned()))
             .message_id(format!("callback-{request_id}"));
@@ -413,7 +393,7 @@ impl Jobs {
         name: &str,
         ack_wait: Duration,
         max_ack_pending: i64,
-    ) -> Result<consumer::PullConsumer, JobsError> {
+    ) -> Result<consumer::PullConsumer, GatewayError> {
         let stream = self.js.get_stream(stream).await.map_err(js)?;
         stream
             .get_or_create_consumer(
@@ -435,7 +415,7 @@ impl Jobs {
 
 impl Jobs {
     /// The durable consumer of callback deliveries.
-    pub async fn callbacks_consumer(&self) -> Result<consumer::PullConsumer, JobsError> {
+    pub async fn callbacks_consumer(&self) -> Result<consumer::PullConsumer, GatewayError> {
         self.consumer(
             subject::CALLBACKS_STREAM,
             subject::CALLBACKS_CONSUMER,
@@ -459,10 +439,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Pulls asynchronous requests and runs them until `stop` turns true.
 pub async fn run_requests(
     jobs: Arc<Jobs>,
-    state: AppState,
+    runner: Runner,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-) -> Result<(), JobsError> {
+) -> Result<(), GatewayError> {
     let consumer = jobs
         .consumer(
             subject::REQUESTS_STREAM,
@@ -499,9 +479,9 @@ pub async fn run_requests(
                 None => break,
             },
         };
-        let (jobs, state) = (jobs.clone(), state.clone());
+        let (jobs, runner) = (jobs.clone(), runner.clone());
         tasks.spawn(async move {
-            process(&jobs, &state, message).await;
+            process(&jobs, &runner, message).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -519,7 +499,7 @@ pub async fn run_requests(
     Ok(())
 }
 
-async fn process(jobs: &Jobs, state: &AppState, message: jetstream::Message) {
+async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let job: Job = match serde_json::from_slice(&message.payload) {
         Ok(job) => job,
@@ -529,7 +509,7 @@ async fn process(jobs: &Jobs, state: &AppState, message: jetstream::Message) {
             return;
         }
     };
-    let request_id = job.request_id.as_str();
+    let request_id = job.call.request_id.as_str();
     match jobs.status(request_id).await {
         Ok(Some((_, doc))) if doc.is_final() => {
             debug!(request_id, "already finished, acking a redelivery");
@@ -552,7 +532,7 @@ async fn process(jobs: &Jobs, state: &AppState, message: jetstream::Message) {
         );
         gave_up(request_id, delivered)
     } else {
-        let work = run_job(state, &job);
+        let work = runner.answer(&job.call);
         tokio::pin!(work);
         // Tell JetStream we are alive while a long gather runs.
         let mut ticks = tokio::time::interval(jobs.settings.ack_wait / 2);
@@ -589,46 +569,14 @@ async fn process(jobs: &Jobs, state: &AppState, message: jetstream::Message) {
     }
 }
 
-/// Runs the job's route exactly as a synchronous request would.
-async fn run_job(state: &AppState, job: &Job) -> (u16, Vec<u8>) {
-    let snapshot = state.config.load_full();
-    let Some(route) = snapshot.route(&job.route) else {
-        let problem = serde_json::json!({
-            "type": problem_type("route-not-found"),
-            "title": "Route not found",
-            "status": 404,
-            "detail": format!("the route {} no longer exists", job.route),
-            "request_id": job.request_id,
-            "order_id": job.order_id,
-        });
-        return (404, serde_json::to_vec(&problem).unwrap_or_default());
-    };
-    let started = tokio::time::Instant::now();
-    let asker = Asker {
-        request_id: &job.request_id,
-        order_id: &job.order_id,
-        client: &job.client,
-        traceparent: &job.traceparent,
-        headers: &job.headers,
-    };
-    match api::gather_answer(state, route, &asker, started).await {
-        Ok(body) => (200, body),
-        Err(e) => {
-            let (status, body) = e.problem();
-            (status.as_u16(), body.to_vec())
-        }
-    }
-}
-
+/// The answer of a request that kept failing: a 500 problem.
 fn gave_up(request_id: &str, delivered: i64) -> (u16, Vec<u8>) {
-    let problem = serde_json::json!({
-        "type": problem_type("processing-failed"),
-        "title": "Processing failed",
-        "status": 500,
-        "detail": format!("processing was attempted {delivered} times without finishing"),
-        "request_id": request_id,
-    });
-    (500, serde_json::to_vec(&problem).unwrap_or_default())
+    let (status, body) = GatewayError::from(ErrorKind::ProcessingFailed {
+        attempts: delivered,
+    })
+    .with_request(request_id)
+    .problem();
+    (status.as_u16(), body.to_vec())
 }
 
 #[cfg(test)]
@@ -637,14 +585,29 @@ mod tests {
 
     fn job() -> Job {
         Job {
-            request_id: "r1".into(),
-            route: "order".into(),
-            order_id: "A1".into(),
-            client: String::new(),
+            call: Call {
+                request_id: "r1".into(),
+                route: "order".into(),
+                order_id: "A1".into(),
+                client: String::new(),
+                traceparent: "00-x-y-01".into(),
+                headers: Vec::new(),
+            },
             callback_url: Some("https://example.com/hook".into()),
-            traceparent: "00-x-y-01".into(),
-            headers: Vec::new(),
         }
+    }
+
+    /// Jobs queued by an earlier gateway are flat JSON objects; a job stays one.
+    #[test]
+    fn a_job_is_a_flat_json_object() {
+        let v = serde_json::to_value(job()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"request_id": "r1", "route": "order", "order_id": "A1",
+                "client": "", "callback_url": "https://example.com/hook", "traceparent": "00-x-y-01"})
+        );
+        let back: Job = serde_json::from_value(v).expect("job");
+        assert_eq!(back, job());
     }
 
     #[test]

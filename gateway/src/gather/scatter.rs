@@ -12,11 +12,12 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use busgate_shared::envelope::code::gateway as code;
 use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
 
-use crate::collector::{Collector, Gather};
-use crate::snapshot::Route;
+use crate::config::snapshot::Route;
+use crate::gather::collector::{Collector, Gather};
 
 /// What one source came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +90,7 @@ impl SourceResult {
                 return SourceResult::NoResponders { elapsed };
             }
             return SourceResult::Error {
-                code: "bus_status".into(),
+                code: code::BUS_STATUS.into(),
                 message: format!("the bus answered status {status}"),
                 elapsed,
             };
@@ -104,7 +105,7 @@ impl SourceResult {
                 ReplyStatus::Error => {
                     let (code, message) =
                         reply.error.map(|e| (e.code, e.message)).unwrap_or_else(|| {
-                            ("unknown".into(), "the service reported an error".into())
+                            (code::UNKNOWN.into(), "the service reported an error".into())
                         });
                     SourceResult::Error {
                         code,
@@ -114,7 +115,7 @@ impl SourceResult {
                 }
             },
             Err(e) => SourceResult::Error {
-                code: "bad_reply".into(),
+                code: code::BAD_REPLY.into(),
                 message: e.to_string(),
                 elapsed,
             },
@@ -251,7 +252,7 @@ pub struct Asker<'a> {
     /// The W3C traceparent to send.
     pub traceparent: &'a str,
     /// The request headers that conditions may read.
-    pub headers: &'a dyn crate::snapshot::Headers,
+    pub headers: &'a dyn crate::config::snapshot::Headers,
 }
 
 /// A gather whose requests are out: all it needs to collect the replies. It holds nothing of

@@ -1,0 +1,371 @@
+//! Services and routes as objects: list, get, create, replace, delete, history, rollback,
+//! export and import. `ETag` is the KV revision and every write needs `If-Match` (412 on a
+//! lost update, 428 without it). A write is validated against the whole configuration it would
+//! produce before anything is stored; errors name the field.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::validate;
+
+use crate::admin::AdminState;
+use crate::config::snapshot::Snapshot;
+use crate::config::store::{ConfigStore, Kind};
+use crate::error::{ErrorKind, GatewayError};
+
+pub(crate) fn kind_of(kind: &str) -> Result<Kind, GatewayError> {
+    match kind {
+        "services" => Ok(Kind::Service),
+        "routes" => Ok(Kind::Route),
+        other => Err(ErrorKind::NotFound(format!("/admin/v1/{other}")).into()),
+    }
+}
+
+fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
+    state
+        .app
+        .store
+        .get()
+        .cloned()
+        .ok_or_else(|| ErrorKind::NotReady("the configuration store is not ready yet").into())
+}
+
+/// How long a write waits for this instance to run what it wrote.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until this instance's configuration includes the store's latest change, so that a
+/// list, a read or a try-it right after a write sees it (the other instances follow through
+/// their own watchers). The write is durable either way: past [`APPLY_WAIT`] it answers anyway.
+async fn settle(store: &ConfigStore, state: &AdminState) {
+    match store.last_sequence().await {
+        Ok(latest) => {
+            if !state.app.store_status.wait_for(latest, APPLY_WAIT).await {
+                tracing::warn!(
+                    revision = latest,
+                    "the configuration watcher has not caught up with a write yet"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the latest configuration revision"),
+    }
+}
+
+/// Parses a document of `kind` strictly, naming the field on error.
+fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayError> {
+    let result = match kind {
+        Kind::Service => {
+            serde_json::from_value::<ServiceSpec>(value.clone()).and_then(serde_json::to_value)
+        }
+        Kind::Route => {
+            serde_json::from_value::<RouteSpec>(value.clone()).and_then(serde_json::to_value)
+        }
+    };
+    result.map_err(|e| {
+        ErrorKind::InvalidConfig {
+            field: format!("{}.{name}", kind.plural()),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// The configuration in force with one object changed (`None`: deleted), validated whole.
+fn candidate(
+    state: &AdminState,
+    kind: Kind,
+    name: &str,
+    value: Option<&Value>,
+) -> Result<(), GatewayError> {
+    let mut spec = state.app.runner.config().load().spec.clone();
+    let at = |e: serde_json::Error| ErrorKind::InvalidConfig {
+        field: format!("{}.{name}", kind.plural()),
+        reason: e.to_string(),
+    };
+    match (kind, value) {
+        (Kind::Service, Some(v)) => {
+            spec.services.insert(
+                name.to_owned(),
+                serde_json::from_value(v.clone()).map_err(at)?,
+            );
+        }
+        (Kind::Route, Some(v)) => {
+            spec.routes.insert(
+                name.to_owned(),
+                serde_json::from_value(v.clone()).map_err(at)?,
+            );
+        }
+        (Kind::Service, None) => {
+            let users: Vec<&String> = spec
+                .routes
+                .iter()
+                .filter(|(_, r)| r.targets.iter().any(|t| t.service == name))
+                .map(|(n, _)| n)
+                .collect();
+            if !users.is_empty() {
+                return Err(ErrorKind::Conflict(format!(
+                    "service {name} is a target of routes {users:?}"
+                ))
+                .into());
+            }
+            spec.services.remove(name);
+        }
+        (Kind::Route, None) => {
+            spec.routes.remove(name);
+        }
+    }
+    Snapshot::compile(spec)
+        .map(drop)
+        .map_err(GatewayError::invalid_config)
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn if_match(headers: &HeaderMap) -> Result<u64, GatewayError> {
+    let value = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ErrorKind::PreconditionRequired)?;
+    value
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map_err(|_| ErrorKind::PreconditionRequired.into())
+}
+
+fn object(name: &str, revision: u64, spec: Value) -> Response {
+    let mut response =
+        Json(json!({"name": name, "revision": revision, "spec": spec})).into_response();
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    response
+}
+
+pub async fn list(
+    State(state): State<AdminState>,
+    Path(kind): Path<String>,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let store = store_of(&state)?;
+    let spec = state.app.runner.config().load().spec.clone();
+    let names: Vec<String> = match kind {
+        Kind::Service => spec.services.keys().cloned().collect(),
+        Kind::Route => spec.routes.keys().cloned().collect(),
+    };
+    let mut items = Vec::new();
+    for name in names {
+        if let Some((revision, value)) = store.get(kind, &name).await? {
+            items.push(json!({"name": name, "revision": revision, "spec": value}));
+        }
+    }
+    Ok(Json(json!({"items": items})).into_response())
+}
+
+pub async fn read(
+    State(state): State<AdminState>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let (revision, value) = store_of(&state)?
+        .get(kind, &name)
+        .await?
+        .ok_or_else(|| ErrorKind::ObjectNotFound(kind.key(&name)))?;
+    Ok(object(&name, revision, value))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Create {
+    name: String,
+    spec: Value,
+}
+
+pub async fn create(
+    State(state): State<AdminState>,
+    Path(kind): Path<String>,
+    body: Result<Json<Create>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+    validate::name("name", &body.name).map_err(GatewayError::invalid_config)?;
+    let spec = parse_spec(kind, &body.name, &body.spec)?;
+    candidate(&state, kind, &body.name, Some(&spec))?;
+    let store = store_of(&state)?;
+    let revision = store.create(kind, &body.name, &spec).await?;
+    settle(&store, &state).await;
+    let mut response = object(&body.name, revision, spec);
+    *response.status_mut() = StatusCode::CREATED;
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/admin/v1/{}/{}", kind.plural(), body.name))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+pub async fn replace(
+    State(state): State<AdminState>,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let expected = if_match(&headers)?;
+    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+    let spec = parse_spec(kind, &name, &body)?;
+    write(&state, kind, &name, spec, expected).await
+}
+
+/// Replaces an object at `expected`, after validating the configuration it makes.
+async fn write(
+    state: &AdminState,
+    kind: Kind,
+    name: &str,
+    spec: Value,
+    expected: u64,
+) -> Result<Response, GatewayError> {
+    let store = store_of(state)?;
+    let current = store
+        .get(kind, name)
+        .await?
+        .ok_or_else(|| ErrorKind::ObjectNotFound(kind.key(name)))?;
+    if current.0 != expected {
+        return Err(ErrorKind::PreconditionFailed {
+            expected,
+            current: current.0,
+        }
+        .into());
+    }
+    candidate(state, kind, name, Some(&spec))?;
+    match store.update(kind, name, &spec, expected).await {
+        Ok(revision) => {
+            settle(&store, state).await;
+            Ok(object(name, revision, spec))
+        }
+        Err(GatewayError {
+            kind: ErrorKind::Stale { expected, .. },
+            ..
+        }) => {
+            let current = store
+                .get(kind, name)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |(r, _)| r);
+            Err(ErrorKind::PreconditionFailed { expected, current }.into())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn remove(
+    State(state): State<AdminState>,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let expected = if_match(&headers)?;
+    let store = store_of(&state)?;
+    let (current, _) = store
+        .get(kind, &name)
+        .await?
+        .ok_or_else(|| ErrorKind::ObjectNotFound(kind.key(&name)))?;
+    if current != expected {
+        return Err(ErrorKind::PreconditionFailed { expected, current }.into());
+    }
+    candidate(&state, kind, &name, None)?;
+    match store.delete(kind, &name, Some(expected)).await {
+        Ok(()) => {
+            settle(&store, &state).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(GatewayError {
+            kind: ErrorKind::Stale { expected, .. },
+            ..
+        }) => Err(ErrorKind::PreconditionFailed {
+            expected,
+            current: 0,
+        }
+        .into()),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn history(
+    State(state): State<AdminState>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let items = store_of(&state)?.history(kind, &name).await?;
+    if items.is_empty() {
+        return Err(ErrorKind::ObjectNotFound(kind.key(&name)).into());
+    }
+    Ok(Json(json!({"items": items})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    revision: u64,
+}
+
+pub async fn rollback(
+    State(state): State<AdminState>,
+    Path((kind, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<Rollback>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, GatewayError> {
+    let kind = kind_of(&kind)?;
+    let expected = if_match(&headers)?;
+    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+    let spec = store_of(&state)?
+        .at_revision(kind, &name, body.revision)
+        .await?
+        .ok_or_else(|| {
+            ErrorKind::ObjectNotFound(format!("{} at revision {}", kind.key(&name), body.revision))
+        })?;
+    write(&state, kind, &name, spec, expected).await
+}
+
+pub async fn export(State(state): State<AdminState>) -> Json<ConfigSpec> {
+    Json(state.app.runner.config().load().spec.clone())
+}
+
+/// Replaces the whole configuration (validated whole first); objects not in it are deleted.
+pub async fn import(
+    State(state): State<AdminState>,
+    body: Result<Json<ConfigSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, GatewayError> {
+    let Json(spec) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+    Snapshot::compile(spec.clone()).map_err(GatewayError::invalid_config)?;
+    let store = store_of(&state)?;
+    let old = state.app.runner.config().load().spec.clone();
+    // Services first, routes after: intermediate states stay valid where possible; a
+    // watcher refuses any that is not and keeps the last good configuration.
+    for (name, service) in &spec.services {
+        store.put(Kind::Service, name, &json!(service)).await?;
+    }
+    for (name, route) in &spec.routes {
+        store.put(Kind::Route, name, &json!(route)).await?;
+    }
+    for name in old.routes.keys().filter(|n| !spec.routes.contains_key(*n)) {
+        store.delete(Kind::Route, name, None).await?;
+    }
+    for name in old
+        .services
+        .keys()
+        .filter(|n| !spec.services.contains_key(*n))
+    {
+        store.delete(Kind::Service, name, None).await?;
+    }
+    settle(&store, &state).await;
+    Ok(Json(spec).into_response())
+}

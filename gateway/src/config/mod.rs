@@ -1,0 +1,15 @@
+//! Configuration: the settings a process starts with, and the dynamic configuration (services
+//! and routes) that every instance keeps in force.
+//!
+//! Owns: [`settings`] (typed settings, defaults < file < `BUSGATE_…`, validated before any port
+//! is bound), [`allowlist`] (the callback allowlist those settings name), [`snapshot`] (the
+//! compiled configuration a request runs on, and route lookup) and [`store`] (the KV bucket
+//! `busgate-config` and the watcher that swaps snapshots in).
+//!
+//! May use: `metrics` (label names), `clock`, `error`. Nothing here knows about HTTP handlers,
+//! gathers or jobs.
+
+pub mod allowlist;
+pub mod settings;
+pub mod snapshot;
+pub mod store;

@@ -1,0 +1,50 @@
+//! The built-in endpoints: `/health/live`, `/health/ready` and `/metrics`. They need no
+//! configuration and never touch the bus.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::edge::AppState;
+
+/// `GET /health/live`: the process answers.
+pub async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "live"}))
+}
+
+/// `GET /health/ready`: both NATS connections, JetStream and the configuration.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let connected = state.nats_connected();
+    let jobs = state.requests.is_ready();
+    let config = state.store_status.loaded.load(Ordering::Acquire);
+    let routes = state.runner.config().load().spec.routes.len();
+    let ready = connected && jobs && config;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "nats": if connected { "connected" } else { "disconnected" },
+        "jetstream": if jobs { "ready" } else { "not_ready" },
+        "config": if config { "loaded" } else { "not_loaded" },
+        "routes": routes,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.runner.metrics().encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,488 @@
+//! The public HTTP edge: health, metrics, and every configured route.
+//!
+//! Configured routes change at run time, so they are not axum routes: a fallback handler looks
+//! the method and path up in the current [`Snapshot`]. Bad input is refused before anything is
+//! published: unknown path (404), wrong method (405), a body over the limit (413), a body that
+//! is not JSON (400/415), a missing or invalid `order_id` (400).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::Client;
+use axum::body::Body;
+use axum::extract::{FromRef, Request};
+use axum::http::{header, request::Parts, HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use busgate_shared::header::{REQUEST_ID_LOWER, TRACEPARENT};
+use busgate_shared::validate::OrderIdRule;
+
+use crate::config::snapshot::{Lookup, Route};
+use crate::config::store::{ConfigStore, StoreStatus};
+use crate::error::{ErrorKind, GatewayError};
+use crate::gather::scatter::{Asker, Pending};
+use crate::jobs::http::{AsyncRequests, Prefer, Submit};
+use crate::metrics::Name;
+use crate::route::Runner;
+
+pub mod body;
+pub mod health;
+pub mod ids;
+
+use body::{body_fields, read_body, BodyFields};
+use ids::{traceparent, RequestId};
+
+/// `Busgate-Request-Id` as a ready header name: inserting a `&str` name that is not a standard
+/// one allocates a copy of it on every response.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID_LOWER);
+
+/// Everything a request needs, behind one `Arc`: axum clones the state for every request, and
+/// one reference count is cheaper than the dozen a NATS client and its siblings would cost.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `shared` with every handler.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
+    /// Runs routes: the configuration in force, the collector, the metrics.
+    pub runner: Runner,
+    /// The NATS client (JetStream, KV, discovery).
+    pub nats: Client,
+    /// Edge rules from settings.
+    pub edge: Arc<Edge>,
+    /// Asynchronous requests: the store once JetStream is ready, and the callback policy.
+    pub requests: Arc<AsyncRequests>,
+    /// The configuration store, once JetStream is ready.
+    pub store: Arc<std::sync::OnceLock<ConfigStore>>,
+    /// What the configuration watcher reports.
+    pub store_status: Arc<StoreStatus>,
+    /// This instance's id.
+    pub instance: Arc<str>,
+}
+
+impl Shared {
+    /// Whether both NATS connections are up: the client (JetStream, KV) and the request path's.
+    pub fn nats_connected(&self) -> bool {
+        busgate_shared::nats::is_connected(&self.nats) && self.runner.collector().is_connected()
+    }
+}
+
+impl FromRef<AppState> for Arc<AsyncRequests> {
+    fn from_ref(state: &AppState) -> Self {
+        state.requests.clone()
+    }
+}
+
+/// Rules of the edge that come from settings, not from dynamic configuration.
+#[derive(Debug)]
+pub struct Edge {
+    /// Largest request body.
+    pub body_limit: usize,
+    /// What an `order_id` must match.
+    pub order_id: OrderIdRule,
+    /// The metrics label of requests that matched no route.
+    pub unmatched: Name,
+    /// The share of the traces started here that are marked sampled.
+    pub trace_sample_ratio: f64,
+}
+
+impl Edge {
+    /// Edge rules with the given limit and `order_id` rule.
+    pub fn new(body_limit: usize, order_id: OrderIdRule) -> Self {
+        Edge {
+            body_limit,
+            order_id,
+            unmatched: Name(Arc::from("-")),
+            trace_sample_ratio: 0.0,
+        }
+    }
+}
+
+/// The public edge as a service: the built-in paths go to [`router`]; every other request goes
+/// straight to the configured routes. (The router's fallback leads there too, but axum first gives
+/// each request URL parameters, three allocations, and a clone of the boxed fallback service.)
+#[derive(Clone)]
+pub struct Public {
+    builtins: Router,
+    state: AppState,
+}
+
+impl Public {
+    /// The edge over `state`.
+    pub fn new(state: AppState) -> Self {
+        Public {
+            builtins: router(state.clone()),
+            state,
+        }
+    }
+
+    /// Whether [`router`] has a route for `path` (else only its fallback would answer).
+    fn is_builtin(path: &str) -> bool {
+        matches!(path, "/health/live" | "/health/ready" | "/metrics")
+            || path.starts_with("/api/requests/")
+    }
+}
+
+impl tower::Service<Request> for Public {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if Public::is_builtin(request.uri().path()) {
+            Box::pin(tower::Service::call(&mut self.builtins, request))
+        } else {
+            Box::pin(dispatch(self.state.clone(), request))
+        }
+    }
+}
+
+/// The public router: the built-in paths, and the configured routes as its fallback.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/api/requests/{request_id}", get(crate::jobs::http::poll))
+        .route(
+            "/api/requests/{request_id}/events",
+            get(crate::jobs::http::events),
+        )
+        .fallback_service(tower::service_fn({
+            let state = state.clone();
+            move |request| dispatch(state.clone(), request)
+        }))
+        .method_not_allowed_fallback(builtin_method_not_allowed)
+        .with_state(state)
+}
+
+async fn builtin_method_not_allowed(method: Method) -> GatewayError {
+    GatewayError::from(ErrorKind::MethodNotAllowed {
+        method: method.to_string(),
+        allow: "GET".into(),
+    })
+}
+
+/// Every configured route. Not an `async fn`: a future keeps the arguments of an async fn for
+/// its whole life, and a request mostly waits for its replies, which needs none of the request's
+/// head or body. So the request goes into [`admit`], boxed and freed once the requests are out,
+/// and what waits is only this future, its gather and its route.
+fn dispatch(
+    state: AppState,
+    request: Request,
+) -> impl Future<Output = Result<Response, Infallible>> + Send {
+    let started = Instant::now();
+    let request_id = RequestId::fresh();
+    let admitting = Box::pin(admit(state.clone(), request, request_id));
+    async move {
+        let (label, result) = match admitting.await {
+            Admitted::Done { label, result } => (label, result),
+            Admitted::Waiting {
+                route,
+                pending,
+                order_id,
+            } => {
+                let answer = state
+                    .runner
+                    .finish(&route, pending, request_id.as_str(), &order_id, started)
+                    .await;
+                let result = answer.map(|body| {
+                    let json = HeaderValue::from_static("application/json");
+                    ([(header::CONTENT_TYPE, json)], body).into_response()
+                });
+                (route.name.clone(), result)
+            }
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => e.with_request(request_id.as_str()).into_response(),
+        };
+        if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, id);
+        }
+        state.runner.metrics().record_http(
+            &label,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(response)
+    }
+}
+
+/// Where a request stands once [`admit`] is done with it.
+enum Admitted {
+    /// Answered or refused without waiting for replies, with its metrics label.
+    Done {
+        label: Name,
+        result: Result<Response, GatewayError>,
+    },
+    /// Published; the answer waits for the replies.
+    Waiting {
+        route: Arc<Route>,
+        pending: Pending,
+        order_id: String,
+    },
+}
+
+/// Everything up to the wait: the route lookup, the body, validation, an asynchronous submit,
+/// and publishing the requests of a synchronous one.
+async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admitted {
+    let snapshot = state.runner.config().load_full();
+    let (parts, body) = request.into_parts();
+    let (route, path_order_id) = match snapshot.lookup(&parts.method, parts.uri.path()) {
+        Lookup::Found {
+            route,
+            path_order_id,
+        } => (route, path_order_id),
+        Lookup::MethodNotAllowed(allow) => {
+            let refused = ErrorKind::MethodNotAllowed {
+                method: parts.method.to_string(),
+                allow: allow.join(", "),
+            };
+            return Admitted::Done {
+                label: state.edge.unmatched.clone(),
+                result: Err(refused.into()),
+            };
+        }
+        Lookup::NotFound => {
+            return Admitted::Done {
+                label: state.edge.unmatched.clone(),
+                result: Err(ErrorKind::NotFound(parts.uri.path().to_owned()).into()),
+            };
+        }
+    };
+    let request = Incoming {
+        parts: &parts,
+        body,
+        request_id: request_id.as_str(),
+    };
+    match serve(&state, route, path_order_id, request).await {
+        Ok(Served::Answered(response)) => Admitted::Done {
+            label: route.name.clone(),
+            result: Ok(response),
+        },
+        Ok(Served::Waiting { pending, order_id }) => Admitted::Waiting {
+            route: route.clone(),
+            pending,
+            order_id,
+        },
+        Err(e) => Admitted::Done {
+            label: route.name.clone(),
+            result: Err(e),
+        },
+    }
+}
+
+/// A request that matched a route.
+struct Incoming<'a> {
+    parts: &'a Parts,
+    body: Body,
+    request_id: &'a str,
+}
+
+/// What [`serve`] made of a request.
+enum Served {
+    /// The answer (an asynchronous submit).
+    Answered(Response),
+    /// The requests of a synchronous gather are out.
+    Waiting { pending: Pending, order_id: String },
+}
+
+async fn serve(
+    state: &AppState,
+    route: &Arc<Route>,
+    path_order_id: Option<&str>,
+    request: Incoming<'_>,
+) -> Result<Served, GatewayError> {
+    let Incoming {
+        parts,
+        body,
+        request_id,
+    } = request;
+    let (fields, raw) = if parts.method == Method::POST {
+        let bytes = read_body(parts, body, state.edge.body_limit).await?;
+        (body_fields(&bytes, path_order_id.is_none())?, bytes)
+    } else {
+        (BodyFields::default(), Bytes::new())
+    };
+    let order_id = match path_order_id {
+        Some(raw) => busgate_shared::validate::percent_decode(raw)
+            .ok_or_else(|| invalid_order_id(&state.edge.order_id))?,
+        None => fields.order_id.ok_or(ErrorKind::MissingOrderId)?,
+    };
+    if !state.edge.order_id.accepts(&order_id) {
+        return Err(invalid_order_id(&state.edge.order_id));
+    }
+    if !state.nats_connected() {
+        return Err(
+            GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
+        );
+    }
+    let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    let traceparent = traceparent(incoming, request_id, state.edge.trace_sample_ratio);
+    let prefer = Prefer::parse(&parts.headers);
+    if prefer.respond_async || fields.callback_url.is_some() {
+        let submit = Submit {
+            route,
+            parts,
+            body: &raw,
+            order_id,
+            callback_url: fields.callback_url,
+            prefer,
+            request_id,
+            traceparent,
+        };
+        // Boxed: its JetStream writes would otherwise make every synchronous request's
+        // admission several KiB larger.
+        return Box::pin(crate::jobs::http::submit(&state.requests, submit))
+            .await
+            .map(Served::Answered);
+    }
+    let asker = Asker {
+        request_id,
+        order_id: &order_id,
+        client: "",
+        traceparent: &traceparent,
+        headers: &parts.headers,
+    };
+    let pending = state.runner.start(route, &asker);
+    Ok(Served::Waiting { pending, order_id })
+}
+
+fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {
+    ErrorKind::InvalidOrderId {
+        pattern: rule.as_str().to_owned(),
+    }
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::allowlist::Allowlist;
+    use crate::config::snapshot::Snapshot;
+    use crate::gather::collector::Collector;
+    use crate::jobs::guard::Guard;
+    use crate::metrics::Metrics;
+    use arc_swap::ArcSwap;
+
+    /// A state whose NATS client is not connected (nothing listens on port 1), with one route,
+    /// `order` on `GET /api/orders/{order_id}`.
+    async fn unconnected_state() -> AppState {
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .expect("a client that connects later");
+        let metrics = Arc::new(Metrics::new());
+        let wire = busgate_shared::wire::Connection::connect("nats://127.0.0.1:1", "size")
+            .expect("a connection that connects later");
+        let (collector, _task) =
+            Collector::start(&wire, "size", metrics.clone()).expect("subscribe");
+        let spec: busgate_shared::config::ConfigSpec = serde_json::from_value(serde_json::json!({
+            "services": {"service1": {}},
+            "routes": {"order": {"bindings": [{"method": "GET", "path": "/api/orders/{order_id}"}], "targets": [{"service": "service1"}]}}
+        }))
+        .expect("spec");
+        AppState::new(Shared {
+            runner: Runner::new(
+                Arc::new(ArcSwap::from_pointee(
+                    Snapshot::compile(spec).expect("compile"),
+                )),
+                collector,
+                metrics,
+            ),
+            nats,
+            edge: Arc::new(Edge::new(
+                1024,
+                OrderIdRule::new("^[A-Za-z0-9_-]{1,64}$").expect("rule"),
+            )),
+            requests: Arc::new(AsyncRequests::new(None, Guard::new(Allowlist::default()))),
+            store: Arc::new(std::sync::OnceLock::new()),
+            store_status: Arc::new(crate::config::store::StoreStatus::default()),
+            instance: Arc::from("size"),
+        })
+    }
+
+    /// What a request in flight holds besides its connection is mostly this future, boxed whole
+    /// by [`Public`] for every request. Everything before the wait (the request's head and
+    /// body, validation, the asynchronous branch's JetStream futures) is in the
+    /// boxed admission, freed once the requests are out. Before that split, a waiting request
+    /// held a 1,448-byte future and axum's handler wrapper kept the request's head beside it.
+    #[tokio::test]
+    async fn a_request_in_flight_is_a_small_future() {
+        let state = unconnected_state().await;
+        let request = axum::http::Request::get("/api/orders/1")
+            .body(Body::empty())
+            .expect("request");
+        let admitting = std::mem::size_of_val(&admit(
+            state.clone(),
+            Request::default(),
+            RequestId::fresh(),
+        ));
+        let future = dispatch(state, request);
+        let size = std::mem::size_of_val(&future);
+        println!("dispatch future: {size} bytes; admission, boxed until the requests are out: {admitting} bytes");
+        assert!(size <= 1024, "dispatch future is {size} bytes");
+    }
+
+    /// The edge sends built-in paths to the router and everything else to the configured
+    /// routes, as the router alone (with the configured routes as its fallback) would.
+    #[tokio::test]
+    async fn the_edge_routes_like_the_router() {
+        use tower::ServiceExt;
+        let public = Public::new(unconnected_state().await);
+        let problem = "application/problem+json";
+        for (method, path, status, content_type) in [
+            ("GET", "/health/live", 200, "application/json"),
+            ("GET", "/metrics", 200, "text/plain"),
+            ("POST", "/metrics", 405, problem),
+            ("GET", "/health/ready", 503, "application/json"),
+            ("GET", "/api/requests/nope/events/more", 404, problem),
+            ("GET", "/api/orders/1", 503, problem),
+            ("DELETE", "/api/orders/1", 405, problem),
+            ("GET", "/nope", 404, problem),
+        ] {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            let response = public.clone().oneshot(request).await.expect("infallible");
+            let seen = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(response.status().as_u16(), status, "{method} {path}");
+            assert!(seen.starts_with(content_type), "{method} {path}: {seen}");
+        }
+    }
+}

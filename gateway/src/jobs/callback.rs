@@ -1,0 +1,308 @@
+//! Signed callbacks: where a finished asynchronous request is POSTed.
+//!
+//! - [`Signer`]: Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`,
+//!   `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`).
+//! - [`Deliverer`]: the worker that POSTs, records the delivery state in the status document,
+//!   and schedules retries with a JetStream NAK delay, so a restart loses none. It reaches
+//!   receivers only through the SSRF [`Guard`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use busgate_shared::Error;
+
+use crate::clock::rfc3339;
+use crate::config::settings::callback_key;
+use crate::error::{GatewayError, Store};
+use crate::jobs::guard::{http_client, Guard};
+
+/// Signs callback bodies per Standard Webhooks.
+#[derive(Clone)]
+pub struct Signer {
+    /// The keyed MAC, cloned for every signature.
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+impl Signer {
+    /// A signer for a `whsec_<base64>` secret (at least 16 bytes of key).
+    pub fn new(secret: &str) -> Result<Self, Error> {
+        let key = callback_key(secret)?;
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .map_err(|_| Error::invalid("callbacks.secret", "not a usable HMAC key"))?;
+        Ok(Signer { mac })
+    }
+
+    /// A new random secret, for `busgate up`.
+    pub fn generate_secret() -> String {
+        let mut bytes = Vec::with_capacity(32);
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    }
+
+    /// The `webhook-signature` header value for a message.
+    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        format!("v1,{signature}")
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_seconds(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Delivers callbacks until `stop` turns true. One JetStream message per request; a failed
+/// attempt is NAKed with the next retry delay, so the schedule survives restarts.
+pub async fn run_deliveries(
+    jobs: Arc<crate::jobs::queue::Jobs>,
+    deliverer: Deliverer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    use futures::StreamExt;
+    let consumer = jobs.callbacks_consumer().await?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Store::Requests.failed(e))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed() => break,
+            next = messages.next() => match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "pulling callbacks");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
+        tasks.spawn(async move { deliverer.deliver(&jobs, message).await });
+        while tasks.try_join_next().is_some() {}
+    }
+    // Attempts in flight are bounded by the delivery timeout.
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Makes one delivery attempt per message and records it.
+#[derive(Clone)]
+pub struct Deliverer {
+    http: reqwest::Client,
+    guard: Guard,
+    signer: Signer,
+    retry: Arc<[Duration]>,
+}
+
+enum Attempt {
+    Delivered(u16),
+    Gone,
+    Failed {
+        status: Option<u16>,
+        error: Option<String>,
+    },
+}
+
+impl Deliverer {
+    /// A deliverer with this signer, guard and retry schedule.
+    pub fn new(
+        signer: Signer,
+        guard: Guard,
+        retry: Vec<Duration>,
+        timeout: Duration,
+    ) -> reqwest::Result<Self> {
+        Ok(Deliverer {
+            http: http_client(&guard, timeout)?,
+            guard,
+            signer,
+            retry: retry.into(),
+        })
+    }
+
+    async fn deliver(
+        &self,
+        jobs: &crate::jobs::queue::Jobs,
+        message: async_nats::jetstream::Message,
+    ) {
+        use async_nats::jetstream::AckKind;
+        let attempt =
+            u32::try_from(message.info().map(|i| i.delivered).unwrap_or(1)).unwrap_or(u32::MAX);
+        let request_id = String::from_utf8_lossy(&message.payload).into_owned();
+        let doc = match jobs.status(&request_id).await {
+            Ok(Some((_, doc))) => doc,
+            Ok(None) => {
+                tracing::warn!(%request_id, "no status document for a callback, dropping it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%request_id, error = %e, "cannot read a status document for a callback");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        };
+        let Some(url) = doc.callback.as_ref().map(|c| c.url.clone()) else {
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let outcome = self.attempt(&url, &request_id, &doc).await;
+        let now = SystemTime::now();
+        // The next delay, if any attempt is left: retry[attempt - 1], ±10 % jitter.
+        let next_delay = self
+            .retry
+            .get(attempt as usize - 1)
+            .map(|d| jitter(*d, &request_id, attempt));
+        let recorded = jobs
+            .update(&request_id, |doc| {
+                let Some(cb) = doc.callback.as_mut() else {
+                    return;
+                };
+                cb.attempts = attempt;
+                cb.next_attempt_at = None;
+                match &outcome {
+                    Attempt::Delivered(status) => {
+                        cb.state = "delivered".into();
+                        cb.last_status = Some(*status);
+                        cb.last_error = None;
+                        cb.delivered_at = Some(rfc3339(now));
+                    }
+                    Attempt::Gone => {
+                        cb.state = "gone".into();
+                        cb.last_status = Some(410);
+                    }
+                    Attempt::Failed { status, error } => {
+                        cb.last_status = *status;
+                        cb.last_error.clone_from(error);
+                        match next_delay {
+                            Some(delay) => {
+                                cb.state = "pending".into();
+                                cb.next_attempt_at = Some(rfc3339(now + delay));
+                            }
+                            None => cb.state = "failed".into(),
+                        }
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(%request_id, error = %e, "cannot record a callback attempt");
+        }
+        let ack = match (&outcome, next_delay) {
+            (Attempt::Failed { .. }, Some(delay)) => {
+                tracing::info!(%request_id, attempt, ?delay, "callback failed, retrying later");
+                message.ack_with(AckKind::Nak(Some(delay))).await
+            }
+            (Attempt::Failed { .. }, None) => {
+                tracing::warn!(%request_id, attempt, "callback failed, giving up");
+                message.ack().await
+            }
+            _ => message.ack().await,
+        };
+        if let Err(e) = ack {
+            tracing::debug!(%request_id, error = %e, "callback ack not sent");
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        request_id: &str,
+        doc: &crate::jobs::queue::StatusDoc,
+    ) -> Attempt {
+        // IP literals do not pass through the resolver: check them (again) here.
+        if let Err(reason) = self.guard.check_literal(url) {
+            return Attempt::Failed {
+                status: None,
+                error: Some(reason),
+            };
+        }
+        let body = match serde_json::to_vec(doc) {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Failed {
+                    status: None,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        let timestamp = unix_seconds(SystemTime::now());
+        let webhook_id = format!("msg_{request_id}");
+        let signature = self.signer.sign(&webhook_id, timestamp, &body);
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Attempt::Delivered(r.status().as_u16()),
+            Ok(r) if r.status() == reqwest::StatusCode::GONE => Attempt::Gone,
+            Ok(r) => Attempt::Failed {
+                status: Some(r.status().as_u16()),
+                error: None,
+            },
+            Err(e) => Attempt::Failed {
+                status: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+/// `delay` ±10 %, derived from the request and attempt so that retries of many callbacks spread.
+fn jitter(delay: Duration, request_id: &str, attempt: u32) -> Duration {
+    let seed = request_id.bytes().fold(u64::from(attempt), |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    let permille = 900 + (seed % 201); // 900..=1100
+    delay * u32::try_from(permille).unwrap_or(1000) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_follow_standard_webhooks() {
+        // The example of the Standard Webhooks specification.
+        let signer = Signer::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("secret");
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signer.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        assert!(Signer::new("whsec_short").is_err());
+        assert!(Signer::new("whsec_!!!").is_err());
+        assert!(Signer::new(&Signer::generate_secret()).is_ok());
+    }
+}
