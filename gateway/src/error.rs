@@ -199,6 +199,18 @@ impl Store {
         }
         .into()
     }
+
+    /// Wraps the error of a document at `key` of this store that is not the JSON it should be.
+    pub fn corrupt(self, key: &str) -> impl FnOnce(serde_json::Error) -> GatewayError + '_ {
+        move |source| {
+            ErrorKind::Corrupt {
+                store: self,
+                key: key.to_owned(),
+                source,
+            }
+            .into()
+        }
+    }
 }
 
 /// How a required source failed.

@@ -1,26 +1,47 @@
 //! # busgate — the gateway
 //!
 //! An HTTP edge that answers a client's `order_id` request by scattering it over NATS to the
-//! services a route names, gathering their replies until a deadline, and merging them.
+//! services a route names, gathering their replies until a deadline, and merging them;
+//! synchronously, or asynchronously through JetStream.
 //!
 //! # Layout
 //!
-//! - [`settings`]: typed settings (defaults < file < `BUSGATE_…` env), validated before binding.
-//! - [`snapshot`]: the compiled configuration a request runs on, and route lookup.
-//! - [`api`]: the public HTTP edge: validation, dispatch, health, metrics.
-//! - [`admin`]: the admin API, OpenAPI document and web UI on the admin listener.
-//! - [`collector`]: owns the table of pending gathers and the one reply inbox per instance.
-//! - [`gather`]: one scatter-gather: publish to every target, collect until done or deadline.
-//! - [`merge`]: turns a gather's outcome into the answer or the problem.
-//! - [`requests`]: asynchronous requests over HTTP: submit (202), poll, server-sent events.
-//! - [`jobs`]: asynchronous requests on JetStream: the work queue, status documents,
-//!   idempotency keys, and the processor every instance runs.
-//! - [`callback`]: signed callbacks: signing, SSRF guard, delivery with retries.
-//! - [`error`]: the one error type and its one HTTP mapping (RFC 9457 problem+json).
-//! - [`store`]: the configuration in the KV bucket `busgate-config`, and the watcher that
-//!   keeps every instance's configuration in force.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`up`]: `busgate up`, the one-command local stack.
+//! One folder per concern; each opens with what it owns and what it may use.
+//!
+//! - [`edge`]: the public listener: dispatch of configured routes, body reading and parsing,
+//!   request ids and `traceparent`, health and metrics endpoints, the state handlers share.
+//! - [`admin`]: the admin listener: configuration objects, try-it, live instances, the UI's
+//!   files and the OpenAPI document.
+//! - [`jobs`]: asynchronous requests: submit, poll and events over HTTP, the JetStream work
+//!   queue and status documents, signed callbacks and their SSRF guard.
+//! - [`route`]: running a route for one request, the one way the edge, the processor of
+//!   asynchronous requests and the try-it get an answer.
+//! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
+//!   its deadlines, the merge.
+//! - [`config`]: settings, the compiled snapshot, the KV store of services and routes and the
+//!   watcher that keeps every instance's configuration in force.
+//! - [`metrics`], [`error`] (the one error type and its one HTTP mapping), [`clock`]: leaves.
+//! - [`up`]: `busgate up`, the one-command local stack; this file: wiring only ([`run`]).
+//!
+//! Arrows point down: a module uses only modules below it, never one that uses it
+//! (`tests/tools/modgraph.py` checks this on every test run).
+//!
+//! ```text
+//!   main ──▶ up ──▶ lib (run: wiring)
+//!                    │
+//!          ┌─────────┴──────┐
+//!        admin ──────────▶ edge
+//!          │                │ ╲
+//!          │                │  ╲──▶ jobs
+//!          │                │       │
+//!          └──────────────▶ route ◀─┘
+//!                           │
+//!                         gather
+//!                           │
+//!                         config
+//!                           │
+//!                metrics · error · clock
+//! ```
 
 pub mod admin;
 pub mod clock;
@@ -48,7 +69,7 @@ use crate::config::allowlist::Allowlist;
 use crate::config::settings::Settings;
 use crate::config::snapshot::Snapshot;
 use crate::config::store::{ConfigStore, StoreStatus};
-use crate::edge::{AppState, Edge, Shared};
+use crate::edge::state::{AppState, Edge, Shared};
 use crate::gather::collector::Collector;
 use crate::jobs::callback::{Deliverer, Signer};
 use crate::jobs::guard::Guard;

@@ -15,7 +15,7 @@ use busgate_shared::micro::{Answer, Endpoint, Verb};
 use busgate_shared::validate;
 
 use crate::admin::objects::kind_of;
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::config::store::Kind;
 use crate::error::{ErrorKind, GatewayError};
 

@@ -20,26 +20,20 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::edge::AppState;
+use crate::edge::state::AppState;
 use crate::error::{ErrorKind, GatewayError};
 
 pub mod assets;
 pub mod discovery;
 pub mod objects;
+pub mod state;
 pub mod try_it;
 
 use assets::{OPENAPI, UI_CSS, UI_HTML, UI_JS};
 use discovery::{all_instances, instances};
 use objects::{create, export, history, import, list, read, remove, replace, rollback};
+use state::AdminState;
 use try_it::try_route;
-
-/// State of the admin router.
-#[derive(Clone)]
-pub struct AdminState {
-    app: AppState,
-    /// SHA-256 of the token: compared in constant time, never the token itself.
-    token_hash: Arc<[u8; 32]>,
-}
 
 /// The admin router, guarded by `token`.
 pub fn router(app: AppState, token: &str) -> Router {

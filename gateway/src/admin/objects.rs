@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::validate;
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::config::snapshot::Snapshot;
 use crate::config::store::{ConfigStore, Kind};
 use crate::error::{ErrorKind, GatewayError};

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::config::store::Kind;
 use crate::edge::ids::{new_request_id, traceparent};
 use crate::error::{ErrorKind, GatewayError};

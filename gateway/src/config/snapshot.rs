@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Subject;
 use axum::http::Method;
 use busgate_shared::config::{ConfigSpec, HttpMethod, MergeStrategy, Segment};
 use busgate_shared::{subject, Error};
@@ -52,7 +51,7 @@ pub struct Target {
     /// The service's name.
     pub service: Name,
     /// `busgate.svc.<service>`.
-    pub subject: Subject,
+    pub subject: Box<str>,
     /// Whether its failure fails the request.
     pub required: bool,
     /// How long the gather waits for it (never beyond the route's deadline).
@@ -177,7 +176,7 @@ impl Snapshot {
                         .unwrap_or(route.deadline);
                     Target {
                         service: Name(Arc::from(t.service.as_str())),
-                        subject: Subject::from(subject::service(&t.service)),
+                        subject: subject::service(&t.service).into(),
                         required: t.required,
                         timeout: t.timeout.unwrap_or(service_timeout).min(route.deadline),
                         when: t.when.as_ref().map(|w| When {
@@ -312,7 +311,7 @@ mod tests {
                 assert_eq!(path_order_id, Some("A1"));
                 assert_eq!(route.targets.len(), 2);
                 assert!(route.targets[0].required && !route.targets[1].required);
-                assert_eq!(route.targets[0].subject.as_str(), "busgate.svc.service1");
+                assert_eq!(&*route.targets[0].subject, "busgate.svc.service1");
                 assert_eq!(route.targets[0].timeout, Duration::from_millis(800));
             }
             other => panic!("{other:?}"),

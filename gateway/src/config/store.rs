@@ -25,21 +25,12 @@ use busgate_shared::subject;
 use crate::config::snapshot::Snapshot;
 use crate::error::{ErrorKind, GatewayError, Store};
 
+/// The store this module owns, as errors name it.
+const STORE: Store = Store::Config;
+
 /// A JetStream or KV failure of this store.
 fn js(e: impl Into<async_nats::Error>) -> GatewayError {
-    Store::Config.failed(e)
-}
-
-/// A document of this store that cannot be read or written as JSON.
-fn corrupt(key: &str) -> impl FnOnce(serde_json::Error) -> GatewayError + '_ {
-    move |source| {
-        ErrorKind::Corrupt {
-            store: Store::Config,
-            key: key.to_owned(),
-            source,
-        }
-        .into()
-    }
+    STORE.failed(e)
 }
 
 /// The two kinds of configuration objects.
@@ -201,7 +192,7 @@ impl ConfigStore {
         let key = kind.key(name);
         match self.kv.entry(&key).await.map_err(js)? {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let value = serde_json::from_slice(&entry.value).map_err(corrupt(&key))?;
+                let value = serde_json::from_slice(&entry.value).map_err(STORE.corrupt(&key))?;
                 Ok(Some((entry.revision, value)))
             }
             _ => Ok(None),
@@ -215,8 +206,7 @@ impl ConfigStore {
         name: &str,
         value: &serde_json::Value,
     ) -> Result<u64, GatewayError> {
-        let key = kind.key(name);
-        let bytes = Bytes::from(serde_json::to_vec(value).map_err(corrupt(&key))?);
+        let (key, bytes) = encode(kind, name, value)?;
         match self.kv.create(&key, bytes).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -234,8 +224,7 @@ impl ConfigStore {
         value: &serde_json::Value,
         expected: u64,
     ) -> Result<u64, GatewayError> {
-        let key = kind.key(name);
-        let bytes = Bytes::from(serde_json::to_vec(value).map_err(corrupt(&key))?);
+        let (key, bytes) = encode(kind, name, value)?;
         match self.kv.update(&key, bytes, expected).await {
             Ok(revision) => Ok(revision),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -252,8 +241,7 @@ impl ConfigStore {
         name: &str,
         value: &serde_json::Value,
     ) -> Result<u64, GatewayError> {
-        let key = kind.key(name);
-        let bytes = Bytes::from(serde_json::to_vec(value).map_err(corrupt(&key))?);
+        let (key, bytes) = encode(kind, name, value)?;
         self.kv.put(key, bytes).await.map_err(js)
     }
 
@@ -320,6 +308,17 @@ impl ConfigStore {
     }
 }
 
+/// An object's key and stored document.
+fn encode(
+    kind: Kind,
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<(String, Bytes), GatewayError> {
+    let key = kind.key(name);
+    let bytes = serde_json::to_vec(value).map_err(STORE.corrupt(&key))?;
+    Ok((key, Bytes::from(bytes)))
+}
+
 /// The objects of a configuration as `(kind, name, document)`.
 fn objects(spec: &ConfigSpec) -> Result<Vec<(Kind, String, Bytes)>, GatewayError> {
     let mut out = Vec::new();
@@ -327,14 +326,14 @@ fn objects(spec: &ConfigSpec) -> Result<Vec<(Kind, String, Bytes)>, GatewayError
         out.push((
             Kind::Service,
             name.clone(),
-            Bytes::from(serde_json::to_vec(service).map_err(corrupt(name))?),
+            Bytes::from(serde_json::to_vec(service).map_err(STORE.corrupt(name))?),
         ));
     }
     for (name, route) in &spec.routes {
         out.push((
             Kind::Route,
             name.clone(),
-            Bytes::from(serde_json::to_vec(route).map_err(corrupt(name))?),
+            Bytes::from(serde_json::to_vec(route).map_err(STORE.corrupt(name))?),
         ));
     }
     Ok(out)
@@ -350,12 +349,12 @@ pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec,
         if let Some(name) = key.strip_prefix("services.") {
             spec.services.insert(
                 name.to_owned(),
-                serde_json::from_slice::<ServiceSpec>(value).map_err(corrupt(key))?,
+                serde_json::from_slice::<ServiceSpec>(value).map_err(STORE.corrupt(key))?,
             );
         } else if let Some(name) = key.strip_prefix("routes.") {
             spec.routes.insert(
                 name.to_owned(),
-                serde_json::from_slice::<RouteSpec>(value).map_err(corrupt(key))?,
+                serde_json::from_slice::<RouteSpec>(value).map_err(STORE.corrupt(key))?,
             );
         }
     }

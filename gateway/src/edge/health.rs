@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::edge::AppState;
+use crate::edge::state::AppState;
 
 /// `GET /health/live`: the process answers.
 pub async fn live() -> Json<serde_json::Value> {

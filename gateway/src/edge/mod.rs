@@ -1,17 +1,21 @@
-//! The public HTTP edge: health, metrics, and every configured route.
+//! The public HTTP edge: every configured route, and the built-in endpoints.
 //!
-//! Configured routes change at run time, so they are not axum routes: a fallback handler looks
-//! the method and path up in the current [`Snapshot`]. Bad input is refused before anything is
+//! Configured routes change at run time, so they are not axum routes: [`Public`] looks the
+//! method and path up in the current snapshot. Bad input is refused before anything is
 //! published: unknown path (404), wrong method (405), a body over the limit (413), a body that
 //! is not JSON (400/415), a missing or invalid `order_id` (400).
+//!
+//! Owns: dispatch (here), [`body`] reading and parsing, request [`ids`] and `traceparent`, the
+//! [`health`] and metrics endpoints, and the [`state`] handlers share. May use: `jobs` (an
+//! asynchronous submit, poll and events), `route`, `gather` (a started gather), `config`,
+//! `metrics`, `error`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::Client;
 use axum::body::Body;
-use axum::extract::{FromRef, Request};
+use axum::extract::Request;
 use axum::http::{header, request::Parts, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,99 +27,23 @@ use busgate_shared::header::{REQUEST_ID_LOWER, TRACEPARENT};
 use busgate_shared::validate::OrderIdRule;
 
 use crate::config::snapshot::{Lookup, Route};
-use crate::config::store::{ConfigStore, StoreStatus};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::scatter::{Asker, Pending};
-use crate::jobs::http::{AsyncRequests, Prefer, Submit};
+use crate::jobs::http::{Prefer, Submit};
 use crate::metrics::Name;
-use crate::route::Runner;
 
 pub mod body;
 pub mod health;
 pub mod ids;
+pub mod state;
 
 use body::{body_fields, read_body, BodyFields};
 use ids::{traceparent, RequestId};
+use state::AppState;
 
 /// `Busgate-Request-Id` as a ready header name: inserting a `&str` name that is not a standard
 /// one allocates a copy of it on every response.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID_LOWER);
-
-/// Everything a request needs, behind one `Arc`: axum clones the state for every request, and
-/// one reference count is cheaper than the dozen a NATS client and its siblings would cost.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    /// Shares `shared` with every handler.
-    pub fn new(shared: Shared) -> Self {
-        AppState(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// What [`AppState`] shares.
-pub struct Shared {
-    /// Runs routes: the configuration in force, the collector, the metrics.
-    pub runner: Runner,
-    /// The NATS client (JetStream, KV, discovery).
-    pub nats: Client,
-    /// Edge rules from settings.
-    pub edge: Arc<Edge>,
-    /// Asynchronous requests: the store once JetStream is ready, and the callback policy.
-    pub requests: Arc<AsyncRequests>,
-    /// The configuration store, once JetStream is ready.
-    pub store: Arc<std::sync::OnceLock<ConfigStore>>,
-    /// What the configuration watcher reports.
-    pub store_status: Arc<StoreStatus>,
-    /// This instance's id.
-    pub instance: Arc<str>,
-}
-
-impl Shared {
-    /// Whether both NATS connections are up: the client (JetStream, KV) and the request path's.
-    pub fn nats_connected(&self) -> bool {
-        busgate_shared::nats::is_connected(&self.nats) && self.runner.collector().is_connected()
-    }
-}
-
-impl FromRef<AppState> for Arc<AsyncRequests> {
-    fn from_ref(state: &AppState) -> Self {
-        state.requests.clone()
-    }
-}
-
-/// Rules of the edge that come from settings, not from dynamic configuration.
-#[derive(Debug)]
-pub struct Edge {
-    /// Largest request body.
-    pub body_limit: usize,
-    /// What an `order_id` must match.
-    pub order_id: OrderIdRule,
-    /// The metrics label of requests that matched no route.
-    pub unmatched: Name,
-    /// The share of the traces started here that are marked sampled.
-    pub trace_sample_ratio: f64,
-}
-
-impl Edge {
-    /// Edge rules with the given limit and `order_id` rule.
-    pub fn new(body_limit: usize, order_id: OrderIdRule) -> Self {
-        Edge {
-            body_limit,
-            order_id,
-            unmatched: Name(Arc::from("-")),
-            trace_sample_ratio: 0.0,
-        }
-    }
-}
 
 /// The public edge as a service: the built-in paths go to [`router`]; every other request goes
 /// straight to the configured routes. (The router's fallback leads there too, but axum first gives
@@ -387,9 +315,12 @@ mod tests {
     use super::*;
     use crate::config::allowlist::Allowlist;
     use crate::config::snapshot::Snapshot;
+    use crate::edge::state::{Edge, Shared};
     use crate::gather::collector::Collector;
     use crate::jobs::guard::Guard;
+    use crate::jobs::http::AsyncRequests;
     use crate::metrics::Metrics;
+    use crate::route::Runner;
     use arc_swap::ArcSwap;
 
     /// A state whose NATS client is not connected (nothing listens on port 1), with one route,

@@ -321,10 +321,9 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
         ];
         let collector = gather.collector();
         collector.reply_subject(gather.id(), &target.service.0, &mut reply);
-        let published =
-            collector
-                .wire()
-                .publish(target.subject.as_str(), Some(&reply), &headers, &payload);
+        let published = collector
+            .wire()
+            .publish(&target.subject, Some(&reply), &headers, &payload);
         if let Err(e) = published {
             warn!(service = %target.service.0, error = %e, "cannot publish a service request");
             book.settle(

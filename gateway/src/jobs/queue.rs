@@ -30,21 +30,12 @@ use crate::config::settings::JobsSettings;
 use crate::error::{ErrorKind, GatewayError, Store};
 use crate::route::{Call, Runner};
 
+/// The store this module owns, as errors name it.
+const STORE: Store = Store::Requests;
+
 /// A JetStream or KV failure of this store.
 fn js(e: impl Into<async_nats::Error>) -> GatewayError {
-    Store::Requests.failed(e)
-}
-
-/// A document of this store that cannot be read or written as JSON.
-fn corrupt(key: &str) -> impl FnOnce(serde_json::Error) -> GatewayError + '_ {
-    move |source| {
-        ErrorKind::Corrupt {
-            store: Store::Requests,
-            key: key.to_owned(),
-            source,
-        }
-        .into()
-    }
+    STORE.failed(e)
 }
 
 /// An accepted asynchronous request, as published to the work queue.
@@ -258,9 +249,10 @@ impl Jobs {
     /// Stores the pending document and publishes the job; returns once JetStream acked both.
     pub async fn submit(&self, job: &Job) -> Result<(), GatewayError> {
         let request_id = &job.call.request_id;
-        let doc = serde_json::to_vec(&StatusDoc::pending(job)).map_err(corrupt(request_id))?;
+        let doc =
+            serde_json::to_vec(&StatusDoc::pending(job)).map_err(STORE.corrupt(request_id))?;
         self.results.put(request_id, doc.into()).await.map_err(js)?;
-        let payload = serde_json::to_vec(job).map_err(corrupt(request_id))?;
+        let payload = serde_json::to_vec(job).map_err(STORE.corrupt(request_id))?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(request_id);
@@ -281,7 +273,7 @@ impl Jobs {
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        let doc = serde_json::from_slice(&entry.value).map_err(corrupt(request_id))?;
+        let doc = serde_json::from_slice(&entry.value).map_err(STORE.corrupt(request_id))?;
         Ok(Some((entry.revision, doc)))
     }
 
@@ -296,7 +288,7 @@ impl Jobs {
                 return Err(ErrorKind::StatusMissing(request_id.to_owned()).into());
             };
             change(&mut doc);
-            let bytes = serde_json::to_vec(&doc).map_err(corrupt(request_id))?;
+            let bytes = serde_json::to_vec(&doc).map_err(STORE.corrupt(request_id))?;
             match self
                 .results
                 .update(request_id, bytes.into(), revision)
@@ -345,7 +337,7 @@ impl Jobs {
             request_id: request_id.to_owned(),
             fingerprint: fingerprint.to_owned(),
         })
-        .map_err(corrupt(&hashed))?;
+        .map_err(STORE.corrupt(&hashed))?;
         match self.keys.create(&hashed, record.into()).await {
             Ok(_) => Ok(Claim::New),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -354,7 +346,7 @@ impl Jobs {
                     return Err(js("idempotency key vanished"));
                 };
                 let existing: KeyRecord =
-                    serde_json::from_slice(&existing).map_err(corrupt(&hashed))?;
+                    serde_json::from_slice(&existing).map_err(STORE.corrupt(&hashed))?;
                 if existing.fingerprint == fingerprint {
                     Ok(Claim::Repeat(existing.request_id))
                 } else {
