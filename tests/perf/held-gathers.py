@@ -30,21 +30,19 @@ bins = args[0] if args else os.path.join(ROOT, "target", "release")
 n = int(args[1]) if len(args) > 1 else 10000
 heaptrack = "--heaptrack" in sys.argv
 
-CONFIG = """[log]
-level = "warn"
-[services.n1]
-timeout = "30s"
-[services.n2]
-timeout = "2s"
-[routes.hold]
-deadline = "30s"
-bindings = [{ method = "GET", path = "/bench/hold/{order_id}" }]
-targets = [{ service = "n1", timeout = "30s" }]
-[routes.merge]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/merge/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2", required = false }]
-"""
+
+def bench_binary():
+    """busgate-bench, which prints the gateway's settings (the fixture the tests and the benchmark
+    use, tests/src/fixture.rs): the one in BIN_DIR, else this checkout's release or debug build."""
+    for folder in (bins, os.path.join(ROOT, "target", "release"), os.path.join(ROOT, "target", "debug")):
+        path = os.path.join(folder, "busgate-bench")
+        if os.access(path, os.X_OK):
+            return path
+    sys.exit("busgate-bench is missing: cargo build --release -p busgate-tests --bin busgate-bench")
+
+
+CONFIG = subprocess.run([bench_binary(), "--print-settings", "held"], check=True, capture_output=True,
+                        text=True).stdout
 
 
 def free_port():

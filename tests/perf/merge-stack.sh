@@ -10,22 +10,25 @@
 #   cpu_per_request URL NAME:PID…        10 s of wrk -t2 -c64 on URL with 5 s of perf stat on
 #                                        each PID; prints req/s, then per NAME the CPU time,
 #                                        system calls and context switches per request
+# The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests
+# and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
+# checkout's release or debug build.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+bench_bin() {
+  local root b
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  for b in "$1/busgate-bench" "$root/target/release/busgate-bench" "$root/target/debug/busgate-bench"; do
+    [ -x "$b" ] && { echo "$b"; return 0; }
+  done
+  echo "busgate-bench is missing: cargo build --release -p busgate-tests --bin busgate-bench" >&2
+  return 1
+}
+
 start_merge_stack() {
-  local bins=$1 dir=$2 np hp ap
-  cat > "$dir/gw.toml" <<'T'
-[log]
-level = "warn"
-[services.n1]
-timeout = "2s"
-[services.n2]
-timeout = "2s"
-[routes.merge]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/merge/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2", required = false }]
-T
+  local bins=$1 dir=$2 np hp ap bench
+  bench=$(bench_bin "$bins") || exit 2
+  "$bench" --print-settings merge > "$dir/gw.toml" || exit 2
   np=$(port); hp=$(port); ap=$(port)
   nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
   W2=

@@ -7,6 +7,8 @@
 //!
 //! - [`support`]: the harness (processes, log waits, the default stack), shared by the tests
 //!   and the benchmark.
+//! - [`fixture`]: the gateway settings (services, routes, jobs, callbacks) the tests, the
+//!   benchmark and the perf scripts (through `busgate-bench --print-settings`) start with.
 //! - `tests/e2e.rs`: the synchronous scatter-gather, failure modes, bad input, load, workers.
 //! - `tests/async_requests.rs`: asynchronous requests, callbacks, idempotency, kill -9.
 //! - `tests/config.rs`: dynamic configuration and the admin API on two instances.
@@ -16,4 +18,5 @@
 //! Run the tests with `tests/run.sh` (installs what they need, builds the binaries, runs
 //! everything).
 
+pub mod fixture;
 pub mod support;

@@ -12,6 +12,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use crate::fixture::Settings;
+
 /// How long any process may take to become ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(20);
 
@@ -243,10 +245,10 @@ impl NatsServer {
     }
 }
 
-/// A `busgate gateway` child on a free port.
 /// The admin token every test gateway uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// A `busgate gateway` child on a free port.
 pub struct Gateway {
     pub base: String,
     /// Base URL of the admin listener.
@@ -256,15 +258,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts a gateway on `nats` with `config` (TOML; services/routes as in busgate.toml).
-    pub async fn start(nats: &NatsServer, config: &str) -> Gateway {
+    /// Starts a gateway on `nats` with `settings` as its settings file.
+    pub async fn start(nats: &NatsServer, settings: &Settings) -> Gateway {
         busgate_shared::runtime::install_crypto_provider();
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
             .tempfile()
             .expect("config file");
-        file.write_all(config.as_bytes()).expect("write config");
+        file.write_all(settings.to_toml().as_bytes())
+            .expect("write config");
         let mut cmd = Command::new(bin("busgate"));
         cmd.arg("gateway")
             .arg("--config")
@@ -399,15 +402,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// The default stack; `config` is the gateway's settings file (empty: built-in routes).
-    pub async fn start(config: &str) -> Stack {
+    /// The default stack; the gateway starts with `settings` (nothing set: built-in routes).
+    pub async fn start(settings: &Settings) -> Stack {
         let nats = NatsServer::start();
         let demos = vec![Worker::demo("service1"), Worker::demo("service2")];
         let adapters = vec![
             Worker::adapter(&nats, "service1", &demos[0].1),
             Worker::adapter(&nats, "service2", &demos[1].1),
         ];
-        let gateway = Gateway::start(&nats, config).await;
+        let gateway = Gateway::start(&nats, settings).await;
         Stack {
             gateway,
             adapters,

@@ -1,5 +1,6 @@
 //! End-to-end: asynchronous requests on a real nats-server with JetStream.
 
+use busgate_tests::fixture::{Callbacks, Settings};
 use busgate_tests::support;
 
 use std::collections::HashSet;
@@ -13,18 +14,24 @@ use sha2::{Digest, Sha256};
 
 use support::{eventually, Gateway, NatsServer, Stack};
 
-/// Fast redelivery and a short callback schedule for tests; loopback receivers allowed.
-const ASYNC: &str = r#"
-[jobs]
-ack_wait = "2s"
-[callbacks]
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-retry = ["100ms", "100ms", "100ms"]
-timeout = "2s"
-allow = ["127.0.0.0/8"]
-"#;
-
+/// The callback signing key: the secret is `whsec_` and this.
 const SECRET_KEY_B64: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn secret() -> String {
+    format!("whsec_{SECRET_KEY_B64}")
+}
+
+/// Fast redelivery and a short callback schedule for tests; loopback receivers allowed.
+fn async_settings() -> Settings {
+    Settings::default()
+        .jobs_ack_wait(Duration::from_secs(2))
+        .callbacks(
+            Callbacks::signed(&secret())
+                .retry(&[Duration::from_millis(100); 3])
+                .timeout(Duration::from_secs(2))
+                .allow("127.0.0.0/8"),
+        )
+}
 
 fn http() -> reqwest::Client {
     reqwest::Client::new()
@@ -91,7 +98,7 @@ fn comparable(mut answer: Value) -> Value {
 
 #[tokio::test]
 async fn a_submitted_request_completes_with_the_synchronous_answer() {
-    let stack = Stack::start(ASYNC).await;
+    let stack = Stack::start(&async_settings()).await;
     let (headers, accepted) = submit(&stack.gateway, "/api/orders/A1").await;
     let id = accepted["request_id"].as_str().expect("id").to_owned();
     assert_eq!(accepted["status"], "pending");
@@ -191,8 +198,8 @@ async fn read_events(url: &str) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn two_instances_serve_polls_and_events_of_each_others_requests() {
-    let stack = Stack::start(ASYNC).await;
-    let other = Gateway::start(&stack.nats, ASYNC).await;
+    let stack = Stack::start(&async_settings()).await;
+    let other = Gateway::start(&stack.nats, &async_settings()).await;
     // slow2-: takes the optional timeout (800 ms), so the stream sees pending first.
     let (_, accepted) = submit(&stack.gateway, "/api/orders/slow2-sse").await;
     let id = accepted["request_id"].as_str().expect("id").to_owned();
@@ -208,8 +215,8 @@ async fn two_instances_serve_polls_and_events_of_each_others_requests() {
 
 #[tokio::test]
 async fn a_killed_gateway_loses_no_accepted_request() {
-    let stack = Stack::start(ASYNC).await;
-    let mut doomed = Gateway::start(&stack.nats, ASYNC).await;
+    let stack = Stack::start(&async_settings()).await;
+    let mut doomed = Gateway::start(&stack.nats, &async_settings()).await;
     let total = 500;
     // slow2- orders keep every gather in flight for 800 ms, so the kill lands mid-gather.
     let ids: Vec<String> = futures::stream::iter(0..total)
@@ -267,7 +274,7 @@ async fn completed_results_survive_a_nats_restart() {
         support::Worker::adapter(&nats, "service1", &base1),
         support::Worker::adapter(&nats, "service2", &base2),
     ];
-    let gateway = Gateway::start(&nats, ASYNC).await;
+    let gateway = Gateway::start(&nats, &async_settings()).await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let (_, accepted) = submit(&gateway, &format!("/api/orders/restart-{i}")).await;
@@ -387,7 +394,7 @@ async fn submit_with_callback(
 
 #[tokio::test]
 async fn callbacks_are_signed_retried_with_one_id_and_stop_on_410() {
-    let stack = Stack::start(ASYNC).await;
+    let stack = Stack::start(&async_settings()).await;
     let (hook, url, _task) = receiver(vec![500, 500]).await;
     let response = submit_with_callback(&stack.gateway, "C1", &url).await;
     assert_eq!(response.status(), 202);
@@ -468,11 +475,8 @@ async fn callbacks_are_signed_retried_with_one_id_and_stop_on_410() {
 
 #[tokio::test]
 async fn callbacks_to_special_addresses_are_refused_and_never_called() {
-    let no_allow = r#"
-[callbacks]
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-"#;
-    let stack = Stack::start(no_allow).await;
+    let no_allow = Settings::default().callbacks(Callbacks::signed(&secret()));
+    let stack = Stack::start(&no_allow).await;
     // A listener that must never see a connection.
     let trap = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -510,7 +514,7 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 #[tokio::test]
 async fn an_idempotency_key_maps_to_one_request() {
-    let stack = Stack::start(ASYNC).await;
+    let stack = Stack::start(&async_settings()).await;
     let send = |order: &'static str, key: &'static str| {
         let url = stack.gateway.url("/api/order");
         async move {

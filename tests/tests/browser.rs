@@ -2,6 +2,7 @@
 //! (`tests/browser/ui.mjs`), against a real stack. Screenshots land in
 //! `tests/browser/screenshots/`.
 
+use busgate_tests::fixture::Settings;
 use busgate_tests::support;
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ async fn the_admin_ui_creates_tries_and_rolls_back_a_route() {
         browser_dir.join("node_modules/playwright-core").is_dir(),
         "playwright-core is missing: tests/run.sh runs npm ci in tests/browser"
     );
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     // The service the UI creates is answered by a native worker that is already running.
     let _billing = Worker::native(&stack.nats, "billing");
     let screenshots = browser_dir.join("screenshots");

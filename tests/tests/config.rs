@@ -1,5 +1,6 @@
 //! End-to-end: dynamic configuration through the admin API, on two gateway instances.
 
+use busgate_tests::fixture::{Route, Settings};
 use busgate_tests::support;
 
 use std::time::{Duration, Instant};
@@ -8,17 +9,17 @@ use serde_json::{json, Value};
 
 use support::{Gateway, Stack, ADMIN_TOKEN};
 
-/// The `order` route starts with service1 only.
-const ONE_SOURCE: &str = r#"
-[services.service1]
-timeout = "800ms"
-[services.service2]
-timeout = "800ms"
-[routes.order]
-deadline = "1s"
-bindings = [{ method = "POST", path = "/api/order" }, { method = "GET", path = "/api/orders/{order_id}" }]
-targets = [{ service = "service1" }]
-"#;
+/// The built-in configuration, but the `order` route starts with service1 only.
+fn one_source() -> Settings {
+    Settings::builtin().route("order", Route::order().target("service1"))
+}
+
+/// The default stack and a second gateway instance on its NATS, both with [`one_source`].
+async fn two_instances() -> (Stack, Gateway) {
+    let stack = Stack::start(&one_source()).await;
+    let other = Gateway::start(&stack.nats, &one_source()).await;
+    (stack, other)
+}
 
 fn admin() -> reqwest::Client {
     reqwest::Client::new()
@@ -101,18 +102,17 @@ async fn put_order(gateway: &Gateway, if_match: Option<&str>, body: &Value) -> (
     admin_send(gateway, "PUT", "/admin/v1/routes/order", if_match, body).await
 }
 
+/// The `order` route with service1 and, optional, service2, as the admin API takes it.
 fn two_targets() -> Value {
-    json!({
-        "bindings": [{"method": "POST", "path": "/api/order"}, {"method": "GET", "path": "/api/orders/{order_id}"}],
-        "deadline": "1s",
-        "targets": [{"service": "service1"}, {"service": "service2", "required": false}]
-    })
+    Route::order()
+        .target("service1")
+        .optional("service2")
+        .to_json()
 }
 
 #[tokio::test]
 async fn a_change_through_one_instance_is_in_force_on_the_other_within_a_second() {
-    let stack = Stack::start(ONE_SOURCE).await;
-    let other = Gateway::start(&stack.nats, ONE_SOURCE).await;
+    let (stack, other) = two_instances().await;
     assert_eq!(sources_of(&other, "cfg-1").await, ["service1"]);
 
     let (status, etag, route) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
@@ -133,7 +133,7 @@ async fn a_change_through_one_instance_is_in_force_on_the_other_within_a_second(
 /// runs the change, so a list, a read or a request right after it sees the change.
 #[tokio::test]
 async fn a_write_is_in_force_on_its_own_instance_when_it_answers() {
-    let stack = Stack::start(ONE_SOURCE).await;
+    let stack = Stack::start(&one_source()).await;
     let gateway = &stack.gateway;
     let listed = |body: &Value| -> Vec<String> {
         body["items"]
@@ -170,11 +170,7 @@ async fn a_write_is_in_force_on_its_own_instance_when_it_answers() {
     let (_, _, list) = admin_get(gateway, "/admin/v1/services").await;
     assert!(!listed(&list).contains(&"extra0".to_owned()), "{list}");
 
-    let one_target = {
-        let mut route = two_targets();
-        route["targets"] = json!([{"service": "service1"}]);
-        route
-    };
+    let one_target = Route::order().target("service1").to_json();
     for (route, expected) in [
         (&two_targets(), &["service1", "service2"][..]),
         (&one_target, &["service1"][..]),
@@ -196,8 +192,7 @@ async fn a_write_is_in_force_on_its_own_instance_when_it_answers() {
 
 #[tokio::test]
 async fn invalid_changes_are_refused_and_the_old_route_keeps_serving() {
-    let stack = Stack::start(ONE_SOURCE).await;
-    let other = Gateway::start(&stack.nats, ONE_SOURCE).await;
+    let (stack, other) = two_instances().await;
     let (_, etag, _) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let mut ghost = two_targets();
     ghost["targets"][1]["service"] = json!("ghost");
@@ -253,7 +248,7 @@ async fn invalid_changes_are_refused_and_the_old_route_keeps_serving() {
 
 #[tokio::test]
 async fn lost_updates_are_refused() {
-    let stack = Stack::start(ONE_SOURCE).await;
+    let stack = Stack::start(&one_source()).await;
     let (_, etag, _) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let (status, problem) = put_order(&stack.gateway, None, &two_targets()).await;
     assert_eq!(status, 428, "{problem}");
@@ -293,8 +288,7 @@ async fn lost_updates_are_refused() {
 
 #[tokio::test]
 async fn rollback_restores_the_earlier_answer() {
-    let stack = Stack::start(ONE_SOURCE).await;
-    let other = Gateway::start(&stack.nats, ONE_SOURCE).await;
+    let (stack, other) = two_instances().await;
     let (_, etag, first) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let first_revision = first["revision"].as_u64().expect("revision");
     let (_, changed) = put_order(&stack.gateway, Some(&etag), &two_targets()).await;
@@ -324,7 +318,7 @@ async fn rollback_restores_the_earlier_answer() {
 
 #[tokio::test]
 async fn a_percentage_rollout_reaches_its_share_and_decides_the_same_way_every_time() {
-    let stack = Stack::start(ONE_SOURCE).await;
+    let stack = Stack::start(&one_source()).await;
     let (_, etag, _) = admin_get(&stack.gateway, "/admin/v1/routes/order").await;
     let mut rollout = two_targets();
     rollout["targets"][1]["when"] = json!({"percent": 30});
@@ -364,7 +358,7 @@ async fn a_percentage_rollout_reaches_its_share_and_decides_the_same_way_every_t
 
 #[tokio::test]
 async fn the_openapi_document_matches_the_live_routers() {
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     let (status, _, doc) = admin_get(&stack.gateway, "/admin/v1/openapi.json").await;
     assert_eq!(status, 200);
     let paths = doc["paths"].as_object().expect("paths");
@@ -417,7 +411,7 @@ async fn the_openapi_document_matches_the_live_routers() {
 
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_lists_live_instances() {
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     let response = admin()
         .get(stack.gateway.admin_url("/admin/v1/routes"))
         .send()
@@ -454,7 +448,7 @@ async fn the_admin_api_needs_its_token_and_lists_live_instances() {
 
 #[tokio::test]
 async fn export_and_import_replace_the_whole_configuration() {
-    let stack = Stack::start(ONE_SOURCE).await;
+    let stack = Stack::start(&one_source()).await;
     let (status, _, exported) = admin_get(&stack.gateway, "/admin/v1/config").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -465,13 +459,12 @@ async fn export_and_import_replace_the_whole_configuration() {
     );
     let mut config = exported.clone();
     config["routes"]["order"] = two_targets();
-    config["routes"]["vip"] = json!({
-        "bindings": [{"method": "GET", "path": "/api/vip/{order_id}"}],
-        "targets": [
-            {"service": "service1"},
-            {"service": "service2", "required": false, "when": {"header": {"name": "X-Tier", "equals": "gold"}}}
-        ]
-    });
+    let mut vip = Route::get("/api/vip/{order_id}")
+        .target("service1")
+        .optional("service2")
+        .to_json();
+    vip["targets"][1]["when"] = json!({"header": {"name": "X-Tier", "equals": "gold"}});
+    config["routes"]["vip"] = vip;
     let (status, body) = admin_send(&stack.gateway, "PUT", "/admin/v1/config", None, &config).await;
     assert_eq!(status, 200, "{body}");
     until_sources(

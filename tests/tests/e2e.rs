@@ -1,5 +1,6 @@
 //! End-to-end: real nats-server, real gateway and worker binaries, HTTP from outside.
 
+use busgate_tests::fixture::{Route, Settings};
 use busgate_tests::support;
 
 use std::time::{Duration, Instant};
@@ -11,32 +12,28 @@ use support::{eventually, Gateway, Stack, Worker};
 
 const PROBLEM_JSON: &str = "application/problem+json";
 
-/// A route with only service1, besides the built-in ones.
-const SINGLE_AND_GHOST: &str = r#"
-[services.service1]
-timeout = "800ms"
-[services.service2]
-timeout = "800ms"
-[services.ghost]
-timeout = "800ms"
-
-[routes.order]
-deadline = "1s"
-bindings = [{ method = "POST", path = "/api/order" }, { method = "GET", path = "/api/orders/{order_id}" }]
-targets = [{ service = "service1", required = true }, { service = "service2", required = false }]
-
-[routes.single]
-bindings = [{ method = "GET", path = "/api/single/{order_id}" }]
-targets = [{ service = "service1" }]
-
-[routes.ghost]
-bindings = [{ method = "GET", path = "/api/ghost/{order_id}" }]
-targets = [{ service = "ghost", required = true }, { service = "service1", required = false }]
-
-[routes.optional-ghost]
-bindings = [{ method = "GET", path = "/api/optional-ghost/{order_id}" }]
-targets = [{ service = "service1" }, { service = "ghost", required = false }]
-"#;
+/// The built-in configuration written out, with a `ghost` service that nothing serves and
+/// routes to service1 alone, to the ghost (required) and to the ghost (optional).
+fn single_and_ghost() -> Settings {
+    Settings::builtin()
+        .service("ghost", Duration::from_millis(800))
+        .route(
+            "single",
+            Route::get("/api/single/{order_id}").target("service1"),
+        )
+        .route(
+            "ghost",
+            Route::get("/api/ghost/{order_id}")
+                .target("ghost")
+                .optional("service1"),
+        )
+        .route(
+            "optional-ghost",
+            Route::get("/api/optional-ghost/{order_id}")
+                .target("service1")
+                .optional("ghost"),
+        )
+}
 
 async fn get(gateway: &Gateway, path: &str) -> (u16, reqwest::header::HeaderMap, Value) {
     let response = reqwest::get(gateway.url(path)).await.expect("request");
@@ -59,7 +56,7 @@ fn assert_merged(body: &Value, order_id: &str) {
 
 #[tokio::test]
 async fn post_and_get_answer_with_both_sources_merged() {
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     let http = reqwest::Client::new();
     let response = http
         .post(stack.gateway.url("/api/order"))
@@ -102,7 +99,7 @@ async fn post_and_get_answer_with_both_sources_merged() {
 
 #[tokio::test]
 async fn a_route_with_one_service_answers_with_that_service_only() {
-    let stack = Stack::start(SINGLE_AND_GHOST).await;
+    let stack = Stack::start(&single_and_ghost()).await;
     let (status, _, body) = get(&stack.gateway, "/api/single/B7").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["complete"], true);
@@ -113,7 +110,7 @@ async fn a_route_with_one_service_answers_with_that_service_only() {
 
 #[tokio::test]
 async fn failure_modes_have_their_status_codes_and_timings() {
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     // When service1 fails fast, service2 may or may not have answered yet: it is `ok` or
     // `cancelled`, a race the answer reports faithfully.
     let raced: &[&str] = &["ok", "cancelled"];
@@ -173,7 +170,7 @@ async fn failure_modes_have_their_status_codes_and_timings() {
 /// it is down, requests fail fast as upstream errors.
 #[tokio::test]
 async fn an_adapter_outlives_its_upstream_restarting() {
-    let mut stack = Stack::start("").await;
+    let mut stack = Stack::start(&Settings::default()).await;
     let gateway = &stack.gateway;
     let burst = |prefix: &'static str| {
         futures::future::join_all((0..16).map(move |i| async move {
@@ -211,7 +208,7 @@ async fn an_adapter_outlives_its_upstream_restarting() {
 
 #[tokio::test]
 async fn no_responders_answers_at_once_not_at_the_deadline() {
-    let stack = Stack::start(SINGLE_AND_GHOST).await;
+    let stack = Stack::start(&single_and_ghost()).await;
     for _ in 0..5 {
         let started = Instant::now();
         let (status, _, body) = get(&stack.gateway, "/api/ghost/A1").await;
@@ -234,7 +231,7 @@ type BadInput<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
 
 #[tokio::test]
 async fn bad_inputs_are_refused_with_problems_and_nothing_is_published() {
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     let watcher = stack.nats.client().await;
     let mut published = watcher.subscribe("busgate.svc.>").await.expect("subscribe");
     watcher.flush().await.expect("flush");
@@ -453,20 +450,22 @@ async fn bad_inputs_are_refused_with_problems_and_nothing_is_published() {
 }
 
 /// Generous timeouts: this test is about correlation under load, not latency.
-const LOAD: &str = r#"
-[services.service1]
-timeout = "9s"
-[services.service2]
-timeout = "9s"
-[routes.order]
-deadline = "10s"
-bindings = [{ method = "POST", path = "/api/order" }, { method = "GET", path = "/api/orders/{order_id}" }]
-targets = [{ service = "service1", required = true }, { service = "service2", required = false }]
-"#;
+fn load() -> Settings {
+    Settings::builtin()
+        .service("service1", Duration::from_secs(9))
+        .service("service2", Duration::from_secs(9))
+        .route(
+            "order",
+            Route::order()
+                .deadline(Duration::from_secs(10))
+                .target("service1")
+                .optional("service2"),
+        )
+}
 
 #[tokio::test]
 async fn a_thousand_concurrent_requests_each_get_their_own_answer() {
-    let stack = Stack::start(LOAD).await;
+    let stack = Stack::start(&load()).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1000)
         .build()
@@ -524,7 +523,7 @@ async fn instance_request_counts(
 
 #[tokio::test]
 async fn two_workers_of_one_service_share_the_load() {
-    let stack = Stack::start("").await;
+    let stack = Stack::start(&Settings::default()).await;
     let _second = Worker::adapter(&stack.nats, "service1", &stack.demos[0].1);
     let http = reqwest::Client::new();
     let total = 200;
@@ -584,7 +583,7 @@ fn spawn_load(
 
 #[tokio::test]
 async fn a_worker_restart_mid_load_leaves_no_request_hanging() {
-    let mut stack = Stack::start("").await;
+    let mut stack = Stack::start(&Settings::default()).await;
     let _spare = Worker::adapter(&stack.nats, "service1", &stack.demos[0].1);
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let total = 600;
@@ -637,19 +636,18 @@ async fn a_worker_restart_mid_load_leaves_no_request_hanging() {
 #[tokio::test]
 async fn a_client_that_hangs_up_ends_its_gather() {
     use tokio::io::AsyncWriteExt;
-    let stack = Stack::start(
-        r#"
-[services.service1]
-timeout = "10s"
-[services.service2]
-timeout = "10s"
-[routes.order]
-deadline = "10s"
-bindings = [{ method = "GET", path = "/api/orders/{order_id}" }]
-targets = [{ service = "service1" }, { service = "service2", required = false }]
-"#,
-    )
-    .await;
+    let ten = Duration::from_secs(10);
+    let settings = Settings::default()
+        .service("service1", ten)
+        .service("service2", ten)
+        .route(
+            "order",
+            Route::get("/api/orders/{order_id}")
+                .deadline(ten)
+                .target("service1")
+                .optional("service2"),
+        );
+    let stack = Stack::start(&settings).await;
     let addr = stack.gateway.base.trim_start_matches("http://").to_owned();
     let mut client = tokio::net::TcpStream::connect(&addr)
         .await
@@ -683,7 +681,7 @@ targets = [{ service = "service1" }, { service = "service2", required = false }]
 
 #[tokio::test]
 async fn shutdown_finishes_in_flight_gathers() {
-    let mut stack = Stack::start("").await;
+    let mut stack = Stack::start(&Settings::default()).await;
     let url = stack.gateway.url("/api/orders/slow2-shutdown");
     let in_flight = tokio::spawn(async move {
         reqwest::get(url)
@@ -712,7 +710,7 @@ async fn native_services_answer_in_place_and_from_their_own_tasks() {
     let nats = support::NatsServer::start();
     let _service1 = Worker::native(&nats, "service1");
     let _service2 = Worker::native(&nats, "service2");
-    let gateway = Gateway::start(&nats, "").await;
+    let gateway = Gateway::start(&nats, &Settings::default()).await;
 
     // Slow orders on service2 (3 s, past its deadline) hold tasks and permits while quick
     // orders are answered in place around them.
@@ -763,7 +761,7 @@ async fn one_adapter_process_serves_two_services() {
     let (_demo1, base1) = Worker::demo("service1");
     let (_demo2, base2) = Worker::demo("service2");
     let _adapters = Worker::adapters(&nats, &[("service1", &base1), ("service2", &base2)]);
-    let gateway = Gateway::start(&nats, "").await;
+    let gateway = Gateway::start(&nats, &Settings::default()).await;
     let answers = futures::stream::iter(0..200)
         .map(|i| {
             let gateway = &gateway;
@@ -790,7 +788,13 @@ async fn one_adapter_process_serves_two_services() {
         );
     }
 
-    let refused = std::process::Command::new(support::bin("busgate-worker"))
+    // Flags that do not pair up: a usage error (exit code 2) before anything connects. The
+    // NATS URL is a listener that must never see a connection. (The same flags paired up are
+    // taken: the adapter process above.)
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    trap.set_nonblocking(true).expect("nonblocking");
+    let trap_url = format!("nats://{}", trap.local_addr().expect("addr"));
+    let mut refused = std::process::Command::new(support::bin("busgate-worker"))
         .args([
             "adapter",
             "--service",
@@ -800,13 +804,26 @@ async fn one_adapter_process_serves_two_services() {
             "--upstream",
             "http://x/{order_id}",
         ])
-        .env("BUSGATE_NATS__URL", &nats.url)
-        .output()
+        .env("BUSGATE_NATS__URL", &trap_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .expect("run");
-    assert_eq!(refused.status.code(), Some(2));
+    let until = Instant::now() + support::READY_WITHIN;
+    let code = loop {
+        if let Some(status) = refused.try_wait().expect("wait") {
+            break status.code();
+        }
+        if Instant::now() >= until {
+            let _ = refused.kill();
+            let _ = refused.wait();
+            panic!("an adapter with 2 --service and 1 --upstream was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(2), "a usage error");
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("2 --service but 1 --upstream"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "refused before connecting"
     );
 }

@@ -65,7 +65,7 @@ async fn ask(client: &async_nats::Client, order_id: &str) -> Option<Value> {
 #[tokio::test]
 async fn a_panicking_handler_loses_its_request_not_the_service() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let client = nats.client().await;
     let handler = |req: ServiceRequest, _ctx| async move {
         if req.order_id.starts_with("later") {
             // Not ready at the first poll: the rest runs on a task of its own.
@@ -101,7 +101,7 @@ async fn a_panicking_handler_loses_its_request_not_the_service() {
 #[tokio::test]
 async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let client = nats.client().await;
     let handler = |req: ServiceRequest, _ctx| async move {
         if req.order_id.starts_with("fail") {
             Reply::error("internal", "no luck")
@@ -177,7 +177,7 @@ async fn the_service_api_counts_replies_and_errors_and_stops_with_the_service() 
 #[tokio::test]
 async fn a_stopped_service_answers_what_it_had_received() {
     let nats = NatsServer::start();
-    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let client = nats.client().await;
     let wire = nats.wire();
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<String>();
     let gate = std::sync::Arc::new(tokio::sync::Notify::new());

@@ -10,6 +10,10 @@
 //!
 //! `busgate-bench --smoke`: one short round per scenario, no fixed-rate phase, no ratios to
 //! judge: CI runs it so that the benchmark keeps working.
+//!
+//! `busgate-bench --print-settings bench|merge|held` prints a gateway settings file and exits:
+//! the benchmark's own, and those of `tests/perf/merge-stack.sh` and `tests/perf/held-gathers.py`,
+//! which read theirs from here (all built with [`busgate_tests::fixture`]).
 
 use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use busgate_tests::fixture::{Route, Settings};
 use busgate_tests::support::{bin, Gateway, NatsServer, Proc, Worker};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -54,8 +59,9 @@ fn options() -> Options {
             "--out" => o.out = PathBuf::from(value()),
             "--anchors" => o.anchors = PathBuf::from(value()),
             "--smoke" => o.smoke = true,
+            "--print-settings" => print_settings(&value()),
             "-h" | "--help" => {
-                println!("busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--anchors anchors.sh] [--smoke]");
+                println!("busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--anchors anchors.sh] [--smoke]\nbusgate-bench --print-settings bench|merge|held   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/held-gathers.py)");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -317,68 +323,86 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-const CONFIG: &str = r#"
-[log]
-level = "warn"
-[jobs]
-concurrency = 512
-[services.n1]
-timeout = "2s"
-[services.n2]
-timeout = "2s"
-[services.n3]
-timeout = "2s"
-[services.n4]
-timeout = "2s"
-[services.n5]
-timeout = "2s"
-[services.n6]
-timeout = "2s"
-[services.n7]
-timeout = "2s"
-[services.n8]
-timeout = "2s"
-[services.a1]
-timeout = "2s"
-[services.a2]
-timeout = "2s"
-[routes.one]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/one/{order_id}" }]
-targets = [{ service = "n1" }]
-[routes.merge]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/merge/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2", required = false }]
-[routes.one-adapter]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/one-adapter/{order_id}" }]
-targets = [{ service = "a1" }]
-[routes.merge-adapter]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/merge-adapter/{order_id}" }]
-targets = [{ service = "a1" }, { service = "a2", required = false }]
-[routes.fan1]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/fan1/{order_id}" }]
-targets = [{ service = "n1" }]
-[routes.fan2]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/fan2/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2" }]
-[routes.fan4]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/fan4/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2" }, { service = "n3" }, { service = "n4" }]
-[routes.fan8]
-deadline = "2s"
-bindings = [{ method = "GET", path = "/bench/fan8/{order_id}" }]
-targets = [{ service = "n1" }, { service = "n2" }, { service = "n3" }, { service = "n4" }, { service = "n5" }, { service = "n6" }, { service = "n7" }, { service = "n8" }]
-[routes.hold]
-deadline = "30s"
-bindings = [{ method = "GET", path = "/bench/hold/{order_id}" }]
-targets = [{ service = "n1", timeout = "30s" }]
-"#;
+/// A benchmark route: `GET /bench/<name>/{order_id}`, deadline 2 s.
+fn bench_route(name: &str) -> Route {
+    Route::get(&format!("/bench/{name}/{{order_id}}")).deadline(Duration::from_secs(2))
+}
+
+/// Two native sources merged, the second optional: scenario 3 and the perf scripts.
+fn merge_route() -> Route {
+    bench_route("merge").target("n1").optional("n2")
+}
+
+/// One native source held for up to 30 s (`slow-` orders take 3 s): the memory scenario.
+fn hold_route() -> Route {
+    let thirty = Duration::from_secs(30);
+    Route::get("/bench/hold/{order_id}")
+        .deadline(thirty)
+        .target_with_timeout("n1", thirty)
+}
+
+/// The benchmark's gateway: native services n1…n8, adapters a1 and a2, a route per scenario
+/// and per fan-out width, and the held route.
+fn bench_settings() -> Settings {
+    let two = Duration::from_secs(2);
+    let natives: Vec<String> = (1..=8).map(|i| format!("n{i}")).collect();
+    let mut settings = Settings::default().log_level("warn").jobs_concurrency(512);
+    for service in natives.iter().map(String::as_str).chain(["a1", "a2"]) {
+        settings = settings.service(service, two);
+    }
+    settings = settings
+        .route("one", bench_route("one").target("n1"))
+        .route("merge", merge_route())
+        .route("one-adapter", bench_route("one-adapter").target("a1"))
+        .route(
+            "merge-adapter",
+            bench_route("merge-adapter").target("a1").optional("a2"),
+        )
+        .route("hold", hold_route());
+    for width in [1, 2, 4, 8] {
+        let name = format!("fan{width}");
+        let route = natives[..width]
+            .iter()
+            .fold(bench_route(&name), |route, service| route.target(service));
+        settings = settings.route(&name, route);
+    }
+    settings
+}
+
+/// The gateway of `tests/perf/merge-stack.sh`: route `merge` alone.
+fn merge_stack_settings() -> Settings {
+    let two = Duration::from_secs(2);
+    Settings::default()
+        .log_level("warn")
+        .service("n1", two)
+        .service("n2", two)
+        .route("merge", merge_route())
+}
+
+/// The gateway of `tests/perf/held-gathers.py`: the held route and the merge for `--preload`.
+fn held_gathers_settings() -> Settings {
+    Settings::default()
+        .log_level("warn")
+        .service("n1", Duration::from_secs(30))
+        .service("n2", Duration::from_secs(2))
+        .route("hold", hold_route())
+        .route("merge", merge_route())
+}
+
+/// `--print-settings NAME`: the settings file of the benchmark's gateway or a perf script's.
+fn print_settings(name: &str) -> ! {
+    let settings = match name {
+        "bench" => bench_settings(),
+        "merge" => merge_stack_settings(),
+        "held" => held_gathers_settings(),
+        other => {
+            eprintln!("--print-settings: no settings named {other:?} (bench, merge, held)");
+            std::process::exit(2);
+        }
+    };
+    print!("{}", settings.to_toml());
+    std::process::exit(0);
+}
 
 /// The RSS of `pid` once it stops moving between two looks 50 ms apart (bounded: 2 s).
 async fn settled_rss_kib(pid: u32) -> u64 {
@@ -610,7 +634,7 @@ async fn main() {
     }
     let _a1 = Worker::adapter(&nats, "a1", &format!("http://127.0.0.1:{}", anchors.up1));
     let _a2 = Worker::adapter(&nats, "a2", &format!("http://127.0.0.1:{}", anchors.up2));
-    let gateway = Gateway::start(&nats, CONFIG).await;
+    let gateway = Gateway::start(&nats, &bench_settings()).await;
     let gw_pid = gateway.proc.pid().as_raw() as u32;
     let g = |p: &str| gateway.url(p);
     let proxy = format!("http://127.0.0.1:{}/order/12345", anchors.proxy);

@@ -1,0 +1,420 @@
+//! The one builder for the gateway settings that the tests, the benchmark and the perf scripts
+//! start gateways with (the settings file, `busgate.toml`: see the gateway's settings module).
+//!
+//! Services and routes are the schema's own types ([`busgate_shared::config`]), so a fixture
+//! cannot drift from what the gateway reads; the rest (`[log]`, `[jobs]`, `[callbacks]`) is
+//! what the tests set. [`Settings::to_toml`] writes it out; [`Route::to_json`] is the same route
+//! as the admin API's document. The NATS URL, the listeners, the admin token and the log format
+//! of a test gateway come from its environment ([`crate::support::Gateway::start`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use busgate_tests::fixture::{Route, Settings};
+//!
+//! let toml = Settings::builtin()
+//!     .service("ghost", Duration::from_millis(800))
+//!     .route("ghost", Route::get("/api/ghost/{order_id}").target("ghost").optional("service1"))
+//!     .to_toml();
+//! assert!(toml.contains("[routes.ghost]"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use busgate_shared::config::{ConfigSpec, MergeSpec, RouteSpec, ServiceSpec, TargetSpec};
+use serde_json::{json, Map, Value};
+
+/// Gateway settings. Nothing set is an empty file: the gateway's defaults, with its built-in
+/// services and routes.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    log_level: Option<String>,
+    jobs: Jobs,
+    callbacks: Option<Callbacks>,
+    services: BTreeMap<String, ServiceSpec>,
+    routes: BTreeMap<String, RouteSpec>,
+}
+
+/// `[jobs]`: what is not set keeps the gateway's default.
+#[derive(Debug, Clone, Default)]
+struct Jobs {
+    ack_wait: Option<Duration>,
+    concurrency: Option<usize>,
+}
+
+/// `[callbacks]`: what is not set keeps the gateway's default.
+#[derive(Debug, Clone, Default)]
+pub struct Callbacks {
+    secret: String,
+    retry: Vec<Duration>,
+    timeout: Option<Duration>,
+    allow: Vec<String>,
+}
+
+impl Callbacks {
+    /// Callbacks signed with `secret` (`whsec_<base64>`).
+    pub fn signed(secret: &str) -> Callbacks {
+        Callbacks {
+            secret: secret.to_owned(),
+            ..Callbacks::default()
+        }
+    }
+
+    /// The delays before each retry.
+    pub fn retry(mut self, delays: &[Duration]) -> Callbacks {
+        self.retry = delays.to_vec();
+        self
+    }
+
+    /// The timeout of one delivery attempt.
+    pub fn timeout(mut self, timeout: Duration) -> Callbacks {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// A special address (`127.0.0.0/8`, a host, …) that callbacks may reach anyway.
+    pub fn allow(mut self, address: &str) -> Callbacks {
+        self.allow.push(address.to_owned());
+        self
+    }
+}
+
+impl Settings {
+    /// The gateway's built-in configuration written out: `service1` and `service2` (800 ms)
+    /// and the `order` route (`POST /api/order`, `GET /api/orders/{order_id}`, deadline 1 s,
+    /// service1 required, service2 optional). Change parts with [`Self::service`] and
+    /// [`Self::route`].
+    pub fn builtin() -> Settings {
+        let ConfigSpec { services, routes } = ConfigSpec::builtin();
+        Settings {
+            services,
+            routes,
+            ..Settings::default()
+        }
+    }
+
+    /// `[log] level`.
+    pub fn log_level(mut self, level: &str) -> Settings {
+        self.log_level = Some(level.to_owned());
+        self
+    }
+
+    /// `[jobs] ack_wait`: how long an instance may hold a request before another gets it.
+    pub fn jobs_ack_wait(mut self, ack_wait: Duration) -> Settings {
+        self.jobs.ack_wait = Some(ack_wait);
+        self
+    }
+
+    /// `[jobs] concurrency`: asynchronous gathers one instance runs at once.
+    pub fn jobs_concurrency(mut self, concurrency: usize) -> Settings {
+        self.jobs.concurrency = Some(concurrency);
+        self
+    }
+
+    /// `[callbacks]`.
+    pub fn callbacks(mut self, callbacks: Callbacks) -> Settings {
+        self.callbacks = Some(callbacks);
+        self
+    }
+
+    /// `[services.<name>]` with `timeout` (added, or replacing one of that name).
+    pub fn service(mut self, name: &str, timeout: Duration) -> Settings {
+        let spec = ServiceSpec {
+            timeout,
+            ..ServiceSpec::default()
+        };
+        self.services.insert(name.to_owned(), spec);
+        self
+    }
+
+    /// `[routes.<name>]` (added, or replacing one of that name).
+    pub fn route(mut self, name: &str, route: Route) -> Settings {
+        self.routes.insert(name.to_owned(), route.spec);
+        self
+    }
+
+    /// The settings file.
+    pub fn to_toml(&self) -> String {
+        let mut doc = Map::new();
+        if let Some(level) = &self.log_level {
+            doc.insert("log".into(), json!({ "level": level }));
+        }
+        let mut jobs = Map::new();
+        if let Some(ack_wait) = self.jobs.ack_wait {
+            jobs.insert("ack_wait".into(), duration(ack_wait));
+        }
+        if let Some(concurrency) = self.jobs.concurrency {
+            jobs.insert("concurrency".into(), concurrency.into());
+        }
+        if !jobs.is_empty() {
+            doc.insert("jobs".into(), jobs.into());
+        }
+        if let Some(c) = &self.callbacks {
+            let mut callbacks = Map::new();
+            if !c.secret.is_empty() {
+                callbacks.insert("secret".into(), c.secret.clone().into());
+            }
+            if !c.retry.is_empty() {
+                let retry = c.retry.iter().copied().map(duration).collect();
+                callbacks.insert("retry".into(), Value::Array(retry));
+            }
+            if let Some(timeout) = c.timeout {
+                callbacks.insert("timeout".into(), duration(timeout));
+            }
+            if !c.allow.is_empty() {
+                callbacks.insert("allow".into(), c.allow.clone().into());
+            }
+            doc.insert("callbacks".into(), callbacks.into());
+        }
+        if !self.services.is_empty() {
+            doc.insert("services".into(), to_json(&self.services));
+        }
+        if !self.routes.is_empty() {
+            doc.insert("routes".into(), to_json(&self.routes));
+        }
+        toml::document(&doc)
+    }
+}
+
+/// A route: its bindings, deadline, targets and merge, as [`RouteSpec`] has them.
+#[derive(Debug, Clone)]
+pub struct Route {
+    spec: RouteSpec,
+}
+
+impl Route {
+    /// Bound to `GET path`; no targets yet; the schema's defaults for the rest (deadline 1 s,
+    /// namespace merge).
+    pub fn get(path: &str) -> Route {
+        Route::bound(json!([{ "method": "GET", "path": path }]))
+    }
+
+    /// The built-in `order` route's bindings (`POST /api/order`, `GET /api/orders/{order_id}`)
+    /// and deadline; no targets yet.
+    pub fn order() -> Route {
+        let mut spec = ConfigSpec::builtin()
+            .routes
+            .remove("order")
+            .expect("the built-in order route");
+        spec.targets.clear();
+        Route { spec }
+    }
+
+    /// A route with `bindings` and the schema's defaults, as the gateway reads one without them.
+    fn bound(bindings: Value) -> Route {
+        let spec = serde_json::from_value(json!({ "bindings": bindings, "targets": [] }))
+            .expect("a route document");
+        Route { spec }
+    }
+
+    /// The whole gather ends by then.
+    pub fn deadline(mut self, deadline: Duration) -> Route {
+        self.spec.deadline = deadline;
+        self
+    }
+
+    /// Asks `service`, required.
+    pub fn target(mut self, service: &str) -> Route {
+        self.spec.targets.push(TargetSpec::new(service, true));
+        self
+    }
+
+    /// Asks `service`, optional: its failure leaves `complete: false`.
+    pub fn optional(mut self, service: &str) -> Route {
+        self.spec.targets.push(TargetSpec::new(service, false));
+        self
+    }
+
+    /// Asks `service`, required, waiting `timeout` for it instead of the service's timeout.
+    pub fn target_with_timeout(mut self, service: &str, timeout: Duration) -> Route {
+        let mut target = TargetSpec::new(service, true);
+        target.timeout = Some(timeout);
+        self.spec.targets.push(target);
+        self
+    }
+
+    /// How the answers are merged (the schema's default: each under its service's name).
+    pub fn merge(mut self, merge: MergeSpec) -> Route {
+        self.spec.merge = merge;
+        self
+    }
+
+    /// The route as the admin API takes it (`PUT /admin/v1/routes/<name>`).
+    pub fn to_json(&self) -> Value {
+        to_json(&self.spec)
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("settings are JSON")
+}
+
+/// A duration as the settings spell one (`2s`, `800ms`).
+fn duration(d: Duration) -> Value {
+    let text = if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}ns", d.as_nanos())
+    };
+    text.into()
+}
+
+/// JSON-shaped settings written as TOML: a table per section and per entry of a section of
+/// named entries (`[services.n1]`, `[routes.order]`), everything deeper inline.
+mod toml {
+    use super::*;
+
+    /// Sections and named entries get a table header; deeper tables are inline.
+    const HEADER_DEPTH: usize = 2;
+
+    pub(super) fn document(doc: &Map<String, Value>) -> String {
+        let mut out = String::new();
+        table(&mut out, &[], doc);
+        out
+    }
+
+    fn table(out: &mut String, path: &[&str], map: &Map<String, Value>) {
+        let (tables, values): (Vec<_>, Vec<_>) = entries(map)
+            .into_iter()
+            .partition(|(_, v)| v.is_object() && path.len() < HEADER_DEPTH);
+        if !path.is_empty() && (!values.is_empty() || tables.is_empty()) {
+            let header: Vec<String> = path.iter().map(|k| key(k)).collect();
+            let _ = writeln!(out, "[{}]", header.join("."));
+        }
+        for (k, v) in values {
+            let _ = writeln!(out, "{} = {}", key(k), inline(v));
+        }
+        for (k, v) in tables {
+            let path = [path, &[k.as_str()]].concat();
+            table(out, &path, v.as_object().expect("a table"));
+        }
+    }
+
+    /// The entries that have a value (TOML has no null: absent is the same), by key.
+    fn entries(map: &Map<String, Value>) -> Vec<(&String, &Value)> {
+        let mut entries: Vec<_> = map.iter().filter(|(_, v)| !v.is_null()).collect();
+        entries.sort_by_key(|(k, _)| *k);
+        entries
+    }
+
+    fn key(k: &str) -> String {
+        let bare = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if bare {
+            k.to_owned()
+        } else {
+            string(k)
+        }
+    }
+
+    /// A basic string: JSON's escapes are TOML's, but TOML escapes DEL too.
+    fn string(s: &str) -> String {
+        serde_json::to_string(s)
+            .expect("a string")
+            .replace('\u{7f}', "\\u007F")
+    }
+
+    fn inline(v: &Value) -> String {
+        match v {
+            Value::Null => panic!("TOML has no null"),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => string(s),
+            Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(inline).collect();
+                format!("[{}]", items.join(", "))
+            }
+            Value::Object(map) => {
+                let entries: Vec<String> = entries(map)
+                    .into_iter()
+                    .map(|(k, v)| format!("{} = {}", key(k), inline(v)))
+                    .collect();
+                if entries.is_empty() {
+                    "{}".to_owned()
+                } else {
+                    format!("{{ {} }}", entries.join(", "))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busgate_shared::config::MergeStrategy;
+
+    #[test]
+    fn nothing_set_is_an_empty_file() {
+        assert_eq!(Settings::default().to_toml(), "");
+    }
+
+    #[test]
+    fn sections_and_named_entries_are_tables_and_the_rest_is_inline() {
+        let toml = Settings::default()
+            .log_level("warn")
+            .jobs_ack_wait(Duration::from_secs(2))
+            .callbacks(
+                Callbacks::signed("whsec_x")
+                    .retry(&[Duration::from_millis(100); 2])
+                    .allow("127.0.0.0/8"),
+            )
+            .service("n1", Duration::from_millis(800))
+            .route(
+                "hold",
+                Route::get("/bench/hold/{order_id}")
+                    .deadline(Duration::from_secs(30))
+                    .target_with_timeout("n1", Duration::from_secs(30))
+                    .optional("n2")
+                    .merge(MergeSpec {
+                        strategy: MergeStrategy::Deep,
+                        priority: vec!["n2".into()],
+                    }),
+            )
+            .to_toml();
+        let expected = r#"[callbacks]
+allow = ["127.0.0.0/8"]
+retry = ["100ms", "100ms"]
+secret = "whsec_x"
+[jobs]
+ack_wait = "2s"
+[log]
+level = "warn"
+[routes.hold]
+bindings = [{ method = "GET", path = "/bench/hold/{order_id}" }]
+deadline = "30s"
+merge = { priority = ["n2"], strategy = "deep" }
+targets = [{ required = true, service = "n1", timeout = "30s" }, { required = false, service = "n2" }]
+[services.n1]
+timeout = "800ms"
+"#;
+        assert_eq!(toml, expected);
+    }
+
+    #[test]
+    fn the_builtin_order_route_is_order_with_service1_and_optional_service2() {
+        let builtin = ConfigSpec::builtin();
+        let written = Settings::builtin().route(
+            "order",
+            Route::order().target("service1").optional("service2"),
+        );
+        assert_eq!(written.routes, builtin.routes);
+        assert_eq!(written.services, builtin.services);
+        assert_eq!(
+            Route::get("/x/{order_id}").spec.deadline,
+            builtin.routes["order"].deadline
+        );
+    }
+
+    #[test]
+    fn keys_and_strings_are_quoted_when_toml_needs_it() {
+        assert_eq!(toml::document(&Map::new()), "");
+        let doc = json!({ "a b": { "k.x": "q\"\u{7f}" } });
+        let text = toml::document(doc.as_object().expect("object"));
+        assert_eq!(text, "[\"a b\"]\n\"k.x\" = \"q\\\"\\u007F\"\n");
+    }
+}
