@@ -255,7 +255,7 @@ impl ConfigStore {
         let key = kind.key(name);
         match self.kv.delete_expect_revision(&key, expected).await {
             Ok(()) => Ok(()),
-            Err(e) if expected.is_some() && e.to_string().contains("wrong last sequence") => {
+            Err(e) if expected.is_some() && e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 Err(ErrorKind::Stale {
                     key,
                     expected: expected.unwrap_or_default(),

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Scenario 3 of the benchmark (a merge of two native services) for two or more builds of Busgate
+# and the nginx + Lua merge peer, in one run, interleaved: build A, peer, build B, peer, … per
+# round. Prints req/s of each and each build's median ratio to the peer.
+#   tests/perf/ab-merge.sh OLD_BIN_DIR NEW_BIN_DIR [MORE…]      (ROUNDS=3, SECONDS_PER_ROUND=10)
+# Needs wrk, nats-server, and the anchors (../shared/bench/anchors.sh start; this script starts
+# them when nothing answers on :18091 and stops what it started). A bin dir holds busgate and
+# busgate-worker; busgate-bench comes from this checkout (for the fixture's settings).
+set -u
+[ $# -ge 2 ] || { echo "usage: $0 OLD_BIN_DIR NEW_BIN_DIR [MORE…]" >&2; exit 64; }
+HERE=$(cd "$(dirname "$0")" && pwd)
+ANCHORS=${ANCHORS:-$HERE/../../../shared/bench/anchors.sh}
+ROUNDS=${ROUNDS:-3} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
+PEER=http://127.0.0.1:${MERGE:-18091}/api/orders/12345
+D=$(mktemp -d)
+started_anchors=
+cleanup() {
+  stop_merge_stack 2>/dev/null
+  [ -n "$started_anchors" ] && "$ANCHORS" stop > /dev/null 2>&1
+  rm -rf "$D"
+}
+trap cleanup EXIT
+. "$HERE/merge-stack.sh"
+if ! curl -sf "$PEER" > /dev/null; then
+  "$ANCHORS" start > "$D/anchors.log" 2>&1 || { cat "$D/anchors.log" >&2; exit 1; }
+  started_anchors=1
+fi
+
+rps() { wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$1" | awk '/Requests\/sec/ {print $2}'; }
+
+declare -A ratios
+for round in $(seq "$ROUNDS"); do
+  for bins in "$@"; do
+    start_merge_stack "$bins" "$D"
+    ours=$(rps "$URL")
+    stop_merge_stack
+    peer=$(rps "$PEER")
+    ratio=$(python3 -c "print(f'{$ours/$peer:.2f}')")
+    ratios[$bins]="${ratios[$bins]:-} $ratio"
+    printf 'round %s  %-40s %9s req/s   nginx+Lua %9s req/s   ratio %s\n' "$round" "$bins" "$ours" "$peer" "$ratio"
+  done
+done
+for bins in "$@"; do
+  printf '%-40s median ratio to nginx + Lua: %s (rounds:%s)\n' "$bins" \
+    "$(python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" ${ratios[$bins]})" "${ratios[$bins]}"
+done
