@@ -132,6 +132,9 @@ pub enum ErrorKind {
         #[source]
         source: serde_json::Error,
     },
+    /// The queue of asynchronous requests (or its bucket of status documents) is full.
+    #[error("the queue of asynchronous requests is full, retry later")]
+    QueueFull,
     /// A compare-and-set update kept losing to concurrent writers.
     #[error("too many concurrent updates of {0}")]
     Contended(String),
@@ -398,6 +401,7 @@ impl GatewayError {
                 "unavailable",
                 "Temporarily unavailable",
             ),
+            K::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full", "Queue full"),
             K::Exists(_) | K::Stale { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
             K::RouteGone(_) => (StatusCode::NOT_FOUND, "route-not-found", "Route not found"),
             K::ProcessingFailed { .. } => (
@@ -524,6 +528,9 @@ impl IntoResponse for GatewayError {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 headers.insert(header::ALLOW, v);
             }
+        }
+        if let ErrorKind::QueueFull = &self.kind {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let ErrorKind::Unauthorized = &self.kind {
             headers.insert(

@@ -41,6 +41,7 @@ pub struct Settings {
 struct Jobs {
     ack_wait: Option<Duration>,
     concurrency: Option<usize>,
+    requests_max_msgs: Option<i64>,
 }
 
 /// `[callbacks]`: what is not set keeps the gateway's default.
@@ -112,6 +113,12 @@ impl Settings {
         self
     }
 
+    /// `[jobs.requests] max_msgs`: how many asynchronous requests the work queue holds.
+    pub fn jobs_requests_max_msgs(mut self, max_msgs: i64) -> Settings {
+        self.jobs.requests_max_msgs = Some(max_msgs);
+        self
+    }
+
     /// `[callbacks]`.
     pub fn callbacks(mut self, callbacks: Callbacks) -> Settings {
         self.callbacks = Some(callbacks);
@@ -146,6 +153,9 @@ impl Settings {
         }
         if let Some(concurrency) = self.jobs.concurrency {
             jobs.insert("concurrency".into(), concurrency.into());
+        }
+        if let Some(max_msgs) = self.jobs.requests_max_msgs {
+            jobs.insert("requests".into(), json!({ "max_msgs": max_msgs }));
         }
         if !jobs.is_empty() {
             doc.insert("jobs".into(), jobs.into());

@@ -1,6 +1,6 @@
 //! End-to-end: asynchronous requests on a real nats-server with JetStream.
 
-use busgate_tests::fixture::{Callbacks, Settings};
+use busgate_tests::fixture::{Callbacks, Route, Settings};
 use busgate_tests::support;
 
 use std::collections::HashSet;
@@ -548,4 +548,83 @@ async fn an_idempotency_key_maps_to_one_request() {
     assert_eq!(stream.info().await.expect("info").state.last_sequence, 1);
     let doc = until_final(&stack.gateway, first["request_id"].as_str().expect("id")).await;
     assert_eq!(doc["result"]["order_id"], "I1");
+}
+
+/// A full work queue refuses a submit with 503 `queue-full` and `Retry-After`, leaving no
+/// document behind, while synchronous requests keep answering. The queue holds 2 requests and
+/// the instance runs 1 at a time; the `hold` service is a subscriber that never answers, so
+/// each request on it stays queued until its 20 s deadline.
+#[tokio::test]
+async fn a_full_queue_refuses_submits_and_synchronous_requests_keep_answering() {
+    let nats = NatsServer::start();
+    let hold = Duration::from_secs(20);
+    let settings = Settings::builtin()
+        .jobs_concurrency(1)
+        .jobs_requests_max_msgs(2)
+        .service("hold", hold)
+        .route(
+            "hold",
+            Route::get("/api/hold/{order_id}")
+                .deadline(hold)
+                .target("hold"),
+        );
+    let client = nats.client().await;
+    let _silent = client
+        .queue_subscribe(
+            busgate_shared::subject::service("hold"),
+            busgate_shared::subject::queue_group("hold"),
+        )
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let _worker = support::Worker::native(&nats, "service1");
+    let gateway = Gateway::start(&nats, &settings).await;
+
+    // A request stays in the queue until it is processed (the running one too): the third
+    // submit finds the queue of 2 full.
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..6 {
+        let response = http()
+            .get(gateway.url(&format!("/api/hold/H{i}")))
+            .header("prefer", "respond-async")
+            .send()
+            .await
+            .expect("submit");
+        match response.status().as_u16() {
+            202 => accepted.push(response.json::<Value>().await.expect("json")),
+            503 => {
+                let retry_after = response.headers().get("retry-after").cloned();
+                let id = response.headers().get("busgate-request-id").cloned();
+                let body: Value = response.json().await.expect("json");
+                refused = Some((retry_after, id, body));
+                break;
+            }
+            other => panic!("submit {i}: {other}"),
+        }
+    }
+    let (retry_after, id, body) = refused.expect("a full queue refuses a submit");
+    assert_eq!(accepted.len(), 2, "the queue holds 2: {accepted:?}");
+    assert_eq!(body["type"], "urn:busgate:problem:queue-full", "{body}");
+    assert_eq!(body["status"], 503);
+    assert!(retry_after.is_some(), "Retry-After on queue-full");
+    // The refused request left no document: polling its id finds nothing.
+    let id = id.expect("the refused answer names its request id");
+    let poll = http()
+        .get(gateway.url(&format!("/api/requests/{}", id.to_str().expect("ascii"))))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(
+        poll.status(),
+        404,
+        "a refused request has no status document"
+    );
+    // Synchronous requests do not use the queue: they keep answering.
+    let sync = http()
+        .get(gateway.url("/api/orders/A1"))
+        .send()
+        .await
+        .expect("sync");
+    assert_eq!(sync.status(), 200);
 }

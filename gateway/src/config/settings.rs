@@ -113,6 +113,48 @@ pub struct JobsSettings {
     pub events_max: Duration,
     /// Stream and bucket replicas (3 on a 3-node cluster).
     pub replicas: usize,
+    /// Bounds of the work queue of asynchronous requests (`BUSGATE_REQUESTS`).
+    pub requests: StreamLimits,
+    /// Bounds of the queue of callback deliveries (`BUSGATE_CALLBACKS`).
+    pub callbacks: StreamLimits,
+    /// Bytes the status documents (`busgate-results`) may take; a full bucket refuses submits.
+    pub results_max_bytes: i64,
+    /// Bytes the idempotency keys (`busgate-idempotency`) may take.
+    pub idempotency_max_bytes: i64,
+}
+
+/// Bounds of a JetStream stream. When one is reached, `discard` says what gives way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamLimits {
+    /// Messages the stream may hold.
+    pub max_msgs: i64,
+    /// Bytes the stream may hold.
+    pub max_bytes: i64,
+    /// `new`: a full stream refuses new messages (a submit gets 503 `queue-full`; nothing
+    /// accepted is lost). `old`: the oldest messages are dropped to make room, losing accepted
+    /// work; only for those who prefer new work over old.
+    pub discard: Discard,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_msgs: 1_000_000,
+            max_bytes: 1 << 30,
+            discard: Discard::New,
+        }
+    }
+}
+
+/// What gives way in a full stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Refuse new messages.
+    New,
+    /// Drop the oldest.
+    Old,
 }
 
 impl Default for JobsSettings {
@@ -126,6 +168,10 @@ impl Default for JobsSettings {
             max_wait: Duration::from_secs(30),
             events_max: Duration::from_secs(300),
             replicas: 1,
+            requests: StreamLimits::default(),
+            callbacks: StreamLimits::default(),
+            results_max_bytes: 1 << 30,
+            idempotency_max_bytes: 256 << 20,
         }
     }
 }
@@ -300,6 +346,25 @@ impl Settings {
             )
             .into());
         }
+        for (field, limits) in [
+            ("jobs.requests", &self.jobs.requests),
+            ("jobs.callbacks", &self.jobs.callbacks),
+        ] {
+            if limits.max_msgs < 1 || limits.max_bytes < 1024 {
+                return Err(Error::invalid(
+                    field,
+                    "max_msgs must be at least 1 and max_bytes at least 1024",
+                )
+                .into());
+            }
+        }
+        if self.jobs.results_max_bytes < 1024 || self.jobs.idempotency_max_bytes < 1024 {
+            return Err(Error::invalid(
+                "jobs",
+                "results_max_bytes and idempotency_max_bytes must be at least 1024",
+            )
+            .into());
+        }
         if self.jobs.result_ttl < Duration::from_secs(1)
             || self.jobs.idempotency_ttl < Duration::from_secs(1)
         {
@@ -464,5 +529,24 @@ targets = [{ service = "a" }]
         let s = Settings::load(Some(f.path())).expect("load");
         s.validate().expect("0.5 is a ratio");
         assert_eq!(s.http.trace_sample_ratio, 0.5);
+    }
+
+    #[test]
+    fn queue_limits_are_validated() {
+        let mut s = Settings::default();
+        s.jobs.requests.max_msgs = 0;
+        assert!(matches!(
+            s.validate(),
+            Err(GatewayError {
+                kind: ErrorKind::InvalidSettings(_),
+                ..
+            })
+        ));
+        let mut s = Settings::default();
+        s.jobs.results_max_bytes = 10;
+        assert!(s.validate().is_err());
+        let mut s = Settings::default();
+        s.jobs.callbacks.discard = Discard::Old;
+        assert!(s.validate().is_ok());
     }
 }

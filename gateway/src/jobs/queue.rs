@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use busgate_shared::subject;
 
 use crate::clock::rfc3339;
-use crate::config::settings::JobsSettings;
+use crate::config::settings::{Discard, JobsSettings};
 use crate::error::{ErrorKind, GatewayError, Store};
 use crate::route::{Call, Runner};
 
@@ -161,6 +161,32 @@ impl StatusDoc {
     }
 }
 
+/// A write the store refused because a stream or bucket is at its limits is `QueueFull`
+/// (503 `queue-full`); anything else is a store failure.
+fn full_or_failed(e: impl std::error::Error + Send + Sync + 'static) -> GatewayError {
+    if is_full(&e) {
+        ErrorKind::QueueFull.into()
+    } else {
+        js(e)
+    }
+}
+
+/// Whether JetStream refused a write because a stream (a bucket is one too) is full: its
+/// error code 10077 ("maximum messages exceeded", "maximum bytes exceeded"), somewhere in the
+/// chain of sources.
+fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+            if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// What an idempotency key claim found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -195,28 +221,44 @@ impl Jobs {
         callback_timeout: Duration,
     ) -> Result<Self, GatewayError> {
         let context = jetstream::new(nats.clone());
-        for (name, subj) in [
-            (subject::REQUESTS_STREAM, subject::REQUESTS_SUBJECT),
-            (subject::CALLBACKS_STREAM, subject::CALLBACKS_SUBJECT),
+        for (name, subj, limits) in [
+            (
+                subject::REQUESTS_STREAM,
+                subject::REQUESTS_SUBJECT,
+                &settings.requests,
+            ),
+            (
+                subject::CALLBACKS_STREAM,
+                subject::CALLBACKS_SUBJECT,
+                &settings.callbacks,
+            ),
         ] {
+            // create_or_update: changed limits take effect at the next start.
             context
-                .get_or_create_stream(stream::Config {
+                .create_or_update_stream(stream::Config {
                     name: name.into(),
                     subjects: vec![subj.into()],
                     retention: stream::RetentionPolicy::WorkQueue,
                     storage: stream::StorageType::File,
                     num_replicas: settings.replicas,
                     duplicate_window: Duration::from_secs(120),
+                    max_messages: limits.max_msgs,
+                    max_bytes: limits.max_bytes,
+                    discard: match limits.discard {
+                        Discard::New => stream::DiscardPolicy::New,
+                        Discard::Old => stream::DiscardPolicy::Old,
+                    },
                     ..Default::default()
                 })
                 .await
                 .map_err(js)?;
         }
-        let bucket = |name: &str, ttl: Duration, description: &str| kv::Config {
+        let bucket = |name: &str, ttl: Duration, max_bytes: i64, description: &str| kv::Config {
             bucket: name.into(),
             description: description.into(),
             history: 1,
             max_age: ttl,
+            max_bytes,
             storage: stream::StorageType::File,
             num_replicas: settings.replicas,
             ..Default::default()
@@ -225,6 +267,7 @@ impl Jobs {
             .create_or_update_key_value(bucket(
                 subject::RESULTS_BUCKET,
                 settings.result_ttl,
+                settings.results_max_bytes,
                 "status documents of asynchronous requests",
             ))
             .await
@@ -233,6 +276,7 @@ impl Jobs {
             .create_or_update_key_value(bucket(
                 subject::IDEMPOTENCY_BUCKET,
                 settings.idempotency_ttl,
+                settings.idempotency_max_bytes,
                 "idempotency keys of asynchronous requests",
             ))
             .await
@@ -256,12 +300,19 @@ impl Jobs {
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
             .message_id(request_id);
-        self.js
-            .send_publish(subject::REQUESTS_SUBJECT, publish)
-            .await
-            .map_err(js)?
-            .await
-            .map_err(js)?;
+        let queued = async {
+            self.js
+                .send_publish(subject::REQUESTS_SUBJECT, publish)
+                .await?
+                .await
+        };
+        if let Err(e) = queued.await {
+            // The pending document of a request that was not queued would never finish.
+            if let Err(purge) = self.results.purge(request_id).await {
+                warn!(request_id, error = %purge, "cannot remove the document of a refused request");
+            }
+            return Err(full_or_failed(e));
+        }
         Ok(())
     }
 
