@@ -23,5 +23,7 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   npm ci --prefix tests/browser --no-audit --no-fund >&2
 fi
 echo "tests: using $("$CHROMIUM" --version 2>/dev/null | head -1), node $(node --version)"
+# The gateway's modules import downwards only (no cycle); the map is in gateway/src/lib.rs.
+python3 tests/tools/modgraph.py gateway/src > /dev/null || python3 tests/tools/modgraph.py gateway/src
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
