@@ -32,6 +32,8 @@ pub struct Settings {
     pub jobs: JobsSettings,
     /// Signed callbacks.
     pub callbacks: CallbackSettings,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsSettings,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -76,6 +78,25 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Bearer token of the admin API; a random one is generated (and logged) when empty.
     pub token: String,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// The listener that serves `/metrics`; the other one answers 404 there.
+    pub listener: MetricsListener,
+}
+
+/// A listener, as `metrics.listener` names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsListener {
+    /// The public listener (`http.listen`): where scrapers find it without extra setup.
+    #[default]
+    Public,
+    /// The admin listener (`admin.listen`), without the admin token.
+    Admin,
 }
 
 /// Logging.
@@ -172,6 +193,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             jobs: JobsSettings::default(),
             callbacks: CallbackSettings::default(),
+            metrics: MetricsSettings::default(),
             shutdown_grace: Duration::from_secs(10),
             services: builtin.services,
             routes: builtin.routes,
