@@ -264,13 +264,14 @@ impl Settings {
     }
 
     /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).
-    const TOP_LEVEL: [&'static str; 9] = [
+    const TOP_LEVEL: [&'static str; 10] = [
         "NATS",
         "HTTP",
         "ADMIN",
         "LOG",
         "JOBS",
         "CALLBACKS",
+        "METRICS",
         "SHUTDOWN_GRACE",
         "SERVICES",
         "ROUTES",
@@ -404,6 +405,32 @@ mod tests {
         let mut names: Vec<_> = kept.keys().cloned().collect();
         names.sort();
         assert_eq!(names, ["BUSGATE_NATS__URL", "BUSGATE_SHUTDOWN_GRACE"]);
+    }
+
+    #[test]
+    fn the_metrics_listener_is_public_unless_set_and_checked() {
+        assert_eq!(
+            Settings::default().metrics.listener,
+            MetricsListener::Public
+        );
+        let vars =
+            [("BUSGATE_METRICS__LISTENER", "admin")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            settings_env(vars.into_iter()).len(),
+            1,
+            "read from the environment"
+        );
+        let f = write("[metrics]\nlistener = \"admin\"\n");
+        let s = Settings::load(Some(f.path())).expect("load");
+        assert_eq!(s.metrics.listener, MetricsListener::Admin);
+        let f = write("[metrics]\nlistener = \"both\"\n");
+        assert!(matches!(
+            Settings::load(Some(f.path())),
+            Err(GatewayError {
+                kind: ErrorKind::LoadSettings(_),
+                ..
+            })
+        ));
     }
 
     #[test]
