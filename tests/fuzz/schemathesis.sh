@@ -6,7 +6,10 @@
 #   - public operations against the public listener,
 #   - admin operations, with the bearer token, against the admin listener,
 # with the checks not_a_server_error, status_code_conformance, content_type_conformance and
-# response_schema_conformance. Exits non-zero on any finding (or when the stack does not start).
+# response_schema_conformance. Exits non-zero on any finding, on an ERROR the gateway logs
+# while fuzzed, when the admin run made no write with the token (it would only have seen 401s),
+# or when the stack does not start. The token reaches schemathesis through the environment and
+# its configuration file, never its argv.
 #
 #   tests/fuzz/schemathesis.sh [BIN_DIR]     BIN_DIR: where busgate and busgate-worker are
 #                                            (default target/debug of this checkout)
@@ -56,7 +59,7 @@ export BUSGATE_NATS__URL=nats://127.0.0.1:$NP BUSGATE_LOG__LEVEL=warn
 "$BINS/busgate-worker" native --service service1 --service service2 > "$WORK/worker.log" 2>&1 & PIDS+=($!)
 # The token comes through the environment, never argv.
 BUSGATE_HTTP__LISTEN=127.0.0.1:$HP BUSGATE_ADMIN__LISTEN=127.0.0.1:$AP BUSGATE_ADMIN__TOKEN=$TOKEN \
-  BUSGATE_LOG__FORMAT=json "$BINS/busgate" gateway > "$WORK/gateway.log" 2>&1 & PIDS+=($!)
+  BUSGATE_LOG__FORMAT=json BUSGATE_LOG__LEVEL=warn,busgate::audit=info "$BINS/busgate" gateway > "$WORK/gateway.log" 2>&1 & PIDS+=($!)
 PUBLIC=http://127.0.0.1:$HP
 ADMIN=http://127.0.0.1:$AP
 # Bounded wait: ready (NATS, JetStream, configuration) and the order route answering.
@@ -78,17 +81,27 @@ run() {
   echo "fuzz: $name"
   # --phases without stateful: the document has no links to chain operations by.
   # From the work directory: schemathesis keeps its example database in the current one.
-  (cd "$WORK" && "$ST" run "$ADMIN/admin/v1/openapi.json" --checks "$CHECKS" --max-examples "$MAX_EXAMPLES" \
+  (cd "$WORK" && "$ST" --config-file "$WORK/$name.toml" run "$ADMIN/admin/v1/openapi.json" --checks "$CHECKS" --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" --phases examples,coverage,fuzzing --workers 1 --request-timeout 10 \
     --warnings off --report junit --report-dir "$WORK/report-$name" "$@")
 }
 status=0
+# The admin token reaches schemathesis through the environment and its configuration file,
+# not its argv.
+: > "$WORK/public.toml"
+printf 'headers = { Authorization = "Bearer ${BUSGATE_FUZZ_TOKEN}" }\n' > "$WORK/admin.toml"
 # Public first: the admin run may change the configuration the public operations run on.
 run public --url "$PUBLIC" --exclude-path-regex '^/admin/' || status=1
-run admin --url "$ADMIN" --include-path-regex '^/admin/' -H "Authorization: Bearer $TOKEN" || status=1
+BUSGATE_FUZZ_TOKEN=$TOKEN run admin --url "$ADMIN" --include-path-regex '^/admin/' || status=1
 if tail -n +"$((LOGGED + 1))" "$WORK/gateway.log" | grep -q '"level":"ERROR"'; then
   echo "fuzz: the gateway logged errors:" >&2
   tail -n +"$((LOGGED + 1))" "$WORK/gateway.log" | grep '"level":"ERROR"' | head -20 >&2
+  status=1
+fi
+# The admin run must have been let in: its writes are audited under the token's fingerprint.
+AUTHENTICATED=$(grep '"target":"busgate::audit"' "$WORK/gateway.log" | grep -vc '"token":"\(none\|invalid\)"' || true)
+if [ "$AUTHENTICATED" = 0 ]; then
+  echo "fuzz: no admin write was made with the token: the admin run was not authenticated" >&2
   status=1
 fi
 if ! kill -0 "${PIDS[2]}" 2>/dev/null; then
