@@ -26,4 +26,6 @@ echo "tests: using $("$CHROMIUM" --version 2>/dev/null | head -1), node $(node -
 # The gateway's modules import downwards only (no cycle); the map is in gateway/src/lib.rs.
 python3 tests/tools/modgraph.py gateway/src > /dev/null || python3 tests/tools/modgraph.py gateway/src
 cargo build --workspace --bins --locked
+# An outside fuzzer against both listeners (OpenAPI conformance, no server errors).
+tests/fuzz/schemathesis.sh
 cargo test --workspace --locked

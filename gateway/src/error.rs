@@ -97,13 +97,14 @@ pub enum ErrorKind {
     /// A write without `If-Match`.
     #[error("send If-Match with the ETag you read, so that no update is lost")]
     PreconditionRequired,
-    /// A write whose `If-Match` is not the current revision.
-    #[error("the object changed since revision {expected}; it is at {current} now")]
+    /// A write whose `If-Match` does not match the object's current entity tag.
+    #[error("If-Match does not match the current revision: {}", match current {
+        Some(r) => format!("the object is at \"{r}\", read it again"),
+        None => "the object does not exist".to_owned(),
+    })]
     PreconditionFailed {
-        /// The revision the writer had.
-        expected: u64,
-        /// The revision in the store.
-        current: u64,
+        /// The revision in the store (`None`: the object does not exist).
+        current: Option<u64>,
     },
     /// The change conflicts with the current state.
     #[error("{0}")]

@@ -66,7 +66,7 @@ use tracing::{info, warn};
 use crate::error::{ErrorKind, GatewayError};
 
 use crate::config::allowlist::Allowlist;
-use crate::config::settings::Settings;
+use crate::config::settings::{MetricsListener, Settings};
 use crate::config::snapshot::Snapshot;
 use crate::config::store::{ConfigStore, StoreStatus};
 use crate::edge::state::{AppState, Edge, Shared};
@@ -149,13 +149,14 @@ pub async fn run(
     };
     let admin_addr = admin_listener.local_addr()?;
     info!(addr = %admin_addr, "admin listening");
+    let metrics_on_admin = settings.metrics.listener == MetricsListener::Admin;
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(
         // `into_make_service`: serving a `Router` itself rebuilds its route table for every
         // connection (axum 0.8), 3.6 KiB each; this hands each connection a clone of one table.
         axum::serve(
             admin_listener,
-            admin::router(state.clone(), &token).into_make_service(),
+            admin::router(state.clone(), &token, metrics_on_admin).into_make_service(),
         )
         .with_graceful_shutdown(async move {
             let _ = admin_stop_rx.await;
@@ -164,9 +165,12 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let public = axum::ServiceExt::<axum::extract::Request>::into_make_service(edge::Public::new(
-        state.clone(),
-    ));
+    let public = if metrics_on_admin {
+        edge::Public::without_metrics(state.clone())
+    } else {
+        edge::Public::new(state.clone())
+    };
+    let public = axum::ServiceExt::<axum::extract::Request>::into_make_service(public);
     let server = axum::serve(listener, public)
         .with_graceful_shutdown(async move {
             let _ = stop_rx.await;

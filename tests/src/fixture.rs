@@ -32,6 +32,7 @@ pub struct Settings {
     log_level: Option<String>,
     jobs: Jobs,
     callbacks: Option<Callbacks>,
+    metrics_listener: Option<String>,
     services: BTreeMap<String, ServiceSpec>,
     routes: BTreeMap<String, RouteSpec>,
 }
@@ -119,6 +120,12 @@ impl Settings {
         self
     }
 
+    /// `metrics.listener`: `public` or `admin`.
+    pub fn metrics_listener(mut self, listener: &str) -> Settings {
+        self.metrics_listener = Some(listener.to_owned());
+        self
+    }
+
     /// `[callbacks]`.
     pub fn callbacks(mut self, callbacks: Callbacks) -> Settings {
         self.callbacks = Some(callbacks);
@@ -176,6 +183,9 @@ impl Settings {
                 callbacks.insert("allow".into(), c.allow.clone().into());
             }
             doc.insert("callbacks".into(), callbacks.into());
+        }
+        if let Some(listener) = &self.metrics_listener {
+            doc.insert("metrics".into(), json!({ "listener": listener }));
         }
         if !self.services.is_empty() {
             doc.insert("services".into(), to_json(&self.services));

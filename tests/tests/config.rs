@@ -449,7 +449,7 @@ async fn the_admin_api_needs_its_token_and_lists_live_instances() {
 #[tokio::test]
 async fn export_and_import_replace_the_whole_configuration() {
     let stack = Stack::start(&one_source()).await;
-    let (status, _, exported) = admin_get(&stack.gateway, "/admin/v1/config").await;
+    let (status, tag, exported) = admin_get(&stack.gateway, "/admin/v1/config").await;
     assert_eq!(status, 200);
     assert_eq!(
         exported["routes"]["order"]["targets"]
@@ -465,7 +465,14 @@ async fn export_and_import_replace_the_whole_configuration() {
         .to_json();
     vip["targets"][1]["when"] = json!({"header": {"name": "X-Tier", "equals": "gold"}});
     config["routes"]["vip"] = vip;
-    let (status, body) = admin_send(&stack.gateway, "PUT", "/admin/v1/config", None, &config).await;
+    let (status, body) = admin_send(
+        &stack.gateway,
+        "PUT",
+        "/admin/v1/config",
+        Some(&tag),
+        &config,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     until_sources(
         &stack.gateway,
@@ -491,8 +498,14 @@ async fn export_and_import_replace_the_whole_configuration() {
     // An invalid import changes nothing.
     let mut broken = config.clone();
     broken["routes"]["vip"]["targets"][0]["service"] = json!("ghost");
-    let (status, problem) =
-        admin_send(&stack.gateway, "PUT", "/admin/v1/config", None, &broken).await;
+    let (status, problem) = admin_send(
+        &stack.gateway,
+        "PUT",
+        "/admin/v1/config",
+        Some("*"),
+        &broken,
+    )
+    .await;
     assert_eq!(status, 422);
     assert_eq!(problem["field"], "routes.vip.targets[0].service");
     let (_, _, now) = admin_get(&stack.gateway, "/admin/v1/config").await;

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
@@ -12,22 +13,22 @@ use serde::Serialize;
 use serde_json::json;
 
 use busgate_shared::micro::{Answer, Endpoint, Verb};
-use busgate_shared::validate;
 
-use crate::admin::objects::kind_of;
+use crate::admin::objects::ObjectPath;
 use crate::admin::state::AdminState;
 use crate::config::store::Kind;
 use crate::error::{ErrorKind, GatewayError};
 
-/// `GET /admin/v1/services/{name}/instances`.
+/// `GET /admin/v1/services/{name}/instances` (404 under `routes`, or for a name outside the
+/// name pattern).
 pub async fn instances(
     State(state): State<AdminState>,
-    Path((kind, name)): Path<(String, String)>,
+    ObjectPath { kind, name }: ObjectPath,
+    uri: Uri,
 ) -> Result<Response, GatewayError> {
-    if kind_of(&kind)? != Kind::Service {
-        return Err(ErrorKind::NotFound(format!("/admin/v1/{kind}/{name}/instances")).into());
+    if kind != Kind::Service {
+        return Err(ErrorKind::NotFound(uri.path().to_owned()).into());
     }
-    validate::name("name", &name).map_err(GatewayError::invalid_config)?;
     let items = discover(&state.app.nats, Some(&name)).await;
     Ok(Json(json!({"items": items})).into_response())
 }

@@ -1,18 +1,20 @@
 //! The admin API (`/admin/v1/…`) and the web UI, on the admin listener.
 //!
-//! Owns: the admin router and its bearer-token guard (here), the configuration objects
-//! ([`objects`]), the try-it ([`try_it`]), live instances ([`discovery`]) and the UI's files
-//! and OpenAPI document ([`assets`]). A bearer token guards everything but the UI's static
-//! files and the OpenAPI document.
+//! Owns: the admin router, its bearer-token guard and the security headers of every answer
+//! (here), the configuration objects ([`objects`]) and their preconditions ([`precondition`]),
+//! the audit trail of writes ([`audit`]), the try-it ([`try_it`]), live instances
+//! ([`discovery`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
+//! everything but the UI's static files, the OpenAPI document and, when it is served here,
+//! `/metrics`.
 //!
-//! May use: `edge` (the state it shares with the public listener, request ids), `route`,
-//! `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
+//! May use: `edge` (the state it shares with the public listener, request ids, `/metrics`),
+//! `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -24,19 +26,28 @@ use crate::edge::state::AppState;
 use crate::error::{ErrorKind, GatewayError};
 
 pub mod assets;
+pub mod audit;
 pub mod discovery;
 pub mod objects;
+pub mod precondition;
 pub mod state;
 pub mod try_it;
 
 use assets::{OPENAPI, UI_CSS, UI_HTML, UI_JS};
+use audit::{Actor, Change};
 use discovery::{all_instances, instances};
 use objects::{create, export, history, import, list, read, remove, replace, rollback};
 use state::AdminState;
 use try_it::try_route;
 
-/// The admin router, guarded by `token`.
-pub fn router(app: AppState, token: &str) -> Router {
+/// The content security policy of every admin answer: scripts, styles, images and API calls
+/// from this listener only (the UI has no inline script, style or handler), no framing, no
+/// plugins, no `<base>` elsewhere, forms post here only.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; base-uri 'self'; \
+     form-action 'self'; object-src 'none'; frame-ancestors 'none'";
+
+/// The admin router, guarded by `token`; with `/metrics` (unguarded) when `metrics` is true.
+pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
     let state = AdminState {
         app,
         token_hash: Arc::new(Sha256::digest(token.as_bytes()).into()),
@@ -57,8 +68,8 @@ pub fn router(app: AppState, token: &str) -> Router {
             axum::routing::post(rollback),
         )
         .route("/admin/v1/{kind}/{name}/instances", get(instances))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
+    let mut open = Router::new()
         .route("/", get(|| async { Html(UI_HTML) }))
         .route(
             "/ui/app.css",
@@ -76,33 +87,110 @@ pub fn router(app: AppState, token: &str) -> Router {
         .route(
             "/admin/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        )
-        .merge(guarded)
+        );
+    if metrics {
+        open = open.route(
+            "/metrics",
+            get(|State(state): State<AdminState>| crate::edge::health::metrics(State(state.app))),
+        );
+    }
+    open.merge(guarded)
         .fallback(|uri: axum::http::Uri| async move {
             GatewayError::from(ErrorKind::NotFound(uri.path().to_owned()))
         })
+        // Outermost: every answer, the fallback's and the guard's refusals included.
+        .layer(middleware::map_response(secure))
         .with_state(state)
 }
 
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+/// Sets the security headers on an admin answer, and makes axum's bare 405 a problem document.
+async fn secure(method: Method, response: Response) -> Response {
+    let mut response = if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        GatewayError::from(ErrorKind::MethodNotAllowed {
+            method: method.to_string(),
+            allow,
+        })
+        .into_response()
+    } else {
+        response
+    };
+    let headers = response.headers_mut();
+    let set = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("same-origin"),
+        ),
+    ];
+    for (name, value) in set {
+        headers.insert(name, value);
+    }
+    // Admin answers carry configuration (and one day secrets shown once): never cached.
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The bearer-token guard of the API, and the audit event of every request that is not a read.
+async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
-    let ok = presented.is_some_and(|hash| {
+    let actor = match presented {
+        None => Actor::Anonymous,
         // Constant time over the (fixed-length) digests.
-        hash.iter()
-            .zip(state.token_hash.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    });
-    if ok {
+        Some(hash)
+            if hash
+                .iter()
+                .zip(state.token_hash.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0 =>
+        {
+            Actor::of(&state.token_hash)
+        }
+        Some(_) => Actor::Invalid,
+    };
+    let method = request.method().clone();
+    let audited = audit::audited(&method);
+    let path = audited.then(|| request.uri().path().to_owned());
+    let response = if matches!(actor, Actor::Token(_)) {
         next.run(request).await
     } else {
         GatewayError::from(ErrorKind::Unauthorized).into_response()
+    };
+    if let Some(path) = path {
+        let change = response.extensions().get::<Change>();
+        audit::record(&actor, &method, &path, change, response.status());
     }
+    response
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Value> {

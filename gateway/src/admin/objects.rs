@@ -1,12 +1,14 @@
 //! Services and routes as objects: list, get, create, replace, delete, history, rollback,
-//! export and import. `ETag` is the KV revision and every write needs `If-Match` (412 on a
-//! lost update, 428 without it). A write is validated against the whole configuration it would
-//! produce before anything is stored; errors name the field.
+//! export and import. `ETag` is the KV revision and every write needs `If-Match` (see
+//! [`precondition`](crate::admin::precondition): 412 when it does not match, 428 without it).
+//! A write is validated against the whole configuration it would produce before anything is
+//! stored; errors name the field. A name outside the name pattern in a path is 404: it never
+//! reaches the store. Every write attaches its [`Change`] to its answer for the audit trail.
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -15,17 +17,63 @@ use serde_json::{json, Value};
 use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::validate;
 
+use crate::admin::audit::Change;
+use crate::admin::precondition::{etag, IfMatch};
 use crate::admin::state::AdminState;
 use crate::config::snapshot::Snapshot;
 use crate::config::store::{ConfigStore, Kind};
 use crate::error::{ErrorKind, GatewayError};
 
-pub(crate) fn kind_of(kind: &str) -> Result<Kind, GatewayError> {
+fn kind_of(kind: &str) -> Option<Kind> {
     match kind {
-        "services" => Ok(Kind::Service),
-        "routes" => Ok(Kind::Route),
-        other => Err(ErrorKind::NotFound(format!("/admin/v1/{other}")).into()),
+        "services" => Some(Kind::Service),
+        "routes" => Some(Kind::Route),
+        _ => None,
     }
+}
+
+/// `/admin/v1/{kind}`: 404 for anything but `services` and `routes`.
+pub struct KindPath(pub Kind);
+
+impl<S: Send + Sync> FromRequestParts<S> for KindPath {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, GatewayError> {
+        let path = parts.uri.path().to_owned();
+        let Path(kind) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found(path.clone()))?;
+        kind_of(&kind).map(KindPath).ok_or_else(|| not_found(path))
+    }
+}
+
+/// `/admin/v1/{kind}/{name}…`: 404 unless the kind exists and the name matches the name
+/// pattern, so that no other name reaches the store (or a KV key).
+pub struct ObjectPath {
+    /// Services or routes.
+    pub kind: Kind,
+    /// A valid name.
+    pub name: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ObjectPath {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, GatewayError> {
+        let path = parts.uri.path().to_owned();
+        let Path((kind, name)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found(path.clone()))?;
+        match (kind_of(&kind), validate::name("name", &name)) {
+            (Some(kind), Ok(())) => Ok(ObjectPath { kind, name }),
+            _ => Err(not_found(path)),
+        }
+    }
+}
+
+/// Nothing at `path` (the URI's path: percent-encoded, safe to show).
+fn not_found(path: String) -> GatewayError {
+    ErrorKind::NotFound(path).into()
 }
 
 fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
@@ -125,23 +173,6 @@ fn candidate(
         .map_err(GatewayError::invalid_config)
 }
 
-fn etag(revision: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
-fn if_match(headers: &HeaderMap) -> Result<u64, GatewayError> {
-    let value = headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ErrorKind::PreconditionRequired)?;
-    value
-        .trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| ErrorKind::PreconditionRequired.into())
-}
-
 fn object(name: &str, revision: u64, spec: Value) -> Response {
     let mut response =
         Json(json!({"name": name, "revision": revision, "spec": spec})).into_response();
@@ -151,9 +182,8 @@ fn object(name: &str, revision: u64, spec: Value) -> Response {
 
 pub async fn list(
     State(state): State<AdminState>,
-    Path(kind): Path<String>,
+    KindPath(kind): KindPath,
 ) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
     let store = store_of(&state)?;
     let spec = state.app.runner.config().load().spec.clone();
     let names: Vec<String> = match kind {
@@ -171,9 +201,8 @@ pub async fn list(
 
 pub async fn read(
     State(state): State<AdminState>,
-    Path((kind, name)): Path<(String, String)>,
+    ObjectPath { kind, name }: ObjectPath,
 ) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
     let (revision, value) = store_of(&state)?
         .get(kind, &name)
         .await?
@@ -190,77 +219,79 @@ pub struct Create {
 
 pub async fn create(
     State(state): State<AdminState>,
-    Path(kind): Path<String>,
+    KindPath(kind): KindPath,
     body: Result<Json<Create>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
-    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
-    validate::name("name", &body.name).map_err(GatewayError::invalid_config)?;
-    let spec = parse_spec(kind, &body.name, &body.spec)?;
-    candidate(&state, kind, &body.name, Some(&spec))?;
-    let store = store_of(&state)?;
-    let revision = store.create(kind, &body.name, &spec).await?;
-    settle(&store, &state).await;
-    let mut response = object(&body.name, revision, spec);
-    *response.status_mut() = StatusCode::CREATED;
-    if let Ok(location) =
-        HeaderValue::from_str(&format!("/admin/v1/{}/{}", kind.plural(), body.name))
-    {
-        response.headers_mut().insert(header::LOCATION, location);
+) -> Response {
+    let mut change = Change {
+        object: kind.plural().to_owned(),
+        ..Change::default()
+    };
+    let result = async {
+        let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        validate::name("name", &body.name).map_err(GatewayError::invalid_config)?;
+        change.object = kind.key(&body.name);
+        let spec = parse_spec(kind, &body.name, &body.spec)?;
+        candidate(&state, kind, &body.name, Some(&spec))?;
+        let store = store_of(&state)?;
+        let revision = store.create(kind, &body.name, &spec).await?;
+        change.new = Some(revision);
+        settle(&store, &state).await;
+        let mut response = object(&body.name, revision, spec);
+        *response.status_mut() = StatusCode::CREATED;
+        if let Ok(location) =
+            HeaderValue::from_str(&format!("/admin/v1/{}/{}", kind.plural(), body.name))
+        {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
     }
-    Ok(response)
+    .await;
+    change.attach(result)
 }
 
 pub async fn replace(
     State(state): State<AdminState>,
-    Path((kind, name)): Path<(String, String)>,
+    ObjectPath { kind, name }: ObjectPath,
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
-    let expected = if_match(&headers)?;
-    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
-    let spec = parse_spec(kind, &name, &body)?;
-    write(&state, kind, &name, spec, expected).await
+) -> Response {
+    let mut change = Change::of(kind, &name);
+    let result = async {
+        let condition = IfMatch::from_headers(&headers)?;
+        let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        let spec = parse_spec(kind, &name, &body)?;
+        write(&state, kind, &name, spec, &condition, &mut change).await
+    }
+    .await;
+    change.attach(result)
 }
 
-/// Replaces an object at `expected`, after validating the configuration it makes.
+/// Replaces an object if `condition` matches its current revision, after validating the
+/// configuration it makes.
 async fn write(
     state: &AdminState,
     kind: Kind,
     name: &str,
     spec: Value,
-    expected: u64,
+    condition: &IfMatch,
+    change: &mut Change,
 ) -> Result<Response, GatewayError> {
     let store = store_of(state)?;
-    let current = store
-        .get(kind, name)
-        .await?
-        .ok_or_else(|| ErrorKind::ObjectNotFound(kind.key(name)))?;
-    if current.0 != expected {
-        return Err(ErrorKind::PreconditionFailed {
-            expected,
-            current: current.0,
-        }
-        .into());
-    }
+    change.old = store.get(kind, name).await?.map(|(revision, _)| revision);
+    let expected = condition.check(change.old)?;
     candidate(state, kind, name, Some(&spec))?;
     match store.update(kind, name, &spec, expected).await {
         Ok(revision) => {
+            change.new = Some(revision);
             settle(&store, state).await;
             Ok(object(name, revision, spec))
         }
         Err(GatewayError {
-            kind: ErrorKind::Stale { expected, .. },
+            kind: ErrorKind::Stale { .. },
             ..
         }) => {
-            let current = store
-                .get(kind, name)
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |(r, _)| r);
-            Err(ErrorKind::PreconditionFailed { expected, current }.into())
+            let current = store.get(kind, name).await.ok().flatten().map(|(r, _)| r);
+            Err(ErrorKind::PreconditionFailed { current }.into())
         }
         Err(e) => Err(e),
     }
@@ -268,42 +299,39 @@ async fn write(
 
 pub async fn remove(
     State(state): State<AdminState>,
-    Path((kind, name)): Path<(String, String)>,
+    ObjectPath { kind, name }: ObjectPath,
     headers: HeaderMap,
-) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
-    let expected = if_match(&headers)?;
-    let store = store_of(&state)?;
-    let (current, _) = store
-        .get(kind, &name)
-        .await?
-        .ok_or_else(|| ErrorKind::ObjectNotFound(kind.key(&name)))?;
-    if current != expected {
-        return Err(ErrorKind::PreconditionFailed { expected, current }.into());
-    }
-    candidate(&state, kind, &name, None)?;
-    match store.delete(kind, &name, Some(expected)).await {
-        Ok(()) => {
-            settle(&store, &state).await;
-            Ok(StatusCode::NO_CONTENT.into_response())
+) -> Response {
+    let mut change = Change::of(kind, &name);
+    let result = async {
+        let condition = IfMatch::from_headers(&headers)?;
+        let store = store_of(&state)?;
+        change.old = store.get(kind, &name).await?.map(|(revision, _)| revision);
+        let expected = condition.check(change.old)?;
+        candidate(&state, kind, &name, None)?;
+        match store.delete(kind, &name, Some(expected)).await {
+            Ok(()) => {
+                settle(&store, &state).await;
+                Ok(StatusCode::NO_CONTENT.into_response())
+            }
+            Err(GatewayError {
+                kind: ErrorKind::Stale { .. },
+                ..
+            }) => {
+                let current = store.get(kind, &name).await.ok().flatten().map(|(r, _)| r);
+                Err(ErrorKind::PreconditionFailed { current }.into())
+            }
+            Err(e) => Err(e),
         }
-        Err(GatewayError {
-            kind: ErrorKind::Stale { expected, .. },
-            ..
-        }) => Err(ErrorKind::PreconditionFailed {
-            expected,
-            current: 0,
-        }
-        .into()),
-        Err(e) => Err(e),
     }
+    .await;
+    change.attach(result)
 }
 
 pub async fn history(
     State(state): State<AdminState>,
-    Path((kind, name)): Path<(String, String)>,
+    ObjectPath { kind, name }: ObjectPath,
 ) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
     let items = store_of(&state)?.history(kind, &name).await?;
     if items.is_empty() {
         return Err(ErrorKind::ObjectNotFound(kind.key(&name)).into());
@@ -319,53 +347,87 @@ pub struct Rollback {
 
 pub async fn rollback(
     State(state): State<AdminState>,
-    Path((kind, name)): Path<(String, String)>,
+    ObjectPath { kind, name }: ObjectPath,
     headers: HeaderMap,
     body: Result<Json<Rollback>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, GatewayError> {
-    let kind = kind_of(&kind)?;
-    let expected = if_match(&headers)?;
-    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
-    let spec = store_of(&state)?
-        .at_revision(kind, &name, body.revision)
-        .await?
-        .ok_or_else(|| {
-            ErrorKind::ObjectNotFound(format!("{} at revision {}", kind.key(&name), body.revision))
-        })?;
-    write(&state, kind, &name, spec, expected).await
+) -> Response {
+    let mut change = Change::of(kind, &name);
+    let result = async {
+        let condition = IfMatch::from_headers(&headers)?;
+        let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        let spec = store_of(&state)?
+            .at_revision(kind, &name, body.revision)
+            .await?
+            .ok_or_else(|| {
+                ErrorKind::ObjectNotFound(format!(
+                    "{} at revision {}",
+                    kind.key(&name),
+                    body.revision
+                ))
+            })?;
+        write(&state, kind, &name, spec, &condition, &mut change).await
+    }
+    .await;
+    change.attach(result)
 }
 
-pub async fn export(State(state): State<AdminState>) -> Json<ConfigSpec> {
-    Json(state.app.runner.config().load().spec.clone())
+/// `GET /admin/v1/config`: the configuration in force, with the store's revision as `ETag`
+/// (an import names it in `If-Match`).
+pub async fn export(State(state): State<AdminState>) -> Result<Response, GatewayError> {
+    let store = store_of(&state)?;
+    let revision = store.last_sequence().await?;
+    // The configuration exported includes at least every change up to the tag.
+    state.app.store_status.wait_for(revision, APPLY_WAIT).await;
+    let mut response = Json(state.app.runner.config().load().spec.clone()).into_response();
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    Ok(response)
 }
 
 /// Replaces the whole configuration (validated whole first); objects not in it are deleted.
+/// Like every write it needs `If-Match`: the `ETag` of an export (any change to the store since
+/// makes it 412), or `*`.
 pub async fn import(
     State(state): State<AdminState>,
+    headers: HeaderMap,
     body: Result<Json<ConfigSpec>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, GatewayError> {
-    let Json(spec) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
-    Snapshot::compile(spec.clone()).map_err(GatewayError::invalid_config)?;
-    let store = store_of(&state)?;
-    let old = state.app.runner.config().load().spec.clone();
-    // Services first, routes after: intermediate states stay valid where possible; a
-    // watcher refuses any that is not and keeps the last good configuration.
-    for (name, service) in &spec.services {
-        store.put(Kind::Service, name, &json!(service)).await?;
+) -> Response {
+    let mut change = Change {
+        object: "config".to_owned(),
+        ..Change::default()
+    };
+    let result = async {
+        let condition = IfMatch::from_headers(&headers)?;
+        let Json(spec) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        Snapshot::compile(spec.clone()).map_err(GatewayError::invalid_config)?;
+        let store = store_of(&state)?;
+        change.old = Some(store.last_sequence().await?);
+        condition.check(change.old)?;
+        let old = state.app.runner.config().load().spec.clone();
+        // Services first, routes after: intermediate states stay valid where possible; a
+        // watcher refuses any that is not and keeps the last good configuration.
+        for (name, service) in &spec.services {
+            store.put(Kind::Service, name, &json!(service)).await?;
+        }
+        for (name, route) in &spec.routes {
+            store.put(Kind::Route, name, &json!(route)).await?;
+        }
+        for name in old.routes.keys().filter(|n| !spec.routes.contains_key(*n)) {
+            store.delete(Kind::Route, name, None).await?;
+        }
+        for name in old
+            .services
+            .keys()
+            .filter(|n| !spec.services.contains_key(*n))
+        {
+            store.delete(Kind::Service, name, None).await?;
+        }
+        let revision = store.last_sequence().await?;
+        change.new = Some(revision);
+        settle(&store, &state).await;
+        let mut response = Json(spec).into_response();
+        response.headers_mut().insert(header::ETAG, etag(revision));
+        Ok(response)
     }
-    for (name, route) in &spec.routes {
-        store.put(Kind::Route, name, &json!(route)).await?;
-    }
-    for name in old.routes.keys().filter(|n| !spec.routes.contains_key(*n)) {
-        store.delete(Kind::Route, name, None).await?;
-    }
-    for name in old
-        .services
-        .keys()
-        .filter(|n| !spec.services.contains_key(*n))
-    {
-        store.delete(Kind::Service, name, None).await?;
-    }
-    settle(&store, &state).await;
-    Ok(Json(spec).into_response())
+    .await;
+    change.attach(result)
 }

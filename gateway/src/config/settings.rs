@@ -32,6 +32,8 @@ pub struct Settings {
     pub jobs: JobsSettings,
     /// Signed callbacks.
     pub callbacks: CallbackSettings,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsSettings,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -76,6 +78,25 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Bearer token of the admin API; a random one is generated (and logged) when empty.
     pub token: String,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// The listener that serves `/metrics`; the other one answers 404 there.
+    pub listener: MetricsListener,
+}
+
+/// A listener, as `metrics.listener` names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsListener {
+    /// The public listener (`http.listen`): where scrapers find it without extra setup.
+    #[default]
+    Public,
+    /// The admin listener (`admin.listen`), without the admin token.
+    Admin,
 }
 
 /// Logging.
@@ -218,6 +239,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             jobs: JobsSettings::default(),
             callbacks: CallbackSettings::default(),
+            metrics: MetricsSettings::default(),
             shutdown_grace: Duration::from_secs(10),
             services: builtin.services,
             routes: builtin.routes,
@@ -288,13 +310,14 @@ impl Settings {
     }
 
     /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).
-    const TOP_LEVEL: [&'static str; 9] = [
+    const TOP_LEVEL: [&'static str; 10] = [
         "NATS",
         "HTTP",
         "ADMIN",
         "LOG",
         "JOBS",
         "CALLBACKS",
+        "METRICS",
         "SHUTDOWN_GRACE",
         "SERVICES",
         "ROUTES",
@@ -447,6 +470,32 @@ mod tests {
         let mut names: Vec<_> = kept.keys().cloned().collect();
         names.sort();
         assert_eq!(names, ["BUSGATE_NATS__URL", "BUSGATE_SHUTDOWN_GRACE"]);
+    }
+
+    #[test]
+    fn the_metrics_listener_is_public_unless_set_and_checked() {
+        assert_eq!(
+            Settings::default().metrics.listener,
+            MetricsListener::Public
+        );
+        let vars =
+            [("BUSGATE_METRICS__LISTENER", "admin")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            settings_env(vars.into_iter()).len(),
+            1,
+            "read from the environment"
+        );
+        let f = write("[metrics]\nlistener = \"admin\"\n");
+        let s = Settings::load(Some(f.path())).expect("load");
+        assert_eq!(s.metrics.listener, MetricsListener::Admin);
+        let f = write("[metrics]\nlistener = \"both\"\n");
+        assert!(matches!(
+            Settings::load(Some(f.path())),
+            Err(GatewayError {
+                kind: ErrorKind::LoadSettings(_),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -63,6 +63,15 @@ impl Public {
         }
     }
 
+    /// The edge over `state` without `/metrics` (served on the admin listener instead): a
+    /// path no route may bind, so it is 404 here.
+    pub fn without_metrics(state: AppState) -> Self {
+        Public {
+            builtins: builtins(state.clone(), false),
+            state,
+        }
+    }
+
     /// Whether [`router`] has a route for `path` (else only its fallback would answer).
     fn is_builtin(path: &str) -> bool {
         matches!(path, "/health/live" | "/health/ready" | "/metrics")
@@ -93,10 +102,20 @@ impl tower::Service<Request> for Public {
 
 /// The public router: the built-in paths, and the configured routes as its fallback.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    builtins(state, true)
+}
+
+/// [`router`], with or without `/metrics`.
+fn builtins(state: AppState, metrics: bool) -> Router {
+    let router = Router::new()
         .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
+        .route("/health/ready", get(health::ready));
+    let router = if metrics {
+        router.route("/metrics", get(health::metrics))
+    } else {
+        router
+    };
+    router
         .route("/api/requests/{request_id}", get(crate::jobs::http::poll))
         .route(
             "/api/requests/{request_id}/events",
