@@ -97,6 +97,16 @@ async fn the_nats_password_and_admin_token_reach_no_log_and_no_check_config_outp
         assert!(!text.contains(secret), "check-config printed {secret}");
     }
 
+    // The worker's --help names the variable it reads the URL from, not the URL.
+    let help = Command::new(bin("busgate-worker"))
+        .arg("--help")
+        .env("BUSGATE_NATS__URL", &nats.url)
+        .output()
+        .expect("busgate-worker --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("BUSGATE_NATS__URL"), "{help}");
+    assert!(!help.contains(NATS_PASSWORD), "{help}");
+
     // A short token is refused (exit 64) without being repeated; a missing token file is named.
     let short = "short-admin-token-1234";
     let file = settings_file(&format!("[admin]\ntoken = \"{short}\"\n"));
