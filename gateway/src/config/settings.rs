@@ -42,7 +42,7 @@ pub struct Settings {
 }
 
 /// The NATS connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
     /// Server URL(s), comma separated.
@@ -69,7 +69,7 @@ pub struct HttpSettings {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// Address to listen on.
@@ -80,6 +80,47 @@ pub struct AdminSettings {
     /// A file holding the token instead (a mounted secret), read at start; surrounding
     /// whitespace is ignored. Every instance given the same file uses the same token.
     pub token_file: String,
+}
+
+// Debug by hand for the three sections that hold secrets: `{:?}` of the settings shows none.
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &busgate_shared::nats::redact_url(&self.url))
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CallbackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackSettings")
+            .field("secret", &redacted(&self.secret))
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("allow", &self.allow)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// `***` for a secret that is set, `""` for one that is not.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "***"
+    }
 }
 
 /// The shortest admin token accepted.
@@ -172,7 +213,7 @@ impl Default for JobsSettings {
 }
 
 /// Signed callbacks (Standard Webhooks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallbackSettings {
     /// The signing secret, `whsec_<base64>`. Callbacks are refused while it is empty.
@@ -475,6 +516,19 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let mut s = Settings::default();
+        s.nats.url = "nats://u:nats-pass-9@h:4222".into();
+        s.admin.token = "admin-token-9".repeat(3);
+        s.callbacks.secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=".into();
+        let text = format!("{s:?}");
+        for secret in ["nats-pass-9", "admin-token-9", "c2VjcmV0"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("nats://***@h:4222"), "{text}");
     }
 
     #[test]
