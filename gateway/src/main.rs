@@ -62,6 +62,11 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime::init_logging(settings.log.format, &settings.log.level);
+            // SIGTERM and SIGINT are ours from here on, not only once the server runs: a
+            // signal that came while the gateway was starting would end it without a drain.
+            let shutdown = runtime::shutdown_signal();
+            tokio::pin!(shutdown);
+            let _ = futures::poll!(&mut shutdown);
             let mut listeners = Vec::new();
             for addr in [settings.http.listen, settings.admin.listen] {
                 match busgate_shared::runtime::listen(addr) {
@@ -75,7 +80,7 @@ async fn main() -> ExitCode {
             let (Some(admin), Some(public)) = (listeners.pop(), listeners.pop()) else {
                 return ExitCode::from(1);
             };
-            match busgate_gateway::run(settings, public, admin, runtime::shutdown_signal()).await {
+            match busgate_gateway::run(settings, public, admin, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "gateway failed");

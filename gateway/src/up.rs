@@ -62,6 +62,11 @@ struct Generated {
 
 /// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
 pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
+    // SIGTERM and SIGINT are ours from here on: one that comes while the stack starts is kept
+    // and stops it once the gateway runs, rather than killing this process without stopping
+    // its children.
+    let mut signal = Box::pin(shutdown_signal());
+    let _ = futures::poll!(signal.as_mut());
     // The admin UI opens with a token in its URL. A generated one goes to the gateway in its
     // settings (it runs in this process) and is shown in the banner only, never logged; a
     // configured one is not printed at all.
@@ -125,7 +130,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     let (died_note_tx, died_note_rx) = oneshot::channel::<String>();
     let shutdown = async move {
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = signal => {}
             Some(name) = died_rx.recv() => {
                 let _ = died_note_tx.send(name);
             }

@@ -292,6 +292,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway on `nats` with `settings` as its settings file.
     pub async fn start(nats: &NatsServer, settings: &Settings) -> Gateway {
+        Self::start_with(nats, settings, |_| {}).await
+    }
+
+    /// [`Gateway::start`], with `configure` applied to its command last (e.g. to set or remove
+    /// environment variables).
+    pub async fn start_with(
+        nats: &NatsServer,
+        settings: &Settings,
+        configure: impl FnOnce(&mut Command),
+    ) -> Gateway {
         busgate_shared::runtime::install_crypto_provider();
         use std::io::Write;
         let mut file = tempfile::Builder::new()
@@ -310,6 +320,7 @@ impl Gateway {
             .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
             .env("BUSGATE_LOG__FORMAT", "json")
             .env("BUSGATE_LOG__LEVEL", "info");
+        configure(&mut cmd);
         let proc = Proc::spawn("gateway", cmd);
         let listening = proc.wait_for_message("listening");
         let addr = listening["addr"].as_str().expect("addr").to_owned();

@@ -123,6 +123,80 @@ async fn the_nats_password_and_admin_token_reach_no_log_and_no_check_config_outp
     assert!(text.contains(missing), "{text}");
 }
 
+/// Every instance uses the same admin token, from a secret file; a gateway without one does
+/// not serve the admin listener, and generates no token to log.
+#[tokio::test]
+async fn instances_share_a_token_from_a_file_and_none_is_generated() {
+    let nats = NatsServer::start();
+    let token = "file-admin-token-5c2e8a0b4d6f1e3a9b7c";
+    let file = settings_file(&format!("{token}\n"));
+    let path = file.path().display().to_string();
+    let from_file = |cmd: &mut Command| {
+        cmd.env_remove("BUSGATE_ADMIN__TOKEN")
+            .env("BUSGATE_ADMIN__TOKEN_FILE", &path);
+    };
+    let a = Gateway::start_with(&nats, &Settings::default(), from_file).await;
+    let b = Gateway::start_with(&nats, &Settings::default(), from_file).await;
+    let http = reqwest::Client::new();
+    for gateway in [&a, &b] {
+        let url = gateway.admin_url("/admin/v1/services");
+        let ok = http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(ok.status(), 200, "{url}");
+        let wrong = http
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(wrong.status(), 401, "{url}");
+        assert!(
+            !gateway.proc.logged(token),
+            "{} logged the token",
+            gateway.proc.name
+        );
+    }
+
+    // No token: the public listener serves, the admin listener does not, and the log says so.
+    let mut cmd = Command::new(bin("busgate"));
+    cmd.arg("gateway")
+        .env_remove("BUSGATE_ADMIN__TOKEN")
+        .env_remove("BUSGATE_ADMIN__TOKEN_FILE")
+        .env("BUSGATE_NATS__URL", &nats.url)
+        .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("BUSGATE_LOG__FORMAT", "json");
+    let mut tokenless = Proc::spawn("gateway without a token", cmd);
+    tokenless.wait_for_message(
+        "admin.token and admin.token_file are not set: the admin listener is not served",
+    );
+    let addr = tokenless.wait_for_message("listening")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    // Serving (so its signal handler is in place, too).
+    support::eventually(support::READY_WITHIN, || async {
+        matches!(http.get(format!("http://{addr}/health/live")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert_eq!(tokenless.terminate(Duration::from_secs(15)), Some(0));
+    assert!(
+        !tokenless.logged("admin listening"),
+        "an admin listener was served without a token"
+    );
+    // Nothing that looks like a generated token (32 hex digits) was logged.
+    for line in tokenless.lines() {
+        let hex_run = line
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .any(|run| run.len() >= 32);
+        assert!(!hex_run, "{line}");
+    }
+}
+
 /// The pids of `parent`'s children, from /proc.
 fn children(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
