@@ -554,6 +554,7 @@ async fn an_upstream_body_over_max_payload_is_an_error_at_once() {
         .await
         .expect("answer");
     let took = started.elapsed();
+    println!("upstream_too_large answered in {took:?}");
     assert_eq!(response.status(), 502);
     let problem: Value = response.json().await.expect("json");
     assert_eq!(
