@@ -71,9 +71,9 @@ pub enum ErrorKind {
     /// A callback was asked for, but no signing secret is configured.
     #[error("callbacks are not configured on this gateway (callbacks.secret)")]
     CallbacksDisabled,
-    /// The callback URL may not be called.
-    #[error("callback_url refused: {0}")]
-    CallbackRefused(String),
+    /// The callback URL may not be called. The client hears the class only.
+    #[error("callback_url {0}")]
+    CallbackRefused(Refusal),
     /// The `Idempotency-Key` header is not usable.
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
@@ -174,6 +174,75 @@ pub enum ErrorKind {
     /// A bug or an unexpected failure; detail goes to the log only.
     #[error("internal error")]
     Internal,
+}
+
+/// The id of the request being answered, in a request's extensions: the edge puts it there
+/// for its built-in paths, so that their handlers' problem documents carry the id the answer's
+/// `Busgate-Request-Id` says.
+#[derive(Debug, Clone)]
+pub struct AnswerId(pub String);
+
+impl GatewayError {
+    /// Attaches the id of the request being answered, when the edge gave one.
+    pub fn with_answer_id(self, id: Option<&AnswerId>) -> Self {
+        match id {
+            Some(AnswerId(id)) => self.with_request(id),
+            None => self,
+        }
+    }
+}
+
+/// Why a callback URL is refused: a class the client is told, and the detail (what a name
+/// resolved to, the port) that only the log gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the client is told.
+    pub class: RefusalClass,
+    /// For the log only.
+    pub detail: String,
+}
+
+/// The classes of [`Refusal`]: short, and the same whatever a name resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    /// Not a URL.
+    NotUrl,
+    /// Not http or https.
+    Scheme,
+    /// Longer than 2048 characters.
+    TooLong,
+    /// No host.
+    NoHost,
+    /// A port other than 80, 443 and the ones the allowlist names.
+    Port,
+    /// An IP literal in a special-purpose range.
+    Address,
+    /// A name that does not resolve, or resolves to an address that is not allowed.
+    Host,
+}
+
+impl Refusal {
+    /// A refusal of `class`, with `detail` for the log.
+    pub fn new(class: RefusalClass, detail: impl Into<String>) -> Self {
+        Refusal {
+            class,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.class {
+            RefusalClass::NotUrl => "refused: not a URL",
+            RefusalClass::Scheme => "refused: only http and https",
+            RefusalClass::TooLong => "refused: longer than 2048 characters",
+            RefusalClass::NoHost => "refused: no host",
+            RefusalClass::Port => "refused: port not allowed (80, 443 or an allowlisted port)",
+            RefusalClass::Address => "refused: address not allowed",
+            RefusalClass::Host => "refused: host not allowed",
+        })
+    }
 }
 
 /// The stores a request can depend on, as named to clients.
@@ -458,6 +527,8 @@ impl GatewayError {
             K::CallbackClient(_) | K::LoadSettings(_) | K::InvalidSettings(_) => {
                 "internal error".to_owned()
             }
+            // hyper's words about a connection are for the log.
+            K::BodyRead(_) => "cannot read request body".to_owned(),
             other => other.to_string(),
         }
     }
@@ -479,6 +550,15 @@ impl GatewayError {
         );
         if internal {
             tracing::warn!(request_id = self.request_id.as_deref(), error = %self.kind, "request failed inside the gateway");
+        }
+        match &self.kind {
+            K::CallbackRefused(refusal) => {
+                tracing::info!(request_id = self.request_id.as_deref(), class = ?refusal.class, detail = %refusal.detail, "callback_url refused");
+            }
+            K::BodyRead(e) => {
+                tracing::debug!(request_id = self.request_id.as_deref(), error = %e, "cannot read a request body");
+            }
+            _ => {}
         }
     }
 
@@ -584,6 +664,26 @@ mod tests {
     #[test]
     fn the_error_stays_small() {
         assert!(std::mem::size_of::<GatewayError>() <= 128);
+    }
+
+    /// Problem documents say a class, never the detail: what a callback host resolved to,
+    /// hyper's words about a connection.
+    #[test]
+    fn public_details_hold_no_internal_detail() {
+        let refused = GatewayError::from(ErrorKind::CallbackRefused(Refusal::new(
+            RefusalClass::Host,
+            "hooks.internal resolves to 10.0.0.5",
+        )))
+        .with_request("r2");
+        let body = String::from_utf8(refused.problem().1.to_vec()).expect("utf-8");
+        assert!(body.contains("refused: host not allowed"), "{body}");
+        assert!(!body.contains("10.0.0.5"), "{body}");
+        assert!(body.contains("\"request_id\":\"r2\""), "{body}");
+        let read = GatewayError::from(ErrorKind::BodyRead(
+            "error reading a body from connection: 10.1.2.3:4711 reset".into(),
+        ));
+        let body = String::from_utf8(read.problem().1.to_vec()).expect("utf-8");
+        assert!(!body.contains("10.1.2.3"), "{body}");
     }
 
     #[test]

@@ -139,30 +139,36 @@ pub async fn run(
         stop_jobs_rx,
     ));
     let addr = listener.local_addr()?;
-    info!(%addr, %instance, nats = %settings.nats.url, "listening");
-    let token = if settings.admin.token.is_empty() {
-        let generated = uuid::Uuid::new_v4().simple().to_string();
-        warn!(token = %generated, "admin.token is not set: generated one for this process");
-        generated
-    } else {
-        settings.admin.token.clone()
-    };
-    let admin_addr = admin_listener.local_addr()?;
-    info!(addr = %admin_addr, "admin listening");
+    let nats_url = busgate_shared::nats::redact_url(&settings.nats.url);
+    info!(%addr, %instance, nats = %nats_url, "listening");
+    // One token for every instance, from settings or a secret file (validated above); never
+    // generated here, never logged. Without one the admin API stays off rather than open.
     let metrics_on_admin = settings.metrics.listener == MetricsListener::Admin;
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(
-        // `into_make_service`: serving a `Router` itself rebuilds its route table for every
-        // connection (axum 0.8), 3.6 KiB each; this hands each connection a clone of one table.
-        axum::serve(
-            admin_listener,
-            admin::router(state.clone(), &token, metrics_on_admin).into_make_service(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = admin_stop_rx.await;
-        })
-        .into_future(),
-    );
+    let admin = match settings.admin.resolve_token()? {
+        Some(token) => {
+            let admin_addr = admin_listener.local_addr()?;
+            info!(addr = %admin_addr, "admin listening");
+            Some(tokio::spawn(
+                // `into_make_service`: serving a `Router` itself rebuilds its route table for
+                // every connection (axum 0.8), 3.6 KiB each; this hands each connection a clone
+                // of one table.
+                axum::serve(
+                    admin_listener,
+                    admin::router(state.clone(), &token, metrics_on_admin).into_make_service(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = admin_stop_rx.await;
+                })
+                .into_future(),
+            ))
+        }
+        None => {
+            warn!("admin.token and admin.token_file are not set: the admin listener is not served");
+            drop(admin_listener);
+            None
+        }
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let public = if metrics_on_admin {
@@ -199,11 +205,13 @@ pub async fn run(
         }
     }
     let _ = admin_stop_tx.send(());
-    if tokio::time::timeout(Duration::from_secs(2), admin)
-        .await
-        .is_err()
-    {
-        warn!("admin listener did not close in time");
+    if let Some(admin) = admin {
+        if tokio::time::timeout(Duration::from_secs(2), admin)
+            .await
+            .is_err()
+        {
+            warn!("admin listener did not close in time");
+        }
     }
     let _ = stop_jobs.send(true);
     if tokio::time::timeout(settings.shutdown_grace, jobs_task)
@@ -284,6 +292,7 @@ async fn supervise_jetstream(
             state.requests.guard().clone(),
             retry,
             settings.callbacks.timeout,
+            settings.callbacks.concurrency,
         )
         .map_err(ErrorKind::CallbackClient)?;
         jobs::callback::run_deliveries(jobs.clone(), deliverer, stop.clone()).await

@@ -62,6 +62,11 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             runtime::init_logging(settings.log.format, &settings.log.level);
+            // SIGTERM and SIGINT are ours from here on, not only once the server runs: a
+            // signal that came while the gateway was starting would end it without a drain.
+            let shutdown = runtime::shutdown_signal();
+            tokio::pin!(shutdown);
+            let _ = futures::poll!(&mut shutdown);
             let mut listeners = Vec::new();
             for addr in [settings.http.listen, settings.admin.listen] {
                 match busgate_shared::runtime::listen(addr) {
@@ -75,7 +80,7 @@ async fn main() -> ExitCode {
             let (Some(admin), Some(public)) = (listeners.pop(), listeners.pop()) else {
                 return ExitCode::from(1);
             };
-            match busgate_gateway::run(settings, public, admin, runtime::shutdown_signal()).await {
+            match busgate_gateway::run(settings, public, admin, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "gateway failed");
@@ -99,10 +104,47 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(s) => {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&redacted(&s)).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
+    }
+}
+
+/// What `check-config` prints: the effective settings with every secret replaced by `***`
+/// (NATS credentials in `nats.url`, `admin.token`, `callbacks.secret`). A secret that is set
+/// shows as `***`, one that is not as `""`, so the output still says which are set.
+fn redacted(settings: &Settings) -> serde_json::Value {
+    let mut copy = settings.clone();
+    copy.nats.url = busgate_shared::nats::redact_url(&copy.nats.url);
+    for secret in [&mut copy.admin.token, &mut copy.callbacks.secret] {
+        if !secret.is_empty() {
+            "***".clone_into(secret);
+        }
+    }
+    serde_json::to_value(&copy).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_config_output_holds_no_secret() {
+        let mut s = Settings::default();
+        s.nats.url = "nats://u:nats-pass-1@h:4222,tok-2@g".into();
+        s.admin.token = "admin-token-3".repeat(3);
+        s.callbacks.secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=".into();
+        let text = redacted(&s).to_string();
+        for secret in ["nats-pass-1", "tok-2", "admin-token-3", "c2VjcmV0"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("nats://***@h:4222,***@g"), "{text}");
+        assert_eq!(redacted(&s)["admin"]["token"], "***");
+        assert_eq!(redacted(&Settings::default())["admin"]["token"], "");
     }
 }

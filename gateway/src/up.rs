@@ -53,15 +53,37 @@ struct Running {
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Secrets `up` made itself: the banner shows these, and only these.
+#[derive(Default)]
+struct Generated {
+    admin_token: Option<String>,
+    callback_secret: Option<String>,
+}
+
 /// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
 pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
-    // The admin UI opens with a token in its URL.
-    if settings.admin.token.is_empty() {
-        settings.admin.token = uuid::Uuid::new_v4().simple().to_string();
+    // SIGTERM and SIGINT are ours from here on: one that comes while the stack starts is kept
+    // and stops it once the gateway runs, rather than killing this process without stopping
+    // its children.
+    let mut signal = Box::pin(shutdown_signal());
+    let _ = futures::poll!(signal.as_mut());
+    // The admin UI opens with a token in its URL. A generated one goes to the gateway in its
+    // settings (it runs in this process) and is shown in the banner only, never logged; a
+    // configured one is not printed at all.
+    let mut generated = Generated::default();
+    if settings.admin.resolve_token()?.is_none() {
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        settings.admin.token.clone_from(&token);
+        generated.admin_token = Some(token);
     }
     // Callbacks work out of the box locally: a fresh secret, and loopback receivers allowed.
     if settings.callbacks.secret.is_empty() {
         settings.callbacks.secret = crate::jobs::callback::Signer::generate_secret();
+        generated.callback_secret = Some(settings.callbacks.secret.clone());
     }
     for entry in ["127.0.0.0/8", "::1", "localhost"] {
         if !settings.callbacks.allow.iter().any(|a| a == entry) {
@@ -97,6 +119,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     };
     print_banner(
         &settings,
+        &generated,
         &args,
         &data_dir,
         &nats_note,
@@ -107,7 +130,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     let (died_note_tx, died_note_rx) = oneshot::channel::<String>();
     let shutdown = async move {
         tokio::select! {
-            () = shutdown_signal() => {}
+            () = signal => {}
             Some(name) = died_rx.recv() => {
                 let _ = died_note_tx.send(name);
             }
@@ -139,12 +162,15 @@ async fn start_children(
         .unwrap_or_default()
         .trim()
         .to_owned();
+    // Shown in the banner and errors; the URL itself reaches children only in their
+    // environment (a process list shows argv to every user of the machine).
+    let shown_url = busgate_shared::nats::redact_url(&nats_url);
     let nats_addr = nats_socket_addr(&nats_url)?;
     let nats_note = if answers(nats_addr).await {
-        format!("{nats_url} (already running, used as is)")
+        format!("{shown_url} (already running, used as is)")
     } else {
         if !nats_addr.ip().is_loopback() {
-            bail!("nothing answers at {nats_url}, and up only starts a NATS server on this machine (loopback)");
+            bail!("nothing answers at {shown_url}, and up only starts a NATS server on this machine (loopback)");
         }
         let binary = locate_nats_server(args.nats_server.as_deref()).context(NATS_SERVER_HINT)?;
         let store = data_dir.join("nats");
@@ -163,7 +189,7 @@ async fn start_children(
             .await
             .with_context(|| format!("nats-server did not listen on {nats_addr}"))?;
         format!(
-            "{nats_url} (started {}, data in {})",
+            "{shown_url} (started {}, data in {})",
             binary.display(),
             store.display()
         )
@@ -189,9 +215,7 @@ async fn start_children(
             .await
             .with_context(|| format!("demo service {service} did not listen on {listen}"))?;
         let mut adapter = Command::new(&worker);
-        adapter.args([
-            "--nats",
-            &nats_url,
+        adapter.env("BUSGATE_NATS__URL", &nats_url).args([
             "adapter",
             "--service",
             service,
@@ -334,11 +358,12 @@ fn nats_socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
     } else {
         format!("{hostport}:4222")
     };
+    let shown = busgate_shared::nats::redact_url(url);
     with_port
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {url}"))?
+        .with_context(|| format!("cannot resolve {shown}"))?
         .next()
-        .with_context(|| format!("{url} resolves to no address"))
+        .with_context(|| format!("{shown} has no address"))
 }
 
 async fn answers(addr: SocketAddr) -> bool {
@@ -371,6 +396,7 @@ where
 
 fn print_banner(
     settings: &Settings,
+    generated: &Generated,
     args: &UpArgs,
     data_dir: &Path,
     nats: &str,
@@ -387,13 +413,13 @@ fn print_banner(
     out.push_str(&format!("  gateway   http://{host}\n"));
     out.push_str(&format!("  health    http://{host}/health/ready\n"));
     out.push_str(&format!("  metrics   http://{host}/metrics\n"));
+    let token = generated
+        .admin_token
+        .as_deref()
+        .unwrap_or("<your admin.token>");
+    out.push_str(&format!("  admin UI  http://{admin}/#token={token}\n"));
     out.push_str(&format!(
-        "  admin UI  http://{admin}/#token={}\n",
-        settings.admin.token
-    ));
-    out.push_str(&format!(
-        "  admin API http://{admin}/admin/v1/ (Authorization: Bearer {})\n",
-        settings.admin.token
+        "  admin API http://{admin}/admin/v1/ (Authorization: Bearer {token})\n"
     ));
     out.push_str(&format!("  nats      {nats}\n"));
     for (i, service) in settings.services.keys().enumerate() {
@@ -408,7 +434,10 @@ fn print_banner(
     ));
     out.push_str(&format!(
         "  callbacks signed with {} (loopback receivers allowed)\n\n",
-        settings.callbacks.secret
+        generated
+            .callback_secret
+            .as_deref()
+            .unwrap_or("callbacks.secret")
     ));
     out.push_str("Try:\n");
     out.push_str(&format!(

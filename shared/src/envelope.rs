@@ -72,6 +72,9 @@ pub mod code {
     pub const UPSTREAM_UNREACHABLE: &str = "upstream_unreachable";
     /// The upstream answered 2xx with a body that is not JSON.
     pub const UPSTREAM_BAD_BODY: &str = "upstream_bad_body";
+    /// The upstream's body is larger than a reply can carry on the bus (the NATS server's
+    /// `max_payload`): answered at once, not left to time out.
+    pub const UPSTREAM_TOO_LARGE: &str = "upstream_too_large";
     /// The request payload could not be decoded.
     pub const BAD_REQUEST: &str = "bad_request";
     /// The service failed for a reason of its own.

@@ -4,6 +4,7 @@
 use async_nats::{Client, ConnectOptions, Event};
 use tracing::{error, info, warn};
 
+use crate::wire::Auth;
 use crate::Error;
 
 /// Messages a client queues for its connection before a publish waits for room. async-nats'
@@ -16,9 +17,29 @@ pub const CLIENT_CAPACITY: usize = 64 * 1024;
 /// Connects to `url` as `name`. The client reconnects forever and logs every state change;
 /// when no server answers yet, this returns at once and the client keeps trying in the
 /// background (callers report readiness from [`Client::connection_state`]).
+///
+/// Credentials in the URL (`user:password@`, `token@`: the first entry that has some) are given
+/// to the client as options, and the servers without them: async-nats 0.51 does not send a
+/// URL's credentials itself (the server answered "authorization violation"), and a URL without
+/// them is one that no log of the client can leak.
 pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
-    let logged_url = url.to_owned();
-    ConnectOptions::new()
+    let logged_url = redact_url(url);
+    let servers = crate::wire::parse_servers(url)?;
+    let plain: Vec<String> = servers
+        .iter()
+        .map(|s| match s.host.contains(':') {
+            true => format!("nats://[{}]:{}", s.host, s.port),
+            false => format!("nats://{}:{}", s.host, s.port),
+        })
+        .collect();
+    let options = match servers.iter().map(|s| &s.auth).find(|a| **a != Auth::None) {
+        Some(Auth::User { user, pass }) => {
+            ConnectOptions::with_user_and_password(user.clone(), pass.clone())
+        }
+        Some(Auth::Token(token)) => ConnectOptions::with_token(token.clone()),
+        Some(Auth::None) | None => ConnectOptions::new(),
+    };
+    options
         .name(name)
         .max_reconnects(None)
         .client_capacity(CLIENT_CAPACITY)
@@ -37,15 +58,68 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
                 }
             }
         })
-        .connect(url)
+        .connect(plain.join(","))
         .await
         .map_err(|source| Error::Connect {
-            url: url.to_owned(),
+            url: redact_url(url),
             source,
         })
+}
+
+/// `url` (one URL or a comma-separated list) with the credentials of every entry replaced by
+/// `***` (`nats://u:p@h:4222` → `nats://***@h:4222`, `tok@h` → `***@h`): the one form in which
+/// a NATS URL may be logged, put in an error or printed. Whatever follows the last `@` of an
+/// entry (host, port, path) is kept.
+pub fn redact_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    for (i, entry) in url.split(',').enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let (scheme, rest) = match entry.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, entry),
+        };
+        if let Some(scheme) = scheme {
+            out.push_str(scheme);
+            out.push_str("://");
+        }
+        match rest.rsplit_once('@') {
+            Some((_, host)) => {
+                out.push_str("***@");
+                out.push_str(host);
+            }
+            None => out.push_str(rest),
+        }
+    }
+    out
 }
 
 /// Whether the client is connected right now.
 pub fn is_connected(client: &Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_survive_redaction() {
+        let cases = [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats://u:s3cret@h:4222", "nats://***@h:4222"),
+            ("nats://t0ken@h", "nats://***@h"),
+            ("u:p%40ss@h:1, tls://a:b@c:2/", "***@h:1, tls://***@c:2/"),
+            ("nats://u:p@ss@h", "nats://***@h"),
+        ];
+        for (url, redacted) in cases {
+            assert_eq!(redact_url(url), redacted, "{url}");
+        }
+        let e = Error::Connect {
+            url: redact_url("nats://u:s3cret@h"),
+            source: async_nats::ConnectError::from(async_nats::ConnectErrorKind::Io),
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
 }

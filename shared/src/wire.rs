@@ -106,9 +106,7 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
     let mut servers = Vec::new();
     for entry in urls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let fail = |reason| UrlError {
-            url: entry
-                .rsplit_once('@')
-                .map_or(entry.to_owned(), |(_, host)| format!("***@{host}")),
+            url: crate::nats::redact_url(entry),
             reason,
         };
         let rest = match entry.split_once("://") {
@@ -169,7 +167,7 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
     }
     if servers.is_empty() {
         return Err(UrlError {
-            url: urls.to_owned(),
+            url: crate::nats::redact_url(urls),
             reason: "no server in the list",
         });
     }
@@ -380,6 +378,11 @@ impl Connection {
 
     fn inner(&self) -> &Inner {
         &self.handle.inner
+    }
+
+    /// The largest message the server takes (its `max_payload`; 1 MiB until it said).
+    pub fn max_payload(&self) -> usize {
+        self.inner().max_payload.load(Ordering::Relaxed)
     }
 
     /// Whether a server connection is up right now.

@@ -30,6 +30,8 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     log_level: Option<String>,
+    nats_url: Option<String>,
+    order_id_pattern: Option<String>,
     jobs: Jobs,
     callbacks: Option<Callbacks>,
     metrics_listener: Option<String>,
@@ -102,6 +104,18 @@ impl Settings {
         self
     }
 
+    /// `[nats] url` (a test gateway's environment names its server, and wins over this).
+    pub fn nats_url(mut self, url: &str) -> Settings {
+        self.nats_url = Some(url.to_owned());
+        self
+    }
+
+    /// `[http] order_id_pattern`: what an `order_id` must match.
+    pub fn order_id_pattern(mut self, pattern: &str) -> Settings {
+        self.order_id_pattern = Some(pattern.to_owned());
+        self
+    }
+
     /// `[jobs] ack_wait`: how long an instance may hold a request before another gets it.
     pub fn jobs_ack_wait(mut self, ack_wait: Duration) -> Settings {
         self.jobs.ack_wait = Some(ack_wait);
@@ -153,6 +167,12 @@ impl Settings {
         let mut doc = Map::new();
         if let Some(level) = &self.log_level {
             doc.insert("log".into(), json!({ "level": level }));
+        }
+        if let Some(url) = &self.nats_url {
+            doc.insert("nats".into(), json!({ "url": url }));
+        }
+        if let Some(pattern) = &self.order_id_pattern {
+            doc.insert("http".into(), json!({ "order_id_pattern": pattern }));
         }
         let mut jobs = Map::new();
         if let Some(ack_wait) = self.jobs.ack_wait {

@@ -126,6 +126,11 @@ impl Proc {
         })
     }
 
+    /// Every line so far, stdout and stderr interleaved as they came.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lines.lock().expect("lines").clone()
+    }
+
     /// Whether any line so far contains `text`.
     pub fn logged(&self, text: &str) -> bool {
         self.lines
@@ -200,8 +205,34 @@ impl NatsServer {
         Self::start_in(dir, 0)
     }
 
+    /// A server that requires `user` and `password`; its [`NatsServer::url`] carries them.
+    pub fn start_with_auth(user: &str, password: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_with(
+            dir,
+            0,
+            &["--user", user, "--pass", password],
+            &format!("{user}:{password}@"),
+        )
+    }
+
+    /// A server whose messages may be at most `max_payload` bytes (set in a config file: the
+    /// command line has no flag for it).
+    pub fn start_with_max_payload(max_payload: usize) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, format!("max_payload: {max_payload}\n")).expect("nats config");
+        let config = config.display().to_string();
+        Self::start_with(dir, 0, &["-c", &config], "")
+    }
+
     /// Starts on `port` (0: any free one) with its store in `dir`.
     pub fn start_in(dir: tempfile::TempDir, port: u16) -> NatsServer {
+        Self::start_with(dir, port, &[], "")
+    }
+
+    /// Starts with `args` added, and `userinfo` (`user:pass@`, or empty) in its URL.
+    fn start_with(dir: tempfile::TempDir, port: u16, args: &[&str], userinfo: &str) -> NatsServer {
         // reqwest is built with TLS in this workspace: it needs the process's crypto provider.
         busgate_shared::runtime::install_crypto_provider();
         let binary = busgate_shared::runtime::locate_nats_server(None)
@@ -212,7 +243,8 @@ impl NatsServer {
         } else {
             port.to_string()
         };
-        cmd.args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        cmd.args(args)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(dir.path());
         let proc = Proc::spawn("nats-server", cmd);
         let port = proc.wait_for(READY_WITHIN, |line| {
@@ -220,7 +252,7 @@ impl NatsServer {
             rest.trim().rsplit_once(':')?.1.parse::<u16>().ok()
         });
         NatsServer {
-            url: format!("nats://127.0.0.1:{port}"),
+            url: format!("nats://{userinfo}127.0.0.1:{port}"),
             port,
             proc,
             dir,
@@ -245,8 +277,8 @@ impl NatsServer {
     }
 }
 
-/// The admin token every test gateway uses.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The admin token every test gateway uses (tokens have at least 32 characters).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// A `busgate gateway` child on a free port.
 pub struct Gateway {
@@ -260,6 +292,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway on `nats` with `settings` as its settings file.
     pub async fn start(nats: &NatsServer, settings: &Settings) -> Gateway {
+        Self::start_with(nats, settings, |_| {}).await
+    }
+
+    /// [`Gateway::start`], with `configure` applied to its command last (e.g. to set or remove
+    /// environment variables).
+    pub async fn start_with(
+        nats: &NatsServer,
+        settings: &Settings,
+        configure: impl FnOnce(&mut Command),
+    ) -> Gateway {
         busgate_shared::runtime::install_crypto_provider();
         use std::io::Write;
         let mut file = tempfile::Builder::new()
@@ -278,6 +320,7 @@ impl Gateway {
             .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
             .env("BUSGATE_LOG__FORMAT", "json")
             .env("BUSGATE_LOG__LEVEL", "info");
+        configure(&mut cmd);
         let proc = Proc::spawn("gateway", cmd);
         let listening = proc.wait_for_message("listening");
         let addr = listening["addr"].as_str().expect("addr").to_owned();

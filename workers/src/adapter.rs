@@ -4,6 +4,13 @@
 //! else, a timeout or an unreachable upstream → `error` with a code from
 //! [`busgate_shared::envelope::code`]. The upstream timeout is the time left until the request's
 //! deadline; work past its deadline is dropped by the SDK before any call is made.
+//!
+//! An error reply's message reaches the gateway's clients (in `sources`): it is a fixed
+//! sentence per code, never the upstream's URL, address or an error's own words; those go to
+//! this worker's log with the request id. A body larger than a reply can carry on the bus (the
+//! server's `max_payload`) is `upstream_too_large` at once, on either transport, and is not
+//! read past that size. An order id of `.` or `..` is refused (`bad_request`) before any URL is
+//! built: percent-encoded or not, it would be a dot-segment that walks the upstream's path.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -22,6 +29,9 @@ use crate::http1;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 /// How long opening a connection to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a reply envelope adds to an upstream body (`{"service":…,"status":"ok","data":…,
+/// "elapsed_ms":…}`), with room to spare.
+const REPLY_OVERHEAD: usize = 1024;
 
 /// How an adapter runs.
 #[derive(Debug, Clone)]
@@ -62,9 +72,12 @@ pub async fn run(
         serve
             .metadata
             .insert("upstream".into(), options.upstream.clone());
+        let nats = nats.clone();
         let handler = move |req: ServiceRequest, ctx: RequestContext| {
             let upstream = upstream.clone();
-            async move { upstream.call(&req, &ctx).await }
+            // The server says its max_payload when a connection is made.
+            let max_body = nats.max_payload().saturating_sub(REPLY_OVERHEAD);
+            async move { upstream.call(&req, &ctx, max_body).await }
         };
         (serve, handler)
     });
@@ -94,6 +107,7 @@ enum Transport {
 enum Outcome {
     Answered { status: u16, body: Bytes },
     TimedOut,
+    TooLarge,
     Unreachable(String),
 }
 
@@ -166,7 +180,11 @@ impl Upstream {
         url
     }
 
-    async fn call(&self, req: &ServiceRequest, ctx: &RequestContext) -> Reply {
+    /// Calls the upstream for `req`; a body over `max_body` bytes is `upstream_too_large`.
+    async fn call(&self, req: &ServiceRequest, ctx: &RequestContext, max_body: usize) -> Reply {
+        if is_dot_segment(&req.order_id) {
+            return Reply::error(code::BAD_REQUEST, "order_id may not be . or ..");
+        }
         let target = self.target(&req.order_id);
         // Passed on so the upstream's logs and traces join the gateway's.
         let mut extra: [(&str, &str); 2] = [("", ""); 2];
@@ -187,7 +205,7 @@ impl Upstream {
         // timer, ends the call, so a late "upstream_timeout" reply never races the gateway's.
         let outcome = match &self.transport {
             Transport::Http1(pool) => {
-                let call = pool.get(&target, extra);
+                let call = pool.get_limited(&target, extra, max_body);
                 let result = match ctx.deadline {
                     Some(_) => Ok(call.await),
                     None => tokio::time::timeout(self.default_timeout, call).await,
@@ -197,6 +215,7 @@ impl Upstream {
                         status: r.status,
                         body: r.body,
                     },
+                    Ok(Err(http1::Error::TooLarge)) => Outcome::TooLarge,
                     Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
                     Err(_) => Outcome::TimedOut,
                 }
@@ -206,17 +225,16 @@ impl Upstream {
                     .deadline
                     .map(|at| at.saturating_duration_since(Instant::now()) + DEADLINE_MARGIN)
                     .unwrap_or(self.default_timeout);
-                reqwest_get(http, target, extra, timeout).await
+                reqwest_get(http, target, extra, timeout, max_body).await
             }
         };
+        let request_id = req.request_id.as_str();
         match outcome {
             Outcome::Answered { status: 404, .. } => Reply::NotFound,
             Outcome::Answered { status, body } if (200..300).contains(&status) => {
                 Reply::ok_json(body).unwrap_or_else(|e| {
-                    Reply::error(
-                        code::UPSTREAM_BAD_BODY,
-                        format!("upstream body is not JSON: {e}"),
-                    )
+                    tracing::info!(request_id, error = %e, "upstream body is not JSON");
+                    Reply::error(code::UPSTREAM_BAD_BODY, "upstream body is not JSON")
                 })
             }
             Outcome::Answered { status, .. } => {
@@ -225,10 +243,21 @@ impl Upstream {
             Outcome::TimedOut => {
                 Reply::error(code::UPSTREAM_TIMEOUT, "upstream did not answer in time")
             }
-            Outcome::Unreachable(e) => Reply::error(
-                code::UPSTREAM_UNREACHABLE,
-                format!("upstream unreachable: {e}"),
-            ),
+            Outcome::TooLarge => {
+                tracing::info!(
+                    request_id,
+                    max_body,
+                    "upstream body larger than a reply can carry"
+                );
+                Reply::error(
+                    code::UPSTREAM_TOO_LARGE,
+                    "upstream body larger than the bus carries",
+                )
+            }
+            Outcome::Unreachable(e) => {
+                tracing::info!(request_id, error = %e, "upstream unreachable");
+                Reply::error(code::UPSTREAM_UNREACHABLE, "upstream unreachable")
+            }
         }
     }
 }
@@ -238,6 +267,7 @@ async fn reqwest_get(
     url: String,
     extra: &[(&str, &str)],
     timeout: Duration,
+    max_body: usize,
 ) -> Outcome {
     let failed = |e: reqwest::Error| {
         if e.is_timeout() {
@@ -250,7 +280,7 @@ async fn reqwest_get(
     for (name, value) in extra {
         request = request.header(*name, *value);
     }
-    let response = match request.send().await {
+    let mut response = match request.send().await {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
@@ -262,10 +292,39 @@ async fn reqwest_get(
             body: Bytes::new(),
         };
     }
-    match response.bytes().await {
-        Ok(body) => Outcome::Answered { status, body },
-        Err(e) => failed(e),
+    // The same limit as the HTTP/1.1 pool's: refused by its length when it says one, else
+    // as soon as the bytes pass it.
+    let max_body = max_body.min(http1::MAX_BODY);
+    if response
+        .content_length()
+        .is_some_and(|len| len > max_body as u64)
+    {
+        return Outcome::TooLarge;
     }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if chunk.len() > max_body - body.len() {
+                    return Outcome::TooLarge;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => {
+                return Outcome::Answered {
+                    status,
+                    body: body.freeze(),
+                }
+            }
+            Err(e) => return failed(e),
+        }
+    }
+}
+
+/// `.` and `..`: dot-segments (RFC 3986 section 5.2.4) that a server or proxy upstream may
+/// resolve, also when percent-encoded (`%2E%2E`), so they never become part of a URL.
+fn is_dot_segment(order_id: &str) -> bool {
+    matches!(order_id, "." | "..")
 }
 
 /// Visible ASCII only: safe to write as an HTTP header value.
@@ -308,6 +367,61 @@ mod tests {
         assert_eq!(u.target("1"), "/o%20k/1");
         let u = Upstream::new(&options("https://h/order/{order_id}")).expect("ok");
         assert_eq!(u.target("a b"), "https://h/order/a%20b");
+    }
+
+    /// The reqwest transport (https upstreams) has the pool's limit: by the length a response
+    /// declares, and by the bytes of one that declares none.
+    #[tokio::test]
+    async fn the_reqwest_path_refuses_bodies_over_the_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let body = format!("[{}1]", "1,".repeat(5000));
+        let answers = [
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+            format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{body}"),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        ];
+        tokio::spawn(async move {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        let http = reqwest::Client::new();
+        let url = format!("http://{addr}/x");
+        let timeout = Duration::from_secs(5);
+        for _ in 0..2 {
+            let outcome = reqwest_get(&http, url.clone(), &[], timeout, 1000).await;
+            assert!(matches!(outcome, Outcome::TooLarge));
+        }
+        let outcome = reqwest_get(&http, url, &[], timeout, body.len()).await;
+        assert!(
+            matches!(outcome, Outcome::Answered { status: 200, body: b } if b.len() == body.len())
+        );
+    }
+
+    #[test]
+    fn dot_segments_never_reach_a_url() {
+        assert!(is_dot_segment("."));
+        assert!(is_dot_segment(".."));
+        for fine in ["...", ".a", "a..", "a.b", "%2E%2E"] {
+            assert!(!is_dot_segment(fine), "{fine}");
+        }
+        // Dots elsewhere are kept as they are (unreserved), and a slash is encoded.
+        let u = Upstream::new(&options("http://h/order/{order_id}/x")).expect("ok");
+        assert_eq!(u.target("a..b"), "/order/a..b/x");
+        assert_eq!(u.target("../a"), "/order/..%2Fa/x");
     }
 
     #[test]

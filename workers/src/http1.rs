@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 
 /// The largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// The largest response body accepted (NATS payloads are 1 MiB by default).
+/// The largest response body accepted at all; a call may set a smaller limit (an adapter's is
+/// what its NATS server's `max_payload` can carry).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Headers a response may carry.
 const MAX_HEADERS: usize = 64;
@@ -39,7 +40,7 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("bad response: {0}")]
     Protocol(&'static str),
-    #[error("response body larger than {MAX_BODY} bytes")]
+    #[error("response body larger than the limit")]
     TooLarge,
 }
 
@@ -90,12 +91,26 @@ impl Pool {
         }
     }
 
+    /// [`Pool::get_limited`] with the largest limit.
+    #[cfg(test)]
+    async fn get(&self, target: &str, extra: &[(&str, &str)]) -> Result<Response, Error> {
+        self.get_limited(target, extra, MAX_BODY).await
+    }
+
     /// `GET target` (path and query), with `extra` headers (names and values must be valid
-    /// header text: the caller's own constants and ids).
-    pub async fn get(&self, target: &str, extra: &[(&str, &str)]) -> Result<Response, Error> {
+    /// header text: the caller's own constants and ids), and a body of at most `max_body` bytes
+    /// (and at most [`MAX_BODY`]): a larger one is [`Error::TooLarge`] as soon as its length or
+    /// its bytes say so, not read to its end.
+    pub async fn get_limited(
+        &self,
+        target: &str,
+        extra: &[(&str, &str)],
+        max_body: usize,
+    ) -> Result<Response, Error> {
+        let max_body = max_body.min(MAX_BODY);
         let request = self.encode(target, extra);
         if let Some(mut conn) = self.take_idle() {
-            match conn.exchange(&request).await {
+            match conn.exchange(&request, max_body).await {
                 Ok(done) => return Ok(self.keep(conn, done)),
                 // Closed while idle: try once more on a fresh connection.
                 Err(Failure::Stale(_)) => {}
@@ -103,7 +118,7 @@ impl Pool {
             }
         }
         let mut conn = self.connect().await?;
-        match conn.exchange(&request).await {
+        match conn.exchange(&request, max_body).await {
             Ok(done) => Ok(self.keep(conn, done)),
             Err(Failure::Stale(e) | Failure::Failed(e)) => Err(e),
         }
@@ -181,12 +196,19 @@ impl Conn {
 
     /// Sends `request` and reads its response; the flag says whether the connection can be
     /// used again.
-    async fn exchange(&mut self, request: &[u8]) -> Result<(Response, bool), Failure> {
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        max_body: usize,
+    ) -> Result<(Response, bool), Failure> {
         if let Err(e) = self.stream.write_all(request).await {
             return Err(Failure::Stale(Error::Io(e)));
         }
         let head = self.read_head().await?;
-        let body = self.read_body(&head).await.map_err(Failure::Failed)?;
+        let body = self
+            .read_body(&head, max_body)
+            .await
+            .map_err(Failure::Failed)?;
         let response = Response {
             status: head.status,
             body,
@@ -229,12 +251,12 @@ impl Conn {
         }
     }
 
-    async fn read_body(&mut self, head: &Head) -> Result<Bytes, Error> {
+    async fn read_body(&mut self, head: &Head, max_body: usize) -> Result<Bytes, Error> {
         match head.framing {
             Framing::Empty => Ok(Bytes::new()),
             Framing::Length(len) => {
                 let len = usize::try_from(len).map_err(|_| Error::TooLarge)?;
-                if len > MAX_BODY {
+                if len > max_body {
                     return Err(Error::TooLarge);
                 }
                 while self.buf.len() < len {
@@ -245,19 +267,20 @@ impl Conn {
                 }
                 Ok(self.buf.split_to(len).freeze())
             }
-            Framing::Chunked => self.read_chunked().await,
+            Framing::Chunked => self.read_chunked(max_body).await,
             Framing::UntilClose => {
-                while self.read_more().await? > 0 {
-                    if self.buf.len() > MAX_BODY {
-                        return Err(Error::TooLarge);
+                // The bytes read with the head count too, also when nothing follows them.
+                while self.buf.len() <= max_body {
+                    if self.read_more().await? == 0 {
+                        return Ok(self.buf.split().freeze());
                     }
                 }
-                Ok(self.buf.split().freeze())
+                Err(Error::TooLarge)
             }
         }
     }
 
-    async fn read_chunked(&mut self) -> Result<Bytes, Error> {
+    async fn read_chunked(&mut self, max_body: usize) -> Result<Bytes, Error> {
         let mut body = BytesMut::new();
         loop {
             let size = loop {
@@ -278,7 +301,7 @@ impl Conn {
                 break;
             }
             let size = usize::try_from(size).map_err(|_| Error::TooLarge)?;
-            if size > MAX_BODY - body.len() {
+            if size > max_body - body.len() {
                 return Err(Error::TooLarge);
             }
             // The chunk and its CRLF.
@@ -647,6 +670,23 @@ mod tests {
         let addr = unused.local_addr().expect("addr").to_string();
         drop(unused);
         assert!(matches!(pool_get(&addr).await, Err(Error::Connect(_))));
+    }
+
+    /// A limit below the body's size is refused however the body is framed.
+    #[tokio::test]
+    async fn a_call_limit_refuses_larger_bodies_in_every_framing() {
+        for answer in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n[1,2,3,4,5]",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n[1,2,3\r\n5\r\n,4,5]\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[1,2,3,4,5]",
+        ] {
+            let (addr, _server) = server(vec![Some(answer), Some(answer)]).await;
+            let pool = pool(&addr);
+            let refused = pool.get_limited("/a", &[], 10).await;
+            assert!(matches!(refused, Err(Error::TooLarge)), "{answer:?}: {refused:?}");
+            let taken = pool.get_limited("/a", &[], 11).await.expect(answer);
+            assert_eq!(&taken.body[..], b"[1,2,3,4,5]");
+        }
     }
 
     async fn pool_get(addr: &str) -> Result<Response, Error> {

@@ -35,11 +35,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "busgate-worker", version)]
 struct Cli {
-    /// NATS server URL.
+    /// NATS server URL. Credentials in it belong in the environment variable: a process's
+    /// arguments are visible to every user of the machine (`ps`).
     #[arg(
         long,
         global = true,
         env = "BUSGATE_NATS__URL",
+        hide_env_values = true,
         default_value = "nats://127.0.0.1:4222"
     )]
     nats: String,

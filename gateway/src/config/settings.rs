@@ -44,7 +44,7 @@ pub struct Settings {
 }
 
 /// The NATS connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
     /// Server URL(s), comma separated.
@@ -71,13 +71,95 @@ pub struct HttpSettings {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Bearer token of the admin API; a random one is generated (and logged) when empty.
+    /// Bearer token of the admin API, at least [`MIN_ADMIN_TOKEN`] visible ASCII characters.
+    /// Without it (and without `token_file`) the admin listener is not served.
     pub token: String,
+    /// A file holding the token instead (a mounted secret), read at start; surrounding
+    /// whitespace is ignored. Every instance given the same file uses the same token.
+    pub token_file: String,
+}
+
+// Debug by hand for the three sections that hold secrets: `{:?}` of the settings shows none.
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &busgate_shared::nats::redact_url(&self.url))
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("listen", &self.listen)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CallbackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackSettings")
+            .field("secret", &redacted(&self.secret))
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("allow", &self.allow)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// `***` for a secret that is set, `""` for one that is not.
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "***"
+    }
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+impl AdminSettings {
+    /// The admin token from `token` or `token_file`, checked; `None` when neither is set.
+    pub fn resolve_token(&self) -> Result<Option<String>, Error> {
+        let token = match (self.token.is_empty(), self.token_file.is_empty()) {
+            (true, true) => return Ok(None),
+            (false, false) => {
+                return Err(Error::invalid("admin", "set token or token_file, not both"))
+            }
+            (false, true) => self.token.clone(),
+            (true, false) => std::fs::read_to_string(&self.token_file)
+                .map_err(|e| {
+                    Error::invalid(
+                        "admin.token_file",
+                        format!("cannot read {}: {}", self.token_file, e.kind()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        };
+        let field = if self.token.is_empty() {
+            "admin.token_file"
+        } else {
+            "admin.token"
+        };
+        if token.len() < MIN_ADMIN_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::invalid(
+                field,
+                format!("the token must be at least {MIN_ADMIN_TOKEN} visible ASCII characters"),
+            ));
+        }
+        Ok(Some(token))
+    }
 }
 
 /// Where `/metrics` is served.
@@ -198,7 +280,7 @@ impl Default for JobsSettings {
 }
 
 /// Signed callbacks (Standard Webhooks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CallbackSettings {
     /// The signing secret, `whsec_<base64>`. Callbacks are refused while it is empty.
@@ -209,8 +291,12 @@ pub struct CallbackSettings {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Hosts, IPs or CIDRs that callbacks may reach although they are loopback, private,
-    /// link-local, CGNAT or metadata addresses (e.g. `127.0.0.0/8`, `::1`, `hooks.internal`).
+    /// link-local, CGNAT or metadata addresses (e.g. `127.0.0.0/8`, `::1`, `hooks.internal`),
+    /// each with an optional port (`hooks.internal:8443`, `[::1]:9000`, `10.0.0.0/8:9000`):
+    /// callbacks go to ports 80 and 443, and to the ports the allowlist names.
     pub allow: Vec<String>,
+    /// Deliveries one instance makes at once; the others wait in the stream.
+    pub concurrency: usize,
 }
 
 impl Default for CallbackSettings {
@@ -225,6 +311,7 @@ impl Default for CallbackSettings {
             retry,
             timeout: Duration::from_secs(10),
             allow: Vec::new(),
+            concurrency: 64,
         }
     }
 }
@@ -272,6 +359,7 @@ impl Default for AdminSettings {
         AdminSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             token: String::new(),
+            token_file: String::new(),
         }
     }
 }
@@ -400,13 +488,17 @@ impl Settings {
         if !self.callbacks.secret.is_empty() {
             callback_key(&self.callbacks.secret)?;
         }
-        if self.callbacks.retry.is_empty() || self.callbacks.timeout.is_zero() {
+        if self.callbacks.retry.is_empty()
+            || self.callbacks.timeout.is_zero()
+            || !(1..=10_000).contains(&self.callbacks.concurrency)
+        {
             return Err(Error::invalid(
                 "callbacks",
-                "retry needs at least one delay and timeout must be positive",
+                "retry needs at least one delay, timeout must be positive and concurrency between 1 and 10000",
             )
             .into());
         }
+        self.admin.resolve_token()?;
         crate::config::allowlist::Allowlist::parse(&self.callbacks.allow)?;
         Ok(OrderIdRule::new(&self.http.order_id_pattern)?)
     }
@@ -496,6 +588,61 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn admin_tokens_are_long_and_come_from_settings_or_a_file() {
+        let admin = |token: &str, token_file: &str| AdminSettings {
+            token: token.into(),
+            token_file: token_file.into(),
+            ..AdminSettings::default()
+        };
+        assert_eq!(admin("", "").resolve_token().expect("none"), None);
+        let long = "x".repeat(MIN_ADMIN_TOKEN);
+        assert_eq!(
+            admin(&long, "").resolve_token().expect("long enough"),
+            Some(long.clone())
+        );
+        for short in ["test-admin-token", &"x".repeat(MIN_ADMIN_TOKEN - 1)] {
+            let e = admin(short, "").resolve_token().expect_err("too short");
+            assert!(!e.to_string().contains(short), "{e}");
+        }
+        let spaced = format!("{} x", "y".repeat(MIN_ADMIN_TOKEN));
+        assert!(admin(&spaced, "").resolve_token().is_err());
+        let file = write(&format!("{long}\n"));
+        let path = file.path().display().to_string();
+        assert_eq!(
+            admin("", &path).resolve_token().expect("from the file"),
+            Some(long.clone())
+        );
+        assert!(admin(&long, &path).resolve_token().is_err(), "both set");
+        let missing = "/nonexistent/busgate-admin-token";
+        let e = admin("", missing)
+            .resolve_token()
+            .expect_err("missing file");
+        assert!(e.to_string().contains(missing), "{e}");
+        let mut s = Settings::default();
+        s.admin.token = "short".into();
+        assert!(matches!(
+            s.validate(),
+            Err(GatewayError {
+                kind: ErrorKind::InvalidSettings(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let mut s = Settings::default();
+        s.nats.url = "nats://u:nats-pass-9@h:4222".into();
+        s.admin.token = "admin-token-9".repeat(3);
+        s.callbacks.secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=".into();
+        let text = format!("{s:?}");
+        for secret in ["nats-pass-9", "admin-token-9", "c2VjcmV0"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("nats://***@h:4222"), "{text}");
     }
 
     #[test]

@@ -126,14 +126,36 @@ fn builtins(state: AppState, metrics: bool) -> Router {
             move |request| dispatch(state.clone(), request)
         }))
         .method_not_allowed_fallback(builtin_method_not_allowed)
+        .layer(axum::middleware::from_fn(with_request_id))
         .with_state(state)
 }
 
-async fn builtin_method_not_allowed(method: Method) -> GatewayError {
+/// Gives every answer of the built-in paths a request id: handlers find it in the request's
+/// extensions (for their problem documents), and the answer carries it as `Busgate-Request-Id`
+/// (unless it has one already: the configured routes of the fallback set their own).
+async fn with_request_id(mut request: Request, next: axum::middleware::Next) -> Response {
+    let id = RequestId::fresh();
+    request
+        .extensions_mut()
+        .insert(crate::error::AnswerId(id.as_str().to_owned()));
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(&REQUEST_ID_HEADER) {
+        if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+    }
+    response
+}
+
+async fn builtin_method_not_allowed(
+    method: Method,
+    id: Option<axum::Extension<crate::error::AnswerId>>,
+) -> GatewayError {
     GatewayError::from(ErrorKind::MethodNotAllowed {
         method: method.to_string(),
         allow: "GET".into(),
     })
+    .with_answer_id(id.as_ref().map(|e| &e.0))
 }
 
 /// Every configured route. Not an `async fn`: a future keeps the arguments of an async fn for
@@ -415,6 +437,10 @@ mod tests {
             ("POST", "/metrics", 405, problem),
             ("GET", "/health/ready", 503, "application/json"),
             ("GET", "/api/requests/nope/events/more", 404, problem),
+            ("GET", "/api/requests/nope", 404, problem),
+            ("GET", "/api/requests/nope/events", 404, problem),
+            ("DELETE", "/api/requests/nope", 405, problem),
+            ("PUT", "/health/live", 405, problem),
             ("GET", "/api/orders/1", 503, problem),
             ("DELETE", "/api/orders/1", 405, problem),
             ("GET", "/nope", 404, problem),
@@ -425,6 +451,13 @@ mod tests {
                 .body(Body::empty())
                 .expect("request");
             let response = public.clone().oneshot(request).await.expect("infallible");
+            // Every answer has its id; every problem document carries the same one.
+            let id = response
+                .headers()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("{method} {path}: no request id header"));
             let seen = response
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -433,6 +466,13 @@ mod tests {
                 .to_owned();
             assert_eq!(response.status().as_u16(), status, "{method} {path}");
             assert!(seen.starts_with(content_type), "{method} {path}: {seen}");
+            if content_type == problem {
+                let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                    .await
+                    .expect("body");
+                let doc: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                assert_eq!(doc["request_id"], id.as_str(), "{method} {path}");
+            }
         }
     }
 }

@@ -88,7 +88,17 @@ pub async fn run_deliveries(
         .await
         .map_err(|e| Store::Requests.failed(e))?;
     let mut tasks = tokio::task::JoinSet::new();
+    // At most `concurrency` attempts at once: a message is pulled only when one may start,
+    // so the rest wait in the stream (and another instance may take them).
+    let slots = Arc::new(tokio::sync::Semaphore::new(deliverer.concurrency));
     loop {
+        let slot = tokio::select! {
+            _ = stop.changed() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let message = tokio::select! {
             _ = stop.changed() => break,
             next = messages.next() => match next {
@@ -101,7 +111,10 @@ pub async fn run_deliveries(
             },
         };
         let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
-        tasks.spawn(async move { deliverer.deliver(&jobs, message).await });
+        tasks.spawn(async move {
+            deliverer.deliver(&jobs, message).await;
+            drop(slot);
+        });
         while tasks.try_join_next().is_some() {}
     }
     // Attempts in flight are bounded by the delivery timeout.
@@ -116,6 +129,8 @@ pub struct Deliverer {
     guard: Guard,
     signer: Signer,
     retry: Arc<[Duration]>,
+    /// Attempts at once (`callbacks.concurrency`).
+    concurrency: usize,
 }
 
 enum Attempt {
@@ -128,18 +143,20 @@ enum Attempt {
 }
 
 impl Deliverer {
-    /// A deliverer with this signer, guard and retry schedule.
+    /// A deliverer with this signer, guard, retry schedule and cap on attempts at once.
     pub fn new(
         signer: Signer,
         guard: Guard,
         retry: Vec<Duration>,
         timeout: Duration,
+        concurrency: usize,
     ) -> reqwest::Result<Self> {
         Ok(Deliverer {
             http: http_client(&guard, timeout)?,
             guard,
             signer,
             retry: retry.into(),
+            concurrency: concurrency.max(1),
         })
     }
 
@@ -235,20 +252,24 @@ impl Deliverer {
         request_id: &str,
         doc: &crate::jobs::queue::StatusDoc,
     ) -> Attempt {
-        // IP literals do not pass through the resolver: check them (again) here.
-        if let Err(reason) = self.guard.check_literal(url) {
+        // The whole check again (the allowlist or DNS may have changed since the submit): the
+        // port, and IP literals, which do not pass through the resolver. `last_error` is
+        // public (a poll shows it): it gets the class, the log the detail.
+        if let Err(refusal) = self.guard.check(url).await {
+            tracing::info!(%request_id, class = ?refusal.class, detail = %refusal.detail, "callback refused");
             return Attempt::Failed {
                 status: None,
-                error: Some(reason),
+                error: Some(refusal.to_string()),
             };
         }
         let body = match serde_json::to_vec(doc) {
             Ok(b) => b,
             Err(e) => {
+                tracing::warn!(%request_id, error = %e, "cannot encode a callback body");
                 return Attempt::Failed {
                     status: None,
-                    error: Some(e.to_string()),
-                }
+                    error: Some("internal".into()),
+                };
             }
         };
         let timestamp = unix_seconds(SystemTime::now());
@@ -271,11 +292,26 @@ impl Deliverer {
                 status: Some(r.status().as_u16()),
                 error: None,
             },
-            Err(e) => Attempt::Failed {
-                status: None,
-                error: Some(e.to_string()),
-            },
+            Err(e) => {
+                tracing::info!(%request_id, error = %e, "callback attempt failed");
+                Attempt::Failed {
+                    status: None,
+                    error: Some(attempt_error(&e).to_owned()),
+                }
+            }
         }
+    }
+}
+
+/// What `last_error` says about a failed attempt: a class, never reqwest's words (they carry
+/// the URL, and what the guard said about its addresses).
+fn attempt_error(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
     }
 }
 
