@@ -259,11 +259,9 @@ async fn supervise_jetstream(
             Ok((jobs, store)) => break (Arc::new(jobs), store),
             Err(e) => {
                 warn!(error = %e, retry_in = ?delay, "jetstream is not ready");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    () = tokio::time::sleep(delay) => {}
+                if !clock::back_off(&mut delay, &mut stop).await {
+                    return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     };

@@ -376,11 +376,9 @@ pub async fn run_watcher(
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "configuration watch interrupted");
-                tokio::select! {
-                    _ = stop.changed() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                if !crate::clock::back_off(&mut backoff, &mut stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
