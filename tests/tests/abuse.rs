@@ -368,7 +368,9 @@ async fn a_flood_is_shed_with_503_overloaded_while_health_answers() {
 async fn event_streams_and_waiters_are_capped_per_instance() {
     let nats = NatsServer::start();
     let _silent = silent_service(&nats).await;
+    // A head timeout shorter than the stream: it must not cut a stream being answered.
     let settings = holding(Duration::from_secs(2))
+        .http_header_timeout(Duration::from_secs(1))
         .jobs_max_event_streams(1)
         .jobs_max_waiters(1);
     let gateway = Gateway::start(&nats, &settings).await;
@@ -388,9 +390,8 @@ async fn event_streams_and_waiters_are_capped_per_instance() {
         "/api/requests/{}/events",
         accepted["request_id"].as_str().expect("request_id")
     ));
-    let first = http.get(&events).send().await.expect("events");
+    let mut first = http.get(&events).send().await.expect("events");
     assert_eq!(first.status(), 200);
-    let mut first = first;
     first.chunk().await.expect("bytes").expect("a first event");
     let second = http.get(&events).send().await.expect("events");
     assert_eq!(second.status(), 503);
@@ -400,7 +401,18 @@ async fn event_streams_and_waiters_are_capped_per_instance() {
         problem["type"], "urn:busgate:problem:overloaded",
         "{problem}"
     );
-    drop(first);
+    // The first stream lasts past the head timeout, to the final event (the deadline, 2 s).
+    let opened = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(10), first.text())
+        .await
+        .expect("the stream ends")
+        .expect("text");
+    assert!(rest.contains("event: failed"), "{rest}");
+    println!(
+        "event stream ended after {:?} with its final event",
+        opened.elapsed()
+    );
+    // Its slot is free again.
     eventually(Duration::from_secs(5), || async {
         http.get(&events)
             .send()
