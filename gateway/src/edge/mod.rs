@@ -429,6 +429,11 @@ mod tests {
     /// A state whose NATS client is not connected (nothing listens on port 1), with one route,
     /// `order` on `GET /api/orders/{order_id}`.
     async fn unconnected_state() -> AppState {
+        unconnected_state_with(crate::limit::Slots::new(4096)).await
+    }
+
+    /// [`unconnected_state`] with `in_flight` as its cap of requests in flight.
+    async fn unconnected_state_with(in_flight: crate::limit::Slots) -> AppState {
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect("nats://127.0.0.1:1")
@@ -453,10 +458,13 @@ mod tests {
                 metrics,
             ),
             nats,
-            edge: Arc::new(Edge::new(
-                1024,
-                OrderIdRule::new("^[A-Za-z0-9_-]{1,64}$").expect("rule"),
-            )),
+            edge: Arc::new(Edge {
+                in_flight,
+                ..Edge::new(
+                    1024,
+                    OrderIdRule::new("^[A-Za-z0-9_-]{1,64}$").expect("rule"),
+                )
+            }),
             requests: Arc::new(AsyncRequests::new(None, Guard::new(Allowlist::default()))),
             store: Arc::new(std::sync::OnceLock::new()),
             store_status: Arc::new(crate::config::store::StoreStatus::default()),
@@ -518,5 +526,51 @@ mod tests {
             assert_eq!(response.status().as_u16(), status, "{method} {path}");
             assert!(seen.starts_with(content_type), "{method} {path}: {seen}");
         }
+    }
+
+    /// Past the cap a request is shed with 503 `overloaded` and `Retry-After`, the health
+    /// endpoints still answer, and a request's slot comes back when its future is dropped
+    /// (answered or abandoned).
+    #[tokio::test]
+    async fn past_the_cap_requests_are_shed_and_health_is_exempt() {
+        let public = Public::new(unconnected_state_with(crate::limit::Slots::new(1)).await);
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let held = public.respond(get("/api/orders/1"));
+        assert_eq!(public.state.edge.in_flight.used(), 1);
+        let shed = public
+            .respond(get("/api/orders/2"))
+            .await
+            .expect("infallible");
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        assert!(shed.headers().contains_key(REQUEST_ID_HEADER));
+        let body = axum::body::to_bytes(shed.into_body(), 4096)
+            .await
+            .expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["type"], "urn:busgate:problem:overloaded");
+        assert!(problem["request_id"].is_string());
+        let live = public
+            .respond(get("/health/live"))
+            .await
+            .expect("infallible");
+        assert_eq!(live.status(), 200);
+        drop(held);
+        assert_eq!(public.state.edge.in_flight.used(), 0);
+        // Not shed now: refused for what it is (NATS is not connected).
+        let next = public
+            .respond(get("/api/orders/3"))
+            .await
+            .expect("infallible");
+        let body = axum::body::to_bytes(next.into_body(), 4096)
+            .await
+            .expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["type"], "urn:busgate:problem:not-ready");
+        assert_eq!(public.state.edge.in_flight.used(), 0);
     }
 }
