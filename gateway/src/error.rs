@@ -44,6 +44,12 @@ pub enum ErrorKind {
     /// The body could not be read.
     #[error("cannot read request body: {0}")]
     BodyRead(String),
+    /// The body did not arrive whole in time (`http.body_timeout`); the connection closes.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// The instance is at a cap (requests in flight, event streams, watchers): try again soon.
+    #[error("too many {0} on this instance, try again shortly")]
+    Overloaded(&'static str),
     /// No route or endpoint at this path.
     #[error("nothing is served at {0}")]
     NotFound(String),
@@ -412,6 +418,12 @@ impl GatewayError {
                 "unreadable-body",
                 "Unreadable request body",
             ),
+            K::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request body timeout",
+            ),
+            K::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             K::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             K::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -610,8 +622,17 @@ impl IntoResponse for GatewayError {
                 headers.insert(header::ALLOW, v);
             }
         }
-        if let ErrorKind::QueueFull = &self.kind {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self.kind {
+            // Shed load and a full queue come back soon; the client should not retry at once
+            // in a loop.
+            ErrorKind::Overloaded(_) | ErrorKind::QueueFull => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ErrorKind::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         if let ErrorKind::Unauthorized = &self.kind {
             headers.insert(
@@ -684,6 +705,17 @@ mod tests {
         ));
         let body = String::from_utf8(read.problem().1.to_vec()).expect("utf-8");
         assert!(!body.contains("10.1.2.3"), "{body}");
+    }
+
+    #[test]
+    fn overload_says_when_to_retry_and_a_body_timeout_closes() {
+        let r = GatewayError::from(ErrorKind::Overloaded("requests in flight")).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = GatewayError::from(ErrorKind::BodyTimeout(std::time::Duration::from_secs(1)))
+            .into_response();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
     }
 
     #[test]

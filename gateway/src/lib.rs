@@ -20,7 +20,8 @@
 //!   its deadlines, the merge.
 //! - [`config`]: settings, the compiled snapshot, the KV store of services and routes and the
 //!   watcher that keeps every instance's configuration in force.
-//! - [`metrics`], [`error`] (the one error type and its one HTTP mapping), [`clock`]: leaves.
+//! - [`metrics`], [`error`] (the one error type and its one HTTP mapping), [`clock`],
+//!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
 //! - [`up`]: `busgate up`, the one-command local stack; this file: wiring only ([`run`]).
 //!
 //! Arrows point down: a module uses only modules below it, never one that uses it
@@ -40,7 +41,7 @@
 //!                           │
 //!                         config
 //!                           │
-//!                metrics · error · clock
+//!           metrics · error · clock · limit
 //! ```
 
 pub mod admin;
@@ -50,11 +51,12 @@ pub mod edge;
 pub mod error;
 pub mod gather;
 pub mod jobs;
+pub mod limit;
 pub mod metrics;
 pub mod route;
 pub mod up;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -127,7 +129,10 @@ pub async fn run(
         ),
         nats: nats.clone(),
         edge: Arc::new(edge(&settings, order_id)),
-        requests: Arc::new(AsyncRequests::new(signer, guard)),
+        requests: Arc::new(
+            AsyncRequests::new(signer, guard)
+                .with_caps(settings.jobs.max_event_streams, settings.jobs.max_waiters),
+        ),
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
@@ -145,23 +150,21 @@ pub async fn run(
     // generated here, never logged. Without one the admin API stays off rather than open.
     let metrics_on_admin = settings.metrics.listener == MetricsListener::Admin;
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let limits = edge::serve::Limits::from(&settings.http);
     let admin = match settings.admin.resolve_token()? {
         Some(token) => {
             let admin_addr = admin_listener.local_addr()?;
             info!(addr = %admin_addr, "admin listening");
-            Some(tokio::spawn(
-                // `into_make_service`: serving a `Router` itself rebuilds its route table for
-                // every connection (axum 0.8), 3.6 KiB each; this hands each connection a clone
-                // of one table.
-                axum::serve(
-                    admin_listener,
-                    admin::router(state.clone(), &token, metrics_on_admin).into_make_service(),
-                )
-                .with_graceful_shutdown(async move {
+            let limits = limits.clone();
+            let connections = Arc::new(limit::Slots::new(settings.http.max_connections));
+            let service =
+                edge::serve::tower_service(admin::router(state.clone(), &token, metrics_on_admin));
+            Some(tokio::spawn(async move {
+                edge::serve::serve(admin_listener, service, &limits, connections, async move {
                     let _ = admin_stop_rx.await;
                 })
-                .into_future(),
-            ))
+                .await;
+            }))
         }
         None => {
             warn!("admin.token and admin.token_file are not set: the admin listener is not served");
@@ -171,17 +174,21 @@ pub async fn run(
     };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let public = if metrics_on_admin {
-        edge::Public::without_metrics(state.clone())
-    } else {
-        edge::Public::new(state.clone())
+    let server = {
+        let public = if metrics_on_admin {
+            edge::Public::without_metrics(state.clone())
+        } else {
+            edge::Public::new(state.clone())
+        };
+        let connections = state.edge.connections.clone();
+        async move {
+            edge::serve::serve(listener, public, &limits, connections, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+            Ok::<(), std::io::Error>(())
+        }
     };
-    let public = axum::ServiceExt::<axum::extract::Request>::into_make_service(public);
-    let server = axum::serve(listener, public)
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        })
-        .into_future();
     let mut server = tokio::spawn(server);
     tokio::select! {
         () = shutdown => {}
@@ -230,6 +237,9 @@ pub async fn run(
 fn edge(settings: &Settings, order_id: busgate_shared::validate::OrderIdRule) -> Edge {
     let mut edge = Edge::new(settings.http.body_limit, order_id);
     edge.trace_sample_ratio = settings.http.trace_sample_ratio;
+    edge.body_timeout = settings.http.body_timeout;
+    edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
+    edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));
     edge
 }
 

@@ -31,7 +31,7 @@ use serde_json::{json, Map, Value};
 pub struct Settings {
     log_level: Option<String>,
     nats_url: Option<String>,
-    order_id_pattern: Option<String>,
+    http: Map<String, Value>,
     jobs: Jobs,
     callbacks: Option<Callbacks>,
     metrics_listener: Option<String>,
@@ -45,6 +45,8 @@ struct Jobs {
     ack_wait: Option<Duration>,
     concurrency: Option<usize>,
     requests_max_msgs: Option<i64>,
+    max_event_streams: Option<usize>,
+    max_waiters: Option<usize>,
 }
 
 /// `[callbacks]`: what is not set keeps the gateway's default.
@@ -112,7 +114,51 @@ impl Settings {
 
     /// `[http] order_id_pattern`: what an `order_id` must match.
     pub fn order_id_pattern(mut self, pattern: &str) -> Settings {
-        self.order_id_pattern = Some(pattern.to_owned());
+        self.http
+            .insert("order_id_pattern".into(), pattern.to_owned().into());
+        self
+    }
+
+    /// `[http] header_timeout`: a request head must arrive whole within it (and a kept-alive
+    /// connection may be idle that long).
+    pub fn http_header_timeout(mut self, timeout: Duration) -> Settings {
+        self.http.insert("header_timeout".into(), duration(timeout));
+        self
+    }
+
+    /// `[http] body_timeout`: a request body must arrive whole within it.
+    pub fn http_body_timeout(mut self, timeout: Duration) -> Settings {
+        self.http.insert("body_timeout".into(), duration(timeout));
+        self
+    }
+
+    /// `[http] max_connections`: open connections per listener.
+    pub fn http_max_connections(mut self, max: usize) -> Settings {
+        self.http.insert("max_connections".into(), max.into());
+        self
+    }
+
+    /// `[http] max_in_flight`: requests in flight past which the edge sheds load.
+    pub fn http_max_in_flight(mut self, max: usize) -> Settings {
+        self.http.insert("max_in_flight".into(), max.into());
+        self
+    }
+
+    /// `[http] max_header_bytes`: the size of a request head.
+    pub fn http_max_header_bytes(mut self, max: usize) -> Settings {
+        self.http.insert("max_header_bytes".into(), max.into());
+        self
+    }
+
+    /// `[jobs] max_event_streams`: open event streams per instance.
+    pub fn jobs_max_event_streams(mut self, max: usize) -> Settings {
+        self.jobs.max_event_streams = Some(max);
+        self
+    }
+
+    /// `[jobs] max_waiters`: submits waiting on `Prefer: wait` per instance.
+    pub fn jobs_max_waiters(mut self, max: usize) -> Settings {
+        self.jobs.max_waiters = Some(max);
         self
     }
 
@@ -171,10 +217,16 @@ impl Settings {
         if let Some(url) = &self.nats_url {
             doc.insert("nats".into(), json!({ "url": url }));
         }
-        if let Some(pattern) = &self.order_id_pattern {
-            doc.insert("http".into(), json!({ "order_id_pattern": pattern }));
+        if !self.http.is_empty() {
+            doc.insert("http".into(), self.http.clone().into());
         }
         let mut jobs = Map::new();
+        if let Some(max) = self.jobs.max_event_streams {
+            jobs.insert("max_event_streams".into(), max.into());
+        }
+        if let Some(max) = self.jobs.max_waiters {
+            jobs.insert("max_waiters".into(), max.into());
+        }
         if let Some(ack_wait) = self.jobs.ack_wait {
             jobs.insert("ack_wait".into(), duration(ack_wait));
         }
@@ -397,6 +449,8 @@ mod tests {
     fn sections_and_named_entries_are_tables_and_the_rest_is_inline() {
         let toml = Settings::default()
             .log_level("warn")
+            .http_header_timeout(Duration::from_secs(1))
+            .http_max_in_flight(8)
             .jobs_ack_wait(Duration::from_secs(2))
             .callbacks(
                 Callbacks::signed("whsec_x")
@@ -420,6 +474,9 @@ mod tests {
 allow = ["127.0.0.0/8"]
 retry = ["100ms", "100ms"]
 secret = "whsec_x"
+[http]
+header_timeout = "1s"
+max_in_flight = 8
 [jobs]
 ack_wait = "2s"
 [log]

@@ -68,6 +68,25 @@ pub struct HttpSettings {
     /// them unsampled; tracers downstream that follow their parent's decision record the
     /// marked ones. A caller's `traceparent` keeps its own flags.
     pub trace_sample_ratio: f64,
+    /// A connection that has not sent a whole request head within this is closed; hyper arms
+    /// the same timer while a kept-alive connection waits for its next request, so it is the
+    /// idle keep-alive timeout too. Both listeners.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request body must have arrived whole within this, counted from when the gateway
+    /// starts reading it; past it: 408 and the connection closes.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open connections per listener; past it a new connection is accepted and closed at once.
+    pub max_connections: usize,
+    /// Requests in flight on the public listener (health and metrics not counted); past it:
+    /// 503 `overloaded` with `Retry-After`.
+    pub max_in_flight: usize,
+    /// Header fields in a request head; past it: 431 and the connection closes.
+    pub max_headers: usize,
+    /// Bytes of a request head (request line and header fields); past it: 431 and the
+    /// connection closes.
+    pub max_header_bytes: usize,
 }
 
 /// The admin listener.
@@ -216,6 +235,10 @@ pub struct JobsSettings {
     pub events_max: Duration,
     /// Stream and bucket replicas (3 on a 3-node cluster).
     pub replicas: usize,
+    /// Server-sent event streams open at once on one instance; past it: 503 `overloaded`.
+    pub max_event_streams: usize,
+    /// Submits waiting on `Prefer: wait=N` at once on one instance; past it: 503 `overloaded`.
+    pub max_waiters: usize,
     /// Bounds of the work queue of asynchronous requests (`BUSGATE_REQUESTS`).
     pub requests: StreamLimits,
     /// Bounds of the queue of callback deliveries (`BUSGATE_CALLBACKS`).
@@ -271,6 +294,8 @@ impl Default for JobsSettings {
             max_wait: Duration::from_secs(30),
             events_max: Duration::from_secs(300),
             replicas: 1,
+            max_event_streams: 1024,
+            max_waiters: 1024,
             requests: StreamLimits::default(),
             callbacks: StreamLimits::default(),
             results_max_bytes: 1 << 30,
@@ -350,6 +375,12 @@ impl Default for HttpSettings {
             body_limit: 64 * 1024,
             order_id_pattern: DEFAULT_ORDER_ID_PATTERN.into(),
             trace_sample_ratio: 0.0,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_in_flight: 4096,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -434,6 +465,7 @@ impl Settings {
                 Error::invalid("http.trace_sample_ratio", "must be between 0.0 and 1.0").into(),
             );
         }
+        self.validate_edge_limits()?;
         if !self.nats.instance.is_empty() {
             busgate_shared::validate::name("nats.instance", &self.nats.instance)?;
         }
@@ -501,6 +533,46 @@ impl Settings {
         self.admin.resolve_token()?;
         crate::config::allowlist::Allowlist::parse(&self.callbacks.allow)?;
         Ok(OrderIdRule::new(&self.http.order_id_pattern)?)
+    }
+}
+
+impl Settings {
+    /// The limits of slow and greedy clients and of load.
+    fn validate_edge_limits(&self) -> Result<(), GatewayError> {
+        let http = &self.http;
+        let timeouts = Duration::from_millis(100)..=Duration::from_secs(600);
+        if !timeouts.contains(&http.header_timeout) || !timeouts.contains(&http.body_timeout) {
+            return Err(Error::invalid(
+                "http",
+                "header_timeout and body_timeout must be between 100ms and 600s",
+            )
+            .into());
+        }
+        if http.max_connections == 0 || http.max_in_flight == 0 {
+            return Err(Error::invalid(
+                "http",
+                "max_connections and max_in_flight must be at least 1",
+            )
+            .into());
+        }
+        if !(1..=1000).contains(&http.max_headers) {
+            return Err(Error::invalid("http.max_headers", "must be between 1 and 1000").into());
+        }
+        if !(1024..=1024 * 1024).contains(&http.max_header_bytes) {
+            return Err(Error::invalid(
+                "http.max_header_bytes",
+                "must be between 1024 and 1048576 bytes",
+            )
+            .into());
+        }
+        if self.jobs.max_event_streams == 0 || self.jobs.max_waiters == 0 {
+            return Err(Error::invalid(
+                "jobs",
+                "max_event_streams and max_waiters must be at least 1",
+            )
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -719,6 +791,28 @@ targets = [{ service = "a" }]
                     })
                 ),
                 "{ratio} must be refused"
+            );
+        }
+        for bad in [
+            "[http]\nheader_timeout = \"0s\"\n",
+            "[http]\nbody_timeout = \"1h\"\n",
+            "[http]\nmax_in_flight = 0\n",
+            "[http]\nmax_connections = 0\n",
+            "[http]\nmax_headers = 0\n",
+            "[http]\nmax_header_bytes = 100\n",
+            "[jobs]\nmax_event_streams = 0\n",
+            "[jobs]\nmax_waiters = 0\n",
+        ] {
+            let s = Settings::load(Some(write(bad).path())).expect("load");
+            assert!(
+                matches!(
+                    s.validate(),
+                    Err(GatewayError {
+                        kind: ErrorKind::InvalidSettings(_),
+                        ..
+                    })
+                ),
+                "{bad} must be refused"
             );
         }
         let f = write("[http]\ntrace_sample_ratio = 0.5\n");

@@ -1,5 +1,6 @@
 //! Reading a request's body: the declared content type, the size limit (a larger body is
-//! drained a little so the client sees the 413), and the fields a POST may carry.
+//! drained a little so the client sees the 413), the time limit (a body still trickling in
+//! after it is a 408), and the fields a POST may carry.
 
 use std::borrow::Cow;
 
@@ -18,8 +19,15 @@ const DRAIN_AT_MOST: usize = 1024 * 1024;
 /// How long that draining may take.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads a request body up to `limit` bytes, refusing declared non-JSON content.
-pub async fn read_body(parts: &Parts, mut body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+/// Reads a request body up to `limit` bytes, refusing declared non-JSON content and a body
+/// that has not arrived whole `within` (hyper has no body timeout of its own). A body already
+/// in hand (the usual small POST, read with its head) never arms the timer.
+pub async fn read_body(
+    parts: &Parts,
+    body: Body,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
         let essence = text
@@ -32,6 +40,12 @@ pub async fn read_body(parts: &Parts, mut body: Body, limit: usize) -> Result<By
             return Err(ErrorKind::UnsupportedMediaType(text.to_owned()).into());
         }
     }
+    tokio::time::timeout(within, read_limited(parts, body, limit))
+        .await
+        .unwrap_or_else(|_| Err(ErrorKind::BodyTimeout(within).into()))
+}
+
+async fn read_limited(parts: &Parts, mut body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -15,7 +15,10 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "live"}))
 }
 
-/// `GET /health/ready`: both NATS connections, JetStream and the configuration.
+/// `GET /health/ready`: both NATS connections, JetStream and the configuration, and how loaded
+/// the instance is. Load does not make it unready: taking a busy instance out of a load
+/// balancer moves its load onto the others, which then shed more; past its caps the instance
+/// sheds what it cannot take (503 `overloaded`) and keeps serving the rest.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let connected = state.nats_connected();
     let jobs = state.requests.is_ready();
@@ -28,6 +31,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         "jetstream": if jobs { "ready" } else { "not_ready" },
         "config": if config { "loaded" } else { "not_loaded" },
         "routes": routes,
+        "load": load(&state),
     });
     let status = if ready {
         StatusCode::OK
@@ -35,6 +39,20 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// What the instance holds now against its caps.
+fn load(state: &AppState) -> serde_json::Value {
+    let pair =
+        |slots: &crate::limit::Slots| serde_json::json!({"open": slots.used(), "max": slots.cap()});
+    let in_flight = &state.edge.in_flight;
+    serde_json::json!({
+        "in_flight": pair(in_flight),
+        "in_flight_ratio": in_flight.used() as f64 / in_flight.cap() as f64,
+        "connections": pair(&state.edge.connections),
+        "event_streams": pair(state.requests.streams()),
+        "waiters": pair(state.requests.waiters()),
+    })
 }
 
 /// `GET /metrics`: Prometheus text.

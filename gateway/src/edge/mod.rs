@@ -5,10 +5,11 @@
 //! published: unknown path (404), wrong method (405), a body over the limit (413), a body that
 //! is not JSON (400/415), a missing or invalid `order_id` (400).
 //!
-//! Owns: dispatch (here), [`body`] reading and parsing, request [`ids`] and `traceparent`, the
+//! Owns: dispatch and load shedding (here), [`serve`] (the listeners' hyper connections, their
+//! timeouts and caps), [`body`] reading and parsing, request [`ids`] and `traceparent`, the
 //! [`health`] and metrics endpoints, and the [`state`] handlers share. May use: `jobs` (an
 //! asynchronous submit, poll and events), `route`, `gather` (a started gather), `config`,
-//! `metrics`, `error`.
+//! `metrics`, `limit`, `error`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,6 +36,7 @@ use crate::metrics::Name;
 pub mod body;
 pub mod health;
 pub mod ids;
+pub mod serve;
 pub mod state;
 
 use body::{body_fields, read_body, BodyFields};
@@ -48,11 +50,19 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID_LOWER);
 /// The public edge as a service: the built-in paths go to [`router`]; every other request goes
 /// straight to the configured routes. (The router's fallback leads there too, but axum first gives
 /// each request URL parameters, three allocations, and a clone of the boxed fallback service.)
+///
+/// Load shedding is here, before anything else is done for a request: past
+/// `http.max_in_flight` a request is answered 503 `overloaded` at once. The health endpoints and
+/// `/metrics` are not counted, so a probe gets through a flood.
 #[derive(Clone)]
 pub struct Public {
     builtins: Router,
     state: AppState,
 }
+
+/// What [`Public`] answers with.
+pub type ResponseFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 impl Public {
     /// The edge over `state`.
@@ -74,15 +84,42 @@ impl Public {
 
     /// Whether [`router`] has a route for `path` (else only its fallback would answer).
     fn is_builtin(path: &str) -> bool {
+        Public::is_exempt(path) || path.starts_with("/api/requests/")
+    }
+
+    /// Whether a request to `path` is answered whatever the load: probes and scrapes, which
+    /// never touch the bus.
+    fn is_exempt(path: &str) -> bool {
         matches!(path, "/health/live" | "/health/ready" | "/metrics")
-            || path.starts_with("/api/requests/")
+    }
+
+    fn respond(&self, request: Request) -> ResponseFuture {
+        let path = request.uri().path();
+        if Public::is_exempt(path) {
+            let mut builtins = self.builtins.clone();
+            return Box::pin(tower::Service::call(&mut builtins, request));
+        }
+        let Some(entered) = InFlight::enter(&self.state) else {
+            return Box::pin(std::future::ready(Ok(overloaded(&self.state))));
+        };
+        if Public::is_builtin(path) {
+            let mut builtins = self.builtins.clone();
+            let answer = tower::Service::call(&mut builtins, request);
+            Box::pin(async move {
+                let answer = answer.await;
+                drop(entered);
+                answer
+            })
+        } else {
+            Box::pin(dispatch(entered, request))
+        }
     }
 }
 
 impl tower::Service<Request> for Public {
     type Response = Response;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(
         &mut self,
@@ -92,12 +129,78 @@ impl tower::Service<Request> for Public {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if Public::is_builtin(request.uri().path()) {
-            Box::pin(tower::Service::call(&mut self.builtins, request))
-        } else {
-            Box::pin(dispatch(self.state.clone(), request))
+        self.respond(request)
+    }
+}
+
+/// What the listener calls: hyper's service takes `&self`, so a connection calls the edge
+/// without the clone of it (a router and a state) that tower's `&mut self` needs per request.
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Public {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.respond(request.map(Body::new))
+    }
+}
+
+/// A request counted in flight: its slot of `http.max_in_flight` is given back when it drops
+/// (answered, or abandoned by a client that went away). It is also the state the request runs
+/// on, so counting costs no reference count of its own.
+struct InFlight {
+    state: AppState,
+    counted: bool,
+}
+
+impl InFlight {
+    /// Counts a request in, unless the cap is reached.
+    fn enter(state: &AppState) -> Option<InFlight> {
+        state.edge.in_flight.try_take().then(|| InFlight {
+            state: state.clone(),
+            counted: true,
+        })
+    }
+
+    /// A request counted elsewhere (or by no one: [`router`] alone).
+    fn uncounted(state: AppState) -> InFlight {
+        InFlight {
+            state,
+            counted: false,
         }
     }
+}
+
+impl std::ops::Deref for InFlight {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.state
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.counted {
+            self.state.edge.in_flight.give_back();
+        }
+    }
+}
+
+/// The answer past `http.max_in_flight`: no route lookup, no body, no bus.
+fn overloaded(state: &AppState) -> Response {
+    let request_id = RequestId::fresh();
+    let mut response = GatewayError::from(ErrorKind::Overloaded("requests in flight"))
+        .with_request(request_id.as_str())
+        .into_response();
+    if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
+    state
+        .runner
+        .metrics()
+        .record_http(&state.edge.unmatched, response.status().as_u16(), 0.0);
+    response
 }
 
 /// The public router: the built-in paths, and the configured routes as its fallback.
@@ -123,7 +226,7 @@ fn builtins(state: AppState, metrics: bool) -> Router {
         )
         .fallback_service(tower::service_fn({
             let state = state.clone();
-            move |request| dispatch(state.clone(), request)
+            move |request| dispatch(InFlight::uncounted(state.clone()), request)
         }))
         .method_not_allowed_fallback(builtin_method_not_allowed)
         .layer(axum::middleware::from_fn(with_request_id))
@@ -163,12 +266,12 @@ async fn builtin_method_not_allowed(
 /// head or body. So the request goes into [`admit`], boxed and freed once the requests are out,
 /// and what waits is only this future, its gather and its route.
 fn dispatch(
-    state: AppState,
+    state: InFlight,
     request: Request,
 ) -> impl Future<Output = Result<Response, Infallible>> + Send {
     let started = Instant::now();
     let request_id = RequestId::fresh();
-    let admitting = Box::pin(admit(state.clone(), request, request_id));
+    let admitting = Box::pin(admit(state.state.clone(), request, request_id));
     async move {
         let (label, result) = match admitting.await {
             Admitted::Done { label, result } => (label, result),
@@ -295,7 +398,7 @@ async fn serve(
         request_id,
     } = request;
     let (fields, raw) = if parts.method == Method::POST {
-        let bytes = read_body(parts, body, state.edge.body_limit).await?;
+        let bytes = read_body(parts, body, state.edge.body_limit, state.edge.body_timeout).await?;
         (body_fields(&bytes, path_order_id.is_none())?, bytes)
     } else {
         (BodyFields::default(), Bytes::new())
@@ -367,6 +470,11 @@ mod tests {
     /// A state whose NATS client is not connected (nothing listens on port 1), with one route,
     /// `order` on `GET /api/orders/{order_id}`.
     async fn unconnected_state() -> AppState {
+        unconnected_state_with(crate::limit::Slots::new(4096)).await
+    }
+
+    /// [`unconnected_state`] with `in_flight` as its cap of requests in flight.
+    async fn unconnected_state_with(in_flight: crate::limit::Slots) -> AppState {
         let nats = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect("nats://127.0.0.1:1")
@@ -391,10 +499,13 @@ mod tests {
                 metrics,
             ),
             nats,
-            edge: Arc::new(Edge::new(
-                1024,
-                OrderIdRule::new("^[A-Za-z0-9_-]{1,64}$").expect("rule"),
-            )),
+            edge: Arc::new(Edge {
+                in_flight,
+                ..Edge::new(
+                    1024,
+                    OrderIdRule::new("^[A-Za-z0-9_-]{1,64}$").expect("rule"),
+                )
+            }),
             requests: Arc::new(AsyncRequests::new(None, Guard::new(Allowlist::default()))),
             store: Arc::new(std::sync::OnceLock::new()),
             store_status: Arc::new(crate::config::store::StoreStatus::default()),
@@ -418,7 +529,7 @@ mod tests {
             Request::default(),
             RequestId::fresh(),
         ));
-        let future = dispatch(state, request);
+        let future = dispatch(InFlight::uncounted(state), request);
         let size = std::mem::size_of_val(&future);
         println!("dispatch future: {size} bytes; admission, boxed until the requests are out: {admitting} bytes");
         assert!(size <= 1024, "dispatch future is {size} bytes");
@@ -474,5 +585,51 @@ mod tests {
                 assert_eq!(doc["request_id"], id.as_str(), "{method} {path}");
             }
         }
+    }
+
+    /// Past the cap a request is shed with 503 `overloaded` and `Retry-After`, the health
+    /// endpoints still answer, and a request's slot comes back when its future is dropped
+    /// (answered or abandoned).
+    #[tokio::test]
+    async fn past_the_cap_requests_are_shed_and_health_is_exempt() {
+        let public = Public::new(unconnected_state_with(crate::limit::Slots::new(1)).await);
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let held = public.respond(get("/api/orders/1"));
+        assert_eq!(public.state.edge.in_flight.used(), 1);
+        let shed = public
+            .respond(get("/api/orders/2"))
+            .await
+            .expect("infallible");
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()[header::RETRY_AFTER], "1");
+        assert!(shed.headers().contains_key(REQUEST_ID_HEADER));
+        let body = axum::body::to_bytes(shed.into_body(), 4096)
+            .await
+            .expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["type"], "urn:busgate:problem:overloaded");
+        assert!(problem["request_id"].is_string());
+        let live = public
+            .respond(get("/health/live"))
+            .await
+            .expect("infallible");
+        assert_eq!(live.status(), 200);
+        drop(held);
+        assert_eq!(public.state.edge.in_flight.used(), 0);
+        // Not shed now: refused for what it is (NATS is not connected).
+        let next = public
+            .respond(get("/api/orders/3"))
+            .await
+            .expect("infallible");
+        let body = axum::body::to_bytes(next.into_body(), 4096)
+            .await
+            .expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["type"], "urn:busgate:problem:not-ready");
+        assert_eq!(public.state.edge.in_flight.used(), 0);
     }
 }

@@ -8,8 +8,10 @@ use axum::extract::FromRef;
 
 use busgate_shared::validate::OrderIdRule;
 
+use crate::config::settings::HttpSettings;
 use crate::config::store::{ConfigStore, StoreStatus};
 use crate::jobs::http::AsyncRequests;
+use crate::limit::Slots;
 use crate::metrics::Name;
 use crate::route::Runner;
 
@@ -75,16 +77,26 @@ pub struct Edge {
     pub unmatched: Name,
     /// The share of the traces started here that are marked sampled.
     pub trace_sample_ratio: f64,
+    /// How long a request body may take to arrive whole.
+    pub body_timeout: std::time::Duration,
+    /// Requests in flight (health and metrics not counted) and their cap.
+    pub in_flight: Slots,
+    /// Open connections of the public listener and their cap (the listener takes the slots).
+    pub connections: Arc<Slots>,
 }
 
 impl Edge {
-    /// Edge rules with the given limit and `order_id` rule.
+    /// Edge rules with the given limit and `order_id` rule, and the default limits of load.
     pub fn new(body_limit: usize, order_id: OrderIdRule) -> Self {
+        let http = HttpSettings::default();
         Edge {
             body_limit,
             order_id,
             unmatched: Name(Arc::from("-")),
             trace_sample_ratio: 0.0,
+            body_timeout: http.body_timeout,
+            in_flight: Slots::new(http.max_in_flight),
+            connections: Arc::new(Slots::new(http.max_connections)),
         }
     }
 }

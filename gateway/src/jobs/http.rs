@@ -19,6 +19,7 @@ use crate::error::{AnswerId, ErrorKind, GatewayError, PROBLEM_JSON};
 use crate::jobs::callback::Signer;
 use crate::jobs::guard::Guard;
 use crate::jobs::queue::{hex, Claim, Job, JobStatus, Jobs, StatusDoc};
+use crate::limit::{Slot, Slots};
 use crate::route::Call;
 
 /// What asynchronous requests over HTTP need: the store, once JetStream is ready, and the
@@ -29,16 +30,40 @@ pub struct AsyncRequests {
     signer: Option<Signer>,
     /// Checks callback URLs.
     guard: Guard,
+    /// Open event streams on this instance, and their cap.
+    streams: Arc<Slots>,
+    /// Submits waiting on `Prefer: wait`, and their cap.
+    waiters: Arc<Slots>,
 }
 
 impl AsyncRequests {
     /// Asynchronous requests with this callback policy, not ready until [`AsyncRequests::ready`].
     pub fn new(signer: Option<Signer>, guard: Guard) -> Self {
+        let defaults = crate::config::settings::JobsSettings::default();
         AsyncRequests {
             jobs: OnceLock::new(),
             signer,
             guard,
+            streams: Arc::new(Slots::new(defaults.max_event_streams)),
+            waiters: Arc::new(Slots::new(defaults.max_waiters)),
         }
+    }
+
+    /// At most `streams` open event streams and `waiters` submits waiting on `Prefer: wait`.
+    pub fn with_caps(mut self, streams: usize, waiters: usize) -> Self {
+        self.streams = Arc::new(Slots::new(streams));
+        self.waiters = Arc::new(Slots::new(waiters));
+        self
+    }
+
+    /// Open event streams and their cap.
+    pub fn streams(&self) -> &Slots {
+        &self.streams
+    }
+
+    /// Submits waiting on `Prefer: wait` and their cap.
+    pub fn waiters(&self) -> &Slots {
+        &self.waiters
     }
 
     /// JetStream is ready: requests are taken from now on.
@@ -137,6 +162,14 @@ pub async fn submit(
             .await
             .map_err(ErrorKind::CallbackRefused)?;
     }
+    // A watcher slot is taken before anything is written. Past the cap the preference is not
+    // honoured (RFC 7240 lets a server ignore `wait`): the submit is accepted with a 202 like
+    // any asynchronous one, rather than refused after the client asked for less.
+    let waiting = submit
+        .prefer
+        .wait
+        .filter(|w| !w.is_zero())
+        .and_then(|wait| Some((wait, requests.waiters.try_hold()?)));
     let client = "";
     let key = idempotency_key(&submit.parts.headers)?;
     if let Some(key) = key {
@@ -174,9 +207,11 @@ pub async fn submit(
         }
         return Err(e.with_order(&job.call.order_id));
     }
-    if let Some(wait) = submit.prefer.wait.filter(|w| !w.is_zero()) {
+    if let Some((wait, slot)) = waiting {
         let wait = wait.min(jobs.settings().max_wait);
-        if let Some(doc) = wait_final(jobs, submit.request_id, wait).await {
+        let done = wait_final(jobs, submit.request_id, wait).await;
+        drop(slot);
+        if let Some(doc) = done {
             return Ok(final_answer(&doc));
         }
     }
@@ -297,36 +332,42 @@ pub async fn events(
     let opened = async {
         let id = checked_id(&id)?;
         let jobs = requests.jobs()?;
+        let slot: Slot = requests
+            .streams
+            .try_hold()
+            .ok_or(ErrorKind::Overloaded("open event streams"))?;
         if jobs.status(&id).await?.is_none() {
             return Err(ErrorKind::RequestNotFound(id).into());
         }
-        Ok::<_, GatewayError>((jobs.clone(), jobs.watch(&id).await?))
+        Ok::<_, GatewayError>((jobs.clone(), jobs.watch(&id).await?, slot))
     };
-    let (jobs, docs) = opened
+    let (jobs, docs, slot) = opened
         .await
         .map_err(|e| e.with_answer_id(this.as_ref().map(|e| &e.0)))?;
     let limit = tokio::time::sleep(jobs.settings().events_max);
-    // Ends right after the final document, not at the next (never coming) one.
-    let stream = futures::stream::unfold((docs, false), |(mut docs, ended)| async move {
-        if ended {
-            return None;
-        }
-        let doc = docs.next().await?;
-        let ended = doc.is_final();
-        Some((doc, (docs, ended)))
-    })
-    .map(|doc| {
-        let name = match doc.status {
-            JobStatus::Pending => "pending",
-            JobStatus::Completed => "completed",
-            JobStatus::Failed => "failed",
-        };
-        Ok(Event::default()
-            .event(name)
-            .json_data(&doc)
-            .unwrap_or_else(|_| Event::default().event(name)))
-    })
-    .take_until(limit);
+    // Ends right after the final document, not at the next (never coming) one. The stream
+    // holds its slot of `jobs.max_event_streams` until it ends or the client goes away.
+    let stream =
+        futures::stream::unfold((docs, false, slot), |(mut docs, ended, slot)| async move {
+            if ended {
+                return None;
+            }
+            let doc = docs.next().await?;
+            let ended = doc.is_final();
+            Some((doc, (docs, ended, slot)))
+        })
+        .map(|doc| {
+            let name = match doc.status {
+                JobStatus::Pending => "pending",
+                JobStatus::Completed => "completed",
+                JobStatus::Failed => "failed",
+            };
+            Ok(Event::default()
+                .event(name)
+                .json_data(&doc)
+                .unwrap_or_else(|_| Event::default().event(name)))
+        })
+        .take_until(limit);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

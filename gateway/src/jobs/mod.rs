@@ -6,7 +6,7 @@
 //! processor), [`callback`] (signing and delivery with retries) and [`guard`] (the SSRF guard of
 //! callback URLs).
 //!
-//! May use: `route` (to run a request's route), `config`, `clock`, `error`. Not `edge`: the edge
+//! May use: `route` (to run a request's route), `config`, `clock`, `limit`, `error`. Not `edge`: the edge
 //! hands a submit its parts, and the poll handlers take their own state ([`http::AsyncRequests`]).
 
 pub mod callback;
