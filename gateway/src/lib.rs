@@ -8,8 +8,9 @@
 //!
 //! One folder per concern; each opens with what it owns and what it may use.
 //!
-//! - [`edge`]: the public listener: dispatch of configured routes, body reading and parsing,
-//!   request ids and `traceparent`, health and metrics endpoints, the state handlers share.
+//! - [`edge`]: the public listener: serving connections with their limits, dispatch of
+//!   configured routes, load shedding, body reading and parsing, request ids and
+//!   `traceparent`, health and metrics endpoints, the state handlers share.
 //! - [`admin`]: the admin listener: configuration objects, try-it, live instances, the UI's
 //!   files and the OpenAPI document.
 //! - [`jobs`]: asynchronous requests: submit, poll and events over HTTP, the JetStream work

@@ -108,7 +108,7 @@ const SPECIAL_V6: &[(u128, u8)] = &[
 ];
 
 /// Whether a callback must not reach `ip` (unless the allowlist covers it): any address of
-/// the IANA special-purpose registries ([`SPECIAL_V4`], [`SPECIAL_V6`]), multicast, and IPv6
+/// the IANA special-purpose registries (`SPECIAL_V4`, `SPECIAL_V6`), multicast, and IPv6
 /// forms that embed such an IPv4 address.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
