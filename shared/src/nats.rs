@@ -25,13 +25,17 @@ pub const CLIENT_CAPACITY: usize = 64 * 1024;
 pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
     let logged_url = redact_url(url);
     let servers = crate::wire::parse_servers(url)?;
-    let plain: Vec<String> = servers
+    // One address per server: async-nats reads a string as one server, so a comma-separated
+    // list given as a string fails to parse ("invalid port number").
+    let plain: Vec<async_nats::ServerAddr> = servers
         .iter()
         .map(|s| match s.host.contains(':') {
             true => format!("nats://[{}]:{}", s.host, s.port),
             false => format!("nats://{}:{}", s.host, s.port),
         })
-        .collect();
+        .map(|address| address.parse())
+        .collect::<Result<_, std::io::Error>>()
+        .map_err(|e| Error::invalid("nats.url", e.to_string()))?;
     let options = match servers.iter().map(|s| &s.auth).find(|a| **a != Auth::None) {
         Some(Auth::User { user, pass }) => {
             ConnectOptions::with_user_and_password(user.clone(), pass.clone())
@@ -58,7 +62,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, Error> {
                 }
             }
         })
-        .connect(plain.join(","))
+        .connect(plain)
         .await
         .map_err(|source| Error::Connect {
             url: redact_url(url),

@@ -827,3 +827,26 @@ async fn one_adapter_process_serves_two_services() {
         "refused before connecting"
     );
 }
+
+/// A `nats.url` that lists several servers (a cluster) connects both of the gateway's
+/// connections: the dead first entry is skipped and the gateway becomes ready and answers.
+#[tokio::test]
+async fn a_list_of_nats_servers_is_a_cluster_not_one_address() {
+    let nats = support::NatsServer::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let dead_url = format!(
+        "nats://127.0.0.1:{}",
+        dead.local_addr().expect("addr").port()
+    );
+    drop(dead);
+    let _worker = Worker::native(&nats, "service1");
+    let list = format!("{dead_url},{}", nats.url);
+    let gateway = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_NATS__URL", &list);
+    })
+    .await;
+    let answer = reqwest::get(gateway.url("/api/orders/L1"))
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 200);
+}
