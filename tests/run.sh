@@ -29,3 +29,6 @@ cargo build --workspace --bins --locked
 # An outside fuzzer against both listeners (OpenAPI conformance, no server errors).
 tests/fuzz/schemathesis.sh
 cargo test --workspace --locked
+# The container path: images built from these binaries, the compose stack and the Kubernetes
+# manifests run with Podman (installed when missing), torn down after.
+tests/container/run.sh target/debug
