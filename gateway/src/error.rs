@@ -188,6 +188,12 @@ pub enum ErrorKind {
 #[derive(Debug, Clone)]
 pub struct AnswerId(pub String);
 
+tokio::task_local! {
+    /// The id of the answer being made, where a listener gives every answer one (the admin
+    /// listener): a problem document made while answering carries it when it has no other.
+    pub static ANSWER_ID: String;
+}
+
 impl GatewayError {
     /// Attaches the id of the request being answered, when the edge gave one.
     pub fn with_answer_id(self, id: Option<&AnswerId>) -> Self {
@@ -604,7 +610,10 @@ pub fn problem_type(slug: &str) -> String {
 }
 
 impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.request_id.is_none() {
+            self.request_id = ANSWER_ID.try_with(Clone::clone).ok();
+        }
         self.log_if_internal();
         let (status, body) = self.problem();
         let mut response = (status, body).into_response();

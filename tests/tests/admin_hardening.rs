@@ -430,3 +430,36 @@ async fn metrics_move_to_the_admin_listener_by_a_setting() {
         .expect("live");
     assert_eq!(live.status(), 200);
 }
+
+/// Every admin answer carries a `Busgate-Request-Id`, and every admin problem document the same
+/// `request_id`: a success, a refusal without the token, a hostile name, an unknown path.
+#[tokio::test]
+async fn every_admin_answer_has_a_request_id() {
+    let stack = Stack::start(&Settings::default()).await;
+    let gateway = &stack.gateway;
+    let (status, headers, _) = send(gateway, "GET", "/admin/v1/routes", None, None).await;
+    assert_eq!(status, 200);
+    assert!(headers.contains_key("busgate-request-id"));
+    let unauthorized = http()
+        .get(gateway.admin_url("/admin/v1/routes"))
+        .send()
+        .await
+        .expect("send");
+    let mut answers = vec![(
+        unauthorized.status().as_u16(),
+        unauthorized.headers().clone(),
+        unauthorized.json::<Value>().await.expect("problem"),
+    )];
+    for path in ["/admin/v1/routes/%C2%84", "/admin/v1/nope"] {
+        answers.push(send(gateway, "GET", path, None, None).await);
+    }
+    for (status, headers, problem) in answers {
+        let id = headers
+            .get("busgate-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!id.is_empty(), "{status}: no Busgate-Request-Id");
+        assert_eq!(problem["request_id"], id.as_str(), "{status}: {problem}");
+    }
+}
