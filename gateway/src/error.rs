@@ -182,26 +182,11 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// The id of the request being answered, in a request's extensions: the edge puts it there
-/// for its built-in paths, so that their handlers' problem documents carry the id the answer's
-/// `Busgate-Request-Id` says.
-#[derive(Debug, Clone)]
-pub struct AnswerId(pub String);
-
 tokio::task_local! {
     /// The id of the answer being made, where a listener gives every answer one (the admin
-    /// listener): a problem document made while answering carries it when it has no other.
+    /// listener, the public listener's built-in paths; see `edge::with_request_id`): a problem
+    /// document made while answering carries it when it has no other.
     pub static ANSWER_ID: String;
-}
-
-impl GatewayError {
-    /// Attaches the id of the request being answered, when the edge gave one.
-    pub fn with_answer_id(self, id: Option<&AnswerId>) -> Self {
-        match id {
-            Some(AnswerId(id)) => self.with_request(id),
-            None => self,
-        }
-    }
 }
 
 /// Why a callback URL is refused: a class the client is told, and the detail (what a name

@@ -19,13 +19,11 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use busgate_shared::header::REQUEST_ID_LOWER;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::edge::ids::RequestId;
 use crate::edge::state::AppState;
-use crate::error::{ErrorKind, GatewayError, ANSWER_ID};
+use crate::error::{ErrorKind, GatewayError};
 
 pub mod assets;
 pub mod audit;
@@ -102,23 +100,8 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         })
         // Outermost: every answer, the fallback's and the guard's refusals included.
         .layer(middleware::map_response(secure))
-        .layer(middleware::from_fn(with_request_id))
+        .layer(middleware::from_fn(crate::edge::with_request_id))
         .with_state(state)
-}
-
-/// Gives every admin answer a request id: its `Busgate-Request-Id` header, and the `request_id`
-/// of a problem document made while answering (see [`ANSWER_ID`]).
-async fn with_request_id(request: Request, next: Next) -> Response {
-    let id = RequestId::fresh();
-    let mut response = ANSWER_ID
-        .scope(id.as_str().to_owned(), next.run(request))
-        .await;
-    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID_LOWER), value);
-    }
-    response
 }
 
 /// Sets the security headers on an admin answer, and makes axum's bare 405 a problem document.

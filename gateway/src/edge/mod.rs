@@ -233,15 +233,15 @@ fn builtins(state: AppState, metrics: bool) -> Router {
         .with_state(state)
 }
 
-/// Gives every answer of the built-in paths a request id: handlers find it in the request's
-/// extensions (for their problem documents), and the answer carries it as `Busgate-Request-Id`
-/// (unless it has one already: the configured routes of the fallback set their own).
-async fn with_request_id(mut request: Request, next: axum::middleware::Next) -> Response {
+/// Gives every answer of a router a request id: the `request_id` of a problem document made
+/// while answering ([`crate::error::ANSWER_ID`]), and the answer's `Busgate-Request-Id` (unless
+/// it has one already: the configured routes of the public fallback set their own). Both
+/// listeners use it: the public one for its built-in paths, the admin one for everything.
+pub async fn with_request_id(request: Request, next: axum::middleware::Next) -> Response {
     let id = RequestId::fresh();
-    request
-        .extensions_mut()
-        .insert(crate::error::AnswerId(id.as_str().to_owned()));
-    let mut response = next.run(request).await;
+    let mut response = crate::error::ANSWER_ID
+        .scope(id.as_str().to_owned(), next.run(request))
+        .await;
     if !response.headers().contains_key(&REQUEST_ID_HEADER) {
         if let Ok(value) = HeaderValue::from_str(id.as_str()) {
             response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -250,15 +250,11 @@ async fn with_request_id(mut request: Request, next: axum::middleware::Next) -> 
     response
 }
 
-async fn builtin_method_not_allowed(
-    method: Method,
-    id: Option<axum::Extension<crate::error::AnswerId>>,
-) -> GatewayError {
+async fn builtin_method_not_allowed(method: Method) -> GatewayError {
     GatewayError::from(ErrorKind::MethodNotAllowed {
         method: method.to_string(),
         allow: "GET".into(),
     })
-    .with_answer_id(id.as_ref().map(|e| &e.0))
 }
 
 /// Every configured route. Not an `async fn`: a future keeps the arguments of an async fn for

@@ -8,14 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use busgate_shared::header::REQUEST_ID;
 
 use crate::config::snapshot::Route;
-use crate::error::{AnswerId, ErrorKind, GatewayError, PROBLEM_JSON};
+use crate::error::{ErrorKind, GatewayError, PROBLEM_JSON};
 use crate::jobs::callback::Signer;
 use crate::jobs::guard::Guard;
 use crate::jobs::queue::{hex, Claim, Job, JobStatus, Jobs, StatusDoc};
@@ -303,23 +302,17 @@ fn checked_id(id: &str) -> Result<String, GatewayError> {
         .map_err(|_| ErrorKind::RequestNotFound(id.chars().take(64).collect()).into())
 }
 
-/// `GET /api/requests/{request_id}`. The poll itself has a request id of its own
-/// ([`AnswerId`]), which its problem documents carry.
+/// `GET /api/requests/{request_id}`. The poll itself has a request id of its own, which the
+/// edge gives its answer and problem documents.
 pub async fn poll(
     State(requests): State<Arc<AsyncRequests>>,
     Path(id): Path<String>,
-    this: Option<Extension<AnswerId>>,
 ) -> Result<Response, GatewayError> {
-    let found = async {
-        let id = checked_id(&id)?;
-        match requests.jobs()?.status(&id).await? {
-            Some((_, doc)) => Ok(axum::Json(doc).into_response()),
-            None => Err(ErrorKind::RequestNotFound(id).into()),
-        }
-    };
-    found
-        .await
-        .map_err(|e: GatewayError| e.with_answer_id(this.as_ref().map(|e| &e.0)))
+    let id = checked_id(&id)?;
+    match requests.jobs()?.status(&id).await? {
+        Some((_, doc)) => Ok(axum::Json(doc).into_response()),
+        None => Err(ErrorKind::RequestNotFound(id).into()),
+    }
 }
 
 /// `GET /api/requests/{request_id}/events`: the status document on every change, ending after
@@ -327,23 +320,17 @@ pub async fn poll(
 pub async fn events(
     State(requests): State<Arc<AsyncRequests>>,
     Path(id): Path<String>,
-    this: Option<Extension<AnswerId>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, GatewayError> {
-    let opened = async {
-        let id = checked_id(&id)?;
-        let jobs = requests.jobs()?;
-        let slot: Slot = requests
-            .streams
-            .try_hold()
-            .ok_or(ErrorKind::Overloaded("open event streams"))?;
-        if jobs.status(&id).await?.is_none() {
-            return Err(ErrorKind::RequestNotFound(id).into());
-        }
-        Ok::<_, GatewayError>((jobs.clone(), jobs.watch(&id).await?, slot))
-    };
-    let (jobs, docs, slot) = opened
-        .await
-        .map_err(|e| e.with_answer_id(this.as_ref().map(|e| &e.0)))?;
+    let id = checked_id(&id)?;
+    let jobs = requests.jobs()?;
+    let slot: Slot = requests
+        .streams
+        .try_hold()
+        .ok_or(ErrorKind::Overloaded("open event streams"))?;
+    if jobs.status(&id).await?.is_none() {
+        return Err(ErrorKind::RequestNotFound(id).into());
+    }
+    let docs = jobs.watch(&id).await?;
     let limit = tokio::time::sleep(jobs.settings().events_max);
     // Ends right after the final document, not at the next (never coming) one. The stream
     // holds its slot of `jobs.max_event_streams` until it ends or the client goes away.
