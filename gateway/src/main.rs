@@ -115,18 +115,9 @@ async fn main() -> ExitCode {
     }
 }
 
-/// What `check-config` prints: the effective settings with every secret replaced by `***`
-/// (NATS credentials in `nats.url`, `admin.token`, `callbacks.secret`). A secret that is set
-/// shows as `***`, one that is not as `""`, so the output still says which are set.
+/// What `check-config` prints: the effective settings as JSON, secrets redacted.
 fn redacted(settings: &Settings) -> serde_json::Value {
-    let mut copy = settings.clone();
-    copy.nats.url = busgate_shared::nats::redact_url(&copy.nats.url);
-    for secret in [&mut copy.admin.token, &mut copy.callbacks.secret] {
-        if !secret.is_empty() {
-            "***".clone_into(secret);
-        }
-    }
-    serde_json::to_value(&copy).unwrap_or_default()
+    serde_json::to_value(settings.redacted()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -135,6 +135,20 @@ impl std::fmt::Debug for CallbackSettings {
     }
 }
 
+impl Settings {
+    /// The same settings with every secret replaced by `***` (NATS credentials in `nats.url`,
+    /// `admin.token`, `callbacks.secret`): what `check-config` prints. A secret that is set
+    /// shows as `***`, one that is not as `""`, so the output still says which are set.
+    pub fn redacted(&self) -> Settings {
+        let mut copy = self.clone();
+        copy.nats.url = busgate_shared::nats::redact_url(&copy.nats.url);
+        for secret in [&mut copy.admin.token, &mut copy.callbacks.secret] {
+            *secret = redacted(secret).to_owned();
+        }
+        copy
+    }
+}
+
 /// `***` for a secret that is set, `""` for one that is not.
 fn redacted(secret: &str) -> &'static str {
     if secret.is_empty() {
