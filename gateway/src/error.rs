@@ -617,9 +617,9 @@ impl IntoResponse for GatewayError {
             }
         }
         match &self.kind {
-            // Shed load and a full queue come back soon; the client should not retry at once
-            // in a loop.
-            ErrorKind::Overloaded(_) | ErrorKind::QueueFull => {
+            // Shed load, a full queue and a contended write come back soon; the client should
+            // not retry at once in a loop.
+            ErrorKind::Overloaded(_) | ErrorKind::QueueFull | ErrorKind::Contended(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // The rest of the body may still be on its way: the connection cannot be reused.

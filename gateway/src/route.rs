@@ -15,7 +15,7 @@ use crate::config::snapshot::{Route, Snapshot};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::collector::Collector;
 use crate::gather::merge;
-use crate::gather::scatter::{self, Asker, Pending};
+use crate::gather::scatter::{self, Asker, Outcome, Pending, SourceResult};
 use crate::metrics::Metrics;
 
 /// Runs routes. Cheap to clone: three reference counts.
@@ -111,28 +111,118 @@ impl Runner {
     }
 
     /// Runs `call` in the configuration in force and answers with the status and body the
-    /// synchronous request would have answered: what an asynchronous request stores and the
-    /// try-it shows.
+    /// synchronous request would have answered: what the try-it shows.
     pub async fn answer(&self, call: &Call) -> (u16, Vec<u8>) {
-        match self.run(call).await {
-            Ok(body) => (200, body),
+        let attempt = self.attempt(call).await;
+        (attempt.status, attempt.body)
+    }
+
+    /// [`Runner::answer`], saying too whether the failure, if any, is one that trying again
+    /// later may cure ([`Attempt::transient`]): what the processor of asynchronous requests
+    /// decides on.
+    pub async fn attempt(&self, call: &Call) -> Attempt {
+        let snapshot = self.config.load_full();
+        let Some(route) = snapshot.route(&call.route) else {
+            let (status, body) = GatewayError::from(ErrorKind::RouteGone(call.route.clone()))
+                .with_request(&call.request_id)
+                .with_order(&call.order_id)
+                .problem();
+            return Attempt {
+                status: status.as_u16(),
+                body: body.to_vec(),
+                transient: false,
+            };
+        };
+        let started = Instant::now();
+        let mut pending = self.start(route, &call.asker());
+        pending.collect(route).await;
+        let outcome = pending.finish();
+        for (target, result) in route.targets.iter().zip(&outcome.results) {
+            self.metrics.record_source(&target.service, result.status());
+        }
+        let transient = is_transient(&outcome);
+        match merge::answer(
+            route,
+            &outcome,
+            &call.request_id,
+            &call.order_id,
+            started.elapsed(),
+        ) {
+            Ok(body) => Attempt {
+                status: 200,
+                body,
+                transient: false,
+            },
             Err(e) => {
                 let (status, body) = e.problem();
-                (status.as_u16(), body.to_vec())
+                Attempt {
+                    status: status.as_u16(),
+                    body: body.to_vec(),
+                    transient,
+                }
             }
         }
     }
+}
 
-    async fn run(&self, call: &Call) -> Result<Vec<u8>, GatewayError> {
-        let snapshot = self.config.load_full();
-        let Some(route) = snapshot.route(&call.route) else {
-            return Err(GatewayError::from(ErrorKind::RouteGone(call.route.clone()))
-                .with_request(&call.request_id)
-                .with_order(&call.order_id));
+/// What one run of a route came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The status the synchronous request would have answered.
+    pub status: u16,
+    /// Its body (the answer, or a problem document).
+    pub body: Vec<u8>,
+    /// The request failed because the bus could not carry it, not because of what a service
+    /// answered: see [`is_transient`].
+    pub transient: bool,
+}
+
+/// Whether a failed gather may succeed when tried again: its required source that failed
+/// had no responders (nobody subscribed, which a worker reconnecting to another node also
+/// looks like, or the publish was refused because the gateway's connection was down) or did
+/// not answer in time (the request or its reply was lost with a node or a worker that died
+/// holding it). An answer a service gave (an error, an unknown order) is final.
+pub fn is_transient(outcome: &Outcome) -> bool {
+    outcome
+        .failed
+        .and_then(|index| outcome.results.get(index))
+        .is_some_and(|result| {
+            matches!(
+                result,
+                SourceResult::NoResponders { .. } | SourceResult::Timeout { .. }
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_failures_of_the_bus_are_transient() {
+        let ms = Duration::from_millis(1);
+        let failed = |result: SourceResult| Outcome {
+            results: vec![result],
+            failed: Some(0),
         };
-        let started = Instant::now();
-        let pending = self.start(route, &call.asker());
-        self.finish(route, pending, &call.request_id, &call.order_id, started)
-            .await
+        assert!(is_transient(&failed(SourceResult::NoResponders {
+            elapsed: ms
+        })));
+        assert!(is_transient(&failed(SourceResult::Timeout { after: ms })));
+        assert!(!is_transient(&failed(SourceResult::NotFound {
+            elapsed: ms
+        })));
+        assert!(!is_transient(&failed(SourceResult::Error {
+            code: "c".into(),
+            message: "m".into(),
+            elapsed: ms
+        })));
+        // An optional source that timed out does not fail the request: nothing to retry.
+        assert!(!is_transient(&Outcome {
+            results: vec![SourceResult::Timeout { after: ms }],
+            failed: None,
+        }));
     }
 }

@@ -47,6 +47,8 @@ struct Jobs {
     requests_max_msgs: Option<i64>,
     max_event_streams: Option<usize>,
     max_waiters: Option<usize>,
+    max_deliver: Option<u32>,
+    replicas: Option<usize>,
 }
 
 /// `[callbacks]`: what is not set keeps the gateway's default.
@@ -174,6 +176,18 @@ impl Settings {
         self
     }
 
+    /// `[jobs] max_deliver`: deliveries after which a request that keeps failing is final.
+    pub fn jobs_max_deliver(mut self, max_deliver: u32) -> Settings {
+        self.jobs.max_deliver = Some(max_deliver);
+        self
+    }
+
+    /// `[jobs] replicas`: replicas of the streams and buckets (3 on a 3-node cluster).
+    pub fn jobs_replicas(mut self, replicas: usize) -> Settings {
+        self.jobs.replicas = Some(replicas);
+        self
+    }
+
     /// `[jobs.requests] max_msgs`: how many asynchronous requests the work queue holds.
     pub fn jobs_requests_max_msgs(mut self, max_msgs: i64) -> Settings {
         self.jobs.requests_max_msgs = Some(max_msgs);
@@ -232,6 +246,12 @@ impl Settings {
         }
         if let Some(concurrency) = self.jobs.concurrency {
             jobs.insert("concurrency".into(), concurrency.into());
+        }
+        if let Some(max_deliver) = self.jobs.max_deliver {
+            jobs.insert("max_deliver".into(), max_deliver.into());
+        }
+        if let Some(replicas) = self.jobs.replicas {
+            jobs.insert("replicas".into(), replicas.into());
         }
         if let Some(max_msgs) = self.jobs.requests_max_msgs {
             jobs.insert("requests".into(), json!({ "max_msgs": max_msgs }));

@@ -171,20 +171,29 @@ pub async fn submit(
         .and_then(|wait| Some((wait, requests.waiters.try_hold()?)));
     let client = "";
     let key = idempotency_key(&submit.parts.headers)?;
+    let fingerprint = fingerprint(submit.parts, submit.body);
+    // The key is claimed first, confirmed once the request is queued, released when it could
+    // not be: a repeat never gets the id of a request that is not queued (see `Claim`).
+    let mut resumed = None;
     if let Some(key) = key {
-        let fingerprint = fingerprint(submit.parts, submit.body);
         match jobs
             .claim(client, key, &fingerprint, submit.request_id)
             .await?
         {
             Claim::New => {}
             Claim::Repeat(existing) => return Ok(accepted(&existing, submit.prefer.respond_async)),
+            Claim::Resume(existing) => resumed = Some(existing),
+            // The first submit is still under way: the client asks again shortly.
+            Claim::InProgress => {
+                return Err(ErrorKind::Contended(submit.request_id.to_owned()).into())
+            }
             Claim::Conflict => return Err(ErrorKind::IdempotencyConflict.into()),
         }
     }
+    let request_id = resumed.as_deref().unwrap_or(submit.request_id);
     let job = Job {
         call: Call {
-            request_id: submit.request_id.to_owned(),
+            request_id: request_id.to_owned(),
             route: submit.route.name.0.to_string(),
             order_id: submit.order_id,
             client: client.to_owned(),
@@ -200,21 +209,30 @@ pub async fn submit(
         },
         callback_url: submit.callback_url,
     };
-    if let Err(e) = jobs.submit(&job).await {
-        if let Some(key) = key {
+    let queued = match resumed {
+        Some(_) => jobs.resume(&job).await,
+        None => jobs.submit(&job).await,
+    };
+    if let Err(e) = queued {
+        // A resumed claim stays: its request may be queued already, and a later repeat
+        // resumes it again.
+        if let (Some(key), None) = (key, &resumed) {
             jobs.release(client, key).await;
         }
         return Err(e.with_order(&job.call.order_id));
     }
+    if let Some(key) = key {
+        jobs.confirm(client, key, &fingerprint, request_id).await;
+    }
     if let Some((wait, slot)) = waiting {
         let wait = wait.min(jobs.settings().max_wait);
-        let done = wait_final(jobs, submit.request_id, wait).await;
+        let done = wait_final(jobs, request_id, wait).await;
         drop(slot);
         if let Some(doc) = done {
             return Ok(final_answer(&doc));
         }
     }
-    Ok(accepted(submit.request_id, submit.prefer.respond_async))
+    Ok(accepted(request_id, submit.prefer.respond_async))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {

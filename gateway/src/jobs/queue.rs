@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use busgate_shared::subject;
 
@@ -192,16 +192,64 @@ fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
 pub enum Claim {
     /// The key is new and now maps to the given request id.
     New,
-    /// The key was used with the same request: its request id.
+    /// The key was used with the same request, which is queued: its request id.
     Repeat(String),
+    /// The key names a request of the same fingerprint that its submit never confirmed queued
+    /// and that is [`CLAIM_GRACE`] old (its gateway, or its connection, died in between):
+    /// this submit queues it again under that request id (see [`Jobs::resume`]).
+    Resume(String),
+    /// A submit of the same request holds the key and may still be queueing it.
+    InProgress,
     /// The key was used with a different request.
     Conflict,
 }
 
+/// How long a claimed idempotency key may wait for its submit to confirm the request queued
+/// before a repeat takes the submit over: longer than a submit's two JetStream writes may take.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(30);
+
+/// What an idempotency key maps to. A key is claimed (`queued: false`) before anything is
+/// written and confirmed (`queued: true`) once the request is queued, so that a key is never
+/// taken to name a request that is not queued.
 #[derive(Serialize, Deserialize)]
 struct KeyRecord {
     request_id: String,
     fingerprint: String,
+    /// The request is queued. Records of earlier gateways lack it: they are checked like a
+    /// claim that was never confirmed.
+    #[serde(default)]
+    queued: bool,
+    /// When it was claimed (unix ms).
+    #[serde(default)]
+    claimed_ms: u64,
+}
+
+/// The KV key of an idempotency key: client text never becomes a KV key, a hash of it does.
+fn key_of(client: &str, key: &str) -> String {
+    hex(&Sha256::digest(format!("{client}\0{key}").as_bytes()))
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a claim found under a key that exists: pure, so that it is unit-tested.
+fn judge(existing: &KeyRecord, fingerprint: &str, now_ms: u64) -> Claim {
+    if existing.fingerprint != fingerprint {
+        Claim::Conflict
+    } else if existing.queued {
+        Claim::Repeat(existing.request_id.clone())
+    } else if now_ms.saturating_sub(existing.claimed_ms)
+        < u64::try_from(CLAIM_GRACE.as_millis()).unwrap_or(u64::MAX)
+    {
+        Claim::InProgress
+    } else {
+        Claim::Resume(existing.request_id.clone())
+    }
 }
 
 /// JetStream streams and KV buckets of asynchronous requests.
@@ -296,6 +344,19 @@ impl Jobs {
         let doc =
             serde_json::to_vec(&StatusDoc::pending(job)).map_err(STORE.corrupt(request_id))?;
         self.results.put(request_id, doc.into()).await.map_err(js)?;
+        if let Err(e) = self.publish(job).await {
+            // The pending document of a request that was not queued would never finish.
+            if let Err(purge) = self.results.purge(request_id).await {
+                warn!(request_id, error = %purge, "cannot remove the document of a refused request");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Publishes a job, deduplicated by its request id; returns once JetStream acked it.
+    async fn publish(&self, job: &Job) -> Result<(), GatewayError> {
+        let request_id = &job.call.request_id;
         let payload = serde_json::to_vec(job).map_err(STORE.corrupt(request_id))?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload.into())
@@ -306,14 +367,7 @@ impl Jobs {
                 .await?
                 .await
         };
-        if let Err(e) = queued.await {
-            // The pending document of a request that was not queued would never finish.
-            if let Err(purge) = self.results.purge(request_id).await {
-                warn!(request_id, error = %purge, "cannot remove the document of a refused request");
-            }
-            return Err(full_or_failed(e));
-        }
-        Ok(())
+        queued.await.map(drop).map_err(full_or_failed)
     }
 
     /// The status document of a request and its revision.
@@ -374,7 +428,9 @@ impl Jobs {
             .boxed())
     }
 
-    /// Claims an idempotency key for `request_id` (atomic across instances).
+    /// Claims an idempotency key for `request_id` (atomic across instances). A new claim is
+    /// not confirmed: [`Jobs::confirm`] does that once the request is queued, and
+    /// [`Jobs::release`] gives the key up when it could not be.
     pub async fn claim(
         &self,
         client: &str,
@@ -382,37 +438,89 @@ impl Jobs {
         fingerprint: &str,
         request_id: &str,
     ) -> Result<Claim, GatewayError> {
-        // Client text never becomes a KV key: the key is a hash of client and key.
-        let hashed = hex(&Sha256::digest(format!("{client}\0{key}").as_bytes()));
-        let record = serde_json::to_vec(&KeyRecord {
+        let hashed = key_of(client, key);
+        let record = |request_id: &str| {
+            serde_json::to_vec(&KeyRecord {
+                request_id: request_id.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                queued: false,
+                claimed_ms: now_ms(),
+            })
+            .map_err(STORE.corrupt(&hashed))
+        };
+        // A few rounds: the key may be released or taken over between our reads.
+        for _ in 0..4 {
+            match self.keys.create(&hashed, record(request_id)?.into()).await {
+                Ok(_) => return Ok(Claim::New),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(js(e)),
+            }
+            let Some(entry) = self.keys.entry(&hashed).await.map_err(js)? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let existing: KeyRecord =
+                serde_json::from_slice(&entry.value).map_err(STORE.corrupt(&hashed))?;
+            match judge(&existing, fingerprint, now_ms()) {
+                Claim::Resume(id) => {
+                    // Taken over with compare-and-set, so that one repeat resumes it.
+                    match self
+                        .keys
+                        .update(&hashed, record(&id)?.into(), entry.revision)
+                        .await
+                    {
+                        Ok(_) => return Ok(Claim::Resume(id)),
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                        Err(e) => return Err(js(e)),
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(ErrorKind::Contended(hashed).into())
+    }
+
+    /// Confirms a claimed key: its request is queued. A failure leaves the claim unconfirmed,
+    /// which a repeat after [`CLAIM_GRACE`] resumes (harmlessly: the request is queued).
+    pub async fn confirm(&self, client: &str, key: &str, fingerprint: &str, request_id: &str) {
+        let hashed = key_of(client, key);
+        let record = KeyRecord {
             request_id: request_id.to_owned(),
             fingerprint: fingerprint.to_owned(),
-        })
-        .map_err(STORE.corrupt(&hashed))?;
-        match self.keys.create(&hashed, record.into()).await {
-            Ok(_) => Ok(Claim::New),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let existing = self.keys.get(&hashed).await.map_err(js)?;
-                let Some(existing) = existing else {
-                    return Err(js("idempotency key vanished"));
-                };
-                let existing: KeyRecord =
-                    serde_json::from_slice(&existing).map_err(STORE.corrupt(&hashed))?;
-                if existing.fingerprint == fingerprint {
-                    Ok(Claim::Repeat(existing.request_id))
-                } else {
-                    Ok(Claim::Conflict)
-                }
-            }
-            Err(e) => Err(js(e)),
+            queued: true,
+            claimed_ms: now_ms(),
+        };
+        let written = match serde_json::to_vec(&record) {
+            Ok(bytes) => self.keys.put(&hashed, bytes.into()).await.map_err(js),
+            Err(e) => Err(STORE.corrupt(&hashed)(e)),
+        };
+        if let Err(e) = written {
+            warn!(request_id, error = %e, "cannot confirm an idempotency key");
         }
     }
 
-    /// Releases a key whose request could not be accepted.
+    /// Releases a key whose request could not be accepted. A failure leaves the claim
+    /// unconfirmed, which a repeat after [`CLAIM_GRACE`] resumes.
     pub async fn release(&self, client: &str, key: &str) {
-        let hashed = hex(&Sha256::digest(format!("{client}\0{key}").as_bytes()));
-        if let Err(e) = self.keys.purge(&hashed).await {
+        if let Err(e) = self.keys.purge(key_of(client, key)).await {
             warn!(error = %e, "cannot release an idempotency key");
+        }
+    }
+
+    /// Queues again a request whose idempotency key was claimed by a submit that never
+    /// confirmed it ([`Claim::Resume`]). That submit may have written the pending document,
+    /// published the job, both or neither: a final document is left alone; a pending one gets
+    /// the job published again (a duplicate within the stream's two-minute window is dropped
+    /// by its message id; a later one finds the document final and is acked); a missing one
+    /// is submitted anew.
+    pub async fn resume(&self, job: &Job) -> Result<(), GatewayError> {
+        let request_id = &job.call.request_id;
+        match self.status(request_id).await? {
+            Some((_, doc)) if doc.is_final() => Ok(()),
+            Some(_) => self.publish(job).await,
+            None => self.submit(job).await,
         }
     }
 
@@ -479,7 +587,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How long one pull for asynchronous requests waits for messages before it is made again.
+/// It bounds how long a stopping instance waits for the pull it has out.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
 /// Pulls asynchronous requests and runs them until `stop` turns true.
+///
+/// An instance asks JetStream for as many requests as it can start at once (its free
+/// permits of `jobs.concurrency`), never more: a request it holds is a request it runs, so
+/// none waits behind a busy instance while another is idle, and a stopping instance hands
+/// back at once (NAK without delay) whatever reaches it after the stop.
 pub async fn run_requests(
     jobs: Arc<Jobs>,
     runner: Runner,
@@ -494,40 +611,71 @@ pub async fn run_requests(
             20_000,
         )
         .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(jobs.settings.concurrency)
-        .messages()
-        .await
-        .map_err(js)?;
     let permits = Arc::new(Semaphore::new(jobs.settings.concurrency));
     let mut tasks = JoinSet::new();
     info!(
         concurrency = jobs.settings.concurrency,
         "processing asynchronous requests"
     );
-    loop {
-        let permit = tokio::select! {
+    let mut retry = Duration::from_millis(200);
+    'pulling: loop {
+        let first = tokio::select! {
             _ = stop.changed() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let message = tokio::select! {
-            _ = stop.changed() => break,
-            next = messages.next() => match next {
+        let free = permits.available_permits() + 1;
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?retry, "pulling asynchronous requests");
+                drop(first);
+                if !crate::clock::back_off(&mut retry, &mut stop).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        retry = Duration::from_millis(200);
+        let mut held = Some(first);
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => {
+                    hand_back(&mut batch).await;
+                    break 'pulling;
+                }
+                next = batch.next() => next,
+            };
+            let message = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    warn!(error = %e, "pulling asynchronous requests");
-                    continue;
+                    debug!(error = %e, "pull for asynchronous requests ended");
+                    break;
                 }
                 None => break,
-            },
-        };
-        let (jobs, runner) = (jobs.clone(), runner.clone());
-        tasks.spawn(async move {
-            process(&jobs, &runner, message).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+            };
+            // One permit per message asked for: the first is held, the others were free
+            // when the pull was made and only this loop takes permits.
+            let permit = match held.take() {
+                Some(p) => Some(p),
+                None => permits.clone().try_acquire_owned().ok(),
+            };
+            let Some(permit) = permit else {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            let (jobs, runner) = (jobs.clone(), runner.clone());
+            tasks.spawn(async move {
+                process(&jobs, &runner, message).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
     }
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await
@@ -542,6 +690,52 @@ pub async fn run_requests(
     Ok(())
 }
 
+/// Hands back what the pull still brings after a stop, at once (NAK without delay) so that
+/// another instance takes it now rather than after `ack_wait`. Bounded by the pull's expiry.
+async fn hand_back(batch: &mut consumer::pull::Batch) {
+    let mut handed = 0u32;
+    let drained = tokio::time::timeout(PULL_EXPIRES + Duration::from_millis(500), async {
+        while let Some(next) = batch.next().await {
+            if let Ok(message) = next {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                handed += 1;
+            }
+        }
+    })
+    .await;
+    if handed > 0 || drained.is_err() {
+        info!(handed, "asynchronous requests not started handed back");
+    }
+}
+
+/// How long a request whose failure was transient waits before its `delivered`-th retry:
+/// 1 s, doubling, at most 30 s.
+pub fn retry_delay(delivered: i64) -> Duration {
+    let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 5)).unwrap_or(5);
+    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(30))
+}
+
+/// Reads the status document of a request about to run. A missing one is read again a few
+/// times (a replica of the bucket may lag the write of a submit by a moment) before it is
+/// taken for gone.
+async fn current_doc(jobs: &Jobs, request_id: &str) -> Result<Option<StatusDoc>, GatewayError> {
+    for wait in [100, 300, 600] {
+        if let Some((_, doc)) = jobs.status(request_id).await? {
+            return Ok(Some(doc));
+        }
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    Ok(jobs.status(request_id).await?.map(|(_, doc)| doc))
+}
+
+/// Whether a finished request's callback was never scheduled: it waits for its first
+/// attempt. (One that was attempted has its message in the callback queue, or is done.)
+fn callback_unscheduled(doc: &StatusDoc) -> bool {
+    doc.callback
+        .as_ref()
+        .is_some_and(|cb| cb.state == "pending" && cb.attempts == 0)
+}
+
 async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let job: Job = match serde_json::from_slice(&message.payload) {
@@ -553,13 +747,35 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         }
     };
     let request_id = job.call.request_id.as_str();
-    match jobs.status(request_id).await {
-        Ok(Some((_, doc))) if doc.is_final() => {
+    match current_doc(jobs, request_id).await {
+        Ok(Some(doc)) if doc.is_final() => {
+            // The result is stored; the callback may not have been scheduled before the
+            // instance that stored it died.
+            if job.callback_url.is_some() && callback_unscheduled(&doc) {
+                if let Err(e) = jobs.schedule_callback(request_id).await {
+                    warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    return;
+                }
+                info!(request_id, "callback of a finished request scheduled");
+            }
             debug!(request_id, "already finished, acking a redelivery");
             let _ = message.ack().await;
             return;
         }
-        Ok(_) => {}
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            // Its document expired, or its submit failed after publishing (the client got an
+            // error): nothing can record a result, so the request ends here.
+            error!(
+                request_id,
+                "no status document for an asynchronous request: dropping it"
+            );
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
         Err(e) => {
             warn!(request_id, error = %e, "cannot read a status document, retrying later");
             let _ = message
@@ -575,17 +791,32 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         );
         gave_up(request_id, delivered)
     } else {
-        let work = runner.answer(&job.call);
+        let work = runner.attempt(&job.call);
         tokio::pin!(work);
         // Tell JetStream we are alive while a long gather runs.
         let mut ticks = tokio::time::interval(jobs.settings.ack_wait / 2);
         ticks.tick().await;
-        loop {
+        let attempt = loop {
             tokio::select! {
-                answer = &mut work => break answer,
+                attempt = &mut work => break attempt,
                 _ = ticks.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             }
+        };
+        if attempt.transient && delivered < i64::from(jobs.settings.max_deliver) {
+            // The bus could not carry it (a node or worker going away, a connection being
+            // remade): accepted work is tried again, not finished as a failure.
+            let delay = retry_delay(delivered);
+            info!(
+                request_id,
+                delivered,
+                status = attempt.status,
+                retry_in = ?delay,
+                "asynchronous request failed transiently, retrying later"
+            );
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
         }
+        (attempt.status, attempt.body)
     };
     let finished = jobs
         .update(request_id, |doc| doc.finish(http_status, &body))
@@ -674,6 +905,73 @@ mod tests {
         let mut failed = StatusDoc::pending(&job());
         failed.finish(504, br#"{"status":504}"#);
         assert_eq!(failed.status, JobStatus::Failed);
+    }
+
+    #[test]
+    fn transient_failures_back_off_from_one_second_to_thirty() {
+        let delays: Vec<u64> = (0..=8).map(|d| retry_delay(d).as_secs()).collect();
+        assert_eq!(delays, [1, 1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(i64::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_idempotency_key_names_a_request_only_once_it_is_queued() {
+        let record = |queued, claimed_ms| KeyRecord {
+            request_id: "r1".into(),
+            fingerprint: "f".into(),
+            queued,
+            claimed_ms,
+        };
+        let grace = u64::try_from(CLAIM_GRACE.as_millis()).expect("ms");
+        let now = 10 * grace;
+        assert_eq!(judge(&record(true, 0), "other", now), Claim::Conflict);
+        assert_eq!(judge(&record(false, now), "other", now), Claim::Conflict);
+        assert_eq!(
+            judge(&record(true, now), "f", now),
+            Claim::Repeat("r1".into())
+        );
+        // Claimed, not yet confirmed: its submit may still be queueing it.
+        assert_eq!(judge(&record(false, now - 5), "f", now), Claim::InProgress);
+        assert_eq!(
+            judge(&record(false, now - grace + 1), "f", now),
+            Claim::InProgress
+        );
+        // Never confirmed within the grace: the submit died; a repeat resumes it.
+        assert_eq!(
+            judge(&record(false, now - grace), "f", now),
+            Claim::Resume("r1".into())
+        );
+        // A record of an earlier gateway (no `queued`, no time) is checked like a stale claim.
+        let old: KeyRecord =
+            serde_json::from_str(r#"{"request_id":"r1","fingerprint":"f"}"#).expect("record");
+        assert_eq!(judge(&old, "f", now), Claim::Resume("r1".into()));
+        // A clock that went backwards is not a stale claim.
+        assert_eq!(
+            judge(&record(false, now + 1000), "f", now),
+            Claim::InProgress
+        );
+    }
+
+    #[test]
+    fn only_a_callback_never_attempted_is_scheduled_again() {
+        let mut doc = StatusDoc::pending(&job());
+        assert!(!callback_unscheduled(&doc), "waiting for the result");
+        doc.finish(200, b"{}");
+        assert!(callback_unscheduled(&doc));
+        if let Some(cb) = doc.callback.as_mut() {
+            cb.attempts = 1;
+        }
+        assert!(!callback_unscheduled(&doc), "attempted: its message exists");
+        if let Some(cb) = doc.callback.as_mut() {
+            cb.state = "delivered".into();
+        }
+        assert!(!callback_unscheduled(&doc));
+        let mut without = StatusDoc::pending(&Job {
+            callback_url: None,
+            ..job()
+        });
+        without.finish(200, b"{}");
+        assert!(!callback_unscheduled(&without));
     }
 
     #[test]

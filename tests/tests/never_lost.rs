@@ -1,0 +1,365 @@
+//! End-to-end: accepted asynchronous work is never lost. Each test leaves, with the real
+//! server, the state a failure leaves (a worker missing, a gateway that died between two
+//! writes, a document gone) and checks that the gateway finishes the work, or ends it once
+//! with an error, rather than failing it, dropping it or retrying it forever.
+
+use busgate_tests::fixture::{Callbacks, Route, Settings};
+use busgate_tests::support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use busgate_shared::subject;
+use support::{eventually, Gateway, NatsServer, Stack, Worker};
+
+/// A request id of the shape the gateway makes (a UUID), for planted state.
+const PLANTED_ID: &str = "01a20092-06fb-75cf-a84a-ff868feb3495";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Fast redelivery, as in the other asynchronous tests.
+fn settings() -> Settings {
+    Settings::builtin().jobs_ack_wait(Duration::from_secs(2))
+}
+
+async fn submit(gateway: &Gateway, path: &str) -> String {
+    let response = http()
+        .get(gateway.url(path))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), 202, "{path}");
+    let body: Value = response.json().await.expect("json");
+    body["request_id"].as_str().expect("id").to_owned()
+}
+
+/// Polls until the request is final (at most `within`); returns the status document.
+async fn until_final(gateway: &Gateway, request_id: &str, within: Duration) -> Value {
+    let url = gateway.url(&format!("/api/requests/{request_id}"));
+    let until = std::time::Instant::now() + within;
+    let mut last = Value::Null;
+    while std::time::Instant::now() < until {
+        if let Ok(response) = http().get(&url).send().await {
+            if response.status() == 200 {
+                last = response.json().await.expect("json");
+                if last["status"] != "pending" {
+                    return last;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{request_id} not final within {within:?}: {last}");
+}
+
+/// The messages a stream holds.
+async fn stream_messages(nats: &NatsServer, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut stream = js.get_stream(stream).await.expect("stream");
+    stream.info().await.expect("info").state.messages
+}
+
+/// Publishes a job to the work queue as a gateway's submit does.
+async fn plant_job(nats: &NatsServer, job: Value) {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let id = job["request_id"].as_str().expect("id").to_owned();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.as_str());
+    js.publish_with_headers(
+        subject::REQUESTS_SUBJECT,
+        headers,
+        serde_json::to_vec(&job).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+}
+
+/// Demo services and their adapters on `nats`.
+fn workers(nats: &NatsServer) -> (Vec<(support::Proc, String)>, Vec<support::Proc>) {
+    let demos = vec![Worker::demo("service1"), Worker::demo("service2")];
+    let adapters = vec![
+        Worker::adapter(nats, "service1", &demos[0].1),
+        Worker::adapter(nats, "service2", &demos[1].1),
+    ];
+    (demos, adapters)
+}
+
+/// A request accepted while its service has no worker (what a worker reconnecting to another
+/// node looks like) is retried until one comes, not stored as a 503; one whose service never
+/// comes ends as failed after `max_deliver` deliveries, not in an endless loop.
+#[tokio::test]
+async fn a_request_without_responders_waits_for_a_worker_instead_of_failing() {
+    let nats = NatsServer::start();
+    let settings = settings()
+        .jobs_max_deliver(4)
+        .service("ghost", Duration::from_millis(300))
+        .route("ghost", Route::get("/api/ghost/{order_id}").target("ghost"));
+    let gateway = Gateway::start(&nats, &settings).await;
+    let waiting = submit(&gateway, "/api/orders/R1").await;
+    let ghost = submit(&gateway, "/api/ghost/G1").await;
+    gateway.proc.wait_for(Duration::from_secs(10), |line| {
+        (line.contains("failed transiently") && line.contains(&waiting)).then_some(())
+    });
+    let (_demos, _adapters) = workers(&nats);
+    let doc = until_final(&gateway, &waiting, Duration::from_secs(20)).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["result"]["data"]["service1"]["order_id"], "R1");
+    // Deliveries 1 to 3 retried after 1, 2 and 4 s; the 4th is final.
+    let doc = until_final(&gateway, &ghost, Duration::from_secs(20)).await;
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(doc["http_status"], 503);
+    let retries = gateway
+        .proc
+        .lines()
+        .iter()
+        .filter(|l| l.contains("failed transiently") && l.contains(&ghost))
+        .count();
+    assert_eq!(retries, 3, "retried until max_deliver, then final");
+    eventually(Duration::from_secs(5), || async {
+        stream_messages(&nats, subject::REQUESTS_STREAM).await == 0
+    })
+    .await;
+}
+
+/// A gateway that stored a result and died before scheduling its callback leaves the job
+/// unacked with a final document whose callback was never attempted: the redelivery
+/// schedules it, and the receiver gets it once.
+#[tokio::test]
+async fn a_redelivered_finished_request_schedules_its_pending_callback() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let settings = settings().callbacks(
+        Callbacks::signed(secret)
+            .retry(&[Duration::from_millis(100); 3])
+            .timeout(Duration::from_secs(2))
+            .allow("127.0.0.0/8"),
+    );
+    let stack = Stack::start(&settings).await;
+    let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<Value>>>>,
+                 body: String| async move {
+                    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    seen.lock().expect("seen").push(doc);
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let _server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let client = stack.nats.client().await;
+    let js = async_nats::jetstream::new(client);
+    let results = js
+        .get_key_value(subject::RESULTS_BUCKET)
+        .await
+        .expect("bucket");
+    let doc = json!({
+        "request_id": PLANTED_ID, "status": "completed", "http_status": 200,
+        "result": {"request_id": PLANTED_ID, "order_id": "CB1", "complete": true, "data": {}},
+        "route": "order", "order_id": "CB1", "client": "",
+        "submitted_at": "2026-01-01T00:00:00.000Z", "completed_at": "2026-01-01T00:00:01.000Z",
+        "callback": {"url": hook, "state": "pending", "attempts": 0}
+    });
+    results
+        .put(PLANTED_ID, serde_json::to_vec(&doc).expect("json").into())
+        .await
+        .expect("put");
+    plant_job(
+        &stack.nats,
+        json!({"request_id": PLANTED_ID, "route": "order", "order_id": "CB1", "client": "",
+               "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+               "callback_url": hook}),
+    )
+    .await;
+    eventually(Duration::from_secs(10), || {
+        let n = seen.lock().expect("seen").len();
+        async move { n >= 1 }
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        let doc: Value = http()
+            .get(stack.gateway.url(&format!("/api/requests/{PLANTED_ID}")))
+            .send()
+            .await
+            .expect("poll")
+            .json()
+            .await
+            .expect("json");
+        doc["callback"]["state"] == "delivered"
+            && stream_messages(&stack.nats, subject::REQUESTS_STREAM).await == 0
+            && stream_messages(&stack.nats, subject::CALLBACKS_STREAM).await == 0
+    })
+    .await;
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 1, "exactly one delivery: {seen:?}");
+    assert_eq!(seen[0]["request_id"], PLANTED_ID);
+    assert_eq!(seen[0]["result"]["order_id"], "CB1");
+}
+
+/// A job whose status document is gone (expired, or its submit failed after publishing) ends
+/// at once with an error in the log, instead of being NAKed forever.
+#[tokio::test]
+async fn a_request_without_a_status_document_ends_with_an_error() {
+    let nats = NatsServer::start();
+    let gateway = Gateway::start(&nats, &settings()).await;
+    plant_job(
+        &nats,
+        json!({"request_id": PLANTED_ID, "route": "order", "order_id": "D1", "client": "",
+               "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
+    )
+    .await;
+    let logged = gateway.proc.wait_for(Duration::from_secs(10), |line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        (v["message"]
+            .as_str()?
+            .starts_with("no status document for an asynchronous request"))
+        .then_some(v)
+    });
+    assert_eq!(logged["level"], "ERROR", "{logged}");
+    assert_eq!(logged["request_id"], PLANTED_ID);
+    eventually(Duration::from_secs(5), || async {
+        stream_messages(&nats, subject::REQUESTS_STREAM).await == 0
+    })
+    .await;
+    // Terminated, not redelivered: ack_wait (2 s) and two NAK delays later, still one line.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lines = gateway
+        .proc
+        .lines()
+        .iter()
+        .filter(|l| l.contains("no status document for an asynchronous request"))
+        .count();
+    assert_eq!(lines, 1);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An idempotency key claimed by a submit that died before queueing its request (its
+/// gateway, or its connection to NATS) never names a request that is not queued: a repeat
+/// within the grace is told to retry (503, `Retry-After`), a repeat after it queues the
+/// request under the id the key names, and later repeats get that id.
+#[tokio::test]
+async fn an_idempotency_key_left_by_a_dead_submit_is_resumed_not_dangling() {
+    let stack = Stack::start(&settings()).await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let keys = js
+        .get_key_value(subject::IDEMPOTENCY_BUCKET)
+        .await
+        .expect("bucket");
+    let body = json!({"order_id": "K1"}).to_string();
+    let fingerprint = hex(&Sha256::digest(
+        format!("POST\0/api/order\0{body}").as_bytes(),
+    ));
+    let plant = |key: &str, claimed_ms: u64| {
+        let keys = keys.clone();
+        let hashed = hex(&Sha256::digest(format!("\0{key}").as_bytes()));
+        let record = json!({"request_id": PLANTED_ID, "fingerprint": fingerprint,
+                            "queued": false, "claimed_ms": claimed_ms});
+        async move {
+            keys.put(hashed, serde_json::to_vec(&record).expect("json").into())
+                .await
+                .expect("put");
+        }
+    };
+    let send = |key: &'static str| {
+        let (url, body) = (stack.gateway.url("/api/order"), body.clone());
+        async move {
+            http()
+                .post(url)
+                .header("prefer", "respond-async")
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .expect("send")
+        }
+    };
+    // A claim made just now: its submit may still be under way.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    plant("fresh-key", now_ms).await;
+    let response = send("fresh-key").await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    // A claim its submit never confirmed, long ago: nothing was queued under it.
+    plant("dead-key", 0).await;
+    let response = send("dead-key").await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.expect("json");
+    assert_eq!(accepted["request_id"], PLANTED_ID, "the id the key names");
+    let doc = until_final(&stack.gateway, PLANTED_ID, Duration::from_secs(15)).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["result"]["order_id"], "K1");
+    // Confirmed now: a repeat gets the same id and queues nothing more.
+    let again = send("dead-key").await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["request_id"], PLANTED_ID);
+    let mut stream = js
+        .get_stream(subject::REQUESTS_STREAM)
+        .await
+        .expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.last_sequence, 1);
+}
+
+/// A stopping gateway holds no request it has not started: one that is busy (concurrency 1,
+/// its one slot on a service that never answers) does not take the next request, so another
+/// instance runs it at once, not after `ack_wait` (30 s here).
+#[tokio::test]
+async fn a_stopping_gateway_hands_back_requests_it_has_not_started() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let mut hold = client
+        .queue_subscribe(subject::service("hold"), subject::queue_group("hold"))
+        .await
+        .expect("subscribe");
+    client.flush().await.expect("flush");
+    let (_demos, _adapters) = workers(&nats);
+    let settings = Settings::builtin()
+        .jobs_ack_wait(Duration::from_secs(30))
+        .jobs_concurrency(1)
+        .service("hold", Duration::from_secs(3))
+        .route(
+            "hold",
+            Route::get("/api/hold/{order_id}")
+                .deadline(Duration::from_secs(3))
+                .target("hold"),
+        );
+    let mut busy = Gateway::start(&nats, &settings).await;
+    let _held = submit(&busy, "/api/hold/H1").await;
+    // The busy gateway has started it: its request reached the (silent) service.
+    let started =
+        tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut hold))
+            .await
+            .expect("the held request is started");
+    assert!(started.is_some());
+    let next = submit(&busy, "/api/orders/N1").await;
+    let code = busy.proc.terminate(Duration::from_secs(15));
+    assert_eq!(code, Some(0));
+    let other = Gateway::start(&nats, &settings).await;
+    let doc = until_final(&other, &next, Duration::from_secs(10)).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["result"]["data"]["service1"]["order_id"], "N1");
+}
