@@ -302,6 +302,16 @@ impl Gateway {
         settings: &Settings,
         configure: impl FnOnce(&mut Command),
     ) -> Gateway {
+        Self::start_on(&nats.url, settings, configure).await
+    }
+
+    /// [`Gateway::start_with`] on the NATS URL (or comma-separated URL list) `url`, e.g. a
+    /// [`NatsCluster::urls`].
+    pub async fn start_on(
+        url: &str,
+        settings: &Settings,
+        configure: impl FnOnce(&mut Command),
+    ) -> Gateway {
         busgate_shared::runtime::install_crypto_provider();
         use std::io::Write;
         let mut file = tempfile::Builder::new()
@@ -314,7 +324,7 @@ impl Gateway {
         cmd.arg("gateway")
             .arg("--config")
             .arg(file.path())
-            .env("BUSGATE_NATS__URL", &nats.url)
+            .env("BUSGATE_NATS__URL", url)
             .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
             .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
             .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
@@ -370,11 +380,11 @@ impl Gateway {
 pub struct Worker;
 
 impl Worker {
-    fn command(nats: Option<&NatsServer>) -> Command {
+    fn command(nats: Option<&str>) -> Command {
         let mut cmd = Command::new(bin("busgate-worker"));
         cmd.env("BUSGATE_LOG__FORMAT", "json");
-        if let Some(nats) = nats {
-            cmd.env("BUSGATE_NATS__URL", &nats.url);
+        if let Some(url) = nats {
+            cmd.env("BUSGATE_NATS__URL", url);
         }
         cmd
     }
@@ -403,7 +413,12 @@ impl Worker {
 
     /// One adapter process serving each `(service, upstream_base)` pair; ready when all serve.
     pub fn adapters(nats: &NatsServer, pairs: &[(&str, &str)]) -> Proc {
-        let mut cmd = Self::command(Some(nats));
+        Self::adapters_on(&nats.url, pairs)
+    }
+
+    /// [`Worker::adapters`] on the NATS URL (or URL list) `url`.
+    pub fn adapters_on(url: &str, pairs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Self::command(Some(url));
         cmd.arg("adapter");
         for (service, base) in pairs {
             cmd.args([
@@ -428,7 +443,7 @@ impl Worker {
 
     /// A native NATS demo service; ready when serving.
     pub fn native(nats: &NatsServer, service: &str) -> Proc {
-        let mut cmd = Self::command(Some(nats));
+        let mut cmd = Self::command(Some(&nats.url));
         cmd.args(["native", "--service", service]);
         let proc = Proc::spawn(&format!("native-{service}"), cmd);
         proc.wait_for_message("serving");
@@ -479,5 +494,237 @@ where
             "condition not met within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process may take it before its
+/// user binds it, which on a test machine is rare; a node that fails to bind says so).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One node of a [`NatsCluster`]: its ports, its store and its process (none while down).
+pub struct ClusterNode {
+    /// `n1`, `n2`, …: its `server_name`.
+    pub name: String,
+    /// The client port.
+    pub port: u16,
+    /// The monitoring port (`/connz`, `/jsz`, `/healthz`).
+    pub monitor: u16,
+    config: PathBuf,
+    proc: Option<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    /// Its client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let binary = busgate_shared::runtime::locate_nats_server(None)
+            .unwrap_or_else(|| panic!("{}", busgate_shared::runtime::NATS_SERVER_HINT));
+        let mut cmd = Command::new(binary);
+        cmd.arg("-c").arg(&self.config);
+        let proc = Proc::spawn(&format!("nats-{}", self.name), cmd);
+        proc.wait_for(READY_WITHIN, |line| {
+            line.contains("Listening for client connections on ")
+                .then_some(())
+        });
+        self.proc = Some(proc);
+    }
+
+    fn pid(&self) -> Pid {
+        self.proc.as_ref().expect("the node is running").pid()
+    }
+
+    /// Whether its process is running (not killed; a stopped one is running).
+    pub fn is_up(&self) -> bool {
+        self.proc.is_some()
+    }
+}
+
+/// A cluster of real nats-servers on 127.0.0.1: routes between every node, JetStream on each
+/// with a store of its own, a monitoring port each. Faults are injected on the processes:
+/// kill -9, SIGSTOP/SIGCONT, restart on the same ports with the same store.
+pub struct NatsCluster {
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes and waits until every one sees a JetStream meta leader of a
+    /// `size`-node cluster.
+    pub async fn start(size: usize) -> NatsCluster {
+        busgate_shared::runtime::install_crypto_provider();
+        let ports: Vec<(u16, u16, u16)> = (0..size)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route, _)| format!("\"nats-route://127.0.0.1:{route}\""))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, route, monitor)) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let name = format!("n{}", i + 1);
+            let store = dir.path().join("store");
+            let config = dir.path().join("nats.conf");
+            // Fast gossip and short timeouts: the harness's faults are meant to be seen soon.
+            let text = format!(
+                "server_name: {name}\n\
+                 listen: \"127.0.0.1:{port}\"\n\
+                 http: \"127.0.0.1:{monitor}\"\n\
+                 jetstream {{ store_dir: {store:?} }}\n\
+                 cluster {{\n  name: busgate-test\n  listen: \"127.0.0.1:{route}\"\n  \
+                 routes: [{routes}]\n}}\n",
+                store = store.display().to_string(),
+                routes = routes.join(", "),
+            );
+            std::fs::write(&config, text).expect("node config");
+            nodes.push(ClusterNode {
+                name,
+                port: *port,
+                monitor: *monitor,
+                config,
+                proc: None,
+                _dir: dir,
+            });
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_meta_leader().await;
+        cluster
+    }
+
+    /// The client URLs of every node, comma-separated: what a gateway or worker is given.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(ClusterNode::url).collect();
+        urls.join(",")
+    }
+
+    /// An async-nats client on the whole cluster (for test assertions on streams and KV).
+    pub async fn client(&self) -> async_nats::Client {
+        let urls: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().expect("url"))
+            .collect();
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .expect("connect to the test cluster")
+    }
+
+    /// A monitoring endpoint of node `index`, as JSON (`None` while it does not answer).
+    pub async fn monitor(&self, index: usize, path: &str) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.nodes[index].monitor);
+        let response = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits (bounded) until every running node reports a JetStream meta leader and sees the
+    /// whole cluster.
+    pub async fn wait_for_meta_leader(&self) {
+        let size = self.nodes.len();
+        let mut last = Value::Null;
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut ready = true;
+            for (i, node) in self.nodes.iter().enumerate() {
+                if !node.is_up() {
+                    continue;
+                }
+                match self.monitor(i, "/jsz").await {
+                    Some(jsz) => {
+                        let meta = &jsz["meta_cluster"];
+                        let leader = meta["leader"].as_str().unwrap_or("");
+                        if leader.is_empty() || meta["cluster_size"].as_u64() != Some(size as u64) {
+                            ready = false;
+                            last = jsz;
+                        }
+                    }
+                    None => ready = false,
+                }
+            }
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "no JetStream meta leader within 60 s: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node (index) that holds a client connection whose name contains `name`.
+    pub async fn node_of(&self, name: &str) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_up() {
+                continue;
+            }
+            let Some(connz) = self.monitor(i, "/connz?limit=1024").await else {
+                continue;
+            };
+            let found = connz["connections"].as_array().is_some_and(|conns| {
+                conns
+                    .iter()
+                    .any(|c| c["name"].as_str().is_some_and(|n| n.contains(name)))
+            });
+            if found {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// kill -9 node `index`: it is gone at once, its connections with it.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut proc) = self.nodes[index].proc.take() {
+            proc.kill();
+        }
+    }
+
+    /// SIGSTOP node `index`: hung, its sockets open and silent.
+    pub fn pause(&self, index: usize) {
+        kill(self.nodes[index].pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    /// SIGCONT node `index`.
+    pub fn resume(&self, index: usize) {
+        kill(self.nodes[index].pid(), Signal::SIGCONT).expect("SIGCONT");
+    }
+
+    /// Starts node `index` again (after [`NatsCluster::kill`]) on the same ports with the same
+    /// store.
+    pub fn restart(&mut self, index: usize) {
+        self.kill(index);
+        self.nodes[index].start();
+    }
+
+    /// Stops every node (SIGTERM, bounded), then starts them all again on the same ports with
+    /// the same stores, and waits for a meta leader.
+    pub async fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut proc) = node.proc.take() {
+                proc.terminate(Duration::from_secs(15));
+            }
+        }
+        for node in &mut self.nodes {
+            node.start();
+        }
+        self.wait_for_meta_leader().await;
     }
 }

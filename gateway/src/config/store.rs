@@ -111,6 +111,33 @@ impl StoreStatus {
     }
 }
 
+/// `store` reading from its stream's leader when the bucket has replicas.
+///
+/// async-nats makes every bucket with `allow_direct`: a read is then answered by any
+/// replica, and a follower that has not caught up answers with an older value, or none. On a
+/// 3-node cluster that left a gateway started just after another without the routes the
+/// first had seeded (its load read the keys, then missed an entry), and a poll right after a
+/// 202 with a 404. Without `allow_direct` a read goes through the JetStream API to the
+/// leader: read-after-write holds. A single replica is its own leader: it keeps direct reads.
+pub async fn read_from_leader(
+    context: &jetstream::Context,
+    store: kv::Store,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
+    if replicas <= 1 {
+        return Ok(store);
+    }
+    let bucket = store.name.clone();
+    let mut stream = context.get_stream(format!("KV_{bucket}")).await?;
+    let mut config = stream.info().await?.config.clone();
+    if !config.allow_direct {
+        return Ok(store);
+    }
+    config.allow_direct = false;
+    context.update_stream(&config).await?;
+    Ok(context.get_key_value(bucket).await?)
+}
+
 /// The guarded access to `busgate-config`.
 #[derive(Clone)]
 pub struct ConfigStore {
@@ -133,6 +160,7 @@ impl ConfigStore {
             })
             .await
             .map_err(js)?;
+        let kv = read_from_leader(&context, kv, replicas).await.map_err(js)?;
         Ok(ConfigStore { js: context, kv })
     }
 

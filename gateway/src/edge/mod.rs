@@ -407,11 +407,6 @@ async fn serve(
     if !state.edge.order_id.accepts(&order_id) {
         return Err(invalid_order_id(&state.edge.order_id));
     }
-    if !state.nats_connected() {
-        return Err(
-            GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
-        );
-    }
     let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
     let traceparent = traceparent(incoming, request_id, state.edge.trace_sample_ratio);
     let prefer = Prefer::parse(&parts.headers);
@@ -431,6 +426,14 @@ async fn serve(
         return Box::pin(crate::jobs::http::submit(&state.requests, submit))
             .await
             .map(Served::Answered);
+    }
+    // A synchronous request is refused at once while a connection is down. An asynchronous
+    // submit is not: its JetStream writes wait out a reconnect (within the submit's patience),
+    // so that a moment without a server costs a slower 202, not a refusal.
+    if !state.nats_connected() {
+        return Err(
+            GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
+        );
     }
     let asker = Asker {
         request_id,

@@ -27,6 +27,7 @@ use busgate_shared::subject;
 
 use crate::clock::rfc3339;
 use crate::config::settings::{Discard, JobsSettings};
+use crate::config::store::read_from_leader;
 use crate::error::{ErrorKind, GatewayError, Store};
 use crate::route::{Call, Runner};
 
@@ -187,6 +188,36 @@ fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// How long a submit keeps trying a write that failed for a moment: a 3-node cluster elects
+/// a new leader for a stream within a few seconds of losing one (measured: 4 to 7 s after a
+/// kill -9, nats-server's election timeouts being 4 to 9 s), and the writes in between find
+/// nobody to answer them. A submit waits that out rather than refuse the request.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs `write` until it succeeds, fails for good (a full stream), or [`SUBMIT_PATIENCE`]
+/// has passed. Only idempotent writes: a put of the same document, a publish deduplicated by
+/// its message id.
+async fn patiently<F, Fut>(mut write: F) -> Result<(), GatewayError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), GatewayError>>,
+{
+    let until = tokio::time::Instant::now() + SUBMIT_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.kind, ErrorKind::QueueFull) => return Err(e),
+            Err(e) if tokio::time::Instant::now() + delay >= until => return Err(e),
+            Err(e) => {
+                debug!(error = %e, retry_in = ?delay, "a submit's write failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// What an idempotency key claim found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -329,6 +360,12 @@ impl Jobs {
             ))
             .await
             .map_err(js)?;
+        let results = read_from_leader(&context, results, settings.replicas)
+            .await
+            .map_err(js)?;
+        let keys = read_from_leader(&context, keys, settings.replicas)
+            .await
+            .map_err(js)?;
         Ok(Jobs {
             js: context,
             results,
@@ -343,8 +380,16 @@ impl Jobs {
         let request_id = &job.call.request_id;
         let doc =
             serde_json::to_vec(&StatusDoc::pending(job)).map_err(STORE.corrupt(request_id))?;
-        self.results.put(request_id, doc.into()).await.map_err(js)?;
-        if let Err(e) = self.publish(job).await {
+        let doc = Bytes::from(doc);
+        patiently(|| async {
+            self.results
+                .put(request_id, doc.clone())
+                .await
+                .map(drop)
+                .map_err(full_or_failed)
+        })
+        .await?;
+        if let Err(e) = patiently(|| self.publish(job)).await {
             // The pending document of a request that was not queued would never finish.
             if let Err(purge) = self.results.purge(request_id).await {
                 warn!(request_id, error = %purge, "cannot remove the document of a refused request");
@@ -708,8 +753,10 @@ async fn hand_back(batch: &mut consumer::pull::Batch) {
     }
 }
 
-/// How long a request whose failure was transient waits before its `delivered`-th retry:
-/// 1 s, doubling, at most 30 s.
+/// How long a request waits before it is tried again after its `delivered`-th delivery failed
+/// transiently (the bus could not carry it, or the store did not answer): 1 s, doubling, at
+/// most 30 s. Every delivery counts towards `jobs.max_deliver`, so the doubling is what lets
+/// the default 5 deliveries span a stream's leader election (a few seconds) and more.
 pub fn retry_delay(delivered: i64) -> Duration {
     let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 5)).unwrap_or(5);
     Duration::from_secs(1u64 << doublings).min(Duration::from_secs(30))
@@ -755,7 +802,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
                 if let Err(e) = jobs.schedule_callback(request_id).await {
                     warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
                     let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
                         .await;
                     return;
                 }
@@ -779,7 +826,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         Err(e) => {
             warn!(request_id, error = %e, "cannot read a status document, retrying later");
             let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
                 .await;
             return;
         }
@@ -824,7 +871,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
     if let Err(e) = finished {
         warn!(request_id, error = %e, "cannot store a result, retrying later");
         let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
             .await;
         return;
     }
@@ -832,7 +879,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         if let Err(e) = jobs.schedule_callback(request_id).await {
             warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
             let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
                 .await;
             return;
         }
@@ -972,6 +1019,37 @@ mod tests {
         });
         without.finish(200, b"{}");
         assert!(!callback_unscheduled(&without));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_submit_waits_out_a_moment_without_a_leader_but_not_a_full_queue() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let written = patiently(|| async {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n < 3 {
+                Err(js("no responders"))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(written.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_millis(100 + 200 + 400));
+        // Bounded: a store that never answers is refused after SUBMIT_PATIENCE at most.
+        let started = tokio::time::Instant::now();
+        let refused = patiently(|| async { Err(js("no responders")) }).await;
+        assert!(refused.is_err());
+        assert!(started.elapsed() <= SUBMIT_PATIENCE);
+        assert!(started.elapsed() >= SUBMIT_PATIENCE - Duration::from_secs(1));
+        // A full queue is final at once.
+        let started = tokio::time::Instant::now();
+        let full = patiently(|| async { Err(ErrorKind::QueueFull.into()) }).await;
+        assert!(matches!(
+            full.map_err(|e| e.kind),
+            Err(ErrorKind::QueueFull)
+        ));
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[test]
