@@ -11,6 +11,8 @@
 //!   benchmark and the perf scripts (through `busgate-bench --print-settings`) start with.
 //! - `tests/e2e.rs`: the synchronous scatter-gather, failure modes, bad input, load, workers.
 //! - `tests/async_requests.rs`: asynchronous requests, callbacks, idempotency, kill -9.
+//! - `tests/never_lost.rs`: the never-lost promises, each from the state a failure leaves.
+//! - `tests/faults.rs`: a 3-node cluster ([`support::NatsCluster`]), two gateways, faults under load.
 //! - `tests/config.rs`: dynamic configuration and the admin API on two instances.
 //! - `tests/browser.rs`: the admin UI in headless Chromium.
 //! - `src/bin/busgate-bench.rs`: the benchmark against the nginx peers.

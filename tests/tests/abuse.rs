@@ -369,8 +369,11 @@ async fn event_streams_and_waiters_are_capped_per_instance() {
     let nats = NatsServer::start();
     let _silent = silent_service(&nats).await;
     // A head timeout shorter than the stream: it must not cut a stream being answered.
+    // max_deliver 1: the held request's timeout is final at once, not retried (an
+    // asynchronous request's timeout is retried until the last delivery allowed).
     let settings = holding(Duration::from_secs(2))
         .http_header_timeout(Duration::from_secs(1))
+        .jobs_max_deliver(1)
         .jobs_max_event_streams(1)
         .jobs_max_waiters(1);
     let gateway = Gateway::start(&nats, &settings).await;

@@ -247,7 +247,8 @@ pub struct JobsSettings {
     /// How long a server-sent events stream stays open at most (clients reconnect).
     #[serde(with = "humantime_serde")]
     pub events_max: Duration,
-    /// Stream and bucket replicas (3 on a 3-node cluster).
+    /// Replicas of every stream and bucket (1 to 5; 3 on a 3-node cluster): the work queue,
+    /// the callback queue, status documents, idempotency keys and the configuration.
     pub replicas: usize,
     /// Server-sent event streams open at once on one instance; past it: 503 `overloaded`.
     pub max_event_streams: usize,
@@ -503,6 +504,10 @@ impl Settings {
             )
             .into());
         }
+        // JetStream replicates a stream on at most 5 nodes.
+        if !(1..=5).contains(&self.jobs.replicas) {
+            return Err(Error::invalid("jobs.replicas", "must be 1 to 5").into());
+        }
         for (field, limits) in [
             ("jobs.requests", &self.jobs.requests),
             ("jobs.callbacks", &self.jobs.callbacks),
@@ -648,6 +653,15 @@ mod tests {
         let mut names: Vec<_> = kept.keys().cloned().collect();
         names.sort();
         assert_eq!(names, ["BUSGATE_NATS__URL", "BUSGATE_SHUTDOWN_GRACE"]);
+    }
+
+    #[test]
+    fn replicas_are_1_to_5() {
+        for (replicas, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
+            let mut s = Settings::default();
+            s.jobs.replicas = replicas;
+            assert_eq!(s.validate().is_ok(), ok, "{replicas}");
+        }
     }
 
     #[test]
