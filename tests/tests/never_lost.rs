@@ -324,9 +324,10 @@ async fn an_idempotency_key_left_by_a_dead_submit_is_resumed_not_dangling() {
     assert_eq!(stream.info().await.expect("info").state.last_sequence, 1);
 }
 
-/// A stopping gateway holds no request it has not started: one that is busy (concurrency 1,
-/// its one slot on a service that never answers) does not take the next request, so another
-/// instance runs it at once, not after `ack_wait` (30 s here).
+/// A stopping gateway holds no request it has not started: one that is busy (concurrency 2,
+/// both slots on a service that never answers) does not take the next request, so another
+/// instance runs it at once, not after `ack_wait` (30 s here). (Before, its pull had the
+/// next request delivered already, and held it unacked until `ack_wait` after the stop.)
 #[tokio::test]
 async fn a_stopping_gateway_hands_back_requests_it_has_not_started() {
     let nats = NatsServer::start();
@@ -339,7 +340,7 @@ async fn a_stopping_gateway_hands_back_requests_it_has_not_started() {
     let (_demos, _adapters) = workers(&nats);
     let settings = Settings::builtin()
         .jobs_ack_wait(Duration::from_secs(30))
-        .jobs_concurrency(1)
+        .jobs_concurrency(2)
         .service("hold", Duration::from_secs(3))
         .route(
             "hold",
@@ -348,14 +349,19 @@ async fn a_stopping_gateway_hands_back_requests_it_has_not_started() {
                 .target("hold"),
         );
     let mut busy = Gateway::start(&nats, &settings).await;
-    let _held = submit(&busy, "/api/hold/H1").await;
-    // The busy gateway has started it: its request reached the (silent) service.
-    let started =
-        tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut hold))
-            .await
-            .expect("the held request is started");
-    assert!(started.is_some());
+    for held in ["H1", "H2"] {
+        submit(&busy, &format!("/api/hold/{held}")).await;
+        // The busy gateway has started it: its request reached the (silent) service.
+        let started =
+            tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut hold))
+                .await
+                .expect("the held request is started");
+        assert!(started.is_some());
+    }
     let next = submit(&busy, "/api/orders/N1").await;
+    // Not a synchronisation: a margin for a negative. A pull out for more than the busy
+    // gateway can start (the old processor had one) would bring this request within it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let code = busy.proc.terminate(Duration::from_secs(15));
     assert_eq!(code, Some(0));
     let other = Gateway::start(&nats, &settings).await;
