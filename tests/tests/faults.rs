@@ -9,7 +9,7 @@
 //!
 //! The tests run one at a time (a cluster each; the machine is small): see [`SERIAL`].
 
-use busgate_tests::fixture::Settings;
+use busgate_tests::fixture::{Callbacks, Settings};
 use busgate_tests::support::{self, Gateway, NatsCluster, Proc, Worker, ADMIN_TOKEN};
 
 use std::collections::{BTreeMap, HashSet};
@@ -31,10 +31,91 @@ const DEADLINE: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(2);
 
 fn settings() -> Settings {
-    // ack_wait 5 s: a dead gateway's requests go to the other one soon.
+    // ack_wait 5 s: a dead gateway's requests go to the other one soon. Callbacks to the
+    // test's receiver on loopback, retried quickly.
     Settings::builtin()
         .jobs_replicas(3)
         .jobs_ack_wait(Duration::from_secs(5))
+        .callbacks(
+            Callbacks::signed("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .retry(&[Duration::from_millis(500); 6])
+                .timeout(Duration::from_secs(2))
+                .allow("127.0.0.0/8"),
+        )
+}
+
+/// A callback receiver: how many deliveries each request id got.
+#[derive(Clone, Default)]
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<BTreeMap<String, usize>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, tokio::task::JoinHandle<()>) {
+        let seen: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |axum::extract::State(seen): axum::extract::State<
+                        Arc<Mutex<BTreeMap<String, usize>>>,
+                    >,
+                     body: String| async move {
+                        let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                        let id = doc["request_id"].as_str().unwrap_or("").to_owned();
+                        *seen.lock().expect("seen").entry(id).or_default() += 1;
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (Receiver { url, seen }, task)
+    }
+
+    /// Waits until every request of `ids` got its callback and the callback queue is empty;
+    /// asserts exactly one delivery each.
+    async fn exactly_once(&self, test: &str, ids: &[String], cluster: &NatsCluster) {
+        let js = async_nats::jetstream::new(cluster.client().await);
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let missing = {
+                let seen = self.seen.lock().expect("seen");
+                ids.iter().filter(|id| !seen.contains_key(*id)).count()
+            };
+            let queued = match js.get_stream("BUSGATE_CALLBACKS").await {
+                Ok(mut stream) => stream.info().await.map_or(1, |i| i.state.messages),
+                Err(_) => 1,
+            };
+            if missing == 0 && queued == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{test}: {missing} callbacks missing, {queued} queued after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let seen = self.seen.lock().expect("seen");
+        let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n != 1).collect();
+        println!(
+            "{test}: callbacks asked {}, delivered {}, more than once {}",
+            ids.len(),
+            seen.len(),
+            twice.len()
+        );
+        assert!(
+            twice.is_empty(),
+            "{test}: callbacks delivered twice: {twice:?}"
+        );
+    }
 }
 
 /// The cluster, two gateways (`gw1`, `gw2`), two demo services and two adapter processes
@@ -108,6 +189,8 @@ struct Seen {
     accepted: Vec<(String, String)>,
     /// The slowest 202.
     slowest_accept: Duration,
+    /// Accepted requests that asked for a callback.
+    with_callback: Vec<String>,
     /// Refused submits by status (0: transport error).
     refused: BTreeMap<u16, usize>,
     /// When each refused submit was sent, and how long its answer took.
@@ -126,13 +209,15 @@ struct Load {
 
 impl Load {
     fn start(bases: &[&Gateway]) -> Load {
-        Self::start_with(bases, None)
+        Self::start_with(bases, None, None)
     }
 
     /// [`Load::start`], every `slow_every`-th synchronous request for a `slow2-` order: its
     /// optional service2 part is held by a worker until the route's deadline, so that a
     /// worker that dies always holds some.
-    fn start_with(bases: &[&Gateway], slow_every: Option<u64>) -> Load {
+    ///
+    /// With `callback`, every other submit is a POST with that `callback_url`.
+    fn start_with(bases: &[&Gateway], slow_every: Option<u64>, callback: Option<String>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let targets = Arc::new(Mutex::new(
@@ -198,14 +283,17 @@ impl Load {
                         t[(i as usize) % t.len()].clone()
                     };
                     let (seen, http) = (seen.clone(), http.clone());
+                    let hook = callback.clone().filter(|_| i % 2 == 1);
                     inflight.spawn(async move {
                         let sent = Instant::now();
                         let order = format!("A{i}");
-                        let response = http
-                            .get(format!("{base}/api/orders/{order}"))
-                            .header("prefer", "respond-async")
-                            .send()
-                            .await;
+                        let request = match &hook {
+                            Some(hook) => http
+                                .post(format!("{base}/api/order"))
+                                .json(&json!({"order_id": order, "callback_url": hook})),
+                            None => http.get(format!("{base}/api/orders/{order}")),
+                        };
+                        let response = request.header("prefer", "respond-async").send().await;
                         let status = response.as_ref().map_or(0, |r| r.status().as_u16());
                         let body = match response {
                             Ok(r) => r.json::<Value>().await.unwrap_or(Value::Null),
@@ -218,6 +306,9 @@ impl Load {
                         let mut seen = seen.lock().expect("seen");
                         match id {
                             Some(id) => {
+                                if hook.is_some() {
+                                    seen.with_callback.push(id.clone());
+                                }
                                 seen.accepted.push((id, order));
                                 seen.slowest_accept = seen.slowest_accept.max(sent.elapsed());
                             }
@@ -381,7 +472,12 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
     let node = rig.node_of("gw1").await;
-    let load = Load::start(&[&rig.gateways[0], &rig.gateways[1]]);
+    let (hook, _receiver) = Receiver::start().await;
+    let load = Load::start_with(
+        &[&rig.gateways[0], &rig.gateways[1]],
+        None,
+        Some(hook.url.clone()),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fault = Instant::now();
     rig.cluster.kill(node);
@@ -389,6 +485,8 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     let seen = load.stop().await;
     let verdict = report("kill -9 node", &seen, fault, &rig.gateways[1]).await;
+    hook.exactly_once("kill -9 node", &seen.with_callback, &rig.cluster)
+        .await;
     assert_eq!(verdict.errors_before_fault, 0);
     assert!(
         verdict.window <= DEAD_NODE_BOUND,
@@ -436,7 +534,12 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
 async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
-    let load = Load::start(&[&rig.gateways[0], &rig.gateways[1]]);
+    let (hook, _receiver) = Receiver::start().await;
+    let load = Load::start_with(
+        &[&rig.gateways[0], &rig.gateways[1]],
+        None,
+        Some(hook.url.clone()),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     load.drop_target(&rig.gateways[0]);
     let fault = Instant::now();
@@ -451,6 +554,8 @@ async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
         .filter(|s| s.status != 200 && s.sent > fault + Duration::from_millis(100))
         .collect();
     let verdict = report("kill -9 gateway", &seen, fault, &rig.gateways[1]).await;
+    hook.exactly_once("kill -9 gateway", &seen.with_callback, &rig.cluster)
+        .await;
     assert_eq!(verdict.errors_before_fault, 0);
     assert!(
         survivor_errors.is_empty(),
@@ -465,7 +570,7 @@ async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
 async fn a_killed_worker_is_replaced_by_its_peer_and_nothing_hangs() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
-    let load = Load::start_with(&[&rig.gateways[0], &rig.gateways[1]], Some(5));
+    let load = Load::start_with(&[&rig.gateways[0], &rig.gateways[1]], Some(5), None);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fault = Instant::now();
     rig.adapters[0].kill();
