@@ -418,6 +418,16 @@ impl Worker {
 
     /// [`Worker::adapters`] on the NATS URL (or URL list) `url`.
     pub fn adapters_on(url: &str, pairs: &[(&str, &str)]) -> Proc {
+        Self::adapters_with(url, pairs, |_| {})
+    }
+
+    /// [`Worker::adapters_on`], with `configure` applied to its command last (e.g. to set
+    /// environment variables).
+    pub fn adapters_with(
+        url: &str,
+        pairs: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
         let mut cmd = Self::command(Some(url));
         cmd.arg("adapter");
         for (service, base) in pairs {
@@ -428,6 +438,7 @@ impl Worker {
                 &format!("{base}/order/{{order_id}}"),
             ]);
         }
+        configure(&mut cmd);
         let names: Vec<&str> = pairs.iter().map(|(service, _)| *service).collect();
         let proc = Proc::spawn(&format!("adapter-{}", names.join("+")), cmd);
         let mut serving = std::collections::HashSet::new();

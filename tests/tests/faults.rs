@@ -136,9 +136,14 @@ impl Rig {
             ("service1", demos[0].1.as_str()),
             ("service2", demos[1].1.as_str()),
         ];
+        let with_env = |cmd: &mut std::process::Command| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        };
         let adapters = vec![
-            Worker::adapters_on(&urls, &pairs),
-            Worker::adapters_on(&urls, &pairs),
+            Worker::adapters_with(&urls, &pairs, with_env),
+            Worker::adapters_with(&urls, &pairs, with_env),
         ];
         let mut gateways = Vec::new();
         for name in ["gw1", "gw2"] {
@@ -501,8 +506,10 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
     assert_eq!(r.status(), 200);
 }
 
-/// SIGSTOP one node for 30 s: hung, not dead. The gateways find out through staleness (a
-/// ping interval of 1 s), not by waiting for TCP, so the same bound applies.
+/// SIGSTOP one node for 30 s: hung, not dead. The gateways and workers find out through
+/// staleness (a ping interval of 1 s), not by waiting for TCP, so the same bound applies.
+/// Measured before `nats.ping_interval` existed (pings every 20 s): every synchronous request
+/// failed (504) for the whole 30 s, and submits were refused (503); nothing accepted was lost.
 #[tokio::test]
 #[ignore = "needs i16wire: nats.ping_interval"]
 async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
