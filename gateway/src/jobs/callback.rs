@@ -177,10 +177,11 @@ impl Deliverer {
                 return;
             }
             Err(e) => {
-                tracing::warn!(%request_id, error = %e, "cannot read a status document for a callback");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                // Backing off: every delivery counts as an attempt, and a store that is
+                // electing a leader for a few seconds should not use up the schedule.
+                let delay = crate::jobs::queue::retry_delay(i64::from(attempt));
+                tracing::warn!(%request_id, error = %e, retry_in = ?delay, "cannot read a status document for a callback");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 return;
             }
         };
