@@ -171,13 +171,13 @@ pub async fn submit(
         .and_then(|wait| Some((wait, requests.waiters.try_hold()?)));
     let client = "";
     let key = idempotency_key(&submit.parts.headers)?;
-    let fingerprint = fingerprint(submit.parts, submit.body);
+    let fingerprint = key.map(|_| fingerprint(submit.parts, submit.body));
     // The key is claimed first, confirmed once the request is queued, released when it could
     // not be: a repeat never gets the id of a request that is not queued (see `Claim`).
     let mut resumed = None;
-    if let Some(key) = key {
+    if let (Some(key), Some(fingerprint)) = (key, &fingerprint) {
         match jobs
-            .claim(client, key, &fingerprint, submit.request_id)
+            .claim(client, key, fingerprint, submit.request_id)
             .await?
         {
             Claim::New => {}
@@ -221,8 +221,8 @@ pub async fn submit(
         }
         return Err(e.with_order(&job.call.order_id));
     }
-    if let Some(key) = key {
-        jobs.confirm(client, key, &fingerprint, request_id).await;
+    if let (Some(key), Some(fingerprint)) = (key, &fingerprint) {
+        jobs.confirm(client, key, fingerprint, request_id).await;
     }
     if let Some((wait, slot)) = waiting {
         let wait = wait.min(jobs.settings().max_wait);
