@@ -584,14 +584,15 @@ impl NatsCluster {
             let name = format!("n{}", i + 1);
             let store = dir.path().join("store");
             let config = dir.path().join("nats.conf");
-            // Fast gossip and short timeouts: the harness's faults are meant to be seen soon.
+            // Routes pinged every second (the default is 2 minutes): a hung node's queue
+            // subscribers are dropped by its peers within seconds, not minutes.
             let text = format!(
                 "server_name: {name}\n\
                  listen: \"127.0.0.1:{port}\"\n\
                  http: \"127.0.0.1:{monitor}\"\n\
                  jetstream {{ store_dir: {store:?} }}\n\
                  cluster {{\n  name: busgate-test\n  listen: \"127.0.0.1:{route}\"\n  \
-                 routes: [{routes}]\n}}\n",
+                 ping_interval: \"1s\"\n  routes: [{routes}]\n}}\n",
                 store = store.display().to_string(),
                 routes = routes.join(", "),
             );
