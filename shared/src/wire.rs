@@ -1263,8 +1263,10 @@ async fn handshake(inner: &Inner, server: &Server) -> Result<Link, ConnError> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     if inner.sec.handshake_first {
         let mut tls = upgrade(inner, server, tcp).await?;
-        let info = read_info(&mut tls, &mut buf).await?;
-        hello(inner, server, &info, true, &mut tls, &mut buf).await?;
+        let info = read_info(&mut tls, &mut buf).await.map_err(tls_refusal)?;
+        hello(inner, server, &info, true, &mut tls, &mut buf)
+            .await
+            .map_err(tls_refusal)?;
         let (reader, writer) = tokio::io::split(tls);
         return Ok(Link::Tls(reader, writer, buf));
     }
@@ -1286,9 +1288,26 @@ async fn handshake(inner: &Inner, server: &Server) -> Result<Link, ConnError> {
         ));
     }
     let mut tls = upgrade(inner, server, tcp).await?;
-    hello(inner, server, &info, true, &mut tls, &mut buf).await?;
+    hello(inner, server, &info, true, &mut tls, &mut buf)
+        .await
+        .map_err(tls_refusal)?;
     let (reader, writer) = tokio::io::split(tls);
     Ok(Link::Tls(reader, writer, buf))
+}
+
+/// A TLS alert that arrives after the handshake (with TLS 1.3 a server refuses a client
+/// certificate, or the lack of one, only then) is a TLS error, for the operator.
+fn tls_refusal(e: ConnError) -> ConnError {
+    match e {
+        ConnError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            ConnError::Tls(io.to_string())
+        }
+        other => other,
+    }
 }
 
 /// The TLS handshake on `tcp`, the server's certificate checked against the roots and the
