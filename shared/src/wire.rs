@@ -1834,8 +1834,11 @@ mod tests {
         use super::super::*;
         use proptest::prelude::*;
 
+        /// One message: subject, reply, header block, payload.
+        type Sent = (String, Option<String>, Vec<u8>, Vec<u8>);
+
         /// A stream of valid server operations and the messages in it.
-        fn stream() -> impl Strategy<Value = Vec<(String, Option<String>, Vec<u8>, Vec<u8>)>> {
+        fn stream() -> impl Strategy<Value = Vec<Sent>> {
             let subject = "[a-z]{1,8}(\\.[a-z0-9]{1,8}){0,3}";
             let msg = (
                 subject,
@@ -1860,7 +1863,7 @@ mod tests {
             proptest::collection::vec(msg, 1..12)
         }
 
-        fn encode(msgs: &[(String, Option<String>, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        fn encode(msgs: &[Sent]) -> Vec<u8> {
             let mut wire = Vec::new();
             for (i, (s, r, block, payload)) in msgs.iter().enumerate() {
                 let reply = r.as_ref().map(|r| format!(" {r}")).unwrap_or_default();

@@ -354,6 +354,11 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id (to stop it with SIGSTOP, say).
+    pub fn pid(&self) -> Pid {
+        self.proc.pid()
+    }
+
     /// Stops the server, keeping its store for a restart.
     pub fn stop(mut self) -> (tempfile::TempDir, u16) {
         self.proc.terminate(Duration::from_secs(10));

@@ -272,3 +272,57 @@ async fn close_sends_what_was_queued() {
         assert_eq!(got.payload, i.to_string().as_bytes(), "in order, none lost");
     }
 }
+
+#[tokio::test]
+async fn a_panicking_callback_restarts_the_connection_and_delivery_goes_on() {
+    let nats = NatsServer::start();
+    let wire = connected(&nats.url).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = wire
+        .subscribe("boom.test", None, move |msg: Msg| {
+            assert_ne!(&msg.payload[..], b"boom", "a subscriber bug");
+            let _ = tx.send(msg);
+        })
+        .expect("subscribed");
+    wire.flush(WITHIN).await.expect("flushed");
+    let client = nats.client().await;
+    client
+        .publish("boom.test", "boom".into())
+        .await
+        .expect("sent");
+    // The task panicked: the supervisor marks it disconnected, reconnects, re-subscribes.
+    eventually(WITHIN, || async {
+        wire.connects() >= 2 && wire.is_connected()
+    })
+    .await;
+    wire.flush(WITHIN).await.expect("flushed after the restart");
+    client
+        .publish("boom.test", "ok".into())
+        .await
+        .expect("sent");
+    assert_eq!(&next(&mut rx).await.payload[..], b"ok");
+}
+
+#[tokio::test]
+async fn a_hung_server_is_detected_by_pings_and_readiness_drops() {
+    use nix::sys::signal::{kill, Signal};
+    let nats = NatsServer::start();
+    let mut settings = busgate_shared::nats::NatsSettings::with_url(&nats.url);
+    settings.ping_interval = Duration::from_millis(200);
+    settings.max_pings_out = 2;
+    let wire = Connection::connect_with(&settings, "ping test").expect("settings");
+    assert!(wire.connected(WITHIN).await);
+    // Flushes in flight do not make a live server look dead.
+    for _ in 0..50 {
+        wire.flush(WITHIN).await.expect("flushed");
+    }
+    assert!(wire.is_connected());
+    kill(nats.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    // The TCP connection stays open: only the unanswered PINGs tell.
+    let stopped = std::time::Instant::now();
+    eventually(WITHIN, || async { !wire.is_connected() }).await;
+    let detected = stopped.elapsed();
+    kill(nats.pid(), Signal::SIGCONT).expect("SIGCONT");
+    assert!(detected < Duration::from_secs(3), "{detected:?}");
+    eventually(WITHIN, || async { wire.is_connected() }).await;
+}
