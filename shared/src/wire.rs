@@ -653,6 +653,17 @@ impl Connection {
             && self.is_connected()
     }
 
+    /// The server pool (`host:port`): the URL list, then the servers the cluster announced.
+    pub fn servers(&self) -> Vec<String> {
+        match self.inner().servers.lock() {
+            Ok(servers) => servers
+                .iter()
+                .map(|s| format!("{}:{}", s.host, s.port))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// How many times a connection to a server has been made.
     pub fn connects(&self) -> u64 {
         *self.inner().state.borrow()

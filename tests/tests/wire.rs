@@ -326,3 +326,47 @@ async fn a_hung_server_is_detected_by_pings_and_readiness_drops() {
     assert!(detected < Duration::from_secs(3), "{detected:?}");
     eventually(WITHIN, || async { wire.is_connected() }).await;
 }
+
+/// A free TCP port on 127.0.0.1 (for a cluster's route listeners, which must be known before
+/// either node starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test]
+async fn announced_servers_join_the_pool_and_a_lame_duck_is_left_for_one() {
+    let (route_a, route_b) = (free_port(), free_port());
+    let node = |name: &str, own: u16, other: u16| {
+        NatsServer::start_with_config(&format!(
+            "server_name: {name}\ncluster {{ name: c, listen: \"127.0.0.1:{own}\", routes: [\"nats-route://127.0.0.1:{other}\"] }}\n"
+        ))
+    };
+    let a = node("a", route_a, route_b);
+    let b = node("b", route_b, route_a);
+    // Given only a's URL, the connection learns b from the cluster's INFO.
+    let wire = connected(&a.url).await;
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    eventually(WITHIN, || async { wire.servers().contains(&b_addr) }).await;
+    let (_sub, mut rx) = subscribe(&wire, "ldm.test", None);
+    wire.flush(WITHIN).await.expect("flushed");
+    let connects = wire.connects();
+    // a enters lame-duck mode: the connection moves to b at once, subscriptions with it.
+    let status = Command::new(busgate_shared::runtime::locate_nats_server(None).expect("nats"))
+        .arg("--signal")
+        .arg(format!("ldm={}", a.pid()))
+        .status()
+        .expect("signal");
+    assert!(status.success());
+    eventually(WITHIN, || async {
+        wire.connects() > connects && wire.is_connected()
+    })
+    .await;
+    wire.flush(WITHIN).await.expect("flushed on b");
+    let on_b = async_nats::connect(&b.url).await.expect("b");
+    on_b.publish("ldm.test", "moved".into()).await.expect("sent");
+    on_b.flush().await.expect("flushed");
+    assert_eq!(&next(&mut rx).await.payload[..], b"moved");
+}
