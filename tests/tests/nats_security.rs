@@ -360,3 +360,97 @@ async fn least_privilege_users_serve_and_may_not_take_others_subjects_or_the_con
     .await;
     assert!(!matches!(forged, Ok(Ok(_))), "service1 called service2");
 }
+
+/// A JWT as nsc makes one: `claims` signed by `issuer` (ed25519 nkey), base64url without
+/// padding.
+fn jwt(issuer: &nkeys::KeyPair, mut claims: Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    claims["iss"] = issuer.public_key().into();
+    claims["iat"] = 1_700_000_000u64.into();
+    claims["jti"] = format!("{:x}", rand_id()).into();
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64.encode(claims.to_string());
+    let signed = format!("{header}.{body}");
+    let sig = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64.encode(sig))
+}
+
+fn rand_id() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn a_creds_file_signs_in_on_both_connections_of_an_operator_server() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        serde_json::json!({"sub": operator.public_key(), "name": "op",
+            "nats": {"type": "operator", "version": 2}}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        serde_json::json!({"sub": account.public_key(), "name": "busgate",
+            "nats": {"type": "account", "version": 2, "limits": {"subs": -1, "conn": -1,
+                "leaf": -1, "imports": -1, "exports": -1, "data": -1, "payload": -1,
+                "wildcards": true}}}),
+    );
+    let user_jwt = jwt(
+        &account,
+        serde_json::json!({"sub": user.public_key(), "name": "gateway",
+            "nats": {"type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": -1, "data": -1, "payload": -1}}),
+    );
+    // JetStream (the harness enables it) needs a system account in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        serde_json::json!({"sub": system.public_key(), "name": "SYS",
+            "nats": {"type": "account", "version": 2}}),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let operator_file = dir.path().join("op.jwt");
+    std::fs::write(&operator_file, &operator_jwt).expect("write");
+    let config = format!(
+        "operator: \"{}\"\nsystem_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{ {}: \"{}\", {}: \"{}\" }}\n",
+        operator_file.display(),
+        system.public_key(),
+        account.public_key(),
+        account_jwt,
+        system.public_key(),
+        system_jwt
+    );
+    let nats = NatsServer::start_with_config(&config);
+    let seed = user.seed().expect("seed");
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    );
+    let creds_file = dir.path().join("gateway.creds");
+    std::fs::write(&creds_file, creds).expect("write");
+    let mut settings = busgate_shared::nats::NatsSettings::with_url(&nats.url);
+    settings.creds_file = creds_file.display().to_string();
+    // The request path's connection.
+    let wire = busgate_shared::wire::Connection::connect_with(&settings, "creds").expect("creds");
+    assert!(
+        wire.connected(READY_WITHIN).await,
+        "wire signed in with the creds"
+    );
+    // async-nats, from the same settings.
+    let client = busgate_shared::nats::connect(&settings, "creds")
+        .await
+        .expect("settings");
+    eventually(READY_WITHIN, || async {
+        busgate_shared::nats::is_connected(&client)
+    })
+    .await;
+    // Without them: refused.
+    let plain = busgate_shared::wire::Connection::connect(&nats.url, "none").expect("url");
+    assert!(!plain.connected(Duration::from_secs(2)).await);
+}

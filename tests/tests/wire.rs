@@ -366,7 +366,9 @@ async fn announced_servers_join_the_pool_and_a_lame_duck_is_left_for_one() {
     .await;
     wire.flush(WITHIN).await.expect("flushed on b");
     let on_b = async_nats::connect(&b.url).await.expect("b");
-    on_b.publish("ldm.test", "moved".into()).await.expect("sent");
+    on_b.publish("ldm.test", "moved".into())
+        .await
+        .expect("sent");
     on_b.flush().await.expect("flushed");
     assert_eq!(&next(&mut rx).await.payload[..], b"moved");
 }
