@@ -80,6 +80,10 @@ pub struct Server {
     pub auth: Auth,
     /// `tls://`: TLS is required on this server.
     pub tls: bool,
+    /// The name its certificate is checked against when not `host`: a server announced by
+    /// address (`connect_urls`) is checked against the name of the server that announced it,
+    /// as other NATS clients do.
+    pub tls_name: Option<String>,
 }
 
 /// Credentials carried in a server URL.
@@ -186,6 +190,7 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
             port,
             auth,
             tls,
+            tls_name: None,
         });
     }
     if servers.is_empty() {
@@ -820,6 +825,14 @@ impl Inner {
                 if !known {
                     server.auth = from.auth.clone();
                     server.tls = from.tls;
+                    if server.host.parse::<std::net::IpAddr>().is_ok() {
+                        server.tls_name = from.tls_name.clone().or_else(|| {
+                            from.host
+                                .parse::<std::net::IpAddr>()
+                                .is_err()
+                                .then(|| from.host.clone())
+                        });
+                    }
                     debug!(host = %server.host, port = server.port, "nats server announced");
                     servers.push(server);
                 }
@@ -1325,8 +1338,9 @@ fn tls_refusal(e: ConnError) -> ConnError {
 /// server's host name (or IP address).
 async fn upgrade(inner: &Inner, server: &Server, tcp: TcpStream) -> Result<TlsStream, ConnError> {
     let config = inner.sec.tls()?;
-    let name = rustls_pki_types::ServerName::try_from(server.host.clone())
-        .map_err(|_| ConnError::Tls(format!("{:?} is not a TLS server name", server.host)))?;
+    let host = server.tls_name.as_ref().unwrap_or(&server.host);
+    let name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|_| ConnError::Tls(format!("{host:?} is not a TLS server name")))?;
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
@@ -1839,6 +1853,36 @@ mod tests {
             NatsSettings::from_vars(|n| (n == "PING_INTERVAL").then(|| "soon".into())).is_err()
         );
         assert!(!NatsSettings::with_url("nats://h").requires_tls());
+    }
+
+    #[tokio::test]
+    async fn announced_servers_join_the_pool_with_the_announcers_credentials_and_name() {
+        let wire = Connection::connect("tls://u:p@nats-a.example:1", "pool").expect("url");
+        let from = parse_servers("tls://u:p@nats-a.example:1")
+            .expect("url")
+            .remove(0);
+        let info = Info {
+            connect_urls: vec![
+                "10.0.0.2:4222".into(),
+                "nats-b.example:4222".into(),
+                "nats-a.example:1".into(),
+                "not a url".into(),
+            ],
+            max_payload: usize::MAX,
+            ..Info::default()
+        };
+        wire.inner().learn(&info, &from);
+        assert_eq!(
+            wire.servers(),
+            ["nats-a.example:1", "10.0.0.2:4222", "nats-b.example:4222"]
+        );
+        let servers = wire.inner().servers.lock().expect("pool").clone();
+        assert!(servers.iter().all(|s| s.tls && s.auth == from.auth));
+        assert_eq!(servers[1].tls_name.as_deref(), Some("nats-a.example"));
+        assert_eq!(servers[2].tls_name, None);
+        // A server's max_payload is believed up to nats-server's own limit only.
+        assert_eq!(wire.max_payload(), MAX_PAYLOAD_CAP);
+        wire.close(Duration::from_secs(1)).await;
     }
 
     mod parser_properties {
