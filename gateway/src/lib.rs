@@ -105,12 +105,12 @@ pub async fn run(
         settings.nats.instance.clone()
     };
     let nats =
-        busgate_shared::nats::connect(&settings.nats.url, &format!("busgate gateway {instance}"))
+        busgate_shared::nats::connect(&settings.nats, &format!("busgate gateway {instance}"))
             .await?;
     // The request path (requests out, replies in) has a lean connection of its own; JetStream,
     // KV and the service API use the async-nats client above.
-    let wire = busgate_shared::wire::Connection::connect(
-        &settings.nats.url,
+    let wire = busgate_shared::wire::Connection::connect_with(
+        &settings.nats,
         &format!("busgate gateway {instance} requests"),
     )?;
     let metrics = Arc::new(Metrics::new());

@@ -215,13 +215,23 @@ async fn start_children(
             .await
             .with_context(|| format!("demo service {service} did not listen on {listen}"))?;
         let mut adapter = Command::new(&worker);
-        adapter.env("BUSGATE_NATS__URL", &nats_url).args([
-            "adapter",
-            "--service",
-            service,
-            "--upstream",
-            &format!("http://{listen}/order/{{order_id}}"),
-        ]);
+        // The same `[nats]` settings as the gateway's (TLS, credentials), through the
+        // environment: never in argv.
+        adapter
+            .envs(
+                busgate_shared::nats::NatsSettings {
+                    url: nats_url.clone(),
+                    ..settings.nats.clone()
+                }
+                .to_env(),
+            )
+            .args([
+                "adapter",
+                "--service",
+                service,
+                "--upstream",
+                &format!("http://{listen}/order/{{order_id}}"),
+            ]);
         children.push(spawn(
             &format!("adapter-{service}"),
             adapter,
@@ -229,16 +239,20 @@ async fn start_children(
             died,
         )?);
     }
-    wait_for_services(&nats_url, settings.services.keys()).await?;
+    let nats = busgate_shared::nats::NatsSettings {
+        url: nats_url,
+        ..settings.nats.clone()
+    };
+    wait_for_services(&nats, settings.services.keys()).await?;
     Ok(nats_note)
 }
 
 /// Waits until every service answers a NATS service-API ping.
 async fn wait_for_services<'a>(
-    nats_url: &str,
+    nats: &busgate_shared::nats::NatsSettings,
     services: impl Iterator<Item = &'a String>,
 ) -> anyhow::Result<()> {
-    let client = busgate_shared::nats::connect(nats_url, "busgate up").await?;
+    let client = busgate_shared::nats::connect(nats, "busgate up").await?;
     for service in services {
         let subject = Verb::Ping.subject(Some(service));
         wait_until(READY_WITHIN, || {

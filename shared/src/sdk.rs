@@ -11,7 +11,10 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), busgate_shared::Error> {
 //! use busgate_shared::{envelope::Reply, sdk, wire};
-//! let nats = wire::Connection::connect("nats://127.0.0.1:4222", "billing")?;
+//! // The `[nats]` settings from the same `BUSGATE_NATS__…` variables the gateway and the
+//! // workers read (URL, TLS files, nkey or creds file, pings).
+//! let settings = busgate_shared::nats::NatsSettings::from_env()?;
+//! let nats = wire::Connection::connect_with(&settings, "billing")?;
 //! let options = sdk::ServeOptions::new("billing");
 //! sdk::serve(&nats, options, |req, _ctx| async move {
 //!     Reply::ok(&serde_json::json!({"order_id": req.order_id, "paid": true}))

@@ -15,35 +15,47 @@
 //! - [`Connection::subscribe`] hands each `MSG`/`HMSG` to a callback on the read task, as a
 //!   [`Msg`] whose parts are slices of the read buffer (no copy). The callback must not block:
 //!   the gateway's collector pushes the reply to its gather, the SDK queues the request.
-//! - Reconnects forever, to each server of the URL list in turn, re-subscribing; a `PING`
-//!   every [`PING_INTERVAL`] finds a dead connection. While disconnected a publish fails at
-//!   once ([`PublishError::NotConnected`]): the request path answers at once rather than queue
-//!   work behind a deadline.
+//! - Reconnects forever, to each server of the pool in turn (the URL list in random order,
+//!   plus the servers a cluster announces in `INFO connect_urls`), re-subscribing. A server in
+//!   lame-duck mode is left for another at once. A `PING` every `nats.ping_interval` finds a
+//!   dead or hung server (the PINGs of [`Connection::flush`] do not count). While disconnected
+//!   a publish fails at once ([`PublishError::NotConnected`]): the request path answers at
+//!   once rather than queue work behind a deadline.
+//! - Supervised: the connection runs in a task that is restarted if it panics (a subscriber's
+//!   callback, say); a protocol error or a server `-ERR` ends the server connection and
+//!   another is made. [`Connection::is_connected`] is true only while a server connection is
+//!   up. A message is never allowed to announce more than the server's `max_payload`: the
+//!   read buffer never grows beyond that bound.
+//! - Security, from [`NatsSettings`]: TLS (`tls://` URLs, a server's `tls_required`,
+//!   `handshake_first`, a CA file, a client certificate for mutual TLS) with rustls, and
+//!   authentication by `user:password@` or `token@` in the URL, an nkey seed or a `.creds`
+//!   file (the server's nonce signed with the nkey). Failed authentication is logged at error
+//!   level, without the secret, and retried with backoff.
 //!
-//! JetStream, KV and the service API stay on async-nats (see [`crate::nats`]). Supported URLs:
-//! `nats://host:port` (or `host:port`), comma-separated for a cluster, with `user:password@`
-//! or `token@`. TLS and websocket URLs are refused by [`parse_servers`].
+//! JetStream, KV and the service API stay on async-nats (see [`crate::nats`]), configured from
+//! the same [`NatsSettings`]. Supported URLs: `nats://host:port`, `tls://host:port` (or
+//! `host:port`), comma-separated for a cluster, with `user:password@` or `token@`. Websocket
+//! URLs are refused by [`parse_servers`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-/// How often the connection asks the server whether it is still there.
-pub const PING_INTERVAL: Duration = Duration::from_secs(20);
-/// Pings left unanswered before the connection is taken for dead.
-const MAX_PINGS_OUT: usize = 2;
-/// Bound on connecting to one server: TCP, `INFO`, `CONNECT` and the first `PONG`.
+pub use crate::nats::NatsSettings;
+use crate::Error;
+
+/// Bound on connecting to one server: TCP, TLS, `INFO`, `CONNECT` and the first `PONG`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes queued for the server beyond which a publish is refused ([`PublishError::Backlog`]).
 pub const MAX_BACKLOG: usize = 64 * 1024 * 1024;
@@ -51,6 +63,11 @@ pub const MAX_BACKLOG: usize = 64 * 1024 * 1024;
 const MAX_CONTROL_LINE: usize = 1024 * 1024;
 /// What a read asks the socket for at least.
 const READ_CHUNK: usize = 64 * 1024;
+/// The largest `max_payload` believed from a server's `INFO` (nats-server's own limit): the
+/// read buffer's bound whatever a server says.
+const MAX_PAYLOAD_CAP: usize = 64 * 1024 * 1024;
+/// Servers kept in the pool at most (announced ones included).
+const MAX_SERVERS: usize = 256;
 
 /// One server to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +78,12 @@ pub struct Server {
     pub port: u16,
     /// `user:password@` or `token@` of the URL.
     pub auth: Auth,
+    /// `tls://`: TLS is required on this server.
+    pub tls: bool,
+    /// The name its certificate is checked against when not `host`: a server announced by
+    /// address (`connect_urls`) is checked against the name of the server that announced it,
+    /// as other NATS clients do.
+    pub tls_name: Option<String>,
 }
 
 /// Credentials carried in a server URL.
@@ -101,7 +124,7 @@ pub struct UrlError {
     pub reason: &'static str,
 }
 
-/// Parses a NATS URL list: `nats://[user:pass@|token@]host[:port]`, comma-separated.
+/// Parses a NATS URL list: `nats|tls://[user:pass@|token@]host[:port]`, comma-separated.
 pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
     let mut servers = Vec::new();
     for entry in urls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -109,13 +132,16 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
             url: crate::nats::redact_url(entry),
             reason,
         };
-        let rest = match entry.split_once("://") {
-            Some(("nats", rest)) => rest,
-            Some(("tls" | "ws" | "wss", _)) => return Err(fail(
-                "TLS and websocket connections are not supported on the request path; use nats://",
-            )),
-            Some(_) => return Err(fail("the scheme must be nats://")),
-            None => entry,
+        let (tls, rest) = match entry.split_once("://") {
+            Some(("nats", rest)) => (false, rest),
+            Some(("tls", rest)) => (true, rest),
+            Some(("ws" | "wss", _)) => {
+                return Err(fail(
+                    "websocket connections are not supported; use nats:// or tls://",
+                ))
+            }
+            Some(_) => return Err(fail("the scheme must be nats:// or tls://")),
+            None => (false, entry),
         };
         let rest = rest.trim_end_matches('/');
         let (userinfo, hostport) = match rest.rsplit_once('@') {
@@ -163,6 +189,8 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
             host: host.to_owned(),
             port,
             auth,
+            tls,
+            tls_name: None,
         });
     }
     if servers.is_empty() {
@@ -172,6 +200,212 @@ pub fn parse_servers(urls: &str) -> Result<Vec<Server>, UrlError> {
         });
     }
     Ok(servers)
+}
+
+/// A `.creds` file's two parts: the user JWT and the nkey seed that signs the server's nonce.
+pub struct Creds {
+    /// The user JWT (not secret by itself: it is sent in `CONNECT`).
+    pub jwt: String,
+    /// The user's nkey seed (`SU…`): secret.
+    pub seed: String,
+}
+
+impl fmt::Debug for Creds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Creds")
+            .field("jwt", &self.jwt)
+            .field("seed", &"***")
+            .finish()
+    }
+}
+
+/// Parses a `.creds` file as `nsc` writes it: the first value framed by `-----BEGIN …-----` /
+/// `------END …------` lines is the JWT, the second the seed. The error never quotes the file.
+pub fn parse_creds(text: &str) -> Result<Creds, Error> {
+    let bad = |reason: &str| Error::invalid("nats.creds_file", reason.to_owned());
+    let mut values = Vec::new();
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line.starts_with("---") && line.contains("BEGIN") {
+            let value = lines
+                .by_ref()
+                .find(|l| !l.is_empty())
+                .ok_or_else(|| bad("a BEGIN line without a value"))?;
+            values.push(value.to_owned());
+        }
+    }
+    let mut values = values.into_iter();
+    let (Some(jwt), Some(seed)) = (values.next(), values.next()) else {
+        return Err(bad("expected a user JWT and an nkey seed"));
+    };
+    if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(&seed).is_err() {
+        return Err(bad("the second value is not a user nkey seed"));
+    }
+    if jwt.split('.').count() != 3 {
+        return Err(bad("the first value is not a JWT"));
+    }
+    Ok(Creds { jwt, seed })
+}
+
+/// Reads an nkey user seed from `path` (surrounding whitespace ignored), checked.
+pub fn read_seed(path: &str) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid(
+            "nats.nkey_file",
+            format!("cannot read {path}: {}", e.kind()),
+        )
+    })?;
+    let seed = text.trim().to_owned();
+    if !seed.starts_with("SU") || nkeys::KeyPair::from_seed(&seed).is_err() {
+        return Err(Error::invalid(
+            "nats.nkey_file",
+            format!("{path} does not hold a user nkey seed (SU…)"),
+        ));
+    }
+    Ok(seed)
+}
+
+/// What signs the server's nonce in `CONNECT`.
+enum Signer {
+    Nkey(nkeys::KeyPair),
+    Creds { jwt: String, key: nkeys::KeyPair },
+}
+
+impl Signer {
+    /// Adds `nkey` or `jwt` and `sig` (the nonce signed, base64url without padding, as the
+    /// server reads it) to a `CONNECT` document.
+    fn sign(&self, nonce: &str, connect: &mut serde_json::Value) -> Result<(), ConnError> {
+        let key = match self {
+            Signer::Nkey(key) => {
+                connect["nkey"] = key.public_key().into();
+                key
+            }
+            Signer::Creds { jwt, key } => {
+                connect["jwt"] = jwt.as_str().into();
+                key
+            }
+        };
+        let sig = key
+            .sign(nonce.as_bytes())
+            .map_err(|_| ConnError::Protocol("cannot sign the server's nonce".into()))?;
+        connect["sig"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sig)
+            .into();
+        Ok(())
+    }
+}
+
+/// The security material of a connection, loaded once from its settings.
+struct Security {
+    /// The TLS client configuration: made at start when TLS is configured, else on the first
+    /// server that requires TLS (with the system's roots).
+    tls: OnceLock<Arc<rustls::ClientConfig>>,
+    /// TLS on every server, even one that does not ask for it.
+    require_tls: bool,
+    handshake_first: bool,
+    signer: Option<Signer>,
+    ping_interval: Duration,
+    max_pings_out: usize,
+}
+
+impl Security {
+    fn load(settings: &NatsSettings) -> Result<Security, Error> {
+        settings.validate()?;
+        let signer = if !settings.creds_file.is_empty() {
+            let text = std::fs::read_to_string(&settings.creds_file).map_err(|e| {
+                Error::invalid(
+                    "nats.creds_file",
+                    format!("cannot read {}: {}", settings.creds_file, e.kind()),
+                )
+            })?;
+            let creds = parse_creds(&text)?;
+            let key = nkeys::KeyPair::from_seed(&creds.seed)
+                .map_err(|_| Error::invalid("nats.creds_file", "not a valid nkey seed"))?;
+            Some(Signer::Creds {
+                jwt: creds.jwt,
+                key,
+            })
+        } else if !settings.nkey_file.is_empty() {
+            let seed = read_seed(&settings.nkey_file)?;
+            let key = nkeys::KeyPair::from_seed(&seed)
+                .map_err(|_| Error::invalid("nats.nkey_file", "not a valid nkey seed"))?;
+            Some(Signer::Nkey(key))
+        } else {
+            None
+        };
+        let require_tls = settings.requires_tls();
+        let tls = OnceLock::new();
+        if require_tls {
+            let _ = tls.set(tls_config(settings)?);
+        }
+        Ok(Security {
+            tls,
+            require_tls,
+            handshake_first: settings.handshake_first,
+            signer,
+            ping_interval: settings.ping_interval,
+            max_pings_out: settings.max_pings_out,
+        })
+    }
+
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, ConnError> {
+        if let Some(config) = self.tls.get() {
+            return Ok(config.clone());
+        }
+        let config =
+            tls_config(&NatsSettings::default()).map_err(|e| ConnError::Tls(e.to_string()))?;
+        Ok(self.tls.get_or_init(|| config).clone())
+    }
+}
+
+/// A rustls client configuration from the settings: the CA file's roots (else the system's),
+/// and the client certificate when one is set.
+fn tls_config(settings: &NatsSettings) -> Result<Arc<rustls::ClientConfig>, Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    if settings.ca_file.is_empty() {
+        let native = rustls_native_certs::load_native_certs();
+        if native.certs.is_empty() {
+            warn!("no system root certificates found: set nats.ca_file for TLS");
+        }
+        roots.add_parsable_certificates(native.certs);
+    } else {
+        let bad = |what: String| Error::invalid("nats.ca_file", what);
+        let certs = CertificateDer::pem_file_iter(&settings.ca_file)
+            .map_err(|e| bad(format!("cannot read {}: {e}", settings.ca_file)))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{}: {e}", settings.ca_file)))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(bad(format!("{} holds no CA certificate", settings.ca_file)));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid("nats", e.to_string()))?
+        .with_root_certificates(roots);
+    let config = if settings.cert_file.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs = CertificateDer::pem_file_iter(&settings.cert_file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                Error::invalid("nats.cert_file", format!("{}: {e}", settings.cert_file))
+            })?;
+        // The key's error names the file, never its content.
+        let key = PrivateKeyDer::from_pem_file(&settings.key_file).map_err(|_| {
+            Error::invalid(
+                "nats.key_file",
+                format!("{} does not hold a PEM private key", settings.key_file),
+            )
+        })?;
+        builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| Error::invalid("nats.cert_file", e.to_string()))?
+    };
+    Ok(Arc::new(config))
 }
 
 /// The status the server sends to a request's reply subject when nobody serves its subject.
@@ -294,11 +528,16 @@ struct Out {
     buf: BytesMut,
     /// PING sent and not yet answered, oldest first; `Some` for a flush waiting on it.
     pings: VecDeque<Option<oneshot::Sender<()>>>,
+    /// Keep-alive PINGs sent since the server last answered one (flushes' not counted: a
+    /// burst of flushes must not make a live server look dead).
+    keepalive_out: usize,
 }
 
 struct Inner {
     name: String,
-    servers: Vec<Server>,
+    /// The pool: the URL list (shuffled), then servers announced by the cluster.
+    servers: Mutex<Vec<Server>>,
+    sec: Security,
     out: Mutex<Out>,
     /// Wakes the writer: something to send, or closing.
     wake_writer: Notify,
@@ -307,6 +546,8 @@ struct Inner {
     connected: AtomicBool,
     closing: AtomicBool,
     max_payload: AtomicUsize,
+    /// A subscriber's callback panicked: the supervisor restarts the connection task.
+    panics: AtomicU64,
     /// Number of connections made, for [`Connection::connected`] and tests.
     state: watch::Sender<u64>,
 }
@@ -348,16 +589,27 @@ impl Subscription {
 }
 
 impl Connection {
-    /// Connects to the servers of `urls` as `name`. Returns at once; the connection is made,
-    /// and remade after a loss, in the background ([`Connection::is_connected`]).
-    pub fn connect(urls: &str, name: &str) -> Result<Connection, UrlError> {
-        let servers = parse_servers(urls)?;
+    /// Connects to the servers of `urls` as `name`, with every other setting at its default.
+    pub fn connect(urls: &str, name: &str) -> Result<Connection, Error> {
+        Connection::connect_with(&NatsSettings::with_url(urls), name)
+    }
+
+    /// Connects with `settings` as `name`. Returns at once (after reading the key and
+    /// certificate files); the connection is made, and remade after a loss, in the background
+    /// ([`Connection::is_connected`]).
+    pub fn connect_with(settings: &NatsSettings, name: &str) -> Result<Connection, Error> {
+        let mut servers = parse_servers(&settings.url)?;
+        let sec = Security::load(settings)?;
+        // Random order, so that the clients of a cluster spread over its servers.
+        rand::seq::SliceRandom::shuffle(&mut servers[..], &mut rand::rng());
         let inner = Arc::new(Inner {
             name: name.to_owned(),
-            servers,
+            servers: Mutex::new(servers),
+            sec,
             out: Mutex::new(Out {
                 buf: BytesMut::with_capacity(READ_CHUNK),
                 pings: VecDeque::new(),
+                keepalive_out: 0,
             }),
             wake_writer: Notify::new(),
             subs: RwLock::new(HashMap::new()),
@@ -365,9 +617,10 @@ impl Connection {
             connected: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             max_payload: AtomicUsize::new(1024 * 1024),
+            panics: AtomicU64::new(0),
             state: watch::channel(0).0,
         });
-        let task = tokio::spawn(run(inner.clone()));
+        let task = tokio::spawn(supervise(inner.clone()));
         Ok(Connection {
             handle: Arc::new(Handle {
                 inner,
@@ -403,6 +656,17 @@ impl Connection {
         .await
         .is_ok()
             && self.is_connected()
+    }
+
+    /// The server pool (`host:port`): the URL list, then the servers the cluster announced.
+    pub fn servers(&self) -> Vec<String> {
+        match self.inner().servers.lock() {
+            Ok(servers) => servers
+                .iter()
+                .map(|s| format!("{}:{}", s.host, s.port))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// How many times a connection to a server has been made.
@@ -532,10 +796,47 @@ impl Inner {
         }
     }
 
-    /// What an `INFO` says that this connection uses.
-    fn learn(&self, info: &Info) {
+    /// What an `INFO` from `from` says that this connection uses: its `max_payload`, and the
+    /// cluster's other servers (`connect_urls`), added to the pool with `from`'s credentials
+    /// and TLS.
+    fn learn(&self, info: &Info, from: &Server) {
         if info.max_payload > 0 {
-            self.max_payload.store(info.max_payload, Ordering::Relaxed);
+            self.max_payload
+                .store(info.max_payload.min(MAX_PAYLOAD_CAP), Ordering::Relaxed);
+        }
+        if info.connect_urls.is_empty() {
+            return;
+        }
+        let Ok(mut servers) = self.servers.lock() else {
+            return;
+        };
+        for url in &info.connect_urls {
+            let Ok(found) = parse_servers(url) else {
+                debug!(url, "ignoring an announced server that does not parse");
+                continue;
+            };
+            for mut server in found {
+                if servers.len() >= MAX_SERVERS {
+                    return;
+                }
+                let known = servers
+                    .iter()
+                    .any(|s| s.host == server.host && s.port == server.port);
+                if !known {
+                    server.auth = from.auth.clone();
+                    server.tls = from.tls;
+                    if server.host.parse::<std::net::IpAddr>().is_ok() {
+                        server.tls_name = from.tls_name.clone().or_else(|| {
+                            from.host
+                                .parse::<std::net::IpAddr>()
+                                .is_err()
+                                .then(|| from.host.clone())
+                        });
+                    }
+                    debug!(host = %server.host, port = server.port, "nats server announced");
+                    servers.push(server);
+                }
+            }
         }
     }
 
@@ -573,6 +874,7 @@ impl Inner {
             if let Ok(mut out) = self.out.lock() {
                 out.buf.clear();
                 out.pings.clear();
+                out.keepalive_out = 0;
                 for (sid, sub) in subs.iter() {
                     write_sub(&mut out.buf, *sid, sub);
                 }
@@ -588,6 +890,7 @@ impl Inner {
                 self.connected.store(false, Ordering::Release);
                 out.buf.clear();
                 out.pings.clear();
+                out.keepalive_out = 0;
             }
             self.state.send_modify(|_| {});
         }
@@ -679,7 +982,13 @@ struct Info {
     #[serde(default)]
     tls_required: bool,
     #[serde(default)]
+    tls_available: bool,
+    #[serde(default)]
     ldm: bool,
+    #[serde(default)]
+    nonce: String,
+    #[serde(default)]
+    connect_urls: Vec<String>,
 }
 
 /// A server operation, parsed from the read buffer.
@@ -702,12 +1011,39 @@ enum ConnError {
     Protocol(String),
     #[error("server error: {0}")]
     Server(String),
+    #[error("the server refused the credentials: {0}")]
+    Auth(String),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("the server stopped answering pings")]
     Stale,
+    #[error("the server is entering lame duck mode")]
+    LameDuck,
 }
 
-/// Parses one operation off the front of `buf`; `None` when more bytes are needed.
-fn parse_op(buf: &mut BytesMut) -> Result<Option<Op>, ConnError> {
+impl ConnError {
+    /// A server's `-ERR`, classified: authentication failures apart, as they are logged at
+    /// error level (an operator must act) and never end by themselves.
+    fn from_server(e: String) -> ConnError {
+        let lower = e.to_ascii_lowercase();
+        let auth = ["authorization", "authentication", "account"];
+        if auth.iter().any(|a| lower.contains(a)) {
+            ConnError::Auth(e)
+        } else {
+            ConnError::Server(e)
+        }
+    }
+
+    /// Whether an operator must act (bad credentials, a certificate not trusted).
+    fn needs_operator(&self) -> bool {
+        matches!(self, ConnError::Auth(_) | ConnError::Tls(_))
+    }
+}
+
+/// Parses one operation off the front of `buf`; `None` when more bytes are needed. A message
+/// announcing more than `max_payload` bytes is a protocol error: the buffer never grows beyond
+/// a control line plus `max_payload`.
+fn parse_op(buf: &mut BytesMut, max_payload: usize) -> Result<Option<Op>, ConnError> {
     let Some(eol) = find_crlf(buf) else {
         if buf.len() > MAX_CONTROL_LINE {
             return Err(ConnError::Protocol("control line too long".into()));
@@ -755,9 +1091,15 @@ fn parse_op(buf: &mut BytesMut) -> Result<Option<Op>, ConnError> {
             if header_len > total {
                 return Err(bad());
             }
+            if total > max_payload {
+                return Err(ConnError::Protocol(format!(
+                    "a message of {total} bytes announced, over max_payload {max_payload}"
+                )));
+            }
             let sid: u64 = sid.parse().map_err(|_| bad())?;
-            if buf.len() < eol + 2 + total + 2 {
-                buf.reserve(eol + 2 + total + 2 - buf.len());
+            let whole = (eol + 4).checked_add(total).ok_or_else(bad)?;
+            if buf.len() < whole {
+                buf.reserve(whole - buf.len());
                 return Ok(None);
             }
             // Offsets of the subject and reply within the line, to slice the frozen buffer.
@@ -817,34 +1159,92 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Runs the connection task and restarts it when it panics (a subscriber's callback, say):
+/// whatever happens in it, the connection is either up or being remade, and
+/// [`Connection::is_connected`] says which.
+async fn supervise(inner: Arc<Inner>) {
+    loop {
+        let task = tokio::spawn(run(inner.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                inner.panics.fetch_add(1, Ordering::Relaxed);
+                inner.set_connected(false);
+                error!(name = %inner.name, "the nats connection task panicked; reconnecting");
+                if inner.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                // A callback that panics on every message must not make this a busy loop.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return,
+        }
+    }
+}
+
 /// Connects, re-connects and runs the connection until it is closed.
 async fn run(inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(50);
     let mut next = 0;
+    // Failures in a row: the first is a warning, the rest debug, except those an operator must
+    // fix (credentials, certificates), which are errors every time.
+    let mut failures = 0u32;
     while !inner.closing.load(Ordering::Acquire) {
-        let server = inner.servers[next % inner.servers.len()].clone();
+        let (server, pool) = {
+            let Ok(servers) = inner.servers.lock() else {
+                return;
+            };
+            (servers[next % servers.len()].clone(), servers.len())
+        };
         next += 1;
         let addr = format!("{}:{}", server.host, server.port);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&inner, &server)).await {
-            Ok(Ok((reader, writer, rest))) => {
+        let attempt = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&inner, &server))
+            .await
+            .unwrap_or_else(|_| Err(ConnError::Io(std::io::ErrorKind::TimedOut.into())));
+        match attempt {
+            Ok(link) => {
                 backoff = Duration::from_millis(50);
+                failures = 0;
                 inner.set_connected(true);
-                info!(name = %inner.name, server = %addr, "nats request path connected");
-                let ended = serve(&inner, reader, writer, rest).await;
+                let tls = matches!(link, Link::Tls(..));
+                info!(name = %inner.name, server = %addr, tls, "nats request path connected");
+                let ended = match link {
+                    Link::Plain(reader, writer, rest) => {
+                        serve(&inner, &server, reader, writer, rest).await
+                    }
+                    Link::Tls(reader, writer, rest) => {
+                        serve(&inner, &server, reader, writer, rest).await
+                    }
+                };
                 inner.set_connected(false);
+                let lame_duck = matches!(ended, Err(ConnError::LameDuck));
                 match ended {
                     Ok(()) => break,
+                    Err(e) if e.needs_operator() => {
+                        error!(name = %inner.name, server = %addr, error = %e, "nats refused the connection, reconnecting")
+                    }
                     Err(e) => {
                         warn!(name = %inner.name, server = %addr, error = %e, "nats request path disconnected, reconnecting")
                     }
                 }
+                if lame_duck {
+                    // Straight to the next server: this one is going away.
+                    continue;
+                }
             }
-            Ok(Err(e)) => {
-                debug!(name = %inner.name, server = %addr, error = %e, "cannot connect to nats")
+            Err(e) => {
+                failures += 1;
+                if e.needs_operator() {
+                    error!(name = %inner.name, server = %addr, error = %e, "cannot connect to nats");
+                } else if failures == 1 {
+                    warn!(name = %inner.name, server = %addr, error = %e, "cannot connect to nats, retrying");
+                } else {
+                    debug!(name = %inner.name, server = %addr, error = %e, "cannot connect to nats");
+                }
             }
-            Err(_) => debug!(name = %inner.name, server = %addr, "connecting to nats timed out"),
         }
-        if next % inner.servers.len() == 0 {
+        if next % pool == 0 {
             // A round over every server failed: wait (or stop) before the next.
             let closing = async {
                 while !inner.closing.load(Ordering::Acquire) {
@@ -862,37 +1262,125 @@ async fn run(inner: Arc<Inner>) {
     inner.set_connected(false);
 }
 
-async fn handshake(
-    inner: &Inner,
-    server: &Server,
-) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut), ConnError> {
-    let stream = TcpStream::connect((server.host.as_str(), server.port)).await?;
-    stream.set_nodelay(true)?;
-    let (mut reader, mut writer) = stream.into_split();
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A server connection after its handshake: its two halves and what was read past the `PONG`.
+/// Plain TCP keeps tokio's lock-free halves; TLS splits the one stream.
+enum Link {
+    Plain(
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+        BytesMut,
+    ),
+    Tls(
+        tokio::io::ReadHalf<TlsStream>,
+        tokio::io::WriteHalf<TlsStream>,
+        BytesMut,
+    ),
+}
+
+/// TCP, then TLS first (`handshake_first`) or `INFO` then TLS when the server, the URL or the
+/// settings require it, then `CONNECT` with the credentials and the first `PONG`.
+async fn handshake(inner: &Inner, server: &Server) -> Result<Link, ConnError> {
+    let mut tcp = TcpStream::connect((server.host.as_str(), server.port)).await?;
+    tcp.set_nodelay(true)?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let info = loop {
-        match parse_op(&mut buf)? {
+    if inner.sec.handshake_first {
+        let mut tls = upgrade(inner, server, tcp).await?;
+        let info = read_info(&mut tls, &mut buf).await.map_err(tls_refusal)?;
+        hello(inner, server, &info, true, &mut tls, &mut buf)
+            .await
+            .map_err(tls_refusal)?;
+        let (reader, writer) = tokio::io::split(tls);
+        return Ok(Link::Tls(reader, writer, buf));
+    }
+    let info = read_info(&mut tcp, &mut buf).await?;
+    if !(server.tls || inner.sec.require_tls || info.tls_required) {
+        hello(inner, server, &info, false, &mut tcp, &mut buf).await?;
+        let (reader, writer) = tcp.into_split();
+        return Ok(Link::Plain(reader, writer, buf));
+    }
+    if !info.tls_required && !info.tls_available {
+        // Never fall back to plain TCP when TLS was asked for: that is the downgrade attack.
+        return Err(ConnError::Tls(
+            "TLS is required by the settings but the server does not offer it".into(),
+        ));
+    }
+    if !buf.is_empty() {
+        return Err(ConnError::Protocol(
+            "data after INFO before the TLS handshake".into(),
+        ));
+    }
+    let mut tls = upgrade(inner, server, tcp).await?;
+    hello(inner, server, &info, true, &mut tls, &mut buf)
+        .await
+        .map_err(tls_refusal)?;
+    let (reader, writer) = tokio::io::split(tls);
+    Ok(Link::Tls(reader, writer, buf))
+}
+
+/// A TLS alert that arrives after the handshake (with TLS 1.3 a server refuses a client
+/// certificate, or the lack of one, only then) is a TLS error, for the operator.
+fn tls_refusal(e: ConnError) -> ConnError {
+    match e {
+        ConnError::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            ConnError::Tls(io.to_string())
+        }
+        other => other,
+    }
+}
+
+/// The TLS handshake on `tcp`, the server's certificate checked against the roots and the
+/// server's host name (or IP address).
+async fn upgrade(inner: &Inner, server: &Server, tcp: TcpStream) -> Result<TlsStream, ConnError> {
+    let config = inner.sec.tls()?;
+    let host = server.tls_name.as_ref().unwrap_or(&server.host);
+    let name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|_| ConnError::Tls(format!("{host:?} is not a TLS server name")))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ConnError::Tls(e.to_string()))
+}
+
+async fn read_info<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Info, ConnError> {
+    loop {
+        match parse_op(buf, 0)? {
             Some(Op::Info(json)) => {
-                break serde_json::from_str::<Info>(&json)
-                    .map_err(|e| ConnError::Protocol(format!("bad INFO: {e}")))?
+                return serde_json::from_str::<Info>(&json)
+                    .map_err(|e| ConnError::Protocol(format!("bad INFO: {e}")))
             }
             Some(other) => {
                 return Err(ConnError::Protocol(format!("expected INFO, got {other:?}")))
             }
-            None => read_more(&mut reader, &mut buf).await?,
+            None => read_more(stream, buf).await?,
         }
-    };
-    if info.tls_required {
-        return Err(ConnError::Server(
-            "the server requires TLS, which the request path does not support".into(),
-        ));
     }
+}
+
+/// `CONNECT` (with the credentials: the URL's, or the nonce signed with the nkey) and `PING`,
+/// then waits for the `PONG` (or the `-ERR` of a refusal).
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    server: &Server,
+    info: &Info,
+    tls: bool,
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(), ConnError> {
     if !info.headers {
         return Err(ConnError::Server(
             "the server does not support headers (nats-server 2.2 or later is needed)".into(),
         ));
     }
-    inner.learn(&info);
+    inner.learn(info, server);
     let mut connect = serde_json::json!({
         "verbose": false,
         "pedantic": false,
@@ -902,6 +1390,7 @@ async fn handshake(
         "headers": true,
         "no_responders": true,
         "echo": true,
+        "tls_required": tls,
         "name": inner.name,
     });
     match &server.auth {
@@ -912,27 +1401,43 @@ async fn handshake(
         }
         Auth::Token(token) => connect["auth_token"] = token.as_str().into(),
     }
+    if let Some(signer) = &inner.sec.signer {
+        if info.nonce.is_empty() {
+            return Err(ConnError::Auth(
+                "the server sent no nonce to sign: it is not configured for nkey or JWT users"
+                    .into(),
+            ));
+        }
+        signer.sign(&info.nonce, &mut connect)?;
+    }
     let hello = format!("CONNECT {connect}\r\nPING\r\n");
-    writer.write_all(hello.as_bytes()).await?;
+    stream.write_all(hello.as_bytes()).await?;
+    stream.flush().await?;
     loop {
-        match parse_op(&mut buf)? {
+        match parse_op(buf, 0)? {
             Some(Op::Pong) => break,
             Some(Op::Ok | Op::Info(_)) => {}
-            Some(Op::Ping) => writer.write_all(b"PONG\r\n").await?,
-            Some(Op::Err(e)) => return Err(ConnError::Server(e)),
+            Some(Op::Ping) => {
+                stream.write_all(b"PONG\r\n").await?;
+                stream.flush().await?;
+            }
+            Some(Op::Err(e)) => return Err(ConnError::from_server(e)),
             Some(Op::Msg { .. }) => {
                 return Err(ConnError::Protocol(
                     "message before the handshake ended".into(),
                 ))
             }
-            None => read_more(&mut reader, &mut buf).await?,
+            None => read_more(stream, buf).await?,
         }
     }
-    debug!(server_id = %info.server_id, "nats handshake done");
-    Ok((reader, writer, buf))
+    debug!(server_id = %info.server_id, tls, "nats handshake done");
+    Ok(())
 }
 
-async fn read_more(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<(), ConnError> {
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(), ConnError> {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
@@ -942,21 +1447,27 @@ async fn read_more(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Result<(),
     Ok(())
 }
 
-/// Runs one server connection: `Ok` when closed on purpose, `Err` when lost.
-async fn serve(
+/// Runs one server connection: `Ok` when closed on purpose, `Err` when lost. Generic over the
+/// stream: plain TCP runs exactly the code it ran before TLS existed.
+async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     inner: &Inner,
-    mut reader: OwnedReadHalf,
-    mut writer: OwnedWriteHalf,
+    server: &Server,
+    mut reader: R,
+    mut writer: W,
     mut buf: BytesMut,
 ) -> Result<(), ConnError> {
     let reading = async {
         loop {
-            while let Some(op) = parse_op(&mut buf)? {
+            while let Some(op) = parse_op(&mut buf, inner.max_payload.load(Ordering::Relaxed))? {
                 match op {
                     Op::Msg { sid, msg } => inner.deliver(sid, msg),
                     Op::Ping => inner.send_raw(|b| b.put_slice(b"PONG\r\n")),
                     Op::Pong => {
-                        let waiter = inner.out.lock().ok().and_then(|mut o| o.pings.pop_front());
+                        let waiter = inner.out.lock().ok().and_then(|mut o| {
+                            // Any answer shows the server alive.
+                            o.keepalive_out = 0;
+                            o.pings.pop_front()
+                        });
                         if let Some(Some(waiter)) = waiter {
                             let _ = waiter.send(());
                         }
@@ -965,17 +1476,19 @@ async fn serve(
                     Op::Err(e) => {
                         warn!(name = %inner.name, error = %e, "nats server error");
                         let lower = e.to_ascii_lowercase();
+                        // The connection stays up after these two; after any other the server
+                        // closes it.
                         if !lower.starts_with("permissions violation")
                             && !lower.starts_with("invalid subject")
                         {
-                            return Err::<(), _>(ConnError::Server(e));
+                            return Err::<(), _>(ConnError::from_server(e));
                         }
                     }
                     Op::Info(json) => {
                         if let Ok(info) = serde_json::from_str::<Info>(&json) {
-                            inner.learn(&info);
+                            inner.learn(&info, server);
                             if info.ldm {
-                                warn!(name = %inner.name, "nats server entering lame duck mode");
+                                return Err(ConnError::LameDuck);
                             }
                         }
                     }
@@ -997,6 +1510,8 @@ async fn serve(
             }
             if !spare.is_empty() {
                 writer.write_all(&spare).await?;
+                // A no-op on TCP; TLS sends the records it holds.
+                writer.flush().await?;
                 spare.clear();
                 // What came in during the write goes out next without waiting for a wake.
                 continue;
@@ -1014,17 +1529,22 @@ async fn serve(
         }
     };
     let pinging = async {
-        let mut tick = tokio::time::interval(PING_INTERVAL);
+        let mut tick = tokio::time::interval(inner.sec.ping_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            match inner.out.lock() {
-                Ok(out) if out.pings.len() < MAX_PINGS_OUT => inner.queue(out, |out| {
-                    out.buf.put_slice(b"PING\r\n");
-                    out.pings.push_back(None);
-                }),
-                _ => return Err::<(), _>(ConnError::Stale),
+            let Ok(mut out) = inner.out.lock() else {
+                return Err::<(), _>(ConnError::Stale);
+            };
+            if out.keepalive_out >= inner.sec.max_pings_out {
+                return Err(ConnError::Stale);
             }
+            out.keepalive_out += 1;
+            inner.queue(out, |out| {
+                out.buf.put_slice(b"PING\r\n");
+                out.pings.push_back(None);
+            });
         }
     };
     tokio::select! {
@@ -1062,9 +1582,11 @@ mod tests {
 
     #[test]
     fn unsupported_urls_are_refused_without_their_secrets() {
-        let e = parse_servers("tls://u:secret@h:4222").expect_err("refused");
-        assert!(e.reason.contains("TLS"), "{e}");
+        let e = parse_servers("wss://u:secret@h:4222").expect_err("refused");
+        assert!(e.reason.contains("websocket"), "{e}");
         assert!(!e.to_string().contains("secret"), "{e}");
+        let tls = parse_servers("tls://u:secret@h:4222,nats://h2").expect("tls is fine");
+        assert!(tls[0].tls && !tls[1].tls);
         assert!(parse_servers("http://h").is_err());
         assert!(parse_servers(" , ").is_err());
         assert!(parse_servers("nats://h:port").is_err());
@@ -1124,7 +1646,7 @@ mod tests {
         let mut ops = Vec::new();
         for byte in wire {
             buf.put_u8(*byte);
-            while let Some(op) = parse_op(&mut buf).expect("parses") {
+            while let Some(op) = parse_op(&mut buf, 1 << 20).expect("parses") {
                 ops.push(op);
             }
         }
@@ -1171,12 +1693,313 @@ mod tests {
         ] {
             let mut buf = BytesMut::from(bad);
             assert!(
-                parse_op(&mut buf).is_err(),
+                parse_op(&mut buf, 1 << 20).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
         let mut buf = BytesMut::from(&b"MSG a 1 2\r\nhiXX"[..]);
-        assert!(parse_op(&mut buf).is_err(), "payload must end in CRLF");
+        assert!(
+            parse_op(&mut buf, 1 << 20).is_err(),
+            "payload must end in CRLF"
+        );
+    }
+
+    /// A `.creds` file as `nsc` writes it (the JWT's content does not matter to the client).
+    fn creds_file(seed: &str) -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJVQSJ9.c2ln\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+             *************************************************************\n"
+        )
+    }
+
+    #[test]
+    fn creds_files_parse_and_their_errors_never_quote_the_seed() {
+        let user = nkeys::KeyPair::new_user();
+        let seed = user.seed().expect("seed");
+        let creds = parse_creds(&creds_file(&seed)).expect("valid");
+        assert_eq!(creds.jwt, "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJVQSJ9.c2ln");
+        assert_eq!(creds.seed, seed);
+        assert!(!format!("{creds:?}").contains(&seed));
+        // An account seed, a truncated file, garbage: refused, the seed never in the message.
+        let account = nkeys::KeyPair::new_account().seed().expect("seed");
+        for bad in [
+            creds_file(&account),
+            creds_file(&seed[..20]),
+            "-----BEGIN NATS USER JWT-----\n".to_owned(),
+            "junk".to_owned(),
+        ] {
+            let e = parse_creds(&bad).expect_err("refused").to_string();
+            assert!(!e.contains(&seed) && !e.contains(&account), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_nonce_is_signed_as_the_server_verifies_it() {
+        let user = nkeys::KeyPair::new_user();
+        let public = user.public_key();
+        let signer = Signer::Creds {
+            jwt: "a.b.c".into(),
+            key: nkeys::KeyPair::from_seed(&user.seed().expect("seed")).expect("seed"),
+        };
+        let mut connect = serde_json::json!({});
+        signer.sign("nonce-123", &mut connect).expect("signed");
+        assert_eq!(connect["jwt"], "a.b.c");
+        // The server decodes base64url without padding and checks the ed25519 signature with
+        // the user's public key (nats-server's client.go does exactly this).
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(connect["sig"].as_str().expect("sig"))
+            .expect("base64url");
+        let verifier = nkeys::KeyPair::from_public_key(&public).expect("public");
+        verifier
+            .verify(b"nonce-123", &sig)
+            .expect("valid signature");
+        assert!(verifier.verify(b"nonce-124", &sig).is_err());
+        let mut connect = serde_json::json!({});
+        Signer::Nkey(user).sign("n", &mut connect).expect("signed");
+        assert_eq!(connect["nkey"], public.as_str());
+    }
+
+    #[test]
+    fn a_message_larger_than_max_payload_is_refused_before_any_allocation() {
+        // A 4 GiB announcement: refused at once, the buffer not grown.
+        let mut buf = BytesMut::from(&b"MSG a 1 4294967296\r\n"[..]);
+        let before = buf.capacity();
+        assert!(matches!(
+            parse_op(&mut buf, 1 << 20),
+            Err(ConnError::Protocol(_))
+        ));
+        assert_eq!(buf.capacity(), before);
+        let mut buf =
+            BytesMut::from(&b"HMSG a 1 18446744073709551615 18446744073709551615\r\n"[..]);
+        assert!(parse_op(&mut buf, 1 << 20).is_err(), "usize::MAX announced");
+        let mut buf = BytesMut::from(&b"MSG a 1 99999999999999999999999\r\n"[..]);
+        assert!(parse_op(&mut buf, 1 << 20).is_err(), "past usize");
+        // Exactly the bound is fine.
+        let mut buf = BytesMut::from(&b"MSG a 1 4\r\nabcd\r\n"[..]);
+        assert!(matches!(parse_op(&mut buf, 4), Ok(Some(Op::Msg { .. }))));
+    }
+
+    #[test]
+    fn server_errors_about_credentials_are_for_the_operator() {
+        assert!(ConnError::from_server("Authorization Violation".into()).needs_operator());
+        assert!(ConnError::from_server("User Authentication Expired".into()).needs_operator());
+        assert!(!ConnError::from_server("Stale Connection".into()).needs_operator());
+    }
+
+    #[test]
+    fn settings_with_missing_or_bad_files_are_refused_naming_the_file_only() {
+        let dir = std::env::temp_dir().join(format!("busgate-wire-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let seed_path = dir.join("bad.nk");
+        let secretish = "SUNOTAREALSEEDBUTSECRETLOOKING";
+        std::fs::write(&seed_path, secretish).expect("write");
+        let mut s = NatsSettings::with_url("nats://127.0.0.1:1");
+        s.nkey_file = seed_path.display().to_string();
+        let e = Security::load(&s).err().expect("refused").to_string();
+        assert!(
+            e.contains("nats.nkey_file") && !e.contains(secretish),
+            "{e}"
+        );
+        s.nkey_file = "/nonexistent/x.nk".into();
+        assert!(Security::load(&s).is_err());
+        let mut s = NatsSettings::with_url("nats://127.0.0.1:1");
+        s.ca_file = "/nonexistent/ca.pem".into();
+        assert!(Security::load(&s).is_err());
+        let mut s = NatsSettings::with_url("nats://127.0.0.1:1");
+        s.cert_file = "/nonexistent/c.pem".into();
+        assert!(s.validate().is_err(), "cert without key");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn settings_come_from_the_same_variables_everywhere() {
+        let vars = [
+            ("URL", "tls://u:p@h:4443"),
+            ("CA_FILE", "/ca.pem"),
+            ("NKEY_FILE", "/u.nk"),
+            ("HANDSHAKE_FIRST", "true"),
+            ("PING_INTERVAL", "250ms"),
+            ("MAX_PINGS_OUT", "3"),
+        ];
+        let s = NatsSettings::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("valid");
+        assert_eq!(s.ping_interval, Duration::from_millis(250));
+        assert!(s.handshake_first && s.requires_tls());
+        assert_eq!((s.max_pings_out, s.ca_file.as_str()), (3, "/ca.pem"));
+        // And back: what `busgate up` gives its workers reads as the same settings.
+        let env = s.to_env();
+        let again = NatsSettings::from_vars(|name| {
+            let key = format!("BUSGATE_NATS__{name}");
+            env.iter().find(|(n, _)| *n == key).map(|(_, v)| v.clone())
+        })
+        .expect("valid");
+        assert_eq!(
+            again,
+            NatsSettings {
+                instance: String::new(),
+                ..s.clone()
+            }
+        );
+        assert!(!format!("{s:?}").contains(":p@"), "{s:?}");
+        assert!(
+            NatsSettings::from_vars(|n| (n == "PING_INTERVAL").then(|| "soon".into())).is_err()
+        );
+        assert!(!NatsSettings::with_url("nats://h").requires_tls());
+    }
+
+    #[tokio::test]
+    async fn announced_servers_join_the_pool_with_the_announcers_credentials_and_name() {
+        let wire = Connection::connect("tls://u:p@nats-a.example:1", "pool").expect("url");
+        let from = parse_servers("tls://u:p@nats-a.example:1")
+            .expect("url")
+            .remove(0);
+        let info = Info {
+            connect_urls: vec![
+                "10.0.0.2:4222".into(),
+                "nats-b.example:4222".into(),
+                "nats-a.example:1".into(),
+                "not a url".into(),
+            ],
+            max_payload: usize::MAX,
+            ..Info::default()
+        };
+        wire.inner().learn(&info, &from);
+        assert_eq!(
+            wire.servers(),
+            ["nats-a.example:1", "10.0.0.2:4222", "nats-b.example:4222"]
+        );
+        let servers = wire.inner().servers.lock().expect("pool").clone();
+        assert!(servers.iter().all(|s| s.tls && s.auth == from.auth));
+        assert_eq!(servers[1].tls_name.as_deref(), Some("nats-a.example"));
+        assert_eq!(servers[2].tls_name, None);
+        // A server's max_payload is believed up to nats-server's own limit only.
+        assert_eq!(wire.max_payload(), MAX_PAYLOAD_CAP);
+        wire.close(Duration::from_secs(1)).await;
+    }
+
+    mod parser_properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// One message: subject, reply, header block, payload.
+        type Sent = (String, Option<String>, Vec<u8>, Vec<u8>);
+
+        /// A stream of valid server operations and the messages in it.
+        fn stream() -> impl Strategy<Value = Vec<Sent>> {
+            let subject = "[a-z]{1,8}(\\.[a-z0-9]{1,8}){0,3}";
+            let msg = (
+                subject,
+                proptest::option::of("_INBOX\\.[a-z0-9]{1,10}"),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec("[A-Za-z-]{1,10}: [ -~]{0,10}", 0..3),
+            )
+                .prop_map(|(s, r, payload, headers)| {
+                    let block = if headers.is_empty() {
+                        Vec::new()
+                    } else {
+                        let mut b = b"NATS/1.0\r\n".to_vec();
+                        for h in headers {
+                            b.extend_from_slice(h.as_bytes());
+                            b.extend_from_slice(b"\r\n");
+                        }
+                        b.extend_from_slice(b"\r\n");
+                        b
+                    };
+                    (s, r, block, payload)
+                });
+            proptest::collection::vec(msg, 1..12)
+        }
+
+        fn encode(msgs: &[Sent]) -> Vec<u8> {
+            let mut wire = Vec::new();
+            for (i, (s, r, block, payload)) in msgs.iter().enumerate() {
+                let reply = r.as_ref().map(|r| format!(" {r}")).unwrap_or_default();
+                let line = if block.is_empty() {
+                    format!("MSG {s} {i}{reply} {}\r\n", payload.len())
+                } else {
+                    format!(
+                        "HMSG {s} {i}{reply} {} {}\r\n",
+                        block.len(),
+                        block.len() + payload.len()
+                    )
+                };
+                wire.extend_from_slice(line.as_bytes());
+                wire.extend_from_slice(block);
+                wire.extend_from_slice(payload);
+                wire.extend_from_slice(b"\r\nPING\r\n");
+            }
+            wire
+        }
+
+        proptest! {
+            #[test]
+            fn random_splits_give_the_same_messages(
+                msgs in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..16),
+            ) {
+                let wire = encode(&msgs);
+                let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+                points.push(wire.len());
+                points.sort_unstable();
+                let mut buf = BytesMut::new();
+                let mut from = 0;
+                let mut got = Vec::new();
+                for to in points {
+                    buf.extend_from_slice(&wire[from..to]);
+                    from = to;
+                    while let Some(op) = parse_op(&mut buf, 1 << 20).expect("valid stream") {
+                        if let Op::Msg { sid, msg } = op {
+                            got.push((sid, msg));
+                        }
+                    }
+                }
+                prop_assert!(buf.is_empty());
+                prop_assert_eq!(got.len(), msgs.len());
+                for ((sid, msg), (i, (s, r, block, payload))) in got.iter().zip(msgs.iter().enumerate()) {
+                    prop_assert_eq!(*sid, i as u64);
+                    prop_assert_eq!(msg.subject(), s.as_str());
+                    prop_assert_eq!(msg.reply(), r.as_deref());
+                    prop_assert_eq!(msg.headers.as_deref().unwrap_or(&[]), &block[..]);
+                    prop_assert_eq!(&msg.payload[..], &payload[..]);
+                }
+            }
+
+            #[test]
+            fn garbage_never_panics_nor_grows_past_the_bound(
+                chunks in proptest::collection::vec(
+                    prop_oneof![
+                        proptest::collection::vec(any::<u8>(), 0..64),
+                        "(MSG|HMSG|PING|PONG|INFO|-ERR|\\+OK) [ -~]{0,30}\r\n".prop_map(String::into_bytes),
+                        "(MSG|HMSG) a [0-9]{1,3}( [0-9]{1,25}){1,3}\r\n".prop_map(String::into_bytes),
+                    ],
+                    0..20,
+                ),
+            ) {
+                let max = 4096;
+                let mut buf = BytesMut::new();
+                'feed: for chunk in chunks {
+                    buf.extend_from_slice(&chunk);
+                    loop {
+                        match parse_op(&mut buf, max) {
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            // A real connection ends here and starts afresh.
+                            Err(_) => { buf.clear(); continue 'feed; }
+                        }
+                    }
+                    // Waiting for a message never reserves more than its bound (plus its
+                    // line, CRLFs and the garbage fed so far).
+                    prop_assert!(buf.capacity() <= max + 64 * 20 + 1024 + 4 * 64, "{}", buf.capacity());
+                }
+            }
+        }
     }
 }

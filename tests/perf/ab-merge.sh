@@ -3,6 +3,9 @@
 # and the nginx + Lua merge peer, in one run, interleaved: build A, peer, build B, peer, … per
 # round. Prints req/s of each and each build's median ratio to the peer.
 #   tests/perf/ab-merge.sh OLD_BIN_DIR NEW_BIN_DIR [MORE…]      (ROUNDS=3, SECONDS_PER_ROUND=10)
+# A bin dir written `tls:DIR` runs that build with every NATS connection over TLS
+# (merge-stack.sh's NATS_TLS): `ab-merge.sh target/release tls:target/release` is plain TCP
+# against TLS in one run.
 # Needs wrk, nats-server, and the anchors (../shared/bench/anchors.sh start; this script starts
 # them when nothing answers on :18091 and stops what it started). A bin dir holds busgate and
 # busgate-worker; busgate-bench comes from this checkout (for the fixture's settings).
@@ -31,7 +34,10 @@ rps() { wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$1" | awk '/Requests\/sec/ {prin
 declare -A ratios
 for round in $(seq "$ROUNDS"); do
   for bins in "$@"; do
-    start_merge_stack "$bins" "$D"
+    case $bins in
+      tls:*) NATS_TLS=1 start_merge_stack "${bins#tls:}" "$D" ;;
+      *) NATS_TLS= start_merge_stack "$bins" "$D" ;;
+    esac
     ours=$(rps "$URL")
     stop_merge_stack
     peer=$(rps "$PEER")

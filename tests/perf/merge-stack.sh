@@ -10,6 +10,8 @@
 #   cpu_per_request URL NAME:PID…        10 s of wrk -t2 -c64 on URL with 5 s of perf stat on
 #                                        each PID; prints req/s, then per NAME the CPU time,
 #                                        system calls and context switches per request
+# With NATS_TLS=1 every connection (gateway's both, worker's) speaks TLS to a TLS-only
+# nats-server whose certificate comes from a CA made for the run (openssl, in WORK_DIR).
 # The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests
 # and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
 # checkout's release or debug build.
@@ -25,30 +27,51 @@ bench_bin() {
   return 1
 }
 
+# A CA and a server certificate for 127.0.0.1 in $1, once.
+make_tls() {
+  [ -f "$1/server.pem" ] && return 0
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=bench-ca -keyout "$1/ca-key.pem" -out "$1/ca.pem" 2> /dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$1/server-key.pem" -out "$1/server.csr" 2> /dev/null
+  printf 'subjectAltName=IP:127.0.0.1\n' > "$1/san.ext"
+  openssl x509 -req -in "$1/server.csr" -CA "$1/ca.pem" -CAkey "$1/ca-key.pem" -CAcreateserial \
+    -days 2 -extfile "$1/san.ext" -out "$1/server.pem" 2> /dev/null
+}
+
 start_merge_stack() {
-  local bins=$1 dir=$2 np hp ap bench
+  local bins=$1 dir=$2 np hp ap bench scheme=nats
   bench=$(bench_bin "$bins") || exit 2
   "$bench" --print-settings merge > "$dir/gw.toml" || exit 2
   np=$(port); hp=$(port); ap=$(port)
-  nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
+  if [ -n "${NATS_TLS:-}" ]; then
+    make_tls "$dir"
+    printf 'tls { cert_file: "%s/server.pem", key_file: "%s/server-key.pem" }\n' "$dir" "$dir" > "$dir/nats-tls.conf"
+    nats-server -c "$dir/nats-tls.conf" -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
+    export BUSGATE_NATS__CA_FILE=$dir/ca.pem
+    scheme=tls
+  else
+    unset BUSGATE_NATS__CA_FILE
+    nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
+  fi
   W2=
   if [ -n "${ADAPTERS:-}" ] && [ "${ADAPTER_PROCESSES:-2}" = 1 ]; then
-    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
+    BUSGATE_NATS__URL=$scheme://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
       --service n1 --upstream "http://127.0.0.1:${UP1:-18081}/order/{order_id}" \
       --service n2 --upstream "http://127.0.0.1:${UP2:-18082}/order/{order_id}" > "$dir/w.log" 2>&1 & W=$!
   elif [ -n "${ADAPTERS:-}" ]; then
-    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
+    BUSGATE_NATS__URL=$scheme://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
       --service n1 --upstream "http://127.0.0.1:${UP1:-18081}/order/{order_id}" > "$dir/w.log" 2>&1 & W=$!
-    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
+    BUSGATE_NATS__URL=$scheme://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn "$bins/busgate-worker" adapter \
       --service n2 --upstream "http://127.0.0.1:${UP2:-18082}/order/{order_id}" > "$dir/w2.log" 2>&1 & W2=$!
   else
-    BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
+    BUSGATE_NATS__URL=$scheme://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
       "$bins/busgate-worker" native --service n1 --service n2 > "$dir/w.log" 2>&1 & W=$!
   fi
-  BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
+  BUSGATE_NATS__URL=$scheme://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn \
     BUSGATE_HTTP__LISTEN=127.0.0.1:$hp BUSGATE_ADMIN__LISTEN=127.0.0.1:$ap \
     "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g.log" 2>&1 & G=$!
-  NATS_URL=nats://127.0.0.1:$np
+  NATS_URL=$scheme://127.0.0.1:$np
   URL=http://127.0.0.1:$hp/bench/merge/12345
   for _ in $(seq 100); do curl -sf "$URL" > /dev/null && break; sleep 0.1; done
   wrk -t2 -c64 -d2s "$URL" > /dev/null

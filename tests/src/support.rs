@@ -195,8 +195,75 @@ impl Drop for Proc {
 pub struct NatsServer {
     pub url: String,
     pub port: u16,
+    /// `BUSGATE_NATS__…` variables (besides the URL) a client of this server needs: the CA
+    /// file of a TLS server, say. Gateways and workers started on it get them.
+    pub env: Vec<(String, String)>,
     proc: Proc,
     dir: tempfile::TempDir,
+}
+
+/// A certificate authority made in the test (rcgen), and the certificates it issues, as PEM
+/// files in a directory of their own.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: tempfile::TempDir,
+    /// The CA certificate's file.
+    pub ca_file: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "busgate test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, cert.pem()).expect("write ca");
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            ca_file: ca_file.display().to_string(),
+            dir,
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) signed by this CA, as
+    /// `(cert_file, key_file)` named after `stem`.
+    pub fn issue(&self, stem: &str, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, stem);
+        params.use_authority_key_identifier_extension = true;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
+        let cert_file = self.dir.path().join(format!("{stem}.pem"));
+        let key_file = self.dir.path().join(format!("{stem}-key.pem"));
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        (
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
+        )
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
 }
 
 impl NatsServer {
@@ -231,6 +298,33 @@ impl NatsServer {
         Self::start_with(dir, port, &[], "")
     }
 
+    /// A server with `config` as its configuration file (authorization, accounts, TLS: the
+    /// address, port, JetStream and store still come from the harness). Its URL carries no
+    /// credentials: clients bring their own.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, config).expect("nats config");
+        let file = file.display().to_string();
+        Self::start_with(dir, 0, &["-c", &file], "")
+    }
+
+    /// A TLS-only server whose certificate `ca` issued for 127.0.0.1 and localhost; its URL
+    /// is `tls://127.0.0.1:<port>` and its [`NatsServer::env`] names the CA file. With
+    /// `verify`, clients must present a certificate from `ca` too (mutual TLS). `extra` goes
+    /// into the `tls` block (`handshake_first: true`, say).
+    pub fn start_tls(ca: &TestCa, verify: bool, extra: &str) -> NatsServer {
+        let (cert, key) = ca.issue("nats-server", &["127.0.0.1", "localhost"]);
+        let config = format!(
+            "tls {{\n  cert_file: \"{cert}\"\n  key_file: \"{key}\"\n  ca_file: \"{ca_file}\"\n  verify: {verify}\n  timeout: 5\n  {extra}\n}}\n",
+            ca_file = ca.ca_file
+        );
+        let mut server = Self::start_with_config(&config);
+        server.url = format!("tls://127.0.0.1:{}", server.port);
+        server.env = vec![("BUSGATE_NATS__CA_FILE".into(), ca.ca_file.clone())];
+        server
+    }
+
     /// Starts with `args` added, and `userinfo` (`user:pass@`, or empty) in its URL.
     fn start_with(dir: tempfile::TempDir, port: u16, args: &[&str], userinfo: &str) -> NatsServer {
         // reqwest is built with TLS in this workspace: it needs the process's crypto provider.
@@ -254,9 +348,15 @@ impl NatsServer {
         NatsServer {
             url: format!("nats://{userinfo}127.0.0.1:{port}"),
             port,
+            env: Vec::new(),
             proc,
             dir,
         }
+    }
+
+    /// The server's process id (to stop it with SIGSTOP, say).
+    pub fn pid(&self) -> Pid {
+        self.proc.pid()
     }
 
     /// Stops the server, keeping its store for a restart.
@@ -302,13 +402,46 @@ impl Gateway {
         settings: &Settings,
         configure: impl FnOnce(&mut Command),
     ) -> Gateway {
-        Self::start_on(&nats.url, settings, configure).await
+        let gateway = Self::start_unready(nats, settings, configure).await;
+        gateway.wait_ready().await;
+        gateway
     }
 
     /// [`Gateway::start_with`] on the NATS URL (or comma-separated URL list) `url`, e.g. a
     /// [`NatsCluster::urls`].
     pub async fn start_on(
         url: &str,
+        settings: &Settings,
+        configure: impl FnOnce(&mut Command),
+    ) -> Gateway {
+        let gateway = Self::launch(url, &[], settings, configure).await;
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    /// [`Gateway::start_with`] without waiting for readiness: returns once it listens (for
+    /// tests of a gateway that must not become ready).
+    pub async fn start_unready(
+        nats: &NatsServer,
+        settings: &Settings,
+        configure: impl FnOnce(&mut Command),
+    ) -> Gateway {
+        Self::launch(&nats.url, &nats.env, settings, configure).await
+    }
+
+    /// Waits (bounded) until `/health/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        eventually(READY_WITHIN, || async {
+            matches!(http.get(self.url("/health/ready")).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+    }
+
+    /// Spawns a gateway on `url` with `env` (NATS credentials) and waits until it listens.
+    async fn launch(
+        url: &str,
+        env: &[(String, String)],
         settings: &Settings,
         configure: impl FnOnce(&mut Command),
     ) -> Gateway {
@@ -325,6 +458,7 @@ impl Gateway {
             .arg("--config")
             .arg(file.path())
             .env("BUSGATE_NATS__URL", url)
+            .envs(env.iter().cloned())
             .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
             .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
             .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
@@ -338,18 +472,12 @@ impl Gateway {
             .as_str()
             .expect("admin addr")
             .to_owned();
-        let gateway = Gateway {
+        Gateway {
             base: format!("http://{addr}"),
             admin: format!("http://{admin}"),
             proc,
             _config: file,
-        };
-        let http = reqwest::Client::new();
-        eventually(READY_WITHIN, || async {
-            matches!(http.get(gateway.url("/health/ready")).send().await, Ok(r) if r.status() == 200)
-        })
-        .await;
-        gateway
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -380,11 +508,20 @@ impl Gateway {
 pub struct Worker;
 
 impl Worker {
-    fn command(nats: Option<&str>) -> Command {
+    /// A `busgate-worker` command with `nats`'s URL and variables in its environment.
+    pub fn command(nats: Option<&NatsServer>) -> Command {
+        match nats {
+            Some(nats) => Self::command_on(Some(&nats.url), &nats.env),
+            None => Self::command_on(None, &[]),
+        }
+    }
+
+    /// A `busgate-worker` command on the NATS URL (or URL list) `url`, with `env` set.
+    fn command_on(url: Option<&str>, env: &[(String, String)]) -> Command {
         let mut cmd = Command::new(bin("busgate-worker"));
         cmd.env("BUSGATE_LOG__FORMAT", "json");
-        if let Some(url) = nats {
-            cmd.env("BUSGATE_NATS__URL", url);
+        if let Some(url) = url {
+            cmd.env("BUSGATE_NATS__URL", url).envs(env.iter().cloned());
         }
         cmd
     }
@@ -413,7 +550,9 @@ impl Worker {
 
     /// One adapter process serving each `(service, upstream_base)` pair; ready when all serve.
     pub fn adapters(nats: &NatsServer, pairs: &[(&str, &str)]) -> Proc {
-        Self::adapters_on(&nats.url, pairs)
+        Self::adapters_with(&nats.url, pairs, |cmd| {
+            cmd.envs(nats.env.iter().cloned());
+        })
     }
 
     /// [`Worker::adapters`] on the NATS URL (or URL list) `url`.
@@ -428,7 +567,7 @@ impl Worker {
         pairs: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Proc {
-        let mut cmd = Self::command(Some(url));
+        let mut cmd = Self::command_on(Some(url), &[]);
         cmd.arg("adapter");
         for (service, base) in pairs {
             cmd.args([
@@ -454,7 +593,7 @@ impl Worker {
 
     /// A native NATS demo service; ready when serving.
     pub fn native(nats: &NatsServer, service: &str) -> Proc {
-        let mut cmd = Self::command(Some(&nats.url));
+        let mut cmd = Self::command(Some(nats));
         cmd.args(["native", "--service", service]);
         let proc = Proc::spawn(&format!("native-{service}"), cmd);
         proc.wait_for_message("serving");

@@ -272,3 +272,103 @@ async fn close_sends_what_was_queued() {
         assert_eq!(got.payload, i.to_string().as_bytes(), "in order, none lost");
     }
 }
+
+#[tokio::test]
+async fn a_panicking_callback_restarts_the_connection_and_delivery_goes_on() {
+    let nats = NatsServer::start();
+    let wire = connected(&nats.url).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = wire
+        .subscribe("boom.test", None, move |msg: Msg| {
+            assert_ne!(&msg.payload[..], b"boom", "a subscriber bug");
+            let _ = tx.send(msg);
+        })
+        .expect("subscribed");
+    wire.flush(WITHIN).await.expect("flushed");
+    let client = nats.client().await;
+    client
+        .publish("boom.test", "boom".into())
+        .await
+        .expect("sent");
+    // The task panicked: the supervisor marks it disconnected, reconnects, re-subscribes.
+    eventually(WITHIN, || async {
+        wire.connects() >= 2 && wire.is_connected()
+    })
+    .await;
+    wire.flush(WITHIN).await.expect("flushed after the restart");
+    client
+        .publish("boom.test", "ok".into())
+        .await
+        .expect("sent");
+    assert_eq!(&next(&mut rx).await.payload[..], b"ok");
+}
+
+#[tokio::test]
+async fn a_hung_server_is_detected_by_pings_and_readiness_drops() {
+    use nix::sys::signal::{kill, Signal};
+    let nats = NatsServer::start();
+    let mut settings = busgate_shared::nats::NatsSettings::with_url(&nats.url);
+    settings.ping_interval = Duration::from_millis(200);
+    settings.max_pings_out = 2;
+    let wire = Connection::connect_with(&settings, "ping test").expect("settings");
+    assert!(wire.connected(WITHIN).await);
+    // Flushes in flight do not make a live server look dead.
+    for _ in 0..50 {
+        wire.flush(WITHIN).await.expect("flushed");
+    }
+    assert!(wire.is_connected());
+    kill(nats.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    // The TCP connection stays open: only the unanswered PINGs tell.
+    let stopped = std::time::Instant::now();
+    eventually(WITHIN, || async { !wire.is_connected() }).await;
+    let detected = stopped.elapsed();
+    kill(nats.pid(), Signal::SIGCONT).expect("SIGCONT");
+    assert!(detected < Duration::from_secs(3), "{detected:?}");
+    eventually(WITHIN, || async { wire.is_connected() }).await;
+}
+
+/// A free TCP port on 127.0.0.1 (for a cluster's route listeners, which must be known before
+/// either node starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test]
+async fn announced_servers_join_the_pool_and_a_lame_duck_is_left_for_one() {
+    let (route_a, route_b) = (free_port(), free_port());
+    let node = |name: &str, own: u16, other: u16| {
+        NatsServer::start_with_config(&format!(
+            "server_name: {name}\ncluster {{ name: c, listen: \"127.0.0.1:{own}\", routes: [\"nats-route://127.0.0.1:{other}\"] }}\n"
+        ))
+    };
+    let a = node("a", route_a, route_b);
+    let b = node("b", route_b, route_a);
+    // Given only a's URL, the connection learns b from the cluster's INFO.
+    let wire = connected(&a.url).await;
+    let b_addr = format!("127.0.0.1:{}", b.port);
+    eventually(WITHIN, || async { wire.servers().contains(&b_addr) }).await;
+    let (_sub, mut rx) = subscribe(&wire, "ldm.test", None);
+    wire.flush(WITHIN).await.expect("flushed");
+    let connects = wire.connects();
+    // a enters lame-duck mode: the connection moves to b at once, subscriptions with it.
+    let status = Command::new(busgate_shared::runtime::locate_nats_server(None).expect("nats"))
+        .arg("--signal")
+        .arg(format!("ldm={}", a.pid()))
+        .status()
+        .expect("signal");
+    assert!(status.success());
+    eventually(WITHIN, || async {
+        wire.connects() > connects && wire.is_connected()
+    })
+    .await;
+    wire.flush(WITHIN).await.expect("flushed on b");
+    let on_b = async_nats::connect(&b.url).await.expect("b");
+    on_b.publish("ldm.test", "moved".into())
+        .await
+        .expect("sent");
+    on_b.flush().await.expect("flushed");
+    assert_eq!(&next(&mut rx).await.payload[..], b"moved");
+}

@@ -51,7 +51,7 @@ pub struct Options {
 /// does for several `upstream` blocks: both requests of a merge come in one read, and both
 /// replies go out in one write.
 pub async fn run(
-    nats: &str,
+    nats: &busgate_shared::nats::NatsSettings,
     adapters: &[Options],
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -60,7 +60,7 @@ pub async fn run(
         .map(|options| Upstream::new(options).map(Arc::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<&str> = adapters.iter().map(|o| o.service.as_str()).collect();
-    let nats = busgate_shared::wire::Connection::connect(
+    let nats = busgate_shared::wire::Connection::connect_with(
         nats,
         &format!("busgate-worker adapter {}", names.join(",")),
     )?;

@@ -35,8 +35,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "busgate-worker", version)]
 struct Cli {
-    /// NATS server URL. Credentials in it belong in the environment variable: a process's
-    /// arguments are visible to every user of the machine (`ps`).
+    /// NATS server URL(s). Credentials in it belong in the environment variable: a process's
+    /// arguments are visible to every user of the machine (`ps`). The rest of the `[nats]`
+    /// settings (TLS, nkey, creds, pings) come from the same `BUSGATE_NATS__…` variables as
+    /// the gateway's: `BUSGATE_NATS__CA_FILE`, `BUSGATE_NATS__CREDS_FILE`, ….
     #[arg(
         long,
         global = true,
@@ -157,6 +159,20 @@ async fn run(cli: Cli) -> ExitCode {
     };
     runtime::init_logging(format, &cli.log_level);
     runtime::install_crypto_provider();
+    let nats = match busgate_shared::nats::NatsSettings::from_env() {
+        Ok(settings) => busgate_shared::nats::NatsSettings {
+            url: cli.nats.clone(),
+            ..settings
+        },
+        Err(e) => {
+            eprintln!("busgate-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = nats.validate() {
+        eprintln!("busgate-worker: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Adapter {
             services,
@@ -182,7 +198,7 @@ async fn run(cli: Cli) -> ExitCode {
                     timeout,
                 })
                 .collect();
-            adapter::run(&cli.nats, &adapters, runtime::shutdown_signal()).await
+            adapter::run(&nats, &adapters, runtime::shutdown_signal()).await
         }
         Command::Demo { service, listen } => {
             demo::run(&service, listen, runtime::shutdown_signal()).await
@@ -190,15 +206,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Native {
             services,
             concurrency,
-        } => {
-            native::run(
-                &cli.nats,
-                &services,
-                concurrency,
-                runtime::shutdown_signal(),
-            )
-            .await
-        }
+        } => native::run(&nats, &services, concurrency, runtime::shutdown_signal()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

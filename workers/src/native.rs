@@ -9,12 +9,12 @@ use crate::demo_data::{self, Answer, SLOW_DELAY};
 
 /// Serves the demo `services` natively on NATS, on one connection, until `shutdown` resolves.
 pub async fn run(
-    nats: &str,
+    nats: &busgate_shared::nats::NatsSettings,
     services: &[String],
     concurrency: usize,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let nats = busgate_shared::wire::Connection::connect(
+    let nats = busgate_shared::wire::Connection::connect_with(
         nats,
         &format!("busgate-worker native {}", services.join(",")),
     )?;

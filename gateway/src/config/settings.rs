@@ -43,15 +43,8 @@ pub struct Settings {
     pub routes: BTreeMap<String, RouteSpec>,
 }
 
-/// The NATS connection.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsSettings {
-    /// Server URL(s), comma separated.
-    pub url: String,
-    /// This instance's id in reply subjects; random per start when empty.
-    pub instance: String,
-}
+/// The `[nats]` section: one type for every Busgate process (see `busgate_shared::nats`).
+pub use busgate_shared::nats::NatsSettings;
 
 /// The public listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,15 +96,8 @@ pub struct AdminSettings {
     pub token_file: String,
 }
 
-// Debug by hand for the three sections that hold secrets: `{:?}` of the settings shows none.
-impl std::fmt::Debug for NatsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsSettings")
-            .field("url", &busgate_shared::nats::redact_url(&self.url))
-            .field("instance", &self.instance)
-            .finish()
-    }
-}
+// Debug by hand for the three sections that hold secrets (NatsSettings' is in busgate_shared):
+// `{:?}` of the settings shows none.
 
 impl std::fmt::Debug for AdminSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,7 +127,7 @@ impl Settings {
     /// shows as `***`, one that is not as `""`, so the output still says which are set.
     pub fn redacted(&self) -> Settings {
         let mut copy = self.clone();
-        copy.nats.url = busgate_shared::nats::redact_url(&copy.nats.url);
+        copy.nats = copy.nats.redacted();
         for secret in [&mut copy.admin.token, &mut copy.callbacks.secret] {
             *secret = redacted(secret).to_owned();
         }
@@ -374,15 +360,6 @@ impl Default for Settings {
     }
 }
 
-impl Default for NatsSettings {
-    fn default() -> Self {
-        NatsSettings {
-            url: "nats://127.0.0.1:4222".into(),
-            instance: String::new(),
-        }
-    }
-}
-
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
@@ -491,6 +468,7 @@ impl Settings {
         if let Err(e) = busgate_shared::wire::parse_servers(&self.nats.url) {
             return Err(Error::invalid("nats.url", format!("{}: {}", e.url, e.reason)).into());
         }
+        self.nats.validate()?;
         if self.shutdown_grace > Duration::from_secs(600) {
             return Err(Error::invalid("shutdown_grace", "must be at most 600s").into());
         }
