@@ -511,7 +511,6 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
 /// Measured before `nats.ping_interval` existed (pings every 20 s): every synchronous request
 /// failed (504) for the whole 30 s, and submits were refused (503); nothing accepted was lost.
 #[tokio::test]
-#[ignore = "needs i16wire: nats.ping_interval"]
 async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
     let _serial = SERIAL.lock().await;
     let env = [("BUSGATE_NATS__PING_INTERVAL", "1s")];
