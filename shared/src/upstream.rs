@@ -72,14 +72,59 @@ fn default_concurrency() -> usize {
 }
 
 /// Where a header's value comes from: `{"env":"NAME"}` or `{"file":"/path"}`. A plain string
-/// does not parse: secrets never sit in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+/// does not parse, and its error never repeats it: secrets never sit in the configuration, nor
+/// in an error about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SecretSource {
     /// An environment variable of the adapter process.
     Env(String),
     /// A file on the adapter's machine (its content, trailing newline removed).
     File(String),
+}
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SourceVisitor)
+    }
+}
+
+/// Reads `{"env": …}` or `{"file": …}`; anything else is refused without its value.
+struct SourceVisitor;
+
+const SOURCE_SHAPE: &str =
+    "a header value must be {\"env\": NAME} or {\"file\": PATH}, never the value itself";
+
+impl<'de> serde::de::Visitor<'de> for SourceVisitor {
+    type Value = SecretSource;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(SOURCE_SHAPE)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretSource, E> {
+        Err(E::custom(SOURCE_SHAPE))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretSource, E> {
+        Err(E::custom(SOURCE_SHAPE))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
+        use serde::de::Error as _;
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(SOURCE_SHAPE));
+        };
+        let source = match key.as_str() {
+            "env" => SecretSource::Env(map.next_value()?),
+            "file" => SecretSource::File(map.next_value()?),
+            _ => return Err(A::Error::custom(SOURCE_SHAPE)),
+        };
+        if map.next_key::<String>()?.is_some() {
+            return Err(A::Error::custom(SOURCE_SHAPE));
+        }
+        Ok(source)
+    }
 }
 
 /// Why a header's value could not be had (the value itself is never in it).
@@ -387,10 +432,11 @@ mod tests {
         assert_eq!(serde_json::to_value(&parsed).expect("json"), json);
         parsed.validate("u").expect("valid");
         // A plain value is not a source: it does not parse.
-        assert!(serde_json::from_value::<UpstreamSpec>(
-            serde_json::json!({"url":"http://h/{order_id}","headers":{"X-Api-Key":"s3cret"}})
+        let plain = serde_json::from_value::<UpstreamSpec>(
+            serde_json::json!({"url":"http://h/{order_id}","headers":{"X-Api-Key":"s3cret"}}),
         )
-        .is_err());
+        .expect_err("a plain value");
+        assert!(!plain.to_string().contains("s3cret"), "{plain}");
         assert!(serde_json::from_value::<UpstreamSpec>(
             serde_json::json!({"url":"http://h/{order_id}","headers":{"X":{"value":"s3cret"}}})
         )
