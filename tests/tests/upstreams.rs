@@ -43,17 +43,21 @@ async fn upstream() -> (String, Shared) {
     let app = axum::Router::new()
         .route(
             "/a/{id}",
-            get(|State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>| async move {
-                note(&s, &h);
-                axum::Json(json!({"from": "a", "id": id}))
-            }),
+            get(
+                |State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>| async move {
+                    note(&s, &h);
+                    axum::Json(json!({"from": "a", "id": id}))
+                },
+            ),
         )
         .route(
             "/b/{id}",
-            get(|State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>| async move {
-                note(&s, &h);
-                axum::Json(json!({"from": "b", "id": id}))
-            }),
+            get(
+                |State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>| async move {
+                    note(&s, &h);
+                    axum::Json(json!({"from": "b", "id": id}))
+                },
+            ),
         )
         .route("/text/{id}", get(|| async { "plain words, not JSON" }))
         .route(
@@ -398,8 +402,14 @@ async fn upstream_validation_names_the_field() {
     let public_port = gateway.base.rsplit(':').next().expect("port").to_owned();
     let cases = [
         (json!({"url": "http://h/{id}"}), "services.x.upstream.url"),
-        (json!({"url": "http://h/{order_id"}), "services.x.upstream.url"),
-        (json!({"url": "ftp://h/{order_id}"}), "services.x.upstream.url"),
+        (
+            json!({"url": "http://h/{order_id"}),
+            "services.x.upstream.url",
+        ),
+        (
+            json!({"url": "ftp://h/{order_id}"}),
+            "services.x.upstream.url",
+        ),
         (
             json!({"url": "http://user:pw@h/{order_id}"}),
             "services.x.upstream.url",
