@@ -192,6 +192,18 @@ async fn a_service_created_through_the_admin_api_is_served_followed_and_left() {
         format!("{base}/a/{{order_id}}")
     );
 
+    // Requests keep flowing while the upstream changes: none is dropped or fails.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (url, stop) = (url.clone(), stop.clone());
+        async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(get_json(&url).await.0);
+            }
+            statuses
+        }
+    });
     let (status, body) = admin(
         &gateway,
         "PUT",
@@ -205,6 +217,10 @@ async fn a_service_created_through_the_admin_api_is_served_followed_and_left() {
         get_json(&url).await.1["data"]["billing"]["from"] == "b"
     })
     .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = load.await.expect("load");
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
     let (status, _) = admin(&gateway, "DELETE", "/admin/v1/routes/bill", Some("*"), None).await;
     assert_eq!(status, 204);
