@@ -68,7 +68,9 @@ pub fn metadata(mode: &str, upstream: &Upstream) -> HashMap<String, String> {
     HashMap::from([
         (META_MODE.to_owned(), mode.to_owned()),
         (META_UPSTREAM.to_owned(), upstream.display.clone()),
+        // The keys of the single-service adapter before modes existed, which the UI read.
         ("kind".to_owned(), "adapter".to_owned()),
+        ("upstream".to_owned(), upstream.display.clone()),
     ])
 }
 

@@ -69,7 +69,7 @@ pub async fn run(nats_url: &str, shutdown: impl Future<Output = ()>) -> anyhow::
                         () = tokio::time::sleep(backoff) => {}
                         _ = stop_rx.changed() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
