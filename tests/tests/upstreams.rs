@@ -543,3 +543,132 @@ async fn header_secrets_never_reach_kv_export_or_logs() {
         assert!(!proc.logged(SECRET), "{} logged the secret", proc.name);
     }
 }
+
+/// An `https://` upstream is called over TLS, verified against the CA the adapter's machine
+/// trusts (`SSL_CERT_FILE` here): `openssl s_server` serving a JSON file, a CA and a leaf made
+/// by `openssl` for the test.
+#[tokio::test]
+async fn an_https_upstream_is_called_over_verified_tls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=busgate test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    std::fs::create_dir(d.join("orders")).expect("mkdir");
+    std::fs::write(d.join("orders/A1"), r#"{"over":"tls"}"#).expect("file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut server = Command::new("openssl");
+    server
+        .args([
+            "s_server", "-quiet", "-WWW", "-cert", "leaf.pem", "-key", "leaf.key",
+        ])
+        .args(["-accept", &port.to_string()])
+        .current_dir(d);
+    let _server = Proc::spawn("openssl s_server", server);
+    eventually(Duration::from_secs(5), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+
+    let nats = NatsServer::start();
+    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    let ca = d.join("ca.pem").display().to_string();
+    // First an adapter that does not trust the test CA: the call is refused.
+    let mut untrusting = adapters(&nats, "u", &[]);
+    let url = format!("https://localhost:{port}/orders/{{order_id}}");
+    let (status, body) = admin(
+        &gateway,
+        "POST",
+        "/admin/v1/services",
+        None,
+        Some(&json!({"name": "secure", "spec": {"upstream": {"url": url}}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = admin(
+        &gateway,
+        "POST",
+        "/admin/v1/routes",
+        None,
+        Some(&json!({"name": "secure", "spec": route("/api/secure/{order_id}", json!([{"service": "secure"}]))})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let url = gateway.url("/api/secure/A1");
+    eventually(Duration::from_secs(5), || async {
+        get_json(&url).await.1["sources"]["secure"]["error"]["code"] == "upstream_unreachable"
+    })
+    .await;
+    untrusting.kill();
+    let _follower = adapters(&nats, "a", &[("SSL_CERT_FILE", &ca)]);
+    eventually(Duration::from_secs(5), || async {
+        get_json(&url).await.1["data"]["secure"]["over"] == "tls"
+    })
+    .await;
+}
