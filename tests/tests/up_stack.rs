@@ -188,6 +188,37 @@ url = "{base}/shipping/{{order_id}}"
         answer(&url).await.0 == 200
     })
     .await;
+
+    // The README's demo of a service nothing serves, as written there: 503 at once.
+    let admin_api = reqwest::Client::new();
+    for (kind, body) in [
+        ("services", json!({"name": "ghost", "spec": {}})),
+        (
+            "routes",
+            json!({"name": "ghost", "spec": {"bindings": [{"method": "GET", "path": "/api/ghost/{order_id}"}], "targets": [{"service": "ghost"}]}}),
+        ),
+    ] {
+        let status = admin_api
+            .post(format!("{admin}{kind}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin")
+            .status();
+        assert_eq!(status, 201, "{kind}");
+    }
+    let asked = Instant::now();
+    let (status, body) = answer(&format!("{gateway}/api/ghost/A1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["sources"]["ghost"]["status"], "no_responders",
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "at once, not at the deadline"
+    );
 }
 
 /// A child killed with SIGKILL is started again within 5 s; the routes it does not serve keep
