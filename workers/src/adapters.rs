@@ -205,3 +205,35 @@ fn start(
         stop: stop_tx,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn only_services_with_an_upstream_are_served_and_bad_documents_are_skipped() {
+        let entries: Entries = [
+            (
+                "services.billing",
+                r#"{"timeout":"1s","upstream":{"url":"http://b/{order_id}"}}"#,
+            ),
+            ("services.native", r#"{"timeout":"1s"}"#),
+            ("services.broken", "not json"),
+            (
+                "routes.order",
+                r#"{"bindings":[],"targets":[],"upstream":"ignored"}"#,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), (1, Bytes::from(v))))
+        .collect();
+        let wanted = upstreams(&entries);
+        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["billing"]);
+        assert_eq!(wanted["billing"].url, "http://b/{order_id}");
+        assert_eq!(
+            wanted["billing"].concurrency,
+            busgate_shared::upstream::DEFAULT_CONCURRENCY
+        );
+    }
+}
