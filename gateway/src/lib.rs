@@ -129,7 +129,12 @@ pub async fn run(
             metrics,
         ),
         nats: nats.clone(),
-        edge: Arc::new(edge(&settings, order_id)),
+        edge: Arc::new(edge(
+            &settings,
+            order_id,
+            listener.local_addr()?,
+            admin_listener.local_addr()?,
+        )),
         requests: Arc::new(
             AsyncRequests::new(signer, guard)
                 .with_caps(settings.jobs.max_event_streams, settings.jobs.max_waiters),
@@ -235,14 +240,67 @@ pub async fn run(
     Ok(())
 }
 
-fn edge(settings: &Settings, order_id: busgate_shared::validate::OrderIdRule) -> Edge {
+fn edge(
+    settings: &Settings,
+    order_id: busgate_shared::validate::OrderIdRule,
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> Edge {
     let mut edge = Edge::new(settings.http.body_limit, order_id);
+    edge.upstream_forbidden = upstream_forbidden(settings, public, admin);
     edge.trace_sample_ratio = settings.http.trace_sample_ratio;
     edge.body_timeout = settings.http.body_timeout;
     edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
     edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));
     edge
 }
+
+/// What a service's upstream may not aim at: this gateway's listeners as bound (a loopback or
+/// "any address" listener also under every local name of the machine: `localhost`,
+/// `127.0.0.1`, `0.0.0.0`, `::1`), and the NATS monitoring port (8222) of every configured
+/// NATS host. An upstream there would make the adapters call the gateway (a loop) or expose
+/// the server's monitoring through the public API.
+pub fn upstream_forbidden(
+    settings: &Settings,
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> Vec<busgate_shared::upstream::Forbidden> {
+    use busgate_shared::upstream::Forbidden;
+    let mut out = vec![
+        Forbidden {
+            host: public.ip().to_string(),
+            port: public.port(),
+            what: "the gateway's public listener".into(),
+        },
+        Forbidden {
+            host: admin.ip().to_string(),
+            port: admin.port(),
+            what: "the gateway's admin listener".into(),
+        },
+    ];
+    for listen in [settings.http.listen, settings.admin.listen] {
+        if listen.port() != 0 {
+            out.push(Forbidden {
+                host: listen.ip().to_string(),
+                port: listen.port(),
+                what: "a listener of the gateway".into(),
+            });
+        }
+    }
+    if let Ok(servers) = busgate_shared::wire::parse_servers(&settings.nats.url) {
+        for server in servers {
+            out.push(Forbidden {
+                host: server.host.clone(),
+                port: NATS_MONITORING_PORT,
+                what: "the NATS monitoring port".into(),
+            });
+        }
+    }
+    out
+}
+
+/// nats-server's conventional monitoring port (`-m 8222`, `http_port: 8222`).
+pub const NATS_MONITORING_PORT: u16 = 8222;
 
 /// Sets JetStream up (retrying until NATS answers): the configuration store (seeded from
 /// settings when empty) and its watcher, the processor of asynchronous requests and the

@@ -1,11 +1,21 @@
 //! `busgate up`: the whole local stack in one command.
 //!
 //! Starts `nats-server` with JetStream in a data dir of its own (only when nothing answers at
-//! the configured NATS URL), a demo HTTP service and an adapter worker for every configured
-//! service, and the gateway itself in this process; prints the URLs and a curl to try. Ctrl-C
-//! (or SIGTERM) stops the gateway first, then the adapters, the demo services and NATS, each
-//! with SIGTERM and, after a grace period, SIGKILL. A child that dies stops the whole stack.
+//! the configured NATS URL), `busgate-worker adapters` (which serves every service whose
+//! configuration has an upstream, including those added later through the admin API or UI),
+//! a demo HTTP service and its adapter for each configured service without an upstream (unless
+//! `--no-demo`), and the gateway itself in this process; prints the URLs and a curl to try.
+//! Ctrl-C (or SIGTERM) stops the gateway first, then the adapters, the demo services and NATS,
+//! each with SIGTERM and, after a grace period, SIGKILL. A child that dies is logged and
+//! started again after a backoff (200 ms, doubling to 5 s; back to 200 ms once it ran 30 s):
+//! the rest of the stack keeps serving meanwhile.
+//!
+//! The admin token and the callback secret that `up` generates are kept in the data dir
+//! (`admin-token`, `callback-secret`, mode 0600) and used again by the next `up` with that
+//! data dir: a bookmarked UI link keeps working, and callbacks pending in JetStream stay
+//! verifiable with the secret they will be signed with.
 
+use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,7 +25,7 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
 
@@ -27,9 +37,14 @@ use crate::config::settings::Settings;
 /// Arguments of `busgate up`.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Settings file (TOML); its services each get a demo service and an adapter.
+    /// Settings file (TOML). Its services with an `upstream` are served by
+    /// `busgate-worker adapters`; each one without gets a demo service and an adapter.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Start no demo service, not even for services without an upstream (those then have no
+    /// responders until something serves them).
+    #[arg(long)]
+    pub no_demo: bool,
     /// Where the stack keeps NATS data and child logs.
     #[arg(long, default_value = ".busgate")]
     pub data_dir: PathBuf,
@@ -46,7 +61,18 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a child may take to become ready.
 const READY_WITHIN: Duration = Duration::from_secs(15);
 
-/// A child process watched by a task of its own.
+/// How long a child must have run for its restart backoff to start again from the shortest.
+const RAN_LONG_ENOUGH: Duration = Duration::from_secs(30);
+/// The first restart delay, doubled at each quick death up to [`MAX_RESTART_DELAY`].
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
+/// The longest restart delay.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// The admin token's file in the data dir.
+const TOKEN_FILE: &str = "admin-token";
+/// The callback secret's file in the data dir.
+const CALLBACK_SECRET_FILE: &str = "callback-secret";
+
+/// A child process watched (and restarted) by a task of its own.
 struct Running {
     name: String,
     stop: oneshot::Sender<()>,
@@ -70,19 +96,33 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     // The admin UI opens with a token in its URL. A generated one goes to the gateway in its
     // settings (it runs in this process) and is shown in the banner only, never logged; a
     // configured one is not printed at all.
+    std::fs::create_dir_all(args.data_dir.join("logs"))
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let mut generated = Generated::default();
     if settings.admin.resolve_token()?.is_none() {
-        let token = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let token = kept_secret(
+            &data_dir.join(TOKEN_FILE),
+            |t| t.len() >= 32,
+            || {
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                )
+            },
+        )?;
         settings.admin.token.clone_from(&token);
         generated.admin_token = Some(token);
     }
-    // Callbacks work out of the box locally: a fresh secret, and loopback receivers allowed.
+    // Callbacks work out of the box locally: a kept (or fresh) secret, and loopback receivers
+    // allowed.
     if settings.callbacks.secret.is_empty() {
-        settings.callbacks.secret = crate::jobs::callback::Signer::generate_secret();
+        settings.callbacks.secret = kept_secret(
+            &data_dir.join(CALLBACK_SECRET_FILE),
+            |s| crate::jobs::callback::Signer::new(s).is_ok(),
+            crate::jobs::callback::Signer::generate_secret,
+        )?;
         generated.callback_secret = Some(settings.callbacks.secret.clone());
     }
     for entry in ["127.0.0.0/8", "::1", "localhost"] {
@@ -90,12 +130,8 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
             settings.callbacks.allow.push(entry.into());
         }
     }
-    std::fs::create_dir_all(args.data_dir.join("logs"))
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let (died_tx, mut died_rx) = mpsc::channel::<String>(8);
     let mut children: Vec<Running> = Vec::new();
-    let started = start_children(&args, &settings, &data_dir, &died_tx, &mut children).await;
+    let started = start_children(&args, &settings, &data_dir, &mut children).await;
     let nats_note = match started {
         Ok(note) => note,
         Err(e) => {
@@ -127,31 +163,47 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
         admin.local_addr()?,
     );
 
-    let (died_note_tx, died_note_rx) = oneshot::channel::<String>();
-    let shutdown = async move {
-        tokio::select! {
-            () = signal => {}
-            Some(name) = died_rx.recv() => {
-                let _ = died_note_tx.send(name);
-            }
-        }
-    };
-    let result = crate::run(settings, listener, admin, shutdown).await;
+    let result = crate::run(settings, listener, admin, signal).await;
     stop_all(children).await;
-    if let Ok(name) = died_note_rx.await {
-        bail!(
-            "{name} exited unexpectedly; see {}",
-            data_dir.join("logs").display()
-        );
-    }
     result
+}
+
+/// The secret kept in `path`, when it holds one that `valid` accepts; else a new one from
+/// `generate`, written there first (mode 0600: only this user reads it).
+fn kept_secret(
+    path: &Path,
+    valid: impl Fn(&str) -> bool,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let kept = text.trim();
+        if valid(kept) {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+            return Ok(kept.to_owned());
+        }
+        warn!(file = %path.display(), "kept secret unusable, making a new one");
+    }
+    let secret = generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret)
 }
 
 async fn start_children(
     args: &UpArgs,
     settings: &Settings,
     data_dir: &Path,
-    died: &mpsc::Sender<String>,
     children: &mut Vec<Running>,
 ) -> anyhow::Result<String> {
     let nats_url = settings
@@ -174,8 +226,8 @@ async fn start_children(
         }
         let binary = locate_nats_server(args.nats_server.as_deref()).context(NATS_SERVER_HINT)?;
         let store = data_dir.join("nats");
-        let mut cmd = Command::new(&binary);
-        cmd.arg("-a")
+        let cmd = ChildSpec::new(&binary)
+            .arg("-a")
             .arg(nats_addr.ip().to_string())
             .arg("-p")
             .arg(nats_addr.port().to_string())
@@ -184,7 +236,7 @@ async fn start_children(
             .arg(&store)
             .arg("-n")
             .arg("busgate-up");
-        children.push(spawn("nats-server", cmd, data_dir, died)?);
+        children.push(spawn("nats-server", cmd, data_dir)?);
         wait_until(READY_WITHIN, || answers(nats_addr))
             .await
             .with_context(|| format!("nats-server did not listen on {nats_addr}"))?;
@@ -196,35 +248,38 @@ async fn start_children(
     };
 
     let worker = sibling_binary("busgate-worker")?;
-    for (i, service) in settings.services.keys().enumerate() {
+    // The same `[nats]` settings as the gateway's (TLS, credentials), through the
+    // environment: never in argv.
+    let nats = busgate_shared::nats::NatsSettings {
+        url: nats_url,
+        ..settings.nats.clone()
+    };
+    let nats_env = nats.to_env();
+    // Every service with an upstream, now or added later, is served by this one process.
+    let adapters = ChildSpec::new(&worker)
+        .envs(nats_env.clone())
+        .arg("adapters");
+    children.push(spawn("adapters", adapters, data_dir)?);
+    let demos = demo_services(args, settings);
+    for (i, service) in demos.iter().enumerate() {
         let port = args
             .demo_port
             .checked_add(u16::try_from(i)?)
             .context("demo ports run past 65535")?;
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut demo = Command::new(&worker);
-        demo.args([
+        let demo = ChildSpec::new(&worker).args([
             "demo",
             "--service",
             service,
             "--listen",
             &listen.to_string(),
         ]);
-        children.push(spawn(&format!("demo-{service}"), demo, data_dir, died)?);
+        children.push(spawn(&format!("demo-{service}"), demo, data_dir)?);
         wait_until(READY_WITHIN, || answers(listen))
             .await
             .with_context(|| format!("demo service {service} did not listen on {listen}"))?;
-        let mut adapter = Command::new(&worker);
-        // The same `[nats]` settings as the gateway's (TLS, credentials), through the
-        // environment: never in argv.
-        adapter
-            .envs(
-                busgate_shared::nats::NatsSettings {
-                    url: nats_url.clone(),
-                    ..settings.nats.clone()
-                }
-                .to_env(),
-            )
+        let adapter = ChildSpec::new(&worker)
+            .envs(nats_env.clone())
             .args([
                 "adapter",
                 "--service",
@@ -232,19 +287,26 @@ async fn start_children(
                 "--upstream",
                 &format!("http://{listen}/order/{{order_id}}"),
             ]);
-        children.push(spawn(
-            &format!("adapter-{service}"),
-            adapter,
-            data_dir,
-            died,
-        )?);
+        children.push(spawn(&format!("adapter-{service}"), adapter, data_dir)?);
     }
-    let nats = busgate_shared::nats::NatsSettings {
-        url: nats_url,
-        ..settings.nats.clone()
-    };
-    wait_for_services(&nats, settings.services.keys()).await?;
+    // Services with an upstream come up once the gateway has seeded the configuration: the
+    // adapters process follows it.
+    wait_for_services(&nats, demos.iter()).await?;
     Ok(nats_note)
+}
+
+/// The services that get a demo: those of the settings without an upstream (none with
+/// `--no-demo`).
+fn demo_services(args: &UpArgs, settings: &Settings) -> Vec<String> {
+    if args.no_demo {
+        return Vec::new();
+    }
+    settings
+        .services
+        .iter()
+        .filter(|(_, s)| s.upstream.is_none())
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Waits until every service answers a NATS service-API ping.
@@ -276,29 +338,79 @@ async fn wait_for_services<'a>(
     Ok(())
 }
 
-fn spawn(
-    name: &str,
-    mut cmd: Command,
-    data_dir: &Path,
-    died: &mpsc::Sender<String>,
-) -> anyhow::Result<Running> {
+/// What a child is started with, again at each restart.
+struct ChildSpec {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+}
+
+impl ChildSpec {
+    fn new(program: &Path) -> Self {
+        ChildSpec {
+            program: program.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(args.into_iter().map(OsString::from));
+        self
+    }
+
+    /// An environment variable (where secrets such as a NATS URL with credentials go: a
+    /// process list shows argv to every user of the machine).
+    fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Environment variables, as [`ChildSpec::env`].
+    fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(vars);
+        self
+    }
+
+    /// Starts the child, its output appended to `log_path`.
+    fn start(&self, name: &str, log_path: &Path) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            // A group of its own: Ctrl-C reaches us only, and we stop children in order.
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        info!(name, pid = child.id(), log = %log_path.display(), "started");
+        Ok(child)
+    }
+}
+
+/// Starts a child (an error if it cannot start at all) and a task that restarts it whenever
+/// it dies, until stopped.
+fn spawn(name: &str, spec: ChildSpec, data_dir: &Path) -> anyhow::Result<Running> {
     let log_path = data_dir.join("logs").join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path)
+    // Truncated once per `up`; restarts append.
+    std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        // A group of its own: Ctrl-C reaches us only, and we stop children in order.
-        .process_group(0);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
-    info!(name, pid = child.id(), log = %log_path.display(), "started");
+    let child = spec.start(name, &log_path)?;
     let (stop_tx, stop_rx) = oneshot::channel();
-    let died = died.clone();
-    let task_name = name.to_owned();
-    let done = tokio::spawn(watch(task_name, child, stop_rx, died));
+    let done = tokio::spawn(supervise(name.to_owned(), spec, log_path, child, stop_rx));
     Ok(Running {
         name: name.to_owned(),
         stop: stop_tx,
@@ -306,27 +418,53 @@ fn spawn(
     })
 }
 
-/// Waits for the child to exit (reporting it as died) or for a stop request.
-async fn watch(
+/// Waits for the child to exit, then logs it and starts it again after a backoff; on a stop
+/// request, stops it (SIGTERM, then SIGKILL after the grace period).
+async fn supervise(
     name: String,
+    spec: ChildSpec,
+    log_path: PathBuf,
     mut child: Child,
-    stop: oneshot::Receiver<()>,
-    died: mpsc::Sender<String>,
+    mut stop: oneshot::Receiver<()>,
 ) {
-    tokio::select! {
-        status = child.wait() => {
-            warn!(name, ?status, "exited");
-            let _ = died.send(name).await;
-        }
-        _ = stop => {
-            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let mut delay = FIRST_RESTART_DELAY;
+    loop {
+        let started = Instant::now();
+        tokio::select! {
+            status = child.wait() => {
+                if started.elapsed() >= RAN_LONG_ENOUGH {
+                    delay = FIRST_RESTART_DELAY;
+                }
+                warn!(name, ?status, restart_in = ?delay, "exited, restarting");
             }
-            match timeout(STOP_GRACE, child.wait()).await {
-                Ok(status) => info!(name, ?status, "stopped"),
-                Err(_) => {
-                    warn!(name, "did not stop in time, killing");
-                    let _ = child.kill().await;
+            _ = &mut stop => {
+                if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+                match timeout(STOP_GRACE, child.wait()).await {
+                    Ok(status) => info!(name, ?status, "stopped"),
+                    Err(_) => {
+                        warn!(name, "did not stop in time, killing");
+                        let _ = child.kill().await;
+                    }
+                }
+                return;
+            }
+        }
+        // Restart, retrying with the backoff while it cannot even start.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = &mut stop => return,
+            }
+            delay = (delay * 2).min(MAX_RESTART_DELAY);
+            match spec.start(&name, &log_path) {
+                Ok(next) => {
+                    child = next;
+                    break;
+                }
+                Err(e) => {
+                    warn!(name, error = %format!("{e:#}"), retry_in = ?delay, "cannot restart")
                 }
             }
         }
@@ -436,11 +574,21 @@ fn print_banner(
         "  admin API http://{admin}/admin/v1/ (Authorization: Bearer {token})\n"
     ));
     out.push_str(&format!("  nats      {nats}\n"));
-    for (i, service) in settings.services.keys().enumerate() {
+    for (i, service) in demo_services(args, settings).iter().enumerate() {
         let port = usize::from(args.demo_port) + i;
         out.push_str(&format!(
             "  {service:<9} demo http://127.0.0.1:{port}/order/{{order_id}}, adapter on busgate.svc.{service}\n"
         ));
+    }
+    for (service, spec) in &settings.services {
+        if let Some(upstream) = &spec.upstream {
+            let shown = busgate_shared::upstream::UrlTemplate::parse(&upstream.url)
+                .map(|t| t.display)
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {service:<9} upstream {shown}, served by busgate-worker adapters\n"
+            ));
+        }
     }
     out.push_str(&format!(
         "  logs      {}\n",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::upstream::{SecretSource, UpstreamSpec};
 use crate::{validate, Error};
 
 /// A whole configuration: what a gateway instance runs on.
@@ -29,6 +30,10 @@ pub struct ServiceSpec {
     /// Free text for people.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The HTTP service behind it, called by `busgate-worker adapters`; absent: served some
+    /// other way (a single-service adapter, a native NATS service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
 }
 
 impl Default for ServiceSpec {
@@ -36,6 +41,7 @@ impl Default for ServiceSpec {
         ServiceSpec {
             timeout: Duration::from_millis(800),
             description: String::new(),
+            upstream: None,
         }
     }
 }
@@ -403,6 +409,9 @@ impl ConfigSpec {
                     format!("services.{name}.timeout"),
                     "must be between 1ms and 300s",
                 ));
+            }
+            if let Some(upstream) = &svc.upstream {
+                upstream.validate(&format!("services.{name}.upstream"))?;
             }
         }
         let mut bound = BTreeSet::new();

@@ -75,6 +75,12 @@ pub mod code {
     /// The upstream's body is larger than a reply can carry on the bus (the NATS server's
     /// `max_payload`): answered at once, not left to time out.
     pub const UPSTREAM_TOO_LARGE: &str = "upstream_too_large";
+    /// The upstream answered a redirect (3xx): adapters never follow one (it could lead
+    /// anywhere, and the configuration names the upstream).
+    pub const UPSTREAM_REDIRECT: &str = "upstream_redirect";
+    /// A header of the upstream takes its value from an environment variable or a file that
+    /// the adapter cannot read (its log says which; never the value).
+    pub const UPSTREAM_SECRET_MISSING: &str = "upstream_secret_missing";
     /// The request payload could not be decoded.
     pub const BAD_REQUEST: &str = "bad_request";
     /// The service failed for a reason of its own.

@@ -10,6 +10,10 @@
 //! - [`envelope`]: the request and reply payloads, reply status, error codes.
 //! - [`validate`]: service-name and `order_id` validation.
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
+//! - [`upstream`]: a service's HTTP upstream as configuration: the URL template, header
+//!   secrets from env or file, validation, the own-listener check.
+//! - [`watch`]: following the `busgate-config` bucket (current values, then changes), shared
+//!   by the gateway and the configuration-following adapters.
 //! - [`nats`]: the async-nats connect helper (JetStream, KV; reconnects forever, logs state changes).
 //! - [`sdk`]: serve a Busgate service directly on NATS: queue group, deadlines, envelopes,
 //!   the NATS service API (`$SRV.PING|INFO|STATS`).
@@ -27,7 +31,9 @@ pub mod nats;
 pub mod runtime;
 pub mod sdk;
 pub mod subject;
+pub mod upstream;
 pub mod validate;
+pub mod watch;
 pub mod wire;
 
 pub use error::Error;

@@ -12,16 +12,19 @@
 //! read past that size. An order id of `.` or `..` is refused (`bad_request`) before any URL is
 //! built: percent-encoded or not, it would be a dot-segment that walks the upstream's path.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::header;
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
+use busgate_shared::upstream::{Scheme, SecretSource, UpstreamSpec};
 use bytes::Bytes;
+use tracing::{info, warn};
 
 use crate::http1;
 
@@ -33,7 +36,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// "elapsed_ms":…}`), with room to spare.
 const REPLY_OVERHEAD: usize = 1024;
 
-/// How an adapter runs.
+/// How a single-service adapter runs (`adapter --service … --upstream …`).
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The Busgate service name.
@@ -46,6 +49,37 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+impl Options {
+    /// The upstream as configuration would say it: the single-service form is the same
+    /// adapter with its upstream from the command line.
+    fn spec(&self) -> UpstreamSpec {
+        UpstreamSpec {
+            url: self.upstream.clone(),
+            timeout: None,
+            concurrency: self.concurrency,
+            headers: Default::default(),
+        }
+    }
+}
+
+/// The `$SRV.INFO` metadata of a served service: which mode serves it and the upstream it
+/// calls (no credentials, no query: [`UrlTemplate::display`]).
+pub fn metadata(mode: &str, upstream: &Upstream) -> HashMap<String, String> {
+    HashMap::from([
+        (META_MODE.to_owned(), mode.to_owned()),
+        (META_UPSTREAM.to_owned(), upstream.display.clone()),
+        // The keys of the single-service adapter before modes existed, which the UI read.
+        ("kind".to_owned(), "adapter".to_owned()),
+        ("upstream".to_owned(), upstream.display.clone()),
+    ])
+}
+
+/// `$SRV.INFO` metadata key: `adapter` (one service from the command line) or `adapters`
+/// (following the configuration).
+pub const META_MODE: &str = "busgate.mode";
+/// `$SRV.INFO` metadata key: the upstream URL template, without query or credentials.
+pub const META_UPSTREAM: &str = "busgate.upstream";
+
 /// Runs an adapter for each of `adapters` (one service and its upstream each) on one NATS
 /// connection until `shutdown` resolves. One process for several upstreams is what one nginx
 /// does for several `upstream` blocks: both requests of a merge come in one read, and both
@@ -57,7 +91,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let upstreams = adapters
         .iter()
-        .map(|options| Upstream::new(options).map(Arc::new))
+        .map(|options| {
+            Upstream::new(&options.service, &options.spec(), options.timeout)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("--upstream {:?}: {e}", options.upstream))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let names: Vec<&str> = adapters.iter().map(|o| o.service.as_str()).collect();
     let nats = busgate_shared::wire::Connection::connect_with(
@@ -67,11 +105,8 @@ pub async fn run(
     let serving = adapters.iter().zip(upstreams).map(|(options, upstream)| {
         let mut serve = ServeOptions::new(&options.service);
         serve.concurrency = options.concurrency;
-        serve.description = format!("adapter to {}", options.upstream);
-        serve.metadata.insert("kind".into(), "adapter".into());
-        serve
-            .metadata
-            .insert("upstream".into(), options.upstream.clone());
+        serve.description = format!("adapter to {}", upstream.display);
+        serve.metadata = metadata("adapter", &upstream);
         let nats = nats.clone();
         let handler = move |req: ServiceRequest, ctx: RequestContext| {
             let upstream = upstream.clone();
@@ -86,18 +121,42 @@ pub async fn run(
     Ok(())
 }
 
-/// The internal HTTP service an adapter calls.
-struct Upstream {
+/// The largest body a reply can carry on `nats` (its server's `max_payload`, less the
+/// envelope).
+pub fn max_body(nats: &busgate_shared::wire::Connection) -> usize {
+    nats.max_payload().saturating_sub(REPLY_OVERHEAD)
+}
+
+/// The internal HTTP service an adapter calls, built once per upstream configuration (a
+/// change builds a new one; calls in flight finish on the old).
+pub struct Upstream {
+    service: String,
     transport: Transport,
     /// The template split around `{order_id}`: the whole URL for reqwest, the request target
     /// (path and query) for the HTTP/1.1 pool.
     before: String,
     after: String,
+    /// For `$SRV.INFO` and logs: no query, no credentials.
+    pub display: String,
+    /// Bounds each call when the request's deadline is later (or absent).
+    timeout: Option<Duration>,
+    /// Bounds a call of a request that carries no deadline and no timeout of the upstream.
     default_timeout: Duration,
+    /// Header names and where their values come from.
+    secrets: Vec<(String, SecretSource)>,
+    /// Their values, read when this upstream was built (or, after a failure, at the next
+    /// call): `Err` names what is missing, never a value.
+    resolved: ArcSwap<Result<Vec<(String, String)>, String>>,
 }
 
 /// Plain `http://` upstreams go through Busgate's own keep-alive pool ([`http1`]); `https://`
 /// ones through reqwest and rustls.
+///
+/// Why both: the hand-written pool is measured ahead of reqwest for plain HTTP in the same run
+/// (profiled under load, reqwest's per-request task hand-off, URL parsing and header maps were
+/// more than half of an adapter's CPU; see `http1`), and is property-tested in its own module;
+/// TLS is the library's job (reqwest with rustls): a hand-written TLS path would not be as
+/// complete (certificate verification, ALPN, session resumption) for what users need.
 enum Transport {
     Http1(http1::Pool),
     Reqwest(reqwest::Client),
@@ -111,63 +170,72 @@ enum Outcome {
     Unreachable(String),
 }
 
-/// Stands for `{order_id}` while the template is parsed as a URL.
-const MARKER: &str = "busgate0order0id0marker";
+/// Reads every header value now: all, or what is missing.
+fn resolve(secrets: &[(String, SecretSource)]) -> Result<Vec<(String, String)>, String> {
+    secrets
+        .iter()
+        .map(|(name, source)| {
+            source
+                .resolve()
+                .map(|value| (name.clone(), value))
+                .map_err(|e| format!("header {name}: {e}"))
+        })
+        .collect()
+}
 
 impl Upstream {
-    fn new(options: &Options) -> anyhow::Result<Self> {
-        let Some((_, rest)) = options.upstream.split_once("{order_id}") else {
-            bail!("--upstream must contain {{order_id}}, e.g. http://127.0.0.1:8081/order/{{order_id}}");
-        };
-        if rest.contains("{order_id}") {
-            bail!("--upstream may contain {{order_id}} only once");
-        }
-        let probe = options.upstream.replace("{order_id}", MARKER);
-        let url = reqwest::Url::parse(&probe)
-            .with_context(|| format!("--upstream {:?} is not a URL", options.upstream))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            bail!("--upstream must not carry credentials: they would show in the process list");
-        }
-        let host = url.host_str().unwrap_or_default();
-        let Some(port) = url.port_or_known_default() else {
-            bail!("--upstream must be an http:// or https:// URL");
-        };
-        // The parsed URL, normalised and percent-encoded, split again around the marker. The
-        // marker must be in the path or query: an order id never chooses the host.
-        let (whole, target) = (url.as_str(), &url[url::Position::BeforePath..]);
-        if url.fragment().is_some() || !target.contains(MARKER) || host.contains(MARKER) {
-            bail!("--upstream must carry {{order_id}} in its path or query");
-        }
-        let (transport, template) = match url.scheme() {
-            "http" => {
-                let authority = &url[url::Position::BeforeHost..url::Position::AfterPort];
+    /// Builds the upstream of `service` from its configuration (validated again here: an
+    /// adapter trusts no document it reads).
+    pub fn new(
+        service: &str,
+        spec: &UpstreamSpec,
+        default_timeout: Duration,
+    ) -> Result<Self, busgate_shared::Error> {
+        let template = spec.validate("upstream")?;
+        let (transport, (before, after)) = match template.scheme {
+            Scheme::Http => {
                 let pool = http1::Pool::new(
-                    format!("{host}:{port}"),
-                    authority,
-                    options.concurrency,
+                    format!("{}:{}", template.host, template.port),
+                    &template.authority,
+                    spec.concurrency,
                     CONNECT_TIMEOUT,
                 );
-                (Transport::Http1(pool), target)
+                (Transport::Http1(pool), template.target)
             }
-            "https" => {
+            Scheme::Https => {
                 let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(options.concurrency)
+                    .pool_max_idle_per_host(spec.concurrency)
                     .connect_timeout(CONNECT_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
-                    .context("cannot build the HTTP client")?;
-                (Transport::Reqwest(client), whole)
+                    .map_err(|e| {
+                        busgate_shared::Error::invalid(
+                            "upstream",
+                            format!("cannot build the HTTP client: {e}"),
+                        )
+                    })?;
+                (Transport::Reqwest(client), template.url)
             }
-            _ => bail!("--upstream must be an http:// or https:// URL"),
         };
-        let (before, after) = template
-            .split_once(MARKER)
-            .context("the marker is in the template")?;
+        let secrets: Vec<(String, SecretSource)> = spec
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let resolved = resolve(&secrets);
+        if let Err(missing) = &resolved {
+            warn!(service, %missing, "a header value of the upstream cannot be read; calls fail with upstream_secret_missing until it can");
+        }
         Ok(Upstream {
+            service: service.to_owned(),
             transport,
-            before: before.to_owned(),
-            after: after.to_owned(),
-            default_timeout: options.timeout,
+            before,
+            after,
+            display: template.display,
+            timeout: spec.timeout,
+            default_timeout,
+            secrets,
+            resolved: ArcSwap::from_pointee(resolved),
         })
     }
 
@@ -180,35 +248,81 @@ impl Upstream {
         url
     }
 
+    /// The header values, read again after a failure (a secret file may have appeared).
+    fn secrets(&self) -> Arc<Result<Vec<(String, String)>, String>> {
+        let current = self.resolved.load_full();
+        if current.is_ok() {
+            return current;
+        }
+        let again = Arc::new(resolve(&self.secrets));
+        if again.is_ok() {
+            info!(service = %self.service, "the upstream's header values can be read now");
+        }
+        self.resolved.store(again.clone());
+        again
+    }
+
     /// Calls the upstream for `req`; a body over `max_body` bytes is `upstream_too_large`.
-    async fn call(&self, req: &ServiceRequest, ctx: &RequestContext, max_body: usize) -> Reply {
+    pub async fn call(&self, req: &ServiceRequest, ctx: &RequestContext, max_body: usize) -> Reply {
         if is_dot_segment(&req.order_id) {
             return Reply::error(code::BAD_REQUEST, "order_id may not be . or ..");
         }
+        let request_id = req.request_id.as_str();
+        let secrets = if self.secrets.is_empty() {
+            None
+        } else {
+            match &*self.secrets() {
+                Ok(values) => Some(values.clone()),
+                Err(missing) => {
+                    info!(request_id, service = %self.service, %missing, "upstream header value missing");
+                    return Reply::error(
+                        code::UPSTREAM_SECRET_MISSING,
+                        "a header value of the upstream cannot be read by the adapter",
+                    );
+                }
+            }
+        };
         let target = self.target(&req.order_id);
         // Passed on so the upstream's logs and traces join the gateway's.
-        let mut extra: [(&str, &str); 2] = [("", ""); 2];
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        let mut fixed: [(&str, &str); 2] = [("", ""); 2];
         let mut n = 0;
         for (name, value) in [
             (header::REQUEST_ID, req.request_id.as_str()),
             (header::TRACEPARENT, ctx.traceparent()),
         ] {
             if is_header_text(value) {
-                extra[n] = (name, value);
+                fixed[n] = (name, value);
                 n += 1;
             }
         }
-        let extra = &extra[..n];
-        // With a deadline, the SDK cancels this call at the deadline and sends nothing: the
-        // gateway reports the timeout itself. So the pool's call needs no timer of its own
-        // then. reqwest always sets one: the margin makes sure that cancellation, not its
-        // timer, ends the call, so a late "upstream_timeout" reply never races the gateway's.
+        let extra: &[(&str, &str)] = match &secrets {
+            // No allocation per call for the common case: no configured headers.
+            None => &fixed[..n],
+            Some(values) => {
+                extra.extend_from_slice(&fixed[..n]);
+                extra.extend(values.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                &extra
+            }
+        };
+        // The upstream's own timeout ends a call with a reply when it comes before the
+        // request's deadline; at the deadline the SDK cancels the call and sends nothing (the
+        // gateway reports the timeout itself).
+        let left = ctx
+            .deadline
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        let own_timeout = match (self.timeout, left) {
+            (Some(t), Some(left)) if t < left => Some(t),
+            (Some(t), None) => Some(t),
+            (None, None) => Some(self.default_timeout),
+            _ => None,
+        };
         let outcome = match &self.transport {
             Transport::Http1(pool) => {
                 let call = pool.get_limited(&target, extra, max_body);
-                let result = match ctx.deadline {
-                    Some(_) => Ok(call.await),
-                    None => tokio::time::timeout(self.default_timeout, call).await,
+                let result = match own_timeout {
+                    None => Ok(call.await),
+                    Some(t) => tokio::time::timeout(t, call).await,
                 };
                 match result {
                     Ok(Ok(r)) => Outcome::Answered {
@@ -221,14 +335,15 @@ impl Upstream {
                 }
             }
             Transport::Reqwest(http) => {
-                let timeout = ctx
-                    .deadline
-                    .map(|at| at.saturating_duration_since(Instant::now()) + DEADLINE_MARGIN)
+                // reqwest always sets a timer: the margin makes sure that the SDK's
+                // cancellation, not this timer, ends a call at the deadline, so a late
+                // "upstream_timeout" reply never races the gateway's.
+                let timeout = own_timeout
+                    .or(left.map(|l| l + DEADLINE_MARGIN))
                     .unwrap_or(self.default_timeout);
                 reqwest_get(http, target, extra, timeout, max_body).await
             }
         };
-        let request_id = req.request_id.as_str();
         match outcome {
             Outcome::Answered { status: 404, .. } => Reply::NotFound,
             Outcome::Answered { status, body } if (200..300).contains(&status) => {
@@ -237,6 +352,10 @@ impl Upstream {
                     Reply::error(code::UPSTREAM_BAD_BODY, "upstream body is not JSON")
                 })
             }
+            Outcome::Answered { status, .. } if (300..400).contains(&status) => Reply::error(
+                code::UPSTREAM_REDIRECT,
+                format!("upstream answered {status} (redirects are not followed)"),
+            ),
             Outcome::Answered { status, .. } => {
                 Reply::error(code::UPSTREAM_STATUS, format!("upstream answered {status}"))
             }
@@ -358,14 +477,18 @@ mod tests {
         }
     }
 
+    fn build(o: &Options) -> Result<Upstream, busgate_shared::Error> {
+        Upstream::new(&o.service, &o.spec(), o.timeout)
+    }
+
     #[test]
     fn urls_are_built_from_the_template_with_encoding() {
-        let u = Upstream::new(&options("http://127.0.0.1:8081/order/{order_id}?x=1")).expect("ok");
+        let u = build(&options("http://127.0.0.1:8081/order/{order_id}?x=1")).expect("ok");
         assert_eq!(u.target("A1"), "/order/A1?x=1");
         assert_eq!(u.target("a/b c"), "/order/a%2Fb%20c?x=1");
-        let u = Upstream::new(&options("http://h:81/o%20k/{order_id}")).expect("ok");
+        let u = build(&options("http://h:81/o%20k/{order_id}")).expect("ok");
         assert_eq!(u.target("1"), "/o%20k/1");
-        let u = Upstream::new(&options("https://h/order/{order_id}")).expect("ok");
+        let u = build(&options("https://h/order/{order_id}")).expect("ok");
         assert_eq!(u.target("a b"), "https://h/order/a%20b");
     }
 
@@ -419,22 +542,22 @@ mod tests {
             assert!(!is_dot_segment(fine), "{fine}");
         }
         // Dots elsewhere are kept as they are (unreserved), and a slash is encoded.
-        let u = Upstream::new(&options("http://h/order/{order_id}/x")).expect("ok");
+        let u = build(&options("http://h/order/{order_id}/x")).expect("ok");
         assert_eq!(u.target("a..b"), "/order/a..b/x");
         assert_eq!(u.target("../a"), "/order/..%2Fa/x");
     }
 
     #[test]
     fn bad_templates_are_refused() {
-        assert!(Upstream::new(&options("http://127.0.0.1:8081/order")).is_err());
-        assert!(Upstream::new(&options("http://h/{order_id}/{order_id}")).is_err());
-        assert!(Upstream::new(&options("ftp://h/{order_id}")).is_err());
-        if let Err(e) = Upstream::new(&options("https://h/{order_id}")) {
+        assert!(build(&options("http://127.0.0.1:8081/order")).is_err());
+        assert!(build(&options("http://h/{order_id}/{order_id}")).is_err());
+        assert!(build(&options("ftp://h/{order_id}")).is_err());
+        if let Err(e) = build(&options("https://h/{order_id}")) {
             panic!("https upstreams are allowed: {e:#}");
         }
-        assert!(Upstream::new(&options("not a url {order_id}")).is_err());
-        assert!(Upstream::new(&options("http://{order_id}.svc/x")).is_err());
-        assert!(Upstream::new(&options("http://h/x#{order_id}")).is_err());
-        assert!(Upstream::new(&options("http://u:p@h/{order_id}")).is_err());
+        assert!(build(&options("not a url {order_id}")).is_err());
+        assert!(build(&options("http://{order_id}.svc/x")).is_err());
+        assert!(build(&options("http://h/x#{order_id}")).is_err());
+        assert!(build(&options("http://u:p@h/{order_id}")).is_err());
     }
 }

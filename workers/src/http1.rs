@@ -689,6 +689,152 @@ mod tests {
         }
     }
 
+    /// A small deterministic generator (xorshift64*): the property tests below are
+    /// reproducible from their seed without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A response with `body` framed by length, chunked (random chunk sizes, extensions and
+    /// trailers) or until close; the last one closes its connection.
+    fn framed(rng: &mut Rng, body: &[u8]) -> (Vec<u8>, bool) {
+        match rng.below(3) {
+            0 => {
+                let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+                out.extend_from_slice(body);
+                (out, false)
+            }
+            1 => {
+                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let n = 1 + rng.below(rest.len().min(300));
+                    let ext = if rng.below(4) == 0 { ";a=b" } else { "" };
+                    out.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
+                    out.extend_from_slice(&rest[..n]);
+                    out.extend_from_slice(b"\r\n");
+                    rest = &rest[n..];
+                }
+                let trailer = if rng.below(3) == 0 { "T: 1\r\n" } else { "" };
+                out.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+                (out, false)
+            }
+            _ => {
+                let mut out = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+                out.extend_from_slice(body);
+                (out, true)
+            }
+        }
+    }
+
+    /// Property: whatever the framing and however the bytes are split into writes, the body
+    /// read is the body sent, and keep-alive connections carry the next response intact.
+    #[tokio::test]
+    async fn any_framing_split_anywhere_reads_the_body_sent() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let cases: Vec<(Vec<u8>, Vec<u8>, bool, u64)> = (0..150)
+            .map(|_| {
+                let len = rng.below(2000);
+                let body: Vec<u8> = (0..len)
+                    .map(|_| b"{}[]\"ab1, \r\n"[rng.below(12)])
+                    .collect();
+                let (wire, closes) = framed(&mut rng, &body);
+                (body, wire, closes, rng.next())
+            })
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let answers: Vec<(Vec<u8>, bool, u64)> = cases
+            .iter()
+            .map(|(_, wire, closes, seed)| (wire.clone(), *closes, *seed))
+            .collect();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter().peekable();
+            while answers.peek().is_some() {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = stream.set_nodelay(true);
+                let mut stream = tokio::io::BufReader::new(stream);
+                for (wire, closes, seed) in answers.by_ref() {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut split = Rng(seed | 1);
+                    let mut rest = &wire[..];
+                    while !rest.is_empty() {
+                        let n = 1 + split.below(rest.len().min(64));
+                        let _ = stream.get_mut().write_all(&rest[..n]).await;
+                        let _ = stream.get_mut().flush().await;
+                        if split.below(4) == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        rest = &rest[n..];
+                    }
+                    if closes {
+                        break;
+                    }
+                }
+            }
+        });
+        let pool = pool(&addr);
+        for (i, (body, _, _, _)) in cases.iter().enumerate() {
+            let r = pool
+                .get("/p", &[])
+                .await
+                .unwrap_or_else(|e| panic!("case {i}: {e}"));
+            assert_eq!(&r.body[..], &body[..], "case {i}");
+        }
+    }
+
+    /// Property: no head, however mangled, makes the parser panic; a valid head cut anywhere
+    /// is "incomplete", never an error or a different head.
+    #[test]
+    fn mangled_and_cut_heads_never_panic_and_cuts_are_incomplete() {
+        let mut rng = Rng(0x51_7cc1_b727_220a);
+        let valid = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n";
+        for cut in 0..valid.len() {
+            assert!(
+                matches!(parse_head(&valid[..cut]), Ok(None)),
+                "cut at {cut}"
+            );
+        }
+        let alphabet = b"HTTP/1.0 2045:\r\nContent-LengthTransfer-Encodingchunked, close\x00\xff";
+        for _ in 0..20_000 {
+            let mut head = valid.to_vec();
+            for _ in 0..1 + rng.below(6) {
+                let at = rng.below(head.len());
+                match rng.below(3) {
+                    0 => head[at] = alphabet[rng.below(alphabet.len())],
+                    1 => head.insert(at, alphabet[rng.below(alphabet.len())]),
+                    _ => {
+                        head.remove(at);
+                    }
+                }
+            }
+            let _ = parse_head(&head);
+        }
+    }
+
     async fn pool_get(addr: &str) -> Result<Response, Error> {
         pool(addr).get("/a", &[]).await
     }

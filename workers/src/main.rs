@@ -1,9 +1,11 @@
 //! # busgate-worker
 //!
-//! One binary, three roles:
+//! One binary, four roles:
 //!
 //! - `adapter`: takes requests for one service off NATS (queue group `busgate.<service>`) and
 //!   calls the internal HTTP service ([`adapter`]).
+//! - `adapters`: serves every service whose configuration (KV `busgate-config`) has an
+//!   upstream, following changes ([`adapters`]).
 //! - `demo`: a demo internal HTTP service with deterministic data and failure prefixes ([`demo`]).
 //! - `native`: the same demo data answered directly on NATS through the shared SDK ([`native`]).
 //!
@@ -15,6 +17,7 @@
 //! - [`http1`]: the adapters' lean HTTP/1.1 client for plain-HTTP upstreams.
 
 mod adapter;
+mod adapters;
 mod demo;
 mod demo_data;
 mod http1;
@@ -103,6 +106,9 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Serve every service whose configuration has an upstream, following the configuration
+    /// in NATS (KV busgate-config): services are joined and left as they come and go.
+    Adapters,
     /// Run a demo internal HTTP service: GET /order/{order_id}.
     Demo {
         /// Which demo service to be (service1: status, amount, items; service2: carrier, tracking, eta).
@@ -200,6 +206,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .collect();
             adapter::run(&nats, &adapters, runtime::shutdown_signal()).await
         }
+        Command::Adapters => adapters::run(&cli.nats, runtime::shutdown_signal()).await,
         Command::Demo { service, listen } => {
             demo::run(&service, listen, runtime::shutdown_signal()).await
         }

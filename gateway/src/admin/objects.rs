@@ -168,9 +168,39 @@ fn candidate(
             spec.routes.remove(name);
         }
     }
-    Snapshot::compile(spec)
-        .map(drop)
-        .map_err(GatewayError::invalid_config)
+    let compiled = Snapshot::compile(spec).map_err(GatewayError::invalid_config)?;
+    if let (Kind::Service, Some(_)) = (kind, value) {
+        own_listeners(state, &compiled.spec.services, Some(name))?;
+    }
+    Ok(())
+}
+
+/// Refuses an upstream aimed at this gateway's own listeners or at NATS monitoring (see
+/// [`crate::upstream_forbidden`]); checks `only` when given, else every service.
+fn own_listeners(
+    state: &AdminState,
+    services: &std::collections::BTreeMap<String, ServiceSpec>,
+    only: Option<&str>,
+) -> Result<(), GatewayError> {
+    for (name, service) in services {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let Some(upstream) = &service.upstream else {
+            continue;
+        };
+        if let Some(hit) = upstream.aims_at(&state.app.edge.upstream_forbidden) {
+            return Err(ErrorKind::InvalidConfig {
+                field: format!("services.{name}.upstream.url"),
+                reason: format!(
+                    "aims at {} (port {}): an upstream may not call the gateway itself or NATS monitoring",
+                    hit.what, hit.port
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 fn object(name: &str, revision: u64, spec: Value) -> Response {
@@ -399,6 +429,7 @@ pub async fn import(
         let condition = IfMatch::from_headers(&headers)?;
         let Json(spec) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
         Snapshot::compile(spec.clone()).map_err(GatewayError::invalid_config)?;
+        own_listeners(&state, &spec.services, None)?;
         let store = store_of(&state)?;
         change.old = Some(store.last_sequence().await?);
         condition.check(change.old)?;

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::subject;
+use busgate_shared::watch::Event;
 
 use crate::config::snapshot::Snapshot;
 use crate::error::{ErrorKind, GatewayError, Store};
@@ -183,32 +184,9 @@ impl ConfigStore {
 
     /// The revision of the bucket's latest change, whatever its key.
     pub async fn last_sequence(&self) -> Result<u64, GatewayError> {
-        let mut stream = self
-            .js
-            .get_stream(format!("KV_{}", subject::CONFIG_BUCKET))
+        busgate_shared::watch::last_sequence(&self.js)
             .await
-            .map_err(js)?;
-        Ok(stream.info().await.map_err(js)?.state.last_sequence)
-    }
-
-    /// Every current object as `key → (revision, document)`, and the stream's last sequence
-    /// before they were read.
-    async fn load(&self) -> Result<(BTreeMap<String, (u64, Bytes)>, u64), GatewayError> {
-        let last = self.last_sequence().await?;
-        let mut keys = self.kv.keys().await.map_err(js)?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(js)?);
-        }
-        let mut entries = BTreeMap::new();
-        for key in names {
-            if let Some(entry) = self.kv.entry(&key).await.map_err(js)? {
-                if entry.operation == kv::Operation::Put {
-                    entries.insert(key, (entry.revision, entry.value));
-                }
-            }
-        }
-        Ok((entries, last))
+            .map_err(js)
     }
 
     /// An object and its revision.
@@ -418,42 +396,26 @@ async fn follow(
     status: &StoreStatus,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
-    let (mut entries, last) = store.load().await?;
-    apply(&entries, config, status);
-    status.saw(last);
-    let mut changes = store
-        .kv
-        .watch_all_from_revision(last + 1)
-        .await
-        .map_err(js)?;
-    loop {
-        let entry = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            next = changes.next() => match next {
-                Some(entry) => entry.map_err(js)?,
-                None => return Err(js("the watch ended")),
-            },
-        };
-        // A change already read by `load` is not applied again (no flip to an older value).
-        if entries
-            .get(&entry.key)
-            .is_some_and(|(rev, _)| *rev >= entry.revision)
-        {
-            status.saw(entry.revision);
-            continue;
+    busgate_shared::watch::follow(&store.js, &store.kv, stop, |entries, event| match event {
+        Event::Loaded { last } => {
+            apply(entries, config, status);
+            status.saw(last);
         }
-        match entry.operation {
-            kv::Operation::Put => {
-                entries.insert(entry.key.clone(), (entry.revision, entry.value.clone()));
-            }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                entries.remove(&entry.key);
-            }
+        Event::Changed {
+            revision,
+            fresh: false,
+        } => status.saw(revision),
+        Event::Changed {
+            revision,
+            fresh: true,
+        } => {
+            status.revision.fetch_max(revision, Ordering::Relaxed);
+            apply(entries, config, status);
+            status.saw(revision);
         }
-        status.revision.fetch_max(entry.revision, Ordering::Relaxed);
-        apply(&entries, config, status);
-        status.saw(entry.revision);
-    }
+    })
+    .await
+    .map_err(js)
 }
 
 /// Validates and swaps in the configuration the entries describe, or refuses it.

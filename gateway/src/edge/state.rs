@@ -83,6 +83,9 @@ pub struct Edge {
     pub in_flight: Slots,
     /// Open connections of the public listener and their cap (the listener takes the slots).
     pub connections: Arc<Slots>,
+    /// Addresses a service's upstream may not aim at: this gateway's own listeners and the
+    /// NATS monitoring port (checked when the admin API writes a service).
+    pub upstream_forbidden: Vec<busgate_shared::upstream::Forbidden>,
 }
 
 impl Edge {
@@ -97,6 +100,7 @@ impl Edge {
             body_timeout: http.body_timeout,
             in_flight: Slots::new(http.max_in_flight),
             connections: Arc::new(Slots::new(http.max_connections)),
+            upstream_forbidden: Vec::new(),
         }
     }
 }

@@ -1,0 +1,285 @@
+//! End-to-end: `busgate up` with a settings file of real upstreams: a merged answer from them
+//! and no demo process, a child killed with SIGKILL back within 5 s while the rest keeps
+//! serving, and the admin token kept across two runs. A real nats-server (the harness's: `up`
+//! uses one that answers), the real binaries, a real HTTP server in this process.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::extract::Path;
+use axum::routing::get;
+use busgate_tests::support::{bin, eventually, NatsServer, Proc};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+/// Two upstreams on one free port: `/billing/{id}` and `/shipping/{id}`.
+async fn upstreams() -> String {
+    let app = axum::Router::new()
+        .route(
+            "/billing/{id}",
+            get(|Path(id): Path<String>| async move {
+                axum::Json(json!({"order_id": id, "amount": 12.5}))
+            }),
+        )
+        .route(
+            "/shipping/{id}",
+            get(|Path(id): Path<String>| async move {
+                axum::Json(json!({"order_id": id, "carrier": "GLS"}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn settings_file(text: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("file");
+    file.write_all(text.as_bytes()).expect("write");
+    file
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `busgate up --config file --data-dir data` on free listeners, logging JSON.
+fn up(file: &std::path::Path, data: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(bin("busgate"));
+    cmd.arg("up")
+        .arg("--config")
+        .arg(file)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--demo-port", &free_port().to_string()])
+        .env_remove("BUSGATE_NATS__URL")
+        .env_remove("BUSGATE_ADMIN__TOKEN")
+        .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("BUSGATE_LOG__FORMAT", "json");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Proc::spawn("busgate up", cmd)
+}
+
+/// The gateway's base URL and the admin token, from the banner.
+fn banner(up: &Proc) -> (String, String) {
+    let token = up.wait_for(Duration::from_secs(40), |line| {
+        let (_, rest) = line.split_once("Authorization: Bearer ")?;
+        Some(rest.trim_end().trim_end_matches(')').to_owned())
+    });
+    let base = up.wait_for(Duration::from_secs(5), |line| {
+        line.trim_start()
+            .strip_prefix("gateway ")
+            .map(|u| u.trim().to_owned())
+    });
+    (base, token)
+}
+
+/// `(name, pid)` of every child `up` logged as started.
+fn started(up: &Proc) -> Vec<(String, i32)> {
+    up.lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "started")
+        .filter_map(|v| Some((v["name"].as_str()?.to_owned(), v["pid"].as_i64()? as i32)))
+        .collect()
+}
+
+async fn answer(url: &str) -> (u16, Value) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+const ROUTE: &str = r#"
+[routes.order]
+bindings = [{ method = "GET", path = "/api/orders/{order_id}" }]
+targets = [{ service = "billing" }, { service = "shipping" }]
+"#;
+
+/// Two upstreams from a settings file: merged, served by `busgate-worker adapters`, no demo
+/// process; the admin token is kept in the data dir (0600) and used again by the next `up`.
+#[tokio::test]
+async fn up_with_two_upstreams_merges_them_with_no_demo_and_keeps_its_token() {
+    let base = upstreams().await;
+    let nats = NatsServer::start();
+    let file = settings_file(&format!(
+        r#"[nats]
+url = "{}"
+
+[services.billing.upstream]
+url = "{base}/billing/{{order_id}}"
+timeout = "500ms"
+headers = {{ "X-Worker" = {{ env = "HOME" }} }}
+
+[services.shipping.upstream]
+url = "{base}/shipping/{{order_id}}"
+{ROUTE}"#,
+        nats.url
+    ));
+    let data = tempfile::tempdir().expect("data");
+    let mut first = up(file.path(), data.path(), &[]);
+    let (gateway, token) = banner(&first);
+    let url = format!("{gateway}/api/orders/A1");
+    eventually(Duration::from_secs(10), || async {
+        answer(&url).await.0 == 200
+    })
+    .await;
+    let (_, body) = answer(&url).await;
+    assert_eq!(body["complete"], true, "{body}");
+    assert_eq!(body["data"]["billing"]["amount"], 12.5, "{body}");
+    assert_eq!(body["data"]["shipping"]["carrier"], "GLS", "{body}");
+    let names: Vec<String> = started(&first).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["adapters"], "no demo, no single adapter");
+    let logs: Vec<String> = std::fs::read_dir(data.path().join("logs"))
+        .expect("logs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!logs.iter().any(|l| l.starts_with("demo")), "{logs:?}");
+
+    use std::os::unix::fs::PermissionsExt;
+    let kept = data.path().join("admin-token");
+    let mode = std::fs::metadata(&kept).expect("kept").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
+
+    let second = up(file.path(), data.path(), &[]);
+    let (gateway, again) = banner(&second);
+    assert_eq!(again, token, "the bookmarked token still works");
+    let admin = second.wait_for(Duration::from_secs(5), |line| {
+        let (_, rest) = line.split_once("admin API ")?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    });
+    // 503 until the configuration store is ready; 401 would mean the token changed.
+    eventually(Duration::from_secs(10), || async {
+        let status = reqwest::Client::new()
+            .get(format!("{admin}services"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("admin")
+            .status();
+        assert_ne!(status, 401);
+        status == 200
+    })
+    .await;
+    let url = format!("{gateway}/api/orders/A1");
+    eventually(Duration::from_secs(10), || async {
+        answer(&url).await.0 == 200
+    })
+    .await;
+
+    // The README's demo of a service nothing serves, as written there: 503 at once.
+    let admin_api = reqwest::Client::new();
+    for (kind, body) in [
+        ("services", json!({"name": "ghost", "spec": {}})),
+        (
+            "routes",
+            json!({"name": "ghost", "spec": {"bindings": [{"method": "GET", "path": "/api/ghost/{order_id}"}], "targets": [{"service": "ghost"}]}}),
+        ),
+    ] {
+        let status = admin_api
+            .post(format!("{admin}{kind}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin")
+            .status();
+        assert_eq!(status, 201, "{kind}");
+    }
+    let asked = Instant::now();
+    let (status, body) = answer(&format!("{gateway}/api/ghost/A1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["sources"]["ghost"]["status"], "no_responders",
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "at once, not at the deadline"
+    );
+}
+
+/// A child killed with SIGKILL is started again within 5 s; the routes it does not serve keep
+/// answering meanwhile.
+#[tokio::test]
+async fn a_killed_child_comes_back_and_the_stack_keeps_serving() {
+    let base = upstreams().await;
+    let nats = NatsServer::start();
+    let file = settings_file(&format!(
+        r#"[nats]
+url = "{}"
+
+[services.billing.upstream]
+url = "{base}/billing/{{order_id}}"
+
+[services.shipping]
+timeout = "800ms"
+
+[routes.bill]
+bindings = [{{ method = "GET", path = "/api/bills/{{order_id}}" }}]
+targets = [{{ service = "billing" }}]
+
+[routes.ship]
+bindings = [{{ method = "GET", path = "/api/ships/{{order_id}}" }}]
+targets = [{{ service = "shipping" }}]
+"#,
+        nats.url
+    ));
+    let data = tempfile::tempdir().expect("data");
+    let stack = up(file.path(), data.path(), &[]);
+    let (gateway, _) = banner(&stack);
+    let bill = format!("{gateway}/api/bills/A1");
+    let ship = format!("{gateway}/api/ships/A1");
+    eventually(Duration::from_secs(10), || async {
+        answer(&bill).await.0 == 200 && answer(&ship).await.0 == 200
+    })
+    .await;
+    let kids = started(&stack);
+    let names: Vec<&str> = kids.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["adapters", "demo-shipping", "adapter-shipping"]);
+    let (_, pid) = kids[0].clone();
+
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+    let killed = Instant::now();
+    let mut served_meanwhile = 0;
+    loop {
+        // The demo-served route keeps answering while the adapters process is away.
+        assert_eq!(answer(&ship).await.0, 200, "the other route kept serving");
+        served_meanwhile += 1;
+        let back = started(&stack)
+            .iter()
+            .any(|(n, p)| n == "adapters" && *p != pid);
+        if back && answer(&bill).await.0 == 200 {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the adapters process was not back within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served_meanwhile > 0);
+    assert!(stack.logged("exited, restarting"));
+}
