@@ -29,6 +29,9 @@ pub struct ServiceSpec {
     /// Free text for people.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The HTTP service that answers for this one, when an adapter should call it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamSpec>,
 }
 
 impl Default for ServiceSpec {
@@ -36,8 +39,43 @@ impl Default for ServiceSpec {
         ServiceSpec {
             timeout: Duration::from_millis(800),
             description: String::new(),
+            upstream: None,
         }
     }
+}
+
+// Placeholder of the UI branch (i18ui): the schema of ARCHITECTURE.md "Upstreams as
+// configuration (v2)" with no validation; the backend branch (i18) owns the real one.
+
+/// A service's HTTP upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// URL template; `{order_id}` is replaced by the percent-encoded order id.
+    pub url: String,
+    /// Timeout of one upstream call.
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Calls in flight at once, per adapter process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Headers sent on every call, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HeaderSource>,
+}
+
+/// Where a header's value comes from: never the configuration itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum HeaderSource {
+    /// An environment variable of the adapter process.
+    Env(String),
+    /// A file readable by the adapter process.
+    File(String),
 }
 
 /// A route: which HTTP requests it answers, which services it asks, how it merges.
@@ -499,6 +537,24 @@ mod tests {
             Err(Error::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_service_spec_carries_its_upstream_as_the_contract_writes_it() {
+        let doc = serde_json::json!({"timeout":"500ms","description":"Invoices","upstream":{
+            "url":"http://billing:8080/invoices/{order_id}","timeout":"400ms","concurrency":256,
+            "headers":{"X-Api-Key":{"env":"BILLING_KEY"},"X-Other":{"file":"/run/secrets/k"}}}});
+        let spec: ServiceSpec = serde_json::from_value(doc.clone()).expect("parses");
+        let upstream = spec.upstream.as_ref().expect("upstream");
+        assert_eq!(upstream.timeout, Some(Duration::from_millis(400)));
+        assert_eq!(
+            upstream.headers["X-Api-Key"],
+            HeaderSource::Env("BILLING_KEY".into())
+        );
+        assert_eq!(serde_json::to_value(&spec).expect("writes"), doc);
+        // A plain-text header value is not a source.
+        let plain = serde_json::json!({"upstream":{"url":"http://a/{order_id}","headers":{"X-Api-Key":"secret"}}});
+        assert!(serde_json::from_value::<ServiceSpec>(plain).is_err());
     }
 
     #[test]
