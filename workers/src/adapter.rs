@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::header;
+use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use bytes::Bytes;
 
@@ -67,11 +68,12 @@ pub async fn run(
     let serving = adapters.iter().zip(upstreams).map(|(options, upstream)| {
         let mut serve = ServeOptions::new(&options.service);
         serve.concurrency = options.concurrency;
-        serve.description = format!("adapter to {}", options.upstream);
-        serve.metadata.insert("kind".into(), "adapter".into());
-        serve
-            .metadata
-            .insert("upstream".into(), options.upstream.clone());
+        // What an instance says about itself is visible to anyone on the bus: no credentials
+        // of the URL in it.
+        let shown = busgate_shared::nats::redact_url(&options.upstream);
+        serve.description = format!("adapter to {shown}");
+        serve.metadata.insert(META_MODE.into(), "adapter".into());
+        serve.metadata.insert(META_UPSTREAM.into(), shown);
         let nats = nats.clone();
         let handler = move |req: ServiceRequest, ctx: RequestContext| {
             let upstream = upstream.clone();
