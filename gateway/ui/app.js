@@ -158,6 +158,15 @@ function showProblem(form, error, kind, name) {
   }
 }
 
+// A field's message goes once the field is changed.
+document.addEventListener("input", (ev) => {
+  const input = ev.target;
+  if (!input.classList || !input.classList.contains("invalid")) return;
+  input.classList.remove("invalid");
+  const slot = input.parentElement.querySelector(".field-error");
+  if (slot) slot.textContent = "";
+});
+
 /**
  * The input a problem's field names, or the nearest one above it: `upstream.headers.X-Key.env`
  * falls back to `upstream.headers.X-Key`, then `upstream.headers`, then `upstream`.

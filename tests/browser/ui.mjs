@@ -22,8 +22,13 @@ const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
 page.on("dialog", (d) => d.accept());
 const consoleErrors = [];
 page.on("pageerror", (e) => consoleErrors.push(String(e)));
-// The viewport only: small pictures for the docs.
-const shot = (name) => page.screenshot({ path: `${shots}/${name}.png` });
+// The viewport, or one part of the page: small pictures for the docs.
+const shot = async (name, selector) => {
+  // Without the passing notice, which may lie over the picture.
+  await page.evaluate(() => (document.querySelector("#toast").hidden = true));
+  const path = `${shots}/${name}.png`;
+  await (selector ? page.locator(selector).screenshot({ path }) : page.screenshot({ path }));
+};
 const step = (what) => console.log(`ui: ${what}`);
 const box = async (locator) => {
   const b = await locator.boundingBox();
@@ -102,8 +107,7 @@ try {
   assert.match(await timeoutError.innerText(), /between/);
   step("validation message shown next to the service's field");
   await page.fill("#service-form [name=timeout]", "500ms");
-  await page.locator("#service-editor").scrollIntoViewIfNeeded();
-  await shot("service-upstream");
+  await shot("service-upstream", "#service-editor");
   await page.click("#service-form button.primary");
   await page.locator("#services-table tbody tr[data-name=invoices]").waitFor();
   const stored = await page.evaluate(async (t) => {
@@ -128,8 +132,7 @@ try {
   const [table, card] = await Promise.all([box(page.locator("#service-instances table")), box(page.locator("#service-editor"))]);
   assert.ok(table.x >= card.x && table.x + table.width <= card.x + card.width, `instances table ${table.x}+${table.width} overflows its card ${card.x}+${card.width}`);
   assert.equal(await page.locator("#upstream-headers .header [name=header_value]").inputValue(), "INVOICES_KEY");
-  await page.locator("#service-instances").scrollIntoViewIfNeeded();
-  await shot("service-instances");
+  await shot("service-instances", "#service-instances");
   step("live instance: mode and upstream shown, the table fits its card");
   await page.click("#service-form [data-close]");
 
@@ -149,16 +152,17 @@ try {
   assert.match(await fieldError.innerText(), /deadline/);
   assert.ok(await page.locator("#targets .target:nth-child(2) [name=timeout].invalid").count());
   step("validation message shown next to the route's field");
-  await shot("route-editor-error");
+  await shot("route-editor-error", "#route-editor");
   await page.fill("#targets .target:nth-child(2) [name=timeout]", "");
   await page.click("#route-form button.primary");
   await page.locator("#routes-table tbody tr[data-name=invoice]").waitFor();
   const routeSaved = Date.now();
   await assertActionsOnTheirRows("#routes-table");
   step("route invoice created");
-  await shot("routes");
+  await shot("routes", "#routes-table");
 
-  // Try it: the answer holds the upstream's data, within a second of saving the route.
+  // Try it: the answer holds the upstream's data; asked again for at most a second if the new
+  // service is not served yet (with the single-service adapter it is at the first attempt).
   const tryRoute = async () => {
     await page.click("a[data-view=try]");
     await page.locator("#try-route option[value=invoice]").waitFor({ state: "attached" });
@@ -169,17 +173,20 @@ try {
     return page.locator("#try-result .source").evaluateAll((nodes) =>
       nodes.map((n) => [n.dataset.source, n.querySelector(".chip").textContent]));
   };
+  const firstTry = Date.now();
+  let attempts = 1;
   let sources = await tryRoute();
-  while (JSON.stringify(sources) !== JSON.stringify([["invoices", "ok"], ["service1", "ok"]]) && Date.now() - routeSaved < 1000) {
+  while (JSON.stringify(sources) !== JSON.stringify([["invoices", "ok"], ["service1", "ok"]]) && Date.now() - firstTry < 1000) {
+    attempts += 1;
     sources = await tryRoute();
   }
-  const answeredIn = Date.now() - routeSaved;
-  assert.deepEqual(sources, [["invoices", "ok"], ["service1", "ok"]], `try it after ${answeredIn} ms`);
+  const answeredIn = Date.now() - firstTry;
+  assert.deepEqual(sources, [["invoices", "ok"], ["service1", "ok"]], `try it: ${attempts} attempts in ${answeredIn} ms`);
   const answer = JSON.parse(await page.locator("#try-result pre").innerText());
   assert.deepEqual(answer.data.invoices, { invoice: "INV-UI-7", amount_due: 129.5, currency: "EUR", issued_by: "test-upstream" });
   assert.equal(answer.order_id, "UI-7");
-  step(`try it: the upstream's invoice and service1 both ok, ${answeredIn} ms after the route was saved`);
-  await shot("try-it");
+  step(`try it: the upstream's invoice and service1 both ok at attempt ${attempts}, ${answeredIn} ms after the first (route saved ${firstTry - routeSaved} ms before it)`);
+  await shot("try-it", "#view-try");
 
   // Change the service's upstream timeout: the history shows that field, not whole documents.
   await page.click("a[data-view=services]");
@@ -196,6 +203,7 @@ try {
   assert.equal(await changed.locator("td.before").innerText(), '"400ms"');
   assert.equal(await changed.locator("td.after").innerText(), '"300ms"');
   assert.equal(await page.locator("#view-history pre").count(), 0, "no whole documents");
+  await shot("history-service", "#view-history");
   step("history: the diff of two service revisions names upstream.timeout");
 
   // Change the route to the new service only, compare, then roll back from the history.
@@ -215,7 +223,7 @@ try {
   const removed = await page.locator("#diff-body tbody tr").evaluateAll((rows) => rows.map((r) => `${r.className} ${r.dataset.path}`));
   assert.deepEqual(removed.sort(), ["diff-removed targets[1].required", "diff-removed targets[1].service"]);
   assert.equal(await page.locator("#diff-body tr[data-path='targets[1].service'] td.before").innerText(), '"service1"');
-  await shot("history");
+  await shot("history", "#view-history");
   // Two revisions of one's own choosing: the same one twice says so.
   const first = await page.locator("#diff-from option").first().getAttribute("value");
   await page.selectOption("#diff-from", first);

@@ -111,6 +111,8 @@ async fn the_admin_ui_connects_an_upstream_tries_it_and_diffs_its_history() {
         "UI test failed\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("ui: all steps passed"), "{stdout}");
+    // The steps, with how soon the new service answered (seen with --nocapture).
+    println!("{stdout}");
 }
 
 #[tokio::test]
