@@ -278,9 +278,9 @@ function headerRow(name, source) {
   const sync = () => {
     const n = $("[name=header_name]", row).value.trim();
     const k = $("[name=header_source]", row).value;
+    // The paths the gateway names in its refusals: the header, and its source's value.
     $("[name=header_name]", row).dataset.field = `upstream.headers.${n}`;
-    $("[name=header_source]", row).dataset.field = `upstream.headers.${n}.${k}`;
-    $("[name=header_value]", row).dataset.field = `upstream.headers.${n}.${k}.value`;
+    $("[name=header_value]", row).dataset.field = `upstream.headers.${n}.${k}`;
     $("[name=header_value]", row).placeholder = k === "file" ? "/run/secrets/billing_key" : "BILLING_KEY";
   };
   row.addEventListener("input", sync);

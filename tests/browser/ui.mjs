@@ -106,8 +106,31 @@ try {
   await page.locator("#service-form [name=timeout].invalid").waitFor();
   assert.match(await timeoutError.innerText(), /between/);
   step("validation message shown next to the service's field");
-  await page.fill("#service-form [name=timeout]", "500ms");
   await shot("service-upstream", "#service-editor");
+  await page.fill("#service-form [name=timeout]", "500ms");
+  assert.equal(await page.locator("#service-form .invalid").count(), 0, "a changed field loses its message");
+  // The gateway's refusals of upstream fields (422 naming the field, as the admin API writes
+  // them) land next to that field. Answered here by the browser, so that the UI's placing is
+  // tested whatever the gateway's rules; nothing is stored.
+  const refusals = [
+    ["services.invoices.upstream.url", "must be http or https", "[name=upstream_url]"],
+    ["services.invoices.upstream.headers.X-Api-Key.env", "is not an environment variable name", "#upstream-headers .header [name=header_value]"],
+    ["services.invoices.upstream.headers.X-Api-Key", "is not a header name", "#upstream-headers .header [name=header_name]"],
+    ["services.invoices.upstream.concurrency", "must be between 1 and 65536", "[name=upstream_concurrency]"],
+  ];
+  for (const [field, reason, input] of refusals) {
+    await page.route("**/admin/v1/services", (route) => route.fulfill({
+      status: 422,
+      contentType: "application/problem+json",
+      body: JSON.stringify({ type: "urn:busgate:problem:invalid-config", title: "Invalid configuration", status: 422, detail: `${field}: ${reason}`, field }),
+    }));
+    await page.click("#service-form button.primary");
+    await page.locator(`#service-form ${input}.invalid`).waitFor();
+    assert.equal(await page.locator(`#service-form ${input} ~ .field-error`).innerText(), reason, field);
+    assert.equal(await page.locator("#service-form .invalid").count(), 1, field);
+    await page.unroute("**/admin/v1/services");
+  }
+  step("refusals of upstream fields shown next to each field");
   await page.click("#service-form button.primary");
   await page.locator("#services-table tbody tr[data-name=invoices]").waitFor();
   const stored = await page.evaluate(async (t) => {
