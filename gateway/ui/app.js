@@ -584,7 +584,9 @@ async function showHistory() {
         el("td", {}, r.operation),
         el("td", { class: "muted" }, new Date(r.created).toLocaleString()),
         el("td", { class: "actions" },
-          el("button", { class: "ghost small", onclick: () => compareWithPrevious(r.revision) }, "Changes"), " ",
+          r.revision !== data.items[0].revision
+            ? el("button", { class: "ghost small", "aria-label": `Changes in revision ${r.revision}`, onclick: () => compareWithPrevious(r.revision) }, "Changes")
+            : "", " ",
           r.operation === "put" && r.revision !== currentRevision && currentRevision !== null
             ? el("button", { class: "ghost small", onclick: () => rollback(path, r.revision, currentRevision) }, "Roll back to this")
             : "")))
@@ -605,10 +607,12 @@ function fillDiffChoices() {
   showDiff();
 }
 
+/** Shows what `revision` changed: the difference from the revision before it. */
 function compareWithPrevious(revision) {
   const i = historyItems.findIndex((r) => r.revision === revision);
+  if (i < 1) return;
   $("#diff-to").value = String(revision);
-  $("#diff-from").value = String(historyItems[Math.max(0, i - 1)].revision);
+  $("#diff-from").value = String(historyItems[i - 1].revision);
   showDiff();
   $("#history-diff").scrollIntoView({ behavior: "smooth", block: "start" });
 }

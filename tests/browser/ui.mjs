@@ -252,6 +252,10 @@ try {
   await page.selectOption("#diff-from", first);
   await page.selectOption("#diff-to", first);
   await page.locator("#diff-body:has-text('Choose two different revisions')").waitFor();
+  // "Changes" on the latest revision compares it with the one before it again.
+  await page.locator("#history-table tbody tr").first().locator("button:text('Changes')").click();
+  await page.locator("#diff-body tr[data-path='targets[1].service']").waitFor();
+  assert.equal(await page.locator("#history-table tbody tr").last().locator("button:text('Changes')").count(), 0, "the first revision has nothing before it");
   step("history: the route's diff shows the removed target");
   const oldest = page.locator("#history-table tbody tr").last();
   await oldest.locator("button:text('Roll back to this')").click();
