@@ -20,13 +20,16 @@ const el = (tag, attrs = {}, ...children) => {
 // ---- token and API -------------------------------------------------------------------------
 
 const TOKEN_KEY = "busgate.admin.token";
-(function takeTokenFromUrl() {
+/** Keeps the token of a `#token=…` link (as `busgate up` prints it) and takes it off the URL. */
+function takeTokenFromUrl() {
   const match = location.hash.match(/token=([^&]+)/);
-  if (match) {
-    localStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-    history.replaceState(null, "", location.pathname + "#services");
-  }
-})();
+  if (!match) return false;
+  localStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + "#services");
+  $("#login-error").textContent = "";
+  return true;
+}
+takeTokenFromUrl();
 
 class ApiError extends Error {
   constructor(status, problem) {
@@ -37,7 +40,13 @@ class ApiError extends Error {
 }
 
 async function api(method, path, body, headers = {}) {
-  const init = { method, headers: { Authorization: `Bearer ${localStorage.getItem(TOKEN_KEY) || ""}`, ...headers } };
+  const token = localStorage.getItem(TOKEN_KEY);
+  // Without a token nothing is asked, and nothing is "refused": the sign-in form shows as is.
+  if (!token) {
+    showLogin();
+    throw new ApiError(401, null);
+  }
+  const init = { method, headers: { Authorization: `Bearer ${token}`, ...headers } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -46,6 +55,8 @@ async function api(method, path, body, headers = {}) {
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
   if (response.status === 401) {
+    // Forget a refused token, so that the periodic status check does not ask with it again.
+    localStorage.removeItem(TOKEN_KEY);
     showLogin("The token was refused.");
     throw new ApiError(401, data);
   }
@@ -66,10 +77,11 @@ function toast(message, bad = false) {
 
 const views = { services: loadServices, routes: loadRoutes, try: loadTry, history: loadHistory };
 
+/** Shows the sign-in form; `message` replaces the one shown (none given: it stays as it is). */
 function showLogin(message) {
   $$(".view").forEach((v) => (v.hidden = true));
   $("#login").hidden = false;
-  $("#login-error").textContent = message || "";
+  if (message !== undefined) $("#login-error").textContent = message;
 }
 
 async function route() {
@@ -88,11 +100,19 @@ async function route() {
 
 $("#login-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  localStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+  const token = $("#token").value.trim();
+  if (!token) return;
+  $("#login-error").textContent = "";
+  localStorage.setItem(TOKEN_KEY, token);
   route();
   refreshStatus();
 });
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", () => {
+  // The link pasted into a tab that shows the sign-in form changes only the hash.
+  const signedIn = takeTokenFromUrl();
+  route();
+  if (signedIn) refreshStatus();
+});
 
 async function refreshStatus() {
   try {
@@ -126,7 +146,7 @@ function showProblem(form, error, kind, name) {
   for (const prefix of [`${kind}.${name}.`, `${kind}.${name}`]) {
     if (field.startsWith(prefix)) field = field.slice(prefix.length);
   }
-  const input = field && $(`[data-field="${CSS.escape(field)}"]`, form);
+  const input = fieldInput(form, field);
   const message = problem.detail || error.message;
   if (input) {
     input.classList.add("invalid");
@@ -136,6 +156,31 @@ function showProblem(form, error, kind, name) {
   } else {
     $(".form-error", form).textContent = message;
   }
+}
+
+// A field's message goes once the field is changed.
+document.addEventListener("input", (ev) => {
+  const input = ev.target;
+  if (!input.classList || !input.classList.contains("invalid")) return;
+  input.classList.remove("invalid");
+  const slot = input.parentElement.querySelector(".field-error");
+  if (slot) slot.textContent = "";
+});
+
+/**
+ * The input a problem's field names, or the nearest one above it: `upstream.headers.X-Key.env`
+ * falls back to `upstream.headers.X-Key`, then `upstream.headers`, then `upstream`.
+ */
+function fieldInput(form, field) {
+  let f = field;
+  while (f) {
+    const input = $(`[data-field="${CSS.escape(f)}"]`, form);
+    if (input) return input;
+    const up = f.replace(/(\.[^.[\]]*|\[[^\]]*\])$/, "");
+    if (up === f) break;
+    f = up;
+  }
+  return null;
 }
 
 // ---- services ------------------------------------------------------------------------------
@@ -149,16 +194,18 @@ async function loadServices() {
   ]);
   const tbody = $("#services-table tbody");
   tbody.replaceChildren();
-  if (!data.items.length) tbody.append(el("tr", {}, el("td", { colspan: 6, class: "empty" }, "No services yet.")));
+  if (!data.items.length) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No services yet.")));
   for (const item of data.items) {
     const live = instances.filter((i) => i.service === item.name);
+    const modes = [...new Set(live.map((i) => i.mode).filter(Boolean))];
     tbody.append(
       el("tr", { "data-name": item.name },
         el("td", {}, el("strong", {}, item.name)),
+        el("td", { class: "mono wrap" }, (item.spec.upstream && item.spec.upstream.url) || el("span", { class: "muted" }, "on NATS")),
         el("td", { class: "mono" }, item.spec.timeout || ""),
         el("td", { class: "muted" }, item.spec.description || ""),
         el("td", {}, live.length
-          ? el("span", { class: "chip ok" }, `${live.length} live`)
+          ? el("span", { class: "chip ok", title: modes.join(", ") }, `${live.length} live`, modes.length ? ` · ${modes.join(", ")}` : "")
           : el("span", { class: "chip bad" }, "none")),
         el("td", { class: "mono" }, item.revision),
         el("td", { class: "actions" },
@@ -180,30 +227,101 @@ function editService(item) {
   form.name.disabled = !!item;
   form.timeout.value = item ? item.spec.timeout || "" : "800ms";
   form.description.value = item ? item.spec.description || "" : "";
+  fillUpstream(form, (item && item.spec.upstream) || null);
   $("#service-instances").replaceChildren();
   if (item) showInstances(item.name);
   form.name.focus();
 }
 
+/** Which instances serve the service right now, how (`mode`) and from where (`upstream`). */
 async function showInstances(name) {
   const { data } = await api("GET", `/admin/v1/services/${encodeURIComponent(name)}/instances`);
   const rows = data.items.map((i) =>
-    el("tr", {},
-      el("td", { class: "mono" }, i.id),
-      el("td", {}, (i.metadata && i.metadata.kind) || ""),
-      el("td", { class: "mono muted" }, (i.metadata && i.metadata.upstream) || ""),
+    el("tr", { "data-instance": i.id },
+      el("td", { class: "mono wrap" }, i.id),
+      el("td", { class: "mode" }, i.mode ? el("span", { class: "chip" }, i.mode) : el("span", { class: "muted" }, "—")),
+      el("td", { class: "mono wrap upstream" }, i.upstream || el("span", { class: "muted" }, "—")),
       el("td", {}, i.version),
-      el("td", {}, i.requests),
-      el("td", {}, i.errors),
-      el("td", {}, `${i.average_ms.toFixed(2)} ms`))
+      el("td", { class: "num" }, i.requests),
+      el("td", { class: "num" }, i.errors),
+      el("td", { class: "num" }, `${i.average_ms.toFixed(2)} ms`))
   );
   $("#service-instances").replaceChildren(
-    el("h3", {}, "Live instances"),
-    el("table", { class: "list instances" },
-      el("thead", {}, el("tr", {}, ["Id", "Kind", "Upstream", "Version", "Requests", "Errors", "Avg time"].map((h) => el("th", {}, h)))),
-      el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No instance is running."))))
+    el("h3", { id: "instances-title" }, "Live instances"),
+    el("div", { class: "table-scroll" },
+      el("table", { class: "list instances", "aria-labelledby": "instances-title" },
+        el("thead", {}, el("tr", {}, ["Id", "Mode", "Upstream", "Version", "Requests", "Errors", "Avg time"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No instance is running.")))))
   );
 }
+
+// ---- services: the upstream ----------------------------------------------------------------
+
+/** One header of the upstream: its name, where its value comes from (env or file), and which. */
+function headerRow(name, source) {
+  const kind = source && source.file !== undefined ? "file" : "env";
+  const value = (source && (source.file ?? source.env)) || "";
+  const row = el("div", { class: "row header" },
+    el("div", { class: "row-head" },
+      el("label", {}, "Header name",
+        el("input", { name: "header_name", value: name || "", placeholder: "X-Api-Key", spellcheck: "false", autocomplete: "off" }),
+        el("small", { class: "field-error" })),
+      el("label", {}, "Value from",
+        el("select", { name: "header_source" },
+          el("option", { value: "env", selected: kind === "env" }, "environment variable"),
+          el("option", { value: "file", selected: kind === "file" }, "file")),
+        el("small", { class: "field-error" })),
+      el("label", {}, "Variable or file",
+        el("input", { name: "header_value", value, placeholder: kind === "file" ? "/run/secrets/billing_key" : "BILLING_KEY", spellcheck: "false", autocomplete: "off" }),
+        el("small", { class: "field-error" })),
+      el("button", { type: "button", class: "danger small", "aria-label": "Remove this header", onclick: (ev) => ev.target.closest(".row").remove() }, "Remove")));
+  const sync = () => {
+    const n = $("[name=header_name]", row).value.trim();
+    const k = $("[name=header_source]", row).value;
+    // The paths the gateway names in its refusals: the header, and its source's value.
+    $("[name=header_name]", row).dataset.field = `upstream.headers.${n}`;
+    $("[name=header_value]", row).dataset.field = `upstream.headers.${n}.${k}`;
+    $("[name=header_value]", row).placeholder = k === "file" ? "/run/secrets/billing_key" : "BILLING_KEY";
+  };
+  row.addEventListener("input", sync);
+  row.addEventListener("change", sync);
+  sync();
+  return row;
+}
+
+function fillUpstream(form, upstream) {
+  const u = upstream || {};
+  form.upstream_url.value = u.url || "";
+  form.upstream_timeout.value = u.timeout || "";
+  form.upstream_concurrency.value = u.concurrency ?? "";
+  $("#upstream-headers").replaceChildren(...Object.entries(u.headers || {}).map(([n, src]) => headerRow(n, src)));
+}
+
+/** The upstream the form describes, or undefined when its URL is empty. */
+function upstreamFromForm(form) {
+  const url = form.upstream_url.value.trim();
+  if (!url) return undefined;
+  const upstream = { url };
+  if (form.upstream_timeout.value.trim()) upstream.timeout = form.upstream_timeout.value.trim();
+  const concurrency = form.upstream_concurrency.value.trim();
+  // A number when it reads as one; otherwise as typed, for the server to name the field.
+  if (concurrency) upstream.concurrency = /^\d+$/.test(concurrency) ? Number(concurrency) : concurrency;
+  const headers = {};
+  for (const row of $$("#upstream-headers .header")) {
+    const name = $("[name=header_name]", row).value.trim();
+    const value = $("[name=header_value]", row).value.trim();
+    if (!name && !value) continue;
+    headers[name] = { [$("[name=header_source]", row).value]: value };
+  }
+  if (Object.keys(headers).length) upstream.headers = headers;
+  return upstream;
+}
+
+$("#add-header").addEventListener("click", () => {
+  const row = headerRow("", null);
+  $("#upstream-headers").append(row);
+  $("[name=header_name]", row).focus();
+});
 
 $("#new-service").addEventListener("click", () => editService(null));
 $("#service-form").addEventListener("submit", async (ev) => {
@@ -212,6 +330,8 @@ $("#service-form").addEventListener("submit", async (ev) => {
   clearErrors(form);
   const spec = { timeout: form.timeout.value.trim() };
   if (form.description.value.trim()) spec.description = form.description.value.trim();
+  const upstream = upstreamFromForm(form);
+  if (upstream) spec.upstream = upstream;
   const name = form.name.value.trim();
   try {
     if (editingService) {
@@ -443,25 +563,116 @@ async function loadHistory() {
   await showHistory();
 }
 
+let historyItems = [];
+
 async function showHistory() {
   const path = $("#history-object").value;
   const tbody = $("#history-table tbody");
-  if (!path) return tbody.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "Nothing to show.")));
+  if (!path) {
+    historyItems = [];
+    fillDiffChoices();
+    return tbody.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "empty" }, "Nothing to show.")));
+  }
   const [{ data }, currentObject] = await Promise.all([api("GET", `/admin/v1/${path}/history`), api("GET", `/admin/v1/${path}`).catch(() => null)]);
   const currentRevision = currentObject ? currentObject.data.revision : null;
+  historyItems = data.items;
+  fillDiffChoices();
   tbody.replaceChildren(
     ...data.items.slice().reverse().map((r) =>
       el("tr", { "data-revision": r.revision },
         el("td", { class: "mono" }, r.revision, r.revision === currentRevision ? el("span", { class: "chip ok" }, "current") : ""),
         el("td", {}, r.operation),
         el("td", { class: "muted" }, new Date(r.created).toLocaleString()),
-        el("td", {}, el("pre", { class: "json" }, JSON.stringify(r.spec, null, 1))),
         el("td", { class: "actions" },
+          r.revision !== data.items[0].revision
+            ? el("button", { class: "ghost small", "aria-label": `Changes in revision ${r.revision}`, onclick: () => compareWithPrevious(r.revision) }, "Changes")
+            : "", " ",
           r.operation === "put" && r.revision !== currentRevision && currentRevision !== null
             ? el("button", { class: "ghost small", onclick: () => rollback(path, r.revision, currentRevision) }, "Roll back to this")
             : "")))
   );
 }
+
+// ---- history: the difference between two revisions -----------------------------------------
+
+/** Offers every kept revision in both choices: by default the one before the latest, and the latest. */
+function fillDiffChoices() {
+  const options = (selected) => historyItems.map((r) =>
+    el("option", { value: r.revision, selected: r.revision === selected }, `${r.revision} · ${r.operation} · ${new Date(r.created).toLocaleString()}`));
+  const n = historyItems.length;
+  const to = n ? historyItems[n - 1].revision : null;
+  const from = n > 1 ? historyItems[n - 2].revision : to;
+  $("#diff-from").replaceChildren(...options(from));
+  $("#diff-to").replaceChildren(...options(to));
+  showDiff();
+}
+
+/** Shows what `revision` changed: the difference from the revision before it. */
+function compareWithPrevious(revision) {
+  const i = historyItems.findIndex((r) => r.revision === revision);
+  if (i < 1) return;
+  $("#diff-to").value = String(revision);
+  $("#diff-from").value = String(historyItems[i - 1].revision);
+  showDiff();
+  $("#history-diff").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+/**
+ * Leaf values of a document by JSON path (`targets[1].timeout`); an empty object or list is a
+ * leaf of its own, so that adding one shows.
+ */
+function flatten(value, path = "", out = new Map()) {
+  const isObject = value !== null && typeof value === "object";
+  if (isObject && Object.keys(value).length) {
+    for (const [k, v] of Object.entries(value)) {
+      const key = Array.isArray(value) ? `${path}[${k}]` : /^[A-Za-z_][\w-]*$/.test(k) ? (path ? `${path}.${k}` : k) : `${path}[${JSON.stringify(k)}]`;
+      flatten(v, key, out);
+    }
+  } else if (value !== undefined) {
+    out.set(path || "(document)", value);
+  }
+  return out;
+}
+
+/** What changed from `a` to `b`, path by path, in document order: added, removed, changed. */
+function diffDocuments(a, b) {
+  const before = flatten(a ?? {});
+  const after = flatten(b ?? {});
+  const changes = [];
+  for (const path of new Set([...before.keys(), ...after.keys()])) {
+    const had = before.has(path);
+    const has = after.has(path);
+    const was = JSON.stringify(before.get(path));
+    const is = JSON.stringify(after.get(path));
+    if (had && has && was === is) continue;
+    changes.push({ path, kind: !had ? "added" : !has ? "removed" : "changed", was, is });
+  }
+  return changes;
+}
+
+function showDiff() {
+  const body = $("#diff-body");
+  const from = historyItems.find((r) => String(r.revision) === $("#diff-from").value);
+  const to = historyItems.find((r) => String(r.revision) === $("#diff-to").value);
+  if (!from || !to) return body.replaceChildren(el("p", { class: "muted" }, "No revisions to compare."));
+  if (from.revision === to.revision) return body.replaceChildren(el("p", { class: "muted" }, "Choose two different revisions."));
+  const changes = diffDocuments(from.operation === "delete" ? null : from.spec, to.operation === "delete" ? null : to.spec);
+  const title = el("p", { class: "muted" }, `From revision ${from.revision} (${from.operation}) to revision ${to.revision} (${to.operation}): `,
+    changes.length ? `${changes.length} change${changes.length > 1 ? "s" : ""}` : "no change");
+  if (!changes.length) return body.replaceChildren(title);
+  const mark = { added: "+", removed: "−", changed: "~" };
+  body.replaceChildren(title,
+    el("table", { class: "list diff" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Field"), el("th", {}, "Before"), el("th", {}, "After"))),
+      el("tbody", {}, changes.map((c) =>
+        el("tr", { class: `diff-${c.kind}`, "data-path": c.path },
+          el("td", { class: "mono wrap" }, el("span", { class: "diff-mark", title: c.kind, "aria-label": c.kind }, mark[c.kind]), " ", c.path),
+          el("td", { class: "mono wrap before" }, c.kind === "added" ? "" : c.was),
+          el("td", { class: "mono wrap after" }, c.kind === "removed" ? "" : c.is))))));
+}
+
+$("#diff-from").addEventListener("change", showDiff);
+$("#diff-to").addEventListener("change", showDiff);
 
 async function rollback(path, revision, current) {
   try {

@@ -21,6 +21,12 @@ use crate::Error;
 /// The first token of every service-API subject.
 pub const SRV_PREFIX: &str = "$SRV";
 
+/// Metadata key: how an instance serves its service (`adapter`, `adapters`, `native`, `demo`),
+/// shown in the admin API's live instances.
+pub const META_MODE: &str = "busgate.mode";
+/// Metadata key: the upstream URL template an adapter instance calls (credentials removed).
+pub const META_UPSTREAM: &str = "busgate.upstream";
+
 /// What an instance says about itself.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -277,7 +283,7 @@ mod tests {
             id: "abc".into(),
             version: "1.2.3".into(),
             description: "pays".into(),
-            metadata: HashMap::from([("kind".to_owned(), "native".to_owned())]),
+            metadata: HashMap::from([(META_MODE.to_owned(), "native".to_owned())]),
             subject: "busgate.svc.billing".into(),
             queue_group: "busgate.billing".into(),
         }
@@ -311,7 +317,7 @@ mod tests {
         let ping = json(Verb::Ping, &stats, SystemTime::now());
         assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
         assert_eq!(ping["id"], "abc");
-        assert_eq!(ping["metadata"]["kind"], "native");
+        assert_eq!(ping["metadata"]["busgate.mode"], "native");
         let info = json(Verb::Info, &stats, SystemTime::now());
         assert_eq!(info["description"], "pays");
         assert_eq!(info["endpoints"][0]["queue_group"], "busgate.billing");

@@ -1,6 +1,6 @@
 //! End-to-end: the admin UI in headless Chromium (Debian's), driven by playwright-core
-//! (`tests/browser/ui.mjs`), against a real stack. Screenshots land in
-//! `tests/browser/screenshots/`.
+//! (`tests/browser/ui.mjs`), against a real stack and a real upstream HTTP server. Screenshots
+//! land in `tests/browser/screenshots/` (`docs/img/` holds the ones the docs show).
 
 use busgate_tests::fixture::Settings;
 use busgate_tests::support;
@@ -9,10 +9,64 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Stack, Worker, ADMIN_TOKEN};
+use axum::extract::Path;
+use axum::Json;
+use serde_json::{json, Value};
+
+use support::{bin, Gateway, NatsServer, Proc, Stack, ADMIN_TOKEN, READY_WITHIN};
+
+/// The service the UI creates, and the variable its upstream header reads.
+const SERVICE: &str = "invoices";
+const KEY_VARIABLE: &str = "INVOICES_KEY";
+
+/// A real HTTP server standing for the user's own service: `GET /invoices/{order_id}` answers
+/// recognisable JSON. Returns its base URL; it stops with the test's runtime.
+async fn start_invoice_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/invoices/{order_id}",
+        axum::routing::get(|Path(order_id): Path<String>| async move {
+            Json(json!({
+                "invoice": format!("INV-{order_id}"),
+                "amount_due": 129.5,
+                "currency": "EUR",
+                "issued_by": "test-upstream",
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the upstream");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+// ─── MERGE POINT (issue 18) ────────────────────────────────────────────────────────────────
+/// Starts what serves `service` from its upstream, before the UI creates the service.
+///
+/// On the UI branch this is the single-service adapter, given the same URL template the UI
+/// enters (the branch has no configuration-following adapter yet). At the merge this becomes
+/// `busgate-worker adapters`, which reads the upstream from the configuration the UI writes:
+/// then the test starts no process for the service at all, and `template` goes unused.
+fn start_upstream_adapter(nats: &NatsServer, service: &str, template: &str) -> Proc {
+    let mut cmd = Command::new(bin("busgate-worker"));
+    cmd.env("BUSGATE_LOG__FORMAT", "json")
+        .env("BUSGATE_NATS__URL", &nats.url)
+        .env(KEY_VARIABLE, "test-upstream-key")
+        .args(["adapter", "--service", service, "--upstream", template]);
+    let proc = Proc::spawn(&format!("adapter-{service}"), cmd);
+    proc.wait_for(READY_WITHIN, |line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        (v["message"] == "serving" && v["service"] == service).then_some(())
+    });
+    proc
+}
+// ───────────────────────────────────────────────────────────────────────────────────────────
 
 #[tokio::test]
-async fn the_admin_ui_creates_tries_and_rolls_back_a_route() {
+async fn the_admin_ui_connects_an_upstream_tries_it_and_diffs_its_history() {
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
@@ -24,8 +78,12 @@ async fn the_admin_ui_creates_tries_and_rolls_back_a_route() {
         "playwright-core is missing: tests/run.sh runs npm ci in tests/browser"
     );
     let stack = Stack::start(&Settings::default()).await;
-    // The service the UI creates is answered by a native worker that is already running.
-    let _billing = Worker::native(&stack.nats, "billing");
+    let upstream = start_invoice_upstream().await;
+    let _adapter = start_upstream_adapter(
+        &stack.nats,
+        SERVICE,
+        &format!("{upstream}/invoices/{{order_id}}"),
+    );
     let screenshots = browser_dir.join("screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
     let admin_url = stack.gateway.admin.clone();
@@ -37,6 +95,7 @@ async fn the_admin_ui_creates_tries_and_rolls_back_a_route() {
                 .env("ADMIN_URL", admin_url)
                 .env("ADMIN_TOKEN", ADMIN_TOKEN)
                 .env("SCREENSHOTS", &screenshots)
+                .env("UPSTREAM_URL", upstream)
                 .env("CHROMIUM", chromium)
                 .output()
                 .expect("node runs (tests/run.sh needs Node.js)")
@@ -52,4 +111,66 @@ async fn the_admin_ui_creates_tries_and_rolls_back_a_route() {
         "UI test failed\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("ui: all steps passed"), "{stdout}");
+    // The steps, with how soon the new service answered (seen with --nocapture).
+    println!("{stdout}");
+}
+
+#[tokio::test]
+async fn the_favicon_is_our_own_icon_with_its_type_and_a_cache_lifetime() {
+    let nats = NatsServer::start();
+    let gateway = Gateway::start(&nats, &Settings::default()).await;
+    let http = reqwest::Client::new();
+    let page = http
+        .get(gateway.admin_url("/"))
+        .send()
+        .await
+        .expect("ui")
+        .text()
+        .await
+        .expect("html");
+    assert!(
+        page.contains(r#"<link rel="icon" href="/ui/favicon.svg" type="image/svg+xml">"#),
+        "the page links its icon"
+    );
+    let mut bodies = Vec::new();
+    for path in ["/favicon.ico", "/ui/favicon.svg"] {
+        let response = http
+            .get(gateway.admin_url(path))
+            .send()
+            .await
+            .expect("icon");
+        assert_eq!(response.status(), 200, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("image/svg+xml"),
+            "{path}"
+        );
+        assert_eq!(
+            header("cache-control").as_deref(),
+            Some("public, max-age=86400"),
+            "{path}"
+        );
+        // The admin listener's other headers hold for it too.
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        let body = response.text().await.expect("body");
+        assert!(body.starts_with("<svg ") && body.len() < 1024, "{body}");
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    // Other answers are still never cached, and an unknown icon name is still a 404.
+    let ui = http.get(gateway.admin_url("/")).send().await.expect("ui");
+    assert_eq!(ui.headers()["cache-control"], "no-store");
+    let missing = http
+        .get(gateway.admin_url("/favicon.png"))
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(missing.status(), 404);
 }

@@ -442,7 +442,13 @@ async fn the_admin_api_needs_its_token_and_lists_live_instances() {
     assert_eq!(status, 200);
     let items = instances["items"].as_array().expect("items");
     assert_eq!(items.len(), 1, "{instances}");
-    assert_eq!(items[0]["metadata"]["kind"], "adapter");
+    assert_eq!(items[0]["metadata"]["busgate.mode"], "adapter");
+    assert_eq!(items[0]["mode"], "adapter", "the mode, typed");
+    let upstream = items[0]["upstream"].as_str().expect("the upstream, typed");
+    assert!(
+        upstream.starts_with("http://127.0.0.1:") && upstream.ends_with("/order/{order_id}"),
+        "{upstream}"
+    );
     assert_eq!(items[0]["subject"], "busgate.svc.service1");
 }
 

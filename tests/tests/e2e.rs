@@ -781,7 +781,7 @@ async fn one_adapter_process_serves_two_services() {
             .await
             .expect("info");
         let info: Value = serde_json::from_slice(&ping.payload).expect("json");
-        assert_eq!(info["metadata"]["kind"], "adapter", "{info}");
+        assert_eq!(info["metadata"]["busgate.mode"], "adapter", "{info}");
         assert_eq!(
             info["endpoints"][0]["subject"],
             format!("busgate.svc.{service}")

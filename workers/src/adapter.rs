@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::header;
+use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::{Scheme, SecretSource, UpstreamSpec};
 use bytes::Bytes;
@@ -68,17 +69,8 @@ pub fn metadata(mode: &str, upstream: &Upstream) -> HashMap<String, String> {
     HashMap::from([
         (META_MODE.to_owned(), mode.to_owned()),
         (META_UPSTREAM.to_owned(), upstream.display.clone()),
-        // The keys of the single-service adapter before modes existed, which the UI read.
-        ("kind".to_owned(), "adapter".to_owned()),
-        ("upstream".to_owned(), upstream.display.clone()),
     ])
 }
-
-/// `$SRV.INFO` metadata key: `adapter` (one service from the command line) or `adapters`
-/// (following the configuration).
-pub const META_MODE: &str = "busgate.mode";
-/// `$SRV.INFO` metadata key: the upstream URL template, without query or credentials.
-pub const META_UPSTREAM: &str = "busgate.upstream";
 
 /// Runs an adapter for each of `adapters` (one service and its upstream each) on one NATS
 /// connection until `shutdown` resolves. One process for several upstreams is what one nginx

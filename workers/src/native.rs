@@ -22,7 +22,9 @@ pub async fn run(
         let mut options = ServeOptions::new(service.as_str());
         options.concurrency = concurrency;
         options.description = format!("demo service {service}, native on NATS");
-        options.metadata.insert("kind".into(), "native".into());
+        options
+            .metadata
+            .insert(busgate_shared::micro::META_MODE.into(), "native".into());
         let name = service.clone();
         let handler = move |req: ServiceRequest, _ctx| {
             let answer = demo_data::answer(&name, &req.order_id);

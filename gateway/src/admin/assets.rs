@@ -9,3 +9,10 @@ pub const UI_HTML: &str = include_str!("../../ui/index.html");
 pub const UI_CSS: &str = include_str!("../../ui/app.css");
 /// The UI's script.
 pub const UI_JS: &str = include_str!("../../ui/app.js");
+/// The UI's icon, drawn here: served at `/ui/favicon.svg` (linked from the page) and at
+/// `/favicon.ico`, which browsers and tools ask for unprompted.
+pub const FAVICON_SVG: &str = include_str!("../../ui/favicon.svg");
+/// The icon's content type (an SVG also under `/favicon.ico`: every current browser reads it).
+pub const FAVICON_CONTENT_TYPE: &str = "image/svg+xml";
+/// The icon never changes within a version: a day in caches.
+pub const FAVICON_CACHE: &str = "public, max-age=86400";

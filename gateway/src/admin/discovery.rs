@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
-use busgate_shared::micro::{Answer, Endpoint, Verb};
+use busgate_shared::micro::{Answer, Endpoint, Verb, META_MODE, META_UPSTREAM};
 
 use crate::admin::objects::ObjectPath;
 use crate::admin::state::AdminState;
@@ -44,6 +44,11 @@ struct Instance {
     service: String,
     id: String,
     version: String,
+    /// How it serves: `adapter`, `adapters`, `native`, `demo` (metadata `busgate.mode`), or
+    /// absent for an instance that does not say.
+    mode: Option<String>,
+    /// The upstream URL template it calls (metadata `busgate.upstream`), for adapters.
+    upstream: Option<String>,
     metadata: HashMap<String, String>,
     subject: String,
     started: Option<String>,
@@ -74,6 +79,8 @@ async fn discover(nats: &async_nats::Client, service: Option<&str>) -> Vec<Insta
             service: info.name,
             id: info.id,
             version: info.version,
+            mode: info.metadata.get(META_MODE).cloned(),
+            upstream: info.metadata.get(META_UPSTREAM).cloned(),
             metadata: info.metadata,
             subject,
             started: stat.and_then(|s| s.started.clone()),

@@ -33,7 +33,7 @@ pub mod precondition;
 pub mod state;
 pub mod try_it;
 
-use assets::{OPENAPI, UI_CSS, UI_HTML, UI_JS};
+use assets::{FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CSS, UI_HTML, UI_JS};
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
 use objects::{create, export, history, import, list, read, remove, replace, rollback};
@@ -84,6 +84,8 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
                 )
             }),
         )
+        .route("/favicon.ico", get(favicon))
+        .route("/ui/favicon.svg", get(favicon))
         .route(
             "/admin/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -102,6 +104,17 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         .layer(middleware::map_response(secure))
         .layer(middleware::from_fn(crate::edge::with_request_id))
         .with_state(state)
+}
+
+/// The icon, cacheable (the security layer leaves a set `Cache-Control` alone).
+async fn favicon() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, FAVICON_CONTENT_TYPE),
+            (header::CACHE_CONTROL, FAVICON_CACHE),
+        ],
+        FAVICON_SVG,
+    )
 }
 
 /// Sets the security headers on an admin answer, and makes axum's bare 405 a problem document.
