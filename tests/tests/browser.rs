@@ -43,27 +43,17 @@ async fn start_invoice_upstream() -> String {
     format!("http://{addr}")
 }
 
-// ─── MERGE POINT (issue 18) ────────────────────────────────────────────────────────────────
-/// Starts what serves `service` from its upstream, before the UI creates the service.
-///
-/// On the UI branch this is the single-service adapter, given the same URL template the UI
-/// enters (the branch has no configuration-following adapter yet). At the merge this becomes
-/// `busgate-worker adapters`, which reads the upstream from the configuration the UI writes:
-/// then the test starts no process for the service at all, and `template` goes unused.
-fn start_upstream_adapter(nats: &NatsServer, service: &str, template: &str) -> Proc {
+/// Starts `busgate-worker adapters`, which serves every service that has an upstream in the
+/// configuration: the service the UI creates is served by it, with no process started for it.
+/// `KEY_VARIABLE` is in its environment because the UI names it as a header's source.
+fn start_upstream_adapters(nats: &NatsServer) -> Proc {
     let mut cmd = Command::new(bin("busgate-worker"));
     cmd.env("BUSGATE_LOG__FORMAT", "json")
         .env("BUSGATE_NATS__URL", &nats.url)
         .env(KEY_VARIABLE, "test-upstream-key")
-        .args(["adapter", "--service", service, "--upstream", template]);
-    let proc = Proc::spawn(&format!("adapter-{service}"), cmd);
-    proc.wait_for(READY_WITHIN, |line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        (v["message"] == "serving" && v["service"] == service).then_some(())
-    });
-    proc
+        .arg("adapters");
+    Proc::spawn("adapters", cmd)
 }
-// ───────────────────────────────────────────────────────────────────────────────────────────
 
 #[tokio::test]
 async fn the_admin_ui_connects_an_upstream_tries_it_and_diffs_its_history() {
@@ -79,11 +69,7 @@ async fn the_admin_ui_connects_an_upstream_tries_it_and_diffs_its_history() {
     );
     let stack = Stack::start(&Settings::default()).await;
     let upstream = start_invoice_upstream().await;
-    let _adapter = start_upstream_adapter(
-        &stack.nats,
-        SERVICE,
-        &format!("{upstream}/invoices/{{order_id}}"),
-    );
+    let _adapters = start_upstream_adapters(&stack.nats);
     let screenshots = browser_dir.join("screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
     let admin_url = stack.gateway.admin.clone();
