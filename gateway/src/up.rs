@@ -278,15 +278,13 @@ async fn start_children(
         wait_until(READY_WITHIN, || answers(listen))
             .await
             .with_context(|| format!("demo service {service} did not listen on {listen}"))?;
-        let adapter = ChildSpec::new(&worker)
-            .envs(nats_env.clone())
-            .args([
-                "adapter",
-                "--service",
-                service,
-                "--upstream",
-                &format!("http://{listen}/order/{{order_id}}"),
-            ]);
+        let adapter = ChildSpec::new(&worker).envs(nats_env.clone()).args([
+            "adapter",
+            "--service",
+            service,
+            "--upstream",
+            &format!("http://{listen}/order/{{order_id}}"),
+        ]);
         children.push(spawn(&format!("adapter-{service}"), adapter, data_dir)?);
     }
     // Services with an upstream come up once the gateway has seeded the configuration: the
@@ -364,14 +362,8 @@ impl ChildSpec {
         self
     }
 
-    /// An environment variable (where secrets such as a NATS URL with credentials go: a
+    /// Environment variables (where secrets such as a NATS URL with credentials go: a
     /// process list shows argv to every user of the machine).
-    fn env(mut self, name: &str, value: &str) -> Self {
-        self.env.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Environment variables, as [`ChildSpec::env`].
     fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
         self.env.extend(vars);
         self

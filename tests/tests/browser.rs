@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use axum::extract::Path;
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use support::{bin, Gateway, NatsServer, Proc, Stack, ADMIN_TOKEN, READY_WITHIN};
+use support::{bin, Gateway, NatsServer, Proc, Stack, ADMIN_TOKEN};
 
-/// The service the UI creates, and the variable its upstream header reads.
-const SERVICE: &str = "invoices";
+/// The variable the upstream header of the service the UI creates reads.
 const KEY_VARIABLE: &str = "INVOICES_KEY";
 
 /// A real HTTP server standing for the user's own service: `GET /invoices/{order_id}` answers

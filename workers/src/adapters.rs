@@ -43,9 +43,12 @@ struct Served {
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(nats_url: &str, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let client = busgate_shared::nats::connect(nats_url, "busgate-worker adapters").await?;
-    let wire = wire::Connection::connect(nats_url, "busgate-worker adapters requests")?;
+pub async fn run(
+    nats: &busgate_shared::nats::NatsSettings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = busgate_shared::nats::connect(nats, "busgate-worker adapters").await?;
+    let wire = wire::Connection::connect_with(nats, "busgate-worker adapters requests")?;
     let js = jetstream::new(client.clone());
     let (stop_tx, mut stop_rx) = tokio_watch::channel(false);
     let mut served: BTreeMap<String, Served> = BTreeMap::new();

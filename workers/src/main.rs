@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> ExitCode {
                 .collect();
             adapter::run(&nats, &adapters, runtime::shutdown_signal()).await
         }
-        Command::Adapters => adapters::run(&cli.nats, runtime::shutdown_signal()).await,
+        Command::Adapters => adapters::run(&nats, runtime::shutdown_signal()).await,
         Command::Demo { service, listen } => {
             demo::run(&service, listen, runtime::shutdown_signal()).await
         }
