@@ -2,13 +2,14 @@
 //!
 //! Owns: the admin router, its bearer-token guard and the security headers of every answer
 //! (here), the configuration objects ([`objects`]) and their preconditions ([`precondition`]),
+//! clients' API keys ([`clients`]),
 //! the audit trail of writes ([`audit`]), the try-it ([`try_it`]), live instances
 //! ([`discovery`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
 //! everything but the UI's static files, the OpenAPI document and, when it is served here,
 //! `/metrics`.
 //!
 //! May use: `edge` (the state it shares with the public listener, request ids, `/metrics`),
-//! `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
+//! `auth` (making keys), `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::error::{ErrorKind, GatewayError};
 
 pub mod assets;
 pub mod audit;
+pub mod clients;
 pub mod discovery;
 pub mod objects;
 pub mod precondition;
@@ -68,6 +70,14 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
             axum::routing::post(rollback),
         )
         .route("/admin/v1/{kind}/{name}/instances", get(instances))
+        .route(
+            "/admin/v1/{kind}/{name}/keys",
+            axum::routing::post(clients::create_key),
+        )
+        .route(
+            "/admin/v1/{kind}/{name}/keys/{id}",
+            axum::routing::delete(clients::revoke_key),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     let mut open = Router::new()
         .route("/", get(|| async { Html(UI_HTML) }))
@@ -207,6 +217,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "last_error": app.store_status.last_error.lock().ok().and_then(|e| e.clone()),
             "services": snapshot.spec.services.len(),
             "routes": snapshot.spec.routes.len(),
+            "clients": snapshot.spec.clients.len(),
         },
         "gathers_in_flight": app.runner.collector().open_gathers(),
     }))

@@ -1,4 +1,4 @@
-//! Services and routes as objects: list, get, create, replace, delete, history, rollback,
+//! Services, routes and clients as objects: list, get, create, replace, delete, history, rollback,
 //! export and import. `ETag` is the KV revision and every write needs `If-Match` (see
 //! [`precondition`](crate::admin::precondition): 412 when it does not match, 428 without it).
 //! A write is validated against the whole configuration it would produce before anything is
@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::validate;
 
 use crate::admin::audit::Change;
@@ -28,11 +28,12 @@ fn kind_of(kind: &str) -> Option<Kind> {
     match kind {
         "services" => Some(Kind::Service),
         "routes" => Some(Kind::Route),
+        "clients" => Some(Kind::Client),
         _ => None,
     }
 }
 
-/// `/admin/v1/{kind}`: 404 for anything but `services` and `routes`.
+/// `/admin/v1/{kind}`: 404 for anything but `services`, `routes` and `clients`.
 pub struct KindPath(pub Kind);
 
 impl<S: Send + Sync> FromRequestParts<S> for KindPath {
@@ -72,11 +73,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ObjectPath {
 }
 
 /// Nothing at `path` (the URI's path: percent-encoded, safe to show).
-fn not_found(path: String) -> GatewayError {
+pub(crate) fn not_found(path: String) -> GatewayError {
     ErrorKind::NotFound(path).into()
 }
 
-fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
+pub(crate) fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
     state
         .app
         .store
@@ -91,7 +92,7 @@ const APPLY_WAIT: Duration = Duration::from_secs(2);
 /// Waits until this instance's configuration includes the store's latest change, so that a
 /// list, a read or a try-it right after a write sees it (the other instances follow through
 /// their own watchers). The write is durable either way: past [`APPLY_WAIT`] it answers anyway.
-async fn settle(store: &ConfigStore, state: &AdminState) {
+pub(crate) async fn settle(store: &ConfigStore, state: &AdminState) {
     match store.last_sequence().await {
         Ok(latest) => {
             if !state.app.store_status.wait_for(latest, APPLY_WAIT).await {
@@ -114,6 +115,17 @@ fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayErr
         Kind::Route => {
             serde_json::from_value::<RouteSpec>(value.clone()).and_then(serde_json::to_value)
         }
+        Kind::Client => {
+            // Keys are made and revoked through `…/keys`; a document never brings its own.
+            if value.get("keys").is_some() {
+                return Err(ErrorKind::InvalidConfig {
+                    field: format!("clients.{name}.keys"),
+                    reason: "keys are managed through /admin/v1/clients/{name}/keys".into(),
+                }
+                .into());
+            }
+            serde_json::from_value::<ClientSpec>(value.clone()).and_then(serde_json::to_value)
+        }
     };
     result.map_err(|e| {
         ErrorKind::InvalidConfig {
@@ -125,7 +137,7 @@ fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayErr
 }
 
 /// The configuration in force with one object changed (`None`: deleted), validated whole.
-fn candidate(
+pub(crate) fn candidate(
     state: &AdminState,
     kind: Kind,
     name: &str,
@@ -167,13 +179,22 @@ fn candidate(
         (Kind::Route, None) => {
             spec.routes.remove(name);
         }
+        (Kind::Client, Some(v)) => {
+            spec.clients.insert(
+                name.to_owned(),
+                serde_json::from_value(v.clone()).map_err(at)?,
+            );
+        }
+        (Kind::Client, None) => {
+            spec.clients.remove(name);
+        }
     }
     Snapshot::compile(spec)
         .map(drop)
         .map_err(GatewayError::invalid_config)
 }
 
-fn object(name: &str, revision: u64, spec: Value) -> Response {
+pub(crate) fn object(name: &str, revision: u64, spec: Value) -> Response {
     let mut response =
         Json(json!({"name": name, "revision": revision, "spec": spec})).into_response();
     response.headers_mut().insert(header::ETAG, etag(revision));
@@ -189,6 +210,7 @@ pub async fn list(
     let names: Vec<String> = match kind {
         Kind::Service => spec.services.keys().cloned().collect(),
         Kind::Route => spec.routes.keys().cloned().collect(),
+        Kind::Client => spec.clients.keys().cloned().collect(),
     };
     let mut items = Vec::new();
     for name in names {
@@ -230,13 +252,22 @@ pub async fn create(
         let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
         validate::name("name", &body.name).map_err(GatewayError::invalid_config)?;
         change.object = kind.key(&body.name);
-        let spec = parse_spec(kind, &body.name, &body.spec)?;
+        let mut spec = parse_spec(kind, &body.name, &body.spec)?;
+        // A new client comes with its first key, whose secret this answer shows once.
+        let key = (kind == Kind::Client)
+            .then(|| crate::admin::clients::add_key(&mut spec))
+            .transpose()?;
         candidate(&state, kind, &body.name, Some(&spec))?;
         let store = store_of(&state)?;
         let revision = store.create(kind, &body.name, &spec).await?;
         change.new = Some(revision);
         settle(&store, &state).await;
-        let mut response = object(&body.name, revision, spec);
+        let mut response = match key {
+            Some((id, secret)) => {
+                crate::admin::clients::created(&body.name, revision, spec, &id, &secret)
+            }
+            None => object(&body.name, revision, spec),
+        };
         *response.status_mut() = StatusCode::CREATED;
         if let Ok(location) =
             HeaderValue::from_str(&format!("/admin/v1/{}/{}", kind.plural(), body.name))
@@ -277,8 +308,23 @@ async fn write(
     change: &mut Change,
 ) -> Result<Response, GatewayError> {
     let store = store_of(state)?;
-    change.old = store.get(kind, name).await?.map(|(revision, _)| revision);
+    let current = store.get(kind, name).await?;
+    change.old = current.as_ref().map(|(revision, _)| *revision);
     let expected = condition.check(change.old)?;
+    let mut spec = spec;
+    if kind == Kind::Client {
+        // A client's keys are those stored at the revision this write replaces: a PUT or a
+        // rollback changes the rest, never resurrects a revoked key nor drops a live one.
+        let keys = current
+            .as_ref()
+            .and_then(|(_, doc)| doc.get("keys").cloned());
+        if let Some(object) = spec.as_object_mut() {
+            object.remove("keys");
+            if let Some(keys) = keys {
+                object.insert("keys".into(), keys);
+            }
+        }
+    }
     candidate(state, kind, name, Some(&spec))?;
     match store.update(kind, name, &spec, expected).await {
         Ok(revision) => {
@@ -410,6 +456,17 @@ pub async fn import(
         }
         for (name, route) in &spec.routes {
             store.put(Kind::Route, name, &json!(route)).await?;
+        }
+        // Clients last (they name routes); their keys come as the export has them: hashes.
+        for (name, client) in &spec.clients {
+            store.put(Kind::Client, name, &json!(client)).await?;
+        }
+        for name in old
+            .clients
+            .keys()
+            .filter(|n| !spec.clients.contains_key(*n))
+        {
+            store.delete(Kind::Client, name, None).await?;
         }
         for name in old.routes.keys().filter(|n| !spec.routes.contains_key(*n)) {
             store.delete(Kind::Route, name, None).await?;

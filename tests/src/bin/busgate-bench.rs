@@ -346,7 +346,11 @@ fn hold_route() -> Route {
 fn bench_settings() -> Settings {
     let two = Duration::from_secs(2);
     let natives: Vec<String> = (1..=8).map(|i| format!("n{i}")).collect();
-    let mut settings = Settings::default().log_level("warn").jobs_concurrency(512);
+    // Routes, not clients, are measured here: anonymous requests, written out.
+    let mut settings = Settings::default()
+        .log_level("warn")
+        .jobs_concurrency(512)
+        .auth_none();
     for service in natives.iter().map(String::as_str).chain(["a1", "a2"]) {
         settings = settings.service(service, two);
     }
@@ -374,6 +378,7 @@ fn merge_stack_settings() -> Settings {
     let two = Duration::from_secs(2);
     Settings::default()
         .log_level("warn")
+        .auth_none()
         .service("n1", two)
         .service("n2", two)
         .route("merge", merge_route())
@@ -383,6 +388,7 @@ fn merge_stack_settings() -> Settings {
 fn held_gathers_settings() -> Settings {
     Settings::default()
         .log_level("warn")
+        .auth_none()
         .service("n1", Duration::from_secs(30))
         .service("n2", Duration::from_secs(2))
         .route("hold", hold_route())
