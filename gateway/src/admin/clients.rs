@@ -1,7 +1,7 @@
 //! A client's API keys: `POST /admin/v1/clients/{name}/keys` makes another (for a rotation
 //! without a gap), `DELETE /admin/v1/clients/{name}/keys/{id}` revokes one. Everything else
-//! about clients is the generic object machinery ([`crate::admin::objects`]); a create there
-//! calls [`add_key`] for the first key.
+//! about clients is the generic object machinery ([`crate::admin::objects`]), which also makes
+//! a new client's first key.
 //!
 //! A secret is in exactly one answer, the one that made it; the store, the history, the export
 //! and the logs have its SHA-256 only. Both writes are compare-and-set on the client's
@@ -15,55 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use busgate_shared::config::{KeySpec, MAX_KEYS};
 use busgate_shared::validate;
 
 use crate::admin::audit::Change;
-use crate::admin::objects::{candidate, not_found, settle, store_of};
+use crate::admin::objects::{add_key, candidate, not_found, settle, store_of};
 use crate::admin::precondition::{etag, IfMatch};
 use crate::admin::state::AdminState;
 use crate::config::store::Kind;
 use crate::error::{ErrorKind, GatewayError};
-
-/// Adds a new key to a client document; returns `(id, secret)`.
-pub fn add_key(spec: &mut Value) -> Result<(String, String), GatewayError> {
-    let (id, secret) = crate::auth::new_key();
-    let key = KeySpec {
-        id: id.clone(),
-        hash: crate::auth::hex(&crate::auth::hash_key(&secret)),
-        created: crate::clock::rfc3339(std::time::SystemTime::now()),
-    };
-    let Some(object) = spec.as_object_mut() else {
-        return Err(ErrorKind::Internal.into());
-    };
-    let keys = object
-        .entry("keys")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    let Some(keys) = keys.as_array_mut() else {
-        return Err(ErrorKind::Internal.into());
-    };
-    if keys.len() >= MAX_KEYS {
-        return Err(ErrorKind::Conflict(format!(
-            "a client has at most {MAX_KEYS} keys: revoke one first"
-        ))
-        .into());
-    }
-    keys.push(serde_json::to_value(key).map_err(|_| ErrorKind::Internal)?);
-    Ok((id, secret))
-}
-
-/// The 201 of a new client: the object, and its first key with the secret, shown this once.
-pub fn created(name: &str, revision: u64, spec: Value, id: &str, secret: &str) -> Response {
-    let mut response = Json(json!({
-        "name": name,
-        "revision": revision,
-        "spec": spec,
-        "key": {"id": id, "secret": secret},
-    }))
-    .into_response();
-    response.headers_mut().insert(header::ETAG, etag(revision));
-    response
-}
 
 /// `/admin/v1/clients/{name}/keys…`: 404 for another kind or a name or id outside the name
 /// pattern.

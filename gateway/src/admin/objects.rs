@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::config::{ClientSpec, ConfigSpec, KeySpec, RouteSpec, ServiceSpec, MAX_KEYS};
 use busgate_shared::validate;
 
 use crate::admin::audit::Change;
@@ -84,6 +84,46 @@ pub(crate) fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> 
         .get()
         .cloned()
         .ok_or_else(|| ErrorKind::NotReady("the configuration store is not ready yet").into())
+}
+
+/// Adds a new key to a client document; returns `(id, secret)`.
+pub fn add_key(spec: &mut Value) -> Result<(String, String), GatewayError> {
+    let (id, secret) = crate::auth::new_key();
+    let key = KeySpec {
+        id: id.clone(),
+        hash: crate::auth::hex(&crate::auth::hash_key(&secret)),
+        created: crate::clock::rfc3339(std::time::SystemTime::now()),
+    };
+    let Some(object) = spec.as_object_mut() else {
+        return Err(ErrorKind::Internal.into());
+    };
+    let keys = object
+        .entry("keys")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(keys) = keys.as_array_mut() else {
+        return Err(ErrorKind::Internal.into());
+    };
+    if keys.len() >= MAX_KEYS {
+        return Err(ErrorKind::Conflict(format!(
+            "a client has at most {MAX_KEYS} keys: revoke one first"
+        ))
+        .into());
+    }
+    keys.push(serde_json::to_value(key).map_err(|_| ErrorKind::Internal)?);
+    Ok((id, secret))
+}
+
+/// The 201 of a new client: the object, and its first key with the secret, shown this once.
+pub fn created(name: &str, revision: u64, spec: Value, id: &str, secret: &str) -> Response {
+    let mut response = Json(json!({
+        "name": name,
+        "revision": revision,
+        "spec": spec,
+        "key": {"id": id, "secret": secret},
+    }))
+    .into_response();
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    response
 }
 
 /// How long a write waits for this instance to run what it wrote.
@@ -255,7 +295,7 @@ pub async fn create(
         let mut spec = parse_spec(kind, &body.name, &body.spec)?;
         // A new client comes with its first key, whose secret this answer shows once.
         let key = (kind == Kind::Client)
-            .then(|| crate::admin::clients::add_key(&mut spec))
+            .then(|| add_key(&mut spec))
             .transpose()?;
         candidate(&state, kind, &body.name, Some(&spec))?;
         let store = store_of(&state)?;
@@ -263,9 +303,7 @@ pub async fn create(
         change.new = Some(revision);
         settle(&store, &state).await;
         let mut response = match key {
-            Some((id, secret)) => {
-                crate::admin::clients::created(&body.name, revision, spec, &id, &secret)
-            }
+            Some((id, secret)) => created(&body.name, revision, spec, &id, &secret),
             None => object(&body.name, revision, spec),
         };
         *response.status_mut() = StatusCode::CREATED;
