@@ -9,3 +9,5 @@ pub const UI_HTML: &str = include_str!("../../ui/index.html");
 pub const UI_CSS: &str = include_str!("../../ui/app.css");
 /// The UI's script.
 pub const UI_JS: &str = include_str!("../../ui/app.js");
+/// The Clients page's script (loaded after [`UI_JS`]).
+pub const UI_CLIENTS_JS: &str = include_str!("../../ui/clients.js");

@@ -35,7 +35,7 @@ pub mod precondition;
 pub mod state;
 pub mod try_it;
 
-use assets::{OPENAPI, UI_CSS, UI_HTML, UI_JS};
+use assets::{OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_HTML, UI_JS};
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
 use objects::{create, export, history, import, list, read, remove, replace, rollback};
@@ -91,6 +91,15 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     UI_JS,
+                )
+            }),
+        )
+        .route(
+            "/ui/clients.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UI_CLIENTS_JS,
                 )
             }),
         )
