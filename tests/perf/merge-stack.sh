@@ -10,6 +10,8 @@
 #   cpu_per_request URL NAME:PID…        10 s of wrk -t2 -c64 on URL with 5 s of perf stat on
 #                                        each PID; prints req/s, then per NAME the CPU time,
 #                                        system calls and context switches per request
+# SETTINGS=merge-keyed: the same with API-key auth and a rate limit that never triggers (the
+# requests carry the bench client's key: CURL_HEADER and WRK_HEADER, arrays, empty otherwise).
 # The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests
 # and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
 # checkout's release or debug build.
@@ -28,7 +30,7 @@ bench_bin() {
 start_merge_stack() {
   local bins=$1 dir=$2 np hp ap bench
   bench=$(bench_bin "$bins") || exit 2
-  "$bench" --print-settings merge > "$dir/gw.toml" || exit 2
+  "$bench" --print-settings "${SETTINGS:-merge}" > "$dir/gw.toml" || exit 2
   np=$(port); hp=$(port); ap=$(port)
   nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
   W2=
@@ -50,8 +52,8 @@ start_merge_stack() {
     "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g.log" 2>&1 & G=$!
   NATS_URL=nats://127.0.0.1:$np
   URL=http://127.0.0.1:$hp/bench/merge/12345
-  for _ in $(seq 100); do curl -sf "$URL" > /dev/null && break; sleep 0.1; done
-  wrk -t2 -c64 -d2s "$URL" > /dev/null
+  for _ in $(seq 100); do curl -sf ${CURL_HEADER[@]+"${CURL_HEADER[@]}"} "$URL" > /dev/null && break; sleep 0.1; done
+  wrk -t2 -c64 -d2s ${WRK_HEADER[@]+"${WRK_HEADER[@]}"} "$URL" > /dev/null
 }
 
 stop_merge_stack() {

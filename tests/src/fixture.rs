@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use busgate_shared::config::{ConfigSpec, MergeSpec, RouteSpec, ServiceSpec, TargetSpec};
+use busgate_shared::config::{
+    ClientSpec, ConfigSpec, MergeSpec, RouteSpec, ServiceSpec, TargetSpec,
+};
 use serde_json::{json, Map, Value};
 
 /// Gateway settings. Nothing set is an empty file: the gateway's defaults, with its built-in
@@ -38,6 +40,7 @@ pub struct Settings {
     auth_mode: Option<&'static str>,
     services: BTreeMap<String, ServiceSpec>,
     routes: BTreeMap<String, RouteSpec>,
+    clients: BTreeMap<String, ClientSpec>,
 }
 
 /// `[jobs]`: what is not set keeps the gateway's default.
@@ -231,6 +234,12 @@ impl Settings {
         self
     }
 
+    /// `[clients.<name>]`: a client seeded with the configuration (its keys as hashes).
+    pub fn client(mut self, name: &str, spec: ClientSpec) -> Settings {
+        self.clients.insert(name.to_owned(), spec);
+        self
+    }
+
     /// The settings file.
     pub fn to_toml(&self) -> String {
         let mut doc = Map::new();
@@ -290,6 +299,9 @@ impl Settings {
         }
         if !self.routes.is_empty() {
             doc.insert("routes".into(), to_json(&self.routes));
+        }
+        if !self.clients.is_empty() {
+            doc.insert("clients".into(), to_json(&self.clients));
         }
         toml::document(&doc)
     }
