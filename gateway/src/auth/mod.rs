@@ -5,7 +5,8 @@
 //! key is `bgk_` and 43 base64url characters (32 bytes from the operating system's CSPRNG);
 //! the gateway knows only its SHA-256 (see [`hash_key`]). Checking one is a hash of the
 //! presented key and a map lookup in the snapshot in force: no lock, no allocation, no I/O.
-//! A bearer token without the key prefix that is shaped like a JWT goes to [`verify_jwt`].
+//! A bearer token without the key prefix that is shaped like a JWT goes to the one JWT hook,
+//! `Authenticator::verify_jwt`.
 //! Anything else (no credentials, two, a malformed header, an oversize or garbage token, an
 //! unknown or revoked key) is refused with 401 before the body is read or anything published.
 //!
@@ -105,7 +106,7 @@ impl Authenticator {
             Presented::ApiKey(key) => api_key(snapshot, key).map(Caller::client),
             // Boxed: the common (API key) path keeps a small future.
             Presented::Jwt(token) => {
-                let name = Box::pin(verify_jwt(token)).await?;
+                let name = Box::pin(self.verify_jwt(token)).await?;
                 snapshot
                     .clients
                     .by_name(&name)
@@ -117,13 +118,16 @@ impl Authenticator {
     }
 }
 
-/// THE JWT HOOK. A bearer token shaped like a JWT ends here; `Ok` names the client (by the
-/// issuer's configured claim), which must then be a configured client. The JWT verifier
-/// (`auth::jwt::Issuers::verify`, built separately) is wired in here; until then every JWT is
-/// refused.
-async fn verify_jwt(token: &str) -> Result<String, GatewayError> {
-    let _ = token;
-    Err(ErrorKind::ClientUnauthorized(Credentials::Invalid).into())
+impl Authenticator {
+    /// THE JWT HOOK. A bearer token shaped like a JWT ends here; `Ok` names the client (by
+    /// the issuer's configured claim), which [`Authenticator::authenticate`] then requires to
+    /// be a configured client. The JWT verifier (`auth::jwt::Issuers::verify`, built
+    /// separately, held in this struct beside `mode`) is wired in here; until then every JWT
+    /// is refused with 401.
+    async fn verify_jwt(&self, token: &str) -> Result<String, GatewayError> {
+        let _ = token;
+        Err(ErrorKind::ClientUnauthorized(Credentials::Invalid).into())
+    }
 }
 
 /// The credential a request carries, refusing what is malformed.
