@@ -250,7 +250,8 @@ async fn with_caller(
     mut request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let snapshot = state.runner.config().load();
+    // Owned, not a guard: the check may wait (a JWT issuer's keys).
+    let snapshot = state.runner.config().load_full();
     match state.auth.authenticate(&snapshot, request.headers()).await {
         Ok(caller) => {
             drop(snapshot);
