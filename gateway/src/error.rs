@@ -11,6 +11,11 @@ use serde_json::value::RawValue;
 
 use busgate_shared::header::REQUEST_ID;
 
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT: &str = "ratelimit";
+
 /// Media type of problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -92,6 +97,29 @@ pub enum ErrorKind {
     /// The admin API needs a valid bearer token.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// A public request without usable credentials. The detail says which rule, never what
+    /// was sent.
+    #[error("{0}")]
+    ClientUnauthorized(Credentials),
+    /// The client may not use this route.
+    #[error("this client may not use the route {0}")]
+    RouteNotAllowed(String),
+    /// The client is over its rate.
+    #[error("over the rate of {per_second} requests per second (burst {burst}), retry later")]
+    RateLimited {
+        /// Its rate.
+        per_second: u32,
+        /// Its burst.
+        burst: u32,
+        /// How long until a request would conform.
+        retry_after: std::time::Duration,
+    },
+    /// The client has as many asynchronous requests pending as it may.
+    #[error("too many asynchronous requests pending for this client, retry when some finish")]
+    TooManyPending,
+    /// The client has as many event streams open as it may.
+    #[error("too many event streams open for this client")]
+    TooManyStreams,
     /// A configuration change breaks a rule; `field` names where.
     #[error("{field}: {reason}")]
     InvalidConfig {
@@ -238,6 +266,32 @@ impl std::fmt::Display for Refusal {
             RefusalClass::Port => "refused: port not allowed (80, 443 or an allowlisted port)",
             RefusalClass::Address => "refused: address not allowed",
             RefusalClass::Host => "refused: host not allowed",
+        })
+    }
+}
+
+/// Why a public request's credentials were refused; the client is told the rule it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// None were sent.
+    Missing,
+    /// The header is not `Bearer <token>`, not ASCII, or too long.
+    Malformed,
+    /// More than one credential (two headers, or both kinds).
+    Ambiguous,
+    /// An unknown, revoked or garbled key, or a token that does not verify.
+    Invalid,
+}
+
+impl std::fmt::Display for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credentials::Missing => {
+                "an API key is required: Authorization: Bearer <key> or X-API-Key: <key>"
+            }
+            Credentials::Malformed => "the Authorization header must be Bearer <token>",
+            Credentials::Ambiguous => "send exactly one credential",
+            Credentials::Invalid => "the credentials are not valid",
         })
     }
 }
@@ -487,7 +541,29 @@ impl GatewayError {
                 "internal",
                 "Internal error",
             ),
-            K::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            K::Unauthorized | K::ClientUnauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+            }
+            K::RouteNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "route-not-allowed",
+                "Route not allowed",
+            ),
+            K::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limited",
+            ),
+            K::TooManyPending => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-pending",
+                "Too many pending requests",
+            ),
+            K::TooManyStreams => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-streams",
+                "Too many event streams",
+            ),
             K::InvalidConfig { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-config",
@@ -628,11 +704,55 @@ impl IntoResponse for GatewayError {
             }
             _ => {}
         }
-        if let ErrorKind::Unauthorized = &self.kind {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"busgate-admin\""),
-            );
+        match &self.kind {
+            ErrorKind::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"busgate-admin\""),
+                );
+            }
+            // RFC 6750 §3: no error code when nothing was sent, `invalid_request` for a
+            // malformed request, `invalid_token` for a credential that does not verify.
+            ErrorKind::ClientUnauthorized(why) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(match why {
+                        Credentials::Missing => "Bearer realm=\"busgate\"",
+                        Credentials::Malformed | Credentials::Ambiguous => {
+                            "Bearer realm=\"busgate\", error=\"invalid_request\""
+                        }
+                        Credentials::Invalid => "Bearer realm=\"busgate\", error=\"invalid_token\"",
+                    }),
+                );
+            }
+            ErrorKind::RateLimited {
+                per_second,
+                retry_after,
+                ..
+            } => {
+                // Whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3).
+                let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+                let mut digits = [0u8; 20];
+                let seconds = busgate_shared::header::decimal(
+                    u64::try_from(seconds).unwrap_or(1),
+                    &mut digits,
+                );
+                if let Ok(v) = HeaderValue::from_str(seconds) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+                // draft-ietf-httpapi-ratelimit-headers-09: the policy ("q" requests per "w"
+                // seconds) and what is left of it ("r") with when it resets ("t").
+                if let Ok(v) = HeaderValue::from_str(&format!("\"client\";q={per_second};w=1")) {
+                    headers.insert(RATELIMIT_POLICY, v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&format!("\"client\";r=0;t={seconds}")) {
+                    headers.insert(RATELIMIT, v);
+                }
+            }
+            ErrorKind::TooManyPending | ErrorKind::TooManyStreams => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }
@@ -710,6 +830,27 @@ mod tests {
             .into_response();
         assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    #[test]
+    fn client_refusals_say_how_to_authenticate_and_when_to_retry() {
+        let r =
+            GatewayError::from(ErrorKind::ClientUnauthorized(Credentials::Invalid)).into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"busgate\", error=\"invalid_token\""
+        );
+        let r = GatewayError::from(ErrorKind::RateLimited {
+            per_second: 5,
+            burst: 10,
+            retry_after: std::time::Duration::from_millis(1200),
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()[RATELIMIT_POLICY], "\"client\";q=5;w=1");
+        assert_eq!(r.headers()[RATELIMIT], "\"client\";r=0;t=2");
     }
 
     #[test]

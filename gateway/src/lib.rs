@@ -15,11 +15,13 @@
 //!   files and the OpenAPI document.
 //! - [`jobs`]: asynchronous requests: submit, poll and events over HTTP, the JetStream work
 //!   queue and status documents, signed callbacks and their SSRF guard.
+//! - [`auth`]: who is calling: a request's client by its API key (or JWT), the key format
+//!   and hashing.
 //! - [`route`]: running a route for one request, the one way the edge, the processor of
 //!   asynchronous requests and the try-it get an answer.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
 //!   its deadlines, the merge.
-//! - [`config`]: settings, the compiled snapshot, the KV store of services and routes and the
+//! - [`config`]: settings, the compiled snapshot, the KV store of services, routes and clients and the
 //!   watcher that keeps every instance's configuration in force.
 //! - [`metrics`], [`error`] (the one error type and its one HTTP mapping), [`clock`],
 //!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
@@ -35,8 +37,10 @@
 //!        admin ──────────▶ edge
 //!          │                │ ╲
 //!          │                │  ╲──▶ jobs
-//!          │                │       │
-//!          └──────────────▶ route ◀─┘
+//!          │                │  ╱    │ ╲
+//!          │               auth ◀──┘  │
+//!          │                │         │
+//!          └──────────────▶ route ◀───┘
 //!                           │
 //!                         gather
 //!                           │
@@ -46,6 +50,7 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod edge;
@@ -142,7 +147,13 @@ pub async fn run(
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
+        auth: auth::Authenticator::new(settings.auth.mode),
     });
+    if settings.auth.mode == config::settings::AuthMode::None {
+        warn!(
+            "auth.mode is \"none\": requests without credentials are served as an anonymous client"
+        );
+    }
     let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
     let jobs_task = tokio::spawn(supervise_jetstream(
         state.clone(),

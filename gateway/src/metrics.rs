@@ -47,6 +47,17 @@ pub struct SourceLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a client's request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// The client's name: configured clients only (bounded); `-` when the request named none
+    /// that exists.
+    pub client: Name,
+    /// `admitted`, or why it was refused: `unauthorized`, `route-not-allowed`,
+    /// `rate-limited`, `too-many-pending`, `too-many-streams`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -60,6 +71,10 @@ pub struct Metrics {
     pub gathers_in_flight: Gauge,
     /// Replies that arrived after their gather had ended, or twice.
     pub late_replies: Counter,
+    /// Requests by client and outcome.
+    pub client_requests: Family<ClientLabels, Counter>,
+    /// The label of requests that named no configured client.
+    unknown_client: Name,
 }
 
 fn latency_histogram() -> Histogram {
@@ -78,6 +93,12 @@ impl Metrics {
         let source_outcomes = Family::<SourceLabels, Counter>::default();
         let gathers_in_flight = Gauge::default();
         let late_replies = Counter::default();
+        let client_requests = Family::<ClientLabels, Counter>::default();
+        registry.register(
+            "client_requests",
+            "Requests of the public API by client, admitted or refused (and why)",
+            client_requests.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP answers by route and status",
@@ -110,7 +131,19 @@ impl Metrics {
             source_outcomes,
             gathers_in_flight,
             late_replies,
+            client_requests,
+            unknown_client: Name(Arc::from("-")),
         }
+    }
+
+    /// Counts a request of `client` (`None`: no configured client) with its outcome.
+    pub fn record_client(&self, client: Option<&Name>, outcome: &'static str) {
+        self.client_requests
+            .get_or_create(&ClientLabels {
+                client: client.unwrap_or(&self.unknown_client).clone(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Records one HTTP answer.

@@ -35,7 +35,7 @@ use busgate_shared::runtime::{locate_nats_server, shutdown_signal, NATS_SERVER_H
 use crate::config::settings::Settings;
 
 /// Arguments of `busgate up`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
     /// Settings file (TOML). Its services with an `upstream` are served by
     /// `busgate-worker adapters`; each one without gets a demo service and an adapter.
@@ -153,17 +153,39 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     let (Some(admin), Some(listener)) = (listeners.pop(), listeners.pop()) else {
         bail!("listeners missing");
     };
-    print_banner(
-        &settings,
-        &generated,
-        &args,
-        &data_dir,
-        &nats_note,
-        listener.local_addr()?,
-        admin.local_addr()?,
-    );
+    // The banner waits for the client `demo` and its key, which the admin API makes once the
+    // gateway below runs; bounded, and stopped with the stack.
+    let banner = {
+        let (settings, args, data_dir) = (settings.clone(), args.clone(), data_dir.clone());
+        let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+        let token = settings.admin.resolve_token()?.unwrap_or_default();
+        tokio::spawn(async move {
+            let key = match timeout(READY_WITHIN, demo_key(admin_addr, &token)).await {
+                Ok(Ok(key)) => Some(key),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot make the demo client's key");
+                    None
+                }
+                Err(_) => {
+                    warn!("the admin API did not make the demo client's key in time");
+                    None
+                }
+            };
+            print_banner(
+                &settings,
+                &generated,
+                &args,
+                &data_dir,
+                &nats_note,
+                addr,
+                admin_addr,
+                key.as_deref(),
+            );
+        })
+    };
 
     let result = crate::run(settings, listener, admin, signal).await;
+    banner.abort();
     stop_all(children).await;
     result
 }
@@ -538,6 +560,88 @@ where
     }
 }
 
+/// The client `demo` with a fresh key, through the admin API on `admin`: made when it does not
+/// exist; otherwise given a new key and its older ones revoked (their secrets were shown by an
+/// earlier run and are not kept). Returns the secret, which only the banner shows.
+async fn demo_key(admin: SocketAddr, token: &str) -> anyhow::Result<String> {
+    let admin = if admin.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], admin.port()))
+    } else {
+        admin
+    };
+    let base = format!("http://{admin}/admin/v1/clients");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let json = |r: reqwest::Response| async move {
+        let status = r.status();
+        let bytes = r.bytes().await?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        anyhow::Ok((status.as_u16(), body))
+    };
+    loop {
+        let (status, current) = match http
+            .get(format!("{base}/demo"))
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            Ok(r) => json(r).await?,
+            Err(_) => (0, serde_json::Value::Null),
+        };
+        match status {
+            404 => {
+                let body = serde_json::json!({"name": "demo", "spec": {"description": "made by busgate up"}});
+                let created = http
+                    .post(&base)
+                    .bearer_auth(token)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(serde_json::to_vec(&body)?)
+                    .send()
+                    .await?;
+                let (status, body) = json(created).await?;
+                if status == 201 {
+                    if let Some(secret) = body["key"]["secret"].as_str() {
+                        return Ok(secret.to_owned());
+                    }
+                }
+                bail!("creating the demo client answered {status}");
+            }
+            200 => {
+                let added = http
+                    .post(format!("{base}/demo/keys"))
+                    .bearer_auth(token)
+                    .send()
+                    .await?;
+                let (status, body) = json(added).await?;
+                let (Some(id), Some(secret)) = (body["id"].as_str(), body["secret"].as_str())
+                else {
+                    bail!("adding a key to the demo client answered {status}");
+                };
+                let old = current["spec"]["keys"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for key in old
+                    .iter()
+                    .filter_map(|k| k["id"].as_str())
+                    .filter(|k| *k != id)
+                {
+                    let _ = http
+                        .delete(format!("{base}/demo/keys/{key}"))
+                        .bearer_auth(token)
+                        .send()
+                        .await?;
+                }
+                return Ok(secret.to_owned());
+            }
+            // Not listening or not ready yet (the store comes up with JetStream).
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn print_banner(
     settings: &Settings,
     generated: &Generated,
@@ -546,6 +650,7 @@ fn print_banner(
     nats: &str,
     addr: SocketAddr,
     admin: SocketAddr,
+    client_key: Option<&str>,
 ) {
     let host = if addr.ip().is_unspecified() {
         format!("localhost:{}", addr.port())
@@ -587,25 +692,31 @@ fn print_banner(
         data_dir.join("logs").display()
     ));
     out.push_str(&format!(
-        "  callbacks signed with {} (loopback receivers allowed)\n\n",
+        "  callbacks signed with {} (loopback receivers allowed)\n",
         generated
             .callback_secret
             .as_deref()
             .unwrap_or("callbacks.secret")
     ));
+    let key = client_key.unwrap_or("<a client key: POST /admin/v1/clients>");
+    out.push_str(&format!(
+        "  client key {key}  (client demo; shown once)\n\n"
+    ));
     out.push_str("Try:\n");
+    out.push_str(&format!("  export BUSGATE_KEY={key}\n"));
+    let auth = "-H \"Authorization: Bearer $BUSGATE_KEY\"";
     out.push_str(&format!(
-        "  curl -s {host}/api/order -H 'content-type: application/json' -d '{{\"order_id\":\"A1\"}}'\n"
+        "  curl -s {host}/api/order {auth} -H 'content-type: application/json' -d '{{\"order_id\":\"A1\"}}'\n"
     ));
-    out.push_str(&format!("  curl -s {host}/api/orders/A1\n"));
+    out.push_str(&format!("  curl -s {host}/api/orders/A1 {auth}\n"));
     out.push_str(&format!(
-        "  curl -s {host}/api/orders/slow2-A1     # service2 too slow: complete=false after 800 ms\n"
+        "  curl -s {host}/api/orders/slow2-A1 {auth}     # service2 too slow: complete=false after 800 ms\n"
     ));
     out.push_str(&format!(
-        "  curl -s {host}/api/orders/missing1-A1  # service1 does not know it: 404 problem\n"
+        "  curl -s {host}/api/orders/missing1-A1 {auth}  # service1 does not know it: 404 problem\n"
     ));
     out.push_str(&format!(
-        "  curl -si {host}/api/orders/A1 -H 'Prefer: respond-async'   # 202, then poll the Location\n\n"
+        "  curl -si {host}/api/orders/A1 {auth} -H 'Prefer: respond-async'   # 202, then poll the Location\n\n"
     ));
     out.push_str("Ctrl-C stops everything.\n");
     println!("{out}");

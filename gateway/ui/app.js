@@ -526,7 +526,7 @@ $("#try-form").addEventListener("submit", async (ev) => {
   const out = $("#try-result");
   out.replaceChildren(el("p", { class: "muted" }, "Sending…"));
   try {
-    const { data } = await api("POST", "/admin/v1/try", { route: form.route.value, order_id: form.order_id.value.trim() });
+    const { data } = await api("POST", "/admin/v1/try", { route: form.route.value, order_id: form.order_id.value.trim(), client: form.client ? form.client.value : "" });
     const body = data.body || {};
     const sources = body.sources || {};
     out.replaceChildren(

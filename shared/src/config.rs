@@ -1,4 +1,4 @@
-//! The configuration schema: services, routes, targets, merge. Stored as settings today and as
+//! The configuration schema: services, routes, targets, merge, clients. Stored as settings today and as
 //! KV documents once configuration is dynamic; the same types and the same [`ConfigSpec::validate`]
 //! guard both.
 
@@ -18,6 +18,150 @@ pub struct ConfigSpec {
     pub services: BTreeMap<String, ServiceSpec>,
     /// Routes by name.
     pub routes: BTreeMap<String, RouteSpec>,
+    /// Clients of the public API by name (absent in older documents: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clients: BTreeMap<String, ClientSpec>,
+}
+
+/// A client of the public API: who it is, which routes it may use, its limits, and the hashes
+/// of its live API keys (never a key itself).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSpec {
+    /// Free text for people.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The routes it may use, by name; empty: every route.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// Its request rate (GCRA); absent: no rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateSpec>,
+    /// Asynchronous requests it may have pending at once (per gateway instance); absent: no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<u32>,
+    /// Event streams it may have open at once (per gateway instance); absent: no cap but the
+    /// instance's own (`jobs.max_event_streams`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u32>,
+    /// Its live API keys, as hashes. Managed through `/admin/v1/clients/{name}/keys`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeySpec>,
+}
+
+/// A rate: `per_second` requests a second on average, `burst` at once after a quiet spell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSpec {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once; `per_second` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateSpec {
+    /// The burst in force.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.per_second)
+    }
+}
+
+/// One API key of a client: its id (public, names it in the admin API and logs), the hex
+/// SHA-256 of the secret, and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// The key's id.
+    pub id: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub hash: String,
+    /// When it was made (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created: String,
+}
+
+/// The most keys a client may have at once (rotation needs two; a few more for stragglers).
+pub const MAX_KEYS: usize = 16;
+/// The highest rate and burst a client may be given.
+pub const MAX_RATE: u32 = 1_000_000;
+
+impl ClientSpec {
+    fn validate(&self, at: &str, routes: &BTreeMap<String, RouteSpec>) -> Result<(), Error> {
+        if self.description.len() > 1024 {
+            return Err(Error::invalid(
+                format!("{at}.description"),
+                "longer than 1024 characters",
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !routes.contains_key(route) {
+                return Err(Error::invalid(
+                    format!("{at}.routes[{i}]"),
+                    format!("no route named {route:?}"),
+                ));
+            }
+        }
+        if let Some(rate) = &self.rate {
+            if !(1..=MAX_RATE).contains(&rate.per_second) {
+                return Err(Error::invalid(
+                    format!("{at}.rate.per_second"),
+                    format!("must be between 1 and {MAX_RATE}"),
+                ));
+            }
+            if !(1..=MAX_RATE).contains(&rate.burst()) {
+                return Err(Error::invalid(
+                    format!("{at}.rate.burst"),
+                    format!("must be between 1 and {MAX_RATE}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("max_pending", self.max_pending),
+            ("max_streams", self.max_streams),
+        ] {
+            if value == Some(0) {
+                return Err(Error::invalid(
+                    format!("{at}.{field}"),
+                    "must be at least 1 (leave it out for no cap)",
+                ));
+            }
+        }
+        if self.keys.len() > MAX_KEYS {
+            return Err(Error::invalid(
+                format!("{at}.keys"),
+                format!("at most {MAX_KEYS} keys"),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            validate::name(&format!("{at}.keys[{i}].id"), &key.id)?;
+            if !ids.insert(&key.id) {
+                return Err(Error::invalid(
+                    format!("{at}.keys[{i}].id"),
+                    "two keys with this id",
+                ));
+            }
+            let hex = key.hash.len() == 64
+                && key
+                    .hash
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !hex {
+                return Err(Error::invalid(
+                    format!("{at}.keys[{i}].hash"),
+                    "must be 64 lower-case hex digits (SHA-256)",
+                ));
+            }
+            if key.created.len() > 64 {
+                return Err(Error::invalid(
+                    format!("{at}.keys[{i}].created"),
+                    "longer than 64 characters",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An internal service.
@@ -215,7 +359,7 @@ pub struct Condition {
     /// A request header must equal a value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<HeaderEquals>,
-    /// The client id must be one of these.
+    /// The client (its name) must be one of these.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clients: Option<Vec<String>>,
     /// The `order_id` must match this regular expression.
@@ -315,6 +459,11 @@ impl Condition {
                 ));
             }
         }
+        if let Some(clients) = &self.clients {
+            for (i, client) in clients.iter().enumerate() {
+                validate::name(&format!("{field}.clients[{i}]"), client)?;
+            }
+        }
         if let Some(pattern) = &self.order_id_matches {
             if pattern.len() > 256 {
                 return Err(Error::invalid(
@@ -397,6 +546,7 @@ impl ConfigSpec {
         ConfigSpec {
             services,
             routes: BTreeMap::from([("order".to_owned(), order)]),
+            clients: BTreeMap::new(),
         }
     }
 
@@ -495,6 +645,20 @@ impl ConfigSpec {
                 validate::name(&format!("{at}.operation"), op)?;
             }
         }
+        let mut hashes = BTreeSet::new();
+        for (name, client) in &self.clients {
+            let at = format!("clients.{name}");
+            validate::name(&at, name)?;
+            client.validate(&at, &self.routes)?;
+            for (i, key) in client.keys.iter().enumerate() {
+                if !hashes.insert(&key.hash) {
+                    return Err(Error::invalid(
+                        format!("{at}.keys[{i}].hash"),
+                        "the same key is given to another client or twice",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -586,6 +750,53 @@ mod tests {
         route.targets[1].deny.clear();
         route.merge.priority = vec!["nope".into()];
         assert_eq!(field_of(spec.validate()), "routes.order.merge.priority[0]");
+    }
+
+    #[test]
+    fn clients_are_checked() {
+        let mut spec = ConfigSpec::builtin();
+        let key = |id: &str, hash: &str| KeySpec {
+            id: id.into(),
+            hash: hash.into(),
+            created: String::new(),
+        };
+        let good = "a".repeat(64);
+        spec.clients.insert(
+            "acme".into(),
+            ClientSpec {
+                routes: vec!["order".into()],
+                rate: Some(RateSpec {
+                    per_second: 5,
+                    burst: None,
+                }),
+                keys: vec![key("k1", &good)],
+                ..Default::default()
+            },
+        );
+        spec.validate().expect("valid");
+        fn client(spec: &mut ConfigSpec) -> &mut ClientSpec {
+            spec.clients.get_mut("acme").expect("acme")
+        }
+        client(&mut spec).routes = vec!["nope".into()];
+        assert_eq!(field_of(spec.validate()), "clients.acme.routes[0]");
+        client(&mut spec).routes.clear();
+        client(&mut spec).rate = Some(RateSpec {
+            per_second: 0,
+            burst: None,
+        });
+        assert_eq!(field_of(spec.validate()), "clients.acme.rate.per_second");
+        client(&mut spec).rate = None;
+        client(&mut spec).max_pending = Some(0);
+        assert_eq!(field_of(spec.validate()), "clients.acme.max_pending");
+        client(&mut spec).max_pending = None;
+        client(&mut spec).keys.push(key("k2", "XYZ"));
+        assert_eq!(field_of(spec.validate()), "clients.acme.keys[1].hash");
+        client(&mut spec).keys[1] = key("k2", &good);
+        spec.clients.insert("other".into(), ClientSpec::default());
+        assert_eq!(field_of(spec.validate()), "clients.acme.keys[1].hash");
+        client(&mut spec).keys.pop();
+        spec.clients.get_mut("other").expect("other").keys = vec![key("k1", &good)];
+        assert_eq!(field_of(spec.validate()), "clients.other.keys[0].hash");
     }
 
     #[test]

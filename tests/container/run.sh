@@ -73,17 +73,23 @@ wait_for() { # SECONDS DESCRIPTION CMD...
 # ---------------------------------------------------------------------------------------------
 # The one way this test makes a public API request. BASE is where it goes: a URL reached from
 # the host (the load balancer), or probe:URL, sent from the probe container on the compose
-# network (to one gateway instance). When public requests need an API key (issue 14), add it
-# here, once: -H "X-API-Key: $API_KEY".
+# network (to one gateway instance). Public requests name a client (issue 14): once the test
+# has made one, its key goes with every request as X-API-Key, from a file (-H @file, or on
+# the probe's standard input), never in an argument.
 public() { # BASE PATH [curl args...]; prints the body, then a line with the HTTP status
   local base=$1 path=$2
   shift 2
-  local run=()
-  if [[ $base == probe:* ]]; then
-    run=(podman exec "$PROBE_EDGE")
-    base=${base#probe:}
+  local run=() key=() input=/dev/null
+  if [[ -f $WORK/client.header ]]; then
+    key=(-H @"$WORK/client.header")
+    input=$WORK/client.header
   fi
-  "${run[@]}" curl -sS --max-time 10 -w '\n%{http_code}\n' "$@" "$base$path"
+  if [[ $base == probe:* ]]; then
+    run=(podman exec -i "$PROBE_EDGE")
+    base=${base#probe:}
+    [[ ${#key[@]} -gt 0 ]] && key=(-H @-)
+  fi
+  "${run[@]}" curl -sS --max-time 10 -w '\n%{http_code}\n' "${key[@]}" "$@" "$base$path" <"$input"
 }
 # The merged order request of the README, checked: 200, complete, both services' data.
 merged_ok() { # BASE ORDER_ID
@@ -355,12 +361,32 @@ export BUSGATE_CALLBACKS_SECRET=""
 export BUSGATE_LB_DNS=startup
 LB=http://127.0.0.1:$BUSGATE_HTTP_PORT
 ADMIN=http://127.0.0.1:$BUSGATE_ADMIN_PORT
+# The admin token goes to curl in a file (-H @file), never in its arguments.
+printf 'Authorization: Bearer %s\n' "$ADMIN_TOKEN" >"$WORK/admin.header"
+admin() { # PATH [curl args...]; prints the body, then the HTTP status
+  local path=$1
+  shift
+  curl -sS --max-time 10 -w '\n%{http_code}\n' "$@" "$ADMIN$path"
+}
+# A client for this test's public requests, made as an operator would (README "Docker"): its
+# key is shown once, in the answer, and kept in a header file.
+make_client() {
+  admin /admin/v1/clients -H @"$WORK/admin.header" -H 'content-type: application/json' \
+    -d '{"name":"container-test","spec":{"description":"tests/container/run.sh"}}' >"$WORK/client.out" 2>/dev/null &&
+    json_check "$WORK/client.out" "status == 201" &&
+    python3 -c 'import json,sys; lines = open(sys.argv[1]).read().rstrip("\n").split("\n"); print("X-API-Key: " + json.loads("\n".join(lines[:-1]))["key"]["secret"])' \
+      "$WORK/client.out" >"$WORK/client.header"
+}
 t_up=$(now_ms)
 # podman-compose prints each podman command it runs, environment included: kept in $WORK only.
 (cd "$WORK/deploy" && podman-compose -p "$P" -f compose.yaml up -d) >"$WORK/compose-up.log" 2>&1 ||
   fail "podman-compose up (project $P)"
+wait_for 180 "a client made through the admin API" make_client || fail "cannot make a client through the admin API"
 wait_for 180 "a merged answer through the load balancer" merged_ok "$LB" A1 || fail "no merged answer through the load balancer"
 UP_TO_ANSWER=$(elapsed "$t_up")
+curl -sS --max-time 10 -w '\n%{http_code}\n' "$LB/api/orders/A1" >"$WORK/nokey.out" &&
+  json_check "$WORK/nokey.out" "status == 401 and b['type'] == 'urn:busgate:problem:unauthorized'" ||
+  fail "a public request without a client key must be refused (401)"
 ok "merged answer (service1 + service2, complete) on :$BUSGATE_HTTP_PORT, $UP_TO_ANSWER after 'up' (podman-compose starts the 11 containers one by one)"
 ctr() { podman ps -a --filter "label=io.podman.compose.project=$P" --filter "label=com.docker.compose.service=$1" --format '{{.Names}}'; }
 running=$(podman ps --filter "label=io.podman.compose.project=$P" --filter status=running --format '{{.Names}}' | wc -l)
@@ -490,13 +516,6 @@ ok "$victim restarted: back in the cluster with JetStream current, both gateways
 
 # ---------------------------------------------------------------------------------------------
 say "7. the admin listener: on the host's loopback only"
-# The token goes to curl in a file (-H @file), never in its arguments.
-printf 'Authorization: Bearer %s\n' "$ADMIN_TOKEN" >"$WORK/admin.header"
-admin() { # PATH [curl args...]; prints the body, then the HTTP status
-  local path=$1
-  shift
-  curl -sS --max-time 10 -w '\n%{http_code}\n' "$@" "$ADMIN$path"
-}
 admin /admin/v1/routes -H @"$WORK/admin.header" >"$WORK/admin.out" 2>&1 &&
   json_check "$WORK/admin.out" "status == 200 and any(r['name'] == 'order' for r in b['items'])" ||
   { show_log "$WORK/admin.out" 5; fail "admin API on 127.0.0.1:$BUSGATE_ADMIN_PORT"; }

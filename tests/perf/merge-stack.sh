@@ -12,6 +12,8 @@
 #                                        system calls and context switches per request
 # With NATS_TLS=1 every connection (gateway's both, worker's) speaks TLS to a TLS-only
 # nats-server whose certificate comes from a CA made for the run (openssl, in WORK_DIR).
+# SETTINGS=merge-keyed: the same with API-key auth and a rate limit that never triggers (the
+# requests carry the bench client's key: CURL_HEADER and WRK_HEADER, arrays, empty otherwise).
 # The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests
 # and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
 # checkout's release or debug build.
@@ -42,7 +44,7 @@ make_tls() {
 start_merge_stack() {
   local bins=$1 dir=$2 np hp ap bench scheme=nats
   bench=$(bench_bin "$bins") || exit 2
-  "$bench" --print-settings merge > "$dir/gw.toml" || exit 2
+  "$bench" --print-settings "${SETTINGS:-merge}" > "$dir/gw.toml" || exit 2
   np=$(port); hp=$(port); ap=$(port)
   if [ -n "${NATS_TLS:-}" ]; then
     make_tls "$dir"
@@ -73,8 +75,8 @@ start_merge_stack() {
     "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g.log" 2>&1 & G=$!
   NATS_URL=$scheme://127.0.0.1:$np
   URL=http://127.0.0.1:$hp/bench/merge/12345
-  for _ in $(seq 100); do curl -sf "$URL" > /dev/null && break; sleep 0.1; done
-  wrk -t2 -c64 -d2s "$URL" > /dev/null
+  for _ in $(seq 100); do curl -sf ${CURL_HEADER[@]+"${CURL_HEADER[@]}"} "$URL" > /dev/null && break; sleep 0.1; done
+  wrk -t2 -c64 -d2s ${WRK_HEADER[@]+"${WRK_HEADER[@]}"} "$URL" > /dev/null
 }
 
 stop_merge_stack() {

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use busgate_shared::config::{ConfigSpec, MergeSpec, RouteSpec, ServiceSpec, TargetSpec};
+use busgate_shared::config::{
+    ClientSpec, ConfigSpec, MergeSpec, RouteSpec, ServiceSpec, TargetSpec,
+};
 use serde_json::{json, Map, Value};
 
 /// Gateway settings. Nothing set is an empty file: the gateway's defaults, with its built-in
@@ -35,8 +37,10 @@ pub struct Settings {
     jobs: Jobs,
     callbacks: Option<Callbacks>,
     metrics_listener: Option<String>,
+    auth_mode: Option<&'static str>,
     services: BTreeMap<String, ServiceSpec>,
     routes: BTreeMap<String, RouteSpec>,
+    clients: BTreeMap<String, ClientSpec>,
 }
 
 /// `[jobs]`: what is not set keeps the gateway's default.
@@ -94,7 +98,9 @@ impl Settings {
     /// service1 required, service2 optional). Change parts with [`Self::service`] and
     /// [`Self::route`].
     pub fn builtin() -> Settings {
-        let ConfigSpec { services, routes } = ConfigSpec::builtin();
+        let ConfigSpec {
+            services, routes, ..
+        } = ConfigSpec::builtin();
         Settings {
             services,
             routes,
@@ -200,6 +206,26 @@ impl Settings {
         self
     }
 
+    /// `[auth] mode = "required"` written out: public requests need a client's key. (A test
+    /// gateway whose settings say nothing about `[auth]` runs with `mode = "none"`: see
+    /// [`crate::support::Gateway::start`].)
+    pub fn auth_required(mut self) -> Settings {
+        self.auth_mode = Some("required");
+        self
+    }
+
+    /// `[auth] mode = "none"` written out: requests without credentials are anonymous. For the
+    /// benchmark's and perf scripts' gateways, which measure routes, not clients.
+    pub fn auth_none(mut self) -> Settings {
+        self.auth_mode = Some("none");
+        self
+    }
+
+    /// The `[auth] mode` these settings write, if any.
+    pub fn auth_mode(&self) -> Option<&'static str> {
+        self.auth_mode
+    }
+
     /// `[callbacks]`.
     pub fn callbacks(mut self, callbacks: Callbacks) -> Settings {
         self.callbacks = Some(callbacks);
@@ -219,6 +245,12 @@ impl Settings {
     /// `[routes.<name>]` (added, or replacing one of that name).
     pub fn route(mut self, name: &str, route: Route) -> Settings {
         self.routes.insert(name.to_owned(), route.spec);
+        self
+    }
+
+    /// `[clients.<name>]`: a client seeded with the configuration (its keys as hashes).
+    pub fn client(mut self, name: &str, spec: ClientSpec) -> Settings {
+        self.clients.insert(name.to_owned(), spec);
         self
     }
 
@@ -276,6 +308,9 @@ impl Settings {
             }
             doc.insert("callbacks".into(), callbacks.into());
         }
+        if let Some(mode) = self.auth_mode {
+            doc.insert("auth".into(), json!({ "mode": mode }));
+        }
         if let Some(listener) = &self.metrics_listener {
             doc.insert("metrics".into(), json!({ "listener": listener }));
         }
@@ -284,6 +319,9 @@ impl Settings {
         }
         if !self.routes.is_empty() {
             doc.insert("routes".into(), to_json(&self.routes));
+        }
+        if !self.clients.is_empty() {
+            doc.insert("clients".into(), to_json(&self.clients));
         }
         toml::document(&doc)
     }
@@ -329,6 +367,17 @@ impl Route {
     /// Asks `service`, required.
     pub fn target(mut self, service: &str) -> Route {
         self.spec.targets.push(TargetSpec::new(service, true));
+        self
+    }
+
+    /// Asks `service`, required, only for requests of the clients named (`when.clients`).
+    pub fn target_for_clients(mut self, service: &str, clients: &[&str]) -> Route {
+        let mut target = TargetSpec::new(service, true);
+        target.when = Some(busgate_shared::config::Condition {
+            clients: Some(clients.iter().map(|c| (*c).to_owned()).collect()),
+            ..Default::default()
+        });
+        self.spec.targets.push(target);
         self
     }
 

@@ -391,6 +391,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts a gateway on `nats` with `settings` as its settings file.
+    ///
+    /// Unless `settings` say otherwise ([`Settings::auth_required`]), the gateway runs with
+    /// `auth.mode = "none"` (set through its environment): most tests are about routes,
+    /// gathers and limits, not clients. The tests of clients (`tests/clients.rs`) start theirs
+    /// with `auth_required` and create clients through the admin API ([`Gateway::client`]).
     pub async fn start(nats: &NatsServer, settings: &Settings) -> Gateway {
         Self::start_with(nats, settings, |_| {}).await
     }
@@ -464,6 +469,9 @@ impl Gateway {
             .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
             .env("BUSGATE_LOG__FORMAT", "json")
             .env("BUSGATE_LOG__LEVEL", "info");
+        if settings.auth_mode().is_none() {
+            cmd.env("BUSGATE_AUTH__MODE", "none");
+        }
         configure(&mut cmd);
         let proc = Proc::spawn("gateway", cmd);
         let listening = proc.wait_for_message("listening");
@@ -484,6 +492,27 @@ impl Gateway {
         format!("{}{path}", self.base)
     }
 
+    /// Creates the client `name` with `spec` through the admin API; returns its first key.
+    pub async fn client(&self, name: &str, spec: Value) -> ClientKey {
+        let created = reqwest::Client::new()
+            .post(self.admin_url("/admin/v1/clients"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({"name": name, "spec": spec}))
+            .send()
+            .await
+            .expect("create a client");
+        let status = created.status();
+        let body: Value = created.json().await.expect("json");
+        assert_eq!(status, 201, "{body}");
+        ClientKey {
+            id: body["key"]["id"].as_str().expect("key id").to_owned(),
+            secret: body["key"]["secret"]
+                .as_str()
+                .expect("key secret")
+                .to_owned(),
+        }
+    }
+
     /// A URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("{}{path}", self.admin)
@@ -502,6 +531,15 @@ impl Gateway {
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// A client's API key as the admin API shows it once.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    /// The key's id.
+    pub id: String,
+    /// The secret (`bgk_…`).
+    pub secret: String,
 }
 
 /// `busgate-worker` children.

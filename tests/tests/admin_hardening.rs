@@ -83,7 +83,13 @@ async fn every_admin_answer_carries_the_security_headers() {
     let stack = Stack::start(&Settings::default()).await;
     let gateway = &stack.gateway;
     let mut answers = Vec::new();
-    for path in ["/", "/ui/app.js", "/ui/app.css", "/admin/v1/openapi.json"] {
+    for path in [
+        "/",
+        "/ui/app.js",
+        "/ui/clients.js",
+        "/ui/app.css",
+        "/admin/v1/openapi.json",
+    ] {
         let response = http()
             .get(gateway.admin_url(path))
             .send()
@@ -126,7 +132,7 @@ async fn every_admin_answer_carries_the_security_headers() {
     .await;
     answers.push(("a lost update".into(), status, headers));
     let statuses: Vec<u16> = answers.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 401, 404, 405, 412]);
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 401, 404, 405, 412]);
     for (what, _, headers) in &answers {
         assert_secured(what, headers);
     }
@@ -141,10 +147,11 @@ async fn every_admin_answer_carries_the_security_headers() {
         .expect("html")
         .to_ascii_lowercase();
     assert!(page.contains("<script src=\"/ui/app.js\"></script>"));
+    assert!(page.contains("<script src=\"/ui/clients.js\"></script>"));
     assert_eq!(
         page.matches("<script").count(),
-        1,
-        "one script, from a file"
+        2,
+        "two scripts (app.js, clients.js), each from a file"
     );
     assert!(!page.contains("<style"), "no inline style element");
     assert!(!page.contains(" style="), "no style attribute");

@@ -159,3 +159,44 @@ async fn the_favicon_is_our_own_icon_with_its_type_and_a_cache_lifetime() {
         .expect("404");
     assert_eq!(missing.status(), 404);
 }
+
+/// The Clients page: create a client (key shown once, copied), add a key, revoke one, set
+/// limits, try as the client; each step checked against the public API (`tests/browser/clients.mjs`).
+#[tokio::test]
+async fn the_clients_page_makes_keys_that_work_and_revokes_them() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} is missing: tests/run.sh installs Debian's chromium (or set CHROMIUM)"
+    );
+    let stack = Stack::start(&Settings::builtin().auth_required()).await;
+    // A folder of its own: the other UI test empties `screenshots` when it starts.
+    let screenshots = browser_dir.join("screenshots-clients");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let (admin_url, public_url) = (stack.gateway.admin.clone(), stack.gateway.base.clone());
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || {
+            Command::new("node")
+                .arg(browser_dir.join("clients.mjs"))
+                .env("ADMIN_URL", admin_url)
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .env("PUBLIC_URL", public_url)
+                .env("SCREENSHOTS", &screenshots)
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node runs (tests/run.sh needs Node.js)")
+        }),
+    )
+    .await
+    .expect("the UI test finishes within 2 minutes")
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "Clients page test failed\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("clients: all steps passed"), "{stdout}");
+}

@@ -373,6 +373,7 @@ async fn the_openapi_document_matches_the_live_routers() {
             let concrete = path
                 .replace("{order_id}", "A1")
                 .replace("{request_id}", "01a20092-06fb-75cf-a84a-ff868feb3495")
+                .replace("{id}", "k1")
                 .replace(
                     "{name}",
                     if path.starts_with("/admin/v1/routes") {

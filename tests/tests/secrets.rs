@@ -257,6 +257,30 @@ async fn busgate_up_keeps_secrets_out_of_argv_and_logs() {
         Some(rest.trim_end().trim_end_matches(')').to_owned())
     });
     assert!(token.len() >= 32, "{token}");
+    // The banner names the client `demo` and its key; the key works, nothing without it.
+    let key = up.wait_for(Duration::from_secs(40), |line| {
+        let (_, rest) = line.split_once("client key ")?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    });
+    assert!(key.starts_with("bgk_"), "{key}");
+    let gateway = up.wait_for(Duration::from_secs(5), |line| {
+        let (_, rest) = line.split_once("  gateway   ")?;
+        Some(rest.trim().to_owned())
+    });
+    let http = reqwest::Client::new();
+    let with_key = http
+        .get(format!("{gateway}/api/orders/A1"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(with_key.status(), 200);
+    let without = http
+        .get(format!("{gateway}/api/orders/A1"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(without.status(), 401);
 
     let kids = children(up.pid().as_raw() as u32);
     assert!(kids.len() >= 4, "two demos and two adapters: {kids:?}");
@@ -294,6 +318,12 @@ async fn busgate_up_keeps_secrets_out_of_argv_and_logs() {
             assert!(
                 line.starts_with("  admin "),
                 "the token outside the banner: {line}"
+            );
+        }
+        if line.contains(&key) {
+            assert!(
+                line.starts_with("  client key ") || line.starts_with("  export BUSGATE_KEY="),
+                "the client key outside the banner: {line}"
             );
         }
     }

@@ -16,3 +16,5 @@ pub const FAVICON_SVG: &str = include_str!("../../ui/favicon.svg");
 pub const FAVICON_CONTENT_TYPE: &str = "image/svg+xml";
 /// The icon never changes within a version: a day in caches.
 pub const FAVICON_CACHE: &str = "public, max-age=86400";
+/// The Clients page's script (loaded after [`UI_JS`]).
+pub const UI_CLIENTS_JS: &str = include_str!("../../ui/clients.js");

@@ -2,13 +2,14 @@
 //!
 //! Owns: the admin router, its bearer-token guard and the security headers of every answer
 //! (here), the configuration objects ([`objects`]) and their preconditions ([`precondition`]),
+//! clients' API keys ([`clients`]),
 //! the audit trail of writes ([`audit`]), the try-it ([`try_it`]), live instances
 //! ([`discovery`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
 //! everything but the UI's static files, the OpenAPI document and, when it is served here,
 //! `/metrics`.
 //!
 //! May use: `edge` (the state it shares with the public listener, request ids, `/metrics`),
-//! `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
+//! `auth` (making keys), `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,13 +28,16 @@ use crate::error::{ErrorKind, GatewayError};
 
 pub mod assets;
 pub mod audit;
+pub mod clients;
 pub mod discovery;
 pub mod objects;
 pub mod precondition;
 pub mod state;
 pub mod try_it;
 
-use assets::{FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CSS, UI_HTML, UI_JS};
+use assets::{
+    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_HTML, UI_JS,
+};
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
 use objects::{create, export, history, import, list, read, remove, replace, rollback};
@@ -68,6 +72,14 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
             axum::routing::post(rollback),
         )
         .route("/admin/v1/{kind}/{name}/instances", get(instances))
+        .route(
+            "/admin/v1/{kind}/{name}/keys",
+            axum::routing::post(clients::create_key),
+        )
+        .route(
+            "/admin/v1/{kind}/{name}/keys/{id}",
+            axum::routing::delete(clients::revoke_key),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     let mut open = Router::new()
         .route("/", get(|| async { Html(UI_HTML) }))
@@ -86,6 +98,15 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         )
         .route("/favicon.ico", get(favicon))
         .route("/ui/favicon.svg", get(favicon))
+        .route(
+            "/ui/clients.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UI_CLIENTS_JS,
+                )
+            }),
+        )
         .route(
             "/admin/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
@@ -220,6 +241,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "last_error": app.store_status.last_error.lock().ok().and_then(|e| e.clone()),
             "services": snapshot.spec.services.len(),
             "routes": snapshot.spec.routes.len(),
+            "clients": snapshot.spec.clients.len(),
         },
         "gathers_in_flight": app.runner.collector().open_gathers(),
     }))

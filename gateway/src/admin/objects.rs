@@ -1,4 +1,4 @@
-//! Services and routes as objects: list, get, create, replace, delete, history, rollback,
+//! Services, routes and clients as objects: list, get, create, replace, delete, history, rollback,
 //! export and import. `ETag` is the KV revision and every write needs `If-Match` (see
 //! [`precondition`](crate::admin::precondition): 412 when it does not match, 428 without it).
 //! A write is validated against the whole configuration it would produce before anything is
@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::config::{ClientSpec, ConfigSpec, KeySpec, RouteSpec, ServiceSpec, MAX_KEYS};
 use busgate_shared::validate;
 
 use crate::admin::audit::Change;
@@ -28,11 +28,12 @@ fn kind_of(kind: &str) -> Option<Kind> {
     match kind {
         "services" => Some(Kind::Service),
         "routes" => Some(Kind::Route),
+        "clients" => Some(Kind::Client),
         _ => None,
     }
 }
 
-/// `/admin/v1/{kind}`: 404 for anything but `services` and `routes`.
+/// `/admin/v1/{kind}`: 404 for anything but `services`, `routes` and `clients`.
 pub struct KindPath(pub Kind);
 
 impl<S: Send + Sync> FromRequestParts<S> for KindPath {
@@ -72,11 +73,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ObjectPath {
 }
 
 /// Nothing at `path` (the URI's path: percent-encoded, safe to show).
-fn not_found(path: String) -> GatewayError {
+pub(crate) fn not_found(path: String) -> GatewayError {
     ErrorKind::NotFound(path).into()
 }
 
-fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
+pub(crate) fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
     state
         .app
         .store
@@ -85,13 +86,53 @@ fn store_of(state: &AdminState) -> Result<ConfigStore, GatewayError> {
         .ok_or_else(|| ErrorKind::NotReady("the configuration store is not ready yet").into())
 }
 
+/// Adds a new key to a client document; returns `(id, secret)`.
+pub fn add_key(spec: &mut Value) -> Result<(String, String), GatewayError> {
+    let (id, secret) = crate::auth::new_key();
+    let key = KeySpec {
+        id: id.clone(),
+        hash: crate::auth::hex(&crate::auth::hash_key(&secret)),
+        created: crate::clock::rfc3339(std::time::SystemTime::now()),
+    };
+    let Some(object) = spec.as_object_mut() else {
+        return Err(ErrorKind::Internal.into());
+    };
+    let keys = object
+        .entry("keys")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Some(keys) = keys.as_array_mut() else {
+        return Err(ErrorKind::Internal.into());
+    };
+    if keys.len() >= MAX_KEYS {
+        return Err(ErrorKind::Conflict(format!(
+            "a client has at most {MAX_KEYS} keys: revoke one first"
+        ))
+        .into());
+    }
+    keys.push(serde_json::to_value(key).map_err(|_| ErrorKind::Internal)?);
+    Ok((id, secret))
+}
+
+/// The 201 of a new client: the object, and its first key with the secret, shown this once.
+pub fn created(name: &str, revision: u64, spec: Value, id: &str, secret: &str) -> Response {
+    let mut response = Json(json!({
+        "name": name,
+        "revision": revision,
+        "spec": spec,
+        "key": {"id": id, "secret": secret},
+    }))
+    .into_response();
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    response
+}
+
 /// How long a write waits for this instance to run what it wrote.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Waits until this instance's configuration includes the store's latest change, so that a
 /// list, a read or a try-it right after a write sees it (the other instances follow through
 /// their own watchers). The write is durable either way: past [`APPLY_WAIT`] it answers anyway.
-async fn settle(store: &ConfigStore, state: &AdminState) {
+pub(crate) async fn settle(store: &ConfigStore, state: &AdminState) {
     match store.last_sequence().await {
         Ok(latest) => {
             if !state.app.store_status.wait_for(latest, APPLY_WAIT).await {
@@ -114,6 +155,17 @@ fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayErr
         Kind::Route => {
             serde_json::from_value::<RouteSpec>(value.clone()).and_then(serde_json::to_value)
         }
+        Kind::Client => {
+            // Keys are made and revoked through `…/keys`; a document never brings its own.
+            if value.get("keys").is_some() {
+                return Err(ErrorKind::InvalidConfig {
+                    field: format!("clients.{name}.keys"),
+                    reason: "keys are managed through /admin/v1/clients/{name}/keys".into(),
+                }
+                .into());
+            }
+            serde_json::from_value::<ClientSpec>(value.clone()).and_then(serde_json::to_value)
+        }
     };
     result.map_err(|e| {
         ErrorKind::InvalidConfig {
@@ -125,7 +177,7 @@ fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayErr
 }
 
 /// The configuration in force with one object changed (`None`: deleted), validated whole.
-fn candidate(
+pub(crate) fn candidate(
     state: &AdminState,
     kind: Kind,
     name: &str,
@@ -167,6 +219,15 @@ fn candidate(
         (Kind::Route, None) => {
             spec.routes.remove(name);
         }
+        (Kind::Client, Some(v)) => {
+            spec.clients.insert(
+                name.to_owned(),
+                serde_json::from_value(v.clone()).map_err(at)?,
+            );
+        }
+        (Kind::Client, None) => {
+            spec.clients.remove(name);
+        }
     }
     let compiled = Snapshot::compile(spec).map_err(GatewayError::invalid_config)?;
     if let (Kind::Service, Some(_)) = (kind, value) {
@@ -203,7 +264,7 @@ fn own_listeners(
     Ok(())
 }
 
-fn object(name: &str, revision: u64, spec: Value) -> Response {
+pub(crate) fn object(name: &str, revision: u64, spec: Value) -> Response {
     let mut response =
         Json(json!({"name": name, "revision": revision, "spec": spec})).into_response();
     response.headers_mut().insert(header::ETAG, etag(revision));
@@ -219,6 +280,7 @@ pub async fn list(
     let names: Vec<String> = match kind {
         Kind::Service => spec.services.keys().cloned().collect(),
         Kind::Route => spec.routes.keys().cloned().collect(),
+        Kind::Client => spec.clients.keys().cloned().collect(),
     };
     let mut items = Vec::new();
     for name in names {
@@ -260,13 +322,20 @@ pub async fn create(
         let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
         validate::name("name", &body.name).map_err(GatewayError::invalid_config)?;
         change.object = kind.key(&body.name);
-        let spec = parse_spec(kind, &body.name, &body.spec)?;
+        let mut spec = parse_spec(kind, &body.name, &body.spec)?;
+        // A new client comes with its first key, whose secret this answer shows once.
+        let key = (kind == Kind::Client)
+            .then(|| add_key(&mut spec))
+            .transpose()?;
         candidate(&state, kind, &body.name, Some(&spec))?;
         let store = store_of(&state)?;
         let revision = store.create(kind, &body.name, &spec).await?;
         change.new = Some(revision);
         settle(&store, &state).await;
-        let mut response = object(&body.name, revision, spec);
+        let mut response = match key {
+            Some((id, secret)) => created(&body.name, revision, spec, &id, &secret),
+            None => object(&body.name, revision, spec),
+        };
         *response.status_mut() = StatusCode::CREATED;
         if let Ok(location) =
             HeaderValue::from_str(&format!("/admin/v1/{}/{}", kind.plural(), body.name))
@@ -307,8 +376,23 @@ async fn write(
     change: &mut Change,
 ) -> Result<Response, GatewayError> {
     let store = store_of(state)?;
-    change.old = store.get(kind, name).await?.map(|(revision, _)| revision);
+    let current = store.get(kind, name).await?;
+    change.old = current.as_ref().map(|(revision, _)| *revision);
     let expected = condition.check(change.old)?;
+    let mut spec = spec;
+    if kind == Kind::Client {
+        // A client's keys are those stored at the revision this write replaces: a PUT or a
+        // rollback changes the rest, never resurrects a revoked key nor drops a live one.
+        let keys = current
+            .as_ref()
+            .and_then(|(_, doc)| doc.get("keys").cloned());
+        if let Some(object) = spec.as_object_mut() {
+            object.remove("keys");
+            if let Some(keys) = keys {
+                object.insert("keys".into(), keys);
+            }
+        }
+    }
     candidate(state, kind, name, Some(&spec))?;
     match store.update(kind, name, &spec, expected).await {
         Ok(revision) => {
@@ -441,6 +525,17 @@ pub async fn import(
         }
         for (name, route) in &spec.routes {
             store.put(Kind::Route, name, &json!(route)).await?;
+        }
+        // Clients last (they name routes); their keys come as the export has them: hashes.
+        for (name, client) in &spec.clients {
+            store.put(Kind::Client, name, &json!(client)).await?;
+        }
+        for name in old
+            .clients
+            .keys()
+            .filter(|n| !spec.clients.contains_key(*n))
+        {
+            store.delete(Kind::Client, name, None).await?;
         }
         for name in old.routes.keys().filter(|n| !spec.routes.contains_key(*n)) {
             store.delete(Kind::Route, name, None).await?;

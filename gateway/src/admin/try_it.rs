@@ -20,6 +20,10 @@ pub struct Try {
     order_id: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Runs as this configured client (its routes, `when.clients`, `Busgate-Client`); empty:
+    /// the anonymous client.
+    #[serde(default)]
+    client: String,
 }
 
 /// Runs a route for an order id exactly as a request would, and shows the answer.
@@ -39,13 +43,22 @@ pub async fn try_route(
     let route = snapshot
         .route(&body.route)
         .ok_or_else(|| ErrorKind::ObjectNotFound(Kind::Route.key(&body.route)))?;
+    if !body.client.is_empty() {
+        let client = snapshot
+            .clients
+            .by_name(&body.client)
+            .ok_or_else(|| ErrorKind::ObjectNotFound(Kind::Client.key(&body.client)))?;
+        if !client.may_use(&body.route) {
+            return Err(ErrorKind::RouteNotAllowed(body.route).into());
+        }
+    }
     let request_id = new_request_id().to_string();
     let call = Call {
         traceparent: traceparent(None, &request_id, app.edge.trace_sample_ratio),
         request_id,
         route: route.name.0.to_string(),
         order_id: body.order_id,
-        client: String::new(),
+        client: body.client,
         headers: body
             .headers
             .into_iter()

@@ -1,15 +1,17 @@
-//! Configuration: the settings a process starts with, and the dynamic configuration (services
-//! and routes) that every instance keeps in force.
+//! Configuration: the settings a process starts with, and the dynamic configuration (services,
+//! routes and clients) that every instance keeps in force.
 //!
 //! Owns: [`settings`] (typed settings, defaults < file < `BUSGATE_…`, validated before any port
 //! is bound), [`allowlist`] (the callback allowlist those settings name), [`snapshot`] (the
 //! compiled configuration a request runs on, and route lookup) and [`store`] (the KV bucket
-//! `busgate-config` and the watcher that swaps snapshots in).
+//! `busgate-config` and the watcher that swaps snapshots in), [`clients`] (clients compiled:
+//! the index of API keys, allowed routes, limits and their state).
 //!
 //! May use: `metrics` (label names), `clock`, `error`. Nothing here knows about HTTP handlers,
 //! gathers or jobs.
 
 pub mod allowlist;
+pub mod clients;
 pub mod settings;
 pub mod snapshot;
 pub mod store;

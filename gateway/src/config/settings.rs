@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::runtime::LogFormat;
 use busgate_shared::validate::{OrderIdRule, DEFAULT_ORDER_ID_PATTERN};
 use busgate_shared::Error;
@@ -41,6 +41,33 @@ pub struct Settings {
     pub services: BTreeMap<String, ServiceSpec>,
     /// Routes. When absent, the built-in `order` route.
     pub routes: BTreeMap<String, RouteSpec>,
+    /// Clients of the public API (seeded into an empty store like services and routes; their
+    /// keys as hashes). Usually made through the admin API instead.
+    pub clients: BTreeMap<String, ClientSpec>,
+    /// Who may call the public API.
+    pub auth: AuthSettings,
+}
+
+/// `[auth]`: how public requests name their client.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `required` (the default): every public request but the health endpoints and
+    /// `/metrics` names a configured client with an API key (or a JWT of a configured issuer).
+    /// `none`: requests without credentials are served as the anonymous client (logged as a
+    /// warning at start); credentials that are sent are still checked.
+    pub mode: AuthMode,
+}
+
+/// `auth.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every request needs credentials.
+    #[default]
+    Required,
+    /// Requests without credentials are anonymous.
+    None,
 }
 
 /// The `[nats]` section: one type for every Busgate process (see `busgate_shared::nats`).
@@ -356,6 +383,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             services: builtin.services,
             routes: builtin.routes,
+            clients: BTreeMap::new(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -421,7 +450,7 @@ impl Settings {
     }
 
     /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).
-    const TOP_LEVEL: [&'static str; 10] = [
+    const TOP_LEVEL: [&'static str; 12] = [
         "NATS",
         "HTTP",
         "ADMIN",
@@ -432,13 +461,16 @@ impl Settings {
         "SHUTDOWN_GRACE",
         "SERVICES",
         "ROUTES",
+        "CLIENTS",
+        "AUTH",
     ];
 
-    /// The configuration part (services and routes).
+    /// The configuration part (services, routes and clients).
     pub fn config_spec(&self) -> ConfigSpec {
         ConfigSpec {
             services: self.services.clone(),
             routes: self.routes.clone(),
+            clients: self.clients.clone(),
         }
     }
 

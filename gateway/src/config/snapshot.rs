@@ -10,6 +10,7 @@ use axum::http::Method;
 use busgate_shared::config::{ConfigSpec, HttpMethod, MergeStrategy, Segment};
 use busgate_shared::{subject, Error};
 
+use crate::config::clients::Clients;
 use crate::metrics::Name;
 
 /// A validated, compiled configuration.
@@ -17,6 +18,8 @@ use crate::metrics::Name;
 pub struct Snapshot {
     /// What it was compiled from.
     pub spec: ConfigSpec,
+    /// The clients, with the index of their keys.
+    pub clients: Clients,
     bindings: Vec<Binding>,
     routes: std::collections::BTreeMap<String, Arc<Route>>,
 }
@@ -67,7 +70,7 @@ pub struct Target {
 pub struct When {
     /// `(lower-case name, value)` the request header must have.
     pub header: Option<(String, String)>,
-    /// Client ids allowed.
+    /// Client names allowed.
     pub clients: Option<Vec<String>>,
     /// Pattern the order id must match.
     pub order_id: Option<regex::Regex>,
@@ -236,10 +239,17 @@ impl Snapshot {
             }
         }
         Ok(Snapshot {
+            clients: Clients::compile(&spec.clients),
             spec,
             bindings,
             routes,
         })
+    }
+
+    /// Takes over the state of the clients of the snapshot this one replaces (see
+    /// [`Clients::inherit`]).
+    pub fn inherit(&mut self, previous: &Snapshot) {
+        self.clients.inherit(&previous.clients);
     }
 
     /// A route by name.

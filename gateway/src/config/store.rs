@@ -1,5 +1,6 @@
-//! The configuration store: services and routes as documents in the KV bucket
-//! `busgate-config` (`services.<name>`, `routes.<name>`), watched by every gateway instance.
+//! The configuration store: services, routes and clients as documents in the KV bucket
+//! `busgate-config` (`services.<name>`, `routes.<name>`, `clients.<name>`), watched by every
+//! gateway instance.
 //!
 //! [`ConfigStore`] is the guarded way to read and write them (revisions for `ETag`/`If-Match`,
 //! history, the value at a revision). [`run_watcher`] keeps an instance's configuration in
@@ -19,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use busgate_shared::config::{ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
 use busgate_shared::subject;
 use busgate_shared::watch::Event;
 
@@ -34,13 +35,15 @@ fn js(e: impl Into<async_nats::Error>) -> GatewayError {
     STORE.failed(e)
 }
 
-/// The two kinds of configuration objects.
+/// The kinds of configuration objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `services.<name>`.
     Service,
     /// `routes.<name>`.
     Route,
+    /// `clients.<name>`.
+    Client,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
         match self {
             Kind::Service => "services",
             Kind::Route => "routes",
+            Kind::Client => "clients",
         }
     }
 
@@ -342,6 +346,13 @@ fn objects(spec: &ConfigSpec) -> Result<Vec<(Kind, String, Bytes)>, GatewayError
             Bytes::from(serde_json::to_vec(route).map_err(STORE.corrupt(name))?),
         ));
     }
+    for (name, client) in &spec.clients {
+        out.push((
+            Kind::Client,
+            name.clone(),
+            Bytes::from(serde_json::to_vec(client).map_err(STORE.corrupt(name))?),
+        ));
+    }
     Ok(out)
 }
 
@@ -350,6 +361,7 @@ pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec,
     let mut spec = ConfigSpec {
         services: BTreeMap::new(),
         routes: BTreeMap::new(),
+        clients: BTreeMap::new(),
     };
     for (key, (_, value)) in entries {
         if let Some(name) = key.strip_prefix("services.") {
@@ -361,6 +373,11 @@ pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec,
             spec.routes.insert(
                 name.to_owned(),
                 serde_json::from_slice::<RouteSpec>(value).map_err(STORE.corrupt(key))?,
+            );
+        } else if let Some(name) = key.strip_prefix("clients.") {
+            spec.clients.insert(
+                name.to_owned(),
+                serde_json::from_slice::<ClientSpec>(value).map_err(STORE.corrupt(key))?,
             );
         }
     }
@@ -428,7 +445,8 @@ fn apply(
     let compiled = spec_from(entries)
         .and_then(|spec| Snapshot::compile(spec).map_err(GatewayError::invalid_config));
     match compiled {
-        Ok(snapshot) => {
+        Ok(mut snapshot) => {
+            snapshot.inherit(&config.load());
             let routes = snapshot.spec.routes.len();
             let services = snapshot.spec.services.len();
             config.store(Arc::new(snapshot));

@@ -33,8 +33,10 @@ pub fn new_request_id() -> Uuid {
 }
 
 /// The W3C traceparent to send: the caller's trace (`incoming`, when valid) with our own span
-/// and the caller's flags, or a new trace whose id is the request id (a UUIDv7 is 128 bits,
-/// time-ordered and random enough for that), marked sampled with probability `sample_ratio`.
+/// and the caller's flags, or a new random trace, marked sampled with probability
+/// `sample_ratio`. The span id is the tail of the request id; the trace id is never the
+/// request id, which is a capability (whoever holds it could read an asynchronous result) and
+/// must not travel to every service and tracing backend.
 ///
 /// Unsampled is also the cheap case on the bus: nats-server lifts every header of a message
 /// into a map of its own when a `traceparent` says sampled (for its message tracing), which
@@ -43,15 +45,30 @@ pub fn traceparent(incoming: Option<&str>, request_id: &str, sample_ratio: f64) 
     let mut simple = String::with_capacity(32);
     simple.extend(request_id.chars().filter(|c| *c != '-'));
     let span = simple.get(16..32).unwrap_or("");
+    let mut fresh = [0u8; 32];
     let (trace, flags) = incoming.and_then(parse_traceparent).unwrap_or_else(|| {
         let sampled = sample_ratio > 0.0 && rand::random::<f64>() < sample_ratio;
-        (simple.as_str(), if sampled { "01" } else { "00" })
+        (new_trace_id(&mut fresh), if sampled { "01" } else { "00" })
     });
     let mut out = String::with_capacity(55);
     for piece in ["00-", trace, "-", span, "-", flags] {
         out.push_str(piece);
     }
     out
+}
+
+/// 128 random bits in lower-case hex, written into `out` (never all zeros: W3C forbids it).
+fn new_trace_id(out: &mut [u8; 32]) -> &str {
+    let mut random = [0u8; 16];
+    rand::fill(&mut random);
+    random[15] |= 1;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in random.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(out).unwrap_or("00000000000000000000000000000001")
 }
 
 /// `(trace_id, flags)` of a valid version-00 traceparent.
@@ -108,9 +125,21 @@ mod tests {
                 .ok()
                 .map(str::to_owned)
         };
-        assert_eq!(
-            traceparent(incoming(&parts).as_deref(), id, 0.0),
-            "00-0190f5a27b3c7def8123456789abcdef-8123456789abcdef-00"
+        let made = traceparent(incoming(&parts).as_deref(), id, 0.0);
+        let (trace, rest) = made
+            .strip_prefix("00-")
+            .and_then(|m| m.split_once('-'))
+            .expect("version and trace");
+        assert_eq!(rest, "8123456789abcdef-00");
+        assert_eq!(trace.len(), 32);
+        assert_ne!(
+            trace, "0190f5a27b3c7def8123456789abcdef",
+            "not the request id"
+        );
+        assert_ne!(
+            trace,
+            &traceparent(None, id, 0.0)[3..35],
+            "a new trace each time"
         );
         assert!(traceparent(None, id, 1.0).ends_with("-01"));
         let sampled = (0..1000)
@@ -130,6 +159,6 @@ mod tests {
             TRACEPARENT,
             HeaderValue::from_static("00-0000-00f067aa0ba902b7-01"),
         );
-        assert!(traceparent(incoming(&parts).as_deref(), id, 0.0).starts_with("00-0190f5a2"));
+        assert!(traceparent(incoming(&parts).as_deref(), id, 0.0).ends_with("-8123456789abcdef-00"));
     }
 }

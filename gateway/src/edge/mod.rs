@@ -8,8 +8,9 @@
 //! Owns: dispatch and load shedding (here), [`serve`] (the listeners' hyper connections, their
 //! timeouts and caps), [`body`] reading and parsing, request [`ids`] and `traceparent`, the
 //! [`health`] and metrics endpoints, and the [`state`] handlers share. May use: `jobs` (an
-//! asynchronous submit, poll and events), `route`, `gather` (a started gather), `config`,
-//! `metrics`, `limit`, `error`.
+//! asynchronous submit, poll and events), `auth` (the caller, before anything else is done
+//! for a request but the health endpoints and `/metrics`), `route`, `gather` (a started
+//! gather), `config`, `metrics`, `limit`, `error`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use busgate_shared::header::{REQUEST_ID_LOWER, TRACEPARENT};
 use busgate_shared::validate::OrderIdRule;
 
+use crate::auth::Caller;
 use crate::config::snapshot::{Lookup, Route};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::scatter::{Asker, Pending};
@@ -218,12 +220,20 @@ fn builtins(state: AppState, metrics: bool) -> Router {
     } else {
         router
     };
-    router
+    // Polls and event streams name their client like every other public request; the health
+    // endpoints and `/metrics` need none.
+    let requests = Router::new()
         .route("/api/requests/{request_id}", get(crate::jobs::http::poll))
         .route(
             "/api/requests/{request_id}/events",
             get(crate::jobs::http::events),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            with_caller,
+        ));
+    router
+        .merge(requests)
         .fallback_service(tower::service_fn({
             let state = state.clone();
             move |request| dispatch(InFlight::uncounted(state.clone()), request)
@@ -231,6 +241,37 @@ fn builtins(state: AppState, metrics: bool) -> Router {
         .method_not_allowed_fallback(builtin_method_not_allowed)
         .layer(axum::middleware::from_fn(with_request_id))
         .with_state(state)
+}
+
+/// Authenticates a request to a built-in path that needs a client (polls and event streams)
+/// and hands the [`Caller`] to its handler; 401 without running it.
+async fn with_caller(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Owned, not a guard: the check may wait (a JWT issuer's keys).
+    let snapshot = state.runner.config().load_full();
+    match state.auth.authenticate(&snapshot, request.headers()).await {
+        Ok(caller) => {
+            drop(snapshot);
+            let client = caller.get().map(|c| c.name.clone());
+            request.extensions_mut().insert(caller);
+            let response = next.run(request).await;
+            // The one 429 of a poll or a stream: the client's cap of open streams.
+            if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+                state
+                    .runner
+                    .metrics()
+                    .record_client(client.as_ref(), "too-many-streams");
+            }
+            response
+        }
+        Err(e) => {
+            state.runner.metrics().record_client(None, "unauthorized");
+            e.into_response()
+        }
+    }
 }
 
 /// Gives every answer of a router a request id: the `request_id` of a problem document made
@@ -323,6 +364,18 @@ enum Admitted {
 async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admitted {
     let snapshot = state.runner.config().load_full();
     let (parts, body) = request.into_parts();
+    // Who asks comes first: a request without valid credentials learns nothing, not even
+    // which paths exist, and its body is never read.
+    let caller = match state.auth.authenticate(&snapshot, &parts.headers).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            state.runner.metrics().record_client(None, "unauthorized");
+            return Admitted::Done {
+                label: state.edge.unmatched.clone(),
+                result: Err(e),
+            };
+        }
+    };
     let (route, path_order_id) = match snapshot.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found {
             route,
@@ -345,10 +398,17 @@ async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admi
             };
         }
     };
+    if let Err(e) = admit_client(&state, &caller, route) {
+        return Admitted::Done {
+            label: route.name.clone(),
+            result: Err(e),
+        };
+    }
     let request = Incoming {
         parts: &parts,
         body,
         request_id: request_id.as_str(),
+        caller: &caller,
     };
     match serve(&state, route, path_order_id, request).await {
         Ok(Served::Answered(response)) => Admitted::Done {
@@ -360,11 +420,47 @@ async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admi
             pending,
             order_id,
         },
-        Err(e) => Admitted::Done {
-            label: route.name.clone(),
-            result: Err(e),
-        },
+        Err(e) => {
+            if matches!(e.kind, ErrorKind::TooManyPending) {
+                let client = caller.get().map(|c| &c.name);
+                state
+                    .runner
+                    .metrics()
+                    .record_client(client, "too-many-pending");
+            }
+            Admitted::Done {
+                label: route.name.clone(),
+                result: Err(e),
+            }
+        }
     }
+}
+
+/// Holds a client to its routes and its rate, and counts its request: 403
+/// `route-not-allowed`, 429 `rate-limited`. The anonymous caller (`auth.mode = "none"`) has
+/// neither.
+fn admit_client(state: &AppState, caller: &Caller, route: &Route) -> Result<(), GatewayError> {
+    let Some(client) = caller.get() else {
+        return Ok(());
+    };
+    let metrics = state.runner.metrics();
+    if !client.may_use(&route.name.0) {
+        metrics.record_client(Some(&client.name), "route-not-allowed");
+        return Err(ErrorKind::RouteNotAllowed(route.name.0.to_string()).into());
+    }
+    if let Some(limiter) = &client.limiter {
+        if let Err(retry_after) = limiter.check() {
+            metrics.record_client(Some(&client.name), "rate-limited");
+            return Err(ErrorKind::RateLimited {
+                per_second: limiter.rate.per_second,
+                burst: limiter.rate.burst(),
+                retry_after,
+            }
+            .into());
+        }
+    }
+    metrics.record_client(Some(&client.name), "admitted");
+    Ok(())
 }
 
 /// A request that matched a route.
@@ -372,6 +468,7 @@ struct Incoming<'a> {
     parts: &'a Parts,
     body: Body,
     request_id: &'a str,
+    caller: &'a Caller,
 }
 
 /// What [`serve`] made of a request.
@@ -392,6 +489,7 @@ async fn serve(
         parts,
         body,
         request_id,
+        caller,
     } = request;
     let (fields, raw) = if parts.method == Method::POST {
         let bytes = read_body(parts, body, state.edge.body_limit, state.edge.body_timeout).await?;
@@ -420,6 +518,7 @@ async fn serve(
             prefer,
             request_id,
             traceparent,
+            caller,
         };
         // Boxed: its JetStream writes would otherwise make every synchronous request's
         // admission several KiB larger.
@@ -438,7 +537,7 @@ async fn serve(
     let asker = Asker {
         request_id,
         order_id: &order_id,
-        client: "",
+        client: caller.name(),
         traceparent: &traceparent,
         headers: &parts.headers,
     };
@@ -509,6 +608,7 @@ mod tests {
             store: Arc::new(std::sync::OnceLock::new()),
             store_status: Arc::new(crate::config::store::StoreStatus::default()),
             instance: Arc::from("size"),
+            auth: crate::auth::Authenticator::new(crate::config::settings::AuthMode::None),
         })
     }
 

@@ -8,6 +8,7 @@ use axum::extract::FromRef;
 
 use busgate_shared::validate::OrderIdRule;
 
+use crate::auth::Authenticator;
 use crate::config::settings::HttpSettings;
 use crate::config::store::{ConfigStore, StoreStatus};
 use crate::jobs::http::AsyncRequests;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub store_status: Arc<StoreStatus>,
     /// This instance's id.
     pub instance: Arc<str>,
+    /// Who may call the public API.
+    pub auth: Authenticator,
 }
 
 impl Shared {

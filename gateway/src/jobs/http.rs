@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use busgate_shared::header::REQUEST_ID;
 
+use crate::auth::Caller;
 use crate::config::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError, PROBLEM_JSON};
 use crate::jobs::callback::Signer;
@@ -143,6 +144,8 @@ pub struct Submit<'a> {
     pub request_id: &'a str,
     /// The trace context.
     pub traceparent: String,
+    /// Who submits it.
+    pub caller: &'a Caller,
 }
 
 /// Accepts an asynchronous request: 202 once JetStream has it (or the answer, with `wait`).
@@ -169,7 +172,8 @@ pub async fn submit(
         .wait
         .filter(|w| !w.is_zero())
         .and_then(|wait| Some((wait, requests.waiters.try_hold()?)));
-    let client = "";
+    // Idempotency keys are the client's own: the same key from another client is another key.
+    let client = submit.caller.name();
     let key = idempotency_key(&submit.parts.headers)?;
     let fingerprint = key.map(|_| fingerprint(submit.parts, submit.body));
     // The key is claimed first, confirmed once the request is queued, released when it could
@@ -191,6 +195,21 @@ pub async fn submit(
         }
     }
     let request_id = resumed.as_deref().unwrap_or(submit.request_id);
+    // The client's cap of pending requests (on this instance), after the key: a repeat is
+    // answered whatever the client holds.
+    let pending = match submit.caller.get() {
+        Some(c) if c.max_pending.is_some() => match c.usage.pending.try_hold(c.max_pending) {
+            Some(slot) => Some(slot),
+            None => {
+                // A resumed claim stays, as below.
+                if let (Some(key), None) = (key, &resumed) {
+                    jobs.release(client, key).await;
+                }
+                return Err(ErrorKind::TooManyPending.into());
+            }
+        },
+        _ => None,
+    };
     let job = Job {
         call: Call {
             request_id: request_id.to_owned(),
@@ -223,6 +242,17 @@ pub async fn submit(
     }
     if let (Some(key), Some(fingerprint)) = (key, &fingerprint) {
         jobs.confirm(client, key, fingerprint, request_id).await;
+    }
+    if let Some(slot) = pending {
+        // The slot is held until the request is final (on whichever instance runs it), and
+        // at most as long as a request can stay pending: every delivery's ack wait.
+        let settings = jobs.settings();
+        let bound = settings.ack_wait * (settings.max_deliver + 1) + Duration::from_secs(10);
+        let (jobs, request_id) = (jobs.clone(), request_id.to_owned());
+        tokio::spawn(async move {
+            let _ = wait_final(&jobs, &request_id, bound).await;
+            drop(slot);
+        });
     }
     if let Some((wait, slot)) = waiting {
         let wait = wait.min(jobs.settings().max_wait);
@@ -322,32 +352,51 @@ fn checked_id(id: &str) -> Result<String, GatewayError> {
 
 /// `GET /api/requests/{request_id}`. The poll itself has a request id of its own, which the
 /// edge gives its answer and problem documents.
+///
+/// A request is visible to the client that submitted it only: for anyone else the answer is
+/// the 404 of an id that does not exist, byte for byte.
 pub async fn poll(
     State(requests): State<Arc<AsyncRequests>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let id = checked_id(&id)?;
     match requests.jobs()?.status(&id).await? {
-        Some((_, doc)) => Ok(axum::Json(doc).into_response()),
-        None => Err(ErrorKind::RequestNotFound(id).into()),
+        Some((_, doc)) if doc.client == caller.name() => Ok(axum::Json(doc).into_response()),
+        _ => Err(ErrorKind::RequestNotFound(id).into()),
     }
 }
 
 /// `GET /api/requests/{request_id}/events`: the status document on every change, ending after
 /// the final one (or after `jobs.events_max`; clients reconnect).
+/// Like a poll, only the submitting client sees the stream; anyone else gets the 404 of an
+/// unknown id. A client's open streams count against its `max_streams` (429
+/// `too-many-streams`) as well as the instance's `jobs.max_event_streams` (503).
 pub async fn events(
     State(requests): State<Arc<AsyncRequests>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, GatewayError> {
     let id = checked_id(&id)?;
     let jobs = requests.jobs()?;
+    match jobs.status(&id).await? {
+        Some((_, doc)) if doc.client == caller.name() => {}
+        _ => return Err(ErrorKind::RequestNotFound(id).into()),
+    }
+    let client_slot = match caller.get() {
+        Some(c) => Some(
+            c.usage
+                .streams
+                .try_hold(c.max_streams)
+                .ok_or(ErrorKind::TooManyStreams)?,
+        ),
+        None => None,
+    };
     let slot: Slot = requests
         .streams
         .try_hold()
         .ok_or(ErrorKind::Overloaded("open event streams"))?;
-    if jobs.status(&id).await?.is_none() {
-        return Err(ErrorKind::RequestNotFound(id).into());
-    }
+    let slot = (slot, client_slot);
     let docs = jobs.watch(&id).await?;
     let limit = tokio::time::sleep(jobs.settings().events_max);
     // Ends right after the final document, not at the next (never coming) one. The stream

@@ -11,7 +11,7 @@
 //! `busgate-bench --smoke`: one short round per scenario, no fixed-rate phase, no ratios to
 //! judge: CI runs it so that the benchmark keeps working.
 //!
-//! `busgate-bench --print-settings bench|merge|held` prints a gateway settings file and exits:
+//! `busgate-bench --print-settings bench|merge|merge-keyed|held` prints a gateway settings file and exits:
 //! the benchmark's own, and those of `tests/perf/merge-stack.sh` and `tests/perf/held-gathers.py`,
 //! which read theirs from here (all built with [`busgate_tests::fixture`]).
 
@@ -61,7 +61,7 @@ fn options() -> Options {
             "--smoke" => o.smoke = true,
             "--print-settings" => print_settings(&value()),
             "-h" | "--help" => {
-                println!("busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--anchors anchors.sh] [--smoke]\nbusgate-bench --print-settings bench|merge|held   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/held-gathers.py)");
+                println!("busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--anchors anchors.sh] [--smoke]\nbusgate-bench --print-settings bench|merge|merge-keyed|held   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)");
                 std::process::exit(0);
             }
             other => panic!("unknown argument {other}"),
@@ -346,7 +346,11 @@ fn hold_route() -> Route {
 fn bench_settings() -> Settings {
     let two = Duration::from_secs(2);
     let natives: Vec<String> = (1..=8).map(|i| format!("n{i}")).collect();
-    let mut settings = Settings::default().log_level("warn").jobs_concurrency(512);
+    // Routes, not clients, are measured here: anonymous requests, written out.
+    let mut settings = Settings::default()
+        .log_level("warn")
+        .jobs_concurrency(512)
+        .auth_none();
     for service in natives.iter().map(String::as_str).chain(["a1", "a2"]) {
         settings = settings.service(service, two);
     }
@@ -374,15 +378,51 @@ fn merge_stack_settings() -> Settings {
     let two = Duration::from_secs(2);
     Settings::default()
         .log_level("warn")
+        .auth_none()
         .service("n1", two)
         .service("n2", two)
         .route("merge", merge_route())
+}
+
+/// The API key of the `bench` client of [`merge_keyed_settings`]: a fixture, not a secret
+/// (`tests/perf/ab-auth.sh` sends it).
+pub const BENCH_KEY: &str = "bgk_YnVzZ2F0ZSBiZW5jaG1hcmsga2V5IG5vdCBzZWNyZXQ";
+/// Its SHA-256, as the configuration stores it.
+const BENCH_KEY_HASH: &str = "b1675905df3b6ea73f1ecd8f2823055749279b412f0add6014822ad98277d094";
+
+/// [`merge_stack_settings`] with clients: auth required, one client `bench` with the key
+/// [`BENCH_KEY`] and a rate limit that never triggers. What API-key authentication and a
+/// rate limit cost on the merge (`tests/perf/ab-auth.sh`).
+fn merge_keyed_settings() -> Settings {
+    let two = Duration::from_secs(2);
+    Settings::default()
+        .log_level("warn")
+        .auth_required()
+        .service("n1", two)
+        .service("n2", two)
+        .route("merge", merge_route())
+        .client(
+            "bench",
+            busgate_shared::config::ClientSpec {
+                rate: Some(busgate_shared::config::RateSpec {
+                    per_second: busgate_shared::config::MAX_RATE,
+                    burst: Some(busgate_shared::config::MAX_RATE),
+                }),
+                keys: vec![busgate_shared::config::KeySpec {
+                    id: "bench".into(),
+                    hash: BENCH_KEY_HASH.into(),
+                    created: String::new(),
+                }],
+                ..Default::default()
+            },
+        )
 }
 
 /// The gateway of `tests/perf/held-gathers.py`: the held route and the merge for `--preload`.
 fn held_gathers_settings() -> Settings {
     Settings::default()
         .log_level("warn")
+        .auth_none()
         .service("n1", Duration::from_secs(30))
         .service("n2", Duration::from_secs(2))
         .route("hold", hold_route())
@@ -394,9 +434,12 @@ fn print_settings(name: &str) -> ! {
     let settings = match name {
         "bench" => bench_settings(),
         "merge" => merge_stack_settings(),
+        "merge-keyed" => merge_keyed_settings(),
         "held" => held_gathers_settings(),
         other => {
-            eprintln!("--print-settings: no settings named {other:?} (bench, merge, held)");
+            eprintln!(
+                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, held)"
+            );
             std::process::exit(2);
         }
     };

@@ -1,0 +1,397 @@
+//! Who is calling: the client a public request comes from, by its API key (or, once the JWT
+//! issuers are wired in, by a bearer JWT), and the limits that client is held to.
+//!
+//! A request names its client with `Authorization: Bearer <key>` or `X-API-Key: <key>`. An API
+//! key is `bgk_` and 43 base64url characters (32 bytes from the operating system's CSPRNG);
+//! the gateway knows only its SHA-256 (see [`hash_key`]). Checking one is a hash of the
+//! presented key and a map lookup in the snapshot in force: no lock, no allocation, no I/O.
+//! A bearer token without the key prefix that is shaped like a JWT goes to the one JWT hook,
+//! `Authenticator::verify_jwt`.
+//! Anything else (no credentials, two, a malformed header, an oversize or garbage token, an
+//! unknown or revoked key) is refused with 401 before the body is read or anything published.
+//!
+//! Owns: [`Authenticator`], [`Caller`] and key generation. May use: `config` (the snapshot's
+//! clients, `[auth]` settings), `metrics`, `error`.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::config::clients::{Client, KeyHash};
+use crate::config::settings::AuthMode;
+use crate::config::snapshot::Snapshot;
+use crate::error::{Credentials, ErrorKind, GatewayError};
+
+/// What every API key starts with: recognisable in a leaked log or a secret scanner's rules.
+pub const KEY_PREFIX: &str = "bgk_";
+/// Random bytes in a key.
+pub const KEY_BYTES: usize = 32;
+/// Characters of a key: the prefix and the base64url (unpadded) of [`KEY_BYTES`].
+pub const KEY_LEN: usize = KEY_PREFIX.len() + 43;
+/// The longest credential read (a JWT with a few claims is well under it).
+pub const MAX_CREDENTIAL: usize = 8 * 1024;
+
+/// The `X-API-Key` header.
+const API_KEY_HEADER: &str = "x-api-key";
+
+/// The client a request comes from.
+#[derive(Debug, Clone)]
+pub struct Caller(Option<Arc<Client>>);
+
+impl Caller {
+    /// The anonymous caller of `auth.mode = "none"`.
+    pub fn anonymous() -> Self {
+        Caller(None)
+    }
+
+    /// A configured client.
+    pub fn client(client: Arc<Client>) -> Self {
+        Caller(Some(client))
+    }
+
+    /// The client's name; empty for the anonymous caller.
+    pub fn name(&self) -> &str {
+        self.0.as_ref().map_or("", |c| &c.name.0)
+    }
+
+    /// The configured client, if any.
+    pub fn get(&self) -> Option<&Arc<Client>> {
+        self.0.as_ref()
+    }
+}
+
+/// Checks credentials against the snapshot in force.
+#[derive(Debug, Clone, Default)]
+pub struct Authenticator {
+    mode: AuthMode,
+}
+
+/// What a request presented.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented<'a> {
+    /// Nothing.
+    Nothing,
+    /// An API key (not yet checked for shape).
+    ApiKey(&'a str),
+    /// A bearer token that is not an API key but is shaped like a JWT.
+    Jwt(&'a str),
+}
+
+impl Authenticator {
+    /// An authenticator in `mode`.
+    pub fn new(mode: AuthMode) -> Self {
+        Authenticator { mode }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// The caller of a request with `headers`, or a 401 refusal.
+    pub async fn authenticate(
+        &self,
+        snapshot: &Snapshot,
+        headers: &HeaderMap,
+    ) -> Result<Caller, GatewayError> {
+        match presented(headers)? {
+            Presented::Nothing => match self.mode {
+                AuthMode::None => Ok(Caller::anonymous()),
+                AuthMode::Required => {
+                    Err(ErrorKind::ClientUnauthorized(Credentials::Missing).into())
+                }
+            },
+            Presented::ApiKey(key) => api_key(snapshot, key).map(Caller::client),
+            // Boxed: the common (API key) path keeps a small future.
+            Presented::Jwt(token) => {
+                let name = Box::pin(self.verify_jwt(token)).await?;
+                snapshot
+                    .clients
+                    .by_name(&name)
+                    .cloned()
+                    .map(Caller::client)
+                    .ok_or_else(|| ErrorKind::ClientUnauthorized(Credentials::Invalid).into())
+            }
+        }
+    }
+}
+
+impl Authenticator {
+    /// THE JWT HOOK. A bearer token shaped like a JWT ends here; `Ok` names the client (by
+    /// the issuer's configured claim), which [`Authenticator::authenticate`] then requires to
+    /// be a configured client. The JWT verifier (`auth::jwt::Issuers::verify`, built
+    /// separately, held in this struct beside `mode`) is wired in here; until then every JWT
+    /// is refused with 401.
+    async fn verify_jwt(&self, token: &str) -> Result<String, GatewayError> {
+        let _ = token;
+        Err(ErrorKind::ClientUnauthorized(Credentials::Invalid).into())
+    }
+}
+
+/// The credential a request carries, refusing what is malformed.
+fn presented(headers: &HeaderMap) -> Result<Presented<'_>, GatewayError> {
+    let refuse = |why| Err(GatewayError::from(ErrorKind::ClientUnauthorized(why)));
+    let mut authorization = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let mut api_key = headers.get_all(API_KEY_HEADER).iter();
+    let (auth, key) = (authorization.next(), api_key.next());
+    if authorization.next().is_some()
+        || api_key.next().is_some()
+        || (auth.is_some() && key.is_some())
+    {
+        return refuse(Credentials::Ambiguous);
+    }
+    if let Some(value) = key {
+        if value.len() > MAX_CREDENTIAL {
+            return refuse(Credentials::Malformed);
+        }
+        let Ok(value) = value.to_str() else {
+            return refuse(Credentials::Malformed);
+        };
+        return Ok(Presented::ApiKey(value.trim()));
+    }
+    let Some(value) = auth else {
+        return Ok(Presented::Nothing);
+    };
+    if value.len() > MAX_CREDENTIAL {
+        return refuse(Credentials::Malformed);
+    }
+    let Ok(value) = value.to_str() else {
+        return refuse(Credentials::Malformed);
+    };
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        return refuse(Credentials::Malformed);
+    };
+    let token = token.trim_start();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return refuse(Credentials::Malformed);
+    }
+    if token.starts_with(KEY_PREFIX) {
+        Ok(Presented::ApiKey(token))
+    } else if looks_like_jwt(token) {
+        Ok(Presented::Jwt(token))
+    } else {
+        refuse(Credentials::Invalid)
+    }
+}
+
+/// Three non-empty base64url parts separated by dots.
+fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = 0;
+    for part in token.split('.') {
+        parts += 1;
+        let ok = !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok || parts > 3 {
+            return false;
+        }
+    }
+    parts == 3
+}
+
+/// The client of an API key, or 401.
+fn api_key(snapshot: &Snapshot, key: &str) -> Result<Arc<Client>, GatewayError> {
+    let refused = || GatewayError::from(ErrorKind::ClientUnauthorized(Credentials::Invalid));
+    let well_formed = key.len() == KEY_LEN
+        && key.starts_with(KEY_PREFIX)
+        && key[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !well_formed {
+        return Err(refused());
+    }
+    let presented = hash_key(key);
+    match snapshot.clients.by_key(&presented) {
+        // The map finds the entry by the digest; the final comparison is constant-time anyway,
+        // so that nothing about a stored digest shows in the timing of an answer.
+        Some((stored, client)) if constant_time_eq(stored, &presented) => Ok(client.clone()),
+        _ => Err(refused()),
+    }
+}
+
+/// Whether two digests are equal, in time independent of where they differ.
+fn constant_time_eq(a: &KeyHash, b: &KeyHash) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The SHA-256 of a key: all the gateway stores of it. A plain hash (no salt, no slow KDF) is
+/// right for these: a key is 256 random bits, so neither a dictionary nor brute force has
+/// anything to work on, and a slow hash would only slow every request. (Passwords, chosen by
+/// people, would need Argon2; API keys made here do not.)
+pub fn hash_key(key: &str) -> KeyHash {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Lower-case hex of a digest, as the configuration stores it.
+pub fn hex(hash: &KeyHash) -> String {
+    use std::fmt::Write as _;
+    hash.iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// A new key: `(id, secret)`. The secret is shown once, to whoever asked for it; only
+/// [`hash_key`] of it is kept.
+pub fn new_key() -> (String, String) {
+    let mut secret = [0u8; KEY_BYTES];
+    rand::fill(&mut secret);
+    let mut id = [0u8; 6];
+    rand::fill(&mut id);
+    let id = format!("k{}", hex_bytes(&id));
+    let secret = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    (id, secret)
+}
+
+fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use busgate_shared::config::{ClientSpec, ConfigSpec, KeySpec};
+
+    fn snapshot_with(secret: &str) -> Snapshot {
+        let mut spec = ConfigSpec::builtin();
+        spec.clients.insert(
+            "acme".into(),
+            ClientSpec {
+                keys: vec![KeySpec {
+                    id: "k1".into(),
+                    hash: hex(&hash_key(secret)),
+                    created: String::new(),
+                }],
+                ..Default::default()
+            },
+        );
+        Snapshot::compile(spec).expect("compile")
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).expect("value"));
+        }
+        h
+    }
+
+    fn refusal(result: Result<Caller, GatewayError>) -> Credentials {
+        match result {
+            Err(GatewayError {
+                kind: ErrorKind::ClientUnauthorized(why),
+                ..
+            }) => why,
+            other => panic!("expected a 401, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keys_are_long_random_and_prefixed() {
+        let (id, a) = new_key();
+        let (_, b) = new_key();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), KEY_LEN);
+        assert!(a.starts_with(KEY_PREFIX));
+        busgate_shared::validate::name("id", &id).expect("a valid id");
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_in_either_header_and_everything_else_is_refused() {
+        let (_, secret) = new_key();
+        let snapshot = snapshot_with(&secret);
+        let auth = Authenticator::new(AuthMode::Required);
+        let bearer = format!("Bearer {secret}");
+        for h in [
+            headers(&[("authorization", &bearer)]),
+            headers(&[("authorization", &format!("bearer  {secret}"))]),
+            headers(&[("x-api-key", &secret)]),
+        ] {
+            let caller = auth.authenticate(&snapshot, &h).await.expect("accepted");
+            assert_eq!(caller.name(), "acme");
+        }
+        let (_, other) = new_key();
+        let long = format!("Bearer bgk_{}", "a".repeat(MAX_CREDENTIAL));
+        let cases: Vec<(HeaderMap, Credentials)> = vec![
+            (headers(&[]), Credentials::Missing),
+            (
+                headers(&[("authorization", &format!("Bearer {other}"))]),
+                Credentials::Invalid,
+            ),
+            (headers(&[("x-api-key", &other)]), Credentials::Invalid),
+            (
+                headers(&[("authorization", &format!("Basic {secret}"))]),
+                Credentials::Malformed,
+            ),
+            (
+                headers(&[("authorization", "Bearer")]),
+                Credentials::Malformed,
+            ),
+            (
+                headers(&[("authorization", "Bearer a b")]),
+                Credentials::Malformed,
+            ),
+            (headers(&[("authorization", &long)]), Credentials::Malformed),
+            (
+                headers(&[("authorization", "Bearer garbage")]),
+                Credentials::Invalid,
+            ),
+            (
+                headers(&[("authorization", "Bearer bgk_short")]),
+                Credentials::Invalid,
+            ),
+            (
+                headers(&[("authorization", "Bearer a.b.c")]),
+                Credentials::Invalid,
+            ),
+            (
+                headers(&[("authorization", &bearer), ("x-api-key", &secret)]),
+                Credentials::Ambiguous,
+            ),
+            (
+                headers(&[("authorization", &bearer), ("authorization", &bearer)]),
+                Credentials::Ambiguous,
+            ),
+        ];
+        for (h, why) in cases {
+            assert_eq!(
+                refusal(auth.authenticate(&snapshot, &h).await),
+                why,
+                "{h:?}"
+            );
+        }
+        let open = Authenticator::new(AuthMode::None);
+        let anonymous = open
+            .authenticate(&snapshot, &headers(&[]))
+            .await
+            .expect("anonymous");
+        assert_eq!(anonymous.name(), "");
+        assert_eq!(
+            refusal(
+                open.authenticate(&snapshot, &headers(&[("x-api-key", &other)]))
+                    .await
+            ),
+            Credentials::Invalid,
+            "credentials sent are checked in every mode"
+        );
+    }
+
+    #[test]
+    fn jwt_shapes() {
+        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+        assert!(!looks_like_jwt("a..c"));
+        assert!(!looks_like_jwt("a.b.c="));
+    }
+}

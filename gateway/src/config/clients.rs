@@ -1,0 +1,312 @@
+//! Clients as the snapshot compiles them: the index of API keys (SHA-256 of a key → its
+//! client), the routes a client may use, and its limits with their state.
+//!
+//! The state of a client's limits (its GCRA limiter, its pending requests and open streams)
+//! lives in the compiled [`Client`], and a new snapshot takes it over from the one it replaces
+//! ([`Clients::inherit`]): a configuration change elsewhere neither resets a client's rate nor
+//! forgets what it holds. A changed rate starts a fresh limiter, in force from the swap on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use busgate_shared::config::{ClientSpec, RateSpec};
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+
+use crate::metrics::Name;
+
+/// A SHA-256 digest: how an API key is known to the gateway.
+pub type KeyHash = [u8; 32];
+
+/// The clients of a snapshot.
+#[derive(Debug, Default)]
+pub struct Clients {
+    /// By the SHA-256 of each live key.
+    by_key: HashMap<KeyHash, Arc<Client>>,
+    /// By name.
+    by_name: BTreeMap<String, Arc<Client>>,
+}
+
+/// A compiled client.
+#[derive(Debug)]
+pub struct Client {
+    /// Its name: the metrics label, `Busgate-Client`, the owner of its asynchronous requests.
+    pub name: Name,
+    /// The routes it may use; `None`: every route.
+    routes: Option<Vec<Box<str>>>,
+    /// Its rate limiter, if it has a rate.
+    pub limiter: Option<Arc<Limiter>>,
+    /// The most asynchronous requests it may have pending on this instance.
+    pub max_pending: Option<usize>,
+    /// The most event streams it may have open on this instance.
+    pub max_streams: Option<usize>,
+    /// What it holds now, and its counters; shared with the snapshots before and after.
+    pub usage: Arc<Usage>,
+}
+
+/// What a client holds on this instance.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Asynchronous requests submitted here and not finished.
+    pub pending: Arc<Held>,
+    /// Event streams open here.
+    pub streams: Arc<Held>,
+}
+
+/// A count of things held, whose cap is given at each take (so a changed cap applies to the
+/// next take without losing the count).
+#[derive(Debug, Default)]
+pub struct Held(AtomicUsize);
+
+impl Held {
+    /// Takes one if fewer than `cap` are held (any number when `None`); the guard gives it back.
+    pub fn try_hold(self: &Arc<Self>, cap: Option<usize>) -> Option<HeldSlot> {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        if cap.is_some_and(|cap| before >= cap) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(HeldSlot(self.clone()))
+    }
+
+    /// How many are held.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One of a [`Held`], given back when dropped.
+#[derive(Debug)]
+pub struct HeldSlot(Arc<Held>);
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client's GCRA limiter and the rate it was made for.
+#[derive(Debug)]
+pub struct Limiter {
+    /// The rate.
+    pub rate: RateSpec,
+    gcra: RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        DefaultClock,
+        governor::middleware::NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+    >,
+    clock: DefaultClock,
+}
+
+impl Limiter {
+    /// A limiter of `rate` (validated: both numbers at least 1).
+    pub fn new(rate: RateSpec) -> Self {
+        let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(rate.burst()).unwrap_or(NonZeroU32::MIN);
+        let clock = DefaultClock::default();
+        Limiter {
+            rate,
+            gcra: RateLimiter::direct_with_clock(
+                Quota::per_second(per_second).allow_burst(burst),
+                clock.clone(),
+            ),
+            clock,
+        }
+    }
+
+    /// Counts one request: `Ok` when it conforms, else how long until one would.
+    pub fn check(&self) -> Result<(), Duration> {
+        self.gcra
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+impl Client {
+    /// Whether it may use the route named `route`.
+    pub fn may_use(&self, route: &str) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|routes| routes.iter().any(|r| &**r == route))
+    }
+}
+
+impl Clients {
+    /// Compiles validated client documents.
+    pub fn compile(specs: &BTreeMap<String, ClientSpec>) -> Self {
+        let mut clients = Clients::default();
+        for (name, spec) in specs {
+            let client = Arc::new(Client {
+                name: Name(Arc::from(name.as_str())),
+                routes: (!spec.routes.is_empty())
+                    .then(|| spec.routes.iter().map(|r| r.as_str().into()).collect()),
+                limiter: spec.rate.map(|rate| Arc::new(Limiter::new(rate))),
+                max_pending: spec.max_pending.map(|n| n as usize),
+                max_streams: spec.max_streams.map(|n| n as usize),
+                usage: Arc::new(Usage::default()),
+            });
+            for key in &spec.keys {
+                if let Some(hash) = parse_hash(&key.hash) {
+                    clients.by_key.insert(hash, client.clone());
+                }
+            }
+            clients.by_name.insert(name.clone(), client);
+        }
+        clients
+    }
+
+    /// Takes over the state of the clients of `previous` that are still here: their usage,
+    /// and their limiter when the rate is unchanged.
+    pub fn inherit(&mut self, previous: &Clients) {
+        let mut replaced = BTreeMap::new();
+        for (name, client) in &self.by_name {
+            let Some(old) = previous.by_name.get(name) else {
+                continue;
+            };
+            let limiter = match (&client.limiter, &old.limiter) {
+                (Some(new), Some(old)) if new.rate == old.rate => Some(old.clone()),
+                _ => client.limiter.clone(),
+            };
+            let carried = Arc::new(Client {
+                name: client.name.clone(),
+                routes: client.routes.clone(),
+                limiter,
+                max_pending: client.max_pending,
+                max_streams: client.max_streams,
+                usage: old.usage.clone(),
+            });
+            replaced.insert(name.clone(), carried);
+        }
+        for client in self.by_key.values_mut() {
+            if let Some(carried) = replaced.get(&*client.name.0) {
+                *client = carried.clone();
+            }
+        }
+        for (name, carried) in replaced {
+            self.by_name.insert(name, carried);
+        }
+    }
+
+    /// The stored digest equal to a key's SHA-256, and the client it belongs to.
+    pub fn by_key(&self, hash: &KeyHash) -> Option<(&KeyHash, &Arc<Client>)> {
+        self.by_key.get_key_value(hash)
+    }
+
+    /// A client by name.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Client>> {
+        self.by_name.get(name)
+    }
+
+    /// Every client, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.by_name.values()
+    }
+}
+
+/// A hex SHA-256 as bytes.
+pub fn parse_hash(hex: &str) -> Option<KeyHash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busgate_shared::config::KeySpec;
+
+    fn spec(rate: Option<RateSpec>, hash: &str) -> BTreeMap<String, ClientSpec> {
+        BTreeMap::from([(
+            "acme".to_owned(),
+            ClientSpec {
+                routes: vec!["order".into()],
+                rate,
+                max_pending: Some(1),
+                keys: vec![KeySpec {
+                    id: "k1".into(),
+                    hash: hash.into(),
+                    created: String::new(),
+                }],
+                ..Default::default()
+            },
+        )])
+    }
+
+    #[test]
+    fn keys_find_their_client_and_routes_are_checked() {
+        let hash = "ab".repeat(32);
+        let clients = Clients::compile(&spec(None, &hash));
+        let (_, client) = clients
+            .by_key(&parse_hash(&hash).expect("hash"))
+            .expect("found");
+        assert_eq!(&*client.name.0, "acme");
+        assert!(client.may_use("order") && !client.may_use("other"));
+        assert!(clients.by_key(&[0; 32]).is_none());
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_rate_holds() {
+        let limiter = Limiter::new(RateSpec {
+            per_second: 2,
+            burst: Some(3),
+        });
+        for _ in 0..3 {
+            assert!(limiter.check().is_ok());
+        }
+        let wait = limiter.check().expect_err("over the burst");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_snapshot_keeps_usage_and_an_unchanged_limiter() {
+        let hash = "cd".repeat(32);
+        let rate = RateSpec {
+            per_second: 1,
+            burst: Some(1),
+        };
+        let old = Clients::compile(&spec(Some(rate), &hash));
+        let acme = old.by_name("acme").expect("acme").clone();
+        assert!(acme.limiter.as_ref().expect("limiter").check().is_ok());
+        let slot = acme.usage.pending.try_hold(acme.max_pending).expect("one");
+        assert!(acme.usage.pending.try_hold(acme.max_pending).is_none());
+
+        let mut same = Clients::compile(&spec(Some(rate), &hash));
+        same.inherit(&old);
+        let (_, by_key) = same
+            .by_key(&parse_hash(&hash).expect("hash"))
+            .expect("found");
+        assert!(
+            by_key.limiter.as_ref().expect("limiter").check().is_err(),
+            "the spent burst is remembered"
+        );
+        assert!(by_key.usage.pending.try_hold(by_key.max_pending).is_none());
+        drop(slot);
+        assert!(by_key.usage.pending.try_hold(by_key.max_pending).is_some());
+
+        let mut faster = Clients::compile(&spec(
+            Some(RateSpec {
+                per_second: 100,
+                burst: Some(5),
+            }),
+            &hash,
+        ));
+        faster.inherit(&same);
+        let acme = faster.by_name("acme").expect("acme");
+        assert!(
+            acme.limiter.as_ref().expect("limiter").check().is_ok(),
+            "a new rate is a new limiter"
+        );
+    }
+}
