@@ -15,6 +15,8 @@
 //!   files and the OpenAPI document.
 //! - [`jobs`]: asynchronous requests: submit, poll and events over HTTP, the JetStream work
 //!   queue and status documents, signed callbacks and their SSRF guard.
+//! - [`auth`]: who a public request comes from: JWTs of configured issuers and their key
+//!   sets ([`auth::jwt`]).
 //! - [`route`]: running a route for one request, the one way the edge, the processor of
 //!   asynchronous requests and the try-it get an answer.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
@@ -46,6 +48,7 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod edge;
