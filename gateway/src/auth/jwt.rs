@@ -10,6 +10,8 @@
 
 mod crypto;
 pub mod jwks;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -162,6 +164,15 @@ impl Issuers {
         Ok(Issuers {
             by_iss: Arc::new(by_iss),
         })
+    }
+
+    /// The key set of issuer `iss`, for tests that move its clock.
+    #[cfg(test)]
+    fn jwks(&self, iss: &str) -> Arc<Jwks> {
+        match &self.by_iss[iss].keys {
+            Keys::Set(jwks) => jwks.clone(),
+            Keys::Secret(_) => panic!("{iss} has no key set"),
+        }
     }
 
     /// True when no issuer is configured: every JWT is then refused.

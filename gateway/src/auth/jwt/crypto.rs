@@ -43,7 +43,10 @@ fn no_signer(_: &Algorithm, _: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error
 enum Key {
     Hmac(ring::hmac::Key),
     /// Modulus (no leading zeros) and exponent, as a JWK gives them.
-    RsaComponents { n: Vec<u8>, e: Vec<u8> },
+    RsaComponents {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// `RSAPublicKey` in DER (PKCS#1).
     RsaDer(Vec<u8>),
     /// An uncompressed P-256 point.

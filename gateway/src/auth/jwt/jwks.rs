@@ -139,6 +139,19 @@ impl Jwks {
         self.keys.load().fetched.is_some()
     }
 
+    /// Moves this set's clock back by `by`: its last fetch and its keys' age, as if that time
+    /// had passed (tests of the rate and of the refresh against a real server).
+    #[cfg(test)]
+    pub(super) async fn backdate(&self, by: Duration) {
+        let mut last = self.fetching.lock().await;
+        *last = last.and_then(|at| at.checked_sub(by));
+        let set = self.keys.load();
+        self.keys.store(Arc::new(KeySet {
+            by_kid: set.by_kid.clone(),
+            fetched: set.fetched.and_then(|at| at.checked_sub(by)),
+        }));
+    }
+
     /// A fetch of a stale set in a task of its own, unless one is under way or the rate says
     /// no. The task ends within the fetch deadline.
     fn refresh_in_background(self: &Arc<Self>) {
@@ -326,7 +339,8 @@ mod tests {
 
     #[test]
     fn log_lines_show_no_credentials_or_query() {
-        let url = reqwest::Url::parse("https://user:pa55@idp.example:8443/keys?token=t0k").expect("url");
+        let url =
+            reqwest::Url::parse("https://user:pa55@idp.example:8443/keys?token=t0k").expect("url");
         assert_eq!(redact(&url), "https://idp.example:8443/keys");
     }
 
