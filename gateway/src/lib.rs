@@ -15,8 +15,8 @@
 //!   files and the OpenAPI document.
 //! - [`jobs`]: asynchronous requests: submit, poll and events over HTTP, the JetStream work
 //!   queue and status documents, signed callbacks and their SSRF guard.
-//! - [`auth`]: who is calling: a request's client by its API key (or JWT), the key format
-//!   and hashing.
+//! - [`auth`]: who is calling: a request's client by its API key or by a JWT of a configured
+//!   issuer ([`auth::jwt`], with its key sets), the key format and hashing.
 //! - [`route`]: running a route for one request, the one way the edge, the processor of
 //!   asynchronous requests and the try-it get an answer.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
@@ -103,6 +103,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
     busgate_shared::runtime::install_crypto_provider();
+    // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
+    let issuers = auth::jwt::Issuers::new(&settings.auth.issuers)?;
     let snapshot = Snapshot::compile(settings.config_spec())?;
     let instance = if settings.nats.instance.is_empty() {
         new_instance_id()
@@ -147,7 +149,7 @@ pub async fn run(
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
-        auth: auth::Authenticator::new(settings.auth.mode),
+        auth: auth::Authenticator::new(settings.auth.mode).with_issuers(issuers),
     });
     if settings.auth.mode == config::settings::AuthMode::None {
         warn!(

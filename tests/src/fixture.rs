@@ -38,6 +38,7 @@ pub struct Settings {
     callbacks: Option<Callbacks>,
     metrics_listener: Option<String>,
     auth_mode: Option<&'static str>,
+    jwt_issuers: Vec<Value>,
     services: BTreeMap<String, ServiceSpec>,
     routes: BTreeMap<String, RouteSpec>,
     clients: BTreeMap<String, ClientSpec>,
@@ -221,6 +222,12 @@ impl Settings {
         self
     }
 
+    /// One `[[auth.issuers]]` entry (see the gateway's `IssuerSettings`), written as given.
+    pub fn jwt_issuer(mut self, issuer: Value) -> Settings {
+        self.jwt_issuers.push(issuer);
+        self
+    }
+
     /// The `[auth] mode` these settings write, if any.
     pub fn auth_mode(&self) -> Option<&'static str> {
         self.auth_mode
@@ -308,8 +315,15 @@ impl Settings {
             }
             doc.insert("callbacks".into(), callbacks.into());
         }
-        if let Some(mode) = self.auth_mode {
-            doc.insert("auth".into(), json!({ "mode": mode }));
+        if self.auth_mode.is_some() || !self.jwt_issuers.is_empty() {
+            let mut auth = Map::new();
+            if let Some(mode) = self.auth_mode {
+                auth.insert("mode".into(), mode.into());
+            }
+            if !self.jwt_issuers.is_empty() {
+                auth.insert("issuers".into(), self.jwt_issuers.clone().into());
+            }
+            doc.insert("auth".into(), auth.into());
         }
         if let Some(listener) = &self.metrics_listener {
             doc.insert("metrics".into(), json!({ "listener": listener }));

@@ -732,3 +732,118 @@ async fn routes_and_conditions_follow_the_client() {
         "{answer}"
     );
 }
+
+/// An HS256 JWT over `claims`, signed with `secret` (base64url without padding, RFC 7515).
+fn hs256(secret: &[u8], claims: &Value) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head = b64.encode(json!({"alg": "HS256", "typ": "JWT"}).to_string());
+    let body = b64.encode(claims.to_string());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(format!("{head}.{body}").as_bytes());
+    let signature = b64.encode(mac.finalize().into_bytes());
+    format!("{head}.{body}.{signature}")
+}
+
+/// The JWT path through the real binary: a token of a configured issuer names a configured
+/// client and is served as that client; a wrong signature, another issuer, an unknown client,
+/// an expired token or `alg: none` each get 401 with a problem document (the verifier's own
+/// matrix, against a real key-set server, is in `gateway/src/auth/jwt/tests.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwt_of_a_configured_issuer_names_its_client() {
+    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
+    let nats = NatsServer::start();
+    let _workers = [
+        Worker::native(&nats, "service1"),
+        Worker::native(&nats, "service2"),
+    ];
+    let settings = required().jwt_issuer(json!({
+        "issuer": "test-sso",
+        "audience": "busgate",
+        "algorithm": "HS256",
+        "secret_env": "TEST_JWT_SECRET",
+        "client_claim": "client_id",
+    }));
+    let gateway = Gateway::start_with(&nats, &settings, |cmd| {
+        cmd.env(
+            "TEST_JWT_SECRET",
+            std::str::from_utf8(SECRET).expect("ascii"),
+        );
+    })
+    .await;
+    let _acme = gateway.client("acme", json!({"routes": ["order"]})).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = |client: &str, iss: &str, exp: u64| json!({"iss": iss, "aud": "busgate", "exp": exp, "client_id": client, "sub": "someone"});
+    let good = hs256(SECRET, &claims("acme", "test-sso", now + 300));
+    // The client exists on every path once the watcher has it: bounded wait.
+    eventually(Duration::from_secs(5), || async {
+        status_of(&gateway, "/api/orders/A1", &good).await == 200
+    })
+    .await;
+    let answer: Value = get_with(&gateway, "/api/orders/A1", &good)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["order_id"], "A1", "{answer}");
+
+    let mut forged = good.clone();
+    forged.pop();
+    forged.push(if good.ends_with('A') { 'B' } else { 'A' });
+    let none = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(claims("acme", "test-sso", now + 300).to_string())
+        )
+    };
+    let refused = [
+        ("a forged signature", forged),
+        (
+            "another secret",
+            hs256(
+                b"another-secret-of-at-least-32-bytes!!",
+                &claims("acme", "test-sso", now + 300),
+            ),
+        ),
+        (
+            "an unknown issuer",
+            hs256(SECRET, &claims("acme", "other-sso", now + 300)),
+        ),
+        (
+            "a client that is not configured",
+            hs256(SECRET, &claims("nobody", "test-sso", now + 300)),
+        ),
+        (
+            "an expired token",
+            hs256(SECRET, &claims("acme", "test-sso", now - 3600)),
+        ),
+        ("alg none", none),
+    ];
+    for (what, token) in refused {
+        let response = get_with(&gateway, "/api/orders/A1", &token).await;
+        assert_eq!(response.status(), 401, "{what}");
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "{what}: WWW-Authenticate"
+        );
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_eq!(content_type, "application/problem+json", "{what}");
+        let body = response.text().await.expect("body");
+        assert!(!body.contains(&token), "{what}: the token is not echoed");
+    }
+    let log = gateway.proc.lines().join("\n");
+    assert!(
+        !log.contains(std::str::from_utf8(SECRET).expect("ascii")),
+        "the issuer's secret never reaches the log"
+    );
+}

@@ -595,3 +595,46 @@ async fn an_upstream_body_over_max_payload_is_an_error_at_once() {
     assert!(took < Duration::from_millis(700), "answered after {took:?}");
     assert_eq!(seen.lock().expect("seen").len(), 1);
 }
+
+/// JWT issuers: `check-config` exits 64 on a bad issuer before anything starts, and neither it
+/// nor an error ever shows an HS256 secret (only the name of its file).
+#[test]
+fn jwt_issuer_settings_are_checked_and_their_secret_never_shown() {
+    const SECRET: &str = "jwt-secret-4d8e2a6c0f1b3e5a7c9d2f4b6a8c0e1f";
+    let secret = settings_file(&format!("{SECRET}\n"));
+    let short = settings_file("jwt-short-2b4d\n");
+    let path = |f: &tempfile::NamedTempFile| f.path().display().to_string();
+    let good = settings_file(&format!(
+        "[[auth.issuers]]\nissuer = \"internal\"\naudience = \"busgate\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n\n\
+         [[auth.issuers]]\nissuer = \"https://idp.example\"\naudience = [\"busgate\"]\nalgorithm = \"EdDSA\"\njwks_url = \"https://idp.example/jwks\"\n",
+        path(&secret)
+    ));
+    let (code, text) = check_config(good.path());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&path(&secret)),
+        "the file's name is shown: {text}"
+    );
+    assert!(!text.contains(SECRET), "{text}");
+    for (what, issuer) in [
+        (
+            "HS256 with a key set",
+            format!("algorithm = \"HS256\"\nsecret_file = \"{}\"\njwks_url = \"https://idp.example/jwks\"", path(&secret)),
+        ),
+        ("RS256 without a key set", "algorithm = \"RS256\"".to_owned()),
+        ("a key set URL that is none", "algorithm = \"ES256\"\njwks_url = \"idp.example\"".to_owned()),
+        ("a short secret", format!("algorithm = \"HS256\"\nsecret_file = \"{}\"", path(&short))),
+        ("alg none", "algorithm = \"none\"\njwks_url = \"https://idp.example/jwks\"".to_owned()),
+        ("an inline secret", format!("algorithm = \"HS256\"\nsecret = \"{SECRET}\"")),
+    ] {
+        let file = settings_file(&format!(
+            "[[auth.issuers]]\nissuer = \"x\"\naudience = \"busgate\"\n{issuer}\n"
+        ));
+        let (code, text) = check_config(file.path());
+        assert_eq!(code, Some(64), "{what}: {text}");
+        assert!(text.contains("auth"), "{what}: the error names the section: {text}");
+        for secret in [SECRET, "jwt-short-2b4d"] {
+            assert!(!text.contains(secret), "{what}: {text}");
+        }
+    }
+}

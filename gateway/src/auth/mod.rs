@@ -13,6 +13,8 @@
 //! Owns: [`Authenticator`], [`Caller`] and key generation. May use: `config` (the snapshot's
 //! clients, `[auth]` settings), `metrics`, `error`.
 
+pub mod jwt;
+
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -66,6 +68,8 @@ impl Caller {
 #[derive(Debug, Clone, Default)]
 pub struct Authenticator {
     mode: AuthMode,
+    /// The configured JWT issuers (none: every JWT is refused).
+    issuers: jwt::Issuers,
 }
 
 /// What a request presented.
@@ -82,7 +86,16 @@ enum Presented<'a> {
 impl Authenticator {
     /// An authenticator in `mode`.
     pub fn new(mode: AuthMode) -> Self {
-        Authenticator { mode }
+        Authenticator {
+            mode,
+            issuers: jwt::Issuers::default(),
+        }
+    }
+
+    /// The same, also taking JWTs of `issuers`.
+    pub fn with_issuers(mut self, issuers: jwt::Issuers) -> Self {
+        self.issuers = issuers;
+        self
     }
 
     /// The mode.
@@ -119,14 +132,15 @@ impl Authenticator {
 }
 
 impl Authenticator {
-    /// THE JWT HOOK. A bearer token shaped like a JWT ends here; `Ok` names the client (by
-    /// the issuer's configured claim), which [`Authenticator::authenticate`] then requires to
-    /// be a configured client. The JWT verifier (`auth::jwt::Issuers::verify`, built
-    /// separately, held in this struct beside `mode`) is wired in here; until then every JWT
-    /// is refused with 401.
+    /// A bearer token shaped like a JWT: `Ok` names the client (by the issuer's configured
+    /// claim), which [`Authenticator::authenticate`] then requires to be a configured client.
+    /// Every refusal is the same 401; why is logged at debug level (the reasons name no key
+    /// and no token content).
     async fn verify_jwt(&self, token: &str) -> Result<String, GatewayError> {
-        let _ = token;
-        Err(ErrorKind::ClientUnauthorized(Credentials::Invalid).into())
+        self.issuers.verify(token).await.map_err(|e| {
+            tracing::debug!(error = %e, "bearer token refused");
+            ErrorKind::ClientUnauthorized(Credentials::Invalid).into()
+        })
     }
 }
 
@@ -169,27 +183,11 @@ fn presented(headers: &HeaderMap) -> Result<Presented<'_>, GatewayError> {
     }
     if token.starts_with(KEY_PREFIX) {
         Ok(Presented::ApiKey(token))
-    } else if looks_like_jwt(token) {
+    } else if jwt::looks_like_jwt(token) {
         Ok(Presented::Jwt(token))
     } else {
         refuse(Credentials::Invalid)
     }
-}
-
-/// Three non-empty base64url parts separated by dots.
-fn looks_like_jwt(token: &str) -> bool {
-    let mut parts = 0;
-    for part in token.split('.') {
-        parts += 1;
-        let ok = !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok || parts > 3 {
-            return false;
-        }
-    }
-    parts == 3
 }
 
 /// The client of an API key, or 401.
@@ -388,10 +386,10 @@ mod tests {
 
     #[test]
     fn jwt_shapes() {
-        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
-        assert!(!looks_like_jwt("a.b"));
-        assert!(!looks_like_jwt("a.b.c.d"));
-        assert!(!looks_like_jwt("a..c"));
-        assert!(!looks_like_jwt("a.b.c="));
+        assert!(jwt::looks_like_jwt("eyJhbGciOiJIUzI1NiJ9.eyJz.c2ln"));
+        assert!(!jwt::looks_like_jwt("a.b"));
+        assert!(!jwt::looks_like_jwt("a.b.c.d"));
+        assert!(!jwt::looks_like_jwt("a..c"));
+        assert!(!jwt::looks_like_jwt("a.b.c="));
     }
 }
