@@ -332,12 +332,17 @@ async fn limits_hold_per_client() {
         Worker::native(&nats, "service2"),
     ];
     let _silent = silent_service(&nats, "ghost").await;
-    let settings = required().service("ghost", Duration::from_secs(2)).route(
-        "held",
-        Route::get("/api/held/{order_id}")
-            .deadline(Duration::from_secs(2))
-            .target("ghost"),
-    );
+    // One delivery: a timed-out request is final at once (a timeout is transient and
+    // retried otherwise), so the held ones end with their 2 s deadline.
+    let settings = required()
+        .jobs_max_deliver(1)
+        .service("ghost", Duration::from_secs(2))
+        .route(
+            "held",
+            Route::get("/api/held/{order_id}")
+                .deadline(Duration::from_secs(2))
+                .target("ghost"),
+        );
     let gateway = Gateway::start(&nats, &settings).await;
     let fast = gateway
         .client("fast", json!({"rate": {"per_second": 1, "burst": 3}}))
