@@ -76,7 +76,7 @@ fn up(file: &std::path::Path, data: &std::path::Path, extra_env: &[(&str, &str)]
     Proc::spawn("busgate up", cmd)
 }
 
-/// The gateway's base URL and the admin token, from the banner.
+/// The gateway's base URL and the admin token, from the banner (the client key: [`key`]).
 fn banner(up: &Proc) -> (String, String) {
     let token = up.wait_for(Duration::from_secs(40), |line| {
         let (_, rest) = line.split_once("Authorization: Bearer ")?;
@@ -90,6 +90,14 @@ fn banner(up: &Proc) -> (String, String) {
     (base, token)
 }
 
+/// The demo client's key, from the banner.
+fn key(up: &Proc) -> String {
+    up.wait_for(Duration::from_secs(40), |line| {
+        let (_, rest) = line.split_once("client key ")?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    })
+}
+
 /// `(name, pid)` of every child `up` logged as started.
 fn started(up: &Proc) -> Vec<(String, i32)> {
     up.lines()
@@ -100,8 +108,13 @@ fn started(up: &Proc) -> Vec<(String, i32)> {
         .collect()
 }
 
-async fn answer(url: &str) -> (u16, Value) {
-    match reqwest::get(url).await {
+async fn answer(url: &str, key: &str) -> (u16, Value) {
+    match reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+    {
         Ok(r) => {
             let status = r.status().as_u16();
             (status, r.json().await.unwrap_or(Value::Null))
@@ -139,12 +152,13 @@ url = "{base}/shipping/{{order_id}}"
     let data = tempfile::tempdir().expect("data");
     let mut first = up(file.path(), data.path(), &[]);
     let (gateway, token) = banner(&first);
+    let key = self::key(&first);
     let url = format!("{gateway}/api/orders/A1");
     eventually(Duration::from_secs(10), || async {
-        answer(&url).await.0 == 200
+        answer(&url, &key).await.0 == 200
     })
     .await;
-    let (_, body) = answer(&url).await;
+    let (_, body) = answer(&url, &key).await;
     assert_eq!(body["complete"], true, "{body}");
     assert_eq!(body["data"]["billing"]["amount"], 12.5, "{body}");
     assert_eq!(body["data"]["shipping"]["carrier"], "GLS", "{body}");
@@ -165,6 +179,7 @@ url = "{base}/shipping/{{order_id}}"
 
     let second = up(file.path(), data.path(), &[]);
     let (gateway, again) = banner(&second);
+    let key = self::key(&second);
     assert_eq!(again, token, "the bookmarked token still works");
     let admin = second.wait_for(Duration::from_secs(5), |line| {
         let (_, rest) = line.split_once("admin API ")?;
@@ -185,7 +200,7 @@ url = "{base}/shipping/{{order_id}}"
     .await;
     let url = format!("{gateway}/api/orders/A1");
     eventually(Duration::from_secs(10), || async {
-        answer(&url).await.0 == 200
+        answer(&url, &key).await.0 == 200
     })
     .await;
 
@@ -209,7 +224,7 @@ url = "{base}/shipping/{{order_id}}"
         assert_eq!(status, 201, "{kind}");
     }
     let asked = Instant::now();
-    let (status, body) = answer(&format!("{gateway}/api/ghost/A1")).await;
+    let (status, body) = answer(&format!("{gateway}/api/ghost/A1"), &key).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         body["sources"]["ghost"]["status"], "no_responders",
@@ -250,10 +265,11 @@ targets = [{{ service = "shipping" }}]
     let data = tempfile::tempdir().expect("data");
     let stack = up(file.path(), data.path(), &[]);
     let (gateway, _) = banner(&stack);
+    let key = self::key(&stack);
     let bill = format!("{gateway}/api/bills/A1");
     let ship = format!("{gateway}/api/ships/A1");
     eventually(Duration::from_secs(10), || async {
-        answer(&bill).await.0 == 200 && answer(&ship).await.0 == 200
+        answer(&bill, &key).await.0 == 200 && answer(&ship, &key).await.0 == 200
     })
     .await;
     let kids = started(&stack);
@@ -266,12 +282,16 @@ targets = [{{ service = "shipping" }}]
     let mut served_meanwhile = 0;
     loop {
         // The demo-served route keeps answering while the adapters process is away.
-        assert_eq!(answer(&ship).await.0, 200, "the other route kept serving");
+        assert_eq!(
+            answer(&ship, &key).await.0,
+            200,
+            "the other route kept serving"
+        );
         served_meanwhile += 1;
         let back = started(&stack)
             .iter()
             .any(|(n, p)| n == "adapters" && *p != pid);
-        if back && answer(&bill).await.0 == 200 {
+        if back && answer(&bill, &key).await.0 == 200 {
             break;
         }
         assert!(
