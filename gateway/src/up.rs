@@ -160,7 +160,8 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
         let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
         let token = settings.admin.resolve_token()?.unwrap_or_default();
         tokio::spawn(async move {
-            let key = match timeout(READY_WITHIN, demo_key(admin_addr, &token)).await {
+            let kept = data_dir.join("demo-key");
+            let key = match timeout(READY_WITHIN, demo_key(admin_addr, &token, &kept)).await {
                 Ok(Ok(key)) => Some(key),
                 Ok(Err(e)) => {
                     warn!(error = %e, "cannot make the demo client's key");
@@ -197,8 +198,7 @@ fn kept_secret(
     valid: impl Fn(&str) -> bool,
     generate: impl FnOnce() -> String,
 ) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     if let Ok(text) = std::fs::read_to_string(path) {
         let kept = text.trim();
         if valid(kept) {
@@ -209,6 +209,14 @@ fn kept_secret(
         warn!(file = %path.display(), "kept secret unusable, making a new one");
     }
     let secret = generate();
+    write_secret(path, &secret)?;
+    Ok(secret)
+}
+
+/// Writes `secret` to `path`, readable by this user only (mode 0600).
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -218,8 +226,7 @@ fn kept_secret(
         .with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     file.write_all(format!("{secret}\n").as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(secret)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn start_children(
@@ -563,7 +570,13 @@ where
 /// The client `demo` with a fresh key, through the admin API on `admin`: made when it does not
 /// exist; otherwise given a new key and its older ones revoked (their secrets were shown by an
 /// earlier run and are not kept). Returns the secret, which only the banner shows.
-async fn demo_key(admin: SocketAddr, token: &str) -> anyhow::Result<String> {
+async fn demo_key(admin: SocketAddr, token: &str, kept: &Path) -> anyhow::Result<String> {
+    // The key of the last `up` (in the data dir, 0600) stays while the client still has it,
+    // so that a restart keeps the examples' `BUSGATE_KEY` working, as it keeps the admin token.
+    let kept_key = std::fs::read_to_string(kept)
+        .ok()
+        .map(|text| text.trim().to_owned())
+        .filter(|key| !key.is_empty());
     let admin = if admin.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], admin.port()))
     } else {
@@ -602,12 +615,23 @@ async fn demo_key(admin: SocketAddr, token: &str) -> anyhow::Result<String> {
                 let (status, body) = json(created).await?;
                 if status == 201 {
                     if let Some(secret) = body["key"]["secret"].as_str() {
+                        write_secret(kept, secret)?;
                         return Ok(secret.to_owned());
                     }
                 }
                 bail!("creating the demo client answered {status}");
             }
             200 => {
+                let hashes: Vec<&str> = current["spec"]["keys"]
+                    .as_array()
+                    .map(|keys| keys.iter().filter_map(|k| k["hash"].as_str()).collect())
+                    .unwrap_or_default();
+                if let Some(key) = &kept_key {
+                    let hash = crate::auth::hex(&crate::auth::hash_key(key));
+                    if hashes.contains(&hash.as_str()) {
+                        return Ok(key.clone());
+                    }
+                }
                 let added = http
                     .post(format!("{base}/demo/keys"))
                     .bearer_auth(token)
@@ -633,6 +657,7 @@ async fn demo_key(admin: SocketAddr, token: &str) -> anyhow::Result<String> {
                         .send()
                         .await?;
                 }
+                write_secret(kept, secret)?;
                 return Ok(secret.to_owned());
             }
             // Not listening or not ready yet (the store comes up with JetStream).
@@ -700,7 +725,8 @@ fn print_banner(
     ));
     let key = client_key.unwrap_or("<a client key: POST /admin/v1/clients>");
     out.push_str(&format!(
-        "  client key {key}  (client demo; shown once)\n\n"
+        "  client key {key}  (client demo; kept in {} for the next up)\n\n",
+        data_dir.join("demo-key").display()
     ));
     out.push_str("Try:\n");
     out.push_str(&format!("  export BUSGATE_KEY={key}\n"));

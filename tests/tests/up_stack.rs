@@ -179,7 +179,9 @@ url = "{base}/shipping/{{order_id}}"
 
     let second = up(file.path(), data.path(), &[]);
     let (gateway, again) = banner(&second);
+    let first_key = key;
     let key = self::key(&second);
+    assert_eq!(key, first_key, "the demo client's key is kept too");
     assert_eq!(again, token, "the bookmarked token still works");
     let admin = second.wait_for(Duration::from_secs(5), |line| {
         let (_, rest) = line.split_once("admin API ")?;
