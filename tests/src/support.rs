@@ -704,13 +704,16 @@ pub struct ClusterNode {
     pub monitor: u16,
     config: PathBuf,
     proc: Option<Proc>,
+    /// Clients must speak TLS to it (`tls://`).
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
 impl ClusterNode {
     /// Its client URL.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn start(&mut self) {
@@ -741,12 +744,27 @@ impl ClusterNode {
 /// kill -9, SIGSTOP/SIGCONT, restart on the same ports with the same store.
 pub struct NatsCluster {
     pub nodes: Vec<ClusterNode>,
+    /// What a gateway or worker needs in its environment besides the URLs (the CA file of a
+    /// TLS cluster).
+    pub env: Vec<(String, String)>,
+    /// The CA of a TLS cluster.
+    ca: Option<TestCa>,
 }
 
 impl NatsCluster {
     /// Starts `size` nodes and waits until every one sees a JetStream meta leader of a
     /// `size`-node cluster.
     pub async fn start(size: usize) -> NatsCluster {
+        Self::launch(size, None).await
+    }
+
+    /// [`NatsCluster::start`] with TLS between clients and servers: every node's certificate
+    /// comes from a CA made for the test, clients must use `tls://` and trust that CA.
+    pub async fn start_tls(size: usize) -> NatsCluster {
+        Self::launch(size, Some(TestCa::new())).await
+    }
+
+    async fn launch(size: usize, ca: Option<TestCa>) -> NatsCluster {
         busgate_shared::runtime::install_crypto_provider();
         let ports: Vec<(u16, u16, u16)> = (0..size)
             .map(|_| (free_port(), free_port(), free_port()))
@@ -761,18 +779,28 @@ impl NatsCluster {
             let name = format!("n{}", i + 1);
             let store = dir.path().join("store");
             let config = dir.path().join("nats.conf");
+            let tls = match &ca {
+                Some(ca) => {
+                    let (cert, key) = ca.issue(&name, &["127.0.0.1", "localhost"]);
+                    format!(
+                        "tls {{\n  cert_file: \"{cert}\"\n  key_file: \"{key}\"\n  timeout: 5\n}}\n"
+                    )
+                }
+                None => String::new(),
+            };
             // Routes pinged every second (the default is 2 minutes): a hung node's queue
             // subscribers are dropped by its peers within seconds, not minutes.
-            let text = format!(
-                "server_name: {name}\n\
+            let text = tls
+                + &format!(
+                    "server_name: {name}\n\
                  listen: \"127.0.0.1:{port}\"\n\
                  http: \"127.0.0.1:{monitor}\"\n\
                  jetstream {{ store_dir: {store:?} }}\n\
                  cluster {{\n  name: busgate-test\n  listen: \"127.0.0.1:{route}\"\n  \
                  ping_interval: \"1s\"\n  routes: [{routes}]\n}}\n",
-                store = store.display().to_string(),
-                routes = routes.join(", "),
-            );
+                    store = store.display().to_string(),
+                    routes = routes.join(", "),
+                );
             std::fs::write(&config, text).expect("node config");
             nodes.push(ClusterNode {
                 name,
@@ -780,13 +808,18 @@ impl NatsCluster {
                 monitor: *monitor,
                 config,
                 proc: None,
+                tls: ca.is_some(),
                 _dir: dir,
             });
         }
         for node in &mut nodes {
             node.start();
         }
-        let cluster = NatsCluster { nodes };
+        let env = ca
+            .as_ref()
+            .map(|ca| vec![("BUSGATE_NATS__CA_FILE".to_owned(), ca.ca_file.clone())])
+            .unwrap_or_default();
+        let cluster = NatsCluster { nodes, env, ca };
         cluster.wait_for_meta_leader().await;
         cluster
     }
@@ -804,8 +837,13 @@ impl NatsCluster {
             .iter()
             .map(|n| n.url().parse().expect("url"))
             .collect();
-        async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
+        let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+        if let Some(ca) = &self.ca {
+            options = options
+                .add_root_certificates(PathBuf::from(&ca.ca_file))
+                .require_tls(true);
+        }
+        options
             .connect(urls)
             .await
             .expect("connect to the test cluster")

@@ -118,8 +118,8 @@ impl Receiver {
     }
 }
 
-/// The cluster, two gateways (`gw1`, `gw2`), two demo services and two adapter processes
-/// that each serve both services.
+/// The cluster (TLS between clients and servers, a CA made for the test), two gateways
+/// (`gw1`, `gw2`), two demo services and two adapter processes that each serve both services.
 struct Rig {
     cluster: NatsCluster,
     gateways: Vec<Gateway>,
@@ -129,14 +129,16 @@ struct Rig {
 
 impl Rig {
     async fn start(env: &[(&str, &str)]) -> Rig {
-        let cluster = NatsCluster::start(3).await;
+        let cluster = NatsCluster::start_tls(3).await;
         let urls = cluster.urls();
         let demos = vec![Worker::demo("service1"), Worker::demo("service2")];
         let pairs = [
             ("service1", demos[0].1.as_str()),
             ("service2", demos[1].1.as_str()),
         ];
+        let tls_env = cluster.env.clone();
         let with_env = |cmd: &mut std::process::Command| {
+            cmd.envs(tls_env.iter().cloned());
             for (k, v) in env {
                 cmd.env(k, v);
             }
@@ -148,7 +150,8 @@ impl Rig {
         let mut gateways = Vec::new();
         for name in ["gw1", "gw2"] {
             let gateway = Gateway::start_on(&urls, &settings(), |cmd| {
-                cmd.env("BUSGATE_NATS__INSTANCE", name);
+                cmd.env("BUSGATE_NATS__INSTANCE", name)
+                    .envs(cluster.env.iter().cloned());
                 for (k, v) in env {
                     cmd.env(k, v);
                 }
