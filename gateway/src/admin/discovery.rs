@@ -46,8 +46,11 @@ struct Instance {
     version: String,
     /// How it serves: `adapter`, `adapters`, `native`, `demo` (metadata `busgate.mode`), or
     /// absent for an instance that does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<String>,
-    /// The upstream URL template it calls (metadata `busgate.upstream`), for adapters.
+    /// The upstream URL template it calls (metadata `busgate.upstream`), for adapters; absent
+    /// for the others (the OpenAPI document says absent, not null).
+    #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<String>,
     metadata: HashMap<String, String>,
     subject: String,
