@@ -55,6 +55,9 @@ fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any task can build an HTTP client or a TLS connection (`up`'s banner task makes
+    // the demo client's key while the gateway starts): rustls has no default provider here.
+    runtime::install_crypto_provider();
     match cli.command {
         Command::Gateway { config } => {
             let settings = match load(config.as_deref()) {
