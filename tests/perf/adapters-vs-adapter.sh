@@ -32,6 +32,9 @@ np=$(port); hp=$(port); ap=$(port)
 cat > "$D/gw.toml" <<TOML
 [log]
 level = "warn"
+# Anonymous, as scenario 4 of the benchmark (what clients cost: tests/perf/ab-auth.sh).
+[auth]
+mode = "none"
 [services.n1]
 [services.n2]
 [services.c1.upstream]
