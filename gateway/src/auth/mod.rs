@@ -226,13 +226,16 @@ pub fn hash_key(key: &str) -> KeyHash {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Lower-case hex of a digest, as the configuration stores it.
-pub fn hex(hash: &KeyHash) -> String {
+/// Lower-case hex of bytes: a key's digest as the configuration stores it, a key id, and the
+/// idempotency fingerprints of `jobs`.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    hash.iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// A new key: `(id, secret)`. The secret is shown once, to whoever asked for it; only
@@ -242,16 +245,12 @@ pub fn new_key() -> (String, String) {
     rand::fill(&mut secret);
     let mut id = [0u8; 6];
     rand::fill(&mut id);
-    let id = format!("k{}", hex_bytes(&id));
+    let id = format!("k{}", hex(&id));
     let secret = format!(
         "{KEY_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
     );
     (id, secret)
-}
-
-fn hex_bytes(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

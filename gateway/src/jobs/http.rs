@@ -13,12 +13,13 @@ use sha2::{Digest, Sha256};
 
 use busgate_shared::header::REQUEST_ID;
 
+use crate::auth::hex;
 use crate::auth::Caller;
 use crate::config::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError, PROBLEM_JSON};
 use crate::jobs::callback::Signer;
 use crate::jobs::guard::Guard;
-use crate::jobs::queue::{hex, Claim, Job, JobStatus, Jobs, StatusDoc};
+use crate::jobs::queue::{Claim, Job, JobStatus, Jobs, StatusDoc};
 use crate::limit::{Slot, Slots};
 use crate::route::Call;
 

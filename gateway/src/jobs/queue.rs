@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use busgate_shared::subject;
 
+use crate::auth::hex;
 use crate::clock::rfc3339;
 use crate::config::settings::{Discard, JobsSettings};
 use crate::config::store::read_from_leader;
@@ -627,11 +628,6 @@ impl Jobs {
     }
 }
 
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// How long one pull for asynchronous requests waits for messages before it is made again.
 /// It bounds how long a stopping instance waits for the pull it has out.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -783,6 +779,24 @@ fn callback_unscheduled(doc: &StatusDoc) -> bool {
         .is_some_and(|cb| cb.state == "pending" && cb.attempts == 0)
 }
 
+/// Schedules the callback of a finished request; when that fails, hands the message back to
+/// be delivered again after [`retry_delay`] and says `false` (the caller stops there).
+async fn schedule_callback_or_nak(
+    jobs: &Jobs,
+    message: &jetstream::Message,
+    request_id: &str,
+    delivered: i64,
+) -> bool {
+    let Err(e) = jobs.schedule_callback(request_id).await else {
+        return true;
+    };
+    warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
+    let _ = message
+        .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+        .await;
+    false
+}
+
 async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let job: Job = match serde_json::from_slice(&message.payload) {
@@ -799,11 +813,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
             // The result is stored; the callback may not have been scheduled before the
             // instance that stored it died.
             if job.callback_url.is_some() && callback_unscheduled(&doc) {
-                if let Err(e) = jobs.schedule_callback(request_id).await {
-                    warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
-                        .await;
+                if !schedule_callback_or_nak(jobs, &message, request_id, delivered).await {
                     return;
                 }
                 info!(request_id, "callback of a finished request scheduled");
@@ -875,14 +885,10 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
             .await;
         return;
     }
-    if job.callback_url.is_some() {
-        if let Err(e) = jobs.schedule_callback(request_id).await {
-            warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
-                .await;
-            return;
-        }
+    if job.callback_url.is_some()
+        && !schedule_callback_or_nak(jobs, &message, request_id, delivered).await
+    {
+        return;
     }
     if let Err(e) = message.double_ack().await {
         // The result is stored; a redelivery only finds it final and acks.
