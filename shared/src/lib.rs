@@ -20,8 +20,14 @@
 //! - [`micro`]: the NATS service API answers of one instance, with its counters.
 //! - [`wire`]: the lean NATS connection of the request path (publish with headers, callbacks).
 //! - [`runtime`]: what every Busgate process does the same way: logging set-up, shutdown signals.
+//! - [`backoff`]: the one exponential backoff with jitter that every retry loop uses.
 //! - [`error`]: this crate's error type.
+//!
+//! Every background task of a process obeys one [`drain::Watch`] (re-exported as [`drain`]):
+//! `main` holds the `drain::Signal`, signals it once on shutdown and waits for every task to
+//! release its watch.
 
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -36,6 +42,9 @@ pub mod validate;
 pub mod watch;
 pub mod wire;
 
+/// The drain signal every background task obeys (the `drain` crate, re-exported so that every
+/// crate uses the same version).
+pub use drain;
 pub use error::Error;
 
 /// The version of this crate, reported by every binary and NATS service registration.
