@@ -1,4 +1,5 @@
-//! What every Busgate process does the same way: logging set-up and shutdown signals.
+//! What every Busgate process does the same way: logging set-up, shutdown signals and the
+//! drain that follows them.
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
@@ -75,6 +76,16 @@ pub async fn shutdown_signal() {
         () = ctrl_c => tracing::info!("interrupt received, shutting down"),
         () = term => tracing::info!("terminate received, shutting down"),
     }
+}
+
+/// Signals `drain` and waits, within `grace`, for every [`drain::Watch`] to be released; false
+/// when the grace ran out first.
+pub async fn drain_within(signal: drain::Signal, grace: std::time::Duration) -> bool {
+    let drained = tokio::time::timeout(grace, signal.drain()).await.is_ok();
+    if !drained {
+        tracing::warn!(?grace, "grace period over with tasks still draining");
+    }
+    drained
 }
 
 /// Finds a `nats-server` binary: `explicit` (a flag or the `NATS_SERVER` variable) first, then

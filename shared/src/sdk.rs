@@ -16,10 +16,13 @@
 //! let settings = busgate_shared::nats::NatsSettings::from_env()?;
 //! let nats = wire::Connection::connect_with(&settings, "billing")?;
 //! let options = sdk::ServeOptions::new("billing");
+//! // `main` keeps the signal and, on SIGTERM, calls `signal.drain().await` (within a grace):
+//! // that returns once the service has answered what it had and unregistered.
+//! let (_signal, drain) = busgate_shared::drain::channel();
 //! sdk::serve(&nats, options, |req, _ctx| async move {
 //!     Reply::ok(&serde_json::json!({"order_id": req.order_id, "paid": true}))
 //!         .unwrap_or_else(|e| Reply::error("internal", e.to_string()))
-//! }, std::future::pending::<()>()).await
+//! }, drain).await
 //! # }
 //! ```
 
@@ -115,9 +118,9 @@ struct Endpoint<H> {
     queued: AtomicUsize,
 }
 
-/// Serves `service` until `shutdown` resolves, then stops taking requests, answers those
-/// already received, lets in-flight ones finish (bounded by `grace`) and unregisters. The
-/// caller owns (and closes) the connection.
+/// Serves `service` until `drain` is signalled, then stops taking requests, answers those
+/// already received, lets in-flight ones finish (bounded by `grace`) and unregisters; the
+/// drain is released only then. The caller owns (and closes) the connection.
 ///
 /// A request is started on the connection's read task as it arrives: its handler is polled
 /// once there, and given a task of its own only if it has to wait. Most handlers answer without
@@ -127,12 +130,15 @@ pub async fn serve<H, Fut>(
     nats: &wire::Connection,
     options: ServeOptions,
     handler: H,
-    shutdown: impl Future<Output = ()>,
+    drain: drain::Watch,
 ) -> Result<(), Error>
 where
     H: Fn(ServiceRequest, RequestContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
+    // Held from the drain signal until the service has unregistered.
+    let mut held: Option<drain::ReleaseShutdown> = None;
+    let shutdown = drain.signaled();
     let name = options.service.clone();
     validate::name("service", &name)?;
     let identity = Identity {
@@ -174,9 +180,10 @@ where
                 && nats.flush(Duration::from_secs(5)).await.is_ok()
         };
         tokio::select! {
-            () = &mut shutdown => {
+            release = &mut shutdown => {
                 stop_taking(&mut subscription, &mut requests);
                 discovery.stop().await;
+                drop(release);
                 return Ok(());
             }
             ok = flushed => if ok { break },
@@ -190,7 +197,8 @@ where
     let mut stopping = false;
     loop {
         let message = tokio::select! {
-            () = &mut shutdown, if !stopping => {
+            release = &mut shutdown, if !stopping => {
+                held = Some(release);
                 stopping = begin_stop(&mut subscription, &mut requests, grace.as_mut(), options.grace);
                 continue;
             }
@@ -202,7 +210,8 @@ where
         };
         let permit = loop {
             tokio::select! {
-                () = &mut shutdown, if !stopping => {
+                release = &mut shutdown, if !stopping => {
+                    held = Some(release);
                     stopping = begin_stop(&mut subscription, &mut requests, grace.as_mut(), options.grace);
                 }
                 () = &mut grace, if stopping => break None,
@@ -233,37 +242,26 @@ where
         ),
     }
     discovery.stop().await;
+    drop(held);
     Ok(())
 }
 
-/// Serves each of `services` (its options and handler) on `nats` until `shutdown` resolves,
+/// Serves each of `services` (its options and handler) on `nats` until `drain` is signalled,
 /// then stops them all as [`serve`] does and returns once every one has. The first error is
 /// returned at once; the services still serving are dropped with it.
 pub async fn serve_all<H, Fut>(
     nats: &wire::Connection,
     services: impl IntoIterator<Item = (ServeOptions, H)>,
-    shutdown: impl Future<Output = ()>,
+    drain: drain::Watch,
 ) -> Result<(), Error>
 where
     H: Fn(ServiceRequest, RequestContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serving = services.into_iter().map(|(options, handler)| {
-        let mut stop = stop_rx.clone();
-        serve(nats, options, handler, async move {
-            let _ = stop.changed().await;
-        })
-    });
-    let all = futures::future::try_join_all(serving);
-    tokio::pin!(all);
-    tokio::select! {
-        result = &mut all => result.map(drop),
-        () = shutdown => {
-            let _ = stop_tx.send(true);
-            all.await.map(drop)
-        }
-    }
+    let serving = services
+        .into_iter()
+        .map(|(options, handler)| serve(nats, options, handler, drain.clone()));
+    futures::future::try_join_all(serving).await.map(drop)
 }
 
 impl<H, Fut> Endpoint<H>

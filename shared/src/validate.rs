@@ -60,26 +60,25 @@ impl OrderIdRule {
     }
 }
 
-/// Decodes `%XX` escapes (a path segment, a URL's user or password); `None` when they do not make UTF-8.
+/// Decodes `%XX` escapes (a path segment, a URL's user or password); `None` when an escape is
+/// malformed (`%zz`, a `%` at the end) or the bytes do not make UTF-8. The decoding is the
+/// `percent-encoding` crate's, which passes malformed escapes through: they are refused here
+/// first, as the contract has always done.
 pub fn percent_decode(raw: &str) -> Option<String> {
-    if !raw.contains('%') {
-        return Some(raw.to_owned());
-    }
     let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let well_formed = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
@@ -93,6 +92,29 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("a%2").as_deref(), None);
+        assert_eq!(percent_decode("%41%42c").as_deref(), Some("ABc"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("\u{e9}"));
+        assert_eq!(percent_decode("100%25").as_deref(), Some("100%"));
+    }
+
+    proptest::proptest! {
+        /// Whatever is encoded (every byte as `%XX`, or left as it is) decodes back.
+        #[test]
+        fn percent_decoding_undoes_any_encoding(text in ".{0,24}", mask in proptest::num::u32::ANY) {
+            let mut encoded = String::new();
+            for (i, c) in text.chars().enumerate() {
+                if mask >> (i % 32) & 1 == 1 || c == '%' {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        encoded.push_str(&format!("%{b:02X}"));
+                    }
+                } else {
+                    encoded.push(c);
+                }
+            }
+            proptest::prop_assert_eq!(percent_decode(&encoded), Some(text));
+        }
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::watch;
 
 use crate::subject;
 
@@ -65,21 +64,23 @@ pub async fn load(js: &jetstream::Context, kv: &kv::Store) -> Result<(Entries, u
 }
 
 /// Loads the bucket, then follows its changes, calling `on` with the entries after each step,
-/// until `stop` turns true (then `Ok`). A change already read by the load is reported with
+/// until `shutdown` resolves (then `Ok`): a task that obeys a drain passes
+/// `drain.clone().signaled()` and keeps its own [`drain::Watch`] until it has cleaned up. A change already read by the load is reported with
 /// `fresh: false` and never applied again (no flip back to an older value). An error ends the
 /// watch: the caller starts again after a backoff.
 pub async fn follow(
     js: &jetstream::Context,
     kv: &kv::Store,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: impl std::future::Future,
     mut on: impl FnMut(&Entries, Event),
 ) -> Result<(), WatchError> {
     let (mut entries, last) = load(js, kv).await?;
     on(&entries, Event::Loaded { last });
     let mut changes = kv.watch_all_from_revision(last + 1).await?;
+    tokio::pin!(shutdown);
     loop {
         let entry = tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = &mut shutdown => return Ok(()),
             next = changes.next() => match next {
                 Some(entry) => entry?,
                 None => return Err("the watch ended".into()),

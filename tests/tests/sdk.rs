@@ -16,7 +16,7 @@ fn request(order_id: &str) -> String {
 
 /// A service served by the SDK on a task of its own, until [`Serving::stop`].
 struct Serving {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: busgate_shared::drain::Signal,
     task: tokio::task::JoinHandle<Result<(), busgate_shared::Error>>,
 }
 
@@ -30,21 +30,19 @@ impl Serving {
         H: Fn(ServiceRequest, sdk::RequestContext) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = Reply> + Send + 'static,
     {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, drain) = busgate_shared::drain::channel();
         let nats = nats.clone();
-        let task = tokio::spawn(async move {
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            sdk::serve(&nats, options, handler, stopped).await
-        });
+        let task = tokio::spawn(async move { sdk::serve(&nats, options, handler, drain).await });
         Serving { stop, task }
     }
 
     /// Stops the service and asserts that `serve` ends cleanly within 15 s.
     async fn stop(self) {
-        self.stop.send(()).expect("still serving");
-        let ended = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+        let ended = tokio::time::timeout(Duration::from_secs(15), async {
+            self.stop.drain().await;
+            self.task.await
+        })
+        .await;
         assert!(
             matches!(ended, Ok(Ok(Ok(())))),
             "serve ends cleanly: {ended:?}"

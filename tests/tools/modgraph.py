@@ -1,56 +1,268 @@
 #!/usr/bin/env python3
-"""The gateway crate's module graph: which module uses which (crate:: paths and
-`use super::`), at the level of top-level modules and of files; exits 1 on a cycle."""
-import os, re, sys
-root = sys.argv[1] if len(sys.argv) > 1 else 'gateway/src'
-def modpath(f):
-    rel = os.path.relpath(f, root)[:-3]
-    parts = rel.split('/')
-    if parts[-1] == 'mod': parts = parts[:-1]
-    if parts == ['lib'] or parts == ['main']: return parts[0]
-    return '::'.join(parts)
-files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith('.rs')]
-mods = {modpath(f): f for f in files}
-edges = {}
-for m, f in mods.items():
-    text = open(f).read()
-    text = text.split('#[cfg(test)]')[0]  # unit tests may use anything of their module
-    text = re.sub(r'//.*', '', text)
-    deps = set()
-    for path in re.findall(r'crate::([a-z_]+(?:::[a-z_]+)*)', text):
-        segs = path.split('::')
-        # the longest prefix that is a module
+"""The module graph of every crate of the workspace: which module uses which, at the level of
+files (one module per file) and of top-level modules; exits 1 on a cycle in either.
+
+    python3 tests/tools/modgraph.py            # every crate of the workspace
+    python3 tests/tools/modgraph.py gateway/src shared/src
+
+A crate's modules are found by following `mod name;` from its root file (`lib.rs`, `main.rs`),
+whatever the layout (`name.rs`, `name/mod.rs`, nested folders); modules declared under
+`#[cfg(test)]` and everything of a file from its first `#[cfg(test)]` on are left out (unit
+tests may use anything of their crate). A module uses another when its code names a path into it:
+`crate::…`, `super::…`, `self::…` or a child module's name, `use` groups (`{a, b::c}`) included.
+Another crate's paths (`busgate_shared::…`) are not edges: each crate is a graph of its own.
+"""
+import os
+import re
+import sys
+
+IDENT = r'[A-Za-z_][A-Za-z0-9_]*'
+ROOTS = ('lib.rs', 'main.rs')
+
+
+def strip(text):
+    """The code of a file without comments, string literals and its tests."""
+    text = re.sub(r'/\*.*?\*/', '', text, flags=re.S)
+    text = re.sub(r'//[^\n]*', '', text)
+    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+    return text
+
+
+def code_of(text):
+    """A file's code without its `#[cfg(test)]` part."""
+    return strip(text).split('#[cfg(test)]')[0]
+
+
+def declared(text):
+    """The modules a file declares with `mod name;` (not those under `#[cfg(test)]`)."""
+    code = strip(text)
+    out = []
+    for m in re.finditer(r'((?:#\[[^\]]*\]\s*)*)(?:pub(?:\([^)]*\))?\s+)?mod\s+(' + IDENT + r')\s*;', code):
+        if 'cfg(test)' not in m.group(1):
+            out.append(m.group(2))
+    return out
+
+
+def modules(src):
+    """`{module path: file}` for every crate root in `src` (`lib`, `main`: separate crates share
+    nothing but the folder, so each root's tree is its own; a module reached from both is listed
+    once)."""
+    found, owner = {}, {}
+    for root in ROOTS:
+        path = os.path.join(src, root)
+        if not os.path.isfile(path):
+            continue
+        stack = [(root[:-3], path)]
+        while stack:
+            mod, file = stack.pop()
+            if mod in found:
+                continue
+            found[mod] = file
+            owner[mod] = root[:-3]
+            base = os.path.dirname(file)
+            name = os.path.basename(file)
+            folder = base if name in ROOTS or name == 'mod.rs' else os.path.join(base, name[:-3])
+            prefix = '' if mod in ('lib', 'main') else mod + '::'
+            with open(file, encoding='utf-8') as f:
+                text = f.read()
+            for child in declared(text):
+                for candidate in (os.path.join(folder, child + '.rs'),
+                                  os.path.join(folder, child, 'mod.rs')):
+                    if os.path.isfile(candidate):
+                        stack.append((prefix + child, candidate))
+                        break
+    modules.owner = owner
+    return found
+
+
+def use_paths(code, start):
+    """Every path that follows `start` (the index just past a `::`), `use` groups expanded:
+    lists of segments."""
+    paths = []
+
+    def tree(i, prefix):
+        segs = list(prefix)
+        while True:
+            while i < len(code) and code[i].isspace():
+                i += 1
+            if i < len(code) and code[i] == '{':
+                i += 1
+                while True:
+                    i = tree(i, segs)
+                    while i < len(code) and code[i] in ' \t\n,':
+                        i += 1
+                    if i >= len(code) or code[i] == '}':
+                        return i + 1
+            m = re.compile(IDENT + r'|\*').match(code, i)
+            if not m:
+                paths.append(segs)
+                return i
+            segs = segs + [m.group(0)]
+            i = m.end()
+            rest = re.compile(r'\s*::\s*').match(code, i)
+            if not rest:
+                paths.append(segs)
+                return i
+            i = rest.end()
+    tree(start, [])
+    return paths
+
+
+def inline_modules(code):
+    """The spans of the `mod name { … }` blocks of a file's code."""
+    spans = []
+    for m in re.finditer(r'\bmod\s+' + IDENT + r'\s*\{', code):
+        depth, i = 0, m.end() - 1
+        while i < len(code):
+            if code[i] == '{':
+                depth += 1
+            elif code[i] == '}':
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        spans.append((m.end(), i))
+    return spans
+
+
+def graph(src):
+    """`(modules, edges)`: modules as `{path: file}`, edges as `{path: set of paths}` between
+    modules (a module's own items are not edges)."""
+    mods = modules(src)
+    owner = modules.owner
+    edges = {}
+    # What a crate root re-exports (`pub use error::Error;`): `crate::Error` is a use of
+    # `error`, and the re-export itself is the crate's façade, not a use by the root.
+    reexports = {}
+    for root in set(owner.values()):
+        with open(mods[root], encoding='utf-8') as fh:
+            code = code_of(fh.read())
+        names = {}
+        for stmt in re.finditer(r'pub(?:\([^)]*\))?\s+use\s+([^;]*);', code):
+            for segs in use_paths(stmt.group(1) + ' ', 0):
+                if len(segs) > 1 and segs[-1] != '*':
+                    names[segs[-1]] = segs[:-1]
+        reexports[root] = names
+
+    def resolve(segs):
         for n in range(len(segs), 0, -1):
             cand = '::'.join(segs[:n])
             if cand in mods:
-                deps.add(cand); break
-        else:
-            if m != 'lib': deps.add('lib')  # crate::run etc.
-    prefix = '' if m in ('lib', 'main') else m + '::'
-    for c in mods:
-        if c.startswith(prefix) and c != m and '::' not in c[len(prefix):]:
-            name = c[len(prefix):]
-            if re.search(rf'(?<![:\w]){name}::', text):
-                deps.add(c)
-    edges[m] = {d for d in deps if d != m}
-top = lambda m: m.split('::')[0]
-tedges = {}
-for m, ds in edges.items():
-    for d in ds:
-        if top(d) != top(m): tedges.setdefault(top(m), set()).add(top(d))
+                return cand
+        return None
+
+    for m, f in mods.items():
+        with open(f, encoding='utf-8') as fh:
+            code = code_of(fh.read())
+        if m in reexports:
+            code = re.sub(r'pub(?:\([^)]*\))?\s+use\s+[^;]*;', '', code)
+        here = [] if m in ('lib', 'main') else m.split('::')
+        inline = inline_modules(code)
+        deps = set()
+        for hit in re.finditer(r'(?<![\w:])(' + IDENT + r')\s*::\s*', code):
+            word = hit.group(1)
+            # Inside `mod name { … }` of this file, `super` is first this file's module.
+            depth = sum(1 for a, b in inline if a <= hit.start() < b)
+            for segs in use_paths(code, hit.end()):
+                if word == 'crate':
+                    base = []
+                elif word == 'super':
+                    ups = 1 + sum(1 for s in segs if s == 'super')
+                    segs = [s for s in segs if s != 'super']
+                    ups = max(0, ups - depth)
+                    base = here[:len(here) - ups] if ups else here
+                elif word == 'self':
+                    base = here
+                elif '::'.join(here + [word]) in mods:
+                    base, segs = here, [word] + segs
+                else:
+                    continue
+                if word == 'crate' and segs and segs[0] in reexports.get(owner[m], {}):
+                    segs = reexports[owner[m]][segs[0]] + segs[1:]
+                target = resolve(base + segs) if base + segs else None
+                if target is None:
+                    # The crate root's own items (`crate::run`), or an item of a parent.
+                    target = resolve(base) if base else owner[m]
+                if target and target != m:
+                    deps.add(target)
+        edges[m] = deps
+    return mods, edges
+
+
+def top(m):
+    return m.split('::')[0]
+
+
+def top_edges(edges):
+    """The edges between top-level modules (the crate root counts as one)."""
+    out = {}
+    for m, ds in edges.items():
+        for d in ds:
+            if top(d) != top(m):
+                out.setdefault(top(m), set()).add(top(d))
+    return out
+
+
 def cycles(g):
+    """Each cycle of `g` found by a depth-first walk (one per back edge)."""
     seen, stack, found = set(), [], []
+
     def visit(n):
-        if n in stack: found.append(stack[stack.index(n):] + [n]); return
-        if n in seen: return
-        seen.add(n); stack.append(n)
-        for d in sorted(g.get(n, ())): visit(d)
+        if n in stack:
+            found.append(stack[stack.index(n):] + [n])
+            return
+        if n in seen:
+            return
+        seen.add(n)
+        stack.append(n)
+        for d in sorted(g.get(n, ())):
+            visit(d)
         stack.pop()
-    for n in sorted(g): visit(n)
+    for n in sorted(g):
+        visit(n)
     return found
-print('top-level modules:')
-for m in sorted(tedges): print(f'  {m} -> {", ".join(sorted(tedges[m]))}')
-bad = cycles(tedges) + cycles(edges)
-for c in bad: print('CYCLE: ' + ' -> '.join(c))
-print('files:', len(mods), 'cycles:', len(bad))
-sys.exit(1 if bad else 0)
+
+
+def workspace_crates(repo='.'):
+    """`[(crate name, src folder)]` of the workspace's members, in `Cargo.toml`'s order."""
+    with open(os.path.join(repo, 'Cargo.toml'), encoding='utf-8') as f:
+        text = f.read()
+    members = re.search(r'members\s*=\s*\[([^\]]*)\]', text)
+    out = []
+    for member in re.findall(r'"([^"]+)"', members.group(1) if members else ''):
+        name = member
+        manifest = os.path.join(repo, member, 'Cargo.toml')
+        if os.path.isfile(manifest):
+            with open(manifest, encoding='utf-8') as f:
+                found = re.search(r'^name\s*=\s*"([^"]+)"', f.read(), flags=re.M)
+            if found:
+                name = found.group(1)
+        src = os.path.join(repo, member, 'src')
+        if os.path.isdir(src):
+            out.append((name, os.path.normpath(src)))
+    return out
+
+
+def main(argv):
+    targets = [(d, d) for d in argv] or workspace_crates()
+    bad_total = 0
+    for name, src in targets:
+        mods, edges = graph(src)
+        tedges = top_edges(edges)
+        print(f'{name} ({src}): top-level modules:')
+        for m in sorted(tedges):
+            print(f'  {m} -> {", ".join(sorted(tedges[m]))}')
+        bad = []
+        for c in cycles(tedges) + cycles(edges):
+            if c not in bad:
+                bad.append(c)
+        for c in bad:
+            print('  CYCLE: ' + ' -> '.join(c))
+        print(f'  files: {len(mods)} cycles: {len(bad)}')
+        bad_total += len(bad)
+    return 1 if bad_total else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

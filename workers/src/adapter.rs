@@ -13,18 +13,17 @@
 //! built: percent-encoded or not, it would be a dot-segment that walks the upstream's path.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
-use busgate_shared::header;
+use busgate_shared::{drain, header};
 use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::{Scheme, SecretSource, UpstreamSpec};
 use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::{info, warn};
 
 use crate::http1;
@@ -73,13 +72,14 @@ pub fn metadata(mode: &str, upstream: &Upstream) -> HashMap<String, String> {
 }
 
 /// Runs an adapter for each of `adapters` (one service and its upstream each) on one NATS
-/// connection until `shutdown` resolves. One process for several upstreams is what one nginx
+/// connection until `drain` is signalled; the drain is released once the services have
+/// unregistered and the connection is closed. One process for several upstreams is what one nginx
 /// does for several `upstream` blocks: both requests of a merge come in one read, and both
 /// replies go out in one write.
 pub async fn run(
     nats: &busgate_shared::nats::NatsSettings,
     adapters: &[Options],
-    shutdown: impl Future<Output = ()>,
+    drain: drain::Watch,
 ) -> anyhow::Result<()> {
     let upstreams = adapters
         .iter()
@@ -108,8 +108,9 @@ pub async fn run(
         };
         (serve, handler)
     });
-    sdk::serve_all(&nats, serving, shutdown).await?;
+    sdk::serve_all(&nats, serving, drain.clone()).await?;
     nats.close(Duration::from_secs(2)).await;
+    drop(drain);
     Ok(())
 }
 
@@ -443,16 +444,17 @@ fn is_header_text(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// What an order id keeps of itself in a URL path segment: RFC 3986 unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`); every other byte (UTF-8 included) is percent-encoded.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 fn percent_encode_into(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
+    out.extend(utf8_percent_encode(s, PATH_SEGMENT));
 }
 
 #[cfg(test)]
@@ -537,6 +539,46 @@ mod tests {
         let u = build(&options("http://h/order/{order_id}/x")).expect("ok");
         assert_eq!(u.target("a..b"), "/order/a..b/x");
         assert_eq!(u.target("../a"), "/order/..%2Fa/x");
+    }
+
+    /// The encoding of a path segment as it was written by hand before the crate: every byte
+    /// but the unreserved ones as `%XX`, upper-case.
+    fn encoded_by_hand(s: &str) -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_path_segment_keeps_only_unreserved_characters() {
+        let mut out = String::new();
+        percent_encode_into(&mut out, "aZ09-._~ /?#[]@!$&'()*+,;=%\"\u{e9}\u{1f600}");
+        assert_eq!(
+            out,
+            "aZ09-._~%20%2F%3F%23%5B%5D%40%21%24%26%27%28%29%2A%2B%2C%3B%3D%25%22%C3%A9%F0%9F%98%80"
+        );
+        for b in 0u8..=0x7f {
+            let c = char::from(b);
+            let mut one = String::new();
+            percent_encode_into(&mut one, &c.to_string());
+            assert_eq!(one, encoded_by_hand(&c.to_string()), "{b:#x}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_order_id_is_encoded_as_before_and_decodes_back(id in "\\PC{0,32}") {
+            let mut out = String::new();
+            percent_encode_into(&mut out, &id);
+            proptest::prop_assert_eq!(&out, &encoded_by_hand(&id));
+            proptest::prop_assert_eq!(busgate_shared::validate::percent_decode(&out), Some(id));
+        }
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! old one stops). Any number of such processes share the load through the queue groups.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +20,8 @@ use busgate_shared::envelope::ServiceRequest;
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::UpstreamSpec;
 use busgate_shared::watch::{self, Entries};
-use busgate_shared::{subject, wire};
-use tokio::sync::{oneshot, watch as tokio_watch};
+use busgate_shared::backoff::ExponentialBackoff;
+use busgate_shared::{drain, subject, wire};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
@@ -35,60 +34,65 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long stopped endpoints may take to finish their requests when the process stops.
 const STOP_WITHIN: Duration = Duration::from_secs(12);
 
+/// The delays between attempts to follow the configuration bucket (200 ms doubling to 2 s,
+/// jittered by up to half).
+fn follow_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(200), Duration::from_secs(2), 0.5)
+}
+
 /// One served service.
 struct Served {
     spec: UpstreamSpec,
     upstream: Arc<ArcSwap<Upstream>>,
-    stop: oneshot::Sender<()>,
+    /// The endpoint's own drain: dropped (or drained) to stop this service alone, which its
+    /// watch sees as the signal.
+    stop: drain::Signal,
 }
 
-/// Runs until `shutdown` resolves.
+impl Served {
+    /// Stops this service alone: its watch sees its signal dropped, and the endpoint leaves
+    /// its queue group and finishes its requests in flight (on its task of the `JoinSet`).
+    fn stop(self) {
+        drop(self.stop);
+    }
+}
+
+/// Runs until `drain` is signalled; the drain is released once every endpoint has stopped and
+/// the connections are drained and closed.
 pub async fn run(
     nats: &busgate_shared::nats::NatsSettings,
-    shutdown: impl Future<Output = ()>,
+    drain: drain::Watch,
 ) -> anyhow::Result<()> {
     let client = busgate_shared::nats::connect(nats, "busgate-worker adapters").await?;
     let wire = wire::Connection::connect_with(nats, "busgate-worker adapters requests")?;
     let js = jetstream::new(client.clone());
-    let (stop_tx, mut stop_rx) = tokio_watch::channel(false);
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut endpoints = JoinSet::new();
-    let following = async {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let result = async {
-                let kv = js.get_key_value(subject::CONFIG_BUCKET).await?;
-                watch::follow(&js, &kv, &mut stop_rx, |entries, _| {
-                    reconcile(&wire, entries, &mut served, &mut endpoints);
-                })
-                .await
-            }
-            .await;
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?backoff, "cannot follow the configuration bucket (is a gateway up?)");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = stop_rx.changed() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+    let mut backoff = follow_backoff().stream();
+    loop {
+        let result = async {
+            let kv = js.get_key_value(subject::CONFIG_BUCKET).await?;
+            watch::follow(&js, &kv, drain.clone().signaled(), |entries, _| {
+                reconcile(&wire, entries, &mut served, &mut endpoints);
+            })
+            .await
+        };
+        let result = tokio::select! {
+            result = result => result,
+            _release = drain.clone().signaled() => Ok(()),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, attempt = backoff.attempts() + 1, "cannot follow the configuration bucket (is a gateway up?)");
+                if !backoff.wait(&drain).await {
+                    break;
                 }
-            }
-        }
-    };
-    {
-        tokio::pin!(following);
-        tokio::select! {
-            () = &mut following => {}
-            () = shutdown => {
-                let _ = stop_tx.send(true);
-                following.await;
             }
         }
     }
     for (_, s) in std::mem::take(&mut served) {
-        let _ = s.stop.send(());
+        s.stop();
     }
     let _ = tokio::time::timeout(STOP_WITHIN, async {
         while endpoints.join_next().await.is_some() {}
@@ -96,6 +100,7 @@ pub async fn run(
     .await;
     wire.close(Duration::from_secs(2)).await;
     let _ = client.drain().await;
+    drop(drain);
     Ok(())
 }
 
@@ -137,7 +142,7 @@ fn reconcile(
     for name in gone {
         if let Some(s) = served.remove(&name) {
             info!(service = %name, "service has no upstream any more, leaving its queue group");
-            let _ = s.stop.send(());
+            s.stop();
         }
     }
     for (name, spec) in wanted {
@@ -161,7 +166,7 @@ fn reconcile(
                 // New, or a new concurrency: a new endpoint first, then the old one stops.
                 let next = start(wire, &name, &spec, upstream, endpoints);
                 if let Some(old) = served.insert(name, next) {
-                    let _ = old.stop.send(());
+                    old.stop();
                 }
             }
         }
@@ -191,13 +196,10 @@ fn start(
             async move { upstream.call(&req, &ctx, max_body).await }
         }
     };
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (stop, stopped) = drain::channel();
     let wire = wire.clone();
     let service = name.to_owned();
     endpoints.spawn(async move {
-        let stopped = async move {
-            let _ = stop_rx.await;
-        };
         if let Err(e) = sdk::serve(&wire, options, handler, stopped).await {
             warn!(service, error = %e, "cannot serve");
         }
@@ -205,7 +207,7 @@ fn start(
     Served {
         spec: spec.clone(),
         upstream: current,
-        stop: stop_tx,
+        stop,
     }
 }
 

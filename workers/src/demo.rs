@@ -1,6 +1,5 @@
 //! A demo internal HTTP service: `GET /order/{order_id}`, deterministic data, failure prefixes.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,24 +9,24 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use busgate_shared::drain;
 use serde_json::json;
 use tracing::info;
 
 use crate::demo_data::{self, Answer, SLOW_DELAY};
 
-/// Serves demo `service` on `listen` until `shutdown` resolves.
-pub async fn run(
-    service: &str,
-    listen: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Serves demo `service` on `listen` until `drain` is signalled; the drain is released once
+/// the connections in flight are done.
+pub async fn run(service: &str, listen: SocketAddr, drain: drain::Watch) -> anyhow::Result<()> {
     let listener = busgate_shared::runtime::listen(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(service, %addr, "listening");
+    let signaled = drain.clone().signaled();
     axum::serve(listener, router(service))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move { drop(signaled.await) })
         .await?;
+    drop(drain);
     Ok(())
 }
 

@@ -30,6 +30,10 @@ use std::time::Duration;
 use busgate_shared::runtime::{self, LogFormat};
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// How long the process waits, after SIGINT/SIGTERM, for its tasks to finish: longer than a
+/// service's own grace for requests in flight (10 s) plus its unregistering.
+const GRACE: Duration = Duration::from_secs(20);
+
 // See the gateway's main.rs: glibc's malloc was the top cost under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -179,21 +183,58 @@ async fn run(cli: Cli) -> ExitCode {
         eprintln!("busgate-worker: {e}");
         return ExitCode::from(2);
     }
-    let result = match cli.command {
+    if let Command::Adapter {
+        services,
+        upstreams,
+        ..
+    } = &cli.command
+    {
+        if services.len() != upstreams.len() {
+            eprintln!(
+                "busgate-worker: {} --service but {} --upstream: give one upstream for each service, in the same order",
+                services.len(),
+                upstreams.len()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    // One drain for the process: every background task holds a watch of it; SIGINT/SIGTERM
+    // signals it once, and the process waits (within a grace) for every task to release it.
+    let (signal, drain) = busgate_shared::drain::channel();
+    let work = command(cli.command, &nats, drain);
+    tokio::pin!(work);
+    let result = tokio::select! {
+        result = &mut work => result,
+        () = runtime::shutdown_signal() => {
+            let (_, result) = tokio::join!(
+                runtime::drain_within(signal, GRACE),
+                tokio::time::timeout(GRACE, &mut work),
+            );
+            result.unwrap_or(Ok(()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "worker failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one role until `drain` is signalled (or it fails).
+async fn command(
+    command: Command,
+    nats: &busgate_shared::nats::NatsSettings,
+    drain: busgate_shared::drain::Watch,
+) -> anyhow::Result<()> {
+    match command {
         Command::Adapter {
             services,
             upstreams,
             concurrency,
             timeout,
         } => {
-            if services.len() != upstreams.len() {
-                eprintln!(
-                    "busgate-worker: {} --service but {} --upstream: give one upstream for each service, in the same order",
-                    services.len(),
-                    upstreams.len()
-                );
-                return ExitCode::from(2);
-            }
             let adapters: Vec<adapter::Options> = services
                 .into_iter()
                 .zip(upstreams)
@@ -204,23 +245,14 @@ async fn run(cli: Cli) -> ExitCode {
                     timeout,
                 })
                 .collect();
-            adapter::run(&nats, &adapters, runtime::shutdown_signal()).await
+            adapter::run(nats, &adapters, drain).await
         }
-        Command::Adapters => adapters::run(&nats, runtime::shutdown_signal()).await,
-        Command::Demo { service, listen } => {
-            demo::run(&service, listen, runtime::shutdown_signal()).await
-        }
+        Command::Adapters => adapters::run(nats, drain).await,
+        Command::Demo { service, listen } => demo::run(&service, listen, drain).await,
         Command::Native {
             services,
             concurrency,
-        } => native::run(&nats, &services, concurrency, runtime::shutdown_signal()).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "worker failed");
-            ExitCode::from(1)
-        }
+        } => native::run(nats, &services, concurrency, drain).await,
     }
 }
 

@@ -1,18 +1,18 @@
 //! The demo data answered directly on NATS through the Busgate SDK: no HTTP hop.
 
-use std::future::Future;
-
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
+use busgate_shared::drain;
 use busgate_shared::sdk::{self, ServeOptions};
 
 use crate::demo_data::{self, Answer, SLOW_DELAY};
 
-/// Serves the demo `services` natively on NATS, on one connection, until `shutdown` resolves.
+/// Serves the demo `services` natively on NATS, on one connection, until `drain` is signalled;
+/// the drain is released once they have unregistered and the connection is closed.
 pub async fn run(
     nats: &busgate_shared::nats::NatsSettings,
     services: &[String],
     concurrency: usize,
-    shutdown: impl Future<Output = ()>,
+    drain: drain::Watch,
 ) -> anyhow::Result<()> {
     let nats = busgate_shared::wire::Connection::connect_with(
         nats,
@@ -43,7 +43,8 @@ pub async fn run(
         };
         (options, handler)
     });
-    sdk::serve_all(&nats, serving, shutdown).await?;
+    sdk::serve_all(&nats, serving, drain.clone()).await?;
     nats.close(std::time::Duration::from_secs(2)).await;
+    drop(drain);
     Ok(())
 }
