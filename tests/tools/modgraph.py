@@ -21,12 +21,46 @@ ROOTS = ('lib.rs', 'main.rs')
 
 
 def strip(text):
-    """The code of a file without comments, string literals and its tests."""
-    text = re.sub(r'/\*.*?\*/', '', text, flags=re.S)
-    text = re.sub(r'//[^\n]*', '', text)
-    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
-    return text
+    """The code of a file without comments, and with string and char literals emptied."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith('//', i):
+            i = text.find('\n', i)
+            i = n if i < 0 else i
+        elif text.startswith('/*', i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith('/*', i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith('*/', i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c == '"' or (c in 'rb' and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == '_'))
+                          and re.match(r'b?r#*"|b"', text[i:i + 8])):
+            raw = re.match(r'(b?r)(#*)"', text[i:i + 260])
+            if raw:
+                end = text.find('"' + raw.group(2), i + raw.end())
+                i = n if end < 0 else end + 1 + len(raw.group(2))
+            else:
+                i = text.index('"', i) + 1
+                while i < n and text[i] != '"':
+                    i += 2 if text[i] == '\\' else 1
+                i += 1
+            out.append('""')
+        elif c == "'":
+            lit = re.match(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]+\}|.)|[^\\'])'", text[i:i + 16])
+            if lit:
+                out.append("' '")
+                i += lit.end()
+            else:  # a lifetime
+                out.append(c)
+                i += 1
+        else:
+            out.append(c)
+            i += 1
+    return ''.join(out)
 
 
 def code_of(text):
