@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
-use busgate_shared::{drain, header};
 use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::{Scheme, SecretSource, UpstreamSpec};
+use busgate_shared::{drain, header};
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::{info, warn};

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_nats::jetstream;
+use busgate_shared::backoff::ExponentialBackoff;
 use busgate_shared::config::ServiceSpec;
 use busgate_shared::envelope::ServiceRequest;
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::UpstreamSpec;
 use busgate_shared::watch::{self, Entries};
-use busgate_shared::backoff::ExponentialBackoff;
 use busgate_shared::{drain, subject, wire};
 use tokio::task::JoinSet;
 use tracing::{info, warn};

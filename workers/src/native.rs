@@ -1,7 +1,7 @@
 //! The demo data answered directly on NATS through the Busgate SDK: no HTTP hop.
 
-use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::drain;
+use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::sdk::{self, ServeOptions};
 
 use crate::demo_data::{self, Answer, SLOW_DELAY};

@@ -413,7 +413,8 @@ async fn follow(
     status: &StoreStatus,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
-    busgate_shared::watch::follow(&store.js, &store.kv, stop.changed(), |entries, event| match event {
+    let stop = stop.changed();
+    busgate_shared::watch::follow(&store.js, &store.kv, stop, |entries, event| match event {
         Event::Loaded { last } => {
             apply(entries, config, status);
             status.saw(last);
