@@ -25,6 +25,7 @@ fi
 echo "tests: using $("$CHROMIUM" --version 2>/dev/null | head -1), node $(node --version)"
 # Every crate's modules import downwards only (no cycle), and docs/development.md's module map
 # is the one the code makes.
+python3 -m unittest discover -s tests/tools -q
 python3 tests/tools/modgraph.py > /dev/null || python3 tests/tools/modgraph.py
 python3 tests/tools/modmap.py --check
 cargo build --workspace --bins --locked

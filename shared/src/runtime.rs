@@ -123,6 +123,24 @@ pub const NATS_SERVER_HINT: &str =
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_for_every_watch_within_the_grace() {
+        let grace = std::time::Duration::from_secs(5);
+        // A task that releases once it has seen the signal and cleaned up.
+        let (signal, watch) = drain::channel();
+        let task = tokio::spawn(async move {
+            let release = watch.signaled().await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            drop(release);
+        });
+        assert!(drain_within(signal, grace).await);
+        task.await.expect("task");
+        // A watch nobody releases: the grace ends the wait.
+        let (signal, watch) = drain::channel();
+        assert!(!drain_within(signal, grace).await);
+        drop(watch);
+    }
+
     #[tokio::test]
     async fn a_listener_takes_a_burst_beyond_rusts_default_backlog() {
         let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
