@@ -15,6 +15,13 @@
 //!   `demo` and `native`.
 //! - [`adapter`], [`demo`], [`native`]: one module per role.
 //! - [`http1`]: the adapters' lean HTTP/1.1 client for plain-HTTP upstreams.
+//!
+//! # Shutdown
+//!
+//! One [`busgate_shared::drain`] per process: every role and each of its background tasks
+//! holds a watch of it; SIGINT/SIGTERM signals it once, and the process waits (within
+//! `GRACE`) until each has stopped taking requests, answered those in flight, unregistered,
+//! drained its NATS subscriptions and released it.
 
 mod adapter;
 mod adapters;
