@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::drain;
 use busgate_shared::subject;
 use busgate_shared::watch::Event;
 
@@ -384,25 +385,28 @@ pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec,
     Ok(spec)
 }
 
-/// Keeps the configuration in force in line with the store until `stop` turns true.
+/// Keeps the configuration in force in line with the store until `drain` is signalled;
+/// retries an interrupted watch with the one backoff.
 pub async fn run_watcher(
     store: ConfigStore,
     config: Arc<ArcSwap<Snapshot>>,
     status: Arc<StoreStatus>,
-    mut stop: watch::Receiver<bool>,
+    drain: drain::Watch,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = crate::clock::retry_backoff().stream();
+    // `busgate_shared::watch::follow` also stops on a flag; the drain stops it here instead,
+    // by dropping it at an await (it only reads). The flag stays open and unset.
+    let (_open, mut never) = watch::channel(false);
     loop {
-        // `follow` returns Ok once `stop` turns true.
-        let result = follow(&store, &config, &status, &mut stop).await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "configuration watch interrupted");
-                if !crate::clock::back_off(&mut backoff, &mut stop).await {
-                    return;
-                }
-            }
+        let result = tokio::select! {
+            _release = drain.clone().signaled() => return,
+            result = follow(&store, &config, &status, &mut never) => result,
+        };
+        if let Err(e) = result {
+            warn!(error = %e, attempt = backoff.attempts() + 1, "configuration watch interrupted");
+        }
+        if !backoff.wait(&drain).await {
+            return;
         }
     }
 }
