@@ -1,5 +1,7 @@
-//! The children of `busgate up`: what each is started with, the task that restarts it when it
-//! dies (delays from the one jittered backoff) and stops it when its drain is signalled.
+//! The children of `busgate up`: what each is started with, and the task that restarts it when
+//! it dies (delays from the one jittered backoff) and stops it when its drain is signalled.
+//! Each child has a drain of its own, so that `stop_all` stops them one by one, in reverse
+//! start order.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,9 +12,11 @@ use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
+
+use busgate_shared::backoff::ExponentialBackoff;
+use busgate_shared::drain;
 
 /// How long a child may take to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -22,11 +26,15 @@ const RAN_LONG_ENOUGH: Duration = Duration::from_secs(30);
 const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
 /// The longest restart delay.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// The share of a restart delay added at random: children that died together do not come
+/// back in step.
+const RESTART_JITTER: f64 = 0.2;
 
 /// A child process watched (and restarted) by a task of its own.
 pub(super) struct Running {
     name: String,
-    stop: oneshot::Sender<()>,
+    /// Signalled to stop the child; drained once its task has stopped it.
+    stop: drain::Signal,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -95,35 +103,36 @@ pub(super) fn spawn(name: &str, spec: ChildSpec, data_dir: &Path) -> anyhow::Res
     std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let child = spec.start(name, &log_path)?;
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let done = tokio::spawn(supervise(name.to_owned(), spec, log_path, child, stop_rx));
+    let (stop, watch) = drain::channel();
+    let done = tokio::spawn(supervise(name.to_owned(), spec, log_path, child, watch));
     Ok(Running {
         name: name.to_owned(),
-        stop: stop_tx,
+        stop,
         done,
     })
 }
 
-/// Waits for the child to exit, then logs it and starts it again after a backoff; on a stop
-/// request, stops it (SIGTERM, then SIGKILL after the grace period).
+/// Waits for the child to exit, then logs it and starts it again after a backoff; when `drain`
+/// is signalled, stops it (SIGTERM, then SIGKILL after the grace period) and lets go.
 async fn supervise(
     name: String,
     spec: ChildSpec,
     log_path: PathBuf,
     mut child: Child,
-    mut stop: oneshot::Receiver<()>,
+    drain: drain::Watch,
 ) {
-    let mut delay = FIRST_RESTART_DELAY;
+    let mut backoff =
+        ExponentialBackoff::new(FIRST_RESTART_DELAY, MAX_RESTART_DELAY, RESTART_JITTER).stream();
     loop {
         let started = Instant::now();
         tokio::select! {
             status = child.wait() => {
                 if started.elapsed() >= RAN_LONG_ENOUGH {
-                    delay = FIRST_RESTART_DELAY;
+                    backoff.reset();
                 }
-                warn!(name, ?status, restart_in = ?delay, "exited, restarting");
+                warn!(name, ?status, attempt = backoff.attempts() + 1, "exited, restarting");
             }
-            _ = &mut stop => {
+            release = drain.clone().signaled() => {
                 if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 }
@@ -134,23 +143,22 @@ async fn supervise(
                         let _ = child.kill().await;
                     }
                 }
+                drop(release);
                 return;
             }
         }
         // Restart, retrying with the backoff while it cannot even start.
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = &mut stop => return,
+            if !backoff.wait(&drain).await {
+                return;
             }
-            delay = (delay * 2).min(MAX_RESTART_DELAY);
             match spec.start(&name, &log_path) {
                 Ok(next) => {
                     child = next;
                     break;
                 }
                 Err(e) => {
-                    warn!(name, error = %format!("{e:#}"), retry_in = ?delay, "cannot restart")
+                    warn!(name, error = %format!("{e:#}"), attempt = backoff.attempts() + 1, "cannot restart")
                 }
             }
         }
@@ -160,7 +168,7 @@ async fn supervise(
 /// Stops children in reverse start order (adapters before demos, NATS last).
 pub(super) async fn stop_all(children: Vec<Running>) {
     for running in children.into_iter().rev() {
-        let _ = running.stop.send(());
+        running.stop.drain().await;
         if let Err(e) = running.done.await {
             warn!(name = running.name, error = %e, "watcher failed");
         }

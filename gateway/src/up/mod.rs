@@ -7,8 +7,8 @@
 //! `--no-demo`), and the gateway itself in this process; prints the URLs and a curl to try.
 //! Ctrl-C (or SIGTERM) stops the gateway first, then the adapters, the demo services and NATS,
 //! each with SIGTERM and, after a grace period, SIGKILL. A child that dies is logged and
-//! started again after a backoff (200 ms, doubling to 5 s; back to 200 ms once it ran 30 s):
-//! the rest of the stack keeps serving meanwhile.
+//! started again after a jittered backoff (200 ms, doubling to 5 s; from 200 ms again once it
+//! ran 30 s): the rest of the stack keeps serving meanwhile.
 //!
 //! The admin token and the callback secret that `up` generates are kept in the data dir
 //! (`admin-token`, `callback-secret`, mode 0600) and used again by the next `up` with that
