@@ -21,17 +21,28 @@
 //!   asynchronous requests and the try-it get an answer.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
 //!   its deadlines, the merge.
-//! - [`config`]: settings, the compiled snapshot, the KV store of services, routes and clients and the
-//!   watcher that keeps every instance's configuration in force.
-//! - [`metrics`], [`error`] (the one error type and its one HTTP mapping), [`clock`],
+//! - [`config`]: settings (one file per section, and their loading and rules), the compiled
+//!   snapshot, the KV store of services, routes and clients and the watcher that keeps every
+//!   instance's configuration in force.
+//! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
+//!   whether a retry may help, and its one HTTP mapping), and apart from it
+//!   [`error::StartupError`]: why a process could not start, with its exit code.
+//! - [`metrics`], [`clock`] (timestamps, the one retry backoff of the gateway's loops),
 //!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
-//! - [`up`]: `busgate up`, the one-command local stack; this file: wiring only ([`run`]).
+//! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
+//!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
+//!   the callback deliverer), signalled once at shutdown after the listeners' phases.
+//!
+//! `busgate up` (the one-command local stack: a supervisor of child processes) is not part of
+//! this library: it lives under the binary, `src/up/` beside `src/main.rs`.
 //!
 //! Arrows point down: a module uses only modules below it, never one that uses it
 //! (`tests/tools/modgraph.py` checks this on every test run).
 //!
 //! ```text
-//!   main ──▶ up ──▶ lib (run: wiring)
+//!   main ──▶ up (binary only: stack · children · banner)
+//!     │       │
+//!     └───────┴──▶ lib (run: wiring, one drain)
 //!                    │
 //!          ┌─────────┴──────┐
 //!        admin ──────────▶ edge
@@ -44,9 +55,9 @@
 //!                           │
 //!                         gather
 //!                           │
-//!                         config
+//!                         config (settings/ · snapshot · store · clients · allowlist)
 //!                           │
-//!           metrics · error · clock · limit
+//!           metrics · error (request · startup) · clock · limit
 //! ```
 
 pub mod admin;

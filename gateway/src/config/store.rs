@@ -36,6 +36,23 @@ fn js(e: impl Into<async_nats::Error>) -> GatewayError {
     STORE.failed(e)
 }
 
+/// The outcome of a conditional write: what it returned; `lost()` when the store says the
+/// condition did not hold (`lost_when`); else the store's failure.
+fn conditional<T, K>(
+    result: Result<T, async_nats::error::Error<K>>,
+    lost_when: K,
+    lost: impl FnOnce() -> ErrorKind,
+) -> Result<T, GatewayError>
+where
+    K: Clone + std::fmt::Debug + std::fmt::Display + PartialEq + Send + Sync + 'static,
+{
+    match result {
+        Ok(value) => Ok(value),
+        Err(e) if e.kind() == lost_when => Err(lost().into()),
+        Err(e) => Err(js(e)),
+    }
+}
+
 /// The kinds of configuration objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -210,38 +227,30 @@ impl ConfigStore {
         }
     }
 
-    /// Creates an object; fails if it exists.
-    pub async fn create(
+    /// Writes an object on a condition: `None`, that it does not exist (a create, else
+    /// [`ErrorKind::Exists`]); `Some(revision)`, that it is still at that revision (an update,
+    /// else [`ErrorKind::Stale`]).
+    pub async fn write_if(
         &self,
         kind: Kind,
         name: &str,
         value: &serde_json::Value,
+        expected: Option<u64>,
     ) -> Result<u64, GatewayError> {
         let (key, bytes) = encode(kind, name, value)?;
-        match self.kv.create(&key, bytes).await {
-            Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                Err(ErrorKind::Exists(key).into())
+        match expected {
+            None => {
+                let written = self.kv.create(&key, bytes).await;
+                conditional(written, kv::CreateErrorKind::AlreadyExists, || {
+                    ErrorKind::Exists(key)
+                })
             }
-            Err(e) => Err(js(e)),
-        }
-    }
-
-    /// Replaces an object if its revision is still `expected`.
-    pub async fn update(
-        &self,
-        kind: Kind,
-        name: &str,
-        value: &serde_json::Value,
-        expected: u64,
-    ) -> Result<u64, GatewayError> {
-        let (key, bytes) = encode(kind, name, value)?;
-        match self.kv.update(&key, bytes, expected).await {
-            Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(ErrorKind::Stale { key, expected }.into())
+            Some(expected) => {
+                let written = self.kv.update(&key, bytes, expected).await;
+                conditional(written, kv::UpdateErrorKind::WrongLastRevision, || {
+                    ErrorKind::Stale { key, expected }
+                })
             }
-            Err(e) => Err(js(e)),
         }
     }
 
@@ -264,17 +273,14 @@ impl ConfigStore {
         expected: Option<u64>,
     ) -> Result<(), GatewayError> {
         let key = kind.key(name);
-        match self.kv.delete_expect_revision(&key, expected).await {
-            Ok(()) => Ok(()),
-            Err(e) if expected.is_some() && e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(ErrorKind::Stale {
-                    key,
-                    expected: expected.unwrap_or_default(),
-                }
-                .into())
+        let deleted = self.kv.delete_expect_revision(&key, expected).await;
+        // Without `expected` no revision is checked, so the store cannot say it was wrong.
+        conditional(deleted, kv::UpdateErrorKind::WrongLastRevision, || {
+            ErrorKind::Stale {
+                key,
+                expected: expected.unwrap_or_default(),
             }
-            Err(e) => Err(js(e)),
-        }
+        })
     }
 
     /// Every revision of an object still in history, oldest first.

@@ -76,7 +76,7 @@ pub(super) async fn demo_key(
                     .map(|keys| keys.iter().filter_map(|k| k["hash"].as_str()).collect())
                     .unwrap_or_default();
                 if let Some(key) = &kept_key {
-                    let hash = busgate_gateway::auth::hex(&busgate_gateway::auth::hash_key(key));
+                    let hash = hex::encode(busgate_gateway::auth::hash_key(key));
                     if hashes.contains(&hash.as_str()) {
                         return Ok(key.clone());
                     }
