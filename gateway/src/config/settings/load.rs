@@ -141,7 +141,7 @@ impl Settings {
         self.admin.resolve_token()?;
         validate_issuers(&self.auth.issuers)?;
         crate::config::allowlist::Allowlist::parse(&self.callbacks.allow)?;
-        Ok(OrderIdRule::new(&self.http.order_id_pattern)?)
+        OrderIdRule::new(&self.http.order_id_pattern)
     }
 }
 
