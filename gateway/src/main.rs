@@ -147,4 +147,15 @@ mod tests {
         assert_eq!(redacted(&s)["admin"]["token"], "***");
         assert_eq!(redacted(&Settings::default())["admin"]["token"], "");
     }
+
+    #[test]
+    fn a_startup_failure_exits_with_its_code_and_any_other_with_1() {
+        let bad = StartupError::InvalidSettings(busgate_shared::Error::invalid("http", "x"));
+        let e = anyhow::Error::from(bad).context("starting");
+        assert_eq!(exit_code(&e), ExitCode::from(64));
+        assert_eq!(
+            exit_code(&anyhow::anyhow!("server failed")),
+            ExitCode::from(1)
+        );
+    }
 }

@@ -31,6 +31,7 @@ use tokio::time::timeout;
 use tracing::warn;
 
 use busgate_gateway::config::settings::Settings;
+use busgate_gateway::error::StartupError;
 use busgate_gateway::jobs::callback::Signer;
 use busgate_shared::runtime::shutdown_signal;
 
@@ -85,7 +86,11 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let mut generated = Generated::default();
-    if settings.admin.resolve_token()?.is_none() {
+    let admin_token = settings
+        .admin
+        .resolve_token()
+        .map_err(StartupError::InvalidSettings)?;
+    if admin_token.is_none() {
         let token = kept_secret(
             &data_dir.join(TOKEN_FILE),
             |t| t.len() >= 32,
@@ -131,7 +136,7 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 stop_all(children).await;
-                return Err(e).with_context(|| format!("cannot listen on {addr}"));
+                return Err(StartupError::Listen { addr, source: e }.into());
             }
         }
     }
@@ -143,7 +148,11 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     let banner = {
         let (settings, args, data_dir) = (settings.clone(), args.clone(), data_dir.clone());
         let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
-        let token = settings.admin.resolve_token()?.unwrap_or_default();
+        let token = settings
+            .admin
+            .resolve_token()
+            .map_err(StartupError::InvalidSettings)?
+            .unwrap_or_default();
         tokio::spawn(async move {
             let kept = data_dir.join("demo-key");
             let key = match timeout(READY_WITHIN, banner::demo_key(admin_addr, &token, &kept)).await

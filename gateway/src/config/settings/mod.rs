@@ -21,6 +21,9 @@ use std::time::Duration;
 use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
+/// The `[nats]` section: one type for every Busgate process (see `busgate_shared::nats`).
+pub use busgate_shared::nats::NatsSettings;
+
 pub use self::admin::{AdminSettings, MIN_ADMIN_TOKEN};
 pub use self::auth::{
     validate_issuers, AuthMode, AuthSettings, IssuerSettings, JwtAlgorithm, MAX_JWT_LEEWAY,
@@ -63,9 +66,6 @@ pub struct Settings {
     pub auth: AuthSettings,
 }
 
-/// The `[nats]` section: one type for every Busgate process (see `busgate_shared::nats`).
-pub use busgate_shared::nats::NatsSettings;
-
 impl Settings {
     /// The same settings with every secret replaced by `***` (NATS credentials in `nats.url`,
     /// `admin.token`, `callbacks.secret`): what `check-config` prints. A secret that is set
@@ -78,10 +78,19 @@ impl Settings {
         }
         copy
     }
+
+    /// The configuration part (services, routes and clients).
+    pub fn config_spec(&self) -> ConfigSpec {
+        ConfigSpec {
+            services: self.services.clone(),
+            routes: self.routes.clone(),
+            clients: self.clients.clone(),
+        }
+    }
 }
 
 /// `***` for a secret that is set, `""` for one that is not.
-pub(super) fn redacted(secret: &str) -> &'static str {
+fn redacted(secret: &str) -> &'static str {
     if secret.is_empty() {
         ""
     } else {
@@ -105,17 +114,6 @@ impl Default for Settings {
             routes: builtin.routes,
             clients: BTreeMap::new(),
             auth: AuthSettings::default(),
-        }
-    }
-}
-
-impl Settings {
-    /// The configuration part (services, routes and clients).
-    pub fn config_spec(&self) -> ConfigSpec {
-        ConfigSpec {
-            services: self.services.clone(),
-            routes: self.routes.clone(),
-            clients: self.clients.clone(),
         }
     }
 }
