@@ -21,17 +21,28 @@
 //!   asynchronous requests and the try-it get an answer.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
 //!   its deadlines, the merge.
-//! - [`config`]: settings, the compiled snapshot, the KV store of services, routes and clients and the
-//!   watcher that keeps every instance's configuration in force.
-//! - [`metrics`], [`error`] (the one error type and its one HTTP mapping), [`clock`],
+//! - [`config`]: settings (one file per section, and their loading and rules), the compiled
+//!   snapshot, the KV store of services, routes and clients and the watcher that keeps every
+//!   instance's configuration in force.
+//! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
+//!   whether a retry may help, and its one HTTP mapping), and apart from it
+//!   [`error::StartupError`]: why a process could not start, with its exit code.
+//! - [`metrics`], [`clock`] (timestamps, the one retry backoff of the gateway's loops),
 //!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
-//! - [`up`]: `busgate up`, the one-command local stack; this file: wiring only ([`run`]).
+//! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
+//!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
+//!   the callback deliverer), signalled once at shutdown after the listeners' phases.
+//!
+//! `busgate up` (the one-command local stack: a supervisor of child processes) is not part of
+//! this library: it lives under the binary, `src/up/` beside `src/main.rs`.
 //!
 //! Arrows point down: a module uses only modules below it, never one that uses it
 //! (`tests/tools/modgraph.py` checks this on every test run).
 //!
 //! ```text
-//!   main ──▶ up ──▶ lib (run: wiring)
+//!   main ──▶ up (binary only: stack · children · banner)
+//!     │       │
+//!     └───────┴──▶ lib (run: wiring, one drain)
 //!                    │
 //!          ┌─────────┴──────┐
 //!        admin ──────────▶ edge
@@ -44,9 +55,9 @@
 //!                           │
 //!                         gather
 //!                           │
-//!                         config
+//!                         config (settings/ · snapshot · store · clients · allowlist)
 //!                           │
-//!           metrics · error · clock · limit
+//!           metrics · error (request · startup) · clock · limit
 //! ```
 
 pub mod admin;
@@ -60,7 +71,6 @@ pub mod jobs;
 pub mod limit;
 pub mod metrics;
 pub mod route;
-pub mod up;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -71,7 +81,9 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::error::{ErrorKind, GatewayError};
+use busgate_shared::drain;
+
+use crate::error::{GatewayError, StartupError};
 
 use crate::config::allowlist::Allowlist;
 use crate::config::settings::{MetricsListener, Settings};
@@ -94,7 +106,11 @@ pub fn new_instance_id() -> String {
 }
 
 /// Runs a gateway on `listener` until `shutdown` resolves, then stops taking connections,
-/// lets in-flight requests finish within `shutdown_grace`, stops the collector and drains NATS.
+/// lets in-flight requests finish within `shutdown_grace`, drains every background task (one
+/// [`drain`](busgate_shared::drain) signal, within the same grace) and NATS.
+///
+/// A failure to start is a [`StartupError`] inside the returned error (`main` picks the exit
+/// code from it); a failure once serving is not.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -104,8 +120,10 @@ pub async fn run(
     let order_id = settings.validate()?;
     busgate_shared::runtime::install_crypto_provider();
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
-    let issuers = auth::jwt::Issuers::new(&settings.auth.issuers)?;
-    let snapshot = Snapshot::compile(settings.config_spec())?;
+    let issuers =
+        auth::jwt::Issuers::new(&settings.auth.issuers).map_err(StartupError::InvalidSettings)?;
+    let snapshot =
+        Snapshot::compile(settings.config_spec()).map_err(StartupError::InvalidSettings)?;
     let instance = if settings.nats.instance.is_empty() {
         new_instance_id()
     } else {
@@ -113,22 +131,44 @@ pub async fn run(
     };
     let nats =
         busgate_shared::nats::connect(&settings.nats, &format!("busgate gateway {instance}"))
-            .await?;
+            .await
+            .map_err(StartupError::Nats)?;
     // The request path (requests out, replies in) has a lean connection of its own; JetStream,
     // KV and the service API use the async-nats client above.
     let wire = busgate_shared::wire::Connection::connect_with(
         &settings.nats,
         &format!("busgate gateway {instance} requests"),
-    )?;
+    )
+    .map_err(StartupError::Nats)?;
     let metrics = Arc::new(Metrics::new());
-    let (collector, inbox) = Collector::start(&wire, &instance, metrics.clone())
-        .context("cannot subscribe to the reply inbox")?;
+    let (collector, inbox) =
+        Collector::start(&wire, &instance, metrics.clone()).map_err(StartupError::Inbox)?;
     let signer = if settings.callbacks.secret.is_empty() {
         None
     } else {
-        Some(Signer::new(&settings.callbacks.secret)?)
+        Some(Signer::new(&settings.callbacks.secret).map_err(StartupError::InvalidSettings)?)
     };
-    let guard = Guard::new(Allowlist::parse(&settings.callbacks.allow)?);
+    let guard = Guard::new(
+        Allowlist::parse(&settings.callbacks.allow).map_err(StartupError::InvalidSettings)?,
+    );
+    // Built now, so that a client that cannot be built stops the start, not the deliveries.
+    let deliverer = match &signer {
+        Some(signer) => Some(
+            Deliverer::new(
+                signer.clone(),
+                guard.clone(),
+                settings.callbacks.retry.iter().map(|d| **d).collect(),
+                settings.callbacks.timeout,
+                settings.callbacks.concurrency,
+            )
+            .map_err(StartupError::CallbackClient)?,
+        ),
+        None => None,
+    };
+    let admin_token = settings
+        .admin
+        .resolve_token()
+        .map_err(StartupError::InvalidSettings)?;
     let state = AppState::new(Shared {
         runner: Runner::new(
             Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -156,11 +196,14 @@ pub async fn run(
             "auth.mode is \"none\": requests without credentials are served as an anonymous client"
         );
     }
-    let (stop_jobs, stop_jobs_rx) = tokio::sync::watch::channel(false);
-    let jobs_task = tokio::spawn(supervise_jetstream(
+    // One drain for every background task of the process: each holds a `Watch`; shutdown
+    // signals once and waits until all have let go.
+    let (drain, watch) = busgate_shared::drain::channel();
+    let background = tokio::spawn(supervise_jetstream(
         state.clone(),
         settings.clone(),
-        stop_jobs_rx,
+        deliverer,
+        watch,
     ));
     let addr = listener.local_addr()?;
     let nats_url = busgate_shared::nats::redact_url(&settings.nats.url);
@@ -168,9 +211,11 @@ pub async fn run(
     // One token for every instance, from settings or a secret file (validated above); never
     // generated here, never logged. Without one the admin API stays off rather than open.
     let metrics_on_admin = settings.metrics.listener == MetricsListener::Admin;
+    // The listeners stop in phases (public first, its requests finishing within the grace;
+    // then admin), each on a signal of its own.
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = edge::serve::Limits::from(&settings.http);
-    let admin = match settings.admin.resolve_token()? {
+    let admin = match admin_token {
         Some(token) => {
             let admin_addr = admin_listener.local_addr()?;
             info!(addr = %admin_addr, "admin listening");
@@ -239,12 +284,12 @@ pub async fn run(
             warn!("admin listener did not close in time");
         }
     }
-    let _ = stop_jobs.send(true);
-    if tokio::time::timeout(settings.shutdown_grace, jobs_task)
+    if tokio::time::timeout(settings.shutdown_grace, drain.drain())
         .await
         .is_err()
     {
-        warn!("asynchronous processing did not stop within the grace period");
+        warn!("background tasks did not stop within the grace period");
+        background.abort();
     }
     inbox.stop();
     wire.close(Duration::from_secs(2)).await;
@@ -315,15 +360,17 @@ pub fn upstream_forbidden(
 /// nats-server's conventional monitoring port (`-m 8222`, `http_port: 8222`).
 pub const NATS_MONITORING_PORT: u16 = 8222;
 
-/// Sets JetStream up (retrying until NATS answers): the configuration store (seeded from
-/// settings when empty) and its watcher, the processor of asynchronous requests and the
-/// callback deliverer; runs them until `stop` turns true.
+/// Sets JetStream up (retrying with the one backoff until NATS answers): the configuration
+/// store (seeded from settings when empty) and its watcher, the processor of asynchronous
+/// requests and the callback deliverer (when callbacks are configured); runs them until `drain`
+/// is signalled, and lets go of it once they have stopped.
 async fn supervise_jetstream(
     state: AppState,
     settings: Settings,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    deliverer: Option<Deliverer>,
+    drain: drain::Watch,
 ) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = clock::retry_backoff().stream();
     let (jobs, store) = loop {
         let ready = async {
             let jobs = Jobs::setup(&state.nats, &settings.jobs, settings.callbacks.timeout).await?;
@@ -340,8 +387,8 @@ async fn supervise_jetstream(
         match ready.await {
             Ok((jobs, store)) => break (Arc::new(jobs), store),
             Err(e) => {
-                warn!(error = %e, retry_in = ?delay, "jetstream is not ready");
-                if !clock::back_off(&mut delay, &mut stop).await {
+                warn!(error = %e, attempt = backoff.attempts() + 1, "jetstream is not ready");
+                if !backoff.wait(&drain).await {
                     return;
                 }
             }
@@ -354,30 +401,36 @@ async fn supervise_jetstream(
         store,
         state.runner.config().clone(),
         state.store_status.clone(),
-        stop.clone(),
+        drain.clone(),
     );
+    // The processor and the deliverer stop on a flag of their own, which the drain sets; this
+    // task holds the drain until both have stopped.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let processor = jobs::queue::run_requests(
         jobs.clone(),
         state.runner.clone(),
-        stop.clone(),
+        stopped.clone(),
         settings.shutdown_grace,
     );
     let deliveries = async {
-        let Some(signer) = state.requests.signer().cloned() else {
-            return Ok(());
-        };
-        let retry = settings.callbacks.retry.iter().map(|d| **d).collect();
-        let deliverer = Deliverer::new(
-            signer,
-            state.requests.guard().clone(),
-            retry,
-            settings.callbacks.timeout,
-            settings.callbacks.concurrency,
-        )
-        .map_err(ErrorKind::CallbackClient)?;
-        jobs::callback::run_deliveries(jobs.clone(), deliverer, stop.clone()).await
+        match deliverer {
+            Some(deliverer) => {
+                jobs::callback::run_deliveries(jobs.clone(), deliverer, stopped.clone()).await
+            }
+            None => Ok(()),
+        }
     };
-    let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
+    let work = async { tokio::join!(processor, deliveries, watcher) };
+    tokio::pin!(work);
+    let (processed, delivered, ()) = tokio::select! {
+        results = &mut work => results,
+        release = drain.signaled() => {
+            let _ = stop.send(true);
+            let results = work.await;
+            drop(release);
+            results
+        }
+    };
     for result in [processed, delivered] {
         if let Err(e) = result {
             warn!(error = %e, "asynchronous processing stopped");

@@ -4,19 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use busgate_gateway::config::settings::Settings;
-use busgate_gateway::error::GatewayError;
-use busgate_gateway::up;
+use busgate_gateway::error::StartupError;
 use busgate_shared::runtime;
 use clap::{Parser, Subcommand};
+
+mod up;
 
 // glibc's malloc was the top cost in profiles of the hot path (malloc, free and
 // malloc_consolidate together about 12 % of all CPU under load); mimalloc is faster there.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Exit code for a configuration error (EX_CONFIG would be 78; BSD's EX_USAGE 64 is what
-/// operators grep for in this project: bad settings never start a listener).
-const EXIT_BAD_CONFIG: u8 = 64;
 
 /// Busgate: an API gateway that merges internal services' answers over NATS.
 #[derive(Debug, Parser)]
@@ -46,10 +43,18 @@ enum Command {
 
 fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
     let settings = Settings::load(config).and_then(|s| s.validate().map(|_| s));
-    settings.map_err(|e: GatewayError| {
+    settings.map_err(|e| {
         eprintln!("busgate: {e}");
-        ExitCode::from(EXIT_BAD_CONFIG)
+        ExitCode::from(e.exit_code())
     })
+}
+
+/// The exit code of a failed run: a startup failure's own (64 for bad settings), else 1.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    ExitCode::from(
+        e.downcast_ref::<StartupError>()
+            .map_or(1, StartupError::exit_code),
+    )
 }
 
 #[tokio::main]
@@ -74,9 +79,10 @@ async fn main() -> ExitCode {
             for addr in [settings.http.listen, settings.admin.listen] {
                 match busgate_shared::runtime::listen(addr) {
                     Ok(l) => listeners.push(l),
-                    Err(e) => {
+                    Err(source) => {
+                        let e = StartupError::Listen { addr, source };
                         tracing::error!(%addr, error = %e, "cannot listen");
-                        return ExitCode::from(1);
+                        return ExitCode::from(e.exit_code());
                     }
                 }
             }
@@ -87,7 +93,7 @@ async fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "gateway failed");
-                    ExitCode::from(1)
+                    exit_code(&e)
                 }
             }
         }
@@ -101,7 +107,7 @@ async fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("busgate up: {e:#}");
-                    ExitCode::from(1)
+                    exit_code(&e)
                 }
             }
         }
@@ -140,5 +146,16 @@ mod tests {
         assert!(text.contains("nats://***@h:4222,***@g"), "{text}");
         assert_eq!(redacted(&s)["admin"]["token"], "***");
         assert_eq!(redacted(&Settings::default())["admin"]["token"], "");
+    }
+
+    #[test]
+    fn a_startup_failure_exits_with_its_code_and_any_other_with_1() {
+        let bad = StartupError::InvalidSettings(busgate_shared::Error::invalid("http", "x"));
+        let e = anyhow::Error::from(bad).context("starting");
+        assert_eq!(exit_code(&e), ExitCode::from(64));
+        assert_eq!(
+            exit_code(&anyhow::anyhow!("server failed")),
+            ExitCode::from(1)
+        );
     }
 }

@@ -31,7 +31,7 @@ impl Actor {
     /// The actor holding the token whose SHA-256 is `token_hash`.
     pub fn of(token_hash: &[u8; 32]) -> Actor {
         let digest = Sha256::digest(token_hash);
-        Actor::Token(digest[..6].iter().map(|b| format!("{b:02x}")).collect())
+        Actor::Token(hex::encode(&digest[..6]))
     }
 
     fn as_str(&self) -> &str {
@@ -119,7 +119,7 @@ mod tests {
         };
         assert_eq!(fingerprint.len(), 12);
         assert_eq!(Actor::of(&hash), Actor::Token(fingerprint.clone()));
-        let digest_hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let digest_hex = hex::encode(hash);
         assert!(!digest_hex.contains(&fingerprint));
     }
 

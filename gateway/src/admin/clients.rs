@@ -89,7 +89,10 @@ async fn change_keys<T>(
         }
         let out = change(&mut doc)?;
         candidate(state, Kind::Client, name, Some(&doc))?;
-        match store.update(Kind::Client, name, &doc, revision).await {
+        match store
+            .write_if(Kind::Client, name, &doc, Some(revision))
+            .await
+        {
             Ok(new) => {
                 audit.new = Some(new);
                 settle(&store, state).await;
@@ -115,23 +118,18 @@ pub async fn create_key(
     path: KeysPath,
     headers: HeaderMap,
 ) -> Response {
-    let mut audit = Change::of(Kind::Client, &path.name);
-    let result = async {
-        if path.id.is_some() {
-            return Err(not_found(format!("/admin/v1/clients/{}/keys", path.name)));
-        }
-        let (revision, (id, secret)) =
-            change_keys(&state, &path.name, &headers, &mut audit, add_key).await?;
-        let mut response = (
+    let allowed = match path.id {
+        Some(_) => Err(keys_not_found(&path.name)),
+        None => Ok(()),
+    };
+    keys_change(&state, &path, &headers, allowed, add_key, |(id, secret)| {
+        (
             StatusCode::CREATED,
             Json(json!({"id": id, "secret": secret})),
         )
-            .into_response();
-        response.headers_mut().insert(header::ETAG, etag(revision));
-        Ok(response)
-    }
-    .await;
-    audit.attach(result)
+            .into_response()
+    })
+    .await
 }
 
 /// `DELETE /admin/v1/clients/{name}/keys/{id}` → 204; 404 for a key the client does not have.
@@ -140,25 +138,48 @@ pub async fn revoke_key(
     path: KeysPath,
     headers: HeaderMap,
 ) -> Response {
+    let (id, allowed) = match path.id.as_deref() {
+        Some(id) => (id, Ok(())),
+        None => ("", Err(keys_not_found(&path.name))),
+    };
+    let remove = |doc: &mut Value| {
+        let keys = doc
+            .get_mut("keys")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| ErrorKind::ObjectNotFound(format!("key {id}")))?;
+        let before = keys.len();
+        keys.retain(|k| k.get("id").and_then(Value::as_str) != Some(id));
+        if keys.len() == before {
+            return Err(ErrorKind::ObjectNotFound(format!("key {id}")).into());
+        }
+        Ok(())
+    };
+    keys_change(&state, &path, &headers, allowed, remove, |()| {
+        StatusCode::NO_CONTENT.into_response()
+    })
+    .await
+}
+
+/// The 404 of a keys path that names a key where none is expected, or none where one is.
+fn keys_not_found(name: &str) -> GatewayError {
+    not_found(format!("/admin/v1/clients/{name}/keys"))
+}
+
+/// One audited change of a client's keys: refused with `allowed`'s error, else `change` applied
+/// (see [`change_keys`]) and its outcome answered by `answer`, with the new revision as ETag.
+async fn keys_change<T>(
+    state: &AdminState,
+    path: &KeysPath,
+    headers: &HeaderMap,
+    allowed: Result<(), GatewayError>,
+    change: impl FnMut(&mut Value) -> Result<T, GatewayError>,
+    answer: impl FnOnce(T) -> Response,
+) -> Response {
     let mut audit = Change::of(Kind::Client, &path.name);
     let result = async {
-        let Some(id) = path.id.as_deref() else {
-            return Err(not_found(format!("/admin/v1/clients/{}/keys", path.name)));
-        };
-        let remove = |doc: &mut Value| {
-            let keys = doc
-                .get_mut("keys")
-                .and_then(Value::as_array_mut)
-                .ok_or_else(|| ErrorKind::ObjectNotFound(format!("key {id}")))?;
-            let before = keys.len();
-            keys.retain(|k| k.get("id").and_then(Value::as_str) != Some(id));
-            if keys.len() == before {
-                return Err(ErrorKind::ObjectNotFound(format!("key {id}")).into());
-            }
-            Ok(())
-        };
-        let (revision, ()) = change_keys(&state, &path.name, &headers, &mut audit, remove).await?;
-        let mut response = StatusCode::NO_CONTENT.into_response();
+        allowed?;
+        let (revision, out) = change_keys(state, &path.name, headers, &mut audit, change).await?;
+        let mut response = answer(out);
         response.headers_mut().insert(header::ETAG, etag(revision));
         Ok(response)
     }

@@ -91,7 +91,7 @@ pub fn add_key(spec: &mut Value) -> Result<(String, String), GatewayError> {
     let (id, secret) = crate::auth::new_key();
     let key = KeySpec {
         id: id.clone(),
-        hash: crate::auth::hex(&crate::auth::hash_key(&secret)),
+        hash: hex::encode(crate::auth::hash_key(&secret)),
         created: crate::clock::rfc3339(std::time::SystemTime::now()),
     };
     let Some(object) = spec.as_object_mut() else {
@@ -329,7 +329,7 @@ pub async fn create(
             .transpose()?;
         candidate(&state, kind, &body.name, Some(&spec))?;
         let store = store_of(&state)?;
-        let revision = store.create(kind, &body.name, &spec).await?;
+        let revision = store.write_if(kind, &body.name, &spec, None).await?;
         change.new = Some(revision);
         settle(&store, &state).await;
         let mut response = match key {
@@ -394,7 +394,7 @@ async fn write(
         }
     }
     candidate(state, kind, name, Some(&spec))?;
-    match store.update(kind, name, &spec, expected).await {
+    match store.write_if(kind, name, &spec, Some(expected)).await {
         Ok(revision) => {
             change.new = Some(revision);
             settle(&store, state).await;

@@ -229,13 +229,7 @@ pub fn hash_key(key: &str) -> KeyHash {
 /// Lower-case hex of bytes: a key's digest as the configuration stores it, a key id, and the
 /// idempotency fingerprints of `jobs`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    hex::encode(bytes)
 }
 
 /// A new key: `(id, secret)`. The secret is shown once, to whoever asked for it; only

@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use busgate_shared::config::{ClientSpec, ConfigSpec, RouteSpec, ServiceSpec};
+use busgate_shared::drain;
 use busgate_shared::subject;
 use busgate_shared::watch::Event;
 
@@ -33,6 +34,23 @@ const STORE: Store = Store::Config;
 /// A JetStream or KV failure of this store.
 fn js(e: impl Into<async_nats::Error>) -> GatewayError {
     STORE.failed(e)
+}
+
+/// The outcome of a conditional write: what it returned; `lost()` when the store says the
+/// condition did not hold (`lost_when`); else the store's failure.
+fn conditional<T, K>(
+    result: Result<T, async_nats::error::Error<K>>,
+    lost_when: K,
+    lost: impl FnOnce() -> ErrorKind,
+) -> Result<T, GatewayError>
+where
+    K: Clone + std::fmt::Debug + std::fmt::Display + PartialEq + Send + Sync + 'static,
+{
+    match result {
+        Ok(value) => Ok(value),
+        Err(e) if e.kind() == lost_when => Err(lost().into()),
+        Err(e) => Err(js(e)),
+    }
 }
 
 /// The kinds of configuration objects.
@@ -209,38 +227,30 @@ impl ConfigStore {
         }
     }
 
-    /// Creates an object; fails if it exists.
-    pub async fn create(
+    /// Writes an object on a condition: `None`, that it does not exist (a create, else
+    /// [`ErrorKind::Exists`]); `Some(revision)`, that it is still at that revision (an update,
+    /// else [`ErrorKind::Stale`]).
+    pub async fn write_if(
         &self,
         kind: Kind,
         name: &str,
         value: &serde_json::Value,
+        expected: Option<u64>,
     ) -> Result<u64, GatewayError> {
         let (key, bytes) = encode(kind, name, value)?;
-        match self.kv.create(&key, bytes).await {
-            Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                Err(ErrorKind::Exists(key).into())
+        match expected {
+            None => {
+                let written = self.kv.create(&key, bytes).await;
+                conditional(written, kv::CreateErrorKind::AlreadyExists, || {
+                    ErrorKind::Exists(key)
+                })
             }
-            Err(e) => Err(js(e)),
-        }
-    }
-
-    /// Replaces an object if its revision is still `expected`.
-    pub async fn update(
-        &self,
-        kind: Kind,
-        name: &str,
-        value: &serde_json::Value,
-        expected: u64,
-    ) -> Result<u64, GatewayError> {
-        let (key, bytes) = encode(kind, name, value)?;
-        match self.kv.update(&key, bytes, expected).await {
-            Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(ErrorKind::Stale { key, expected }.into())
+            Some(expected) => {
+                let written = self.kv.update(&key, bytes, expected).await;
+                conditional(written, kv::UpdateErrorKind::WrongLastRevision, || {
+                    ErrorKind::Stale { key, expected }
+                })
             }
-            Err(e) => Err(js(e)),
         }
     }
 
@@ -263,17 +273,14 @@ impl ConfigStore {
         expected: Option<u64>,
     ) -> Result<(), GatewayError> {
         let key = kind.key(name);
-        match self.kv.delete_expect_revision(&key, expected).await {
-            Ok(()) => Ok(()),
-            Err(e) if expected.is_some() && e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(ErrorKind::Stale {
-                    key,
-                    expected: expected.unwrap_or_default(),
-                }
-                .into())
+        let deleted = self.kv.delete_expect_revision(&key, expected).await;
+        // Without `expected` no revision is checked, so the store cannot say it was wrong.
+        conditional(deleted, kv::UpdateErrorKind::WrongLastRevision, || {
+            ErrorKind::Stale {
+                key,
+                expected: expected.unwrap_or_default(),
             }
-            Err(e) => Err(js(e)),
-        }
+        })
     }
 
     /// Every revision of an object still in history, oldest first.
@@ -384,25 +391,28 @@ pub fn spec_from(entries: &BTreeMap<String, (u64, Bytes)>) -> Result<ConfigSpec,
     Ok(spec)
 }
 
-/// Keeps the configuration in force in line with the store until `stop` turns true.
+/// Keeps the configuration in force in line with the store until `drain` is signalled;
+/// retries an interrupted watch with the one backoff.
 pub async fn run_watcher(
     store: ConfigStore,
     config: Arc<ArcSwap<Snapshot>>,
     status: Arc<StoreStatus>,
-    mut stop: watch::Receiver<bool>,
+    drain: drain::Watch,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = crate::clock::retry_backoff().stream();
+    // `busgate_shared::watch::follow` also stops on a flag; the drain stops it here instead,
+    // by dropping it at an await (it only reads). The flag stays open and unset.
+    let (_open, mut never) = watch::channel(false);
     loop {
-        // `follow` returns Ok once `stop` turns true.
-        let result = follow(&store, &config, &status, &mut stop).await;
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "configuration watch interrupted");
-                if !crate::clock::back_off(&mut backoff, &mut stop).await {
-                    return;
-                }
-            }
+        let result = tokio::select! {
+            _release = drain.clone().signaled() => return,
+            result = follow(&store, &config, &status, &mut never) => result,
+        };
+        if let Err(e) = result {
+            warn!(error = %e, attempt = backoff.attempts() + 1, "configuration watch interrupted");
+        }
+        if !backoff.wait(&drain).await {
+            return;
         }
     }
 }

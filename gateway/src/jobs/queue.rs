@@ -658,7 +658,7 @@ pub async fn run_requests(
         concurrency = jobs.settings.concurrency,
         "processing asynchronous requests"
     );
-    let mut retry = Duration::from_millis(200);
+    let mut retry = crate::clock::retry_backoff().stream();
     'pulling: loop {
         let first = tokio::select! {
             _ = stop.changed() => break,
@@ -674,15 +674,16 @@ pub async fn run_requests(
         let mut batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
-                warn!(error = %e, retry_in = ?retry, "pulling asynchronous requests");
+                let delay = retry.next_delay();
+                warn!(error = %e, retry_in = ?delay, "pulling asynchronous requests");
                 drop(first);
-                if !crate::clock::back_off(&mut retry, &mut stop).await {
-                    break;
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(delay) => continue,
                 }
-                continue;
             }
         };
-        retry = Duration::from_millis(200);
+        retry.reset();
         let mut held = Some(first);
         loop {
             let next = tokio::select! {

@@ -1,15 +1,18 @@
-//! The gateway's one error type and its one HTTP mapping: RFC 9457 `application/problem+json`.
+//! The errors of a request and their one HTTP mapping: RFC 9457 `application/problem+json`;
+//! and, apart, [`StartupError`]: why a process could not start, with its exit code.
 //!
 //! Shaped like async-nats `Error<Kind>`: a [`ErrorKind`] that tests match on, plus the request
-//! context (`request_id`, `order_id`) that every problem document carries.
+//! context (`request_id`, `order_id`) that every problem document carries. As pingora's errors
+//! do, a kind says where it came from ([`ErrorKind::origin`]: the client, a source behind the
+//! gateway, the gateway itself) and whether a retry may help ([`ErrorKind::retryable`]).
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use serde::Serialize;
+mod problem;
+mod startup;
+
+pub use problem::problem_type;
+pub use startup::{StartupError, EXIT_BAD_SETTINGS};
+
 use serde_json::value::RawValue;
-
-use busgate_shared::header::REQUEST_ID;
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
@@ -196,18 +199,58 @@ pub enum ErrorKind {
         /// How many deliveries.
         attempts: i64,
     },
-    /// The HTTP client of callbacks could not be built.
-    #[error("cannot build the callback client: {0}")]
-    CallbackClient(#[source] reqwest::Error),
-    /// The settings could not be read from the file or the environment.
-    #[error("cannot load settings: {0}")]
-    LoadSettings(#[source] Box<config::ConfigError>),
-    /// A setting or a configuration value breaks a rule of the contract.
-    #[error("invalid settings: {0}")]
-    InvalidSettings(#[source] Box<busgate_shared::Error>),
     /// A bug or an unexpected failure; detail goes to the log only.
     #[error("internal error")]
     Internal,
+}
+
+/// Where an error came from (pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client: what it sent, who it is, how much it asks.
+    Downstream,
+    /// A source behind the gateway (a service over NATS).
+    Upstream,
+    /// The gateway itself or a store it depends on.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Where this error came from.
+    pub fn origin(&self) -> Origin {
+        use ErrorKind as K;
+        match self {
+            K::Source { .. } => Origin::Upstream,
+            K::NotReady(_)
+            | K::Overloaded(_)
+            | K::Unreachable { .. }
+            | K::Corrupt { .. }
+            | K::QueueFull
+            | K::Contended(_)
+            | K::StatusMissing(_)
+            | K::ProcessingFailed { .. }
+            | K::Internal => Origin::Internal,
+            _ => Origin::Downstream,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later, unchanged.
+    pub fn retryable(&self) -> bool {
+        use ErrorKind as K;
+        match self {
+            K::Source { failure, .. } => *failure != SourceFailure::NotFound,
+            K::NotReady(_)
+            | K::Overloaded(_)
+            | K::Unreachable { .. }
+            | K::QueueFull
+            | K::Contended(_)
+            | K::RateLimited { .. }
+            | K::TooManyPending
+            | K::TooManyStreams
+            | K::BodyTimeout(_) => true,
+            _ => false,
+        }
+    }
 }
 
 tokio::task_local! {
@@ -372,35 +415,6 @@ impl From<ErrorKind> for GatewayError {
     }
 }
 
-impl From<busgate_shared::Error> for GatewayError {
-    fn from(e: busgate_shared::Error) -> Self {
-        ErrorKind::InvalidSettings(Box::new(e)).into()
-    }
-}
-
-impl From<config::ConfigError> for GatewayError {
-    fn from(e: config::ConfigError) -> Self {
-        ErrorKind::LoadSettings(Box::new(e)).into()
-    }
-}
-
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'static str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    order_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sources: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
-}
-
 impl GatewayError {
     /// A configuration change that breaks a rule of the contract: 422, naming the field.
     pub fn invalid_config(e: busgate_shared::Error) -> Self {
@@ -427,339 +441,13 @@ impl GatewayError {
         self.order_id = Some(order_id.to_owned());
         self
     }
-
-    /// The status code, the problem type's slug and its title.
-    pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
-        use ErrorKind as K;
-        match &self.kind {
-            K::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
-            K::InvalidBody(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid-body",
-                "Invalid request body",
-            ),
-            K::MissingOrderId => (
-                StatusCode::BAD_REQUEST,
-                "missing-order-id",
-                "Missing order_id",
-            ),
-            K::InvalidOrderId { .. } => (
-                StatusCode::BAD_REQUEST,
-                "invalid-order-id",
-                "Invalid order_id",
-            ),
-            K::UnsupportedMediaType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            ),
-            K::PayloadTooLarge { .. } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Payload too large",
-            ),
-            K::BodyRead(_) => (
-                StatusCode::BAD_REQUEST,
-                "unreadable-body",
-                "Unreadable request body",
-            ),
-            K::BodyTimeout(_) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "request-timeout",
-                "Request body timeout",
-            ),
-            K::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
-            K::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            K::MethodNotAllowed { .. } => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            ),
-            K::Source { failure, .. } => match failure {
-                SourceFailure::NotFound => {
-                    (StatusCode::NOT_FOUND, "order-not-found", "Order not found")
-                }
-                SourceFailure::Error => {
-                    (StatusCode::BAD_GATEWAY, "upstream-error", "Upstream error")
-                }
-                SourceFailure::NoResponders => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service-unavailable",
-                    "Service unavailable",
-                ),
-                SourceFailure::Timeout => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "deadline-exceeded",
-                    "Deadline exceeded",
-                ),
-            },
-            K::NotReady(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not-ready",
-                "Gateway not ready",
-            ),
-            K::CallbacksDisabled => (
-                StatusCode::BAD_REQUEST,
-                "callbacks-not-configured",
-                "Callbacks not configured",
-            ),
-            K::CallbackRefused(_) => (
-                StatusCode::BAD_REQUEST,
-                "callback-refused",
-                "Callback URL refused",
-            ),
-            K::InvalidIdempotencyKey => (
-                StatusCode::BAD_REQUEST,
-                "invalid-idempotency-key",
-                "Invalid Idempotency-Key",
-            ),
-            K::IdempotencyConflict => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused",
-            ),
-            K::RequestNotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "request-not-found",
-                "Request not found",
-            ),
-            K::Unreachable { .. } | K::Corrupt { .. } | K::Contended(_) | K::StatusMissing(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Temporarily unavailable",
-            ),
-            K::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue-full", "Queue full"),
-            K::Exists(_) | K::Stale { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            K::RouteGone(_) => (StatusCode::NOT_FOUND, "route-not-found", "Route not found"),
-            K::ProcessingFailed { .. } => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "processing-failed",
-                "Processing failed",
-            ),
-            K::CallbackClient(_) | K::LoadSettings(_) | K::InvalidSettings(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
-            K::Unauthorized | K::ClientUnauthorized(_) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-            }
-            K::RouteNotAllowed(_) => (
-                StatusCode::FORBIDDEN,
-                "route-not-allowed",
-                "Route not allowed",
-            ),
-            K::RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                "Rate limited",
-            ),
-            K::TooManyPending => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-pending",
-                "Too many pending requests",
-            ),
-            K::TooManyStreams => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-streams",
-                "Too many event streams",
-            ),
-            K::InvalidConfig { .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-config",
-                "Invalid configuration",
-            ),
-            K::PreconditionRequired => (
-                StatusCode::PRECONDITION_REQUIRED,
-                "precondition-required",
-                "If-Match required",
-            ),
-            K::PreconditionFailed { .. } => (
-                StatusCode::PRECONDITION_FAILED,
-                "precondition-failed",
-                "Lost update",
-            ),
-            K::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            K::ObjectNotFound(_) => (StatusCode::NOT_FOUND, "object-not-found", "Not found"),
-            K::Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
-        }
-    }
-
-    /// What a problem document says: the kind's message, except for failures inside the
-    /// gateway, whose cause is for the log (see [`GatewayError::log_if_internal`]).
-    fn public_detail(&self) -> String {
-        use ErrorKind as K;
-        match &self.kind {
-            K::Unreachable { store, .. } | K::Corrupt { store, .. } => {
-                format!("temporarily unavailable: the {store} store is not reachable")
-            }
-            K::Contended(_) | K::StatusMissing(_) => {
-                format!(
-                    "temporarily unavailable: the {} store is not reachable",
-                    Store::Requests
-                )
-            }
-            K::CallbackClient(_) | K::LoadSettings(_) | K::InvalidSettings(_) => {
-                "internal error".to_owned()
-            }
-            // hyper's words about a connection are for the log.
-            K::BodyRead(_) => "cannot read request body".to_owned(),
-            other => other.to_string(),
-        }
-    }
-
-    /// Logs the cause of a failure inside the gateway (a store, a bug), which the problem
-    /// document does not show; bad input and failed sources are not logged here.
-    pub fn log_if_internal(&self) {
-        use ErrorKind as K;
-        let internal = matches!(
-            self.kind,
-            K::Unreachable { .. }
-                | K::Corrupt { .. }
-                | K::Contended(_)
-                | K::StatusMissing(_)
-                | K::CallbackClient(_)
-                | K::LoadSettings(_)
-                | K::InvalidSettings(_)
-                | K::Internal
-        );
-        if internal {
-            tracing::warn!(request_id = self.request_id.as_deref(), error = %self.kind, "request failed inside the gateway");
-        }
-        match &self.kind {
-            K::CallbackRefused(refusal) => {
-                tracing::info!(request_id = self.request_id.as_deref(), class = ?refusal.class, detail = %refusal.detail, "callback_url refused");
-            }
-            K::BodyRead(e) => {
-                tracing::debug!(request_id = self.request_id.as_deref(), error = %e, "cannot read a request body");
-            }
-            _ => {}
-        }
-    }
-
-    /// The problem document: status and body bytes. Also what asynchronous results store.
-    pub fn problem(&self) -> (StatusCode, Bytes) {
-        let (status, slug, title) = self.classify();
-        let problem = Problem {
-            kind: problem_type(slug),
-            title,
-            status: status.as_u16(),
-            detail: self.public_detail(),
-            request_id: self.request_id.as_deref(),
-            order_id: self.order_id.as_deref(),
-            sources: match &self.kind {
-                ErrorKind::Source { sources, .. } => Some(sources),
-                _ => None,
-            },
-            field: match &self.kind {
-                ErrorKind::InvalidConfig { field, .. } => Some(field),
-                _ => None,
-            },
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
-        (status, Bytes::from(body))
-    }
-}
-
-/// The URI of a problem type: a URN, since these documents are not served anywhere.
-pub fn problem_type(slug: &str) -> String {
-    format!("urn:busgate:problem:{slug}")
-}
-
-impl IntoResponse for GatewayError {
-    fn into_response(mut self) -> Response {
-        if self.request_id.is_none() {
-            self.request_id = ANSWER_ID.try_with(Clone::clone).ok();
-        }
-        self.log_if_internal();
-        let (status, body) = self.problem();
-        let mut response = (status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(id) = self
-            .request_id
-            .as_deref()
-            .and_then(|id| HeaderValue::from_str(id).ok())
-        {
-            headers.insert(REQUEST_ID, id);
-        }
-        if let ErrorKind::MethodNotAllowed { allow, .. } = &self.kind {
-            if let Ok(v) = HeaderValue::from_str(allow) {
-                headers.insert(header::ALLOW, v);
-            }
-        }
-        match &self.kind {
-            // Shed load, a full queue and a contended write come back soon; the client should
-            // not retry at once in a loop.
-            ErrorKind::Overloaded(_) | ErrorKind::QueueFull | ErrorKind::Contended(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            // The rest of the body may still be on its way: the connection cannot be reused.
-            ErrorKind::BodyTimeout(_) => {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            _ => {}
-        }
-        match &self.kind {
-            ErrorKind::Unauthorized => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"busgate-admin\""),
-                );
-            }
-            // RFC 6750 §3: no error code when nothing was sent, `invalid_request` for a
-            // malformed request, `invalid_token` for a credential that does not verify.
-            ErrorKind::ClientUnauthorized(why) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(match why {
-                        Credentials::Missing => "Bearer realm=\"busgate\"",
-                        Credentials::Malformed | Credentials::Ambiguous => {
-                            "Bearer realm=\"busgate\", error=\"invalid_request\""
-                        }
-                        Credentials::Invalid => "Bearer realm=\"busgate\", error=\"invalid_token\"",
-                    }),
-                );
-            }
-            ErrorKind::RateLimited {
-                per_second,
-                retry_after,
-                ..
-            } => {
-                // Whole seconds, rounded up, at least 1 (RFC 9110 §10.2.3).
-                let seconds = retry_after.as_millis().div_ceil(1000).max(1);
-                let mut digits = [0u8; 20];
-                let seconds = busgate_shared::header::decimal(
-                    u64::try_from(seconds).unwrap_or(1),
-                    &mut digits,
-                );
-                if let Ok(v) = HeaderValue::from_str(seconds) {
-                    headers.insert(header::RETRY_AFTER, v);
-                }
-                // draft-ietf-httpapi-ratelimit-headers-09: the policy ("q" requests per "w"
-                // seconds) and what is left of it ("r") with when it resets ("t").
-                if let Ok(v) = HeaderValue::from_str(&format!("\"client\";q={per_second};w=1")) {
-                    headers.insert(RATELIMIT_POLICY, v);
-                }
-                if let Ok(v) = HeaderValue::from_str(&format!("\"client\";r=0;t={seconds}")) {
-                    headers.insert(RATELIMIT, v);
-                }
-            }
-            ErrorKind::TooManyPending | ErrorKind::TooManyStreams => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
-        response
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+
     use super::*;
 
     #[test]
@@ -851,6 +539,21 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
         assert_eq!(r.headers()[RATELIMIT_POLICY], "\"client\";q=5;w=1");
         assert_eq!(r.headers()[RATELIMIT], "\"client\";r=0;t=2");
+    }
+
+    #[test]
+    fn kinds_say_where_they_came_from_and_whether_to_retry() {
+        let source = ErrorKind::Source {
+            failure: SourceFailure::Timeout,
+            detail: "x".into(),
+            sources: RawValue::from_string("{}".into()).expect("raw"),
+        };
+        assert_eq!(source.origin(), Origin::Upstream);
+        assert!(source.retryable());
+        assert_eq!(ErrorKind::MissingOrderId.origin(), Origin::Downstream);
+        assert!(!ErrorKind::MissingOrderId.retryable());
+        assert_eq!(ErrorKind::QueueFull.origin(), Origin::Internal);
+        assert!(ErrorKind::QueueFull.retryable());
     }
 
     #[test]
