@@ -82,7 +82,7 @@ use crate::gather::collector::Collector;
 use crate::jobs::callback::{Deliverer, Signer};
 use crate::jobs::guard::Guard;
 use crate::jobs::http::AsyncRequests;
-use crate::jobs::queue::Jobs;
+use crate::jobs::store::Jobs;
 use crate::metrics::Metrics;
 use crate::route::Runner;
 
@@ -356,10 +356,12 @@ async fn supervise_jetstream(
         state.store_status.clone(),
         stop.clone(),
     );
-    let processor = jobs::queue::run_requests(
+    // The jobs tasks obey a drain, signalled here when `stop` turns true.
+    let (drain_jobs, jobs_drain) = busgate_shared::drain::channel();
+    let processor = jobs::process::run_requests(
         jobs.clone(),
         state.runner.clone(),
-        stop.clone(),
+        jobs_drain.clone(),
         settings.shutdown_grace,
     );
     let deliveries = async {
@@ -375,9 +377,13 @@ async fn supervise_jetstream(
             settings.callbacks.concurrency,
         )
         .map_err(ErrorKind::CallbackClient)?;
-        jobs::callback::run_deliveries(jobs.clone(), deliverer, stop.clone()).await
+        jobs::callback::run_deliveries(jobs.clone(), deliverer, jobs_drain).await
     };
-    let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
+    let drained = async move {
+        let _ = stop.changed().await;
+        drain_jobs.drain().await;
+    };
+    let (processed, delivered, (), ()) = tokio::join!(processor, deliveries, watcher, drained);
     for result in [processed, delivered] {
         if let Err(e) = result {
             warn!(error = %e, "asynchronous processing stopped");

@@ -19,7 +19,9 @@ use crate::config::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError, PROBLEM_JSON};
 use crate::jobs::callback::Signer;
 use crate::jobs::guard::Guard;
-use crate::jobs::queue::{Claim, Job, JobStatus, Jobs, StatusDoc};
+use crate::jobs::intake::Claim;
+use crate::jobs::results::{JobStatus, StatusDoc};
+use crate::jobs::store::{Job, Jobs};
 use crate::limit::{Slot, Slots};
 use crate::route::Call;
 
