@@ -168,7 +168,7 @@ pub async fn run(
     // One token for every instance, from settings or a secret file (validated above); never
     // generated here, never logged. Without one the admin API stays off rather than open.
     let metrics_on_admin = settings.metrics.listener == MetricsListener::Admin;
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (admin_drain, admin_watch) = busgate_shared::drain::channel();
     let limits = edge::serve::Limits::from(&settings.http);
     let admin = match settings.admin.resolve_token()? {
         Some(token) => {
@@ -179,10 +179,8 @@ pub async fn run(
             let service =
                 edge::serve::tower_service(admin::router(state.clone(), &token, metrics_on_admin));
             Some(tokio::spawn(async move {
-                edge::serve::serve(admin_listener, service, &limits, connections, async move {
-                    let _ = admin_stop_rx.await;
-                })
-                .await;
+                edge::serve::serve(admin_listener, service, &limits, connections, admin_watch)
+                    .await;
             }))
         }
         None => {
@@ -192,7 +190,7 @@ pub async fn run(
         }
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (public_drain, public_watch) = busgate_shared::drain::channel();
     let server = {
         let public = if metrics_on_admin {
             edge::Public::without_metrics(state.clone())
@@ -201,10 +199,7 @@ pub async fn run(
         };
         let connections = state.edge.connections.clone();
         async move {
-            edge::serve::serve(listener, public, &limits, connections, async move {
-                let _ = stop_rx.await;
-            })
-            .await;
+            edge::serve::serve(listener, public, &limits, connections, public_watch).await;
             Ok::<(), std::io::Error>(())
         }
     };
@@ -216,7 +211,8 @@ pub async fn run(
             return Ok(());
         }
     }
-    let _ = stop_tx.send(());
+    // Signalled here, awaited below through the server task (which releases it).
+    tokio::spawn(public_drain.drain());
     info!(in_flight = state.runner.collector().open_gathers(), grace = ?settings.shutdown_grace, "draining");
     match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
         Ok(result) => result
@@ -230,7 +226,7 @@ pub async fn run(
             server.abort();
         }
     }
-    let _ = admin_stop_tx.send(());
+    tokio::spawn(admin_drain.drain());
     if let Some(admin) = admin {
         if tokio::time::timeout(Duration::from_secs(2), admin)
             .await
