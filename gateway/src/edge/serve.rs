@@ -177,3 +177,37 @@ where
     let to_axum: fn(hyper::Request<Incoming>) -> Request = |r| r.map(axum::body::Body::new);
     hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(service, to_axum))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener stops accepting when the drain is signalled and releases it once its
+    /// connections are done; the drain completes without the task being aborted.
+    #[tokio::test]
+    async fn a_listener_stops_on_the_drain_and_releases_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            max_headers: HYPER_DEFAULT_MAX_HEADERS,
+            max_header_bytes: 16 * 1024,
+        };
+        let (signal, watch) = drain::channel();
+        let served = tokio::spawn(async move {
+            let service = tower_service(axum::Router::new());
+            serve(listener, service, &limits, Arc::new(Slots::new(4)), watch).await;
+        });
+        // Accepting before the drain.
+        let before = tokio::net::TcpStream::connect(addr).await;
+        assert!(before.is_ok());
+        drop(before);
+        tokio::time::timeout(Duration::from_secs(5), signal.drain())
+            .await
+            .expect("the drain completes once the listener has stopped");
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the task ends")
+            .expect("join");
+    }
+}
