@@ -94,7 +94,7 @@ use crate::gather::collector::Collector;
 use crate::jobs::callback::{Deliverer, Signer};
 use crate::jobs::guard::Guard;
 use crate::jobs::http::AsyncRequests;
-use crate::jobs::queue::Jobs;
+use crate::jobs::store::Jobs;
 use crate::metrics::Metrics;
 use crate::route::Runner;
 
@@ -212,8 +212,8 @@ pub async fn run(
     // generated here, never logged. Without one the admin API stays off rather than open.
     let metrics_on_admin = settings.metrics.listener == MetricsListener::Admin;
     // The listeners stop in phases (public first, its requests finishing within the grace;
-    // then admin), each on a signal of its own.
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // then admin), each on a drain of its own; the background tasks share the one above.
+    let (admin_drain, admin_watch) = busgate_shared::drain::channel();
     let limits = edge::serve::Limits::from(&settings.http);
     let admin = match admin_token {
         Some(token) => {
@@ -224,10 +224,8 @@ pub async fn run(
             let service =
                 edge::serve::tower_service(admin::router(state.clone(), &token, metrics_on_admin));
             Some(tokio::spawn(async move {
-                edge::serve::serve(admin_listener, service, &limits, connections, async move {
-                    let _ = admin_stop_rx.await;
-                })
-                .await;
+                edge::serve::serve(admin_listener, service, &limits, connections, admin_watch)
+                    .await;
             }))
         }
         None => {
@@ -237,7 +235,7 @@ pub async fn run(
         }
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (public_drain, public_watch) = busgate_shared::drain::channel();
     let server = {
         let public = if metrics_on_admin {
             edge::Public::without_metrics(state.clone())
@@ -246,10 +244,7 @@ pub async fn run(
         };
         let connections = state.edge.connections.clone();
         async move {
-            edge::serve::serve(listener, public, &limits, connections, async move {
-                let _ = stop_rx.await;
-            })
-            .await;
+            edge::serve::serve(listener, public, &limits, connections, public_watch).await;
             Ok::<(), std::io::Error>(())
         }
     };
@@ -261,7 +256,8 @@ pub async fn run(
             return Ok(());
         }
     }
-    let _ = stop_tx.send(());
+    // Signalled here, awaited below through the server task (which releases it).
+    tokio::spawn(public_drain.drain());
     info!(in_flight = state.runner.collector().open_gathers(), grace = ?settings.shutdown_grace, "draining");
     match tokio::time::timeout(settings.shutdown_grace, &mut server).await {
         Ok(result) => result
@@ -275,7 +271,7 @@ pub async fn run(
             server.abort();
         }
     }
-    let _ = admin_stop_tx.send(());
+    tokio::spawn(admin_drain.drain());
     if let Some(admin) = admin {
         if tokio::time::timeout(Duration::from_secs(2), admin)
             .await
@@ -403,34 +399,24 @@ async fn supervise_jetstream(
         state.store_status.clone(),
         drain.clone(),
     );
-    // The processor and the deliverer stop on a flag of their own, which the drain sets; this
-    // task holds the drain until both have stopped.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let processor = jobs::queue::run_requests(
+    // The processor, the deliverer and the watcher obey the same drain as this task; this
+    // task's own watch is let go when all three have stopped.
+    let processor = jobs::process::run_requests(
         jobs.clone(),
         state.runner.clone(),
-        stopped.clone(),
+        drain.clone(),
         settings.shutdown_grace,
     );
     let deliveries = async {
         match deliverer {
             Some(deliverer) => {
-                jobs::callback::run_deliveries(jobs.clone(), deliverer, stopped.clone()).await
+                jobs::callback::run_deliveries(jobs.clone(), deliverer, drain.clone()).await
             }
             None => Ok(()),
         }
     };
-    let work = async { tokio::join!(processor, deliveries, watcher) };
-    tokio::pin!(work);
-    let (processed, delivered, ()) = tokio::select! {
-        results = &mut work => results,
-        release = drain.signaled() => {
-            let _ = stop.send(true);
-            let results = work.await;
-            drop(release);
-            results
-        }
-    };
+    let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
+    drop(drain);
     for result in [processed, delivered] {
         if let Err(e) = result {
             warn!(error = %e, "asynchronous processing stopped");

@@ -226,12 +226,6 @@ pub fn hash_key(key: &str) -> KeyHash {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Lower-case hex of bytes: a key's digest as the configuration stores it, a key id, and the
-/// idempotency fingerprints of `jobs`.
-pub fn hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
 /// A new key: `(id, secret)`. The secret is shown once, to whoever asked for it; only
 /// [`hash_key`] of it is kept.
 pub fn new_key() -> (String, String) {
@@ -239,7 +233,7 @@ pub fn new_key() -> (String, String) {
     rand::fill(&mut secret);
     let mut id = [0u8; 6];
     rand::fill(&mut id);
-    let id = format!("k{}", hex(&id));
+    let id = format!("k{}", hex::encode(id));
     let secret = format!(
         "{KEY_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
@@ -260,7 +254,7 @@ mod tests {
             ClientSpec {
                 keys: vec![KeySpec {
                     id: "k1".into(),
-                    hash: hex(&hash_key(secret)),
+                    hash: hex::encode(hash_key(secret)),
                     created: String::new(),
                 }],
                 ..Default::default()

@@ -1,7 +1,14 @@
 //! A request's identity: its id (a UUIDv7, also what a client polls an asynchronous request
 //! by) and the W3C `traceparent` it carries to the services.
 
+use axum::http::HeaderName;
 use uuid::Uuid;
+
+use busgate_shared::header::REQUEST_ID_LOWER;
+
+/// `Busgate-Request-Id` as a ready header name: inserting a `&str` name that is not a standard
+/// one allocates a copy of it on every response.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID_LOWER);
 
 /// A request id in its text form, kept inline: no allocation per request.
 #[derive(Clone, Copy)]

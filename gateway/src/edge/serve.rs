@@ -1,6 +1,6 @@
 //! Serving a listener: hyper's HTTP/1 connection with a timer, so that hyper's own limits are
 //! on (axum's `serve` runs hyper without a timer, which leaves the header timeout off), a cap
-//! on open connections, and hyper-util's graceful shutdown.
+//! on open connections, and hyper-util's graceful shutdown when the process drains.
 //!
 //! What hyper enforces, per connection:
 //! - `http.header_timeout`: a request head must arrive whole within it, or the connection is
@@ -15,7 +15,6 @@
 //!
 //! The body timeout is not hyper's (it has none): see [`crate::edge::body`].
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +25,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
+
+use busgate_shared::backoff::{Backoff, ExponentialBackoff};
+use busgate_shared::drain;
 
 use crate::config::settings::HttpSettings;
 use crate::limit::Slots;
@@ -74,15 +76,15 @@ impl Limits {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves; then stops accepting and returns
-/// once every open connection has finished its requests (hyper-util's graceful shutdown).
-/// `connections` counts open connections and caps them.
+/// Serves `service` on `listener` until `drain` is signalled; then stops accepting and returns
+/// (releasing the drain) once every open connection has finished its requests (hyper-util's
+/// graceful shutdown). `connections` counts open connections and caps them.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: &Limits,
     connections: Arc<Slots>,
-    shutdown: impl Future<Output = ()>,
+    drain: drain::Watch,
 ) where
     S: hyper::service::Service<
             hyper::Request<Incoming>,
@@ -95,14 +97,25 @@ pub async fn serve<S>(
 {
     let builder = limits.builder();
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    let signaled = drain.signaled();
+    tokio::pin!(signaled);
+    let mut accept_retry = accept_backoff().stream();
+    // Held until the open connections are done: the drain waits for it.
+    let release = loop {
         let stream = tokio::select! {
-            () = &mut shutdown => break,
+            release = &mut signaled => break release,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    accept_retry.reset();
+                    stream
+                }
                 Err(e) => {
-                    accept_failed(e).await;
+                    if let Some(delay) = accept_failed(e, &mut accept_retry) {
+                        tokio::select! {
+                            release = &mut signaled => break release,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
                     continue;
                 }
             },
@@ -123,23 +136,32 @@ pub async fn serve<S>(
             }
             drop(slot);
         });
-    }
+    };
     drop(listener);
     graceful.shutdown().await;
+    drop(release);
+}
+
+/// The waits after failed accepts (out of file descriptors): 100 ms, doubling, at most 1 s,
+/// with up to half again as jitter; back to 100 ms after an accept succeeds.
+fn accept_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(1), 0.5)
 }
 
 /// An accept that failed: a connection reset before it was taken is nothing; anything else
-/// (out of file descriptors) is logged and waited out a little, instead of a busy loop.
-async fn accept_failed(e: std::io::Error) {
+/// (out of file descriptors) is logged and waited out (the delay returned), instead of a busy
+/// loop.
+fn accept_failed(e: std::io::Error, retry: &mut Backoff) -> Option<Duration> {
     use std::io::ErrorKind as K;
     if matches!(
         e.kind(),
         K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset
     ) {
-        return;
+        return None;
     }
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let delay = retry.next_delay();
+    warn!(error = %e, retry_in = ?delay, "accept failed");
+    Some(delay)
 }
 
 /// A tower service made a hyper service that takes hyper's requests.
@@ -154,4 +176,38 @@ where
 {
     let to_axum: fn(hyper::Request<Incoming>) -> Request = |r| r.map(axum::body::Body::new);
     hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(service, to_axum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener stops accepting when the drain is signalled and releases it once its
+    /// connections are done; the drain completes without the task being aborted.
+    #[tokio::test]
+    async fn a_listener_stops_on_the_drain_and_releases_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            max_headers: HYPER_DEFAULT_MAX_HEADERS,
+            max_header_bytes: 16 * 1024,
+        };
+        let (signal, watch) = drain::channel();
+        let served = tokio::spawn(async move {
+            let service = tower_service(axum::Router::new());
+            serve(listener, service, &limits, Arc::new(Slots::new(4)), watch).await;
+        });
+        // Accepting before the drain.
+        let before = tokio::net::TcpStream::connect(addr).await;
+        assert!(before.is_ok());
+        drop(before);
+        tokio::time::timeout(Duration::from_secs(5), signal.drain())
+            .await
+            .expect("the drain completes once the listener has stopped");
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the task ends")
+            .expect("join");
+    }
 }

@@ -1,5 +1,8 @@
 //! Signed callbacks: where a finished asynchronous request is POSTed.
 //!
+//! - Scheduling: [`Jobs::schedule_callback`] queues the delivery of a finished request on the
+//!   JetStream stream `BUSGATE_CALLBACKS` (one message per request), which the processor calls
+//!   once the result is stored.
 //! - [`Signer`]: Standard Webhooks signatures (`webhook-id`, `webhook-timestamp`,
 //!   `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`).
 //! - [`Deliverer`]: the worker that POSTs, records the delivery state in the status document,
@@ -9,16 +12,55 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::{self, consumer};
 use base64::Engine as _;
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use busgate_shared::Error;
+use busgate_shared::{drain, subject, Error};
 
 use crate::clock::rfc3339;
 use crate::config::settings::callback_key;
-use crate::error::{GatewayError, Store};
+use crate::error::GatewayError;
 use crate::jobs::guard::{http_client, Guard};
+use crate::jobs::results::StatusDoc;
+use crate::jobs::store::{js, retry_delay, Jobs};
+
+impl Jobs {
+    /// Queues the callback delivery of a finished request (deduplicated per request).
+    pub async fn schedule_callback(&self, request_id: &str) -> Result<(), GatewayError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(request_id.to_owned()))
+            .message_id(format!("callback-{request_id}"));
+        self.js
+            .send_publish(subject::CALLBACKS_SUBJECT, publish)
+            .await
+            .map_err(js)?
+            .await
+            .map_err(js)?;
+        Ok(())
+    }
+
+    /// The durable consumer of callback deliveries.
+    async fn callbacks_consumer(&self) -> Result<consumer::PullConsumer, GatewayError> {
+        self.consumer(
+            subject::CALLBACKS_STREAM,
+            subject::CALLBACKS_CONSUMER,
+            self.callback_ack_wait,
+            20_000,
+        )
+        .await
+    }
+}
+
+/// Whether a finished request's callback was never scheduled: it waits for its first
+/// attempt. (One that was attempted has its message in the callback queue, or is done.)
+pub fn callback_unscheduled(doc: &StatusDoc) -> bool {
+    doc.callback
+        .as_ref()
+        .is_some_and(|cb| cb.state == "pending" && cb.attempts == 0)
+}
 
 /// Signs callback bodies per Standard Webhooks.
 #[derive(Clone)]
@@ -74,40 +116,41 @@ pub fn unix_seconds(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Delivers callbacks until `stop` turns true. One JetStream message per request; a failed
-/// attempt is NAKed with the next retry delay, so the schedule survives restarts.
+/// Delivers callbacks until `drain` is signalled, then finishes the attempts in flight and
+/// releases it. One JetStream message per request; a failed attempt is NAKed with the next
+/// retry delay, so the schedule survives restarts.
 pub async fn run_deliveries(
-    jobs: Arc<crate::jobs::queue::Jobs>,
+    jobs: Arc<Jobs>,
     deliverer: Deliverer,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    drain: drain::Watch,
 ) -> Result<(), GatewayError> {
     use futures::StreamExt;
     let consumer = jobs.callbacks_consumer().await?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| Store::Requests.failed(e))?;
+    let mut messages = consumer.messages().await.map_err(js)?;
     let mut tasks = tokio::task::JoinSet::new();
     // At most `concurrency` attempts at once: a message is pulled only when one may start,
     // so the rest wait in the stream (and another instance may take them).
     let slots = Arc::new(tokio::sync::Semaphore::new(deliverer.concurrency));
-    loop {
+    let signaled = drain.signaled();
+    tokio::pin!(signaled);
+    // Held until the attempts in flight are done: the drain waits for it.
+    let release = loop {
         let slot = tokio::select! {
-            _ = stop.changed() => break,
+            release = &mut signaled => break Some(release),
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
-                Err(_) => break,
+                Err(_) => break None,
             },
         };
         let message = tokio::select! {
-            _ = stop.changed() => break,
+            release = &mut signaled => break Some(release),
             next = messages.next() => match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pulling callbacks");
                     continue;
                 }
-                None => break,
+                None => break None,
             },
         };
         let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
@@ -116,9 +159,10 @@ pub async fn run_deliveries(
             drop(slot);
         });
         while tasks.try_join_next().is_some() {}
-    }
+    };
     // Attempts in flight are bounded by the delivery timeout.
     while tasks.join_next().await.is_some() {}
+    drop(release);
     Ok(())
 }
 
@@ -160,12 +204,8 @@ impl Deliverer {
         })
     }
 
-    async fn deliver(
-        &self,
-        jobs: &crate::jobs::queue::Jobs,
-        message: async_nats::jetstream::Message,
-    ) {
-        use async_nats::jetstream::AckKind;
+    async fn deliver(&self, jobs: &Jobs, message: async_nats::jetstream::Message) {
+        use jetstream::AckKind;
         let attempt =
             u32::try_from(message.info().map(|i| i.delivered).unwrap_or(1)).unwrap_or(u32::MAX);
         let request_id = String::from_utf8_lossy(&message.payload).into_owned();
@@ -179,7 +219,7 @@ impl Deliverer {
             Err(e) => {
                 // Backing off: every delivery counts as an attempt, and a store that is
                 // electing a leader for a few seconds should not use up the schedule.
-                let delay = crate::jobs::queue::retry_delay(i64::from(attempt));
+                let delay = retry_delay(i64::from(attempt));
                 tracing::warn!(%request_id, error = %e, retry_in = ?delay, "cannot read a status document for a callback");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 return;
@@ -247,12 +287,7 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(
-        &self,
-        url: &str,
-        request_id: &str,
-        doc: &crate::jobs::queue::StatusDoc,
-    ) -> Attempt {
+    async fn attempt(&self, url: &str, request_id: &str, doc: &StatusDoc) -> Attempt {
         // The whole check again (the allowlist or DNS may have changed since the submit): the
         // port, and IP literals, which do not pass through the resolver. `last_error` is
         // public (a poll shows it): it gets the class, the log the detail.
@@ -328,6 +363,30 @@ fn jitter(delay: Duration, request_id: &str, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::store::tests::job;
+    use crate::jobs::store::Job;
+
+    #[test]
+    fn only_a_callback_never_attempted_is_scheduled_again() {
+        let mut doc = StatusDoc::pending(&job());
+        assert!(!callback_unscheduled(&doc), "waiting for the result");
+        doc.finish(200, b"{}");
+        assert!(callback_unscheduled(&doc));
+        if let Some(cb) = doc.callback.as_mut() {
+            cb.attempts = 1;
+        }
+        assert!(!callback_unscheduled(&doc), "attempted: its message exists");
+        if let Some(cb) = doc.callback.as_mut() {
+            cb.state = "delivered".into();
+        }
+        assert!(!callback_unscheduled(&doc));
+        let mut without = StatusDoc::pending(&Job {
+            callback_url: None,
+            ..job()
+        });
+        without.finish(200, b"{}");
+        assert!(!callback_unscheduled(&without));
+    }
 
     #[test]
     fn signatures_follow_standard_webhooks() {

@@ -13,13 +13,14 @@ use sha2::{Digest, Sha256};
 
 use busgate_shared::header::REQUEST_ID;
 
-use crate::auth::hex;
 use crate::auth::Caller;
 use crate::config::snapshot::Route;
 use crate::error::{ErrorKind, GatewayError, PROBLEM_JSON};
 use crate::jobs::callback::Signer;
 use crate::jobs::guard::Guard;
-use crate::jobs::queue::{Claim, Job, JobStatus, Jobs, StatusDoc};
+use crate::jobs::intake::Claim;
+use crate::jobs::results::{JobStatus, StatusDoc};
+use crate::jobs::store::{Job, Jobs};
 use crate::limit::{Slot, Slots};
 use crate::route::Call;
 
@@ -288,7 +289,7 @@ fn fingerprint(parts: &Parts, body: &[u8]) -> String {
     hash.update(parts.uri.path());
     hash.update([0]);
     hash.update(body);
-    hex(&hash.finalize())
+    hex::encode(hash.finalize())
 }
 
 /// The 202 answer.

@@ -1,10 +1,24 @@
 //! Asynchronous requests that are never lost: accepted over HTTP, queued on JetStream, run by
 //! whichever instance pulls them, their results polled, streamed or POSTed to a callback.
 //!
-//! Owns: [`http`] (submit with `Prefer: respond-async` or a `callback_url`, poll, server-sent
-//! events), [`queue`] (the work-queue stream, status documents, idempotency keys, the
-//! processor), [`callback`] (signing and delivery with retries) and [`guard`] (the SSRF guard of
-//! callback URLs).
+//! # Layout, by stage
+//!
+//! - [`http`]: the HTTP face: submit (`Prefer: respond-async` or a `callback_url`), poll and
+//!   server-sent events. It calls the stages below; none calls it.
+//! - [`intake`]: a submit's durable writes (the pending document and the job, retried
+//!   through a leader election) and idempotency keys (claim, confirm, release, resume).
+//! - [`process`]: the work-queue consumer: pulls, runs, stores the result, acks, schedules
+//!   the callback, hands transient failures back to be delivered later; obeys the drain.
+//! - [`results`]: status documents (`busgate-results`): read for polls and event streams,
+//!   changed with compare-and-set.
+//! - [`callback`]: the callback queue: scheduling a finished request's delivery, signing,
+//!   and the deliverer (retries by JetStream NAK delay); obeys the drain.
+//! - [`guard`]: the SSRF guard of callback URLs.
+//! - [`store`]: what the stages share: the streams, buckets and consumers ([`store::Jobs`]),
+//!   the [`store::Job`] message, the redelivery backoff.
+//!
+//! Imports point one way: `http` → `intake`, `results` → `store`; `process` → `callback`,
+//! `results`, `store`; `callback` → `results`, `store`, `guard`.
 //!
 //! May use: `route` (to run a request's route), `config`, `clock`, `limit`, `error`. Not `edge`: the edge
 //! hands a submit its parts, and the poll handlers take their own state ([`http::AsyncRequests`]).
@@ -12,4 +26,7 @@
 pub mod callback;
 pub mod guard;
 pub mod http;
-pub mod queue;
+pub mod intake;
+pub mod process;
+pub mod results;
+pub mod store;

@@ -1,0 +1,313 @@
+//! Processing: the consumer of the work queue. Every instance pulls as many requests as it
+//! may start, runs each like a synchronous request (keeping the message alive while its
+//! gather runs), stores the result before it acks, schedules the callback, and hands a
+//! transient failure back to be delivered again later ([`retry_delay`]). It stops when the
+//! process drains, handing back at once what it has not started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use busgate_shared::backoff::ExponentialBackoff;
+use busgate_shared::drain;
+use busgate_shared::subject;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::jobs::callback::callback_unscheduled;
+use crate::jobs::results::StatusDoc;
+use crate::jobs::store::{retry_delay, Job, Jobs};
+use crate::route::Runner;
+
+/// How long one pull for asynchronous requests waits for messages before it is made again.
+/// It bounds how long a stopping instance waits for the pull it has out.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// The delays between pulls that failed (the stream is not there yet, the server is away):
+/// 200 ms, doubling, at most 5 s, with up to half again as jitter.
+fn pull_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(200), Duration::from_secs(5), 0.5)
+}
+
+/// Pulls asynchronous requests and runs them until `drain` is signalled; then waits at most
+/// `grace` for the requests it started, and releases the drain.
+///
+/// An instance asks JetStream for as many requests as it can start at once (its free
+/// permits of `jobs.concurrency`), never more: a request it holds is a request it runs, so
+/// none waits behind a busy instance while another is idle, and a stopping instance hands
+/// back at once (NAK without delay) whatever reaches it after the stop.
+pub async fn run_requests(
+    jobs: Arc<Jobs>,
+    runner: Runner,
+    drain: drain::Watch,
+    grace: Duration,
+) -> Result<(), GatewayError> {
+    let consumer = jobs
+        .consumer(
+            subject::REQUESTS_STREAM,
+            subject::REQUESTS_CONSUMER,
+            jobs.settings.ack_wait,
+            20_000,
+        )
+        .await?;
+    let permits = Arc::new(Semaphore::new(jobs.settings.concurrency));
+    let mut tasks = JoinSet::new();
+    info!(
+        concurrency = jobs.settings.concurrency,
+        "processing asynchronous requests"
+    );
+    let signaled = drain.signaled();
+    tokio::pin!(signaled);
+    let mut retry = pull_backoff().stream();
+    // Held until the requests in flight are done or abandoned: the drain waits for it.
+    let release = 'pulling: loop {
+        let first = tokio::select! {
+            release = &mut signaled => break Some(release),
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break None },
+        };
+        let free = permits.available_permits() + 1;
+        let batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                let delay = retry.next_delay();
+                warn!(error = %e, retry_in = ?delay, "pulling asynchronous requests");
+                drop(first);
+                tokio::select! {
+                    release = &mut signaled => break Some(release),
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        retry.reset();
+        let mut held = Some(first);
+        loop {
+            let next = tokio::select! {
+                release = &mut signaled => {
+                    hand_back(&mut batch).await;
+                    break 'pulling Some(release);
+                }
+                next = batch.next() => next,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    debug!(error = %e, "pull for asynchronous requests ended");
+                    break;
+                }
+                None => break,
+            };
+            // One permit per message asked for: the first is held, the others were free
+            // when the pull was made and only this loop takes permits.
+            let permit = match held.take() {
+                Some(p) => Some(p),
+                None => permits.clone().try_acquire_owned().ok(),
+            };
+            let Some(permit) = permit else {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            let (jobs, runner) = (jobs.clone(), runner.clone());
+            tasks.spawn(async move {
+                process(&jobs, &runner, message).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+    };
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!(
+            abandoned = tasks.len(),
+            "asynchronous requests left unacked for another instance"
+        );
+        tasks.abort_all();
+    }
+    drop(release);
+    Ok(())
+}
+
+/// Hands back what the pull still brings after a stop, at once (NAK without delay) so that
+/// another instance takes it now rather than after `ack_wait`. Bounded by the pull's expiry.
+async fn hand_back(batch: &mut consumer::pull::Batch) {
+    let mut handed = 0u32;
+    let drained = tokio::time::timeout(PULL_EXPIRES + Duration::from_millis(500), async {
+        while let Some(next) = batch.next().await {
+            if let Ok(message) = next {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                handed += 1;
+            }
+        }
+    })
+    .await;
+    if handed > 0 || drained.is_err() {
+        info!(handed, "asynchronous requests not started handed back");
+    }
+}
+
+/// Reads the status document of a request about to run. A missing one is read again a few
+/// times, about 100, 200 and 400 ms apart (a replica of the bucket may lag the write of a
+/// submit by a moment), before it is taken for gone.
+async fn current_doc(jobs: &Jobs, request_id: &str) -> Result<Option<StatusDoc>, GatewayError> {
+    let mut backoff =
+        ExponentialBackoff::new(Duration::from_millis(100), Duration::from_millis(600), 0.5)
+            .stream();
+    while backoff.attempts() < 3 {
+        if let Some((_, doc)) = jobs.status(request_id).await? {
+            return Ok(Some(doc));
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+    Ok(jobs.status(request_id).await?.map(|(_, doc)| doc))
+}
+
+/// Schedules the callback of a finished request; when that fails, hands the message back to
+/// be delivered again after [`retry_delay`] and says `false` (the caller stops there).
+async fn schedule_callback_or_nak(
+    jobs: &Jobs,
+    message: &jetstream::Message,
+    request_id: &str,
+    delivered: i64,
+) -> bool {
+    let Err(e) = jobs.schedule_callback(request_id).await else {
+        return true;
+    };
+    warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
+    let _ = message
+        .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+        .await;
+    false
+}
+
+async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let job: Job = match serde_json::from_slice(&message.payload) {
+        Ok(job) => job,
+        Err(e) => {
+            warn!(error = %e, "dropping an undecodable asynchronous request");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let request_id = job.call.request_id.as_str();
+    match current_doc(jobs, request_id).await {
+        Ok(Some(doc)) if doc.is_final() => {
+            // The result is stored; the callback may not have been scheduled before the
+            // instance that stored it died.
+            if job.callback_url.is_some() && callback_unscheduled(&doc) {
+                if !schedule_callback_or_nak(jobs, &message, request_id, delivered).await {
+                    return;
+                }
+                info!(request_id, "callback of a finished request scheduled");
+            }
+            debug!(request_id, "already finished, acking a redelivery");
+            let _ = message.ack().await;
+            return;
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            // Its document expired, or its submit failed after publishing (the client got an
+            // error): nothing can record a result, so the request ends here.
+            error!(
+                request_id,
+                "no status document for an asynchronous request: dropping it"
+            );
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+        Err(e) => {
+            warn!(request_id, error = %e, "cannot read a status document, retrying later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+                .await;
+            return;
+        }
+    }
+    let (http_status, body) = if delivered > i64::from(jobs.settings.max_deliver) {
+        warn!(
+            request_id,
+            delivered, "giving up on an asynchronous request"
+        );
+        gave_up(request_id, delivered)
+    } else {
+        let work = runner.attempt(&job.call);
+        tokio::pin!(work);
+        // Tell JetStream we are alive while a long gather runs.
+        let mut ticks = tokio::time::interval(jobs.settings.ack_wait / 2);
+        ticks.tick().await;
+        let attempt = loop {
+            tokio::select! {
+                attempt = &mut work => break attempt,
+                _ = ticks.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            }
+        };
+        if attempt.transient && delivered < i64::from(jobs.settings.max_deliver) {
+            // The bus could not carry it (a node or worker going away, a connection being
+            // remade): accepted work is tried again, not finished as a failure.
+            let delay = retry_delay(delivered);
+            info!(
+                request_id,
+                delivered,
+                status = attempt.status,
+                retry_in = ?delay,
+                "asynchronous request failed transiently, retrying later"
+            );
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            return;
+        }
+        (attempt.status, attempt.body)
+    };
+    let finished = jobs
+        .update(request_id, |doc| doc.finish(http_status, &body))
+        .await;
+    if let Err(e) = finished {
+        warn!(request_id, error = %e, "cannot store a result, retrying later");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(retry_delay(delivered))))
+            .await;
+        return;
+    }
+    if job.callback_url.is_some()
+        && !schedule_callback_or_nak(jobs, &message, request_id, delivered).await
+    {
+        return;
+    }
+    if let Err(e) = message.double_ack().await {
+        // The result is stored; a redelivery only finds it final and acks.
+        debug!(request_id, error = %e, "ack not confirmed");
+    }
+}
+
+/// The answer of a request that kept failing: a 500 problem.
+fn gave_up(request_id: &str, delivered: i64) -> (u16, Vec<u8>) {
+    let (status, body) = GatewayError::from(ErrorKind::ProcessingFailed {
+        attempts: delivered,
+    })
+    .with_request(request_id)
+    .problem();
+    (status.as_u16(), body.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn giving_up_is_a_problem_document() {
+        let (status, body) = gave_up("r1", 6);
+        assert_eq!(status, 500);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["type"], "urn:busgate:problem:processing-failed");
+    }
+}

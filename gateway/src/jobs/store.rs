@@ -1,0 +1,244 @@
+//! The JetStream streams and KV buckets of asynchronous requests, and what every stage shares:
+//! the [`Job`] message, the [`Jobs`] handle (created by [`Jobs::setup`]; each stage adds its
+//! own methods in its own file), the durable consumers, and how long a message waits before
+//! it is delivered again ([`retry_delay`]).
+//!
+//! An accepted request is a [`Job`] on the JetStream work-queue stream `BUSGATE_REQUESTS`
+//! (deduplicated by request id) and a `pending` status document in the KV bucket
+//! `busgate-results`; the client's 202 is sent only after both. Every gateway instance pulls
+//! from one durable consumer and runs the same gather as a synchronous request; the final
+//! document is written before the message is acked, so a gateway that dies mid-gather leaves
+//! the message unacked and another instance (or the same one, restarted) finishes it. A job
+//! that keeps failing ends as `failed` after `max_deliver` deliveries, never as a loop.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::Client;
+use serde::{Deserialize, Serialize};
+
+use busgate_shared::backoff::ExponentialBackoff;
+use busgate_shared::subject;
+
+use crate::config::settings::{Discard, JobsSettings};
+use crate::config::store::read_from_leader;
+use crate::error::{GatewayError, Store};
+use crate::route::Call;
+
+/// The store this module owns, as errors name it.
+pub(super) const STORE: Store = Store::Requests;
+
+/// A JetStream or KV failure of this store.
+pub(super) fn js(e: impl Into<async_nats::Error>) -> GatewayError {
+    STORE.failed(e)
+}
+
+/// An accepted asynchronous request, as published to the work queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The run of the route. Its request id is also the KV key and the JetStream message id.
+    #[serde(flatten)]
+    pub call: Call,
+    /// Where to POST the result, if anywhere (checked at submit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+/// JetStream streams and KV buckets of asynchronous requests: a cheap handle, shared by the
+/// HTTP handlers, the processor and the callback deliverer.
+pub struct Jobs {
+    pub(super) js: jetstream::Context,
+    pub(super) results: kv::Store,
+    pub(super) keys: kv::Store,
+    pub(super) settings: JobsSettings,
+    pub(super) callback_ack_wait: Duration,
+}
+
+impl Jobs {
+    /// Creates (or finds) the streams and buckets.
+    pub async fn setup(
+        nats: &Client,
+        settings: &JobsSettings,
+        callback_timeout: Duration,
+    ) -> Result<Self, GatewayError> {
+        let context = jetstream::new(nats.clone());
+        for (name, subj, limits) in [
+            (
+                subject::REQUESTS_STREAM,
+                subject::REQUESTS_SUBJECT,
+                &settings.requests,
+            ),
+            (
+                subject::CALLBACKS_STREAM,
+                subject::CALLBACKS_SUBJECT,
+                &settings.callbacks,
+            ),
+        ] {
+            // create_or_update: changed limits take effect at the next start.
+            context
+                .create_or_update_stream(stream::Config {
+                    name: name.into(),
+                    subjects: vec![subj.into()],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    num_replicas: settings.replicas,
+                    duplicate_window: Duration::from_secs(120),
+                    max_messages: limits.max_msgs,
+                    max_bytes: limits.max_bytes,
+                    discard: match limits.discard {
+                        Discard::New => stream::DiscardPolicy::New,
+                        Discard::Old => stream::DiscardPolicy::Old,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(js)?;
+        }
+        let bucket = |name: &str, ttl: Duration, max_bytes: i64, description: &str| kv::Config {
+            bucket: name.into(),
+            description: description.into(),
+            history: 1,
+            max_age: ttl,
+            max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        let results = context
+            .create_or_update_key_value(bucket(
+                subject::RESULTS_BUCKET,
+                settings.result_ttl,
+                settings.results_max_bytes,
+                "status documents of asynchronous requests",
+            ))
+            .await
+            .map_err(js)?;
+        let keys = context
+            .create_or_update_key_value(bucket(
+                subject::IDEMPOTENCY_BUCKET,
+                settings.idempotency_ttl,
+                settings.idempotency_max_bytes,
+                "idempotency keys of asynchronous requests",
+            ))
+            .await
+            .map_err(js)?;
+        let results = read_from_leader(&context, results, settings.replicas)
+            .await
+            .map_err(js)?;
+        let keys = read_from_leader(&context, keys, settings.replicas)
+            .await
+            .map_err(js)?;
+        Ok(Jobs {
+            js: context,
+            results,
+            keys,
+            settings: settings.clone(),
+            callback_ack_wait: callback_timeout + Duration::from_secs(30),
+        })
+    }
+
+    pub(super) async fn consumer(
+        &self,
+        stream: &str,
+        name: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<consumer::PullConsumer, GatewayError> {
+        let stream = self.js.get_stream(stream).await.map_err(js)?;
+        stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    // Bounded by us: the final failure is recorded before the message goes.
+                    max_deliver: -1,
+                    max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(js)
+    }
+
+    /// How long a poll's `Prefer: wait` and an event stream may last.
+    pub fn settings(&self) -> &JobsSettings {
+        &self.settings
+    }
+}
+
+/// The policy of redeliveries after a transient failure (the bus could not carry a request,
+/// or the store did not answer): 1 s, doubling, at most 30 s, with up to 20 % jitter so that
+/// the requests one outage failed do not all come back at the same instant.
+pub fn redelivery() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_secs(1), Duration::from_secs(30), 0.2)
+}
+
+/// How long a message waits before it is delivered again after its `delivered`-th delivery
+/// failed transiently ([`redelivery`]: about 1 s after the first, doubling, at most 30 s).
+/// Every delivery counts towards `jobs.max_deliver`, so the doubling is what lets the default
+/// 5 deliveries span a stream's leader election (a few seconds) and more.
+pub fn retry_delay(delivered: i64) -> Duration {
+    redelivery().delay_for(redelivery_attempt(delivered))
+}
+
+/// The attempt number of the policy for a JetStream delivery count (the first delivery's
+/// retry is attempt 0).
+fn redelivery_attempt(delivered: i64) -> u32 {
+    u32::try_from(delivered.saturating_sub(1).max(0)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub(crate) fn job() -> Job {
+        Job {
+            call: Call {
+                request_id: "r1".into(),
+                route: "order".into(),
+                order_id: "A1".into(),
+                client: String::new(),
+                traceparent: "00-x-y-01".into(),
+                headers: Vec::new(),
+            },
+            callback_url: Some("https://example.com/hook".into()),
+        }
+    }
+
+    /// Jobs queued by an earlier gateway are flat JSON objects; a job stays one.
+    #[test]
+    fn a_job_is_a_flat_json_object() {
+        let v = serde_json::to_value(job()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"request_id": "r1", "route": "order", "order_id": "A1",
+                "client": "", "callback_url": "https://example.com/hook", "traceparent": "00-x-y-01"})
+        );
+        let back: Job = serde_json::from_value(v).expect("job");
+        assert_eq!(back, job());
+    }
+
+    #[test]
+    fn transient_failures_back_off_from_one_second_to_thirty() {
+        let policy = redelivery();
+        let delay = |delivered: i64, unit: f64| policy.delay(redelivery_attempt(delivered), unit);
+        let ms = Duration::from_millis;
+        // Without jitter, exactly the schedule: 1 s after the first delivery, doubling, 30 s.
+        let least: Vec<Duration> = (0..=8).map(|d| delay(d, 0.0)).collect();
+        let secs = [1, 1, 2, 4, 8, 16, 30, 30, 30].map(Duration::from_secs);
+        assert_eq!(least, secs);
+        assert_eq!(delay(i64::MAX, 0.0), Duration::from_secs(30));
+        // With the most jitter, at most a fifth more, and never past thirty.
+        let most: Vec<Duration> = (0..=8).map(|d| delay(d, 1.0)).collect();
+        let jittered = [1200, 1200, 2400, 4800, 9600, 19200, 30000, 30000, 30000].map(ms);
+        assert_eq!(most, jittered);
+        // A random draw stays between the two.
+        for (delivered, (least, most)) in (0i64..).zip(least.iter().zip(&most)) {
+            let drawn = retry_delay(delivered);
+            assert!((*least..=*most).contains(&drawn), "{delivered}: {drawn:?}");
+        }
+        assert_eq!(retry_delay(i64::MAX), Duration::from_secs(30));
+    }
+}
