@@ -13,7 +13,8 @@
 //! short of its connections), after writing the report that lists why.
 //!
 //! `busgate-bench --smoke`: one short round per scenario, no fixed-rate phase, 500 requests held
-//! in the memory scenario, no ratios to judge: CI runs it so that the benchmark keeps working.
+//! in the memory scenario (`--hold N` to say otherwise), no ratios to judge, results in a
+//! temporary folder unless `--out` says where: CI runs it so that the benchmark keeps working.
 //!
 //! `busgate-bench --print-settings bench|merge|merge-keyed|held` prints a gateway settings file and exits:
 //! the benchmark's own, and those of `tests/perf/merge-stack.sh` and `tests/perf/held-gathers.py`,
@@ -48,6 +49,8 @@ pub struct Options {
     pub smoke: bool,
     pub out: PathBuf,
     pub peers: PathBuf,
+    /// Requests the memory scenario holds in flight.
+    pub hold: usize,
 }
 
 fn options() -> Options {
@@ -65,8 +68,10 @@ fn options() -> Options {
             .join("perf")
             .join("peers")
             .join("peers.sh"),
+        hold: settings::MEMORY_HOLD,
     };
-    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--smoke]\nbusgate-bench --print-settings bench|merge|merge-keyed|held   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
+    let (mut out, mut hold) = (None, None);
+    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --print-settings bench|merge|merge-keyed|held   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()
@@ -81,7 +86,8 @@ fn options() -> Options {
             "--duration" => o.duration = number(value()),
             "--warmup" => o.warmup = number(value()),
             "--connections" => o.connections = number(value()) as usize,
-            "--out" => o.out = PathBuf::from(value()),
+            "--out" => out = Some(PathBuf::from(value())),
+            "--hold" => hold = Some(number(value()) as usize),
             "--peers" => o.peers = PathBuf::from(value()),
             "--smoke" => o.smoke = true,
             "--print-settings" => settings::print_settings(&value()),
@@ -96,8 +102,11 @@ fn options() -> Options {
         o.rounds = 1;
         o.duration = 1;
         o.warmup = 0;
+        o.hold = 500;
         o.out = std::env::temp_dir().join("busgate-bench-smoke");
     }
+    o.out = out.unwrap_or(o.out);
+    o.hold = hold.unwrap_or(o.hold);
     o
 }
 
@@ -301,11 +310,10 @@ async fn main() {
     // 6. Fan-out width against raw NATS.
     let fanout = scenarios::fanout(g, &nats.url, &o, &mut failures).await;
     // 7. Memory, with every gather in flight.
-    let hold = if o.smoke { 500 } else { settings::MEMORY_HOLD };
     let memory = memory::run(
         &gateway.base,
         gw_pid,
-        hold,
+        o.hold,
         peak_rss_scenario3,
         &mut failures,
     )
