@@ -19,10 +19,12 @@ pub fn fail(why: &str) -> ! {
     std::process::exit(1);
 }
 
-/// The running peers, stopped on drop.
+/// The running peers, stopped (and their folder removed) on drop.
 pub struct Peers {
     script: PathBuf,
     env: Vec<(String, String)>,
+    /// The peers' configurations, pid files and logs; removed on drop.
+    dir: PathBuf,
     /// The first fake internal service (fixed order JSON at `/order/{id}`).
     pub up1: u16,
     /// The second.
@@ -63,6 +65,7 @@ impl Peers {
         let peers = Peers {
             script: script.to_path_buf(),
             env,
+            dir,
             up1,
             up2,
             nginx_proxy,
@@ -99,5 +102,6 @@ impl Drop for Peers {
             .arg("stop")
             .envs(self.env.clone())
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
