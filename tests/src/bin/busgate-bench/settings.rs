@@ -113,10 +113,13 @@ fn merge_keyed_settings() -> Settings {
         )
 }
 
-/// The gateway of `tests/perf/held-gathers.py`: the held route and the merge for `--preload`.
+/// The gateway of `tests/perf/held-gathers.py`: the held route and the merge for `--preload`,
+/// with the benchmark's caps (its default N is [`MEMORY_HOLD`]).
 fn held_gathers_settings() -> Settings {
     Settings::default()
         .log_level("warn")
+        .http_max_connections(BENCH_CONNECTION_CAP)
+        .http_max_in_flight(BENCH_CONNECTION_CAP)
         .auth_none()
         .service("n1", Duration::from_secs(30))
         .service("n2", Duration::from_secs(2))
