@@ -4,28 +4,28 @@
 # peer, keyed (auth required, X-API-Key of the client `bench`, a rate limit that never
 # triggers), peer. Prints req/s of each, the ratio keyed / anonymous and each to the peer.
 #   tests/perf/ab-auth.sh [BIN_DIR]      (default target/release; ROUNDS=3, SECONDS_PER_ROUND=10)
-# Needs wrk, nats-server, and the anchors (../shared/bench/anchors.sh start; started here when
+# Needs wrk, nats-server, and the peers (tests/perf/peers/peers.sh start; started here when
 # nothing answers on :18091, and stopped again).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BINS=${1:-$HERE/../../target/release}
-ANCHORS=${ANCHORS:-$HERE/../../../shared/bench/anchors.sh}
+PEERS=${PEERS:-$HERE/peers/peers.sh}
 ROUNDS=${ROUNDS:-3} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
 PEER=http://127.0.0.1:${MERGE:-18091}/api/orders/12345
 # The bench client's key: a fixture (busgate-bench's BENCH_KEY), not a secret.
 KEY=bgk_YnVzZ2F0ZSBiZW5jaG1hcmsga2V5IG5vdCBzZWNyZXQ
 D=$(mktemp -d)
-started_anchors=
+started_peers=
 cleanup() {
   stop_merge_stack 2>/dev/null
-  [ -n "$started_anchors" ] && "$ANCHORS" stop > /dev/null 2>&1
+  [ -n "$started_peers" ] && "$PEERS" stop > /dev/null 2>&1
   rm -rf "$D"
 }
 trap cleanup EXIT
 . "$HERE/merge-stack.sh"
 if ! curl -sf "$PEER" > /dev/null; then
-  "$ANCHORS" start > "$D/anchors.log" 2>&1 || { cat "$D/anchors.log" >&2; exit 1; }
-  started_anchors=1
+  "$PEERS" start > "$D/peers.log" 2>&1 || { cat "$D/peers.log" >&2; exit 1; }
+  started_peers=1
 fi
 
 rps() { wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@" | awk '/Requests\/sec/ {print $2}'; }

@@ -6,27 +6,27 @@
 # A bin dir written `tls:DIR` runs that build with every NATS connection over TLS
 # (merge-stack.sh's NATS_TLS): `ab-merge.sh target/release tls:target/release` is plain TCP
 # against TLS in one run.
-# Needs wrk, nats-server, and the anchors (../shared/bench/anchors.sh start; this script starts
+# Needs wrk, nats-server, and the peers (tests/perf/peers/peers.sh start; this script starts
 # them when nothing answers on :18091 and stops what it started). A bin dir holds busgate and
 # busgate-worker; busgate-bench comes from this checkout (for the fixture's settings).
 set -u
 [ $# -ge 2 ] || { echo "usage: $0 OLD_BIN_DIR NEW_BIN_DIR [MORE…]" >&2; exit 64; }
 HERE=$(cd "$(dirname "$0")" && pwd)
-ANCHORS=${ANCHORS:-$HERE/../../../shared/bench/anchors.sh}
+PEERS=${PEERS:-$HERE/peers/peers.sh}
 ROUNDS=${ROUNDS:-3} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
 PEER=http://127.0.0.1:${MERGE:-18091}/api/orders/12345
 D=$(mktemp -d)
-started_anchors=
+started_peers=
 cleanup() {
   stop_merge_stack 2>/dev/null
-  [ -n "$started_anchors" ] && "$ANCHORS" stop > /dev/null 2>&1
+  [ -n "$started_peers" ] && "$PEERS" stop > /dev/null 2>&1
   rm -rf "$D"
 }
 trap cleanup EXIT
 . "$HERE/merge-stack.sh"
 if ! curl -sf "$PEER" > /dev/null; then
-  "$ANCHORS" start > "$D/anchors.log" 2>&1 || { cat "$D/anchors.log" >&2; exit 1; }
-  started_anchors=1
+  "$PEERS" start > "$D/peers.log" 2>&1 || { cat "$D/peers.log" >&2; exit 1; }
+  started_peers=1
 fi
 
 rps() { wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$1" | awk '/Requests\/sec/ {print $2}'; }

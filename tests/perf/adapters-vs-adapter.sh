@@ -8,25 +8,25 @@
 # services; TOPOLOGY=2: two processes of each (the single-service kind one per service, as
 # busgate-bench runs scenario 4; the `adapters` kind two that share both queue groups).
 #   tests/perf/adapters-vs-adapter.sh [BIN_DIR]     (ROUNDS=3, SECONDS_PER_ROUND=8)
-# Needs wrk, nats-server, nginx (its own anchors on ports 28081/28082 in /tmp/i18-anchors).
+# Needs wrk, nats-server, nginx (its own peers, tests/perf/peers/peers.sh, on ports 28081/28082
+# and 28090–28092 in /tmp/busgate-peers-aa).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BINS=${1:-$HERE/../../target/release}
-ANCHORS=${ANCHORS:-$HERE/../../../shared/bench/anchors.sh}
-[ -x "$ANCHORS" ] || ANCHORS=$HERE/../../../../shared/bench/anchors.sh   # from a git worktree
+PEERS=${PEERS:-$HERE/peers/peers.sh}
 ROUNDS=${ROUNDS:-3} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-8} TOPOLOGY=${TOPOLOGY:-1}
-export UP1=${UP1:-28081} UP2=${UP2:-28082} PROXY=${PROXY:-28090} MERGE=${MERGE:-28091}
-export ANCHORS_DIR=${ANCHORS_DIR:-/tmp/i18-anchors}
+export UP1=${UP1:-28081} UP2=${UP2:-28082} PROXY=${PROXY:-28090} MERGE=${MERGE:-28091} HAPROXY=${HAPROXY:-28092}
+export PEERS_DIR=${PEERS_DIR:-/tmp/busgate-peers-aa}
 D=$(mktemp -d)
 PIDS=()
 cleanup() {
   kill "${PIDS[@]}" 2>/dev/null; wait "${PIDS[@]}" 2>/dev/null
-  "$ANCHORS" stop > /dev/null 2>&1
+  "$PEERS" stop > /dev/null 2>&1
   rm -rf "$D"
 }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-"$ANCHORS" start > "$D/anchors.log" 2>&1 || { cat "$D/anchors.log" >&2; exit 1; }
+"$PEERS" start > "$D/peers.log" 2>&1 || { cat "$D/peers.log" >&2; exit 1; }
 U1=http://127.0.0.1:$UP1/order/{order_id} U2=http://127.0.0.1:$UP2/order/{order_id}
 np=$(port); hp=$(port); ap=$(port)
 cat > "$D/gw.toml" <<TOML

@@ -2,8 +2,8 @@
 # CPU time, system calls and context switches per request of each process on the native merge
 # path (gateway, native worker, nats-server), measured with `perf stat` under `wrk -c64`.
 # Compare builds in the same run:  tests/perf/cpu-per-request.sh /tmp/old-bins target/release
-# ADAPTERS=1 measures the merge through two adapters to the anchors' nginx upstreams instead
-# (start them first: ../shared/bench/anchors.sh start).
+# ADAPTERS=1 measures the merge through two adapters to the peers' nginx services instead
+# (start them first: tests/perf/peers/peers.sh start).
 # Needs perf (Debian linux-perf), wrk, nats-server; a bin dir holds busgate and busgate-worker.
 set -u
 [ $# -ge 1 ] || set -- "$(cd "$(dirname "$0")/../.." && pwd)/target/release"

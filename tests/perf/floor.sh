@@ -4,7 +4,7 @@
 #   busgate     the gateway, route /bench/merge (n1 + n2 on one native worker)
 #   floor       gateway/examples/floor.rs: bare axum + async-nats scatter-gather, no headers
 #   floor+hdr   the same with the contract's four NATS headers on each request
-#   nginx+lua   the anchors' merge (../shared/bench/anchors.sh start, port 18091)
+#   nginx+lua   the peers' merge (tests/perf/peers/peers.sh start, port 18091)
 # All three of ours share one nats-server and one native worker.
 #   tests/perf/floor.sh [ROUNDS] [SECONDS]
 # With CPU=1 it then prints, for each of ours, the CPU time per request of its gateway, the
@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BINS=${BINS:-$ROOT/target/release}
 FLOOR=$BINS/examples/floor
 [ -x "$FLOOR" ] || { echo "build the floor first: cargo build --release -p busgate-gateway --example floor" >&2; exit 2; }
-curl -sf http://127.0.0.1:18091/api/orders/1 > /dev/null || { echo "start the anchors first: ../shared/bench/anchors.sh start" >&2; exit 2; }
+curl -sf http://127.0.0.1:18091/api/orders/1 > /dev/null || { echo "start the peers first: tests/perf/peers/peers.sh start" >&2; exit 2; }
 OUT=${OUT:-$(mktemp -d)}
 . "$(dirname "$0")/merge-stack.sh"
 start_merge_stack "$BINS" "$OUT"

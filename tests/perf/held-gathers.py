@@ -13,6 +13,8 @@ idle, at most while the requests were admitted, and settled with all of them in 
             give it a gateway built without the `#[global_allocator]` (gateway/src/main.rs), then
             `heaptrack_print -f FILE --flamegraph-cost-type peak -F stacks.txt`.
 Needs nats-server, wrk (--preload) and heaptrack (--heaptrack); N file descriptors each side.
+The gateway's caps (http.max_connections, http.max_in_flight) are raised to 11,000 for it
+(busgate-bench --print-settings held): N up to 10,000 fits with the /metrics reads.
 """
 import os
 import re

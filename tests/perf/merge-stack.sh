@@ -1,7 +1,7 @@
 # Sourced by the scripts beside it: the native merge path (nats-server, a native worker serving
 # n1 and n2, a gateway with route /bench/merge) on free ports, from the binaries in a directory.
-# With ADAPTERS=1, n1 and n2 are two adapters to the anchors' nginx upstreams instead
-# (../shared/bench/anchors.sh start; ports UP1/UP2, default 18081/18082), in two processes, or
+# With ADAPTERS=1, n1 and n2 are two adapters to the peers' nginx services instead
+# (tests/perf/peers/peers.sh start; ports UP1/UP2, default 18081/18082), in two processes, or
 # in one with ADAPTER_PROCESSES=1.
 #   start_merge_stack BIN_DIR WORK_DIR   sets N W G (pids; W2 for the second adapter), NATS_URL
 #                                        and URL, waits until URL answers, then warms it up
