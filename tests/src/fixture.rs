@@ -5,7 +5,7 @@
 //! cannot drift from what the gateway reads; the rest (`[log]`, `[jobs]`, `[callbacks]`) is
 //! what the tests set. [`Settings::to_toml`] writes it out; [`Route::to_json`] is the same route
 //! as the admin API's document. The NATS URL, the listeners, the admin token and the log format
-//! of a test gateway come from its environment ([`crate::support::Gateway::start`]).
+//! of a test gateway come from its environment ([`crate::gateway::Gateway::start`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -209,7 +209,7 @@ impl Settings {
 
     /// `[auth] mode = "required"` written out: public requests need a client's key. (A test
     /// gateway whose settings say nothing about `[auth]` runs with `mode = "none"`: see
-    /// [`crate::support::Gateway::start`].)
+    /// [`crate::gateway::Gateway::start`].)
     pub fn auth_required(mut self) -> Settings {
         self.auth_mode = Some("required");
         self
