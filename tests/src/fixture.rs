@@ -255,6 +255,13 @@ impl Settings {
         self
     }
 
+    /// `service` with `deadline` as its timeout, and the route `route` (`GET path`) to it alone
+    /// with the same deadline: a route held as long as its service is.
+    pub fn held(self, route: &str, path: &str, service: &str, deadline: Duration) -> Settings {
+        self.service(service, deadline)
+            .route(route, Route::get(path).deadline(deadline).target(service))
+    }
+
     /// `[clients.<name>]`: a client seeded with the configuration (its keys as hashes).
     pub fn client(mut self, name: &str, spec: ClientSpec) -> Settings {
         self.clients.insert(name.to_owned(), spec);
@@ -339,6 +346,18 @@ impl Settings {
         }
         toml::document(&doc)
     }
+}
+
+/// `text` in a temporary file ending in `suffix` (`.toml`), deleted when dropped.
+pub fn file(text: &str, suffix: &str) -> tempfile::NamedTempFile {
+    use std::io::Write as _;
+    let mut file = tempfile::Builder::new()
+        .suffix(suffix)
+        .tempfile()
+        .expect("temporary file");
+    file.write_all(text.as_bytes())
+        .expect("write temporary file");
+    file
 }
 
 /// A route: its bindings, deadline, targets and merge, as [`RouteSpec`] has them.

@@ -4,10 +4,11 @@
 
 use std::process::Command;
 
+use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use crate::fixture::Settings;
-use crate::http::http;
+use crate::http::{get_text, http};
 use crate::nats::NatsServer;
 use crate::process::{bin, Proc, READY_WITHIN};
 use crate::wait::eventually;
@@ -42,21 +43,29 @@ impl Gateway {
         settings: &Settings,
         configure: impl FnOnce(&mut Command),
     ) -> Gateway {
-        let gateway = Self::start_unready(nats, settings, configure).await;
-        gateway.wait_ready().await;
-        gateway
+        Self::start_unready(nats, settings, configure)
+            .await
+            .ready()
+            .await
     }
 
     /// [`Gateway::start_with`] on the NATS URL (or comma-separated URL list) `url`, e.g. a
-    /// [`NatsCluster::urls`].
+    /// [`crate::cluster::NatsCluster::urls`].
     pub async fn start_on(
         url: &str,
         settings: &Settings,
         configure: impl FnOnce(&mut Command),
     ) -> Gateway {
-        let gateway = Self::launch(url, &[], settings, configure).await;
-        gateway.wait_ready().await;
-        gateway
+        Self::launch(url, &[], settings, configure)
+            .await
+            .ready()
+            .await
+    }
+
+    /// Itself, once ready ([`Gateway::wait_ready`]).
+    async fn ready(self) -> Gateway {
+        self.wait_ready().await;
+        self
     }
 
     /// [`Gateway::start_with`] without waiting for readiness: returns once it listens (for
@@ -85,13 +94,7 @@ impl Gateway {
         configure: impl FnOnce(&mut Command),
     ) -> Gateway {
         busgate_shared::runtime::install_crypto_provider();
-        use std::io::Write;
-        let mut file = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .expect("config file");
-        file.write_all(settings.to_toml().as_bytes())
-            .expect("write config");
+        let file = crate::fixture::file(&settings.to_toml(), ".toml");
         let mut cmd = Command::new(bin("busgate"));
         cmd.arg("gateway")
             .arg("--config")
@@ -147,6 +150,32 @@ impl Gateway {
         }
     }
 
+    /// A request to the admin listener, with the admin token.
+    pub fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        http()
+            .request(method, self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Sends `method path` to the admin API with the token, `If-Match` and a JSON body when
+    /// given.
+    pub async fn admin_send(
+        &self,
+        method: &str,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
+        let mut request = self.admin_request(method.parse().expect("method"), path);
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        Answer::of(request.send().await.expect("admin request")).await
+    }
+
     /// A URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("{}{path}", self.admin)
@@ -154,14 +183,7 @@ impl Gateway {
 
     /// A gauge or counter from /metrics (summed over label sets that contain `labels`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = http()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = get_text(&self.url("/metrics")).await;
         text.lines()
             .filter(|l| l.starts_with(name) && l.contains(labels))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
@@ -176,4 +198,53 @@ pub struct ClientKey {
     pub id: String,
     /// The secret (`bgk_…`).
     pub secret: String,
+}
+
+/// A `busgate up` command with `config` and `data` (its data dir), its demo services from
+/// `demo_port`, on free listeners, logging JSON; no NATS URL or admin token from the test's
+/// environment (`up` starts or finds its own, and makes its own token).
+pub fn up_command(config: &std::path::Path, data: &std::path::Path, demo_port: u16) -> Command {
+    let mut cmd = Command::new(bin("busgate"));
+    cmd.arg("up")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--demo-port", &demo_port.to_string()])
+        .env_remove("BUSGATE_NATS__URL")
+        .env_remove("BUSGATE_ADMIN__TOKEN")
+        .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
+        .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("BUSGATE_LOG__FORMAT", "json");
+    cmd
+}
+
+/// An HTTP answer as the tests look at it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body as JSON (`Null` when it is not).
+    pub body: Value,
+}
+
+impl Answer {
+    /// Status, headers and body, to take apart.
+    pub fn parts(self) -> (u16, HeaderMap, Value) {
+        (self.status, self.headers, self.body)
+    }
+
+    /// Reads `response` whole.
+    pub async fn of(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
 }

@@ -52,7 +52,11 @@ pub async fn status_doc(gateway: &Gateway, request_id: &str) -> Value {
 /// Polls the request until it is final, at most `within`: `Ok` with its status document, or
 /// `Err` with the last one seen (`Null` if none) when it never was. Connection errors (a
 /// gateway restarting) are polled through.
-pub async fn poll_final(gateway: &Gateway, request_id: &str, within: Duration) -> Result<Value, Value> {
+pub async fn poll_final(
+    gateway: &Gateway,
+    request_id: &str,
+    within: Duration,
+) -> Result<Value, Value> {
     let url = gateway.url(&format!("/api/requests/{request_id}"));
     let until = Instant::now() + within;
     let mut last = Value::Null;
@@ -67,7 +71,7 @@ pub async fn poll_final(gateway: &Gateway, request_id: &str, within: Duration) -
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(last)
 }

@@ -189,6 +189,21 @@ impl NatsServer {
             .expect("connect to test nats")
     }
 
+    /// A subscriber in `service`'s queue group that never answers: requests to it get no
+    /// "no responders" and stay pending until their deadline. Keep it for as long as that holds.
+    pub async fn silent(&self, service: &str) -> async_nats::Subscriber {
+        let client = self.client().await;
+        let subscriber = client
+            .queue_subscribe(
+                busgate_shared::subject::service(service),
+                busgate_shared::subject::queue_group(service),
+            )
+            .await
+            .expect("subscribe");
+        client.flush().await.expect("flush");
+        subscriber
+    }
+
     /// The request path's connection, as a service serves on (see `busgate_shared::wire`).
     pub fn wire(&self) -> busgate_shared::wire::Connection {
         busgate_shared::wire::Connection::connect(&self.url, "test").expect("a valid url")

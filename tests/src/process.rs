@@ -21,7 +21,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 /// The environment variable that marks every process a test starts (and, inherited, every
-/// process those start): `<this crate's dir>:<test pid>:<n>`.
+/// process those start): `<this crate's dir>:<test pid>:<n>:` (no mark is the prefix of
+/// another).
 pub const OWNER_ENV: &str = "BUSGATE_TESTS_OWNER";
 
 /// The mark's prefix shared by every process the tests of this checkout start.
@@ -33,7 +34,7 @@ pub fn checkout_mark() -> String {
 fn new_mark() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{}{}:{n}", checkout_mark(), std::process::id())
+    format!("{}{}:{n}:", checkout_mark(), std::process::id())
 }
 
 /// How long any process may take to become ready.
@@ -171,6 +172,11 @@ impl Proc {
             .any(|l| l.contains(text))
     }
 
+    /// The mark it and its descendants carry (see [`marked`]).
+    pub fn mark(&self) -> &str {
+        &self.mark
+    }
+
     /// The process id (the leader of its process group).
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
@@ -225,17 +231,11 @@ pub fn marked(mark: &str) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILL to every process that carries `mark` (exactly), until none is left (bounded: a
-/// dying supervisor may start one more child before it dies).
+/// SIGKILL to every process that carries `mark`, until none is left (bounded: a dying
+/// supervisor may start one more child before it dies).
 fn kill_marked(mark: &str) {
-    let exact = |pid: &i32| {
-        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-            env.split(|b| *b == 0)
-                .any(|var| var == format!("{OWNER_ENV}={mark}").as_bytes())
-        })
-    };
     for _ in 0..50 {
-        let left: Vec<i32> = marked(mark).into_iter().filter(exact).collect();
+        let left = marked(mark);
         if left.is_empty() {
             return;
         }

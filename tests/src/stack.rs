@@ -40,8 +40,7 @@ impl Stack {
 
     /// NATS, `service1` and `service2` as native NATS services, and a gateway with `settings`.
     pub async fn native(settings: &Settings) -> Stack {
-        let nats = NatsServer::start();
-        let adapters = Worker::natives(&nats, &["service1", "service2"]);
+        let (nats, adapters) = native_services();
         let gateway = Gateway::start(&nats, settings).await;
         Stack {
             gateway,
@@ -50,4 +49,11 @@ impl Stack {
             nats,
         }
     }
+}
+
+/// NATS with `service1` and `service2` served on it as native services (start gateways on it).
+pub fn native_services() -> (NatsServer, Vec<Proc>) {
+    let nats = NatsServer::start();
+    let services = Worker::natives(&nats, &["service1", "service2"]);
+    (nats, services)
 }

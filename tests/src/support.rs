@@ -3,11 +3,11 @@
 //! module (`process`, `nats`, `gateway`, …).
 
 pub use crate::cluster::{ClusterNode, NatsCluster};
-pub use crate::gateway::{ClientKey, Gateway, ADMIN_TOKEN};
-pub use crate::http::http;
-pub use crate::jobs::{poll_final, submit, submit_request, until_final};
+pub use crate::gateway::{Answer, ClientKey, Gateway, ADMIN_TOKEN};
+pub use crate::http::{get_json, get_status, get_text, header, http, serve};
+pub use crate::jobs::{poll_final, request_id, status_doc, submit, submit_request, until_final};
 pub use crate::nats::{NatsServer, TestCa};
 pub use crate::process::{bin, Proc, READY_WITHIN};
-pub use crate::stack::Stack;
+pub use crate::stack::{native_services, Stack};
 pub use crate::wait::{eventually, free_port};
 pub use crate::workers::Worker;
