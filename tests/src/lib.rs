@@ -11,16 +11,19 @@
 //!
 //! - [`process`]: a child process: spawned in a process group of its own and marked, its
 //!   output kept for bounded waits, it and its descendants killed on drop; [`process::bin`].
-//! - [`nats`]: a nats-server ([`nats::NatsServer`]) and the test CA ([`nats::TestCa`]).
+//! - [`nats`]: a nats-server ([`nats::NatsServer`]), a silent service on it, and the test CA
+//!   ([`nats::TestCa`]).
 //! - [`cluster`]: a nats-server cluster with faults (kill, pause, restart).
-//! - [`gateway`]: a `busgate gateway` child, its listeners, the admin token, clients, metrics.
+//! - [`gateway`]: a `busgate gateway` child, its listeners, the admin token, admin requests
+//!   ([`gateway::Answer`]), clients, metrics; the `busgate up` command.
 //! - [`workers`]: `busgate-worker` children: demo services, adapters, native services.
 //! - [`stack`]: the stacks tests start from (adapters in front of demos, or native services).
-//! - [`http`]: the one HTTP client helper.
+//! - [`http`]: the one HTTP client helper, bodies and headers as text, a test HTTP server.
 //! - [`jobs`]: asynchronous requests: submit, poll until final.
 //! - [`wait`]: bounded waits ([`wait::eventually`]) and free ports.
 //! - [`fixture`]: the gateway settings (services, routes, jobs, callbacks) the tests, the
-//!   benchmark and the perf scripts (through `busgate-bench --print-settings`) start with.
+//!   benchmark and the perf scripts (through `busgate-bench --print-settings`) start with;
+//!   settings files.
 //! - [`support`]: all of the above under the harness's first name (for the benchmark and
 //!   older tests).
 //!
