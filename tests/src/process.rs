@@ -182,7 +182,6 @@ impl Proc {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
 
-    /// The process id (of the group leader: the child itself).
     /// SIGKILL to its whole process group (the leader is not reaped yet, so the group id is
     /// still its own), reap it, then kill whatever else carries its mark.
     pub fn kill(&mut self) {
