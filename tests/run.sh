@@ -35,3 +35,29 @@ cargo test --workspace --locked
 # The container path: images built from these binaries, the compose stack and the Kubernetes
 # manifests run with Podman (installed when missing), torn down after.
 tests/container/run.sh target/debug
+# Nothing left behind: no busgate, busgate-worker or nats-server that this checkout's tests
+# started (marked BUSGATE_TESTS_OWNER=<this checkout>/tests:… by the harness, inherited by their
+# children) or that runs from this checkout's target dir. Bounded: the last ones may be dying.
+leftovers() {
+  local mark="BUSGATE_TESTS_OWNER=$PWD/tests:" target="$PWD/target/" dir pid exe comm
+  for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    comm=$(cat "$dir/comm" 2>/dev/null) || continue
+    case "$comm" in busgate|busgate-worker|nats-server) ;; *) continue ;; esac
+    exe=$(readlink "$dir/exe" 2>/dev/null || true)
+    if [[ "$exe" == "$target"* ]] || tr '\0' '\n' < "$dir/environ" 2>/dev/null | grep -qF "$mark"; then
+      echo "$pid $(tr '\0' ' ' < "$dir/cmdline" 2>/dev/null)"
+    fi
+  done
+}
+for _ in $(seq 50); do
+  left=$(leftovers)
+  [ -z "$left" ] && break
+  sleep 0.2
+done
+if [ -n "$left" ]; then
+  echo "tests: processes left behind by the tests:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+echo "tests: no process left behind"

@@ -43,7 +43,7 @@ ok() {
   printf '  ok   %s\n' "$*"
   PASSED=$((PASSED + 1))
 }
-fail() { # the first failure ends the test: what follows would depend on what failed
+fail() { # the first failure ends the test (in sections 7 to 9: its section): what follows would depend on what failed
   printf '  FAIL %s\n' "$*" >&2
   exit 1
 }
@@ -147,6 +147,7 @@ cleanup() {
     podman network ls -q --filter "label=$label" 2>/dev/null | xargs -r podman network rm -f >/dev/null 2>&1
   done
   podman volume ls -q --filter "label=io.podman.compose.project=$P" 2>/dev/null | xargs -r podman volume rm -f >/dev/null 2>&1
+  if [ -f "$WORK/kube.secret" ]; then KUBE_SECRET=$(cat "$WORK/kube.secret"); fi
   if [ -n "$KUBE_SECRET" ]; then
     podman secret rm "$KUBE_SECRET" >/dev/null 2>&1
     podman volume rm -f busgate >/dev/null 2>&1 # the ConfigMap's, made by kube play
@@ -170,11 +171,9 @@ cleanup() {
   rm -rf "$WORK"
   echo
   echo "tests/container/run.sh: $(elapsed $((START / 1000000))) in all"
-  if [ "$rc" = 0 ]; then
-    echo "container: $PASSED passed, 0 failed"
-  else
-    echo "container: $PASSED passed, 1 failed"
-  fi
+  local failed=${FAILED:-0}
+  if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+  echo "container: $PASSED passed, $failed failed"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -511,11 +510,37 @@ podman start "$(ctr "$victim")" >/dev/null 2>>"$WORK/podman.log" || fail "podman
 # /healthz answers 200 once the node's JetStream has caught up with the cluster.
 node_healthy() { probe_once "${P}_bus" "http://$1:8222/healthz" >"$WORK/healthz.out" && json_check "$WORK/healthz.out" "status == 200"; }
 wait_for 90 "$victim back in the cluster, JetStream current" node_healthy "$victim" || fail "$victim did not rejoin"
+# Its peers answer 503 ("JetStream stream ... is not current") while they catch up with it:
+# what follows asks them, so it waits (bounded) until every node is current again.
+all_nodes_healthy() { node_healthy nats-1 && node_healthy nats-2 && node_healthy nats-3; }
+wait_for 90 "every NATS node current after the restart" all_nodes_healthy || fail "the cluster is not current after restarting $victim"
 wait_for 30 "gateway-a and gateway-b ready" eval 'ready gateway-a && ready gateway-b' || fail "a gateway is not ready"
 ok "$victim restarted: back in the cluster with JetStream current, both gateways ready ($(elapsed "$t0"))"
 
 # ---------------------------------------------------------------------------------------------
-say "7. the admin listener: on the host's loopback only"
+# Sections 7 to 9 each need only the stack as section 6 leaves it, not each other: each runs in
+# a subshell of its own, so its first failure ends that section and the next ones still run.
+FAILED=0
+section() { # TITLE FUNCTION
+  say "$1"
+  local rc=0
+  set +e
+  (
+    set -e
+    trap 'echo "$PASSED" >"$WORK/section.passed"' EXIT
+    "$2"
+  )
+  rc=$?
+  set -e
+  PASSED=$(cat "$WORK/section.passed")
+  if [ "$rc" != 0 ]; then
+    FAILED=$((FAILED + 1))
+    echo "  FAIL section '$1' ended at its first failure; the next sections still run" >&2
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+section_admin_listener() {
 admin /admin/v1/routes -H @"$WORK/admin.header" >"$WORK/admin.out" 2>&1 &&
   json_check "$WORK/admin.out" "status == 200 and any(r['name'] == 'order' for r in b['items'])" ||
   { show_log "$WORK/admin.out" 5; fail "admin API on 127.0.0.1:$BUSGATE_ADMIN_PORT"; }
@@ -541,13 +566,16 @@ for url in "http://gateway-a:9090/admin/v1/routes" "http://lb:9090/admin/v1/rout
 done
 ok "from the services network: public port answers; gateway-a:9090, lb:9090 and the host's $SERVICES_GW:$BUSGATE_ADMIN_PORT do not"
 NATS_IP=$(podman inspect "$(ctr nats-2)" --format "{{(index .NetworkSettings.Networks \"${P}_bus\").IPAddress}}")
-probe_once "${P}_bus" "http://$NATS_IP:8222/healthz" >"$WORK/nats.out" && json_check "$WORK/nats.out" "status == 200" ||
+nats_monitor_ok() { probe_once "${P}_bus" "http://$NATS_IP:8222/healthz" >"$WORK/nats.out" && json_check "$WORK/nats.out" "status == 200"; }
+wait_for 60 "NATS monitoring from the bus network (control)" nats_monitor_ok ||
   fail "NATS monitoring from the bus network (control)"
 if from_services "http://$NATS_IP:8222/healthz"; then fail "NATS reachable from the services network at $NATS_IP"; fi
 ok "NATS ($NATS_IP, internal network bus) unreachable from the services network, even by address"
+}
+section "7. the admin listener: on the host's loopback only" section_admin_listener
 
 # ---------------------------------------------------------------------------------------------
-say "8. bad settings: exit code 64 and the reason in the log"
+section_bad_settings() {
 bad_run() { # EXPECTED_TEXT podman-run-args...
   local expect=$1 rc=0
   shift
@@ -564,9 +592,11 @@ bad_run "callbacks.secret" -e BUSGATE_CALLBACKS__SECRET=not-a-secret "$BUSGATE_I
 bad_run "admin.token_file: cannot read /run/secrets/busgate-admin-token" \
   -e BUSGATE_ADMIN__TOKEN_FILE=/run/secrets/busgate-admin-token "$BUSGATE_IMAGE" gateway
 bad_run '"/run/secrets/busgate.toml" not found' "$BUSGATE_IMAGE" gateway --config /run/secrets/busgate.toml
+}
+section "8. bad settings: exit code 64 and the reason in the log" section_bad_settings
 
 # ---------------------------------------------------------------------------------------------
-say "9. podman kube play deploy/k8s/busgate.yaml, against the stack's NATS"
+section_kube_play() {
 t0=$(now_ms)
 # kube play makes a podman secret and a volume (the ConfigMap's) named after the manifest's
 # objects; a machine that already has them is not this test's to change.
@@ -589,6 +619,7 @@ printf '%s' "$ADMIN_TOKEN" |
   python3 -c 'import base64, json, sys; print(json.dumps({"admin-token": base64.b64encode(sys.stdin.read().encode()).decode()}))' |
   podman secret create busgate - >/dev/null || fail "podman secret create busgate"
 KUBE_SECRET=busgate
+echo busgate >"$WORK/kube.secret" # for the teardown: this section runs in a subshell
 # The manifest as it is, but for one thing: Podman 4 publishes every containerPort on the host
 # (0.0.0.0, same port), which would open the admin port on this machine and clash between the
 # two replicas. Kubernetes does no such thing; here the ports are dropped and probes use numbers.
@@ -621,6 +652,8 @@ for pod in $(echo "$pods" | grep '^busgate-gateway'); do
   ok "$pod: merged answer from http://$ip:8080 (user $user)"
 done
 ok "kube play: 2 gateways and 4 adapters from deploy/k8s/busgate.yaml answer ($(elapsed "$t0"))"
+}
+section "9. podman kube play deploy/k8s/busgate.yaml, against the stack's NATS" section_kube_play
 
 # ---------------------------------------------------------------------------------------------
 say "summary"
@@ -630,3 +663,4 @@ echo "  up -> first merged answer through the load balancer: $UP_TO_ANSWER"
 echo "  async, submitted on gateway-a, completed on gateway-b: $ASYNC_TIME"
 echo "  NATS kill ($victim): synchronous: $KILL_REPORT"
 echo "                      $ASYNC_KILL_REPORT"
+[ "$FAILED" = 0 ] || exit 1

@@ -5,7 +5,7 @@
 //! cannot drift from what the gateway reads; the rest (`[log]`, `[jobs]`, `[callbacks]`) is
 //! what the tests set. [`Settings::to_toml`] writes it out; [`Route::to_json`] is the same route
 //! as the admin API's document. The NATS URL, the listeners, the admin token and the log format
-//! of a test gateway come from its environment ([`crate::support::Gateway::start`]).
+//! of a test gateway come from its environment ([`crate::gateway::Gateway::start`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -209,7 +209,7 @@ impl Settings {
 
     /// `[auth] mode = "required"` written out: public requests need a client's key. (A test
     /// gateway whose settings say nothing about `[auth]` runs with `mode = "none"`: see
-    /// [`crate::support::Gateway::start`].)
+    /// [`crate::gateway::Gateway::start`].)
     pub fn auth_required(mut self) -> Settings {
         self.auth_mode = Some("required");
         self
@@ -253,6 +253,13 @@ impl Settings {
     pub fn route(mut self, name: &str, route: Route) -> Settings {
         self.routes.insert(name.to_owned(), route.spec);
         self
+    }
+
+    /// `service` with `deadline` as its timeout, and the route `route` (`GET path`) to it alone
+    /// with the same deadline: a route held as long as its service is.
+    pub fn held(self, route: &str, path: &str, service: &str, deadline: Duration) -> Settings {
+        self.service(service, deadline)
+            .route(route, Route::get(path).deadline(deadline).target(service))
     }
 
     /// `[clients.<name>]`: a client seeded with the configuration (its keys as hashes).
@@ -339,6 +346,18 @@ impl Settings {
         }
         toml::document(&doc)
     }
+}
+
+/// `text` in a temporary file ending in `suffix` (`.toml`), deleted when dropped.
+pub fn file(text: &str, suffix: &str) -> tempfile::NamedTempFile {
+    use std::io::Write as _;
+    let mut file = tempfile::Builder::new()
+        .suffix(suffix)
+        .tempfile()
+        .expect("temporary file");
+    file.write_all(text.as_bytes())
+        .expect("write temporary file");
+    file
 }
 
 /// A route: its bindings, deadline, targets and merge, as [`RouteSpec`] has them.

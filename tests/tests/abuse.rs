@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{eventually, Gateway, NatsServer};
+use support::{eventually, get_json, Gateway, NatsServer};
 
 /// How much later than its timeout a connection may be closed (a loaded 2-core machine).
 const SLACK: Duration = Duration::from_millis(1500);
@@ -25,6 +25,13 @@ fn addr(gateway: &Gateway) -> String {
 }
 
 /// Reads until the peer closes (EOF or reset), at most `within`; what was read and when.
+/// A connection to the gateway's public listener that has sent `bytes`.
+async fn connect_and_send(gateway: &Gateway, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr(gateway)).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    stream
+}
+
 async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -69,12 +76,7 @@ async fn half_sent_heads_and_idle_keep_alives_are_closed_in_time() {
     let started = Instant::now();
     let mut loris = Vec::new();
     for _ in 0..5 {
-        let mut stream = TcpStream::connect(addr(&gateway)).await.expect("connect");
-        stream
-            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
-            .await
-            .expect("half a head");
-        loris.push(stream);
+        loris.push(connect_and_send(&gateway, b"GET /health/live HTTP/1.1\r\nHost: x\r\n").await);
     }
     for (i, stream) in loris.iter_mut().enumerate() {
         let seen = read_until_closed(stream, timeout + SLACK).await;
@@ -200,11 +202,8 @@ async fn oversize_heads_get_431_and_connections_past_the_cap_are_closed() {
     // Four connections, each answered once and kept alive: the cap is reached.
     let mut open = Vec::new();
     for _ in 0..4 {
-        let mut stream = TcpStream::connect(addr(&gateway)).await.expect("connect");
-        stream
-            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("request");
+        let mut stream =
+            connect_and_send(&gateway, b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let mut buf = [0u8; 1024];
         let n = stream.read(&mut buf).await.expect("answer");
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
@@ -277,14 +276,7 @@ async fn a_flood_is_shed_with_503_overloaded_while_health_answers() {
                     response.bytes().await.expect("body");
                     latencies.push(sent.elapsed());
                     if latencies.len() % 10 == 0 {
-                        let ready: Value = http
-                            .get(&ready_url)
-                            .send()
-                            .await
-                            .expect("ready")
-                            .json()
-                            .await
-                            .expect("json");
+                        let ready = get_json(&ready_url).await;
                         peak_in_flight = peak_in_flight
                             .max(ready["load"]["in_flight"]["open"].as_u64().unwrap_or(0));
                         rss_peak = rss_peak.max(rss_kib(pid));
@@ -430,14 +422,7 @@ async fn event_streams_and_waiters_are_capped_per_instance() {
     let waiting = tokio::spawn(submit("respond-async, wait=10"));
     let ready = gateway.url("/health/ready");
     eventually(Duration::from_secs(5), || async {
-        let load: Value = http
-            .get(&ready)
-            .send()
-            .await
-            .expect("ready")
-            .json()
-            .await
-            .expect("json");
+        let load = get_json(&ready).await;
         load["load"]["waiters"]["open"] == 1
     })
     .await;

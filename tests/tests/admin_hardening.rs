@@ -9,43 +9,11 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
-use support::{Gateway, Stack, ADMIN_TOKEN};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-/// Sends `method path` to the admin listener with the token, `If-Match` when given and a JSON
-/// body when given; returns the status, the headers and the body (JSON, or `Null`).
-async fn send(
-    gateway: &Gateway,
-    method: &str,
-    path: &str,
-    if_match: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, HeaderMap, Value) {
-    let mut request = http()
-        .request(method.parse().expect("method"), gateway.admin_url(path))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(tag) = if_match {
-        request = request.header("if-match", tag);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.expect("send");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    (
-        status,
-        headers,
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
+use support::{get_text, http, Gateway, Stack, ADMIN_TOKEN};
 
 /// The `ETag` of an admin resource.
 async fn etag_of(gateway: &Gateway, path: &str) -> String {
-    let (status, headers, body) = send(gateway, "GET", path, None, None).await;
+    let (status, headers, body) = gateway.admin_send("GET", path, None, None).await.parts();
     assert_eq!(status, 200, "{path}: {body}");
     headers["etag"].to_str().expect("ascii").to_owned()
 }
@@ -102,7 +70,10 @@ async fn every_admin_answer_carries_the_security_headers() {
         ));
     }
     // The API, its refusals and the fallback.
-    let (status, headers, _) = send(gateway, "GET", "/admin/v1/routes", None, None).await;
+    let (status, headers, _) = gateway
+        .admin_send("GET", "/admin/v1/routes", None, None)
+        .await
+        .parts();
     answers.push(("GET /admin/v1/routes".into(), status, headers));
     let response = http()
         .get(gateway.admin_url("/admin/v1/routes"))
@@ -114,22 +85,29 @@ async fn every_admin_answer_carries_the_security_headers() {
         response.status().as_u16(),
         response.headers().clone(),
     ));
-    let (status, headers, _) = send(gateway, "GET", "/nowhere", None, None).await;
+    let (status, headers, _) = gateway
+        .admin_send("GET", "/nowhere", None, None)
+        .await
+        .parts();
     answers.push(("GET /nowhere".into(), status, headers));
-    let (status, headers, body) = send(gateway, "PATCH", "/admin/v1/routes", None, None).await;
+    let (status, headers, body) = gateway
+        .admin_send("PATCH", "/admin/v1/routes", None, None)
+        .await
+        .parts();
     assert_eq!(
         body["type"], "urn:busgate:problem:method-not-allowed",
         "{body}"
     );
     answers.push(("PATCH /admin/v1/routes".into(), status, headers));
-    let (status, headers, _) = send(
-        gateway,
-        "PUT",
-        "/admin/v1/routes/order",
-        Some("\"0\""),
-        Some(&order_route()),
-    )
-    .await;
+    let (status, headers, _) = gateway
+        .admin_send(
+            "PUT",
+            "/admin/v1/routes/order",
+            Some("\"0\""),
+            Some(&order_route()),
+        )
+        .await
+        .parts();
     answers.push(("a lost update".into(), status, headers));
     let statuses: Vec<u16> = answers.iter().map(|(_, s, _)| *s).collect();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 401, 404, 405, 412]);
@@ -137,15 +115,7 @@ async fn every_admin_answer_carries_the_security_headers() {
         assert_secured(what, headers);
     }
     // The UI works under that policy: no inline script, style or event handler.
-    let page = http()
-        .get(gateway.admin_url("/"))
-        .send()
-        .await
-        .expect("ui")
-        .text()
-        .await
-        .expect("html")
-        .to_ascii_lowercase();
+    let page = get_text(&gateway.admin_url("/")).await.to_ascii_lowercase();
     assert!(page.contains("<script src=\"/ui/app.js\"></script>"));
     assert!(page.contains("<script src=\"/ui/clients.js\"></script>"));
     assert_eq!(
@@ -190,7 +160,10 @@ async fn if_match_follows_rfc_9110() {
         (Some("\"0\", \"1\""), 412, "precondition-failed"),
     ];
     for (tag, status, kind) in refused {
-        let (got, _, problem) = send(gateway, "PUT", path, tag, Some(&route)).await;
+        let (got, _, problem) = gateway
+            .admin_send("PUT", path, tag, Some(&route))
+            .await
+            .parts();
         assert_eq!(got, status, "If-Match {tag:?}: {problem}");
         assert_eq!(
             problem["type"],
@@ -205,81 +178,115 @@ async fn if_match_follows_rfc_9110() {
     );
     // A list with the current tag among others matches.
     let list = format!("\"0\", W/\"1\", {current}");
-    let (status, headers, body) = send(gateway, "PUT", path, Some(&list), Some(&route)).await;
+    let (status, headers, body) = gateway
+        .admin_send("PUT", path, Some(&list), Some(&route))
+        .await
+        .parts();
     assert_eq!(status, 200, "{body}");
     let after_list = headers["etag"].to_str().expect("ascii").to_owned();
     assert_ne!(after_list, current);
     // `*` matches whatever is current.
-    let (status, headers, body) = send(gateway, "PUT", path, Some("*"), Some(&route)).await;
+    let (status, headers, body) = gateway
+        .admin_send("PUT", path, Some("*"), Some(&route))
+        .await
+        .parts();
     assert_eq!(status, 200, "{body}");
     let after_any = headers["etag"].to_str().expect("ascii").to_owned();
     assert_ne!(after_any, after_list);
     // The tag read first is stale now: 412, and the problem says where the object is.
-    let (status, _, problem) = send(gateway, "PUT", path, Some(&current), Some(&route)).await;
+    let (status, _, problem) = gateway
+        .admin_send("PUT", path, Some(&current), Some(&route))
+        .await
+        .parts();
     assert_eq!(status, 412, "{problem}");
     let detail = problem["detail"].as_str().expect("detail");
     assert!(detail.contains(&after_any), "{detail}");
     // `*` or a tag on an object that does not exist: 412.
     let ghost = "/admin/v1/routes/ghost";
     for tag in ["*", "\"1\""] {
-        let (status, _, problem) = send(gateway, "PUT", ghost, Some(tag), Some(&route)).await;
+        let (status, _, problem) = gateway
+            .admin_send("PUT", ghost, Some(tag), Some(&route))
+            .await
+            .parts();
         assert_eq!(status, 412, "PUT If-Match {tag}: {problem}");
-        let (status, _, problem) = send(gateway, "DELETE", ghost, Some(tag), None).await;
+        let (status, _, problem) = gateway
+            .admin_send("DELETE", ghost, Some(tag), None)
+            .await
+            .parts();
         assert_eq!(status, 412, "DELETE If-Match {tag}: {problem}");
     }
     // Delete and rollback follow the same rules.
-    let (status, _, _) = send(gateway, "DELETE", path, None, None).await;
+    let (status, _, _) = gateway.admin_send("DELETE", path, None, None).await.parts();
     assert_eq!(status, 428);
-    let (status, _, _) = send(gateway, "DELETE", path, Some(&weak), None).await;
+    let (status, _, _) = gateway
+        .admin_send("DELETE", path, Some(&weak), None)
+        .await
+        .parts();
     assert_eq!(status, 412);
     let rollback = format!("{path}/rollback");
     let back = json!({"revision": revision.parse::<u64>().expect("revision")});
-    let (status, _, _) = send(gateway, "POST", &rollback, Some(&current), Some(&back)).await;
+    let (status, _, _) = gateway
+        .admin_send("POST", &rollback, Some(&current), Some(&back))
+        .await
+        .parts();
     assert_eq!(status, 412);
-    let (status, _, body) = send(gateway, "POST", &rollback, Some("*"), Some(&back)).await;
+    let (status, _, body) = gateway
+        .admin_send("POST", &rollback, Some("*"), Some(&back))
+        .await
+        .parts();
     assert_eq!(status, 200, "{body}");
     // The import needs If-Match too: the ETag of an export, which any write makes stale.
-    let (status, headers, exported) = send(gateway, "GET", "/admin/v1/config", None, None).await;
+    let (status, headers, exported) = gateway
+        .admin_send("GET", "/admin/v1/config", None, None)
+        .await
+        .parts();
     assert_eq!(status, 200);
     let config_tag = headers["etag"].to_str().expect("ascii").to_owned();
-    let (status, _, _) = send(gateway, "PUT", "/admin/v1/config", None, Some(&exported)).await;
+    let (status, _, _) = gateway
+        .admin_send("PUT", "/admin/v1/config", None, Some(&exported))
+        .await
+        .parts();
     assert_eq!(status, 428);
-    let (status, _, _) = send(
-        gateway,
-        "PUT",
-        "/admin/v1/config",
-        Some(&format!("W/{config_tag}")),
-        Some(&exported),
-    )
-    .await;
+    let (status, _, _) = gateway
+        .admin_send(
+            "PUT",
+            "/admin/v1/config",
+            Some(&format!("W/{config_tag}")),
+            Some(&exported),
+        )
+        .await
+        .parts();
     assert_eq!(status, 412);
-    let (status, headers, body) = send(
-        gateway,
-        "PUT",
-        "/admin/v1/config",
-        Some(&config_tag),
-        Some(&exported),
-    )
-    .await;
+    let (status, headers, body) = gateway
+        .admin_send(
+            "PUT",
+            "/admin/v1/config",
+            Some(&config_tag),
+            Some(&exported),
+        )
+        .await
+        .parts();
     assert_eq!(status, 200, "{body}");
     let imported_tag = headers["etag"].to_str().expect("ascii").to_owned();
-    let (status, _, _) = send(
-        gateway,
-        "PUT",
-        "/admin/v1/config",
-        Some(&config_tag),
-        Some(&exported),
-    )
-    .await;
+    let (status, _, _) = gateway
+        .admin_send(
+            "PUT",
+            "/admin/v1/config",
+            Some(&config_tag),
+            Some(&exported),
+        )
+        .await
+        .parts();
     assert_eq!(status, 412, "the store changed since that export");
-    let (status, _, body) = send(
-        gateway,
-        "PUT",
-        "/admin/v1/config",
-        Some(&imported_tag),
-        Some(&exported),
-    )
-    .await;
+    let (status, _, body) = gateway
+        .admin_send(
+            "PUT",
+            "/admin/v1/config",
+            Some(&imported_tag),
+            Some(&exported),
+        )
+        .await
+        .parts();
     assert_eq!(status, 200, "{body}");
 }
 
@@ -322,8 +329,10 @@ async fn hostile_names_are_not_found_and_never_reach_the_store() {
                 ("GET", format!("{base}/instances"), None),
             ];
             for (method, path, body) in requests {
-                let (status, headers, problem) =
-                    send(gateway, method, &path, Some("*"), body.as_ref()).await;
+                let (status, headers, problem) = gateway
+                    .admin_send(method, &path, Some("*"), body.as_ref())
+                    .await
+                    .parts();
                 assert_eq!(status, 404, "{method} {path}: {problem}");
                 assert_eq!(headers["content-type"], "application/problem+json");
                 assert_eq!(
@@ -334,13 +343,18 @@ async fn hostile_names_are_not_found_and_never_reach_the_store() {
             }
         }
         // A hostile kind too.
-        let (status, _, problem) =
-            send(gateway, "GET", &format!("/admin/v1/{name}"), None, None).await;
+        let (status, _, problem) = gateway
+            .admin_send("GET", &format!("/admin/v1/{name}"), None, None)
+            .await
+            .parts();
         assert_eq!(status, 404, "kind {name}: {problem}");
     }
     assert_eq!(checked, names.len() * 12);
     // The store was never asked about them: the configuration instance is still fine.
-    let (status, _, status_doc) = send(gateway, "GET", "/admin/v1/status", None, None).await;
+    let (status, _, status_doc) = gateway
+        .admin_send("GET", "/admin/v1/status", None, None)
+        .await
+        .parts();
     assert_eq!(status, 200);
     assert_eq!(
         status_doc["config"]["last_error"],
@@ -357,8 +371,10 @@ async fn admin_writes_are_audited_without_the_token() {
     let path = "/admin/v1/routes/order";
     let current = etag_of(gateway, path).await;
     let old: u64 = current.trim_matches('"').parse().expect("revision");
-    let (status, headers, _) =
-        send(gateway, "PUT", path, Some(&current), Some(&order_route())).await;
+    let (status, headers, _) = gateway
+        .admin_send("PUT", path, Some(&current), Some(&order_route()))
+        .await
+        .parts();
     assert_eq!(status, 200);
     let new: u64 = headers["etag"]
         .to_str()
@@ -366,7 +382,10 @@ async fn admin_writes_are_audited_without_the_token() {
         .trim_matches('"')
         .parse()
         .expect("rev");
-    let (status, _, _) = send(gateway, "PUT", path, Some(&current), Some(&order_route())).await;
+    let (status, _, _) = gateway
+        .admin_send("PUT", path, Some(&current), Some(&order_route()))
+        .await
+        .parts();
     assert_eq!(status, 412);
     let refused = http()
         .delete(gateway.admin_url(path))
@@ -444,7 +463,10 @@ async fn metrics_move_to_the_admin_listener_by_a_setting() {
 async fn every_admin_answer_has_a_request_id() {
     let stack = Stack::start(&Settings::default()).await;
     let gateway = &stack.gateway;
-    let (status, headers, _) = send(gateway, "GET", "/admin/v1/routes", None, None).await;
+    let (status, headers, _) = gateway
+        .admin_send("GET", "/admin/v1/routes", None, None)
+        .await
+        .parts();
     assert_eq!(status, 200);
     assert!(headers.contains_key("busgate-request-id"));
     let unauthorized = http()
@@ -458,7 +480,7 @@ async fn every_admin_answer_has_a_request_id() {
         unauthorized.json::<Value>().await.expect("problem"),
     )];
     for path in ["/admin/v1/routes/%C2%84", "/admin/v1/nope"] {
-        answers.push(send(gateway, "GET", path, None, None).await);
+        answers.push(gateway.admin_send("GET", path, None, None).await.parts());
     }
     for (status, headers, problem) in answers {
         let id = headers

@@ -12,7 +12,11 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use support::{eventually, Gateway, NatsServer, Stack};
+use busgate_tests::jobs::FINAL_WITHIN;
+use support::{
+    eventually, get_status, header, http, serve, status_doc, submit_request, Gateway, NatsServer,
+    Stack,
+};
 
 /// The callback signing key: the secret is `whsec_` and this.
 const SECRET_KEY_B64: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -33,51 +37,13 @@ fn async_settings() -> Settings {
         )
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 async fn submit(gateway: &Gateway, path: &str) -> (reqwest::header::HeaderMap, Value) {
-    let response = http()
-        .get(gateway.url(path))
-        .header("prefer", "respond-async")
-        .send()
-        .await
-        .expect("submit");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(status, 202, "{path}: {body}");
-    (headers, body)
-}
-
-/// The status document of a request, as a poll returns it.
-async fn status_doc(gateway: &Gateway, request_id: &str) -> Value {
-    http()
-        .get(gateway.url(&format!("/api/requests/{request_id}")))
-        .send()
-        .await
-        .expect("poll")
-        .json()
-        .await
-        .expect("json")
+    submit_request(http().get(gateway.url(path))).await
 }
 
 /// Polls until the request is final; returns the status document.
 async fn until_final(gateway: &Gateway, request_id: &str) -> Value {
-    let url = gateway.url(&format!("/api/requests/{request_id}"));
-    let mut last = Value::Null;
-    for _ in 0..1500 {
-        let response = http().get(&url).send().await.expect("poll");
-        if response.status() == 200 {
-            last = response.json().await.expect("json");
-            if last["status"] != "pending" {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{request_id} not final within 30 s: {last}");
+    support::until_final(gateway, request_id, FINAL_WITHIN).await
 }
 
 /// The answer without what differs between two calls (ids, timings).
@@ -174,10 +140,7 @@ async fn read_events(url: &str) -> Vec<(String, Value)> {
         .expect("events within 10 s")
         .expect("events");
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .expect("ct")
-        .starts_with("text/event-stream"));
+    assert!(header(response.headers(), "content-type").starts_with("text/event-stream"));
     let text = tokio::time::timeout(Duration::from_secs(10), response.text())
         .await
         .expect("the stream ends after the final event")
@@ -332,7 +295,7 @@ struct Receiver {
     seen: Arc<Mutex<Vec<Delivery>>>,
 }
 
-async fn receiver(script: Vec<u16>) -> (Receiver, String, tokio::task::JoinHandle<()>) {
+async fn receiver(script: Vec<u16>) -> (Receiver, String) {
     use axum::http::{HeaderMap, StatusCode};
     let state = Receiver {
         script: Arc::new(Mutex::new(script)),
@@ -369,14 +332,8 @@ async fn receiver(script: Vec<u16>) -> (Receiver, String, tokio::task::JoinHandl
             ),
         )
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (state, url, task)
+    let url = format!("{}/hook", serve(app).await);
+    (state, url)
 }
 
 async fn submit_with_callback(
@@ -395,7 +352,7 @@ async fn submit_with_callback(
 #[tokio::test]
 async fn callbacks_are_signed_retried_with_one_id_and_stop_on_410() {
     let stack = Stack::start(&async_settings()).await;
-    let (hook, url, _task) = receiver(vec![500, 500]).await;
+    let (hook, url) = receiver(vec![500, 500]).await;
     let response = submit_with_callback(&stack.gateway, "C1", &url).await;
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.expect("json")["request_id"]
@@ -439,7 +396,7 @@ async fn callbacks_are_signed_retried_with_one_id_and_stop_on_410() {
     .await;
 
     // 410 Gone stops retrying at once.
-    let (gone, gone_url, _task) = receiver(vec![410, 500, 500]).await;
+    let (gone, gone_url) = receiver(vec![410, 500, 500]).await;
     let response = submit_with_callback(&stack.gateway, "C2", &gone_url).await;
     let id = response.json::<Value>().await.expect("json")["request_id"]
         .as_str()
@@ -568,15 +525,7 @@ async fn a_full_queue_refuses_submits_and_synchronous_requests_keep_answering() 
                 .deadline(hold)
                 .target("hold"),
         );
-    let client = nats.client().await;
-    let _silent = client
-        .queue_subscribe(
-            busgate_shared::subject::service("hold"),
-            busgate_shared::subject::queue_group("hold"),
-        )
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
+    let _silent = nats.silent("hold").await;
     let _worker = support::Worker::native(&nats, "service1");
     let gateway = Gateway::start(&nats, &settings).await;
 
@@ -621,10 +570,5 @@ async fn a_full_queue_refuses_submits_and_synchronous_requests_keep_answering() 
         "a refused request has no status document"
     );
     // Synchronous requests do not use the queue: they keep answering.
-    let sync = http()
-        .get(gateway.url("/api/orders/A1"))
-        .send()
-        .await
-        .expect("sync");
-    assert_eq!(sync.status(), 200);
+    assert_eq!(get_status(&gateway.url("/api/orders/A1")).await, 200);
 }

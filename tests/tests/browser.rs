@@ -32,14 +32,7 @@ async fn start_invoice_upstream() -> String {
             }))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the upstream");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    support::serve(app).await
 }
 
 /// Starts `busgate-worker adapters`, which serves every service that has an upstream in the
@@ -52,6 +45,38 @@ fn start_upstream_adapters(nats: &NatsServer) -> Proc {
         .env(KEY_VARIABLE, "test-upstream-key")
         .arg("adapters");
     Proc::spawn("adapters", cmd)
+}
+
+/// Runs the Playwright script `script` with `env` and the admin token (bounded: 2 minutes);
+/// asserts it succeeded; returns what it printed.
+async fn node(script: PathBuf, env: &[(&str, String)]) -> String {
+    let name = script.display().to_string();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || {
+            Command::new("node")
+                .arg(&script)
+                .envs(env)
+                .env("ADMIN_TOKEN", ADMIN_TOKEN)
+                .output()
+                .expect("node runs (tests/run.sh needs Node.js)")
+        }),
+    )
+    .await
+    .expect("the UI test finishes within 2 minutes")
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{} failed\n{stdout}\n{stderr}",
+        name
+    );
+    stdout
 }
 
 #[tokio::test]
@@ -72,29 +97,16 @@ async fn the_admin_ui_connects_an_upstream_tries_it_and_diffs_its_history() {
     let screenshots = browser_dir.join("screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
     let admin_url = stack.gateway.admin.clone();
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || {
-            Command::new("node")
-                .arg(browser_dir.join("ui.mjs"))
-                .env("ADMIN_URL", admin_url)
-                .env("ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("SCREENSHOTS", &screenshots)
-                .env("UPSTREAM_URL", upstream)
-                .env("CHROMIUM", chromium)
-                .output()
-                .expect("node runs (tests/run.sh needs Node.js)")
-        }),
+    let stdout = node(
+        browser_dir.join("ui.mjs"),
+        &[
+            ("ADMIN_URL", admin_url),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+            ("UPSTREAM_URL", upstream),
+            ("CHROMIUM", chromium),
+        ],
     )
-    .await
-    .expect("the UI test finishes within 2 minutes")
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "UI test failed\n{stdout}\n{stderr}"
-    );
+    .await;
     assert!(stdout.contains("ui: all steps passed"), "{stdout}");
     // The steps, with how soon the new service answered (seen with --nocapture).
     println!("{stdout}");
@@ -175,28 +187,15 @@ async fn the_clients_page_makes_keys_that_work_and_revokes_them() {
     let screenshots = browser_dir.join("screenshots-clients");
     let _ = std::fs::remove_dir_all(&screenshots);
     let (admin_url, public_url) = (stack.gateway.admin.clone(), stack.gateway.base.clone());
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || {
-            Command::new("node")
-                .arg(browser_dir.join("clients.mjs"))
-                .env("ADMIN_URL", admin_url)
-                .env("ADMIN_TOKEN", ADMIN_TOKEN)
-                .env("PUBLIC_URL", public_url)
-                .env("SCREENSHOTS", &screenshots)
-                .env("CHROMIUM", chromium)
-                .output()
-                .expect("node runs (tests/run.sh needs Node.js)")
-        }),
+    let stdout = node(
+        browser_dir.join("clients.mjs"),
+        &[
+            ("ADMIN_URL", admin_url),
+            ("PUBLIC_URL", public_url),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+            ("CHROMIUM", chromium),
+        ],
     )
-    .await
-    .expect("the UI test finishes within 2 minutes")
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "Clients page test failed\n{stdout}\n{stderr}"
-    );
+    .await;
     assert!(stdout.contains("clients: all steps passed"), "{stdout}");
 }

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use support::{eventually, ClientKey, Gateway, NatsServer, Worker, ADMIN_TOKEN};
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
+use support::{
+    eventually, header, http, native_services, request_id, submit_request, ClientKey, Gateway,
+    NatsServer,
+};
 
 /// Settings whose gateways require a client's key.
 fn required() -> Settings {
@@ -35,25 +34,66 @@ async fn status_of(gateway: &Gateway, path: &str, key: &str) -> u16 {
 }
 
 async fn admin(gateway: &Gateway, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-    http()
-        .request(method, gateway.admin_url(path))
-        .bearer_auth(ADMIN_TOKEN)
+    gateway.admin_request(method, path)
+}
+
+/// Waits until `check` holds, and asserts it did within a second.
+async fn within_a_second<F, Fut>(check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let since = Instant::now();
+    eventually(Duration::from_secs(1), check).await;
+    let took = since.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+/// `GET path` on the admin API, as text.
+async fn admin_text(gateway: &Gateway, path: &str) -> String {
+    let answer = admin(gateway, reqwest::Method::GET, path)
+        .await
+        .send()
+        .await;
+    answer.expect("admin get").text().await.expect("text")
+}
+
+/// Replaces client `name`'s spec with `spec`, `If-Match` its current `ETag`.
+async fn put_client(gateway: &Gateway, name: &str, spec: &Value) -> reqwest::Response {
+    let path = format!("/admin/v1/clients/{name}");
+    let current = admin(gateway, reqwest::Method::GET, &path)
+        .await
+        .send()
+        .await
+        .expect("read");
+    admin(gateway, reqwest::Method::PUT, &path)
+        .await
+        .header("if-match", current.headers()["etag"].clone())
+        .json(spec)
+        .send()
+        .await
+        .expect("put")
+}
+
+/// Revokes key `id` of client `name`; returns the status.
+async fn revoke(gateway: &Gateway, name: &str, id: &str) -> u16 {
+    let path = format!("/admin/v1/clients/{name}/keys/{id}");
+    admin(gateway, reqwest::Method::DELETE, &path)
+        .await
+        .send()
+        .await
+        .expect("revoke")
+        .status()
+        .as_u16()
 }
 
 /// Submits `path` asynchronously as `key`; returns the request id.
 async fn submit(gateway: &Gateway, path: &str, key: &str, idempotency: Option<&str>) -> String {
-    let mut request = http()
-        .get(gateway.url(path))
-        .header("x-api-key", key)
-        .header("prefer", "respond-async");
+    let mut request = http().get(gateway.url(path)).header("x-api-key", key);
     if let Some(k) = idempotency {
         request = request.header("idempotency-key", k);
     }
-    let response = request.send().await.expect("submit");
-    let status = response.status();
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(status, 202, "{body}");
-    body["request_id"].as_str().expect("id").to_owned()
+    request_id(&submit_request(request).await.1)
 }
 
 /// Every value ever written to `busgate-config`, history included, as text.
@@ -81,11 +121,7 @@ async fn config_bucket_text(nats: &NatsServer) -> String {
 /// secret is in KV (history included), either gateway's log, the export or the history.
 #[tokio::test(flavor = "multi_thread")]
 async fn key_lifecycle_across_two_instances() {
-    let nats = NatsServer::start();
-    let _workers = [
-        Worker::native(&nats, "service1"),
-        Worker::native(&nats, "service2"),
-    ];
+    let (nats, _services) = native_services();
     let a = Gateway::start(&nats, &required()).await;
     let b = Gateway::start(&nats, &required()).await;
     let first = a
@@ -102,10 +138,7 @@ async fn key_lifecycle_across_two_instances() {
         .await
         .expect("get");
     assert_eq!(refused.status(), 401);
-    assert!(refused.headers()["www-authenticate"]
-        .to_str()
-        .expect("ascii")
-        .starts_with("Bearer"));
+    assert!(header(refused.headers(), "www-authenticate").starts_with("Bearer"));
     eventually(Duration::from_secs(2), || async {
         status_of(&b, "/api/orders/A1", &first.secret).await == 200
     })
@@ -130,102 +163,33 @@ async fn key_lifecycle_across_two_instances() {
     .await;
     assert_eq!(status_of(&b, "/api/orders/A1", &first.secret).await, 200);
 
-    let revoked = admin(
-        &a,
-        reqwest::Method::DELETE,
-        &format!("/admin/v1/clients/acme/keys/{}", first.id),
-    )
-    .await
-    .send()
-    .await
-    .expect("revoke");
-    assert_eq!(revoked.status(), 204);
-    let since = Instant::now();
-    eventually(Duration::from_secs(1), || async {
-        status_of(&b, "/api/orders/A1", &first.secret).await == 401
-    })
-    .await;
-    assert!(
-        since.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        since.elapsed()
-    );
+    assert_eq!(revoke(&a, "acme", &first.id).await, 204);
+    within_a_second(|| async { status_of(&b, "/api/orders/A1", &first.secret).await == 401 }).await;
     assert_eq!(status_of(&b, "/api/orders/A1", &second.secret).await, 200);
     assert_eq!(status_of(&a, "/api/orders/A1", &first.secret).await, 401);
     // Revoking it again: 404, it is gone.
-    let again = admin(
-        &a,
-        reqwest::Method::DELETE,
-        &format!("/admin/v1/clients/acme/keys/{}", first.id),
-    )
-    .await
-    .send()
-    .await
-    .expect("revoke again");
-    assert_eq!(again.status(), 404);
+    assert_eq!(revoke(&a, "acme", &first.id).await, 404);
 
     // A rate set on A holds on B within a second; the PUT keeps the keys.
-    let current = admin(&a, reqwest::Method::GET, "/admin/v1/clients/acme")
-        .await
-        .send()
-        .await
-        .expect("read");
-    let etag = current.headers()["etag"].clone();
-    let put = admin(&a, reqwest::Method::PUT, "/admin/v1/clients/acme")
-        .await
-        .header("if-match", etag)
-        .json(&json!({"routes": ["order"], "rate": {"per_second": 1, "burst": 1}}))
-        .send()
-        .await
-        .expect("put");
+    let rate = json!({"routes": ["order"], "rate": {"per_second": 1, "burst": 1}});
+    let put = put_client(&a, "acme", &rate).await;
     assert_eq!(put.status(), 200);
-    let since = Instant::now();
-    eventually(Duration::from_secs(1), || async {
+    within_a_second(|| async {
         let _ = status_of(&b, "/api/orders/A1", &second.secret).await;
         status_of(&b, "/api/orders/A1", &second.secret).await == 429
     })
     .await;
-    assert!(
-        since.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        since.elapsed()
-    );
 
     // A PUT that brings keys is refused, naming the field.
-    let current = admin(&a, reqwest::Method::GET, "/admin/v1/clients/acme")
-        .await
-        .send()
-        .await
-        .expect("read");
-    let etag = current.headers()["etag"].clone();
-    let smuggled = admin(&a, reqwest::Method::PUT, "/admin/v1/clients/acme")
-        .await
-        .header("if-match", etag)
-        .json(&json!({"keys": [{"id": "k1", "hash": "a".repeat(64)}]}))
-        .send()
-        .await
-        .expect("put");
+    let keys = json!({"keys": [{"id": "k1", "hash": "a".repeat(64)}]});
+    let smuggled = put_client(&a, "acme", &keys).await;
     assert_eq!(smuggled.status(), 422);
     let problem: Value = smuggled.json().await.expect("json");
     assert_eq!(problem["field"], "clients.acme.keys");
 
     // No secret anywhere but in the answers that made them.
-    let export = admin(&a, reqwest::Method::GET, "/admin/v1/config")
-        .await
-        .send()
-        .await
-        .expect("export")
-        .text()
-        .await
-        .expect("text");
-    let history = admin(&a, reqwest::Method::GET, "/admin/v1/clients/acme/history")
-        .await
-        .send()
-        .await
-        .expect("history")
-        .text()
-        .await
-        .expect("text");
+    let export = admin_text(&a, "/admin/v1/config").await;
+    let history = admin_text(&a, "/admin/v1/clients/acme/history").await;
     assert!(export.contains("\"hash\""), "{export}");
     let kv = config_bucket_text(&nats).await;
     assert!(kv.contains("clients") || kv.contains("hash"), "{kv}");
@@ -244,11 +208,7 @@ async fn key_lifecycle_across_two_instances() {
 /// event streams and idempotency replays.
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_are_visible_to_their_client_only() {
-    let nats = NatsServer::start();
-    let _workers = [
-        Worker::native(&nats, "service1"),
-        Worker::native(&nats, "service2"),
-    ];
+    let (nats, _services) = native_services();
     let gateway = Gateway::start(&nats, &required()).await;
     let acme = gateway.client("acme", json!({})).await;
     let other = gateway.client("other", json!({})).await;
@@ -308,41 +268,20 @@ async fn requests_are_visible_to_their_client_only() {
     );
 }
 
-/// A service that never answers: requests to it stay pending until their deadline.
-async fn silent_service(nats: &NatsServer, service: &str) -> async_nats::Subscriber {
-    let client = nats.client().await;
-    let sub = client
-        .queue_subscribe(
-            busgate_shared::subject::service(service),
-            format!("busgate.{service}"),
-        )
-        .await
-        .expect("subscribe");
-    client.flush().await.expect("flush");
-    sub
-}
-
 /// Over its rate a client gets 429 with the headers, and recovers after the window; another
 /// client is unaffected at the same moment; the cap on pending requests holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_hold_per_client() {
-    let nats = NatsServer::start();
-    let _workers = [
-        Worker::native(&nats, "service1"),
-        Worker::native(&nats, "service2"),
-    ];
-    let _silent = silent_service(&nats, "ghost").await;
+    let (nats, _services) = native_services();
+    let _silent = nats.silent("ghost").await;
     // One delivery: a timed-out request is final at once (a timeout is transient and
     // retried otherwise), so the held ones end with their 2 s deadline.
-    let settings = required()
-        .jobs_max_deliver(1)
-        .service("ghost", Duration::from_secs(2))
-        .route(
-            "held",
-            Route::get("/api/held/{order_id}")
-                .deadline(Duration::from_secs(2))
-                .target("ghost"),
-        );
+    let settings = required().jobs_max_deliver(1).held(
+        "held",
+        "/api/held/{order_id}",
+        "ghost",
+        Duration::from_secs(2),
+    );
     let gateway = Gateway::start(&nats, &settings).await;
     let fast = gateway
         .client("fast", json!({"rate": {"per_second": 1, "burst": 3}}))
@@ -488,11 +427,7 @@ fn raw(addr: &str, request: &[u8]) -> (u16, String) {
 /// key.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_credentials_are_refused_before_anything_is_published() {
-    let nats = NatsServer::start();
-    let _workers = [
-        Worker::native(&nats, "service1"),
-        Worker::native(&nats, "service2"),
-    ];
+    let (nats, _services) = native_services();
     let gateway = Gateway::start(&nats, &required()).await;
     let acme = gateway.client("acme", json!({})).await;
     let watcher = nats.client().await;
@@ -639,11 +574,7 @@ async fn bad_credentials_are_refused_before_anything_is_published() {
 /// id.
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_and_conditions_follow_the_client() {
-    let nats = NatsServer::start();
-    let _workers = [
-        Worker::native(&nats, "service1"),
-        Worker::native(&nats, "service2"),
-    ];
+    let (nats, _services) = native_services();
     // An echo service: answers with the headers it got.
     let echo = nats.client().await;
     let mut requests = echo
@@ -758,11 +689,7 @@ fn hs256(secret: &[u8], claims: &Value) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_jwt_of_a_configured_issuer_names_its_client() {
     const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes-long";
-    let nats = NatsServer::start();
-    let _workers = [
-        Worker::native(&nats, "service1"),
-        Worker::native(&nats, "service2"),
-    ];
+    let (nats, _services) = native_services();
     let settings = required().jwt_issuer(json!({
         "issuer": "test-sso",
         "audience": "busgate",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::{Gateway, Stack, ADMIN_TOKEN};
+use support::{header, http, Gateway, Stack, ADMIN_TOKEN};
 
 /// The built-in configuration, but the `order` route starts with service1 only.
 fn one_source() -> Settings {
@@ -22,23 +22,13 @@ async fn two_instances() -> (Stack, Gateway) {
 }
 
 fn admin() -> reqwest::Client {
-    reqwest::Client::new()
+    http()
 }
 
 async fn admin_get(gateway: &Gateway, path: &str) -> (u16, String, Value) {
-    let response = admin()
-        .get(gateway.admin_url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin get");
-    let status = response.status().as_u16();
-    let etag = response
-        .headers()
-        .get("etag")
-        .map(|v| v.to_str().expect("ascii").to_owned())
-        .unwrap_or_default();
-    (status, etag, response.json().await.unwrap_or(Value::Null))
+    let answer = gateway.admin_send("GET", path, None, None).await;
+    let etag = header(&answer.headers, "etag").to_owned();
+    (answer.status, etag, answer.body)
 }
 
 async fn admin_send(
@@ -48,16 +38,8 @@ async fn admin_send(
     if_match: Option<&str>,
     body: &Value,
 ) -> (u16, Value) {
-    let mut request = admin()
-        .request(method.parse().expect("method"), gateway.admin_url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(body);
-    if let Some(tag) = if_match {
-        request = request.header("if-match", tag);
-    }
-    let response = request.send().await.expect("admin send");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let answer = gateway.admin_send(method, path, if_match, Some(body)).await;
+    (answer.status, answer.body)
 }
 
 /// Sends a request to the gateway and reads its JSON answer.
@@ -419,10 +401,7 @@ async fn the_admin_api_needs_its_token_and_lists_live_instances() {
         .await
         .expect("send");
     assert_eq!(response.status(), 401);
-    assert!(response.headers()["www-authenticate"]
-        .to_str()
-        .expect("ascii")
-        .starts_with("Bearer"));
+    assert!(header(response.headers(), "www-authenticate").starts_with("Bearer"));
     let response = admin()
         .get(stack.gateway.admin_url("/admin/v1/routes"))
         .bearer_auth("wrong")

@@ -707,9 +707,7 @@ async fn shutdown_finishes_in_flight_gathers() {
 /// and gives it a task of its own when it does: both paths, side by side, under load.
 #[tokio::test]
 async fn native_services_answer_in_place_and_from_their_own_tasks() {
-    let nats = support::NatsServer::start();
-    let _service1 = Worker::native(&nats, "service1");
-    let _service2 = Worker::native(&nats, "service2");
+    let (nats, _services) = support::native_services();
     let gateway = Gateway::start(&nats, &Settings::default()).await;
 
     // Slow orders on service2 (3 s, past its deadline) hold tasks and permits while quick

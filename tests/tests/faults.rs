@@ -52,7 +52,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start() -> (Receiver, tokio::task::JoinHandle<()>) {
+    async fn start() -> Receiver {
         let seen: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
         let app = axum::Router::new()
             .route(
@@ -70,14 +70,8 @@ impl Receiver {
                 ),
             )
             .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (Receiver { url, seen }, task)
+        let url = format!("{}/hook", support::serve(app).await);
+        Receiver { url, seen }
     }
 
     /// Waits until every request of `ids` got its callback and the callback queue is empty;
@@ -453,24 +447,9 @@ async fn report(test: &str, seen: &Seen, fault: Instant, poll_on: &Gateway) -> R
 
 /// Polls a request until final (bounded); a request that never is comes back as `lost`.
 async fn until_final(gateway: &Gateway, request_id: &str) -> Value {
-    let http = reqwest::Client::new();
-    let url = gateway.url(&format!("/api/requests/{request_id}"));
-    let until = Instant::now() + Duration::from_secs(60);
-    let mut last = json!({"status": "lost"});
-    while Instant::now() < until {
-        if let Ok(r) = http.get(&url).send().await {
-            if r.status() == 200 {
-                if let Ok(doc) = r.json::<Value>().await {
-                    if doc["status"] != "pending" {
-                        return doc;
-                    }
-                    last = doc;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    json!({"status": "lost", "last": last})
+    support::poll_final(gateway, request_id, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|last| json!({"status": "lost", "last": last}))
 }
 
 /// kill -9 the node a gateway's request path is connected to, under load: synchronous
@@ -480,7 +459,7 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
     let node = rig.node_of("gw1").await;
-    let (hook, _receiver) = Receiver::start().await;
+    let hook = Receiver::start().await;
     let load = Load::start_with(
         &[&rig.gateways[0], &rig.gateways[1]],
         None,
@@ -543,7 +522,7 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
 async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
-    let (hook, _receiver) = Receiver::start().await;
+    let hook = Receiver::start().await;
     let load = Load::start_with(
         &[&rig.gateways[0], &rig.gateways[1]],
         None,

@@ -70,6 +70,16 @@ fn submit(extra: &str, fields: &str) -> Vec<u8> {
     )
 }
 
+/// `GET path` with an order id the gateway refuses: 400 `invalid-order-id`.
+fn bad_path(name: &'static str, path: &str) -> Case {
+    case(name, raw("GET", path, ""), 400, Some("invalid-order-id"))
+}
+
+/// `GET path` that names nothing there: 404 with `problem`.
+fn not_found(name: &'static str, path: &str, problem: &'static str) -> Case {
+    case(name, raw("GET", path, ""), 404, Some(problem))
+}
+
 fn cases() -> Vec<Case> {
     let bad = Some("invalid-order-id");
     let body = Some("invalid-body");
@@ -188,63 +198,23 @@ fn cases() -> Vec<Case> {
         case("non-ASCII", order_id(r#""ä""#), 400, bad),
         case("a subject", order_id(r#""busgate.svc.service1""#), 400, bad),
         // The same in the path.
-        case("path: dot", raw("GET", "/api/orders/a.b", ""), 400, bad),
-        case("path: dot-dot", raw("GET", "/api/orders/..", ""), 400, bad),
-        case(
-            "path: encoded dot-dot",
-            raw("GET", "/api/orders/%2e%2e", ""),
-            400,
-            bad,
-        ),
-        case(
-            "path: encoded NUL",
-            raw("GET", "/api/orders/%00", ""),
-            400,
-            bad,
-        ),
-        case(
-            "path: encoded CR/LF",
-            raw("GET", "/api/orders/a%0d%0ab", ""),
-            400,
-            bad,
-        ),
-        case(
-            "path: encoded space",
-            raw("GET", "/api/orders/a%20b", ""),
-            400,
-            bad,
-        ),
-        case(
-            "path: not UTF-8",
-            raw("GET", "/api/orders/%ff%fe", ""),
-            400,
-            bad,
-        ),
-        case("path: star", raw("GET", "/api/orders/*", ""), 400, bad),
-        case(
-            "path: encoded greater-than",
-            raw("GET", "/api/orders/%3e", ""),
-            400,
-            bad,
-        ),
+        bad_path("path: dot", "/api/orders/a.b"),
+        bad_path("path: dot-dot", "/api/orders/.."),
+        bad_path("path: encoded dot-dot", "/api/orders/%2e%2e"),
+        bad_path("path: encoded NUL", "/api/orders/%00"),
+        bad_path("path: encoded CR/LF", "/api/orders/a%0d%0ab"),
+        bad_path("path: encoded space", "/api/orders/a%20b"),
+        bad_path("path: not UTF-8", "/api/orders/%ff%fe"),
+        bad_path("path: star", "/api/orders/*"),
+        bad_path("path: encoded greater-than", "/api/orders/%3e"),
         case(
             "path: 65 characters",
             raw("GET", &format!("/api/orders/{}", "a".repeat(65)), ""),
             400,
             bad,
         ),
-        case(
-            "path: extra segment",
-            raw("GET", "/api/orders/A1/x", ""),
-            404,
-            Some("not-found"),
-        ),
-        case(
-            "path: unknown",
-            raw("GET", "/api/../admin/v1/routes", ""),
-            404,
-            Some("not-found"),
-        ),
+        not_found("path: extra segment", "/api/orders/A1/x", "not-found"),
+        not_found("path: unknown", "/api/../admin/v1/routes", "not-found"),
         case(
             "method: DELETE",
             raw("DELETE", "/api/orders/A1", ""),
@@ -334,17 +304,15 @@ fn cases() -> Vec<Case> {
             bad,
         ),
         // Polls of what does not exist.
-        case(
+        not_found(
             "poll: not a UUID",
-            raw("GET", "/api/requests/not-a-uuid", ""),
-            404,
-            Some("request-not-found"),
+            "/api/requests/not-a-uuid",
+            "request-not-found",
         ),
-        case(
+        not_found(
             "poll: a subject",
-            raw("GET", "/api/requests/busgate.svc.%3E", ""),
-            404,
-            Some("request-not-found"),
+            "/api/requests/busgate.svc.%3E",
+            "request-not-found",
         ),
         case(
             "events: unknown id",

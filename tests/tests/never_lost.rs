@@ -13,49 +13,14 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use busgate_shared::subject;
-use support::{eventually, Gateway, NatsServer, Stack, Worker};
+use support::{eventually, http, serve, submit, until_final, Gateway, NatsServer, Stack, Worker};
 
 /// A request id of the shape the gateway makes (a UUID), for planted state.
 const PLANTED_ID: &str = "01a20092-06fb-75cf-a84a-ff868feb3495";
 
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 /// Fast redelivery, as in the other asynchronous tests.
 fn settings() -> Settings {
     Settings::builtin().jobs_ack_wait(Duration::from_secs(2))
-}
-
-async fn submit(gateway: &Gateway, path: &str) -> String {
-    let response = http()
-        .get(gateway.url(path))
-        .header("prefer", "respond-async")
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(response.status(), 202, "{path}");
-    let body: Value = response.json().await.expect("json");
-    body["request_id"].as_str().expect("id").to_owned()
-}
-
-/// Polls until the request is final (at most `within`); returns the status document.
-async fn until_final(gateway: &Gateway, request_id: &str, within: Duration) -> Value {
-    let url = gateway.url(&format!("/api/requests/{request_id}"));
-    let until = std::time::Instant::now() + within;
-    let mut last = Value::Null;
-    while std::time::Instant::now() < until {
-        if let Ok(response) = http().get(&url).send().await {
-            if response.status() == 200 {
-                last = response.json().await.expect("json");
-                if last["status"] != "pending" {
-                    return last;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{request_id} not final within {within:?}: {last}");
 }
 
 /// The messages a stream holds.
@@ -156,13 +121,7 @@ async fn a_redelivered_finished_request_schedules_its_pending_callback() {
             ),
         )
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let _server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let hook = format!("{}/hook", serve(app).await);
 
     let client = stack.nats.client().await;
     let js = async_nats::jetstream::new(client);

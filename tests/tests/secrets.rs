@@ -4,12 +4,12 @@
 //! The secrets are distinctive strings, so a search for them in a log, an output or a process's
 //! argv cannot match anything else.
 
-use std::io::Write as _;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use busgate_tests::fixture::{Callbacks, Settings};
+use busgate_tests::gateway::up_command;
 use busgate_tests::support::{self, bin, Gateway, NatsServer, Proc, Stack, Worker, ADMIN_TOKEN};
 use serde_json::{json, Value};
 
@@ -19,12 +19,7 @@ const NATS_PASSWORD: &str = "nats-pw-7f3a9c1e5b";
 const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn settings_file(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::Builder::new()
-        .suffix(".toml")
-        .tempfile()
-        .expect("settings file");
-    file.write_all(text.as_bytes()).expect("write settings");
-    file
+    busgate_tests::fixture::file(text, ".toml")
 }
 
 fn check_config(file: &std::path::Path) -> (Option<i32>, String) {
@@ -140,20 +135,10 @@ async fn instances_share_a_token_from_a_file_and_none_is_generated() {
     let http = reqwest::Client::new();
     for gateway in [&a, &b] {
         let url = gateway.admin_url("/admin/v1/services");
-        let ok = http
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("answer");
-        assert_eq!(ok.status(), 200, "{url}");
-        let wrong = http
-            .get(&url)
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("answer");
-        assert_eq!(wrong.status(), 401, "{url}");
+        for (bearer, status) in [(token, 200), (ADMIN_TOKEN, 401)] {
+            let answer = http.get(&url).bearer_auth(bearer).send().await;
+            assert_eq!(answer.expect("answer").status(), status, "{url}");
+        }
         assert!(
             !gateway.proc.logged(token),
             "{} logged the token",
@@ -239,18 +224,7 @@ async fn busgate_up_keeps_secrets_out_of_argv_and_logs() {
     let nats = NatsServer::start_with_auth(NATS_USER, NATS_PASSWORD);
     let file = settings_file(&Settings::builtin().nats_url(&nats.url).to_toml());
     let data = tempfile::tempdir().expect("data dir");
-    let mut cmd = Command::new(bin("busgate"));
-    cmd.arg("up")
-        .arg("--config")
-        .arg(file.path())
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--demo-port", &two_free_ports().to_string()])
-        .env_remove("BUSGATE_NATS__URL")
-        .env_remove("BUSGATE_ADMIN__TOKEN")
-        .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
-        .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("BUSGATE_LOG__FORMAT", "json");
+    let cmd = up_command(file.path(), data.path(), two_free_ports());
     let mut up = Proc::spawn("busgate up", cmd);
     let token = up.wait_for(Duration::from_secs(40), |line| {
         let (_, rest) = line.split_once("Authorization: Bearer ")?;
@@ -525,12 +499,7 @@ async fn recording_upstream(body: String) -> (String, Seen) {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), seen)
+    (support::serve(app).await, seen)
 }
 
 /// With an `order_id` pattern that lets dots through, `.` and `..` are refused by the adapter

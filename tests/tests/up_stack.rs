@@ -3,12 +3,14 @@
 //! serving, and the admin token kept across two runs. A real nats-server (the harness's: `up`
 //! uses one that answers), the real binaries, a real HTTP server in this process.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::extract::Path;
 use axum::routing::get;
-use busgate_tests::support::{bin, eventually, NatsServer, Proc};
+use busgate_tests::fixture;
+use busgate_tests::gateway::up_command;
+use busgate_tests::process::marked;
+use busgate_tests::support::{eventually, free_port, http, serve, NatsServer, Proc};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -28,48 +30,28 @@ async fn upstreams() -> String {
                 axum::Json(json!({"order_id": id, "carrier": "GLS"}))
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{addr}")
+    serve(app).await
 }
 
-fn settings_file(text: &str) -> tempfile::NamedTempFile {
-    use std::io::Write;
-    let mut file = tempfile::Builder::new()
-        .suffix(".toml")
-        .tempfile()
-        .expect("file");
-    file.write_all(text.as_bytes()).expect("write");
-    file
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// The upstreams, a nats-server, and a settings file: that server, the service `billing` on
+/// the upstreams' `/billing/{order_id}`, then `rest(base)` (more of `billing`'s upstream table
+/// first, if it wants).
+async fn upstreams_and_settings(
+    rest: impl FnOnce(&str) -> String,
+) -> (NatsServer, tempfile::NamedTempFile) {
+    let base = upstreams().await;
+    let nats = NatsServer::start();
+    let text = format!(
+        "[nats]\nurl = \"{}\"\n\n[services.billing.upstream]\nurl = \"{base}/billing/{{order_id}}\"\n{}",
+        nats.url,
+        rest(&base)
+    );
+    (nats, fixture::file(&text, ".toml"))
 }
 
 /// `busgate up --config file --data-dir data` on free listeners, logging JSON.
 fn up(file: &std::path::Path, data: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(bin("busgate"));
-    cmd.arg("up")
-        .arg("--config")
-        .arg(file)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--demo-port", &free_port().to_string()])
-        .env_remove("BUSGATE_NATS__URL")
-        .env_remove("BUSGATE_ADMIN__TOKEN")
-        .env("BUSGATE_HTTP__LISTEN", "127.0.0.1:0")
-        .env("BUSGATE_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("BUSGATE_LOG__FORMAT", "json");
+    let mut cmd = up_command(file, data, free_port());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -109,12 +91,7 @@ fn started(up: &Proc) -> Vec<(String, i32)> {
 }
 
 async fn answer(url: &str, key: &str) -> (u16, Value) {
-    match reqwest::Client::new()
-        .get(url)
-        .bearer_auth(key)
-        .send()
-        .await
-    {
+    match http().get(url).bearer_auth(key).send().await {
         Ok(r) => {
             let status = r.status().as_u16();
             (status, r.json().await.unwrap_or(Value::Null))
@@ -133,22 +110,17 @@ targets = [{ service = "billing" }, { service = "shipping" }]
 /// process; the admin token is kept in the data dir (0600) and used again by the next `up`.
 #[tokio::test]
 async fn up_with_two_upstreams_merges_them_with_no_demo_and_keeps_its_token() {
-    let base = upstreams().await;
-    let nats = NatsServer::start();
-    let file = settings_file(&format!(
-        r#"[nats]
-url = "{}"
-
-[services.billing.upstream]
-url = "{base}/billing/{{order_id}}"
-timeout = "500ms"
+    let (_nats, file) = upstreams_and_settings(|base| {
+        format!(
+            r#"timeout = "500ms"
 headers = {{ "X-Worker" = {{ env = "HOME" }} }}
 
 [services.shipping.upstream]
 url = "{base}/shipping/{{order_id}}"
-{ROUTE}"#,
-        nats.url
-    ));
+{ROUTE}"#
+        )
+    })
+    .await;
     let data = tempfile::tempdir().expect("data");
     let mut first = up(file.path(), data.path(), &[]);
     let (gateway, token) = banner(&first);
@@ -189,7 +161,7 @@ url = "{base}/shipping/{{order_id}}"
     });
     // 503 until the configuration store is ready; 401 would mean the token changed.
     eventually(Duration::from_secs(10), || async {
-        let status = reqwest::Client::new()
+        let status = http()
             .get(format!("{admin}services"))
             .bearer_auth(&token)
             .send()
@@ -207,7 +179,7 @@ url = "{base}/shipping/{{order_id}}"
     .await;
 
     // The README's demo of a service nothing serves, as written there: 503 at once.
-    let admin_api = reqwest::Client::new();
+    let admin_api = http();
     for (kind, body) in [
         ("services", json!({"name": "ghost", "spec": {}})),
         (
@@ -242,28 +214,22 @@ url = "{base}/shipping/{{order_id}}"
 /// answering meanwhile.
 #[tokio::test]
 async fn a_killed_child_comes_back_and_the_stack_keeps_serving() {
-    let base = upstreams().await;
-    let nats = NatsServer::start();
-    let file = settings_file(&format!(
-        r#"[nats]
-url = "{}"
-
-[services.billing.upstream]
-url = "{base}/billing/{{order_id}}"
-
+    let (_nats, file) = upstreams_and_settings(|_| {
+        r#"
 [services.shipping]
 timeout = "800ms"
 
 [routes.bill]
-bindings = [{{ method = "GET", path = "/api/bills/{{order_id}}" }}]
-targets = [{{ service = "billing" }}]
+bindings = [{ method = "GET", path = "/api/bills/{order_id}" }]
+targets = [{ service = "billing" }]
 
 [routes.ship]
-bindings = [{{ method = "GET", path = "/api/ships/{{order_id}}" }}]
-targets = [{{ service = "shipping" }}]
-"#,
-        nats.url
-    ));
+bindings = [{ method = "GET", path = "/api/ships/{order_id}" }]
+targets = [{ service = "shipping" }]
+"#
+        .to_owned()
+    })
+    .await;
     let data = tempfile::tempdir().expect("data");
     let stack = up(file.path(), data.path(), &[]);
     let (gateway, _) = banner(&stack);
@@ -304,4 +270,18 @@ targets = [{{ service = "shipping" }}]
     }
     assert!(served_meanwhile > 0);
     assert!(stack.logged("exited, restarting"));
+
+    // `up` starts its children in process groups of their own: killing `up` with SIGKILL
+    // (as dropping a test's process does) must not leave them behind.
+    let mark = stack.mark().to_owned();
+    assert!(
+        marked(&mark).len() > 1,
+        "up and its children carry the mark"
+    );
+    drop(stack);
+    assert_eq!(
+        marked(&mark),
+        Vec::<i32>::new(),
+        "processes left behind by busgate up"
+    );
 }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use busgate_tests::fixture::Settings;
-use busgate_tests::support::{self, bin, eventually, Gateway, NatsServer, Proc, ADMIN_TOKEN};
+use busgate_tests::support::{self, bin, eventually, serve, Gateway, NatsServer, Proc};
 use serde_json::{json, Value};
 
 /// What the upstream saw: calls per `X-Worker` header, and every `X-Secret` value.
@@ -80,14 +80,7 @@ async fn upstream() -> (String, Shared) {
             }),
         )
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), seen)
+    (serve(app).await, seen)
 }
 
 /// `busgate-worker adapters` on `nats`, with `WORKER_NAME` (sent as `X-Worker` by services
@@ -111,18 +104,16 @@ async fn admin(
     if_match: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(method.parse().expect("method"), gateway.admin_url(path))
-        .bearer_auth(ADMIN_TOKEN);
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    if let Some(tag) = if_match {
-        request = request.header("if-match", tag);
-    }
-    let response = request.send().await.expect("admin");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let answer = gateway.admin_send(method, path, if_match, body).await;
+    (answer.status, answer.body)
+}
+
+/// Creates `name` among `kind` (`services`, `routes`) through the admin API; asserts 201.
+async fn create(gateway: &Gateway, kind: &str, name: &str, spec: Value) {
+    let body = json!({"name": name, "spec": spec});
+    let path = format!("/admin/v1/{kind}");
+    let (status, answer) = admin(gateway, "POST", &path, None, Some(&body)).await;
+    assert_eq!(status, 201, "{kind}/{name}: {answer}");
 }
 
 fn service(url: &str) -> Value {
@@ -152,24 +143,10 @@ async fn a_service_created_through_the_admin_api_is_served_followed_and_left() {
     });
 
     let created = Instant::now();
-    let (status, body) = admin(
-        &gateway,
-        "POST",
-        "/admin/v1/services",
-        None,
-        Some(&json!({"name": "billing", "spec": service(&format!("{base}/a/{{order_id}}"))})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = admin(
-        &gateway,
-        "POST",
-        "/admin/v1/routes",
-        None,
-        Some(&json!({"name": "bill", "spec": route("/api/bill/{order_id}", json!([{"service": "billing"}]))})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    let billing = service(&format!("{base}/a/{{order_id}}"));
+    create(&gateway, "services", "billing", billing).await;
+    let bill = route("/api/bill/{order_id}", json!([{"service": "billing"}]));
+    create(&gateway, "routes", "bill", bill).await;
     let url = gateway.url("/api/bill/A-1");
     eventually(Duration::from_secs(1), || async {
         get_json(&url).await.1["data"]["billing"]["from"] == "a"
@@ -642,24 +619,15 @@ async fn an_https_upstream_is_called_over_verified_tls() {
     // First an adapter that does not trust the test CA: the call is refused.
     let mut untrusting = adapters(&nats, "u", &[]);
     let url = format!("https://localhost:{port}/orders/{{order_id}}");
-    let (status, body) = admin(
+    create(
         &gateway,
-        "POST",
-        "/admin/v1/services",
-        None,
-        Some(&json!({"name": "secure", "spec": {"upstream": {"url": url}}})),
+        "services",
+        "secure",
+        json!({"upstream": {"url": url}}),
     )
     .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, _) = admin(
-        &gateway,
-        "POST",
-        "/admin/v1/routes",
-        None,
-        Some(&json!({"name": "secure", "spec": route("/api/secure/{order_id}", json!([{"service": "secure"}]))})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    let secure = route("/api/secure/{order_id}", json!([{"service": "secure"}]));
+    create(&gateway, "routes", "secure", secure).await;
     let url = gateway.url("/api/secure/A1");
     eventually(Duration::from_secs(5), || async {
         get_json(&url).await.1["sources"]["secure"]["error"]["code"] == "upstream_unreachable"
