@@ -38,7 +38,8 @@
 //! - `tests/clients.rs`: API keys, scope and limits per client.
 //! - `tests/up_stack.rs`: `busgate up` and its children.
 //! - `tests/browser.rs`: the admin UI in headless Chromium.
-//! - `src/bin/busgate-bench.rs`: the benchmark against the nginx peers.
+//! - `src/bin/busgate-bench/`: the benchmark against the nginx and HAProxy peers
+//!   (`tests/perf/peers/peers.sh`).
 //!
 //! Run the tests with `tests/run.sh` (installs what they need, builds the binaries, runs
 //! everything, then checks that no process of this checkout is left).

@@ -208,10 +208,6 @@ async fn a_request_without_a_status_document_ends_with_an_error() {
     assert_eq!(lines, 1);
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// An idempotency key claimed by a submit that died before queueing its request (its
 /// gateway, or its connection to NATS) never names a request that is not queued: a repeat
 /// within the grace is told to retry (503, `Retry-After`), a repeat after it queues the
@@ -225,12 +221,12 @@ async fn an_idempotency_key_left_by_a_dead_submit_is_resumed_not_dangling() {
         .await
         .expect("bucket");
     let body = json!({"order_id": "K1"}).to_string();
-    let fingerprint = hex(&Sha256::digest(
+    let fingerprint = hex::encode(Sha256::digest(
         format!("POST\0/api/order\0{body}").as_bytes(),
     ));
     let plant = |key: &str, claimed_ms: u64| {
         let keys = keys.clone();
-        let hashed = hex(&Sha256::digest(format!("\0{key}").as_bytes()));
+        let hashed = hex::encode(Sha256::digest(format!("\0{key}").as_bytes()));
         let record = json!({"request_id": PLANTED_ID, "fingerprint": fingerprint,
                             "queued": false, "claimed_ms": claimed_ms});
         async move {

@@ -32,7 +32,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use busgate_tests::support::{bin, Gateway, NatsServer, Proc, Worker};
+use busgate_tests::gateway::Gateway;
+use busgate_tests::nats::NatsServer;
+use busgate_tests::process::{bin, Proc};
+use busgate_tests::workers::Worker;
 use serde_json::json;
 
 use cpu::Process;

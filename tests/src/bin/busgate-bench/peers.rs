@@ -5,13 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A free port on loopback (free when asked; the peers bind it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(&format!("no free port on loopback: {e}")))
-}
+use busgate_tests::wait::free_port;
 
 /// Says why the benchmark cannot run, and exits 1.
 pub fn fail(why: &str) -> ! {
