@@ -98,7 +98,8 @@ pub(crate) async fn handshake(
         let info = read_info(&mut tls, &mut buf)
             .await
             .map_err(tls::tls_refusal)?;
-        hello(sec, name, server, &info, learn, true, &mut tls, &mut buf)
+        accept(&info, learn)?;
+        hello(sec, name, server, &info, true, &mut tls, &mut buf)
             .await
             .map_err(tls::tls_refusal)?;
         let (reader, writer) = tokio::io::split(tls);
@@ -106,7 +107,8 @@ pub(crate) async fn handshake(
     }
     let info = read_info(&mut tcp, &mut buf).await?;
     if !(server.tls || sec.require_tls || info.tls_required) {
-        hello(sec, name, server, &info, learn, false, &mut tcp, &mut buf).await?;
+        accept(&info, learn)?;
+        hello(sec, name, server, &info, false, &mut tcp, &mut buf).await?;
         let (reader, writer) = tcp.into_split();
         return Ok(Link::Plain(reader, writer, buf));
     }
@@ -122,7 +124,8 @@ pub(crate) async fn handshake(
         ));
     }
     let mut tls = tls::upgrade(sec.tls()?, server, tcp).await?;
-    hello(sec, name, server, &info, learn, true, &mut tls, &mut buf)
+    accept(&info, learn)?;
+    hello(sec, name, server, &info, true, &mut tls, &mut buf)
         .await
         .map_err(tls::tls_refusal)?;
     let (reader, writer) = tokio::io::split(tls);
@@ -148,6 +151,17 @@ async fn read_info<S: AsyncRead + Unpin>(
     }
 }
 
+/// Refuses a server without headers (nats-server before 2.2); gives its `INFO` to `learn`.
+fn accept(info: &Info, learn: &(dyn Fn(&Info) + Sync)) -> Result<(), ConnError> {
+    if !info.headers {
+        return Err(ConnError::Server(
+            "the server does not support headers (nats-server 2.2 or later is needed)".into(),
+        ));
+    }
+    learn(info);
+    Ok(())
+}
+
 /// `CONNECT` (with the credentials: the URL's, or the nonce signed with the nkey) and `PING`,
 /// then waits for the `PONG` (or the `-ERR` of a refusal).
 async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
@@ -155,17 +169,10 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     name: &str,
     server: &Server,
     info: &Info,
-    learn: &(dyn Fn(&Info) + Sync),
     tls: bool,
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<(), ConnError> {
-    if !info.headers {
-        return Err(ConnError::Server(
-            "the server does not support headers (nats-server 2.2 or later is needed)".into(),
-        ));
-    }
-    learn(info);
     let mut connect = serde_json::json!({
         "verbose": false,
         "pedantic": false,
