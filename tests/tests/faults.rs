@@ -528,6 +528,23 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
     rig.cluster.resume(node);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seen = load.stop().await;
+    // When each error came (from the fault) and what it was: a late one says which part of
+    // the cluster was slow to give up the hung node.
+    let errors: Vec<String> = seen
+        .sync
+        .iter()
+        .filter(|s| s.status != 200 && s.sent >= fault)
+        .map(|s| {
+            let at = s.sent.saturating_duration_since(fault);
+            format!(
+                "{:.1}s+{}ms:{}",
+                at.as_secs_f64(),
+                s.took.as_millis(),
+                s.status
+            )
+        })
+        .collect();
+    println!("SIGSTOP node: errors after the fault (sent+took:status): {errors:?}");
     let verdict = report("SIGSTOP node", &seen, fault, &rig.gateways[1]).await;
     assert_eq!(verdict.errors_before_fault, 0);
     assert!(
