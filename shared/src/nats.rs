@@ -6,9 +6,12 @@
 //! This module uses the wire's settings and credential parsing; the wire uses nothing of it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
-use tracing::{error, info, warn};
+use async_nats::{Client, ConnectOptions, Event, ReconnectToServer, ServerInfo};
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::ExponentialBackoff;
 
 use crate::wire::auth::{self, Auth};
 use crate::wire::options::parse_servers;
@@ -94,6 +97,7 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
         .max_reconnects(None)
         .client_capacity(CLIENT_CAPACITY)
         .retry_on_initial_connect()
+        .reconnect_to_server_callback(|pool, info| async move { reconnect_to(&pool, &info) })
         .event_callback(move |event| {
             let url = logged_url.clone();
             async move {
@@ -114,6 +118,79 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
             url: redact_url(url),
             source,
         })
+}
+
+/// Delays before trying a server again that failed `n` times in a row: the wire's reconnect
+/// policy (50 ms doubling to 2 s, jittered), not async-nats' own (no jitter, up to 4 s).
+fn retry_policy() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(50), Duration::from_secs(2), 0.5)
+}
+
+/// Which server of `pool` the client reconnects to after losing the one `last` describes:
+/// the servers that failed least first, in random order, and the lost one last among them.
+///
+/// async-nats' own choice is "shuffle, then fewest failures first": the server just lost has
+/// no failure on record (it was connected), and the pool holds it twice (as configured and as
+/// the cluster announced it), so it was tried first one time in three. A hung server (SIGSTOP,
+/// a frozen VM) accepts the TCP connection in its kernel and never sends `INFO`: that try cost
+/// the whole connection timeout (5 s) on top of the PINGs that found it hung, and while this
+/// client is down a gateway refuses its synchronous requests (503). That is how
+/// `faults::a_hung_node…` overran its 10 s bound about one run in five on a loaded machine.
+fn reconnect_to(pool: &[async_nats::Server], last: &ServerInfo) -> Option<ReconnectToServer> {
+    let candidates: Vec<(&str, u16, usize)> = pool
+        .iter()
+        .map(|s| {
+            let host = s.addr.host().trim_start_matches('[').trim_end_matches(']');
+            (host, s.addr.port(), s.failed_attempts)
+        })
+        .collect();
+    let pick = pick_server(
+        &candidates,
+        &last.host,
+        last.port,
+        rand::random::<u32>() as usize,
+    )?;
+    let server = pool.get(pick)?;
+    let delay = match server.failed_attempts {
+        0 => Duration::ZERO,
+        n => retry_policy().delay_for(u32::try_from(n - 1).unwrap_or(u32::MAX)),
+    };
+    debug!(server = %server.addr.as_url_str(), ?delay, "nats reconnecting");
+    Some(ReconnectToServer {
+        addr: server.addr.clone(),
+        delay: Some(delay),
+    })
+}
+
+/// The index in `servers` (`host`, `port`, failures in a row) to try next: fewest failures
+/// first, the lost server (`lost_host`:`lost_port`, from its `INFO`) after the others with as
+/// few, ties broken by `seed`. Every entry of the lost server is put last (the pool can hold it
+/// twice: as configured, `tls://h:p`, and as the cluster announced it, `nats://h:p`). A server
+/// that listens on `0.0.0.0` reports that as its host: then its port alone tells it, unless
+/// entries of several hosts have that port, and then none is put last.
+fn pick_server(
+    servers: &[(&str, u16, usize)],
+    lost_host: &str,
+    lost_port: u16,
+    seed: usize,
+) -> Option<usize> {
+    let unspecified = lost_host.is_empty()
+        || lost_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+    let matches = |(host, port, _): &(&str, u16, usize)| {
+        *port == lost_port && (unspecified || host.eq_ignore_ascii_case(lost_host))
+    };
+    let mut hosts = servers
+        .iter()
+        .filter(|s| matches(s))
+        .map(|(host, _, _)| host.to_ascii_lowercase());
+    let one_host = hosts.next().is_some_and(|first| hosts.all(|h| h == first));
+    let lost = |i: usize| one_host && matches(&servers[i]);
+    let n = servers.len();
+    (0..n)
+        .map(|i| (i + seed % n) % n)
+        .min_by_key(|&i| (servers[i].2, lost(i)))
 }
 
 /// Whether the client is connected right now.
@@ -142,5 +219,34 @@ mod tests {
             source: async_nats::ConnectError::from(async_nats::ConnectErrorKind::Io),
         };
         assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn a_lost_server_is_tried_after_the_others() {
+        let pool = [
+            ("127.0.0.1", 4001, 0),
+            ("127.0.0.1", 4002, 0),
+            ("127.0.0.1", 4003, 0),
+        ];
+        for seed in 0..6 {
+            let pick = pick_server(&pool, "127.0.0.1", 4002, seed).expect("a server");
+            assert_ne!(pick, 1, "seed {seed}");
+        }
+        // Once the others failed, the lost one is next; fewest failures always first.
+        let failed = [
+            ("127.0.0.1", 4001, 1),
+            ("127.0.0.1", 4002, 0),
+            ("127.0.0.1", 4003, 1),
+        ];
+        assert_eq!(pick_server(&failed, "127.0.0.1", 4002, 0), Some(1));
+        let lost_failed = [("a", 4222, 1), ("b", 4222, 2), ("c", 4222, 1)];
+        assert_ne!(pick_server(&lost_failed, "a", 4222, 0), Some(1));
+        // Every server on 4222 behind 0.0.0.0: the lost one cannot be told apart.
+        let same = [("a", 4222, 0), ("b", 4222, 0)];
+        let picks: std::collections::HashSet<_> = (0..4)
+            .filter_map(|seed| pick_server(&same, "0.0.0.0", 4222, seed))
+            .collect();
+        assert_eq!(picks.len(), 2);
+        assert_eq!(pick_server(&[], "h", 1, 0), None);
     }
 }
