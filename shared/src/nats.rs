@@ -134,8 +134,9 @@ fn retry_policy() -> ExponentialBackoff {
 /// the cluster announced it), so it was tried first one time in three. A hung server (SIGSTOP,
 /// a frozen VM) accepts the TCP connection in its kernel and never sends `INFO`: that try cost
 /// the whole connection timeout (5 s) on top of the PINGs that found it hung, and while this
-/// client is down a gateway refuses its synchronous requests (503). That is how
-/// `faults::a_hung_node…` overran its 10 s bound about one run in five on a loaded machine.
+/// client is down a gateway refuses its synchronous requests (503): a hung node cost a gateway
+/// whose client was on it about 8 s of refusals instead of 3, close to the 10 s bound of
+/// `faults::a_hung_node…` (over it on a loaded machine).
 fn reconnect_to(pool: &[async_nats::Server], last: &ServerInfo) -> Option<ReconnectToServer> {
     let candidates: Vec<(&str, u16, usize)> = pool
         .iter()
