@@ -14,11 +14,15 @@
 //!   secrets from env or file, validation, the own-listener check.
 //! - [`watch`]: following the `busgate-config` bucket (current values, then changes), shared
 //!   by the gateway and the configuration-following adapters.
-//! - [`nats`]: the async-nats connect helper (JetStream, KV; reconnects forever, logs state changes).
+//! - [`nats`]: the async-nats connect helper (JetStream, KV; reconnects forever, logs state
+//!   changes), configured from the wire's `[nats]` settings (it uses [`wire`], never the reverse).
 //! - [`sdk`]: serve a Busgate service directly on NATS: queue group, deadlines, envelopes,
 //!   the NATS service API (`$SRV.PING|INFO|STATS`).
 //! - [`micro`]: the NATS service API answers of one instance, with its counters.
-//! - [`wire`]: the lean NATS connection of the request path (publish with headers, callbacks).
+//! - [`wire`]: the lean NATS connection of the request path (publish with headers, callbacks),
+//!   a folder by concern: the public handle, supervision (reconnect, lame duck, backoff), the
+//!   connection task, the server pool, the connector, TLS, the `[nats]` settings
+//!   ([`NatsSettings`](nats::NatsSettings)), authentication, protocol parsing, errors.
 //! - [`runtime`]: what every Busgate process does the same way: logging set-up, shutdown signals.
 //! - [`backoff`]: the one exponential backoff with jitter that every retry loop uses.
 //! - [`error`]: this crate's error type.

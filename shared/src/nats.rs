@@ -1,209 +1,24 @@
-//! The `[nats]` settings every Busgate process reads ([`NatsSettings`]), and the async-nats
-//! connect helper: the gateway's client for JetStream, KV and the admin's discovery requests.
-//! Requests and replies travel on [`crate::wire`] instead, with the same settings.
+//! The async-nats connect helper: the gateway's client for JetStream, KV and the admin's
+//! discovery requests, configured from the `[nats]` settings ([`NatsSettings`], which live
+//! with the request path's client in [`crate::wire`] and are re-exported here). Requests and
+//! replies travel on [`crate::wire`] instead, with the same settings.
+//!
+//! This module uses the wire's settings and credential parsing; the wire uses nothing of it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event};
-use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use async_nats::{Client, ConnectOptions, Event, ReconnectToServer, ServerInfo};
+use tracing::{debug, error, info, warn};
 
-use crate::wire::Auth;
+use crate::backoff::ExponentialBackoff;
+
+use crate::wire::auth::{self, Auth};
+use crate::wire::options::parse_servers;
+pub use crate::wire::options::{
+    redact_url, NatsSettings, DEFAULT_MAX_PINGS_OUT, DEFAULT_PING_INTERVAL,
+};
 use crate::Error;
-
-/// The `[nats]` section: how every connection of every Busgate process (the gateway's two, each
-/// worker's, a service's through the SDK) reaches NATS. Read from `busgate.toml` by the gateway
-/// and from the same `BUSGATE_NATS__…` variables by everyone ([`NatsSettings::from_env`]).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsSettings {
-    /// Server URL(s), comma-separated: `nats://` or `tls://`, optionally with `user:password@`
-    /// or `token@` (a secret: never logged).
-    pub url: String,
-    /// The gateway's id in reply subjects; random per start when empty (workers ignore it).
-    pub instance: String,
-    /// PEM file with the CA certificate(s) that server certificates must chain to. Setting it
-    /// (or `cert_file`) makes TLS mandatory, as a `tls://` URL does. Without it: the system's.
-    pub ca_file: String,
-    /// PEM client certificate (chain) for mutual TLS; with `key_file`.
-    pub cert_file: String,
-    /// PEM private key of `cert_file`.
-    pub key_file: String,
-    /// A `.creds` file (user JWT and nkey seed) for decentralised (operator/account) auth.
-    pub creds_file: String,
-    /// A file holding an nkey user seed (`SU…`): the server's nonce is signed with it.
-    pub nkey_file: String,
-    /// Start TLS before the server's `INFO` (the server's `handshake_first`).
-    pub handshake_first: bool,
-    /// How often each connection PINGs the server; a server that leaves `max_pings_out` of
-    /// them unanswered (hung, partitioned) is taken for dead and another is tried.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// PINGs left unanswered before a connection is taken for dead.
-    pub max_pings_out: usize,
-}
-
-impl Default for NatsSettings {
-    fn default() -> Self {
-        NatsSettings {
-            url: "nats://127.0.0.1:4222".into(),
-            instance: String::new(),
-            ca_file: String::new(),
-            cert_file: String::new(),
-            key_file: String::new(),
-            creds_file: String::new(),
-            nkey_file: String::new(),
-            handshake_first: false,
-            ping_interval: DEFAULT_PING_INTERVAL,
-            max_pings_out: DEFAULT_MAX_PINGS_OUT,
-        }
-    }
-}
-
-/// Default of `nats.ping_interval`: with [`DEFAULT_MAX_PINGS_OUT`], a hung server is left
-/// within 15 s, while the PINGs cost nothing measurable.
-pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
-/// Default of `nats.max_pings_out`.
-pub const DEFAULT_MAX_PINGS_OUT: usize = 2;
-
-// By hand: the URL may hold a password or token. The file names are not secrets.
-impl std::fmt::Debug for NatsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsSettings")
-            .field("url", &redact_url(&self.url))
-            .field("instance", &self.instance)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("creds_file", &self.creds_file)
-            .field("nkey_file", &self.nkey_file)
-            .field("handshake_first", &self.handshake_first)
-            .field("ping_interval", &self.ping_interval)
-            .field("max_pings_out", &self.max_pings_out)
-            .finish()
-    }
-}
-
-impl NatsSettings {
-    /// Settings with `url` and every default.
-    pub fn with_url(url: impl Into<String>) -> Self {
-        NatsSettings {
-            url: url.into(),
-            ..NatsSettings::default()
-        }
-    }
-
-    /// The defaults overridden by the `BUSGATE_NATS__…` variables that are set (`URL`,
-    /// `CA_FILE`, `CERT_FILE`, `KEY_FILE`, `CREDS_FILE`, `NKEY_FILE`, `HANDSHAKE_FIRST`,
-    /// `PING_INTERVAL`, `MAX_PINGS_OUT`, `INSTANCE`): what workers and SDK services read, the
-    /// same names the gateway's settings take from the environment.
-    pub fn from_env() -> Result<Self, Error> {
-        Self::from_vars(|name| std::env::var(format!("BUSGATE_NATS__{name}")).ok())
-    }
-
-    /// [`NatsSettings::from_env`] over any source of variables (tests).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let mut s = NatsSettings::default();
-        for (name, field) in [
-            ("URL", &mut s.url),
-            ("INSTANCE", &mut s.instance),
-            ("CA_FILE", &mut s.ca_file),
-            ("CERT_FILE", &mut s.cert_file),
-            ("KEY_FILE", &mut s.key_file),
-            ("CREDS_FILE", &mut s.creds_file),
-            ("NKEY_FILE", &mut s.nkey_file),
-        ] {
-            if let Some(value) = var(name) {
-                *field = value;
-            }
-        }
-        if let Some(v) = var("HANDSHAKE_FIRST") {
-            s.handshake_first = match v.trim() {
-                "true" | "1" => true,
-                "false" | "0" | "" => false,
-                _ => return Err(Error::invalid("nats.handshake_first", "true or false")),
-            };
-        }
-        if let Some(v) = var("PING_INTERVAL") {
-            s.ping_interval = humantime::parse_duration(v.trim())
-                .map_err(|e| Error::invalid("nats.ping_interval", e.to_string()))?;
-        }
-        if let Some(v) = var("MAX_PINGS_OUT") {
-            s.max_pings_out = v
-                .trim()
-                .parse()
-                .map_err(|_| Error::invalid("nats.max_pings_out", "a whole number"))?;
-        }
-        Ok(s)
-    }
-
-    /// Checks what can be checked without connecting: the URL list, the pairs of settings that
-    /// go together, the ping settings. Files are read by [`connect`] and
-    /// [`crate::wire::Connection::connect_with`].
-    pub fn validate(&self) -> Result<(), Error> {
-        crate::wire::parse_servers(&self.url)?;
-        if self.cert_file.is_empty() != self.key_file.is_empty() {
-            return Err(Error::invalid(
-                "nats.cert_file",
-                "cert_file and key_file go together",
-            ));
-        }
-        if !self.creds_file.is_empty() && !self.nkey_file.is_empty() {
-            return Err(Error::invalid(
-                "nats.creds_file",
-                "set creds_file or nkey_file, not both",
-            ));
-        }
-        if self.ping_interval < Duration::from_millis(100) {
-            return Err(Error::invalid("nats.ping_interval", "at least 100ms"));
-        }
-        if self.max_pings_out == 0 {
-            return Err(Error::invalid("nats.max_pings_out", "at least 1"));
-        }
-        Ok(())
-    }
-
-    /// Whether TLS is required on every connection: a `tls://` URL, a CA file, a client
-    /// certificate or `handshake_first` (a downgrade to plain TCP is never accepted then).
-    pub fn requires_tls(&self) -> bool {
-        self.handshake_first
-            || !self.ca_file.is_empty()
-            || !self.cert_file.is_empty()
-            || crate::wire::parse_servers(&self.url)
-                .map(|s| s.iter().any(|s| s.tls))
-                .unwrap_or(false)
-    }
-
-    /// The settings as the `BUSGATE_NATS__…` variables [`NatsSettings::from_env`] reads: how
-    /// a process hands them to the workers it starts (never in argv, which every user of the
-    /// machine can read). `instance` is left out: it is the gateway's own.
-    pub fn to_env(&self) -> Vec<(String, String)> {
-        let ping = humantime::format_duration(self.ping_interval).to_string();
-        [
-            ("URL", self.url.clone()),
-            ("CA_FILE", self.ca_file.clone()),
-            ("CERT_FILE", self.cert_file.clone()),
-            ("KEY_FILE", self.key_file.clone()),
-            ("CREDS_FILE", self.creds_file.clone()),
-            ("NKEY_FILE", self.nkey_file.clone()),
-            ("HANDSHAKE_FIRST", self.handshake_first.to_string()),
-            ("PING_INTERVAL", ping),
-            ("MAX_PINGS_OUT", self.max_pings_out.to_string()),
-        ]
-        .into_iter()
-        .map(|(name, value)| (format!("BUSGATE_NATS__{name}"), value))
-        .collect()
-    }
-
-    /// The same settings with the URL's credentials replaced by `***` (for `check-config`).
-    pub fn redacted(&self) -> NatsSettings {
-        NatsSettings {
-            url: redact_url(&self.url),
-            ..self.clone()
-        }
-    }
-}
 
 /// Messages a client queues for its connection before a publish waits for room. async-nats'
 /// default, 2,048, was reached by a burst of requests when they were published through it; a
@@ -224,7 +39,7 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
     settings.validate()?;
     let url = settings.url.as_str();
     let logged_url = redact_url(url);
-    let servers = crate::wire::parse_servers(url)?;
+    let servers = parse_servers(url)?;
     // One address per server: async-nats reads a string as one server, so a comma-separated
     // list given as a string fails to parse ("invalid port number").
     let plain: Vec<async_nats::ServerAddr> = servers
@@ -254,13 +69,13 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
                 format!("cannot read {}: {}", settings.creds_file, e.kind()),
             )
         })?;
-        crate::wire::parse_creds(&creds)?;
+        auth::parse_creds(&creds)?;
         options = options
             .credentials(&creds)
             .map_err(|_| Error::invalid("nats.creds_file", "not a valid .creds file"))?;
     }
     if !settings.nkey_file.is_empty() {
-        let seed = crate::wire::read_seed(&settings.nkey_file)?;
+        let seed = auth::read_seed(&settings.nkey_file)?;
         options = options.nkey(seed);
     }
     if !settings.ca_file.is_empty() {
@@ -282,6 +97,7 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
         .max_reconnects(None)
         .client_capacity(CLIENT_CAPACITY)
         .retry_on_initial_connect()
+        .reconnect_to_server_callback(|pool, info| async move { reconnect_to(&pool, &info) })
         .event_callback(move |event| {
             let url = logged_url.clone();
             async move {
@@ -304,33 +120,78 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
         })
 }
 
-/// `url` (one URL or a comma-separated list) with the credentials of every entry replaced by
-/// `***` (`nats://u:p@h:4222` → `nats://***@h:4222`, `tok@h` → `***@h`): the one form in which
-/// a NATS URL may be logged, put in an error or printed. Whatever follows the last `@` of an
-/// entry (host, port, path) is kept.
-pub fn redact_url(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    for (i, entry) in url.split(',').enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let (scheme, rest) = match entry.split_once("://") {
-            Some((scheme, rest)) => (Some(scheme), rest),
-            None => (None, entry),
-        };
-        if let Some(scheme) = scheme {
-            out.push_str(scheme);
-            out.push_str("://");
-        }
-        match rest.rsplit_once('@') {
-            Some((_, host)) => {
-                out.push_str("***@");
-                out.push_str(host);
-            }
-            None => out.push_str(rest),
-        }
-    }
-    out
+/// Delays before trying a server again that failed `n` times in a row: the wire's reconnect
+/// policy (50 ms doubling to 2 s, jittered), not async-nats' own (no jitter, up to 4 s).
+fn retry_policy() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(50), Duration::from_secs(2), 0.5)
+}
+
+/// Which server of `pool` the client reconnects to after losing the one `last` describes:
+/// the servers that failed least first, in random order, and the lost one last among them.
+///
+/// async-nats' own choice is "shuffle, then fewest failures first": the server just lost has
+/// no failure on record (it was connected), and the pool holds it twice (as configured and as
+/// the cluster announced it), so it was tried first one time in three. A hung server (SIGSTOP,
+/// a frozen VM) accepts the TCP connection in its kernel and never sends `INFO`: that try cost
+/// the whole connection timeout (5 s) on top of the PINGs that found it hung, and while this
+/// client is down a gateway refuses its synchronous requests (503): a hung node cost a gateway
+/// whose client was on it about 8 s of refusals instead of 3, close to the 10 s bound of
+/// `faults::a_hung_node…` (over it on a loaded machine).
+fn reconnect_to(pool: &[async_nats::Server], last: &ServerInfo) -> Option<ReconnectToServer> {
+    let candidates: Vec<(&str, u16, usize)> = pool
+        .iter()
+        .map(|s| {
+            let host = s.addr.host().trim_start_matches('[').trim_end_matches(']');
+            (host, s.addr.port(), s.failed_attempts)
+        })
+        .collect();
+    let pick = pick_server(
+        &candidates,
+        &last.host,
+        last.port,
+        rand::random::<u32>() as usize,
+    )?;
+    let server = pool.get(pick)?;
+    let delay = match server.failed_attempts {
+        0 => Duration::ZERO,
+        n => retry_policy().delay_for(u32::try_from(n - 1).unwrap_or(u32::MAX)),
+    };
+    debug!(server = %server.addr.as_url_str(), ?delay, "nats reconnecting");
+    Some(ReconnectToServer {
+        addr: server.addr.clone(),
+        delay: Some(delay),
+    })
+}
+
+/// The index in `servers` (`host`, `port`, failures in a row) to try next: fewest failures
+/// first, the lost server (`lost_host`:`lost_port`, from its `INFO`) after the others with as
+/// few, ties broken by `seed`. Every entry of the lost server is put last (the pool can hold it
+/// twice: as configured, `tls://h:p`, and as the cluster announced it, `nats://h:p`). A server
+/// that listens on `0.0.0.0` reports that as its host: then its port alone tells it, unless
+/// entries of several hosts have that port, and then none is put last.
+fn pick_server(
+    servers: &[(&str, u16, usize)],
+    lost_host: &str,
+    lost_port: u16,
+    seed: usize,
+) -> Option<usize> {
+    let unspecified = lost_host.is_empty()
+        || lost_host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+    let matches = |(host, port, _): &(&str, u16, usize)| {
+        *port == lost_port && (unspecified || host.eq_ignore_ascii_case(lost_host))
+    };
+    let mut hosts = servers
+        .iter()
+        .filter(|s| matches(s))
+        .map(|(host, _, _)| host.to_ascii_lowercase());
+    let one_host = hosts.next().is_some_and(|first| hosts.all(|h| h == first));
+    let lost = |i: usize| one_host && matches(&servers[i]);
+    let n = servers.len();
+    (0..n)
+        .map(|i| (i + seed % n) % n)
+        .min_by_key(|&i| (servers[i].2, lost(i)))
 }
 
 /// Whether the client is connected right now.
@@ -359,5 +220,34 @@ mod tests {
             source: async_nats::ConnectError::from(async_nats::ConnectErrorKind::Io),
         };
         assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn a_lost_server_is_tried_after_the_others() {
+        let pool = [
+            ("127.0.0.1", 4001, 0),
+            ("127.0.0.1", 4002, 0),
+            ("127.0.0.1", 4003, 0),
+        ];
+        for seed in 0..6 {
+            let pick = pick_server(&pool, "127.0.0.1", 4002, seed).expect("a server");
+            assert_ne!(pick, 1, "seed {seed}");
+        }
+        // Once the others failed, the lost one is next; fewest failures always first.
+        let failed = [
+            ("127.0.0.1", 4001, 1),
+            ("127.0.0.1", 4002, 0),
+            ("127.0.0.1", 4003, 1),
+        ];
+        assert_eq!(pick_server(&failed, "127.0.0.1", 4002, 0), Some(1));
+        let lost_failed = [("a", 4222, 1), ("b", 4222, 2), ("c", 4222, 1)];
+        assert_ne!(pick_server(&lost_failed, "a", 4222, 0), Some(1));
+        // Every server on 4222 behind 0.0.0.0: the lost one cannot be told apart.
+        let same = [("a", 4222, 0), ("b", 4222, 0)];
+        let picks: std::collections::HashSet<_> = (0..4)
+            .filter_map(|seed| pick_server(&same, "0.0.0.0", 4222, seed))
+            .collect();
+        assert_eq!(picks.len(), 2);
+        assert_eq!(pick_server(&[], "h", 1, 0), None);
     }
 }

@@ -492,10 +492,19 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
 /// staleness (a ping interval of 1 s), not by waiting for TCP, so the same bound applies.
 /// Measured before `nats.ping_interval` existed (pings every 20 s): every synchronous request
 /// failed (504) for the whole 30 s, and submits were refused (503); nothing accepted was lost.
+///
+/// The gateways keep idle HTTP connections for 60 s here (`http.header_timeout`, 10 s by
+/// default, also closes a kept-alive connection that sends nothing): the requests held during
+/// the hang open a few dozen connections that the load's client (idle for up to 90 s in its
+/// pool) then rarely reuses, and one reused just as the gateway closed it failed without an
+/// answer (a transport error 20 s after the fault, nothing to do with the hung node).
 #[tokio::test]
 async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
     let _serial = SERIAL.lock().await;
-    let env = [("BUSGATE_NATS__PING_INTERVAL", "1s")];
+    let env = [
+        ("BUSGATE_NATS__PING_INTERVAL", "1s"),
+        ("BUSGATE_HTTP__HEADER_TIMEOUT", "60s"),
+    ];
     let rig = Rig::start(&env).await;
     let node = rig.node_of("gw1").await;
     let load = Load::start(&[&rig.gateways[0], &rig.gateways[1]]);
@@ -507,6 +516,27 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
     rig.cluster.resume(node);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seen = load.stop().await;
+    // When each error came (from the fault) and what it was: a late one says which part of
+    // the cluster was slow to give up the hung node.
+    let errors: Vec<String> = seen
+        .sync
+        .iter()
+        .filter(|s| s.status != 200 && s.sent >= fault)
+        .map(|s| {
+            let at = s.sent.saturating_duration_since(fault);
+            format!(
+                "{:.1}s+{}ms:{}",
+                at.as_secs_f64(),
+                s.took.as_millis(),
+                s.status
+            )
+        })
+        .collect();
+    let last = &errors[errors.len().saturating_sub(8)..];
+    println!(
+        "SIGSTOP node: {} errors after the fault, the last (sent+took:status): {last:?}",
+        errors.len()
+    );
     let verdict = report("SIGSTOP node", &seen, fault, &rig.gateways[1]).await;
     assert_eq!(verdict.errors_before_fault, 0);
     assert!(
