@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use busgate_shared::header::REQUEST_ID;
 
-use super::{
+use super::kind::{
     Credentials, ErrorKind, GatewayError, SourceFailure, Store, ANSWER_ID, PROBLEM_JSON, RATELIMIT,
     RATELIMIT_POLICY,
 };

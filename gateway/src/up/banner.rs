@@ -9,8 +9,9 @@ use anyhow::bail;
 
 use busgate_gateway::config::settings::Settings;
 
+use super::args::UpArgs;
+use super::secrets::{write_secret, Generated};
 use super::stack::demo_services;
-use super::{write_secret, Generated, UpArgs};
 
 /// The client `demo` with a fresh key, through the admin API on `admin`: made when it does not
 /// exist; otherwise given a new key and its older ones revoked (their secrets were shown by an

@@ -19,12 +19,13 @@
 //! [`children`] keeps each one running (restarted with the one backoff, stopped through its
 //! drain), [`banner`] makes the demo client's key and prints the URLs.
 
+mod args;
 mod banner;
 mod children;
+mod secrets;
 mod stack;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+pub use args::UpArgs;
 
 use anyhow::{bail, Context};
 use tokio::time::timeout;
@@ -35,42 +36,9 @@ use busgate_gateway::error::StartupError;
 use busgate_gateway::jobs::callback::Signer;
 use busgate_shared::runtime::shutdown_signal;
 
+use self::args::READY_WITHIN;
 use self::children::{stop_all, Running};
-
-/// Arguments of `busgate up`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct UpArgs {
-    /// Settings file (TOML). Its services with an `upstream` are served by
-    /// `busgate-worker adapters`; each one without gets a demo service and an adapter.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Start no demo service, not even for services without an upstream (those then have no
-    /// responders until something serves them).
-    #[arg(long)]
-    pub no_demo: bool,
-    /// Where the stack keeps NATS data and child logs.
-    #[arg(long, default_value = ".busgate")]
-    pub data_dir: PathBuf,
-    /// The nats-server binary (else NATS_SERVER, the pinned install, PATH).
-    #[arg(long)]
-    pub nats_server: Option<PathBuf>,
-    /// Port of the first demo service; the next services take the following ports.
-    #[arg(long, default_value_t = 8081)]
-    pub demo_port: u16,
-}
-/// How long a child may take to become ready.
-const READY_WITHIN: Duration = Duration::from_secs(15);
-/// The admin token's file in the data dir.
-const TOKEN_FILE: &str = "admin-token";
-/// The callback secret's file in the data dir.
-const CALLBACK_SECRET_FILE: &str = "callback-secret";
-
-/// Secrets `up` made itself: the banner shows these, and only these.
-#[derive(Default)]
-struct Generated {
-    admin_token: Option<String>,
-    callback_secret: Option<String>,
-}
+use self::secrets::{kept_secret, Generated, CALLBACK_SECRET_FILE, TOKEN_FILE};
 
 /// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
 pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
@@ -184,42 +152,4 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
     banner.abort();
     stop_all(children).await;
     result
-}
-
-/// The secret kept in `path`, when it holds one that `valid` accepts; else a new one from
-/// `generate`, written there first (mode 0600: only this user reads it).
-fn kept_secret(
-    path: &Path,
-    valid: impl Fn(&str) -> bool,
-    generate: impl FnOnce() -> String,
-) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let kept = text.trim();
-        if valid(kept) {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {}", path.display()))?;
-            return Ok(kept.to_owned());
-        }
-        warn!(file = %path.display(), "kept secret unusable, making a new one");
-    }
-    let secret = generate();
-    write_secret(path, &secret)?;
-    Ok(secret)
-}
-
-/// Writes `secret` to `path`, readable by this user only (mode 0600).
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(format!("{secret}\n").as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }

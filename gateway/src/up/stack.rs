@@ -12,8 +12,8 @@ use busgate_gateway::config::settings::Settings;
 use busgate_shared::micro::Verb;
 use busgate_shared::runtime::{locate_nats_server, NATS_SERVER_HINT};
 
+use super::args::{UpArgs, READY_WITHIN};
 use super::children::{spawn, ChildSpec, Running};
-use super::{UpArgs, READY_WITHIN};
 
 /// Starts every child of the stack, in order, each once the one before it is ready; returns
 /// what the banner says about NATS.

@@ -11,9 +11,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+use crate::error::PublishError;
 use crate::wire::connection::{Inner, Sub};
 use crate::wire::connector::Security;
-use crate::wire::error::{FlushError, PublishError};
+use crate::wire::error::FlushError;
 use crate::wire::options::{parse_servers, NatsSettings};
 use crate::wire::protocol::{header_block_len, valid_subject, write_pub, write_sub, Msg};
 use crate::wire::supervisor::supervise;

@@ -1,28 +1,6 @@
-//! Why a publish or a flush was refused (the public [`PublishError`], [`FlushError`]), and why
-//! a server connection ended ([`ConnError`], which decides how loudly it is logged).
-
-/// Why a publish was not sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    /// No connection to a server right now.
-    #[error("not connected to nats")]
-    NotConnected,
-    /// The connection is closed for good.
-    #[error("the nats connection is closed")]
-    Closed,
-    /// More than [`MAX_BACKLOG`](crate::wire::MAX_BACKLOG) bytes wait to be sent.
-    #[error("too much is waiting to be sent to nats")]
-    Backlog,
-    /// Larger than the server's `max_payload`.
-    #[error("message larger than the server's max_payload")]
-    TooLarge,
-    /// A subject that is empty or has whitespace or control characters.
-    #[error("invalid subject")]
-    InvalidSubject,
-    /// A header name or value with CR, LF or (in a name) a colon.
-    #[error("invalid header")]
-    InvalidHeader,
-}
+//! Why a flush was refused (the public [`FlushError`]), and why a server connection ended
+//! ([`ConnError`], which decides how loudly it is logged). [`PublishError`](crate::error::PublishError)
+//! lives with the crate's error type, which carries it, so that imports point one way.
 
 /// Why a flush did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

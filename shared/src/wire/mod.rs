@@ -58,7 +58,7 @@
 //! A folder inside `busgate-shared`, not a crate of its own: the repository's top level is
 //! fixed by the design (`gateway/`, `workers/`, `shared/`, `deploy/`, `tests/`), and this
 //! client is bound to the contract crate both ways. The SDK serves on it, the contract's
-//! [`crate::Error`] carries its [`UrlError`] and [`PublishError`], and every process reads its
+//! [`crate::Error`] carries [`UrlError`] and [`PublishError`] (defined beside it), and every process reads its
 //! [`NatsSettings`] through `shared`; it in turn answers with that `Error` and writes the
 //! contract's headers. As a crate apart it would need `shared` (for `Error`) while `shared`
 //! needs it (for the SDK): one of the two would have to be cut in half to avoid a cycle between
@@ -76,8 +76,9 @@ mod protocol;
 mod supervisor;
 mod tls;
 
+pub use crate::error::{PublishError, UrlError};
 pub use auth::{parse_creds, read_seed, Auth, Creds};
 pub use client::{Connection, Subscription, MAX_BACKLOG};
-pub use error::{FlushError, PublishError};
-pub use options::{parse_servers, NatsSettings, Server, UrlError};
+pub use error::FlushError;
+pub use options::{parse_servers, NatsSettings, Server};
 pub use protocol::{header_value, Msg, NO_RESPONDERS};

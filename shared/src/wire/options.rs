@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::UrlError;
 use crate::wire::auth::Auth;
 use crate::Error;
 
@@ -218,16 +219,6 @@ pub struct Server {
     /// address (`connect_urls`) is checked against the name of the server that announced it,
     /// as other NATS clients do.
     pub tls_name: Option<String>,
-}
-
-/// A URL list this connection cannot use.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("nats url {url:?}: {reason}")]
-pub struct UrlError {
-    /// The offending entry (credentials removed).
-    pub url: String,
-    /// Why.
-    pub reason: &'static str,
 }
 
 /// Parses a NATS URL list: `nats|tls://[user:pass@|token@]host[:port]`, comma-separated.

@@ -8,7 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::wire::error::{ConnError, PublishError};
+use crate::error::PublishError;
+use crate::wire::error::ConnError;
 
 /// The longest control line accepted from a server (an `INFO` can be long in a large cluster).
 const MAX_CONTROL_LINE: usize = 1024 * 1024;
