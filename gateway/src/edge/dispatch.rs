@@ -256,10 +256,13 @@ async fn serve(
             .await
             .map(Served::Answered);
     }
-    // A synchronous request is refused at once while a connection is down. An asynchronous
-    // submit is not: its JetStream writes wait out a reconnect (within the submit's patience),
-    // so that a moment without a server costs a slower 202, not a refusal.
-    if !state.nats_connected() {
+    // A synchronous request is refused at once while the request path's connection is down.
+    // Only that one: it does not use the JetStream client, whose reconnect (to a node that
+    // hangs, it may wait out a whole connect timeout) must not refuse answers that the
+    // request path can give. An asynchronous submit is not refused: its JetStream writes wait
+    // out a reconnect (within the submit's patience), so that a moment without a server costs
+    // a slower 202, not a refusal.
+    if !state.runner.collector().is_connected() {
         return Err(
             GatewayError::from(ErrorKind::NotReady("not connected to nats")).with_order(&order_id),
         );
