@@ -14,19 +14,8 @@ ROUNDS=${ROUNDS:-3} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-10}
 PEER=http://127.0.0.1:${MERGE:-18091}/api/orders/12345
 # The bench client's key: a fixture (busgate-bench's BENCH_KEY), not a secret.
 KEY=bgk_YnVzZ2F0ZSBiZW5jaG1hcmsga2V5IG5vdCBzZWNyZXQ
-D=$(mktemp -d)
-started_peers=
-cleanup() {
-  stop_merge_stack 2>/dev/null
-  [ -n "$started_peers" ] && "$PEERS" stop > /dev/null 2>&1
-  rm -rf "$D"
-}
-trap cleanup EXIT
 . "$HERE/merge-stack.sh"
-if ! curl -sf "$PEER" > /dev/null; then
-  "$PEERS" start > "$D/peers.log" 2>&1 || { cat "$D/peers.log" >&2; exit 1; }
-  started_peers=1
-fi
+with_merge_peer
 
 rps() { wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }

@@ -17,6 +17,8 @@
 # The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests
 # and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
 # checkout's release or debug build.
+#   with_merge_peer                      makes the work dir D, starts the peers when nothing answers
+#                                        at PEER (stopping them again on exit, with the stack)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 bench_bin() {
@@ -101,4 +103,14 @@ cpu_per_request() {
       END {printf "  %-12s %6.1f us CPU  %5.2f syscalls  %5.2f context switches per request\n", n, t*1000/(rps*5), s/(rps*5), c/(rps*5)}' "$dir/stat.${p#*:}"
   done
   rm -rf "$dir"
+}
+
+with_merge_peer() {
+  D=$(mktemp -d)
+  started_peers=
+  trap 'stop_merge_stack 2>/dev/null; [ -n "$started_peers" ] && "$PEERS" stop > /dev/null 2>&1; rm -rf "$D"' EXIT
+  if ! curl -sf "$PEER" > /dev/null; then
+    "$PEERS" start > "$D/peers.log" 2>&1 || { cat "$D/peers.log" >&2; exit 1; }
+    started_peers=1
+  fi
 }
