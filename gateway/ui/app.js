@@ -130,6 +130,12 @@ async function refreshStatus() {
   }
 }
 setInterval(refreshStatus, 5000);
+// The services page follows its live instances: a service just created (or an adapter just
+// started) shows as live within seconds, without a reload.
+setInterval(() => {
+  const view = $("#view-services");
+  if (view && !view.hidden && !document.hidden) loadServices().catch(() => {});
+}, 3000);
 
 // ---- form errors ---------------------------------------------------------------------------
 
