@@ -1,4 +1,5 @@
-//! The `busgate` binary: `busgate gateway` runs a gateway, `busgate up` the local stack.
+//! The `busgate` binary: `busgate gateway` runs a gateway, `busgate up` the local stack,
+//! `busgate config` diffs, applies and exports configuration files (`config_cmd`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use busgate_gateway::error::StartupError;
 use busgate_shared::runtime;
 use clap::{Parser, Subcommand};
 
+mod config_cmd;
 mod up;
 
 // glibc's malloc was the top cost in profiles of the hot path (malloc, free and
@@ -33,6 +35,9 @@ enum Command {
     },
     /// Run the local stack: nats-server, gateway, two demo services and their adapters.
     Up(up::UpArgs),
+    /// Configuration as code: diff, apply or export the store's services, routes and clients.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Check a settings file and print the effective settings (as JSON).
     CheckConfig {
         /// Settings file (TOML).
@@ -111,6 +116,7 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Config(command) => config_cmd::run(command).await,
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(s) => {
                 println!(

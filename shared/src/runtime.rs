@@ -19,8 +19,12 @@ pub enum LogFormat {
 /// Logs go to stderr so that stdout stays free for what a command prints for people.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour codes only for a person at a terminal: a file or a pipe (`up`'s child logs, CI)
+    // gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -107,6 +107,22 @@ pub fn record(
     );
 }
 
+/// Logs one audit event of a write made straight to the store, not through the admin API
+/// (`busgate config apply` without `--admin`, `busgate up --config`): the actor is `nats`,
+/// whoever holds the NATS credentials; `operation` is `create`, `update` or `delete`.
+pub fn record_direct(operation: &str, change: &Change, done: bool) {
+    tracing::info!(
+        target: TARGET,
+        token = "nats",
+        method = operation,
+        object = change.object.as_str(),
+        old_revision = change.old,
+        new_revision = change.new,
+        outcome = if done { "done" } else { "refused" },
+        "direct write"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

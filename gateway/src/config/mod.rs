@@ -5,13 +5,17 @@
 //! is bound), [`allowlist`] (the callback allowlist those settings name), [`snapshot`] (the
 //! compiled configuration a request runs on, and route lookup) and [`store`] (the KV bucket
 //! `busgate-config` and the watcher that swaps snapshots in), [`clients`] (clients compiled:
-//! the index of API keys, allowed routes, limits and their state).
+//! the index of API keys, allowed routes, limits and their state), [`file`] (a configuration
+//! file read and written: what `busgate config` applies and exports) and [`plan`] (what applying
+//! one changes, and its diff).
 //!
 //! May use: `metrics` (label names), `clock`, `error`. Nothing here knows about HTTP handlers,
 //! gathers or jobs.
 
 pub mod allowlist;
 pub mod clients;
+pub mod file;
+pub mod plan;
 pub mod settings;
 pub mod snapshot;
 pub mod store;

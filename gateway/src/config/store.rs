@@ -204,6 +204,27 @@ impl ConfigStore {
         Ok(written)
     }
 
+    /// Every object in the store, by key (`services.billing`), with its revision and document.
+    pub async fn objects(&self) -> Result<crate::config::plan::Stored, GatewayError> {
+        let mut keys = self.kv.keys().await.map_err(js)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(js)?);
+        }
+        let mut out = crate::config::plan::Stored::new();
+        for key in names {
+            let Some(entry) = self.kv.entry(&key).await.map_err(js)? else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let value = serde_json::from_slice(&entry.value).map_err(STORE.corrupt(&key))?;
+            out.insert(key, (entry.revision, value));
+        }
+        Ok(out)
+    }
+
     /// The revision of the bucket's latest change, whatever its key.
     pub async fn last_sequence(&self) -> Result<u64, GatewayError> {
         busgate_shared::watch::last_sequence(&self.js)

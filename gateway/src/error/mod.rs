@@ -12,4 +12,4 @@ mod startup;
 
 pub use kind::*;
 pub use problem::problem_type;
-pub use startup::{StartupError, EXIT_BAD_SETTINGS};
+pub use startup::{StartupError, EXIT_BAD_SETTINGS, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
