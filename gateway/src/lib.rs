@@ -79,7 +79,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use busgate_shared::drain;
 
@@ -353,6 +353,38 @@ pub fn upstream_forbidden(
     out
 }
 
+/// Says, in one line, when the configuration in the settings file differs from the store's
+/// (which is in force: a file only seeds an empty store; `busgate config apply` applies it).
+async fn compare_with_file(store: &ConfigStore, file: &std::path::Path) {
+    let Ok(spec) = config::file::load(file) else {
+        return;
+    };
+    if spec.services.is_empty() && spec.routes.is_empty() && spec.clients.is_empty() {
+        return;
+    }
+    let stored = match store.objects().await {
+        Ok(stored) => stored,
+        Err(e) => {
+            debug!(error = %e, "cannot read the configuration store to compare it with the file");
+            return;
+        }
+    };
+    let file = file.display();
+    match config::plan::plan(&stored, &spec, false) {
+        Ok(plan) if plan.is_empty() => {}
+        Ok(plan) => warn!(
+            %file,
+            changes = plan.steps.len(),
+            "the settings file's services, routes or clients differ from the configuration store, which is in force: `busgate config diff {file}` shows how, `busgate config apply {file}` applies them"
+        ),
+        Err(e) => warn!(
+            %file,
+            error = %e,
+            "the settings file's services, routes or clients differ from the configuration store, which is in force, and cannot be applied as they are: see `busgate config diff {file}`"
+        ),
+    }
+}
+
 /// nats-server's conventional monitoring port (`-m 8222`, `http_port: 8222`).
 pub const NATS_MONITORING_PORT: u16 = 8222;
 
@@ -377,6 +409,11 @@ async fn supervise_jetstream(
                     objects = seeded,
                     "configuration store was empty: seeded from settings"
                 );
+            }
+            if seeded == 0 {
+                if let Some(file) = &settings.config_file {
+                    compare_with_file(&store, file).await;
+                }
             }
             Ok::<_, GatewayError>((jobs, store))
         };

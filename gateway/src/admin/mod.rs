@@ -3,13 +3,15 @@
 //! Owns: the admin router, its bearer-token guard and the security headers of every answer
 //! (here), the configuration objects ([`objects`]) and their preconditions ([`precondition`]),
 //! clients' API keys ([`clients`]),
-//! the audit trail of writes ([`audit`]), the try-it ([`try_it`]), live instances
+//! the audit trail of writes ([`audit`]), configuration written straight to the store by
+//! `busgate config apply` and `up --config` ([`direct`], audited like the API's writes), the try-it ([`try_it`]), live instances
 //! ([`discovery`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
 //! everything but the UI's static files, the OpenAPI document and, when it is served here,
 //! `/metrics`.
 //!
 //! May use: `edge` (the state it shares with the public listener, request ids, `/metrics`),
-//! `auth` (making keys), `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`.
+//! `auth` (making keys), `route`, `config`, `error`. Nothing imports `admin` but the wiring in `lib`
+//! (and the binary's `busgate config`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::error::{ErrorKind, GatewayError};
 pub mod assets;
 pub mod audit;
 pub mod clients;
+pub mod direct;
 pub mod discovery;
 pub mod objects;
 pub mod precondition;

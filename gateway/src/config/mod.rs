@@ -7,12 +7,14 @@
 //! `busgate-config` and the watcher that swaps snapshots in), [`clients`] (clients compiled:
 //! the index of API keys, allowed routes, limits and their state), [`file`] (a configuration
 //! file read and written: what `busgate config` applies and exports) and [`plan`] (what applying
-//! one changes, and its diff).
+//! one changes, and its diff), [`apply`] (carrying a plan out, compare-and-set, through a
+//! target).
 //!
 //! May use: `metrics` (label names), `clock`, `error`. Nothing here knows about HTTP handlers,
 //! gathers or jobs.
 
 pub mod allowlist;
+pub mod apply;
 pub mod clients;
 pub mod file;
 pub mod plan;

@@ -1,34 +1,23 @@
 //! `busgate config diff / apply / export`: configuration as code. A file (the settings file's
 //! `[services.*]`, `[routes.*]`, `[clients.*]`) is compared with the store, applied to it, or
-//! made from it, through one of two [`Target`]s: the admin API of a running gateway
-//! (`--admin URL`, its token from `BUSGATE_ADMIN_TOKEN`), or NATS directly with the gateway's
-//! settings. What changes is planned once, by `busgate_gateway::config::plan` (pure), for both.
-//!
-//! Apply is all-or-nothing where the store allows: the whole configuration it makes is
-//! validated, then every object's revision is checked again, and only then is anything
-//! written, each write a compare-and-set on the revision read. A write that loses its race
-//! stops the apply, names the object, and the writes before it are undone (each again on its
-//! own revision). `busgate up --config` applies its file through [`apply`] too.
-//!
-//! Part of the binary: [`target`] reads and writes the store (NATS or the admin API).
+//! made from it, through one of two targets: a running gateway's admin API (`--admin URL`,
+//! its token from `BUSGATE_ADMIN_TOKEN`; [`admin`]), or NATS directly with the gateway's
+//! settings (`busgate_gateway::admin::direct`). Both share the plan and its diff
+//! (`busgate_gateway::config::plan`) and the apply (`busgate_gateway::config::apply`:
+//! validated whole, every revision checked, then each write compare-and-set).
 
-pub mod target;
+pub mod admin;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use busgate_gateway::admin::direct::Direct;
+use busgate_gateway::config::apply::{apply, ApplyError, Target};
 use busgate_gateway::config::file;
-use busgate_gateway::config::plan::{self, Plan};
+use busgate_gateway::config::plan;
 use busgate_gateway::config::settings::Settings;
-use busgate_gateway::error::{EXIT_BAD_SETTINGS, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 use busgate_shared::config::ConfigSpec;
 use clap::{Args, Subcommand};
-
-pub use self::target::Target;
-
-/// Exit code when an object changed while an apply was checking or writing (EX_TEMPFAIL: run
-/// it again).
-pub const EXIT_CONFLICT: u8 = 75;
 
 /// `busgate config …`.
 #[derive(Debug, Subcommand)]
@@ -67,6 +56,16 @@ pub enum ConfigCommand {
     },
 }
 
+impl ConfigCommand {
+    fn to(&self) -> &To {
+        match self {
+            ConfigCommand::Diff { to, .. }
+            | ConfigCommand::Apply { to, .. }
+            | ConfigCommand::Export { to, .. } => to,
+        }
+    }
+}
+
 /// Where the store is: a gateway's admin API, or NATS with the gateway's settings.
 #[derive(Debug, Clone, Args)]
 pub struct To {
@@ -80,49 +79,20 @@ pub struct To {
     pub config: Option<PathBuf>,
 }
 
-/// Why a `busgate config` command failed, with its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CmdError {
-    /// The file, the settings, or the configuration they make is invalid: nothing written.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    /// The store cannot be reached.
-    #[error("{0}")]
-    Unavailable(String),
-    /// An object changed meanwhile.
-    #[error("{object} changed while applying (another writer): {detail}")]
-    Conflict {
-        /// `routes.order`.
-        object: String,
-        /// What was done about it.
-        detail: String,
-    },
-    /// Anything else (the store refused a write, an answer that does not parse).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CmdError {
-    /// The exit code of this failure.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CmdError::Invalid(_) => EXIT_BAD_SETTINGS,
-            CmdError::Unavailable(_) => EXIT_UNAVAILABLE,
-            CmdError::Conflict { .. } => EXIT_CONFLICT,
-            CmdError::Failed(_) => EXIT_SOFTWARE,
-        }
-    }
-}
-
-impl From<busgate_shared::Error> for CmdError {
-    fn from(e: busgate_shared::Error) -> Self {
-        CmdError::Invalid(e.to_string())
-    }
-}
-
-/// Runs a `busgate config` command; its exit code.
+/// Runs a `busgate config` command; its exit code (diff: 0 equal, 1 different; failures:
+/// 64 invalid, 69 unreachable, 75 conflict, 70 other).
 pub async fn run(command: ConfigCommand) -> ExitCode {
-    match execute(command).await {
+    let result = match command.to().admin.clone() {
+        Some(url) => match admin::AdminApi::from_env(&url) {
+            Ok(target) => execute(&target, command).await,
+            Err(e) => Err(e),
+        },
+        None => match direct(command.to()).await {
+            Ok(target) => execute(&target, command).await,
+            Err(e) => Err(e),
+        },
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("busgate config: {e}");
@@ -131,11 +101,19 @@ pub async fn run(command: ConfigCommand) -> ExitCode {
     }
 }
 
-async fn execute(command: ConfigCommand) -> Result<u8, CmdError> {
+/// NATS with the settings `to` names (logging set up for the audit events of its writes).
+async fn direct(to: &To) -> Result<Direct, ApplyError> {
+    let settings = Settings::load(to.config.as_deref())
+        .and_then(|s| s.validate().map(|_| s))
+        .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+    busgate_shared::runtime::init_logging(settings.log.format, &settings.log.level);
+    Direct::connect(&settings.nats, settings.jobs.replicas).await
+}
+
+async fn execute<T: Target>(target: &T, command: ConfigCommand) -> Result<u8, ApplyError> {
     match command {
-        ConfigCommand::Diff { file, prune, to } => {
+        ConfigCommand::Diff { file, prune, .. } => {
             let spec = read_file(&file)?;
-            let target = connect(&to).await?;
             let plan = plan::plan(&target.read().await?, &spec, prune)?;
             print!("{}", plan::render(&plan));
             Ok(u8::from(!plan.is_empty()))
@@ -144,19 +122,19 @@ async fn execute(command: ConfigCommand) -> Result<u8, CmdError> {
             file,
             prune,
             dry_run,
-            to,
+            ..
         } => {
             let spec = read_file(&file)?;
-            let target = connect(&to).await?;
-            let plan = apply(&target, &spec, prune, dry_run).await?;
+            let plan = apply(target, &spec, prune, dry_run).await?;
             print!("{}", plan::render(&plan));
-            if !dry_run && !plan.is_empty() {
+            if dry_run {
+                println!("dry run: nothing written");
+            } else if !plan.is_empty() {
                 println!("applied");
             }
             Ok(0)
         }
-        ConfigCommand::Export { json, to } => {
-            let target = connect(&to).await?;
+        ConfigCommand::Export { json, .. } => {
             let spec = plan::spec_of(&target.read().await?)?;
             let text = if json {
                 file::to_json(&spec)?
@@ -170,97 +148,13 @@ async fn execute(command: ConfigCommand) -> Result<u8, CmdError> {
 }
 
 /// The configuration in a file (TOML, or JSON by its extension).
-pub fn read_file(path: &Path) -> Result<ConfigSpec, CmdError> {
+pub fn read_file(path: &Path) -> Result<ConfigSpec, ApplyError> {
     if file::is_json(path) {
         let what = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| CmdError::Invalid(format!("{what}: cannot read: {e}")))?;
+            .map_err(|e| ApplyError::Invalid(format!("{what}: cannot read: {e}")))?;
         Ok(file::parse_json(&text, &what)?)
     } else {
         Ok(file::load(path)?)
     }
-}
-
-/// The target `to` names: the admin API, or NATS with the settings (logging set up for the
-/// audit events of direct writes).
-async fn connect(to: &To) -> Result<Target, CmdError> {
-    if let Some(url) = &to.admin {
-        let token = std::env::var("BUSGATE_ADMIN_TOKEN").map_err(|_| {
-            CmdError::Invalid("--admin needs the admin token in BUSGATE_ADMIN_TOKEN".into())
-        })?;
-        return Target::admin(url, &token);
-    }
-    let settings = Settings::load(to.config.as_deref())
-        .and_then(|s| s.validate().map(|_| s))
-        .map_err(|e| CmdError::Invalid(e.to_string()))?;
-    busgate_shared::runtime::init_logging(settings.log.format, &settings.log.level);
-    Target::nats(&settings).await
-}
-
-/// Plans `spec` against the store and (unless `dry_run`) applies it: every object's revision
-/// checked again first, then each write compare-and-set; a lost race undoes what was written.
-pub async fn apply(
-    target: &Target,
-    spec: &ConfigSpec,
-    prune: bool,
-    dry_run: bool,
-) -> Result<Plan, CmdError> {
-    let plan = plan::plan(&target.read().await?, spec, prune)?;
-    if dry_run || plan.is_empty() {
-        return Ok(plan);
-    }
-    target.check(&plan)?;
-    for step in &plan.steps {
-        let now = target.revision(step).await?;
-        if now != step.expected() {
-            return Err(CmdError::Conflict {
-                object: step.key(),
-                detail: format!(
-                    "read at {}, now {}; nothing was written",
-                    revision_text(step.expected()),
-                    revision_text(now)
-                ),
-            });
-        }
-    }
-    let mut done = Vec::new();
-    for step in &plan.steps {
-        match target.write(step).await {
-            Ok(revision) => done.push((step, revision)),
-            Err(e) => {
-                let undone = undo(target, &done).await;
-                return Err(match e {
-                    CmdError::Conflict { object, .. } => CmdError::Conflict {
-                        object,
-                        detail: undone,
-                    },
-                    other => CmdError::Failed(format!("{other}; {undone}")),
-                });
-            }
-        }
-    }
-    Ok(plan)
-}
-
-/// Undoes written steps, last first, each on the revision it wrote; says what it did.
-async fn undo(target: &Target, done: &[(&plan::Step, Option<u64>)]) -> String {
-    if done.is_empty() {
-        return "nothing was written".into();
-    }
-    let mut failed = Vec::new();
-    for (step, revision) in done.iter().rev() {
-        if let Err(e) = target.undo(step, *revision).await {
-            tracing::warn!(object = %step.key(), error = %e, "cannot undo a write of this apply");
-            failed.push(step.key());
-        }
-    }
-    if failed.is_empty() {
-        format!("the {} changes written before were undone", done.len())
-    } else {
-        format!("these changes written before could not be undone: {failed:?}")
-    }
-}
-
-fn revision_text(revision: Option<u64>) -> String {
-    revision.map_or_else(|| "absent".to_owned(), |r| format!("revision {r}"))
 }

@@ -5,6 +5,9 @@
 //! configuration has an upstream, including those added later through the admin API or UI),
 //! a demo HTTP service and its adapter for each configured service without an upstream (unless
 //! `--no-demo`), and the gateway itself in this process; prints the URLs and a curl to try.
+//! With `--config FILE` the file's configuration is applied to the store before the gateway
+//! starts (`busgate config apply` without `--prune`; the diff is printed), so a second `up`
+//! with another file in the same data dir runs that file's services and routes.
 //! Ctrl-C (or SIGTERM) stops the gateway first, then the adapters, the demo services and NATS,
 //! each with SIGTERM and, after a grace period, SIGKILL. A child that dies is logged and
 //! started again after a jittered backoff (200 ms, doubling to 5 s; from 200 ms again once it
@@ -39,6 +42,38 @@ use busgate_shared::runtime::shutdown_signal;
 use self::args::READY_WITHIN;
 use self::children::{stop_all, Running};
 use self::secrets::{kept_secret, Generated, CALLBACK_SECRET_FILE, TOKEN_FILE};
+
+/// Makes the store hold the configuration of `up --config FILE` (the file's services, routes
+/// and clients; the built-in ones for a section it leaves out, as the banner shows them),
+/// printing what changed. Nothing is deleted: what the file does not name (made earlier
+/// through the admin API or UI, or by an earlier file) is kept and listed.
+async fn apply_file(file: &std::path::Path, settings: &Settings) -> anyhow::Result<()> {
+    use busgate_gateway::admin::direct::Direct;
+    use busgate_gateway::config::apply::{apply, ApplyError};
+    let target = Direct::connect(&settings.nats, settings.jobs.replicas)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match apply(&target, &settings.config_spec(), false, false).await {
+        Ok(plan) => {
+            let what = if plan.is_empty() {
+                "already in the configuration store"
+            } else {
+                "applied to the configuration store"
+            };
+            println!(
+                "busgate up: {} {what}:\n{}",
+                file.display(),
+                busgate_gateway::config::plan::render(&plan)
+            );
+            Ok(())
+        }
+        Err(ApplyError::Invalid(e)) => Err(StartupError::InvalidSettings(
+            busgate_shared::Error::invalid(file.display().to_string(), e),
+        )
+        .into()),
+        Err(e) => Err(anyhow::anyhow!("cannot apply {}: {e}", file.display())),
+    }
+}
 
 /// Runs the local stack until Ctrl-C/SIGTERM or a child dies.
 pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
@@ -97,6 +132,12 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if let Some(file) = &args.config {
+        if let Err(e) = apply_file(file, &settings).await {
+            stop_all(children).await;
+            return Err(e);
+        }
+    }
 
     let mut listeners = Vec::new();
     for addr in [settings.http.listen, settings.admin.listen] {

@@ -31,7 +31,9 @@ impl Settings {
                 .with_list_parse_key("callbacks.allow")
                 .with_list_parse_key("callbacks.retry"),
         );
-        Ok(builder.build()?.try_deserialize()?)
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.config_file = file.map(Path::to_path_buf);
+        Ok(settings)
     }
 
     /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).

@@ -64,6 +64,10 @@ pub struct Settings {
     pub clients: BTreeMap<String, ClientSpec>,
     /// Who may call the public API.
     pub auth: AuthSettings,
+    /// The file these settings were read from, if any: a gateway compares its configuration
+    /// with the store's at start (not a setting).
+    #[serde(skip)]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -114,6 +118,7 @@ impl Default for Settings {
             routes: builtin.routes,
             clients: BTreeMap::new(),
             auth: AuthSettings::default(),
+            config_file: None,
         }
     }
 }

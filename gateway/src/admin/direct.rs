@@ -1,0 +1,135 @@
+//! Configuration written straight to the store, not through the admin API: the NATS
+//! [`Target`] of `busgate config apply` (without `--admin`) and of `busgate up --config`.
+//! Every write is a compare-and-set through [`ConfigStore`], and an audit event
+//! ([`audit::record_direct`]); the KV history keeps each revision as for any write.
+
+use busgate_shared::nats::NatsSettings;
+
+use crate::admin::audit::{self, Change};
+use crate::config::apply::{ApplyError, Target};
+use crate::config::plan::{Step, Stored};
+use crate::config::store::{ConfigStore, Kind};
+use crate::error::{ErrorKind, GatewayError};
+
+/// The configuration store, reached over NATS.
+#[derive(Clone)]
+pub struct Direct {
+    store: ConfigStore,
+}
+
+impl Direct {
+    /// Connects with `nats` settings and opens the store (`replicas` as the gateway's
+    /// `jobs.replicas`).
+    pub async fn connect(nats: &NatsSettings, replicas: usize) -> Result<Direct, ApplyError> {
+        let client = busgate_shared::nats::connect(nats, "busgate config")
+            .await
+            .map_err(|e| ApplyError::Unavailable(format!("cannot connect to nats: {e}")))?;
+        Self::open(&client, replicas).await
+    }
+
+    /// The store on an open connection.
+    pub async fn open(nats: &async_nats::Client, replicas: usize) -> Result<Direct, ApplyError> {
+        let store = ConfigStore::open(nats, replicas).await.map_err(|e| {
+            ApplyError::Unavailable(format!("cannot open the configuration store: {e}"))
+        })?;
+        Ok(Direct { store })
+    }
+
+    /// Creates (`expected` `None`) or replaces an object, compare-and-set.
+    async fn put(
+        &self,
+        kind: Kind,
+        name: &str,
+        doc: &serde_json::Value,
+        expected: Option<u64>,
+    ) -> Result<u64, ApplyError> {
+        let mut change = Change::of(kind, name);
+        change.old = expected;
+        let written = self.store.write_if(kind, name, doc, expected).await;
+        change.new = written.as_ref().ok().copied();
+        let operation = if expected.is_some() {
+            "update"
+        } else {
+            "create"
+        };
+        audit::record_direct(operation, &change, written.is_ok());
+        written.map_err(|e| lost(e, kind, name))
+    }
+
+    /// Deletes an object still at `expected`.
+    async fn delete(&self, kind: Kind, name: &str, expected: u64) -> Result<(), ApplyError> {
+        let mut change = Change::of(kind, name);
+        change.old = Some(expected);
+        let deleted = self.store.delete(kind, name, Some(expected)).await;
+        audit::record_direct("delete", &change, deleted.is_ok());
+        deleted.map_err(|e| lost(e, kind, name))
+    }
+}
+
+/// A store error of a write: a lost compare-and-set is a conflict on the object.
+fn lost(e: GatewayError, kind: Kind, name: &str) -> ApplyError {
+    match e.kind {
+        ErrorKind::Exists(_) | ErrorKind::Stale { .. } => ApplyError::Conflict {
+            object: kind.key(name),
+            detail: String::new(),
+        },
+        _ => ApplyError::Failed(e.to_string()),
+    }
+}
+
+impl Target for Direct {
+    async fn read(&self) -> Result<Stored, ApplyError> {
+        self.store
+            .objects()
+            .await
+            .map_err(|e| ApplyError::Failed(e.to_string()))
+    }
+
+    async fn revision(&self, step: &Step) -> Result<Option<u64>, ApplyError> {
+        let (kind, name) = step.object();
+        let current = self.store.get(kind, name).await;
+        Ok(current
+            .map_err(|e| ApplyError::Failed(e.to_string()))?
+            .map(|(revision, _)| revision))
+    }
+
+    async fn write(&self, step: &Step) -> Result<Option<u64>, ApplyError> {
+        match step {
+            Step::Create { kind, name, new } => self.put(*kind, name, new, None).await.map(Some),
+            Step::Update {
+                kind,
+                name,
+                revision,
+                new,
+                ..
+            } => self.put(*kind, name, new, Some(*revision)).await.map(Some),
+            Step::Delete {
+                kind,
+                name,
+                revision,
+                ..
+            } => self.delete(*kind, name, *revision).await.map(|()| None),
+        }
+    }
+
+    async fn undo(&self, step: &Step, written: Option<u64>) -> Result<(), ApplyError> {
+        match (step, written) {
+            (Step::Create { kind, name, .. }, Some(revision)) => {
+                self.delete(*kind, name, revision).await
+            }
+            (
+                Step::Update {
+                    kind, name, old, ..
+                },
+                Some(revision),
+            ) => self.put(*kind, name, old, Some(revision)).await.map(|_| ()),
+            (
+                Step::Delete {
+                    kind, name, old, ..
+                },
+                _,
+            ) => self.put(*kind, name, old, None).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+}
