@@ -344,6 +344,27 @@ targets = [{ service = "service1" }]
         config(&gateway, &nats, false, &["diff", &path, "--prune"]).code,
         0
     );
+
+    // A gateway started with a settings file that differs from the store says so, once.
+    let other = Gateway::start(&nats, &Settings::builtin()).await;
+    let line = other.proc.wait_for(Duration::from_secs(10), |line| {
+        line.contains("busgate config diff")
+            .then(|| line.to_owned())
+    });
+    assert!(line.contains("busgate config apply"), "{line}");
+    let said = |g: &Gateway| {
+        g.proc
+            .lines()
+            .iter()
+            .filter(|l| l.contains("busgate config diff"))
+            .count()
+    };
+    assert_eq!(said(&other), 1);
+    assert_eq!(
+        said(&gateway),
+        0,
+        "the first gateway seeded the store: nothing to say"
+    );
 }
 
 /// An upstream on a free port answering `/{name}/{id}`.
