@@ -421,7 +421,7 @@ async fn upstream_validation_names_the_field() {
         ),
         (
             json!({"url": "http://h/{order_id}", "headers": {"X-Key": "plain-secret"}}),
-            "services.x",
+            "services.x.upstream.headers.X-Key",
         ),
         (
             json!({"url": format!("http://localhost:{admin_port}/admin/v1/{{order_id}}")}),

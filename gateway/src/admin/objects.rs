@@ -14,7 +14,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use busgate_shared::config::{ClientSpec, ConfigSpec, KeySpec, RouteSpec, ServiceSpec, MAX_KEYS};
+use busgate_shared::config::{
+    ClientSpec, ConfigSpec, KeySpec, RouteSpec, SecretSource, ServiceSpec, MAX_KEYS,
+};
 use busgate_shared::validate;
 
 use crate::admin::audit::Change;
@@ -169,11 +171,28 @@ fn parse_spec(kind: Kind, name: &str, value: &Value) -> Result<Value, GatewayErr
     };
     result.map_err(|e| {
         ErrorKind::InvalidConfig {
-            field: format!("{}.{name}", kind.plural()),
+            field: failed_field(kind, name, value),
             reason: e.to_string(),
         }
         .into()
     })
+}
+
+/// The field a document that does not parse is about, where serde cannot say it: a header
+/// value that is not `{"env": …}` or `{"file": …}` (`services.<name>.upstream.headers.<Header>`;
+/// the value itself is never repeated); else the object.
+fn failed_field(kind: Kind, name: &str, value: &Value) -> String {
+    let headers = value
+        .pointer("/upstream/headers")
+        .and_then(Value::as_object);
+    if kind == Kind::Service {
+        for (header, source) in headers.into_iter().flatten() {
+            if serde_json::from_value::<SecretSource>(source.clone()).is_err() {
+                return format!("services.{name}.upstream.headers.{header}");
+            }
+        }
+    }
+    format!("{}.{name}", kind.plural())
 }
 
 /// The configuration in force with one object changed (`None`: deleted), validated whole.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 
 use busgate_gateway::config::settings::Settings;
+use busgate_shared::config::{ConfigSpec, HttpMethod};
 
 use super::args::UpArgs;
 use super::secrets::{write_secret, Generated};
@@ -116,6 +117,56 @@ pub(super) async fn demo_key(
     }
 }
 
+/// The requests to try: the demo's order ids (slow, missing) only when the demo services run
+/// behind the built-in `order` route; otherwise a request on each of the configured routes.
+fn try_block(settings: &Settings, args: &UpArgs, host: &str, auth: &str) -> String {
+    let mut out = String::new();
+    let builtin = ConfigSpec::builtin();
+    let demos = demo_services(args, settings);
+    let demo = settings.routes.get("order") == builtin.routes.get("order")
+        && builtin.services.keys().all(|s| demos.contains(s));
+    if demo {
+        out.push_str(&format!(
+            "  curl -s {host}/api/order {auth} -H 'content-type: application/json' -d '{{\"order_id\":\"A1\"}}'\n"
+        ));
+        out.push_str(&format!("  curl -s {host}/api/orders/A1 {auth}\n"));
+        out.push_str(&format!(
+            "  curl -s {host}/api/orders/slow2-A1 {auth}     # service2 too slow: complete=false after 800 ms\n"
+        ));
+        out.push_str(&format!(
+            "  curl -s {host}/api/orders/missing1-A1 {auth}  # service1 does not know it: 404 problem\n"
+        ));
+        out.push_str(&format!(
+            "  curl -si {host}/api/orders/A1 {auth} -H 'Prefer: respond-async'   # 202, then poll the Location\n"
+        ));
+        return out;
+    }
+    for (name, route) in &settings.routes {
+        let Some(binding) = route
+            .bindings
+            .iter()
+            .find(|b| b.method == HttpMethod::Get)
+            .or(route.bindings.first())
+        else {
+            continue;
+        };
+        let path = binding.path.replace("{order_id}", "A1");
+        let line = if binding.method == HttpMethod::Get {
+            format!("  curl -s {host}{path} {auth}")
+        } else {
+            format!(
+                "  curl -s -X {} {host}{path} {auth} -H 'content-type: application/json' -d '{{\"order_id\":\"A1\"}}'",
+                binding.method.as_str()
+            )
+        };
+        out.push_str(&format!("{line}   # route {name}\n"));
+    }
+    if settings.routes.is_empty() {
+        out.push_str("  (no route yet: add one in the admin UI, or to the file and run `busgate config apply`)\n");
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn print_banner(
     settings: &Settings,
@@ -181,19 +232,55 @@ pub(super) fn print_banner(
     out.push_str("Try:\n");
     out.push_str(&format!("  export BUSGATE_KEY={key}\n"));
     let auth = "-H \"Authorization: Bearer $BUSGATE_KEY\"";
-    out.push_str(&format!(
-        "  curl -s {host}/api/order {auth} -H 'content-type: application/json' -d '{{\"order_id\":\"A1\"}}'\n"
-    ));
-    out.push_str(&format!("  curl -s {host}/api/orders/A1 {auth}\n"));
-    out.push_str(&format!(
-        "  curl -s {host}/api/orders/slow2-A1 {auth}     # service2 too slow: complete=false after 800 ms\n"
-    ));
-    out.push_str(&format!(
-        "  curl -s {host}/api/orders/missing1-A1 {auth}  # service1 does not know it: 404 problem\n"
-    ));
-    out.push_str(&format!(
-        "  curl -si {host}/api/orders/A1 {auth} -H 'Prefer: respond-async'   # 202, then poll the Location\n\n"
-    ));
+    out.push_str(&try_block(settings, args, &host, auth));
+    out.push('\n');
     out.push_str("Ctrl-C stops everything.\n");
     println!("{out}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(no_demo: bool) -> UpArgs {
+        UpArgs {
+            config: None,
+            no_demo,
+            data_dir: ".busgate".into(),
+            nats_server: None,
+            demo_port: 8081,
+        }
+    }
+
+    #[test]
+    fn the_demo_order_ids_are_shown_only_when_the_demo_services_run() {
+        let builtin = Settings::default();
+        let text = try_block(&builtin, &args(false), "h", "-H k");
+        assert!(text.contains("/api/orders/slow2-A1"), "{text}");
+        let text = try_block(&builtin, &args(true), "h", "-H k");
+        assert!(!text.contains("slow2"), "{text}");
+        assert!(
+            text.contains("curl -s h/api/orders/A1 -H k   # route order"),
+            "{text}"
+        );
+
+        let own = busgate_gateway::config::file::parse(
+            "[services.billing.upstream]\nurl = \"http://127.0.0.1:9101/i/{order_id}\"\n\
+             [routes.bills]\nbindings = [{ method = \"GET\", path = \"/api/bills/{order_id}\" }]\n\
+             targets = [{ service = \"billing\" }]\n",
+            "own",
+        )
+        .expect("parse");
+        let settings = Settings {
+            services: own.services,
+            routes: own.routes,
+            ..Settings::default()
+        };
+        let text = try_block(&settings, &args(false), "h", "-H k");
+        assert!(
+            !text.contains("slow2") && !text.contains("missing1"),
+            "{text}"
+        );
+        assert_eq!(text, "  curl -s h/api/bills/A1 -H k   # route bills\n");
+    }
 }
