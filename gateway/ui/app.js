@@ -207,7 +207,7 @@ async function loadServices() {
     tbody.append(
       el("tr", { "data-name": item.name },
         el("td", {}, el("strong", {}, item.name)),
-        el("td", { class: "mono wrap" }, (item.spec.upstream && item.spec.upstream.url) || el("span", { class: "muted" }, "on NATS")),
+        el("td", { class: "mono wrap" }, servedFrom(item, live)),
         el("td", { class: "mono" }, item.spec.timeout || ""),
         el("td", { class: "muted" }, item.spec.description || ""),
         el("td", {}, live.length
@@ -220,6 +220,18 @@ async function loadServices() {
       )
     );
   }
+}
+
+/**
+ * Where a service's answers come from: its configured upstream; else the upstream its live
+ * adapters say they call (a single-service `busgate-worker adapter`); else "on NATS" (a native
+ * service, or nothing serves it yet).
+ */
+function servedFrom(item, live) {
+  if (item.spec.upstream && item.spec.upstream.url) return item.spec.upstream.url;
+  const called = [...new Set(live.map((i) => i.upstream).filter(Boolean))];
+  if (called.length) return el("span", { title: "called by its adapter" }, called.join(", "), el("span", { class: "muted" }, " (adapter)"));
+  return el("span", { class: "muted" }, "on NATS");
 }
 
 function editService(item) {
@@ -521,7 +533,9 @@ async function loadTry() {
   const { data } = await api("GET", "/admin/v1/routes");
   const select = $("#try-route");
   const current = select.value;
-  select.replaceChildren(...data.items.map((r) => el("option", { value: r.name, selected: r.name === current }, r.name)));
+  // The first time, the `order` route (the one the demo and the guides use) when there is one.
+  const chosen = current || (data.items.some((r) => r.name === "order") ? "order" : "");
+  select.replaceChildren(...data.items.map((r) => el("option", { value: r.name, selected: r.name === chosen }, r.name)));
 }
 
 const statusClass = (s) => (s === "ok" || s === "skipped" ? "ok" : s === "timeout" || s === "cancelled" || s === "not_found" ? "warn" : "bad");
