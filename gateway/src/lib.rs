@@ -23,7 +23,8 @@
 //!   its deadlines, the merge.
 //! - [`config`]: settings (one file per section, and their loading and rules), the compiled
 //!   snapshot, the KV store of services, routes and clients and the watcher that keeps every
-//!   instance's configuration in force.
+//!   instance's configuration in force; configuration files, what applying one changes (its
+//!   plan and diff) and the compare-and-set apply (`busgate config`, `busgate up --config`).
 //! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
 //!   whether a retry may help, and its one HTTP mapping), and apart from it
 //!   [`error::StartupError`]: why a process could not start, with its exit code.
@@ -33,14 +34,15 @@
 //!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
 //!   the callback deliverer), signalled once at shutdown after the listeners' phases.
 //!
-//! `busgate up` (the one-command local stack: a supervisor of child processes) is not part of
-//! this library: it lives under the binary, `src/up/` beside `src/main.rs`.
+//! `busgate up` (the one-command local stack: a supervisor of child processes) and the
+//! `busgate config` commands (their admin-API target) are not part of this library: they live
+//! under the binary, `src/up/` and `src/config_cmd/` beside `src/main.rs`.
 //!
 //! Arrows point down: a module uses only modules below it, never one that uses it
 //! (`tests/tools/modgraph.py` checks this on every test run).
 //!
 //! ```text
-//!   main ──▶ up (binary only: stack · children · banner)
+//!   main ──▶ up (binary only: stack · children · banner) · config_cmd (binary only)
 //!     │       │
 //!     └───────┴──▶ lib (run: wiring, one drain)
 //!                    │
@@ -55,7 +57,8 @@
 //!                           │
 //!                         gather
 //!                           │
-//!                         config (settings/ · snapshot · store · clients · allowlist)
+//!                         config (settings/ · snapshot · store · clients · allowlist ·
+//!                                 file · plan · apply)
 //!                           │
 //!           metrics · error (request · startup) · clock · limit
 //! ```

@@ -20,8 +20,7 @@ use busgate_shared::Error;
 use crate::config::snapshot::Snapshot;
 use crate::config::store::Kind;
 
-/// The store as read: `kind.name` keys (`services.billing`) with their revision and document.
-pub type Stored = BTreeMap<String, (u64, Value)>;
+pub use crate::config::store::Stored;
 
 /// One change of a plan.
 #[derive(Debug, Clone, PartialEq)]

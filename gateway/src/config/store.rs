@@ -53,6 +53,9 @@ where
     }
 }
 
+/// The store as read: `kind.name` keys (`services.billing`) with their revision and document.
+pub type Stored = BTreeMap<String, (u64, serde_json::Value)>;
+
 /// The kinds of configuration objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -205,13 +208,13 @@ impl ConfigStore {
     }
 
     /// Every object in the store, by key (`services.billing`), with its revision and document.
-    pub async fn objects(&self) -> Result<crate::config::plan::Stored, GatewayError> {
+    pub async fn objects(&self) -> Result<Stored, GatewayError> {
         let mut keys = self.kv.keys().await.map_err(js)?;
         let mut names = Vec::new();
         while let Some(key) = keys.next().await {
             names.push(key.map_err(js)?);
         }
-        let mut out = crate::config::plan::Stored::new();
+        let mut out = Stored::new();
         for key in names {
             let Some(entry) = self.kv.entry(&key).await.map_err(js)? else {
                 continue;
