@@ -35,6 +35,8 @@
 //! - `tests/faults.rs`: a 3-node cluster ([`cluster::NatsCluster`]), two gateways, faults
 //!   under load.
 //! - `tests/config.rs`: dynamic configuration and the admin API on two instances.
+//! - `tests/config_as_code.rs`: `busgate config diff / apply / export` and `up --config`
+//!   (an apply changed in its midst, driven in process through `busgate_gateway`).
 //! - `tests/clients.rs`: API keys, scope and limits per client.
 //! - `tests/up_stack.rs`: `busgate up` and its children.
 //! - `tests/browser.rs`: the admin UI in headless Chromium.

@@ -407,7 +407,10 @@ async fn up_twice_with_different_files_serves_the_second_files_services() {
             line.contains("applied to the configuration store")
                 .then_some(())
         });
-        assert!(up.logged(&format!("+ services.{name}")));
+        let created = format!("+ services.{name}");
+        up.wait_for(Duration::from_secs(5), |line| {
+            (line == created).then_some(())
+        });
         let gateway = up.wait_for(Duration::from_secs(40), |line| {
             line.trim_start()
                 .strip_prefix("gateway ")
