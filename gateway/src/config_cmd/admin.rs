@@ -241,3 +241,39 @@ impl Target for AdminApi {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busgate_gateway::config::plan::plan;
+    use busgate_shared::config::{ClientSpec, ConfigSpec, KeySpec};
+
+    fn api() -> AdminApi {
+        busgate_shared::runtime::install_crypto_provider();
+        AdminApi {
+            base: "http://127.0.0.1:1".into(),
+            token: "t".repeat(32),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_that_changes_keys_is_refused_before_any_write_one_without_keys_is_not() {
+        let mut file = ConfigSpec::builtin();
+        file.clients.insert("shop".into(), ClientSpec::default());
+        let empty = Stored::new();
+        let without_keys = plan(&empty, &file, false).expect("plan");
+        assert!(api().check(&without_keys).is_ok());
+
+        file.clients.get_mut("shop").expect("shop").keys = vec![KeySpec {
+            id: "k1".into(),
+            hash: "0".repeat(64),
+            created: String::new(),
+        }];
+        let with_keys = plan(&empty, &file, false).expect("plan");
+        let Err(ApplyError::Invalid(why)) = api().check(&with_keys) else {
+            panic!("refused");
+        };
+        assert!(why.starts_with("clients.shop.keys"), "{why}");
+    }
+}
