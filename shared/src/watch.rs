@@ -43,24 +43,60 @@ pub async fn last_sequence(js: &jetstream::Context) -> Result<u64, WatchError> {
     Ok(stream.info().await?.state.last_sequence)
 }
 
-/// Every current key as `key → (revision, value)`, and the stream's last sequence before they
-/// were read.
-pub async fn load(js: &jetstream::Context, kv: &kv::Store) -> Result<(Entries, u64), WatchError> {
-    let last = last_sequence(js).await?;
-    let mut keys = kv.keys().await?;
-    let mut names = Vec::new();
-    while let Some(key) = keys.next().await {
-        names.push(key?);
-    }
+/// How long loading the bucket's current values may take before the watch is started again.
+const LOAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every current key as `key → (revision, value)`, the revision they were read up to, and the
+/// watch that delivered them, which goes on with the changes after them.
+///
+/// One consumer of the bucket's stream (the last value of every key, then every change), not
+/// `kv.keys()` and a `kv.entry()` per key: entries are read with direct gets, which any replica
+/// of a clustered bucket may answer, and one that lagged the stream's leader loaded a key stale
+/// or not at all, while a watch from the leader's last sequence never delivered it again: a
+/// gateway kept serving without a route until some other change came (seen in the fault tests
+/// right after a 3-node cluster started).
+async fn load(
+    js: &jetstream::Context,
+    kv: &kv::Store,
+) -> Result<(Entries, u64, kv::Watch), WatchError> {
+    let mut stream = js
+        .get_stream(format!("KV_{}", subject::CONFIG_BUCKET))
+        .await?;
+    let state = stream.info().await?.state.clone();
+    let mut watch = kv.watch_with_history(">").await?;
     let mut entries = BTreeMap::new();
-    for key in names {
-        if let Some(entry) = kv.entry(&key).await? {
-            if entry.operation == kv::Operation::Put {
-                entries.insert(key, (entry.revision, entry.value));
+    let mut last = state.last_sequence;
+    if state.messages > 0 {
+        // The current values come first; the one with nothing pending after it is the last.
+        let initial = async {
+            while let Some(entry) = watch.next().await {
+                let entry = entry?;
+                last = last.max(entry.revision);
+                let done = entry.delta == 0;
+                record(&mut entries, entry);
+                if done {
+                    return Ok(());
+                }
             }
+            Err::<(), WatchError>("the watch ended while loading".into())
+        };
+        tokio::time::timeout(LOAD_WITHIN, initial)
+            .await
+            .map_err(|_| "the bucket's current values did not come in time")??;
+    }
+    Ok((entries, last, watch))
+}
+
+/// Puts an entry's change into `entries`.
+fn record(entries: &mut Entries, entry: kv::Entry) {
+    match entry.operation {
+        kv::Operation::Put => {
+            entries.insert(entry.key, (entry.revision, entry.value));
+        }
+        kv::Operation::Delete | kv::Operation::Purge => {
+            entries.remove(&entry.key);
         }
     }
-    Ok((entries, last))
 }
 
 /// Loads the bucket, then follows its changes, calling `on` with the entries after each step,
@@ -74,9 +110,8 @@ pub async fn follow(
     shutdown: impl std::future::Future,
     mut on: impl FnMut(&Entries, Event),
 ) -> Result<(), WatchError> {
-    let (mut entries, last) = load(js, kv).await?;
+    let (mut entries, last, mut changes) = load(js, kv).await?;
     on(&entries, Event::Loaded { last });
-    let mut changes = kv.watch_all_from_revision(last + 1).await?;
     tokio::pin!(shutdown);
     loop {
         let entry = tokio::select! {
@@ -99,18 +134,12 @@ pub async fn follow(
             );
             continue;
         }
-        match entry.operation {
-            kv::Operation::Put => {
-                entries.insert(entry.key.clone(), (entry.revision, entry.value.clone()));
-            }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                entries.remove(&entry.key);
-            }
-        }
+        let revision = entry.revision;
+        record(&mut entries, entry);
         on(
             &entries,
             Event::Changed {
-                revision: entry.revision,
+                revision,
                 fresh: true,
             },
         );

@@ -50,7 +50,7 @@ targets = [{ service = "n1" }, { service = "n2", required = false }]
 bindings = [{ method = "GET", path = "/bench/following/{order_id}" }]
 targets = [{ service = "c1" }, { service = "c2", required = false }]
 TOML
-nats-server -a 127.0.0.1 -p "$np" -js -sd "$D/js" > "$D/nats.log" 2>&1 & PIDS+=($!)
+"${NATS_SERVER:-$("$HERE/../../deploy/install-nats.sh")}" -a 127.0.0.1 -p "$np" -js -sd "$D/js" > "$D/nats.log" 2>&1 & PIDS+=($!)
 export BUSGATE_NATS__URL=nats://127.0.0.1:$np BUSGATE_LOG__LEVEL=warn
 BUSGATE_HTTP__LISTEN=127.0.0.1:$hp BUSGATE_ADMIN__LISTEN=127.0.0.1:$ap \
   "$BINS/busgate" gateway --config "$D/gw.toml" > "$D/g.log" 2>&1 & PIDS+=($!)

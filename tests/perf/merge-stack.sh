@@ -19,6 +19,8 @@
 # checkout's release or debug build.
 #   with_merge_peer                      makes the work dir D, starts the peers when nothing answers
 #                                        at PEER (stopping them again on exit, with the stack)
+# The pinned nats-server (deploy/install-nats.sh), unless NATS_SERVER names one.
+NATS_SERVER=${NATS_SERVER:-$("$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/deploy/install-nats.sh")}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 bench_bin() {
@@ -51,12 +53,12 @@ start_merge_stack() {
   if [ -n "${NATS_TLS:-}" ]; then
     make_tls "$dir"
     printf 'tls { cert_file: "%s/server.pem", key_file: "%s/server-key.pem" }\n' "$dir" "$dir" > "$dir/nats-tls.conf"
-    nats-server -c "$dir/nats-tls.conf" -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
+    "$NATS_SERVER" -c "$dir/nats-tls.conf" -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
     export BUSGATE_NATS__CA_FILE=$dir/ca.pem
     scheme=tls
   else
     unset BUSGATE_NATS__CA_FILE
-    nats-server -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
+    "$NATS_SERVER" -a 127.0.0.1 -p "$np" > "$dir/nats.log" 2>&1 & N=$!
   fi
   W2=
   if [ -n "${ADAPTERS:-}" ] && [ "${ADAPTER_PROCESSES:-2}" = 1 ]; then
@@ -78,6 +80,12 @@ start_merge_stack() {
   NATS_URL=$scheme://127.0.0.1:$np
   URL=http://127.0.0.1:$hp/bench/merge/12345
   for _ in $(seq 100); do curl -sf ${CURL_HEADER[@]+"${CURL_HEADER[@]}"} "$URL" > /dev/null && break; sleep 0.1; done
+  # A stack that does not answer 200 would be measured answering errors, fast: refuse.
+  if ! curl -sf ${CURL_HEADER[@]+"${CURL_HEADER[@]}"} "$URL" > /dev/null; then
+    echo "the merge stack of $bins does not answer 200 at $URL; its logs:" >&2
+    tail -n 5 "$dir"/*.log >&2
+    exit 1
+  fi
   wrk -t2 -c64 -d2s ${WRK_HEADER[@]+"${WRK_HEADER[@]}"} "$URL" > /dev/null
 }
 
