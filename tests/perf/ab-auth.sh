@@ -17,18 +17,6 @@ KEY=bgk_YnVzZ2F0ZSBiZW5jaG1hcmsga2V5IG5vdCBzZWNyZXQ
 . "$HERE/merge-stack.sh"
 with_merge_peer
 
-# Requests/s, or 0 (and why, on stderr) when any answer was not a 2xx: errors are fast and
-# would flatter the figure.
-rps() {
-  local out
-  out=$(wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@")
-  if grep -q "Non-2xx" <<< "$out"; then
-    echo "answers that are not 2xx from ${*: -1}: $(grep Non-2xx <<< "$out")" >&2
-    echo 0
-    return
-  fi
-  awk '/Requests\/sec/ {print $2}' <<< "$out"
-}
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
 
 anon_r=() keyed_r=() anon_p=() keyed_p=()

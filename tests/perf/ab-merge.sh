@@ -18,18 +18,6 @@ PEER=http://127.0.0.1:${MERGE:-18091}/api/orders/12345
 . "$HERE/merge-stack.sh"
 with_merge_peer
 
-# Requests/s, or 0 (and why, on stderr) when any answer was not a 2xx: errors are fast and
-# would flatter the figure.
-rps() {
-  local out
-  out=$(wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@")
-  if grep -q "Non-2xx" <<< "$out"; then
-    echo "answers that are not 2xx from ${*: -1}: $(grep Non-2xx <<< "$out")" >&2
-    echo 0
-    return
-  fi
-  awk '/Requests\/sec/ {print $2}' <<< "$out"
-}
 
 declare -A ratios
 for round in $(seq "$ROUNDS"); do

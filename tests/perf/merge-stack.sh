@@ -17,6 +17,8 @@
 # The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests
 # and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
 # checkout's release or debug build.
+#   rps [WRK ARGS…] URL                  requests/s of SECONDS_PER_ROUND s of wrk -t2 -c64, or 0
+#                                        when any answer was not a 2xx
 #   with_merge_peer                      makes the work dir D, starts the peers when nothing answers
 #                                        at PEER (stopping them again on exit, with the stack)
 # The pinned nats-server (deploy/install-nats.sh), unless NATS_SERVER names one.
@@ -121,4 +123,17 @@ with_merge_peer() {
     "$PEERS" start > "$D/peers.log" 2>&1 || { cat "$D/peers.log" >&2; exit 1; }
     started_peers=1
   fi
+}
+
+# Requests/s, or 0 (and why, on stderr) when any answer was not a 2xx: errors are fast and
+# would flatter the figure.
+rps() {
+  local out
+  out=$(wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@")
+  if grep -q "Non-2xx" <<< "$out"; then
+    echo "answers that are not 2xx from ${*: -1}: $(grep Non-2xx <<< "$out")" >&2
+    echo 0
+    return
+  fi
+  awk '/Requests\/sec/ {print $2}' <<< "$out"
 }

@@ -15,6 +15,7 @@ use busgate_gateway::admin::direct::Direct;
 use busgate_gateway::config::apply::{apply, ApplyError, Target};
 use busgate_gateway::config::file;
 use busgate_gateway::config::plan::{Plan, Step, Stored};
+use busgate_gateway::config::store::Kind;
 use busgate_tests::fixture::{self, Settings};
 use busgate_tests::gateway::{up_command, Gateway, ADMIN_TOKEN};
 use busgate_tests::nats::NatsServer;
@@ -132,8 +133,18 @@ impl Target for Meddler<'_> {
         self.inner.write(step).await
     }
 
-    async fn undo(&self, step: &Step, written: Option<u64>) -> Result<(), ApplyError> {
-        self.inner.undo(step, written).await
+    async fn put(
+        &self,
+        kind: Kind,
+        name: &str,
+        doc: &Value,
+        expected: Option<u64>,
+    ) -> Result<u64, ApplyError> {
+        self.inner.put(kind, name, doc, expected).await
+    }
+
+    async fn delete(&self, kind: Kind, name: &str, expected: u64) -> Result<(), ApplyError> {
+        self.inner.delete(kind, name, expected).await
     }
 }
 

@@ -209,6 +209,36 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Sends one request every `period` until `stop`, to the `targets` in turn (`send(i, base)`
+/// makes the `i`-th, for the gateway at `base`), and waits for those in flight before it ends.
+fn every<F, Fut>(
+    period: Duration,
+    stop: Arc<AtomicBool>,
+    targets: Arc<Mutex<Vec<String>>>,
+    send: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(u64, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        let mut i = 0u64;
+        let mut inflight = tokio::task::JoinSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            i += 1;
+            let base = {
+                let t = targets.lock().expect("targets");
+                t[(i as usize) % t.len()].clone()
+            };
+            inflight.spawn(send(i, base));
+            while inflight.try_join_next().is_some() {}
+        }
+        while inflight.join_next().await.is_some() {}
+    })
+}
+
 impl Load {
     fn start(bases: &[&Gateway]) -> Load {
         Self::start_with(bases, None, None)
@@ -236,23 +266,15 @@ impl Load {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("client");
-        let mut tasks = Vec::new();
         let sync = {
-            let (stop, seen, targets, http) =
-                (stop.clone(), seen.clone(), targets.clone(), http.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                let mut i = 0u64;
-                let mut inflight = tokio::task::JoinSet::new();
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    i += 1;
-                    let base = {
-                        let t = targets.lock().expect("targets");
-                        t[(i as usize) % t.len()].clone()
-                    };
+            let (seen, http) = (seen.clone(), http.clone());
+            every(
+                Duration::from_millis(20),
+                stop.clone(),
+                targets.clone(),
+                move |i, base| {
                     let (seen, http) = (seen.clone(), http.clone());
-                    inflight.spawn(async move {
+                    async move {
                         let sent = Instant::now();
                         let order = match slow_every {
                             Some(n) if i.is_multiple_of(n) => format!("slow2-S{i}"),
@@ -268,30 +290,20 @@ impl Load {
                             .expect("seen")
                             .sync
                             .push(Sync { sent, took, status });
-                    });
-                    while inflight.try_join_next().is_some() {}
-                }
-                while inflight.join_next().await.is_some() {}
-            })
+                    }
+                },
+            )
         };
-        tasks.push(sync);
         let submits = {
-            let (stop, seen, targets, http) =
-                (stop.clone(), seen.clone(), targets.clone(), http.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(50));
-                let mut i = 0u64;
-                let mut inflight = tokio::task::JoinSet::new();
-                while !stop.load(Ordering::Relaxed) {
-                    tick.tick().await;
-                    i += 1;
-                    let base = {
-                        let t = targets.lock().expect("targets");
-                        t[(i as usize) % t.len()].clone()
-                    };
+            let (seen, http) = (seen.clone(), http.clone());
+            every(
+                Duration::from_millis(50),
+                stop.clone(),
+                targets.clone(),
+                move |i, base| {
                     let (seen, http) = (seen.clone(), http.clone());
                     let hook = callback.clone().filter(|_| i % 2 == 1);
-                    inflight.spawn(async move {
+                    async move {
                         let sent = Instant::now();
                         let order = format!("A{i}");
                         let request = match &hook {
@@ -327,13 +339,11 @@ impl Load {
                                 seen.refused_at.push((sent, sent.elapsed()));
                             }
                         }
-                    });
-                    while inflight.try_join_next().is_some() {}
-                }
-                while inflight.join_next().await.is_some() {}
-            })
+                    }
+                },
+            )
         };
-        tasks.push(submits);
+        let tasks = vec![sync, submits];
         Load {
             stop,
             seen,

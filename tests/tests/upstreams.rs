@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use busgate_tests::fixture::Settings;
-use busgate_tests::support::{self, bin, eventually, serve, Gateway, NatsServer, Proc};
+use busgate_tests::support::{self, bin, eventually, serve, Gateway, NatsServer, Proc, TestCa};
 use serde_json::{json, Value};
 
 /// What the upstream saw: calls per `X-Worker` header, and every `X-Secret` value.
@@ -41,21 +41,18 @@ fn note(seen: &Shared, headers: &HeaderMap) {
 async fn upstream() -> (String, Shared) {
     let seen = Shared::default();
     let app = axum::Router::new()
+        // `/a/{id}` and `/b/{id}`: the same answer, naming which one was asked.
         .route(
-            "/a/{id}",
+            "/{from}/{id}",
             get(
-                |State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>| async move {
+                |State(s): State<Shared>,
+                 h: HeaderMap,
+                 Path((from, id)): Path<(String, String)>| async move {
+                    if from != "a" && from != "b" {
+                        return StatusCode::NOT_FOUND.into_response();
+                    }
                     note(&s, &h);
-                    axum::Json(json!({"from": "a", "id": id}))
-                },
-            ),
-        )
-        .route(
-            "/b/{id}",
-            get(
-                |State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>| async move {
-                    note(&s, &h);
-                    axum::Json(json!({"from": "b", "id": id}))
+                    axum::Json(json!({"from": from, "id": id})).into_response()
                 },
             ),
         )
@@ -120,6 +117,14 @@ fn service(url: &str) -> Value {
     json!({"timeout": "2s", "upstream": {"url": url, "headers": {"X-Worker": {"env": "WORKER_NAME"}}}})
 }
 
+/// The test upstream, a NATS server and a gateway on it with the built-in settings.
+async fn upstream_and_gateway() -> (String, Shared, NatsServer, Gateway) {
+    let (base, seen) = upstream().await;
+    let nats = NatsServer::start();
+    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    (base, seen, nats, gateway)
+}
+
 fn route(path: &str, targets: Value) -> Value {
     json!({"bindings": [{"method": "GET", "path": path}], "deadline": "3s", "targets": targets})
 }
@@ -134,9 +139,7 @@ async fn get_json(url: &str) -> (u16, Value) {
 /// after it; a changed upstream moves the traffic; a deleted service leaves its queue group.
 #[tokio::test]
 async fn a_service_created_through_the_admin_api_is_served_followed_and_left() {
-    let (base, _) = upstream().await;
-    let nats = NatsServer::start();
-    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    let (base, _, nats, gateway) = upstream_and_gateway().await;
     let follower = adapters(&nats, "a", &[]);
     follower.wait_for(support::READY_WITHIN, |l| {
         l.contains("nats connected").then_some(())
@@ -229,9 +232,7 @@ async fn a_service_created_through_the_admin_api_is_served_followed_and_left() {
 /// upstream by the `X-Worker` header each takes from its own environment.
 #[tokio::test]
 async fn two_adapters_processes_share_the_load() {
-    let (base, seen) = upstream().await;
-    let nats = NatsServer::start();
-    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    let (base, seen, nats, gateway) = upstream_and_gateway().await;
     let first = adapters(&nats, "one", &[]);
     let second = adapters(&nats, "two", &[]);
     let (status, _) = admin(
@@ -455,9 +456,7 @@ async fn upstream_validation_names_the_field() {
 #[tokio::test]
 async fn header_secrets_never_reach_kv_export_or_logs() {
     const SECRET: &str = "s3cret-api-key-7f1e";
-    let (base, seen) = upstream().await;
-    let nats = NatsServer::start();
-    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    let (base, seen, nats, gateway) = upstream_and_gateway().await;
     let dir = tempfile::tempdir().expect("dir");
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
@@ -522,77 +521,14 @@ async fn header_secrets_never_reach_kv_export_or_logs() {
 }
 
 /// An `https://` upstream is called over TLS, verified against the CA the adapter's machine
-/// trusts (`SSL_CERT_FILE` here): `openssl s_server` serving a JSON file, a CA and a leaf made
-/// by `openssl` for the test.
+/// trusts (`SSL_CERT_FILE` here): `openssl s_server` serving a JSON file, with a certificate
+/// from the harness's test CA.
 #[tokio::test]
 async fn an_https_upstream_is_called_over_verified_tls() {
     let dir = tempfile::tempdir().expect("dir");
     let d = dir.path();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(d)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=busgate test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    let test_ca = TestCa::new();
+    let (cert, key) = test_ca.issue("leaf", &["localhost", "127.0.0.1"]);
     std::fs::create_dir(d.join("orders")).expect("mkdir");
     std::fs::write(d.join("orders/A1"), r#"{"over":"tls"}"#).expect("file");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -602,9 +538,7 @@ async fn an_https_upstream_is_called_over_verified_tls() {
         .port();
     let mut server = Command::new("openssl");
     server
-        .args([
-            "s_server", "-quiet", "-WWW", "-cert", "leaf.pem", "-key", "leaf.key",
-        ])
+        .args(["s_server", "-quiet", "-WWW", "-cert", &cert, "-key", &key])
         .args(["-accept", &port.to_string()])
         .current_dir(d);
     let _server = Proc::spawn("openssl s_server", server);
@@ -615,7 +549,7 @@ async fn an_https_upstream_is_called_over_verified_tls() {
 
     let nats = NatsServer::start();
     let gateway = Gateway::start(&nats, &Settings::builtin()).await;
-    let ca = d.join("ca.pem").display().to_string();
+    let ca = test_ca.ca_file.clone();
     // First an adapter that does not trust the test CA: the call is refused.
     let mut untrusting = adapters(&nats, "u", &[]);
     let url = format!("https://localhost:{port}/orders/{{order_id}}");

@@ -34,36 +34,6 @@ impl Direct {
         })?;
         Ok(Direct { store })
     }
-
-    /// Creates (`expected` `None`) or replaces an object, compare-and-set.
-    async fn put(
-        &self,
-        kind: Kind,
-        name: &str,
-        doc: &serde_json::Value,
-        expected: Option<u64>,
-    ) -> Result<u64, ApplyError> {
-        let mut change = Change::of(kind, name);
-        change.old = expected;
-        let written = self.store.write_if(kind, name, doc, expected).await;
-        change.new = written.as_ref().ok().copied();
-        let operation = if expected.is_some() {
-            "update"
-        } else {
-            "create"
-        };
-        audit::record_direct(operation, &change, written.is_ok());
-        written.map_err(|e| lost(e, kind, name))
-    }
-
-    /// Deletes an object still at `expected`.
-    async fn delete(&self, kind: Kind, name: &str, expected: u64) -> Result<(), ApplyError> {
-        let mut change = Change::of(kind, name);
-        change.old = Some(expected);
-        let deleted = self.store.delete(kind, name, Some(expected)).await;
-        audit::record_direct("delete", &change, deleted.is_ok());
-        deleted.map_err(|e| lost(e, kind, name))
-    }
 }
 
 /// A store error of a write: a lost compare-and-set is a conflict on the object.
@@ -93,43 +63,33 @@ impl Target for Direct {
             .map(|(revision, _)| revision))
     }
 
-    async fn write(&self, step: &Step) -> Result<Option<u64>, ApplyError> {
-        match step {
-            Step::Create { kind, name, new } => self.put(*kind, name, new, None).await.map(Some),
-            Step::Update {
-                kind,
-                name,
-                revision,
-                new,
-                ..
-            } => self.put(*kind, name, new, Some(*revision)).await.map(Some),
-            Step::Delete {
-                kind,
-                name,
-                revision,
-                ..
-            } => self.delete(*kind, name, *revision).await.map(|()| None),
-        }
+    /// Creates (`expected` `None`) or replaces an object, compare-and-set.
+    async fn put(
+        &self,
+        kind: Kind,
+        name: &str,
+        doc: &serde_json::Value,
+        expected: Option<u64>,
+    ) -> Result<u64, ApplyError> {
+        let mut change = Change::of(kind, name);
+        change.old = expected;
+        let written = self.store.write_if(kind, name, doc, expected).await;
+        change.new = written.as_ref().ok().copied();
+        let operation = if expected.is_some() {
+            "update"
+        } else {
+            "create"
+        };
+        audit::record_direct(operation, &change, written.is_ok());
+        written.map_err(|e| lost(e, kind, name))
     }
 
-    async fn undo(&self, step: &Step, written: Option<u64>) -> Result<(), ApplyError> {
-        match (step, written) {
-            (Step::Create { kind, name, .. }, Some(revision)) => {
-                self.delete(*kind, name, revision).await
-            }
-            (
-                Step::Update {
-                    kind, name, old, ..
-                },
-                Some(revision),
-            ) => self.put(*kind, name, old, Some(revision)).await.map(|_| ()),
-            (
-                Step::Delete {
-                    kind, name, old, ..
-                },
-                _,
-            ) => self.put(*kind, name, old, None).await.map(|_| ()),
-            _ => Ok(()),
-        }
+    /// Deletes an object still at `expected`.
+    async fn delete(&self, kind: Kind, name: &str, expected: u64) -> Result<(), ApplyError> {
+        let mut change = Change::of(kind, name);
+        change.old = Some(expected);
+        let deleted = self.store.delete(kind, name, Some(expected)).await;
+        audit::record_direct("delete", &change, deleted.is_ok());
+        deleted.map_err(|e| lost(e, kind, name))
     }
 }

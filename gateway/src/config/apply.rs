@@ -12,6 +12,7 @@ use std::future::Future;
 use busgate_shared::config::ConfigSpec;
 
 use crate::config::plan::{self, Plan, Step, Stored};
+use crate::config::store::Kind;
 use crate::error::{EXIT_BAD_SETTINGS, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 
 /// Exit code when an object changed while an apply was checking or writing (EX_TEMPFAIL: run
@@ -59,7 +60,7 @@ impl From<busgate_shared::Error> for ApplyError {
 }
 
 /// A store that a plan is read from and written to, one compare-and-set at a time.
-pub trait Target {
+pub trait Target: Sync {
     /// Every object with its revision.
     fn read(&self) -> impl Future<Output = Result<Stored, ApplyError>> + Send;
 
@@ -73,16 +74,76 @@ pub trait Target {
     fn revision(&self, step: &Step)
         -> impl Future<Output = Result<Option<u64>, ApplyError>> + Send;
 
+    /// Creates (`expected` `None`) or replaces an object, compare-and-set; the revision
+    /// written. A lost race is [`ApplyError::Conflict`].
+    fn put(
+        &self,
+        kind: Kind,
+        name: &str,
+        doc: &serde_json::Value,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<u64, ApplyError>> + Send;
+
+    /// Deletes an object still at `expected`. A lost race is [`ApplyError::Conflict`].
+    fn delete(
+        &self,
+        kind: Kind,
+        name: &str,
+        expected: u64,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
     /// Writes one step if its object is still at [`Step::expected`]; the revision written
     /// (`None` for a delete). A lost race is [`ApplyError::Conflict`].
-    fn write(&self, step: &Step) -> impl Future<Output = Result<Option<u64>, ApplyError>> + Send;
+    fn write(&self, step: &Step) -> impl Future<Output = Result<Option<u64>, ApplyError>> + Send {
+        async move {
+            match step {
+                Step::Create { kind, name, new } => {
+                    self.put(*kind, name, new, None).await.map(Some)
+                }
+                Step::Update {
+                    kind,
+                    name,
+                    revision,
+                    new,
+                    ..
+                } => self.put(*kind, name, new, Some(*revision)).await.map(Some),
+                Step::Delete {
+                    kind,
+                    name,
+                    revision,
+                    ..
+                } => self.delete(*kind, name, *revision).await.map(|()| None),
+            }
+        }
+    }
 
     /// Undoes a step that wrote `written`, if the object is still at that revision.
     fn undo(
         &self,
         step: &Step,
         written: Option<u64>,
-    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send {
+        async move {
+            match (step, written) {
+                (Step::Create { kind, name, .. }, Some(revision)) => {
+                    self.delete(*kind, name, revision).await
+                }
+                (
+                    Step::Update {
+                        kind, name, old, ..
+                    },
+                    Some(revision),
+                ) => self.put(*kind, name, old, Some(revision)).await.map(|_| ()),
+                (
+                    Step::Delete {
+                        kind, name, old, ..
+                    },
+                    _,
+                ) => self.put(*kind, name, old, None).await.map(|_| ()),
+                _ => Ok(()),
+            }
+        }
+    }
 }
 
 /// Plans `spec` against the store (`prune`: delete what it does not name) and, unless

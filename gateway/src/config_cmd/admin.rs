@@ -38,57 +38,6 @@ impl AdminApi {
         })
     }
 
-    /// Creates (`expected` `None`) or replaces an object; the revision written.
-    async fn put(
-        &self,
-        kind: Kind,
-        name: &str,
-        doc: &Value,
-        expected: Option<u64>,
-    ) -> Result<u64, ApplyError> {
-        let object = kind.key(name);
-        let mut doc = doc.clone();
-        if kind == Kind::Client {
-            // The admin API keeps a client's keys itself (see `check`).
-            if let Some(o) = doc.as_object_mut() {
-                o.remove("keys");
-            }
-        }
-        let answer = match expected {
-            None => {
-                let path = format!("/admin/v1/{}", kind.plural());
-                let body = json!({"name": name, "spec": doc});
-                self.call(Method::POST, &path, Some(&body), None).await
-            }
-            Some(revision) => {
-                let path = format!("/admin/v1/{}/{name}", kind.plural());
-                self.call(Method::PUT, &path, Some(&doc), Some(revision))
-                    .await
-            }
-        };
-        let body = answer.map_err(|e| lost(e, &object, expected.is_none()))?;
-        if let Some(id) = body["key"]["id"].as_str() {
-            // A client made through the admin API comes with a key whose secret is shown
-            // once: not here, where the output ends up in CI logs.
-            eprintln!(
-                "{object}: created with key {id}; its secret is not shown: make a key with \
-                 POST /admin/v1/clients/{name}/keys (and revoke {id})"
-            );
-        }
-        body["revision"]
-            .as_u64()
-            .ok_or_else(|| ApplyError::Failed(format!("{object}: no revision in the answer")))
-    }
-
-    /// Deletes an object still at `expected`.
-    async fn delete(&self, kind: Kind, name: &str, expected: u64) -> Result<(), ApplyError> {
-        let path = format!("/admin/v1/{}/{name}", kind.plural());
-        self.call(Method::DELETE, &path, None, Some(expected))
-            .await
-            .map(|_| ())
-            .map_err(|e| lost(e, &kind.key(name), false))
-    }
-
     /// One request; the answer's JSON body (`Null` when empty), or an error that starts with
     /// the status.
     async fn call(
@@ -201,44 +150,55 @@ impl Target for AdminApi {
         }
     }
 
-    async fn write(&self, step: &Step) -> Result<Option<u64>, ApplyError> {
-        match step {
-            Step::Create { kind, name, new } => self.put(*kind, name, new, None).await.map(Some),
-            Step::Update {
-                kind,
-                name,
-                revision,
-                new,
-                ..
-            } => self.put(*kind, name, new, Some(*revision)).await.map(Some),
-            Step::Delete {
-                kind,
-                name,
-                revision,
-                ..
-            } => self.delete(*kind, name, *revision).await.map(|()| None),
+    /// Creates (`expected` `None`) or replaces an object; the revision written.
+    async fn put(
+        &self,
+        kind: Kind,
+        name: &str,
+        doc: &Value,
+        expected: Option<u64>,
+    ) -> Result<u64, ApplyError> {
+        let object = kind.key(name);
+        let mut doc = doc.clone();
+        if kind == Kind::Client {
+            // The admin API keeps a client's keys itself (see `check`).
+            if let Some(o) = doc.as_object_mut() {
+                o.remove("keys");
+            }
         }
+        let answer = match expected {
+            None => {
+                let path = format!("/admin/v1/{}", kind.plural());
+                let body = json!({"name": name, "spec": doc});
+                self.call(Method::POST, &path, Some(&body), None).await
+            }
+            Some(revision) => {
+                let path = format!("/admin/v1/{}/{name}", kind.plural());
+                self.call(Method::PUT, &path, Some(&doc), Some(revision))
+                    .await
+            }
+        };
+        let body = answer.map_err(|e| lost(e, &object, expected.is_none()))?;
+        if let Some(id) = body["key"]["id"].as_str() {
+            // A client made through the admin API comes with a key whose secret is shown
+            // once: not here, where the output ends up in CI logs.
+            eprintln!(
+                "{object}: created with key {id}; its secret is not shown: make a key with \
+                 POST /admin/v1/clients/{name}/keys (and revoke {id})"
+            );
+        }
+        body["revision"]
+            .as_u64()
+            .ok_or_else(|| ApplyError::Failed(format!("{object}: no revision in the answer")))
     }
 
-    async fn undo(&self, step: &Step, written: Option<u64>) -> Result<(), ApplyError> {
-        match (step, written) {
-            (Step::Create { kind, name, .. }, Some(revision)) => {
-                self.delete(*kind, name, revision).await
-            }
-            (
-                Step::Update {
-                    kind, name, old, ..
-                },
-                Some(revision),
-            ) => self.put(*kind, name, old, Some(revision)).await.map(|_| ()),
-            (
-                Step::Delete {
-                    kind, name, old, ..
-                },
-                _,
-            ) => self.put(*kind, name, old, None).await.map(|_| ()),
-            _ => Ok(()),
-        }
+    /// Deletes an object still at `expected`.
+    async fn delete(&self, kind: Kind, name: &str, expected: u64) -> Result<(), ApplyError> {
+        let path = format!("/admin/v1/{}/{name}", kind.plural());
+        self.call(Method::DELETE, &path, None, Some(expected))
+            .await
+            .map(|_| ())
+            .map_err(|e| lost(e, &kind.key(name), false))
     }
 }
 
