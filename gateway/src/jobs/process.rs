@@ -27,6 +27,12 @@ use crate::route::Runner;
 /// It bounds how long a stopping instance waits for the pull it has out.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// How long a pull may go on past its expiry before it is given up and made again: the
+/// server ends an expired pull with a status message, and one that never comes (a pull the
+/// consumer's leader dropped, a status lost on the way) would otherwise stop this instance
+/// pulling for good. A message delivered to a pull given up is redelivered after `ack_wait`.
+const PULL_GIVE_UP: Duration = Duration::from_secs(2);
+
 /// The delays between pulls that failed (the stream is not there yet, the server is away):
 /// 200 ms, doubling, at most 5 s, with up to half again as jitter.
 fn pull_backoff() -> ExponentialBackoff {
@@ -90,21 +96,26 @@ pub async fn run_requests(
         };
         retry.reset();
         let mut held = Some(first);
+        let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GIVE_UP;
         loop {
             let next = tokio::select! {
                 release = &mut signaled => {
                     hand_back(&mut batch).await;
                     break 'pulling Some(release);
                 }
-                next = batch.next() => next,
+                next = tokio::time::timeout_at(give_up, batch.next()) => next,
             };
             let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
                     debug!(error = %e, "pull for asynchronous requests ended");
                     break;
                 }
-                None => break,
+                Ok(None) => break,
+                Err(_) => {
+                    warn!("a pull for asynchronous requests outlived its expiry: pulling again");
+                    break;
+                }
             };
             // One permit per message asked for: the first is held, the others were free
             // when the pull was made and only this loop takes permits.
