@@ -282,26 +282,7 @@ report() {
     echo "== $1 $2 under $(awk '/Requests\/sec/ {print $2}' "$OUT/$1/profile-wrk.txt") req/s"
     perf report -i "$data" --no-children --sort dso --stdio -g none 2> /dev/null | grep -E '^ +[0-9]' | head -4
     perf report -i "$data" --no-children --sort symbol --stdio -g none 2> /dev/null | grep -E '^ +[0-9]' | cut -c1-120 | head -30
-    perf script -i "$data" 2> /dev/null | python3 -c '
-import sys
-pats = sys.argv[1:]; counts = dict.fromkeys(pats, 0); total = 0; stack = []
-def flush():
-    global total
-    if stack:
-        total += 1
-        s = "\n".join(stack)
-        for p in pats:
-            counts[p] += p in s
-for line in sys.stdin:
-    if not line.strip():
-        flush(); stack = []
-    elif line[0] in "\t ":
-        stack.append(line.strip())
-flush()
-print(f"{total} samples; share of stacks holding:")
-for p in pats:
-    print(f"{100 * counts[p] / max(total, 1):5.1f} %  {p}")
-' entry_SYSCALL_64 tcp_sendmsg tcp_recvmsg sock_read_iter sock_write_iter ep_poll __x64_sys_epoll futex_wait futex_wake \
+    perf script -i "$data" 2> /dev/null | "$(dirname "$0")/stack-shares.py" entry_SYSCALL_64 tcp_sendmsg tcp_recvmsg sock_read_iter sock_write_iter ep_poll __x64_sys_epoll futex_wait futex_wake \
       try_to_wake_up schedule finish_task_switch __tcp_transmit_skb tcp_v4_rcv net_rx_action \
       wire::connection busgate_shared::wire tokio::runtime::scheduler tokio::runtime::park Notify gather collector \
       hyper axum busgate_gateway::edge busgate_gateway::gather merge serde_json mimalloc \

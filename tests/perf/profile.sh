@@ -22,22 +22,4 @@ echo "$WHO under $(awk '/Requests\/sec/ {print $2}' "$OUT/wrk.txt") req/s; perf 
 perf report -i "$OUT/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | head -4
 perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' | cut -c1-130 | head -25
 [ $# -gt 0 ] || exit 0
-perf script -i "$OUT/perf.data" 2> /dev/null | python3 -c '
-import sys
-pats = sys.argv[1:]; counts = dict.fromkeys(pats, 0); total = 0; stack = []
-def flush():
-    global total
-    if stack:
-        total += 1
-        s = "\n".join(stack)
-        for p in pats:
-            counts[p] += p in s
-for line in sys.stdin:
-    if not line.strip():
-        flush(); stack = []
-    elif line[0] in "\t ":
-        stack.append(line.strip())
-flush()
-for p in pats:
-    print(f"{100 * counts[p] / max(total, 1):5.1f} %  {p}")
-' "$@"
+perf script -i "$OUT/perf.data" 2> /dev/null | "$(dirname "$0")/stack-shares.py" "$@"
