@@ -11,8 +11,6 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions, Event, ReconnectToServer, ServerInfo};
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::ExponentialBackoff;
-
 use crate::wire::auth::{self, Auth};
 use crate::wire::options::parse_servers;
 pub use crate::wire::options::{
@@ -120,12 +118,6 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
         })
 }
 
-/// Delays before trying a server again that failed `n` times in a row: the wire's reconnect
-/// policy (50 ms doubling to 2 s, jittered), not async-nats' own (no jitter, up to 4 s).
-fn retry_policy() -> ExponentialBackoff {
-    ExponentialBackoff::new(Duration::from_millis(50), Duration::from_secs(2), 0.5)
-}
-
 /// Which server of `pool` the client reconnects to after losing the one `last` describes:
 /// the servers that failed least first, in random order, and the lost one last among them.
 ///
@@ -154,7 +146,8 @@ fn reconnect_to(pool: &[async_nats::Server], last: &ServerInfo) -> Option<Reconn
     let server = pool.get(pick)?;
     let delay = match server.failed_attempts {
         0 => Duration::ZERO,
-        n => retry_policy().delay_for(u32::try_from(n - 1).unwrap_or(u32::MAX)),
+        n => crate::wire::supervisor::reconnect_backoff()
+            .delay_for(u32::try_from(n - 1).unwrap_or(u32::MAX)),
     };
     debug!(server = %server.addr.as_url_str(), ?delay, "nats reconnecting");
     Some(ReconnectToServer {

@@ -33,12 +33,6 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// pulling for good. A message delivered to a pull given up is redelivered after `ack_wait`.
 const PULL_GIVE_UP: Duration = Duration::from_secs(2);
 
-/// The delays between pulls that failed (the stream is not there yet, the server is away):
-/// 200 ms, doubling, at most 5 s, with up to half again as jitter.
-fn pull_backoff() -> ExponentialBackoff {
-    ExponentialBackoff::new(Duration::from_millis(200), Duration::from_secs(5), 0.5)
-}
-
 /// Pulls asynchronous requests and runs them until `drain` is signalled; then waits at most
 /// `grace` for the requests it started, and releases the drain.
 ///
@@ -68,7 +62,7 @@ pub async fn run_requests(
     );
     let signaled = drain.signaled();
     tokio::pin!(signaled);
-    let mut retry = pull_backoff().stream();
+    let mut retry = crate::clock::retry_backoff().stream();
     // Held until the requests in flight are done or abandoned: the drain waits for it.
     let release = 'pulling: loop {
         let first = tokio::select! {

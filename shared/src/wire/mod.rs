@@ -73,7 +73,7 @@ mod error;
 pub(crate) mod options;
 mod pool;
 mod protocol;
-mod supervisor;
+pub(crate) mod supervisor;
 mod tls;
 
 pub use crate::error::{PublishError, UrlError};

@@ -22,8 +22,9 @@ use crate::wire::error::ConnError;
 /// Delays between rounds over the pool that all failed, and before the connection task is
 /// started again after a panic (a callback that panics on every message must not make that a
 /// busy loop): 50 ms doubling to 2 s, plus up to half again at random, so that the clients that
-/// lost the same server do not come back together.
-fn backoff() -> ExponentialBackoff {
+/// lost the same server do not come back together. The async-nats client of `crate::nats`
+/// takes its reconnect delays from here too.
+pub(crate) fn reconnect_backoff() -> ExponentialBackoff {
     ExponentialBackoff::new(Duration::from_millis(50), Duration::from_secs(2), 0.5)
 }
 
@@ -31,7 +32,7 @@ fn backoff() -> ExponentialBackoff {
 /// whatever happens in it, the connection is either up or being remade, and
 /// [`Connection::is_connected`](crate::wire::Connection::is_connected) says which.
 pub(crate) async fn supervise(inner: Arc<Inner>) {
-    let policy = backoff();
+    let policy = reconnect_backoff();
     let mut restarts = policy.stream();
     loop {
         let started = Instant::now();
@@ -74,7 +75,7 @@ async fn wait(inner: &Inner, delay: Duration) -> bool {
 
 /// Connects, re-connects and runs the connection until it is closed.
 async fn run(inner: Arc<Inner>) {
-    let mut backoff = backoff().stream();
+    let mut backoff = reconnect_backoff().stream();
     // Failures in a row: the first is a warning, the rest debug, except those an operator must
     // fix (credentials, certificates), which are errors every time.
     let mut failures = 0u32;
