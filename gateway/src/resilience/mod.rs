@@ -231,7 +231,7 @@ mod tests {
                 min_requests: 2,
                 ..Default::default()
             }),
-            retry: retry.then(|| RetrySpec {
+            retry: retry.then_some(RetrySpec {
                 attempts: 3,
                 budget: 0.5,
             }),
