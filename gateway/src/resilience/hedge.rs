@@ -10,6 +10,8 @@ use busgate_shared::config::HedgeAfter;
 const SAMPLES: usize = 128;
 /// Samples between two computations of the percentiles.
 const RECOMPUTE: u32 = 16;
+/// The earliest a `"p95"` hedge goes out.
+const MIN_HEDGE_AFTER: Duration = Duration::from_millis(1);
 /// Samples needed before a percentile is trusted.
 const MIN_SAMPLES: usize = 20;
 
@@ -78,7 +80,8 @@ impl Latencies {
     pub fn hedge_after(&self, after: HedgeAfter) -> Option<Duration> {
         match after {
             HedgeAfter::Fixed(d) => Some(d),
-            HedgeAfter::P95 => self.p95,
+            // Never at once: a hedge is for a request that is late, not for every request.
+            HedgeAfter::P95 => self.p95.map(|p95| p95.max(MIN_HEDGE_AFTER)),
         }
     }
 }
@@ -114,5 +117,9 @@ mod tests {
             l.record(5 * MS);
         }
         assert_eq!(l.p95(), Some(5 * MS));
+        for _ in 0..SAMPLES {
+            l.record(Duration::ZERO);
+        }
+        assert_eq!(l.hedge_after(HedgeAfter::P95), Some(MS), "never at once");
     }
 }
