@@ -143,6 +143,15 @@ async fn a_failing_service_opens_its_breaker_and_recovery_closes_it() {
         slowest < Duration::from_millis(50),
         "circuit_open took {slowest:?}"
     );
+    // The asynchronous path runs the same gather: the breaker answers for it too.
+    let (_, accepted) = submit_request(http().get(&url)).await;
+    let id = accepted["request_id"].as_str().expect("id").to_owned();
+    let doc = until_final(&gateway, &id, Duration::from_secs(30)).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(
+        doc["result"]["sources"]["flaky"]["status"], "circuit_open",
+        "{doc}"
+    );
     assert_eq!(
         upstream.calls("flaky"),
         calls,
@@ -230,6 +239,14 @@ async fn retries_cure_every_second_failure_and_stay_within_the_budget() {
         }
     }
     assert!(retried >= 9, "{retried} answers needed a retry");
+    // Asynchronously too: whichever call fails, the retry answers.
+    for _ in 0..2 {
+        let (_, accepted) = submit_request(http().get(&url)).await;
+        let id = accepted["request_id"].as_str().expect("id").to_owned();
+        let doc = until_final(&gateway, &id, Duration::from_secs(30)).await;
+        assert_eq!(doc["status"], "completed", "{doc}");
+        assert_eq!(doc["result"]["sources"]["halfway"]["status"], "ok", "{doc}");
+    }
 
     upstream.set("dead", Behaviour::Fail);
     let before = upstream.calls("dead");
