@@ -52,6 +52,15 @@ struct State {
     latencies: Latencies,
 }
 
+impl State {
+    /// Whether the breaker just opened: a service it refuses is not asked again either.
+    fn is_open(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|b| b.phase() == Phase::Open)
+    }
+}
+
 /// A guard as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -148,10 +157,11 @@ impl Guard {
             return false;
         }
         let mut state = self.state();
-        if state
-            .latencies
-            .p50()
-            .is_some_and(|expected| expected > left)
+        if state.is_open()
+            || state
+                .latencies
+                .p50()
+                .is_some_and(|expected| expected > left)
         {
             return false;
         }
@@ -178,10 +188,14 @@ impl Guard {
         let Some(policy) = self.hedge else {
             return false;
         };
-        let taken = self
-            .state()
+        let mut state = self.state();
+        if state.is_open() {
+            return false;
+        }
+        let taken = state
             .budget
             .take(Instant::now(), Extra::Hedge, policy.max_extra);
+        drop(state);
         metrics.record_extra(
             &self.service,
             if taken { "hedge" } else { "hedge_over_budget" },
@@ -301,6 +315,30 @@ mod tests {
             text.contains(r#"busgate_resilience_extra_requests_total{service="s",kind="retry"} 2"#),
             "{text}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_stay_within_max_extra_and_stop_when_the_breaker_opens() {
+        let metrics = Metrics::new();
+        let g = Guard::compile(&name(), &service(true, true, true)).expect("guard");
+        assert_eq!(g.hedge_after(), None, "p95 needs 20 answers first");
+        for _ in 0..20 {
+            assert!(g.admit(&metrics));
+            g.record(&metrics, Reply::Ok(Duration::from_millis(8)));
+        }
+        assert_eq!(g.hedge_after(), Some(Duration::from_millis(8)));
+        assert!(g.hedge(&metrics), "1 of 20 is within 10 %");
+        assert!(g.hedge(&metrics), "2 of 20 too");
+        assert!(!g.hedge(&metrics), "3 of 20 is not");
+        for _ in 0..30 {
+            g.record(&metrics, Reply::Failed);
+        }
+        assert_eq!(g.phase(), Some(Phase::Open));
+        assert!(
+            !g.retry(&metrics, 1, Duration::from_secs(1)),
+            "no retry into an open breaker"
+        );
+        assert!(!g.hedge(&metrics), "no hedge either");
     }
 
     #[tokio::test(start_paused = true)]
