@@ -24,6 +24,7 @@ use busgate_shared::header;
 
 use crate::config::snapshot::Route;
 use crate::gather::collector::{Collector, Gather};
+use crate::gather::resend::Resend;
 use crate::resilience::Reply;
 
 /// What one source came to.
@@ -382,16 +383,6 @@ pub struct Pending {
     resend: Option<Box<Resend>>,
 }
 
-/// A request as it is sent again: the payload and the headers' values.
-struct Resend {
-    payload: Bytes,
-    request_id: String,
-    client: String,
-    traceparent: String,
-    /// When the gather started, unix milliseconds: the deadlines sent are counted from it.
-    start_ms: u64,
-}
-
 impl Pending {
     /// Waits until every source of `route` (the route it was started for) has settled, a
     /// required one has failed, or the deadlines passed.
@@ -495,40 +486,22 @@ fn scatter(
         }
     }
     (route.extra_replies > 0).then(|| {
-        Box::new(Resend {
+        Resend::new(
             payload,
-            request_id: asker.request_id.to_owned(),
-            client: asker.client.to_owned(),
-            traceparent: asker.traceparent.to_owned(),
-            start_ms: now_ms,
-        })
+            asker.request_id,
+            asker.client,
+            asker.traceparent,
+            now_ms,
+        )
     })
 }
 
 /// Sends the request to source `index` again (a retry or a hedge); whether it went out.
 fn send_again(gather: &Gather, route: &Route, book: &Book, index: usize, resend: &Resend) -> bool {
-    let Some(target) = route.targets.get(index) else {
-        return false;
-    };
-    let timeout = u64::try_from(book.timeout(index).as_millis()).unwrap_or(u64::MAX);
-    let mut digits = [0u8; 20];
-    let headers = [
-        (header::REQUEST_ID, resend.request_id.as_str()),
-        (
-            header::DEADLINE,
-            header::decimal(resend.start_ms.saturating_add(timeout), &mut digits),
-        ),
-        (header::CLIENT, resend.client.as_str()),
-        (header::TRACEPARENT, resend.traceparent.as_str()),
-    ];
-    let mut reply = String::new();
-    let collector = gather.collector();
-    collector.reply_subject(gather.id(), &target.service.0, &mut reply);
-    collector
-        .wire()
-        .publish(&target.subject, Some(&reply), &headers, &resend.payload)
-        .map_err(|e| debug!(service = %target.service.0, error = %e, "cannot send again"))
-        .is_ok()
+    route
+        .targets
+        .get(index)
+        .is_some_and(|target| resend.send(gather, target, book.timeout(index)))
 }
 
 /// Waits for replies until the book says the gather is done; retries and hedges through the
