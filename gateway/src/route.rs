@@ -44,6 +44,13 @@ pub struct Call {
     /// The request headers the route's conditions read, `(lower-case name, value)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// The client's own deadline (`Busgate-Timeout`), if it gave one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Call {
@@ -55,6 +62,7 @@ impl Call {
             client: &self.client,
             traceparent: &self.traceparent,
             headers: &self.headers,
+            timeout: self.timeout,
         }
     }
 }
@@ -189,7 +197,9 @@ pub fn is_transient(outcome: &Outcome) -> bool {
         .is_some_and(|result| {
             matches!(
                 result,
-                SourceResult::NoResponders { .. } | SourceResult::Timeout { .. }
+                SourceResult::NoResponders { .. }
+                    | SourceResult::Timeout { .. }
+                    | SourceResult::CircuitOpen
             )
         })
 }
@@ -206,6 +216,7 @@ mod tests {
         let failed = |result: SourceResult| Outcome {
             results: vec![result],
             failed: Some(0),
+            tries: Vec::new(),
         };
         assert!(is_transient(&failed(SourceResult::NoResponders {
             elapsed: ms
@@ -223,6 +234,7 @@ mod tests {
         assert!(!is_transient(&Outcome {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
+            tries: Vec::new(),
         }));
     }
 }

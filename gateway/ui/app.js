@@ -194,13 +194,14 @@ function fieldInput(form, field) {
 let editingService = null;
 
 async function loadServices() {
-  const [{ data }, instances] = await Promise.all([
+  const [{ data }, instances, breakers] = await Promise.all([
     api("GET", "/admin/v1/services"),
     api("GET", "/admin/v1/instances").then((r) => r.data.items).catch(() => []),
+    breakerStates(),
   ]);
   const tbody = $("#services-table tbody");
   tbody.replaceChildren();
-  if (!data.items.length) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No services yet.")));
+  if (!data.items.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No services yet.")));
   for (const item of data.items) {
     const live = instances.filter((i) => i.service === item.name);
     const modes = [...new Set(live.map((i) => i.mode).filter(Boolean))];
@@ -213,6 +214,7 @@ async function loadServices() {
         el("td", {}, live.length
           ? el("span", { class: "chip ok", title: modes.join(", ") }, `${live.length} live`, modes.length ? ` · ${modes.join(", ")}` : "")
           : el("span", { class: "chip bad" }, "none")),
+        breakerCell(breakers[item.name]),
         el("td", { class: "mono" }, item.revision),
         el("td", { class: "actions" },
           el("button", { class: "ghost small", onclick: () => editService(item) }, "Edit"), " ",
@@ -246,6 +248,7 @@ function editService(item) {
   form.timeout.value = item ? item.spec.timeout || "" : "800ms";
   form.description.value = item ? item.spec.description || "" : "";
   fillUpstream(form, (item && item.spec.upstream) || null);
+  fillResilience(form, item && item.spec);
   $("#service-instances").replaceChildren();
   if (item) showInstances(item.name);
   form.name.focus();
@@ -350,6 +353,7 @@ $("#service-form").addEventListener("submit", async (ev) => {
   if (form.description.value.trim()) spec.description = form.description.value.trim();
   const upstream = upstreamFromForm(form);
   if (upstream) spec.upstream = upstream;
+  Object.assign(spec, resilienceFromForm(form));
   const name = form.name.value.trim();
   try {
     if (editingService) {

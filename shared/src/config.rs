@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::resilience::{BreakerSpec, HedgeAfter, HedgeSpec, RetrySpec};
 pub use crate::upstream::{SecretSource, UpstreamSpec};
 use crate::{validate, Error};
 
@@ -178,6 +179,15 @@ pub struct ServiceSpec {
     /// other way (a single-service adapter, a native NATS service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSpec>,
+    /// Its circuit breaker; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSpec>,
+    /// Its retries; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Its hedged requests; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeSpec>,
 }
 
 impl Default for ServiceSpec {
@@ -186,6 +196,9 @@ impl Default for ServiceSpec {
             timeout: Duration::from_millis(800),
             description: String::new(),
             upstream: None,
+            breaker: None,
+            retry: None,
+            hedge: None,
         }
     }
 }
@@ -562,6 +575,15 @@ impl ConfigSpec {
             }
             if let Some(upstream) = &svc.upstream {
                 upstream.validate(&format!("services.{name}.upstream"))?;
+            }
+            if let Some(breaker) = &svc.breaker {
+                breaker.validate(&format!("services.{name}.breaker"))?;
+            }
+            if let Some(retry) = &svc.retry {
+                retry.validate(&format!("services.{name}.retry"))?;
+            }
+            if let Some(hedge) = &svc.hedge {
+                hedge.validate(&format!("services.{name}.hedge"))?;
             }
         }
         let mut bound = BTreeSet::new();

@@ -12,6 +12,8 @@
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
 //! - [`upstream`]: a service's HTTP upstream as configuration: the URL template, header
 //!   secrets from env or file, validation, the own-listener check.
+//! - [`resilience`]: a service's breaker, retries and hedging as configuration, and the client's
+//!   `Busgate-Timeout` value.
 //! - [`watch`]: following the `busgate-config` bucket (current values, then changes), shared
 //!   by the gateway and the configuration-following adapters.
 //! - [`nats`]: the async-nats connect helper (JetStream, KV; reconnects forever, logs state
@@ -38,6 +40,7 @@ pub mod error;
 pub mod header;
 pub mod micro;
 pub mod nats;
+pub mod resilience;
 pub mod runtime;
 pub mod sdk;
 pub mod subject;

@@ -6,6 +6,9 @@
 # A bin dir written `tls:DIR` runs that build with every NATS connection over TLS
 # (merge-stack.sh's NATS_TLS): `ab-merge.sh target/release tls:target/release` is plain TCP
 # against TLS in one run.
+# A bin dir written `guarded:DIR` runs that build with a circuit breaker and retries on both
+# services (busgate-bench --print-settings merge-guarded): `ab-merge.sh target/release
+# guarded:target/release` is what the resilience guard costs, in one run.
 # Needs wrk, nats-server, and the peers (tests/perf/peers/peers.sh start; this script starts
 # them when nothing answers on :18091 and stops what it started). A bin dir holds busgate and
 # busgate-worker; busgate-bench comes from this checkout (for the fixture's settings).
@@ -24,6 +27,7 @@ for round in $(seq "$ROUNDS"); do
   for bins in "$@"; do
     case $bins in
       tls:*) NATS_TLS=1 start_merge_stack "${bins#tls:}" "$D" ;;
+      guarded:*) NATS_TLS= SETTINGS=merge-guarded start_merge_stack "${bins#guarded:}" "$D" ;;
       *) NATS_TLS= start_merge_stack "$bins" "$D" ;;
     esac
     ours=$(rps "$URL")

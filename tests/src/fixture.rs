@@ -249,6 +249,12 @@ impl Settings {
         self
     }
 
+    /// `[services.<name>]` as `spec` says (added, or replacing one of that name).
+    pub fn service_spec(mut self, name: &str, spec: ServiceSpec) -> Settings {
+        self.services.insert(name.to_owned(), spec);
+        self
+    }
+
     /// `[routes.<name>]` (added, or replacing one of that name).
     pub fn route(mut self, name: &str, route: Route) -> Settings {
         self.routes.insert(name.to_owned(), route.spec);

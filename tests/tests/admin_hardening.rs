@@ -123,10 +123,11 @@ async fn every_admin_answer_carries_the_security_headers() {
     let page = get_text(&gateway.admin_url("/")).await.to_ascii_lowercase();
     assert!(page.contains("<script src=\"/ui/app.js\"></script>"));
     assert!(page.contains("<script src=\"/ui/clients.js\"></script>"));
+    assert!(page.contains("<script src=\"/ui/resilience.js\"></script>"));
     assert_eq!(
         page.matches("<script").count(),
-        2,
-        "two scripts (app.js, clients.js), each from a file"
+        3,
+        "three scripts (app.js, clients.js, resilience.js), each from a file"
     );
     assert!(!page.contains("<style"), "no inline style element");
     assert!(!page.contains(" style="), "no style attribute");

@@ -12,6 +12,7 @@ use busgate_shared::{subject, Error};
 
 use crate::config::clients::Clients;
 use crate::metrics::Name;
+use crate::resilience::Guard;
 
 /// A validated, compiled configuration.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub clients: Clients,
     bindings: Vec<Binding>,
     routes: std::collections::BTreeMap<String, Arc<Route>>,
+    /// The guards of the services that have a breaker, retries or hedging, by service.
+    guards: std::collections::BTreeMap<String, Arc<Guard>>,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub struct Route {
     pub merge: MergeStrategy,
     /// For `deep`: target indices from highest to lowest priority.
     pub priority: Vec<usize>,
+    /// Replies beyond one per target that retries and hedges may bring (0: no target has a
+    /// guard).
+    pub extra_replies: usize,
 }
 
 /// A compiled target.
@@ -63,6 +69,8 @@ pub struct Target {
     pub when: Option<When>,
     /// What is done to its data before the merge; nothing when `None`.
     pub transform: Option<Transform>,
+    /// Its service's breaker, retries and hedging; `None` (no lock, no cost) without them.
+    pub guard: Option<Arc<Guard>>,
 }
 
 /// A compiled [`busgate_shared::config::Condition`].
@@ -165,6 +173,14 @@ impl Snapshot {
     /// Validates and compiles a configuration.
     pub fn compile(spec: ConfigSpec) -> Result<Self, Error> {
         spec.validate()?;
+        let guards: std::collections::BTreeMap<String, Arc<Guard>> = spec
+            .services
+            .iter()
+            .filter_map(|(name, service)| {
+                let guard = Guard::compile(&Name(Arc::from(name.as_str())), service)?;
+                Some((name.clone(), guard))
+            })
+            .collect();
         let mut bindings = Vec::new();
         let mut routes = std::collections::BTreeMap::new();
         for (name, route) in &spec.routes {
@@ -207,6 +223,7 @@ impl Snapshot {
                                 .map(|(a, b)| (a.clone(), b.clone()))
                                 .collect(),
                         }),
+                        guard: guards.get(&t.service).cloned(),
                     }
                 })
                 .collect::<Vec<_>>();
@@ -221,6 +238,7 @@ impl Snapshot {
                     priority.push(i);
                 }
             }
+            let extra_replies = targets_extra(&targets);
             let compiled = Arc::new(Route {
                 name: Name(Arc::from(name.as_str())),
                 operation: route.operation.clone().unwrap_or_else(|| name.clone()),
@@ -228,6 +246,7 @@ impl Snapshot {
                 targets,
                 merge: route.merge.strategy,
                 priority,
+                extra_replies,
             });
             routes.insert(name.clone(), compiled.clone());
             for (i, b) in route.bindings.iter().enumerate() {
@@ -243,13 +262,24 @@ impl Snapshot {
             spec,
             bindings,
             routes,
+            guards,
         })
     }
 
-    /// Takes over the state of the clients of the snapshot this one replaces (see
-    /// [`Clients::inherit`]).
+    /// Takes over the state of the clients (see [`Clients::inherit`]) and of the services'
+    /// guards (see [`Guard::inherit`]) of the snapshot this one replaces.
     pub fn inherit(&mut self, previous: &Snapshot) {
         self.clients.inherit(&previous.clients);
+        for (name, guard) in &self.guards {
+            if let Some(old) = previous.guards.get(name) {
+                guard.inherit(old);
+            }
+        }
+    }
+
+    /// The guards of the services that have a breaker, retries or hedging, by service.
+    pub fn guards(&self) -> &std::collections::BTreeMap<String, Arc<Guard>> {
+        &self.guards
     }
 
     /// A route by name.
@@ -281,6 +311,15 @@ impl Snapshot {
             Lookup::MethodNotAllowed(allowed)
         }
     }
+}
+
+/// Replies beyond one per target that the targets' guards may bring.
+fn targets_extra(targets: &[Target]) -> usize {
+    targets
+        .iter()
+        .filter_map(|t| t.guard.as_ref())
+        .map(|g| g.extra_replies())
+        .sum()
 }
 
 /// Whether `path` fits the segments; on a fit, the `{order_id}` segment if there is one.

@@ -120,6 +120,11 @@ impl Collector {
         &self.inner.wire
     }
 
+    /// The metrics the gather counts in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Whether requests can go out right now.
     pub fn is_connected(&self) -> bool {
         self.inner.wire.is_connected()

@@ -54,7 +54,7 @@ pub fn answer(
         MergeStrategy::Deep => deep(&mut out, route, &outcome.results),
     }
     out.extend_from_slice(b",\"sources\":");
-    sources(&mut out, route, &outcome.results);
+    sources(&mut out, route, outcome);
     out.extend_from_slice(b",\"elapsed_ms\":");
     put_ms(&mut out, elapsed);
     out.push(b'}');
@@ -154,9 +154,9 @@ fn apply(t: &Transform, map: &mut Map<String, Value>) {
 }
 
 /// The `sources` object: status and timing per source, and the error where there was one.
-fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+fn sources(out: &mut Vec<u8>, route: &Route, outcome: &Outcome) {
     out.push(b'{');
-    for (i, (target, result)) in route.targets.iter().zip(results).enumerate() {
+    for (i, (target, result)) in route.targets.iter().zip(&outcome.results).enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -170,7 +170,7 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
             | SourceResult::Error { elapsed, .. }
             | SourceResult::NoResponders { elapsed } => Some(*elapsed),
             SourceResult::Timeout { after } => Some(*after),
-            SourceResult::Cancelled | SourceResult::Skipped => None,
+            SourceResult::Cancelled | SourceResult::Skipped | SourceResult::CircuitOpen => None,
         };
         if let Some(elapsed) = elapsed {
             out.extend_from_slice(b",\"elapsed_ms\":");
@@ -182,6 +182,14 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
             out.extend_from_slice(b",\"message\":");
             put_str(out, message);
             out.push(b'}');
+        }
+        if let Some(tries) = outcome.tries.get(i) {
+            if tries.attempts > 1 {
+                let _ = write!(out, ",\"attempts\":{}", tries.attempts);
+            }
+            if tries.hedged {
+                out.extend_from_slice(b",\"hedged\":true");
+            }
         }
         if !target.required {
             out.extend_from_slice(b",\"optional\":true");
@@ -212,6 +220,11 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
             SourceFailure::NoResponders,
             format!("no instance of required source {name} is available"),
         ),
+        // Not asked: as good as nobody there to answer, for the client.
+        SourceResult::CircuitOpen => (
+            SourceFailure::NoResponders,
+            format!("the circuit breaker of required source {name} is open"),
+        ),
         SourceResult::Timeout { after } => (
             SourceFailure::Timeout,
             format!(
@@ -224,7 +237,7 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
         }
     };
     let mut rendered = Vec::with_capacity(128);
-    sources(&mut rendered, route, &outcome.results);
+    sources(&mut rendered, route, outcome);
     let sources = String::from_utf8(rendered)
         .ok()
         .and_then(|s| RawValue::from_string(s).ok())
@@ -267,6 +280,7 @@ mod tests {
             timeout: 800 * MS,
             when: None,
             transform: None,
+            guard: None,
         };
         Route {
             name: Name(Arc::from("order")),
@@ -275,6 +289,7 @@ mod tests {
             targets: vec![target("service1", true), target("service2", false)],
             merge: MergeStrategy::Namespace,
             priority: vec![0, 1],
+            extra_replies: 0,
         }
     }
 
@@ -286,7 +301,11 @@ mod tests {
     }
 
     fn render(results: Vec<SourceResult>, failed: Option<usize>) -> Result<Value, GatewayError> {
-        let outcome = Outcome { results, failed };
+        let outcome = Outcome {
+            results,
+            failed,
+            tries: Vec::new(),
+        };
         answer(&route(), &outcome, "r1", "A1", 5 * MS)
             .map(|body| serde_json::from_slice(&body).expect("valid JSON"))
     }
@@ -406,6 +425,7 @@ mod tests {
         let outcome = Outcome {
             results,
             failed: None,
+            tries: Vec::new(),
         };
         let merged = |priority: Vec<usize>, r: &mut Route| {
             r.priority = priority;
@@ -444,6 +464,7 @@ mod tests {
             &Outcome {
                 results,
                 failed: None,
+                tries: Vec::new(),
             },
             "r1",
             "A1",
@@ -466,6 +487,39 @@ mod tests {
             json!({"status": "skipped", "optional": true})
         );
         assert_eq!(v["data"], json!({"service1": {"amount": 1}}));
+    }
+
+    #[test]
+    fn attempts_hedges_and_open_circuits_are_shown_per_source() {
+        let outcome = Outcome {
+            results: vec![ok(r#"{"a":1}"#), SourceResult::CircuitOpen],
+            failed: None,
+            tries: vec![
+                crate::gather::scatter::Tries {
+                    attempts: 2,
+                    hedged: true,
+                },
+                crate::gather::scatter::Tries::default(),
+            ],
+        };
+        let body = answer(&route(), &outcome, "r1", "A1", 5 * MS).expect("answer");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v["sources"]["service1"],
+            json!({"status": "ok", "elapsed_ms": 1.23, "attempts": 2, "hedged": true})
+        );
+        assert_eq!(
+            v["sources"]["service2"],
+            json!({"status": "circuit_open", "optional": true})
+        );
+        assert_eq!(v["complete"], false);
+        let failed = Outcome {
+            results: vec![SourceResult::CircuitOpen, ok("{}")],
+            failed: Some(0),
+            tries: Vec::new(),
+        };
+        let e = answer(&route(), &failed, "r1", "A1", 5 * MS).expect_err("required");
+        assert!(e.to_string().contains("circuit breaker"), "{e}");
     }
 
     #[test]

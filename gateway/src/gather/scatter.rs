@@ -4,6 +4,12 @@
 //!
 //! The bookkeeping is a pure state machine ([`Book`]) so that its deadline logic is unit-tested
 //! with paused time; [`start`] and [`Pending::collect`] are the thin async code around it.
+//!
+//! A target whose service has a guard (`crate::resilience`) is asked through it: not at all
+//! while its breaker is open ([`SourceResult::CircuitOpen`]), again after a failure while its
+//! retry policy, its time and its budget allow, and once more when it is slow to answer
+//! (a hedge). Every attempt uses the source's one reply subject, so the first reply settles
+//! the source and the others are counted as late.
 
 use std::time::Duration;
 
@@ -18,6 +24,8 @@ use busgate_shared::header;
 
 use crate::config::snapshot::Route;
 use crate::gather::collector::{Collector, Gather};
+use crate::gather::resend::Resend;
+use crate::resilience::Reply;
 
 /// What one source came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +65,8 @@ pub enum SourceResult {
     Cancelled,
     /// The target's conditions did not hold for this request: it was not asked.
     Skipped,
+    /// The service's circuit breaker is open: it was not asked.
+    CircuitOpen,
 }
 
 impl SourceResult {
@@ -70,12 +80,30 @@ impl SourceResult {
             SourceResult::Timeout { .. } => "timeout",
             SourceResult::Cancelled => "cancelled",
             SourceResult::Skipped => "skipped",
+            SourceResult::CircuitOpen => "circuit_open",
         }
     }
 
     /// Whether the source counts as present for `complete` (answered, or not asked).
     pub fn is_present(&self) -> bool {
         matches!(self, SourceResult::Ok { .. } | SourceResult::Skipped)
+    }
+
+    /// What the attempt came to, as a service's guard counts it.
+    pub fn reply(&self) -> Reply {
+        match self {
+            SourceResult::Ok { elapsed, .. } => Reply::Ok(*elapsed),
+            SourceResult::NotFound { elapsed } => Reply::NotFound(*elapsed),
+            _ => Reply::Failed,
+        }
+    }
+
+    /// Whether asking again may help (an error, or no responders).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SourceResult::Error { .. } | SourceResult::NoResponders { .. }
+        )
     }
 
     /// Whether the source delivered data.
@@ -134,6 +162,18 @@ pub struct Outcome {
     pub results: Vec<SourceResult>,
     /// The first required target that failed, if any.
     pub failed: Option<usize>,
+    /// Per target, the requests sent and whether one was a hedge; empty when every source was
+    /// asked at most once.
+    pub tries: Vec<Tries>,
+}
+
+/// The requests sent to one source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tries {
+    /// Requests sent (the first, retries and a hedge).
+    pub attempts: u8,
+    /// Whether one of them was a hedge.
+    pub hedged: bool,
 }
 
 /// The state of one gather: which targets are open, until when, and what came back.
@@ -150,6 +190,9 @@ struct Slot {
     required: bool,
     timeout: Duration,
     result: Option<SourceResult>,
+    tries: Tries,
+    /// When a hedge is due, if one is armed.
+    hedge_at: Option<Instant>,
 }
 
 /// Whether a gather goes on after an event.
@@ -170,6 +213,11 @@ impl Book {
                 required,
                 timeout,
                 result: None,
+                tries: Tries {
+                    attempts: 1,
+                    hedged: false,
+                },
+                hedge_at: None,
             })
             .collect();
         let open = slots.len();
@@ -214,13 +262,72 @@ impl Book {
         self.step()
     }
 
-    /// The earliest instant at which an open source times out.
+    /// The earliest instant at which an open source times out or is due a hedge.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.slots
             .iter()
             .filter(|s| s.result.is_none())
-            .map(|s| self.started + s.timeout)
+            .map(|s| match s.hedge_at {
+                Some(at) => at.min(self.started + s.timeout),
+                None => self.started + s.timeout,
+            })
             .min()
+    }
+
+    /// The time source `index` has for this request (the target's timeout, shortened by the
+    /// client's `Busgate-Timeout`).
+    pub fn timeout(&self, index: usize) -> Duration {
+        self.slots.get(index).map_or(Duration::ZERO, |s| s.timeout)
+    }
+
+    /// What is left of source `index`'s time at `now`.
+    pub fn left(&self, index: usize, now: Instant) -> Duration {
+        (self.started + self.timeout(index)).saturating_duration_since(now)
+    }
+
+    /// Whether source `index` is still open.
+    pub fn is_open(&self, index: usize) -> bool {
+        self.slots.get(index).is_some_and(|s| s.result.is_none())
+    }
+
+    /// Whether open source `index` times out by `now`.
+    pub fn times_out(&self, index: usize, now: Instant) -> bool {
+        self.is_open(index) && self.left(index, now).is_zero()
+    }
+
+    /// Requests sent to source `index` other than hedges: what its retry policy counts.
+    pub fn attempts(&self, index: usize) -> u32 {
+        self.slots.get(index).map_or(0, |s| {
+            u32::from(s.tries.attempts) - u32::from(s.tries.hedged)
+        })
+    }
+
+    /// Counts another request sent to source `index`; `hedge`: it is a hedge.
+    pub fn sent(&mut self, index: usize, hedge: bool) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.tries.attempts = slot.tries.attempts.saturating_add(1);
+            slot.tries.hedged |= hedge;
+        }
+    }
+
+    /// Arms a hedge of source `index` at `at` (ignored at or past its timeout).
+    pub fn arm_hedge(&mut self, index: usize, at: Instant) {
+        let started = self.started;
+        if let Some(slot) = self.slots.get_mut(index) {
+            if at < started + slot.timeout {
+                slot.hedge_at = Some(at);
+            }
+        }
+    }
+
+    /// An open source whose hedge is due at `now`, its hedge disarmed.
+    pub fn due_hedge(&mut self, now: Instant) -> Option<usize> {
+        let index = self
+            .slots
+            .iter()
+            .position(|s| s.result.is_none() && s.hedge_at.is_some_and(|at| at <= now))?;
+        self.slots[index].hedge_at = None;
+        Some(index)
     }
 
     fn step(&self) -> Step {
@@ -233,8 +340,14 @@ impl Book {
 
     /// Ends the gather: open sources become [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
+        let tries = if self.slots.iter().any(|s| s.tries.attempts > 1) {
+            self.slots.iter().map(|s| s.tries).collect()
+        } else {
+            Vec::new()
+        };
         Outcome {
             failed: self.failed,
+            tries,
             results: self
                 .slots
                 .into_iter()
@@ -257,6 +370,8 @@ pub struct Asker<'a> {
     pub traceparent: &'a str,
     /// The request headers that conditions may read.
     pub headers: &'a dyn crate::config::snapshot::Headers,
+    /// The client's own deadline (`Busgate-Timeout`): shortens every target's timeout.
+    pub timeout: Option<Duration>,
 }
 
 /// A gather whose requests are out: all it needs to collect the replies. It holds nothing of
@@ -264,13 +379,21 @@ pub struct Asker<'a> {
 pub struct Pending {
     book: Book,
     gather: Gather,
+    /// What a retry or a hedge sends again; only for routes with guards that may send more.
+    resend: Option<Box<Resend>>,
 }
 
 impl Pending {
     /// Waits until every source of `route` (the route it was started for) has settled, a
     /// required one has failed, or the deadlines passed.
     pub async fn collect(&mut self, route: &Route) {
-        collect(&mut self.book, &mut self.gather, route).await;
+        collect(
+            &mut self.book,
+            &mut self.gather,
+            route,
+            self.resend.as_deref(),
+        )
+        .await;
     }
 
     /// The result, after [`Pending::collect`]: sources still open are
@@ -283,18 +406,32 @@ impl Pending {
 /// Opens a gather and publishes the request to every target of `route` whose condition holds.
 /// Never waits: the requests are queued on the collector's connection.
 pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
+    let limit = asker.timeout;
     let mut book = Book::new(
         Instant::now(),
-        route.targets.iter().map(|t| (t.required, t.timeout)),
+        route.targets.iter().map(|t| {
+            let timeout = limit.map_or(t.timeout, |limit| t.timeout.min(limit));
+            (t.required, timeout)
+        }),
     );
-    let gather = collector.register(route.targets.len());
-    scatter(&gather, route, asker, &mut book);
-    Pending { book, gather }
+    let gather = collector.register(route.targets.len() + route.extra_replies);
+    let resend = scatter(&gather, route, asker, &mut book);
+    Pending {
+        book,
+        gather,
+        resend,
+    }
 }
 
-/// Publishes the request to every target whose condition holds; settles the others (skipped)
-/// and those that cannot be published.
-fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
+/// Publishes the request to every target whose condition holds; settles the others (skipped,
+/// circuit open) and those that cannot be published. Returns what a retry or hedge needs to
+/// send the request again, when the route's guards may.
+fn scatter(
+    gather: &Gather,
+    route: &Route,
+    asker: &Asker<'_>,
+    book: &mut Book,
+) -> Option<Box<Resend>> {
     let payload = ServiceRequest::encode_without_attributes(
         asker.request_id,
         asker.order_id,
@@ -314,8 +451,18 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
                 continue;
             }
         }
+        if let Some(guard) = &target.guard {
+            if !guard.admit(gather.collector().metrics()) {
+                book.settle(index, SourceResult::CircuitOpen);
+                continue;
+            }
+            if let Some(after) = guard.hedge_after() {
+                book.arm_hedge(index, book.started() + after);
+            }
+        }
+        let timeout = book.timeout(index);
         let deadline_ms =
-            now_ms.saturating_add(u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX));
+            now_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let mut digits = [0u8; 20];
         let headers = [
             (header::REQUEST_ID, asker.request_id),
@@ -338,10 +485,28 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
             );
         }
     }
+    (route.extra_replies > 0).then(|| {
+        Resend::new(
+            payload,
+            asker.request_id,
+            asker.client,
+            asker.traceparent,
+            now_ms,
+        )
+    })
 }
 
-/// Waits for replies until the book says the gather is done.
-async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
+/// Sends the request to source `index` again (a retry or a hedge); whether it went out.
+fn send_again(gather: &Gather, route: &Route, book: &Book, index: usize, resend: &Resend) -> bool {
+    route
+        .targets
+        .get(index)
+        .is_some_and(|target| resend.send(gather, target, book.timeout(index)))
+}
+
+/// Waits for replies until the book says the gather is done; retries and hedges through the
+/// targets' guards when `resend` is there.
+async fn collect(book: &mut Book, gather: &mut Gather, route: &Route, resend: Option<&Resend>) {
     if book.step() == Step::Done {
         return;
     }
@@ -357,6 +522,21 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
                     continue;
                 };
                 let result = SourceResult::from_message(&message, book.started().elapsed());
+                if let Some(guard) = &route.targets[index].guard {
+                    if book.is_open(index) {
+                        let metrics = gather.collector().metrics();
+                        guard.record(metrics, result.reply());
+                        if let Some(resend) = resend.filter(|_| result.is_retryable()) {
+                            let left = book.left(index, Instant::now());
+                            if guard.retry(metrics, book.attempts(index), left)
+                                && send_again(gather, route, book, index, resend)
+                            {
+                                book.sent(index, false);
+                                continue;
+                            }
+                        }
+                    }
+                }
                 match book.settle(index, result) {
                     Some(Step::Done) => return,
                     Some(Step::Continue) => {}
@@ -368,9 +548,40 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
             }
             Ok(None) => return,
             Err(_) => {
-                if book.expire(Instant::now()) == Step::Done {
+                let now = Instant::now();
+                if route.extra_replies > 0 || route.targets.iter().any(|t| t.guard.is_some()) {
+                    guarded_wake(book, gather, route, resend, now);
+                }
+                if book.expire(now) == Step::Done {
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// A wake-up of a gather with guards: the hedges that are due go out (within their budget),
+/// and the timeouts about to be settled are counted as failures by their breakers.
+fn guarded_wake(
+    book: &mut Book,
+    gather: &Gather,
+    route: &Route,
+    resend: Option<&Resend>,
+    now: Instant,
+) {
+    let metrics = gather.collector().metrics();
+    while let Some(index) = book.due_hedge(now) {
+        let (Some(guard), Some(resend)) = (&route.targets[index].guard, resend) else {
+            continue;
+        };
+        if guard.hedge(metrics) && send_again(gather, route, book, index, resend) {
+            book.sent(index, true);
+        }
+    }
+    for (index, target) in route.targets.iter().enumerate() {
+        if let Some(guard) = &target.guard {
+            if book.times_out(index, now) {
+                guard.record(metrics, Reply::Failed);
             }
         }
     }
@@ -447,6 +658,81 @@ mod tests {
             SourceResult::Timeout { after: 100 * MS }
         );
         assert_eq!(outcome.results[1], SourceResult::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedge_wakes_the_gather_before_the_timeout_and_fires_once() {
+        let start = Instant::now();
+        let mut book = Book::new(start, [(true, 300 * MS), (false, 300 * MS)]);
+        book.arm_hedge(0, start + 50 * MS);
+        book.arm_hedge(1, start + 300 * MS);
+        assert_eq!(
+            book.next_deadline(),
+            Some(start + 50 * MS),
+            "the hedge comes first"
+        );
+        assert_eq!(book.due_hedge(start + 49 * MS), None);
+        assert_eq!(book.due_hedge(start + 50 * MS), Some(0));
+        assert_eq!(book.due_hedge(start + 50 * MS), None, "disarmed");
+        book.sent(0, true);
+        assert_eq!(
+            book.next_deadline(),
+            Some(start + 300 * MS),
+            "a hedge at the timeout is none"
+        );
+        assert_eq!(book.attempts(0), 1, "a hedge is no retry");
+        book.sent(0, false);
+        assert_eq!(book.attempts(0), 2);
+        assert_eq!(book.settle(0, ok()), Some(Step::Continue));
+        assert_eq!(
+            book.settle(0, ok()),
+            None,
+            "the second reply is a duplicate"
+        );
+        let outcome = book.finish();
+        assert_eq!(
+            outcome.tries,
+            vec![
+                Tries {
+                    attempts: 3,
+                    hedged: true
+                },
+                Tries {
+                    attempts: 1,
+                    hedged: false
+                }
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_left_follows_the_shortened_timeout() {
+        let start = Instant::now();
+        let book = Book::new(start, [(true, 100 * MS)]);
+        assert_eq!(book.left(0, start + 30 * MS), 70 * MS);
+        assert!(!book.times_out(0, start + 99 * MS));
+        assert!(book.times_out(0, start + 100 * MS));
+        assert_eq!(book.left(0, start + 200 * MS), Duration::ZERO);
+        let single = Book::new(start, [(true, 100 * MS)]).finish();
+        assert!(
+            single.tries.is_empty(),
+            "no allocation when nothing was sent twice"
+        );
+    }
+
+    #[test]
+    fn circuit_open_is_a_failure_worth_no_retry() {
+        let open = SourceResult::CircuitOpen;
+        assert_eq!(open.status(), "circuit_open");
+        assert!(!open.is_present());
+        assert!(!open.is_retryable());
+        assert_eq!(open.reply(), Reply::Failed);
+        assert!(SourceResult::NoResponders { elapsed: MS }.is_retryable());
+        assert!(!SourceResult::NotFound { elapsed: MS }.is_retryable());
+        assert_eq!(
+            SourceResult::NotFound { elapsed: MS }.reply(),
+            Reply::NotFound(MS)
+        );
     }
 
     #[test]

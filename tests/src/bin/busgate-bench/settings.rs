@@ -1,5 +1,5 @@
 //! The gateway settings of the benchmark and of the perf scripts that read theirs from here
-//! (`busgate-bench --print-settings bench|merge|merge-keyed|held`), all built with
+//! (`busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held`), all built with
 //! [`busgate_tests::fixture`].
 
 use std::time::Duration;
@@ -79,6 +79,24 @@ fn merge_stack_settings() -> Settings {
         .route("merge", merge_route())
 }
 
+/// [`merge_stack_settings`] with a circuit breaker and retries on both services (defaults,
+/// which never trigger on healthy services): what the resilience guard costs on the merge
+/// (`SETTINGS=merge-guarded tests/perf/ab-merge.sh …`).
+fn merge_guarded_settings() -> Settings {
+    let guarded = busgate_shared::config::ServiceSpec {
+        timeout: Duration::from_secs(2),
+        breaker: Some(Default::default()),
+        retry: Some(Default::default()),
+        ..Default::default()
+    };
+    Settings::default()
+        .log_level("warn")
+        .auth_none()
+        .service_spec("n1", guarded.clone())
+        .service_spec("n2", guarded)
+        .route("merge", merge_route())
+}
+
 /// The API key of the `bench` client of [`merge_keyed_settings`]: a fixture, not a secret
 /// (`tests/perf/ab-auth.sh` sends it).
 #[cfg_attr(not(test), allow(dead_code))] // the script holds a copy; the test below checks the pair
@@ -134,10 +152,11 @@ pub fn print_settings(name: &str) -> ! {
         "bench" => bench_settings(),
         "merge" => merge_stack_settings(),
         "merge-keyed" => merge_keyed_settings(),
+        "merge-guarded" => merge_guarded_settings(),
         "held" => held_gathers_settings(),
         other => {
             eprintln!(
-                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, held)"
+                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, merge-guarded, held)"
             );
             std::process::exit(2);
         }
