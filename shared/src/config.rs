@@ -335,6 +335,16 @@ pub struct TargetSpec {
     /// Top-level fields renamed (`from = "to"`), after `allow`/`deny`, before the merge.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rename: BTreeMap<String, String>,
+    /// The target's name in data, `sources`, `needs` and pointers (the service's when absent):
+    /// one service asked twice takes two names. See [`crate::compose`].
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Names of targets whose answers this one waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Attribute name → JSON Pointer into the data gathered so far (`/service1/customer_id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub with: BTreeMap<String, String>,
 }
 
 impl TargetSpec {
@@ -348,6 +358,9 @@ impl TargetSpec {
             allow: Vec::new(),
             deny: Vec::new(),
             rename: BTreeMap::new(),
+            alias: None,
+            needs: Vec::new(),
+            with: BTreeMap::new(),
         }
     }
 }
@@ -369,6 +382,9 @@ pub struct Condition {
     /// same decision), for a gradual rollout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    /// A value of the data gathered so far (see [`crate::compose::FieldCondition`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<crate::compose::FieldCondition>,
 }
 
 /// `header: { name, equals }`.
@@ -600,7 +616,6 @@ impl ConfigSpec {
                     "needs at least one target",
                 ));
             }
-            let mut seen = BTreeSet::new();
             for (i, target) in route.targets.iter().enumerate() {
                 let field = format!("{at}.targets[{i}]");
                 let Some(service) = self.services.get(&target.service) else {
@@ -609,12 +624,6 @@ impl ConfigSpec {
                         format!("no service named {:?}", target.service),
                     ));
                 };
-                if !seen.insert(&target.service) {
-                    return Err(Error::invalid(
-                        format!("{field}.service"),
-                        format!("{:?} is already a target of this route", target.service),
-                    ));
-                }
                 let timeout = target.timeout.unwrap_or(service.timeout);
                 if target.timeout.is_some_and(|t| t.is_zero()) {
                     return Err(Error::invalid(
@@ -633,8 +642,9 @@ impl ConfigSpec {
                     when.validate(&format!("{field}.when"))?;
                 }
             }
+            crate::compose::validate_route(&at, route, &self.services)?;
             for (i, service) in route.merge.priority.iter().enumerate() {
-                if !route.targets.iter().any(|t| &t.service == service) {
+                if !route.targets.iter().any(|t| t.name() == service) {
                     return Err(Error::invalid(
                         format!("{at}.merge.priority[{i}]"),
                         format!("{service:?} is not a target of this route"),
