@@ -206,6 +206,7 @@ mod tests {
         let failed = |result: SourceResult| Outcome {
             results: vec![result],
             failed: Some(0),
+            starts: Vec::new(),
         };
         assert!(is_transient(&failed(SourceResult::NoResponders {
             elapsed: ms
@@ -223,6 +224,7 @@ mod tests {
         assert!(!is_transient(&Outcome {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
+            starts: Vec::new(),
         }));
     }
 }

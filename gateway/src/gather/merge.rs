@@ -54,7 +54,7 @@ pub fn answer(
         MergeStrategy::Deep => deep(&mut out, route, &outcome.results),
     }
     out.extend_from_slice(b",\"sources\":");
-    sources(&mut out, route, &outcome.results);
+    sources(&mut out, route, &outcome.results, &outcome.starts);
     out.extend_from_slice(b",\"elapsed_ms\":");
     put_ms(&mut out, elapsed);
     out.push(b'}');
@@ -73,7 +73,7 @@ fn namespace(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
             out.push(b',');
         }
         first = false;
-        put_str(out, &target.service.0);
+        put_str(out, &target.name.0);
         out.push(b':');
         match data {
             Some(bytes) => out.extend_from_slice(&transformed(target, bytes)),
@@ -153,24 +153,43 @@ fn apply(t: &Transform, map: &mut Map<String, Value>) {
     }
 }
 
-/// The `sources` object: status and timing per source, and the error where there was one.
-fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+/// The `sources` object: status and timing per source, the error where there was one, why a
+/// source was skipped, and (composed routes: `starts` not empty) when each was asked.
+fn sources(
+    out: &mut Vec<u8>,
+    route: &Route,
+    results: &[SourceResult],
+    starts: &[Option<Duration>],
+) {
     out.push(b'{');
     for (i, (target, result)) in route.targets.iter().zip(results).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        put_str(out, &target.service.0);
+        put_str(out, &target.name.0);
         out.extend_from_slice(b":{\"status\":\"");
         out.extend_from_slice(result.status().as_bytes());
         out.push(b'"');
+        if let SourceResult::Skipped(reason) = result {
+            out.extend_from_slice(b",\"reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.push(b'"');
+        }
+        if let Some(Some(start)) = starts.get(i) {
+            out.extend_from_slice(b",\"started_ms\":");
+            put_ms(out, *start);
+        }
+        if target.name.0 != target.service.0 {
+            out.extend_from_slice(b",\"service\":");
+            put_str(out, &target.service.0);
+        }
         let elapsed = match result {
             SourceResult::Ok { elapsed, .. }
             | SourceResult::NotFound { elapsed }
             | SourceResult::Error { elapsed, .. }
             | SourceResult::NoResponders { elapsed } => Some(*elapsed),
             SourceResult::Timeout { after } => Some(*after),
-            SourceResult::Cancelled | SourceResult::Skipped => None,
+            SourceResult::Cancelled | SourceResult::Skipped(_) => None,
         };
         if let Some(elapsed) = elapsed {
             out.extend_from_slice(b",\"elapsed_ms\":");
@@ -193,7 +212,7 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
 
 fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
     let target = &route.targets[index];
-    let name = &target.service.0;
+    let name = &target.name.0;
     let (failure, detail) = match &outcome.results[index] {
         SourceResult::NotFound { .. } => (
             SourceFailure::NotFound,
@@ -219,12 +238,12 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
                 after.as_millis()
             ),
         ),
-        SourceResult::Ok { .. } | SourceResult::Cancelled | SourceResult::Skipped => {
+        SourceResult::Ok { .. } | SourceResult::Cancelled | SourceResult::Skipped(_) => {
             return GatewayError::from(ErrorKind::Internal);
         }
     };
     let mut rendered = Vec::with_capacity(128);
-    sources(&mut rendered, route, &outcome.results);
+    sources(&mut rendered, route, &outcome.results, &outcome.starts);
     let sources = String::from_utf8(rendered)
         .ok()
         .and_then(|s| RawValue::from_string(s).ok())
@@ -262,6 +281,7 @@ mod tests {
     fn route() -> Route {
         let target = |name: &str, required| Target {
             service: Name(Arc::from(name)),
+            name: Name(Arc::from(name)),
             subject: format!("busgate.svc.{name}").into(),
             required,
             timeout: 800 * MS,
@@ -275,6 +295,7 @@ mod tests {
             targets: vec![target("service1", true), target("service2", false)],
             merge: MergeStrategy::Namespace,
             priority: vec![0, 1],
+            graph: None,
         }
     }
 
@@ -286,7 +307,11 @@ mod tests {
     }
 
     fn render(results: Vec<SourceResult>, failed: Option<usize>) -> Result<Value, GatewayError> {
-        let outcome = Outcome { results, failed };
+        let outcome = Outcome {
+            results,
+            failed,
+            starts: Vec::new(),
+        };
         answer(&route(), &outcome, "r1", "A1", 5 * MS)
             .map(|body| serde_json::from_slice(&body).expect("valid JSON"))
     }
@@ -406,6 +431,7 @@ mod tests {
         let outcome = Outcome {
             results,
             failed: None,
+            starts: Vec::new(),
         };
         let merged = |priority: Vec<usize>, r: &mut Route| {
             r.priority = priority;
@@ -444,6 +470,7 @@ mod tests {
             &Outcome {
                 results,
                 failed: None,
+                starts: Vec::new(),
             },
             "r1",
             "A1",
@@ -459,11 +486,18 @@ mod tests {
 
     #[test]
     fn skipped_targets_leave_the_answer_complete() {
-        let v = render(vec![ok(r#"{"amount":1}"#), SourceResult::Skipped], None).expect("ok");
+        let v = render(
+            vec![
+                ok(r#"{"amount":1}"#),
+                SourceResult::Skipped(crate::gather::graph::Skip::Condition),
+            ],
+            None,
+        )
+        .expect("ok");
         assert_eq!(v["complete"], true);
         assert_eq!(
             v["sources"]["service2"],
-            json!({"status": "skipped", "optional": true})
+            json!({"status": "skipped", "reason": "condition", "optional": true})
         );
         assert_eq!(v["data"], json!({"service1": {"amount": 1}}));
     }

@@ -16,8 +16,9 @@ use busgate_shared::envelope::code::gateway as code;
 use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
 
-use crate::config::snapshot::Route;
+use crate::config::snapshot::{Route, Target};
 use crate::gather::collector::{Collector, Gather};
+use crate::gather::graph::{Decision, Run, Seen, Skip};
 
 /// What one source came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +56,9 @@ pub enum SourceResult {
     },
     /// The gather ended (a required source failed) before this one answered.
     Cancelled,
-    /// The target's conditions did not hold for this request: it was not asked.
-    Skipped,
+    /// The target was not asked: its conditions did not hold, or (in a graph) a value or a
+    /// dependency it needs is missing.
+    Skipped(Skip),
 }
 
 impl SourceResult {
@@ -69,13 +71,13 @@ impl SourceResult {
             SourceResult::NoResponders { .. } => "no_responders",
             SourceResult::Timeout { .. } => "timeout",
             SourceResult::Cancelled => "cancelled",
-            SourceResult::Skipped => "skipped",
+            SourceResult::Skipped(_) => "skipped",
         }
     }
 
     /// Whether the source counts as present for `complete` (answered, or not asked).
     pub fn is_present(&self) -> bool {
-        matches!(self, SourceResult::Ok { .. } | SourceResult::Skipped)
+        matches!(self, SourceResult::Ok { .. } | SourceResult::Skipped(_))
     }
 
     /// Whether the source delivered data.
@@ -134,6 +136,9 @@ pub struct Outcome {
     pub results: Vec<SourceResult>,
     /// The first required target that failed, if any.
     pub failed: Option<usize>,
+    /// For a composed route: when each target was asked, after the gather started (`None`:
+    /// never). Empty for other routes.
+    pub starts: Vec<Option<Duration>>,
 }
 
 /// The state of one gather: which targets are open, until when, and what came back.
@@ -148,7 +153,10 @@ pub struct Book {
 #[derive(Debug)]
 struct Slot {
     required: bool,
+    /// When it times out, after the gather started.
     timeout: Duration,
+    /// When it was asked, after the gather started (zero but in a graph).
+    start: Duration,
     result: Option<SourceResult>,
 }
 
@@ -169,6 +177,7 @@ impl Book {
             .map(|(required, timeout)| Slot {
                 required,
                 timeout,
+                start: Duration::ZERO,
                 result: None,
             })
             .collect();
@@ -184,6 +193,35 @@ impl Book {
     /// When the gather started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Marks source `index` as not asked yet (a graph's dependent): if the deadline it was
+    /// given (the route's) passes before [`Book::arm`], it times out having waited nothing.
+    pub fn hold(&mut self, index: usize) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.start = slot.timeout;
+        }
+    }
+
+    /// Source `index` is asked `at` after the gather started, with `timeout` of its own; it
+    /// still ends by the deadline it was given.
+    pub fn arm(&mut self, index: usize, at: Duration, timeout: Duration) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.timeout = slot.timeout.min(at.saturating_add(timeout));
+            slot.start = at.min(slot.timeout);
+        }
+    }
+
+    /// What source `index` came to, if it has settled.
+    pub fn result(&self, index: usize) -> Option<&SourceResult> {
+        self.slots.get(index)?.result.as_ref()
+    }
+
+    /// How long source `index` has been asked at `now`.
+    pub fn since_start(&self, index: usize, now: Instant) -> Duration {
+        let start = self.slots.get(index).map_or(Duration::ZERO, |s| s.start);
+        now.saturating_duration_since(self.started)
+            .saturating_sub(start)
     }
 
     /// Records what source `index` came to. Returns `None` when the source was already settled
@@ -207,7 +245,7 @@ impl Book {
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
             if slot.result.is_none() && slot.timeout <= elapsed {
-                let after = slot.timeout;
+                let after = slot.timeout.saturating_sub(slot.start);
                 self.settle(index, SourceResult::Timeout { after });
             }
         }
@@ -234,6 +272,7 @@ impl Book {
     /// Ends the gather: open sources become [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
         Outcome {
+            starts: Vec::new(),
             failed: self.failed,
             results: self
                 .slots
@@ -264,32 +303,51 @@ pub struct Asker<'a> {
 pub struct Pending {
     book: Book,
     gather: Gather,
+    /// A composed route's run; `None` for every other route.
+    graph: Option<Box<Run>>,
 }
 
 impl Pending {
     /// Waits until every source of `route` (the route it was started for) has settled, a
     /// required one has failed, or the deadlines passed.
     pub async fn collect(&mut self, route: &Route) {
-        collect(&mut self.book, &mut self.gather, route).await;
+        collect(
+            &mut self.book,
+            &mut self.gather,
+            route,
+            self.graph.as_deref_mut(),
+        )
+        .await;
     }
 
     /// The result, after [`Pending::collect`]: sources still open are
     /// [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
-        self.book.finish()
+        let mut outcome = self.book.finish();
+        if let Some(run) = self.graph {
+            outcome.starts = run.starts().to_vec();
+        }
+        outcome
     }
 }
 
 /// Opens a gather and publishes the request to every target of `route` whose condition holds.
 /// Never waits: the requests are queued on the collector's connection.
 pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
+    if route.graph.is_some() {
+        return start_graph(collector, route, asker);
+    }
     let mut book = Book::new(
         Instant::now(),
         route.targets.iter().map(|t| (t.required, t.timeout)),
     );
     let gather = collector.register(route.targets.len());
     scatter(&gather, route, asker, &mut book);
-    Pending { book, gather }
+    Pending {
+        book,
+        gather,
+        graph: None,
+    }
 }
 
 /// Publishes the request to every target whose condition holds; settles the others (skipped)
@@ -310,26 +368,20 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
                 asker.client,
                 asker.headers,
             ) {
-                book.settle(index, SourceResult::Skipped);
+                book.settle(index, SourceResult::Skipped(Skip::Condition));
                 continue;
             }
         }
-        let deadline_ms =
-            now_ms.saturating_add(u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX));
-        let mut digits = [0u8; 20];
-        let headers = [
-            (header::REQUEST_ID, asker.request_id),
-            (header::DEADLINE, header::decimal(deadline_ms, &mut digits)),
-            (header::CLIENT, asker.client),
-            (header::TRACEPARENT, asker.traceparent),
-        ];
-        let collector = gather.collector();
-        collector.reply_subject(gather.id(), &target.service.0, &mut reply);
-        let published = collector
-            .wire()
-            .publish(&target.subject, Some(&reply), &headers, &payload);
-        if let Err(e) = published {
-            warn!(service = %target.service.0, error = %e, "cannot publish a service request");
+        let ids = [asker.request_id, asker.client, asker.traceparent];
+        if !publish(
+            gather,
+            target,
+            ids,
+            &payload,
+            now_ms,
+            target.timeout,
+            &mut reply,
+        ) {
             book.settle(
                 index,
                 SourceResult::NoResponders {
@@ -340,8 +392,141 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
     }
 }
 
+/// Publishes one target's request, with `[request_id, client, traceparent]` in its headers
+/// and a deadline `timeout` after `now_ms`; false when the bus refused it.
+fn publish(
+    gather: &Gather,
+    target: &Target,
+    [request_id, client, traceparent]: [&str; 3],
+    payload: &Bytes,
+    now_ms: u64,
+    timeout: Duration,
+    reply: &mut String,
+) -> bool {
+    let deadline_ms = now_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let mut digits = [0u8; 20];
+    let headers = [
+        (header::REQUEST_ID, request_id),
+        (header::DEADLINE, header::decimal(deadline_ms, &mut digits)),
+        (header::CLIENT, client),
+        (header::TRACEPARENT, traceparent),
+    ];
+    let collector = gather.collector();
+    collector.reply_subject(gather.id(), &target.name.0, reply);
+    let published = collector
+        .wire()
+        .publish(&target.subject, Some(reply), &headers, payload);
+    if let Err(e) = published {
+        warn!(service = %target.service.0, error = %e, "cannot publish a service request");
+        return false;
+    }
+    true
+}
+
+/// [`start`] for a composed route: every target waits (held) until the graph decides it;
+/// the conditions on the request are decided now (the request is not kept), then the first
+/// stage goes out.
+fn start_graph(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
+    let mut book = Book::new(
+        Instant::now(),
+        route.targets.iter().map(|t| (t.required, route.deadline)),
+    );
+    let gather = collector.register(route.targets.len());
+    let mut run = Box::new(Run::new(
+        route.targets.len(),
+        asker.request_id,
+        asker.order_id,
+        asker.client,
+        asker.traceparent,
+    ));
+    for (index, target) in route.targets.iter().enumerate() {
+        book.hold(index);
+        let holds = target.when.as_ref().is_none_or(|when| {
+            when.holds(
+                &target.service.0,
+                asker.order_id,
+                asker.client,
+                asker.headers,
+            )
+        });
+        if !holds {
+            run.decided(index);
+            book.settle(index, SourceResult::Skipped(Skip::Condition));
+        }
+    }
+    advance(&mut book, &gather, route, &mut run);
+    Pending {
+        book,
+        gather,
+        graph: Some(run),
+    }
+}
+
+/// Asks the graph which targets can be decided now and carries that out: skips are settled,
+/// asks published (the target's timeout counting from now, within the route's deadline), until
+/// nothing more is decided or the gather is done.
+fn advance(book: &mut Book, gather: &Gather, route: &Route, run: &mut Run) {
+    let Some(graph) = route.graph.as_deref() else {
+        return;
+    };
+    let mut decisions = Vec::new();
+    let mut reply = String::new();
+    loop {
+        if book.step() == Step::Done {
+            return;
+        }
+        decisions.clear();
+        run.next(
+            graph,
+            |i| match book.result(i) {
+                None => Seen::Open,
+                Some(SourceResult::Ok { data, .. }) => Seen::Ok(data.as_ref()),
+                Some(_) => Seen::Failed,
+            },
+            &mut decisions,
+        );
+        if decisions.is_empty() {
+            return;
+        }
+        for decision in decisions.drain(..) {
+            match decision {
+                Decision::Skip { index, reason } => {
+                    book.settle(index, SourceResult::Skipped(reason));
+                }
+                Decision::Ask { index, attributes } => {
+                    let Some(target) = route.targets.get(index) else {
+                        continue;
+                    };
+                    let at = Instant::now().saturating_duration_since(book.started());
+                    book.arm(index, at, target.timeout);
+                    run.started(index, at);
+                    let attributes: Vec<(&str, &serde_json::Value)> =
+                        attributes.iter().map(|(n, v)| (&**n, v)).collect();
+                    let payload = ServiceRequest::encode_with_attributes(
+                        &run.request_id,
+                        &run.order_id,
+                        &route.operation,
+                        &attributes,
+                    );
+                    let timeout = target.timeout.min(route.deadline.saturating_sub(at));
+                    let ids = [&*run.request_id, &*run.client, &*run.traceparent];
+                    let now_ms = header::now_unix_ms();
+                    if !publish(gather, target, ids, &payload, now_ms, timeout, &mut reply) {
+                        book.settle(
+                            index,
+                            SourceResult::NoResponders {
+                                elapsed: Duration::ZERO,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Waits for replies until the book says the gather is done.
-async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
+async fn collect(book: &mut Book, gather: &mut Gather, route: &Route, mut run: Option<&mut Run>) {
     if book.step() == Step::Done {
         return;
     }
@@ -351,15 +536,23 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
                 let Some(index) = gather
                     .collector()
                     .source_of(&message)
-                    .and_then(|source| route.targets.iter().position(|t| &*t.service.0 == source))
+                    .and_then(|source| route.targets.iter().position(|t| &*t.name.0 == source))
                 else {
                     gather.collector().count_late();
                     continue;
                 };
-                let result = SourceResult::from_message(&message, book.started().elapsed());
+                let result =
+                    SourceResult::from_message(&message, book.since_start(index, Instant::now()));
                 match book.settle(index, result) {
                     Some(Step::Done) => return,
-                    Some(Step::Continue) => {}
+                    Some(Step::Continue) => {
+                        if let Some(run) = run.as_deref_mut() {
+                            advance(book, gather, route, run);
+                            if book.step() == Step::Done {
+                                return;
+                            }
+                        }
+                    }
                     None => {
                         debug!(gather = gather.id(), index, "duplicate reply");
                         gather.collector().count_late();
@@ -370,6 +563,12 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
             Err(_) => {
                 if book.expire(Instant::now()) == Step::Done {
                     return;
+                }
+                if let Some(run) = run.as_deref_mut() {
+                    advance(book, gather, route, run);
+                    if book.step() == Step::Done {
+                        return;
+                    }
                 }
             }
         }
