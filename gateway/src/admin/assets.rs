@@ -18,3 +18,6 @@ pub const FAVICON_CONTENT_TYPE: &str = "image/svg+xml";
 pub const FAVICON_CACHE: &str = "public, max-age=86400";
 /// The Clients page's script (loaded after [`UI_JS`]).
 pub const UI_CLIENTS_JS: &str = include_str!("../../ui/clients.js");
+/// The composition script: the route editor's graph fields and stages, the try-it's waterfall
+/// (loaded after [`UI_JS`]).
+pub const UI_GRAPH_JS: &str = include_str!("../../ui/graph.js");

@@ -39,7 +39,7 @@ pub mod state;
 pub mod try_it;
 
 use assets::{
-    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_HTML,
+    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_GRAPH_JS, UI_HTML,
     UI_JS,
 };
 use audit::{Actor, Change};
@@ -108,6 +108,15 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     UI_CLIENTS_JS,
+                )
+            }),
+        )
+        .route(
+            "/ui/graph.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UI_GRAPH_JS,
                 )
             }),
         )
