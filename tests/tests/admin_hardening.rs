@@ -116,7 +116,10 @@ async fn every_admin_answer_carries_the_security_headers() {
         answers.push((what.into(), status, headers));
     }
     let statuses: Vec<u16> = answers.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 401, 200, 404, 405, 412]);
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 401, 200, 404, 405, 412]
+    );
     for (what, _, headers) in &answers {
         assert_secured(what, headers);
     }

@@ -71,9 +71,17 @@ pub const CARRIERS: &str = "carriers";
 pub fn carrier(code: &str) -> Option<Bytes> {
     let (name, phone, site) = match code {
         "DHL" => ("DHL Express", "+49 228 28609898", "https://www.dhl.com"),
-        "UPS" => ("United Parcel Service", "+1 800 742 5877", "https://www.ups.com"),
+        "UPS" => (
+            "United Parcel Service",
+            "+1 800 742 5877",
+            "https://www.ups.com",
+        ),
         "FedEx" => ("FedEx", "+1 800 463 3339", "https://www.fedex.com"),
-        "GLS" => ("General Logistics Systems", "+49 6677 646 907 000", "https://gls-group.com"),
+        "GLS" => (
+            "General Logistics Systems",
+            "+49 6677 646 907 000",
+            "https://gls-group.com",
+        ),
         _ => return None,
     };
     let v = serde_json::json!({"carrier": code, "name": name, "phone": phone, "site": site});

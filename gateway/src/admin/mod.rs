@@ -39,8 +39,8 @@ pub mod state;
 pub mod try_it;
 
 use assets::{
-    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_GRAPH_JS, UI_HTML,
-    UI_JS,
+    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_GRAPH_JS,
+    UI_HTML, UI_JS,
 };
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
