@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RouteSpec, ServiceSpec, TargetSpec};
 use crate::{validate, Error};
 
 /// The most attributes one target may be given.
@@ -76,37 +75,31 @@ pub fn split_pointer(pointer: &str) -> Result<Pointer<'_>, String> {
     })
 }
 
-/// Whether an attribute name is usable as `{name}` in an upstream URL template.
-pub fn is_attribute_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
-        && name != "order_id"
+pub use crate::validate::is_attribute_name;
+
+/// The `{attribute}` placeholders of a service's upstream URL (none without an upstream).
+pub fn placeholders(upstream: Option<&crate::upstream::UpstreamSpec>) -> Vec<String> {
+    let template = upstream.and_then(|u| crate::upstream::UrlTemplate::parse(&u.url).ok());
+    template.map_or_else(Vec::new, |t| t.attributes().map(str::to_owned).collect())
 }
 
-impl TargetSpec {
-    /// The target's name: its alias, or its service's name.
-    pub fn name(&self) -> &str {
-        self.alias.as_deref().unwrap_or(&self.service)
-    }
-
-    /// Whether the target takes part in a graph (waits for others).
-    pub fn is_dependent(&self) -> bool {
-        !self.needs.is_empty()
-    }
-}
-
-impl RouteSpec {
-    /// Whether any target waits for another (`needs`, or a `when.field`): the route runs as
-    /// a graph.
-    pub fn is_graph(&self) -> bool {
-        self.targets
-            .iter()
-            .any(|t| t.is_dependent() || t.when.as_ref().is_some_and(|w| w.field.is_some()))
-    }
+/// One target of a route as the graph's checks see it (built by `config` from a target).
+#[derive(Debug, Clone, Copy)]
+pub struct Node<'a> {
+    /// Its name (alias or service).
+    pub name: &'a str,
+    /// Its alias, if it has one.
+    pub alias: Option<&'a str>,
+    /// Its service.
+    pub service: &'a str,
+    /// `needs`.
+    pub needs: &'a [String],
+    /// `with`.
+    pub with: &'a BTreeMap<String, String>,
+    /// `when.field`.
+    pub field: Option<&'a FieldCondition>,
+    /// The `{attribute}` placeholders of its service's upstream URL (none without one).
+    pub placeholders: &'a [String],
 }
 
 /// Checks the graph of one route (`at` = `routes.<name>`): names unique (an alias may not
@@ -114,18 +107,14 @@ impl RouteSpec {
 /// error names it), every `with` pointer into a target this one needs (directly or through
 /// another need: its answer is in by then), and each `{name}` of the service's upstream URL
 /// given. A `when.field` path makes the target it reads a need of its own.
-pub fn validate_route(
-    at: &str,
-    route: &RouteSpec,
-    services: &BTreeMap<String, ServiceSpec>,
-) -> Result<(), Error> {
+pub fn validate_route(at: &str, targets: &[Node<'_>]) -> Result<(), Error> {
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, target) in route.targets.iter().enumerate() {
+    for (i, target) in targets.iter().enumerate() {
         let field = format!("{at}.targets[{i}]");
-        if let Some(alias) = &target.alias {
+        if let Some(alias) = target.alias {
             validate::name(&format!("{field}.as"), alias)?;
         }
-        if let Some(j) = index.insert(target.name(), i) {
+        if let Some(j) = index.insert(target.name, i) {
             let what = if target.alias.is_some() {
                 format!("{field}.as")
             } else {
@@ -135,14 +124,14 @@ pub fn validate_route(
                 what,
                 format!(
                     "alias clash: {:?} already names targets[{j}]; give one an `as` of its own",
-                    target.name()
+                    target.name
                 ),
             ));
         }
     }
     // Direct needs by index.
-    let mut needs: Vec<Vec<usize>> = Vec::with_capacity(route.targets.len());
-    for (i, target) in route.targets.iter().enumerate() {
+    let mut needs: Vec<Vec<usize>> = Vec::with_capacity(targets.len());
+    for (i, target) in targets.iter().enumerate() {
         let mut list = Vec::new();
         for (k, need) in target.needs.iter().enumerate() {
             let field = format!("{at}.targets[{i}].needs[{k}]");
@@ -162,14 +151,14 @@ pub fn validate_route(
         }
         // A condition on another target's answer waits for that answer: its target is a need
         // even when `needs` does not list it.
-        if let Some(condition) = target.when.as_ref().and_then(|w| w.field.as_ref()) {
+        if let Some(condition) = target.field {
             let field = format!("{at}.targets[{i}].when.field.path");
             let p = split_pointer(&condition.path).map_err(|e| Error::invalid(&field, e))?;
             match index.get(p.target.as_str()) {
                 Some(&j) if j == i => {
                     return Err(Error::invalid(
                         field,
-                        format!("cycle: {} reads its own answer", target.name()),
+                        format!("cycle: {} reads its own answer", target.name),
                     ))
                 }
                 Some(&j) => {
@@ -188,14 +177,14 @@ pub fn validate_route(
         needs.push(list);
     }
     if let Some(cycle) = find_cycle(&needs) {
-        let names: Vec<&str> = cycle.iter().map(|&i| route.targets[i].name()).collect();
+        let names: Vec<&str> = cycle.iter().map(|&i| targets[i].name).collect();
         let first = cycle[0];
         return Err(Error::invalid(
             format!("{at}.targets[{first}].needs"),
             format!("cycle: {}", names.join(" → ")),
         ));
     }
-    for (i, target) in route.targets.iter().enumerate() {
+    for (i, target) in targets.iter().enumerate() {
         let field = format!("{at}.targets[{i}]");
         let ancestors = ancestors(&needs, i);
         let check_pointer = |field: String, pointer: &str| -> Result<(), Error> {
@@ -221,7 +210,7 @@ pub fn validate_route(
                 format!("at most {MAX_WITH} attributes"),
             ));
         }
-        for (name, pointer) in &target.with {
+        for (name, pointer) in target.with {
             if !is_attribute_name(name) {
                 return Err(Error::invalid(
                     format!("{field}.with.{name}"),
@@ -230,7 +219,7 @@ pub fn validate_route(
             }
             check_pointer(format!("{field}.with.{name}"), pointer)?;
         }
-        if let Some(condition) = target.when.as_ref().and_then(|w| w.field.as_ref()) {
+        if let Some(condition) = target.field {
             let f = format!("{field}.when.field");
             let given = usize::from(condition.equals.is_some())
                 + usize::from(condition.one_of.is_some())
@@ -246,22 +235,15 @@ pub fn validate_route(
             }
             check_pointer(format!("{f}.path"), &condition.path)?;
         }
-        if let Some(upstream) = services
-            .get(&target.service)
-            .and_then(|s| s.upstream.as_ref())
-        {
-            if let Ok(template) = crate::upstream::UrlTemplate::parse(&upstream.url) {
-                for name in template.attributes() {
-                    if !target.with.contains_key(name) {
-                        return Err(Error::invalid(
-                            format!("{field}.with"),
-                            format!(
-                                "the upstream of service {:?} uses {{{name}}}: give it in with",
-                                target.service
-                            ),
-                        ));
-                    }
-                }
+        for name in target.placeholders {
+            if !target.with.contains_key(name) {
+                return Err(Error::invalid(
+                    format!("{field}.with"),
+                    format!(
+                        "the upstream of service {:?} uses {{{name}}}: give it in with",
+                        target.service
+                    ),
+                ));
             }
         }
     }
@@ -270,15 +252,13 @@ pub fn validate_route(
 
 /// The targets each target of a valid route waits for, by index: its `needs` and the target its
 /// `when.field` reads.
-pub fn needs_of(route: &RouteSpec) -> Vec<Vec<usize>> {
-    let position = |name: &str| route.targets.iter().position(|t| t.name() == name);
-    route
-        .targets
+pub fn needs_of(targets: &[Node<'_>]) -> Vec<Vec<usize>> {
+    let position = |name: &str| targets.iter().position(|t| t.name == name);
+    targets
         .iter()
         .map(|t| {
             let mut list: Vec<usize> = t.needs.iter().filter_map(|n| position(n)).collect();
-            let read = t.when.as_ref().and_then(|w| w.field.as_ref());
-            if let Some(p) = read.and_then(|f| split_pointer(&f.path).ok()) {
+            if let Some(p) = t.field.and_then(|f| split_pointer(&f.path).ok()) {
                 if let Some(j) = position(&p.target) {
                     if !list.contains(&j) {
                         list.push(j);
@@ -345,7 +325,7 @@ fn find_cycle(needs: &[Vec<usize>]) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigSpec;
+    use crate::config::{ConfigSpec, ServiceSpec};
 
     fn spec(targets: serde_json::Value) -> ConfigSpec {
         let mut spec = ConfigSpec::builtin();
@@ -373,8 +353,6 @@ mod tests {
             {"service": "service2", "required": false}
         ]));
         s.validate().expect("valid");
-        assert!(s.routes["order"].is_graph());
-        assert!(!ConfigSpec::builtin().routes["order"].is_graph());
     }
 
     #[test]

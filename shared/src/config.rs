@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compose::Node;
 pub use crate::upstream::{SecretSource, UpstreamSpec};
 use crate::{validate, Error};
 
@@ -426,6 +427,26 @@ pub enum MergeStrategy {
 }
 
 impl TargetSpec {
+    /// The target's name: its alias, or its service's name.
+    pub fn name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.service)
+    }
+
+    /// The target as the graph's checks see it.
+    pub fn node<'a>(&'a self, placeholders: &'a [String]) -> Node<'a> {
+        Node {
+            name: self.name(),
+            alias: self.alias.as_deref(),
+            service: &self.service,
+            needs: &self.needs,
+            with: &self.with,
+            field: self.when.as_ref().and_then(|w| w.field.as_ref()),
+            placeholders,
+        }
+    }
+}
+
+impl TargetSpec {
     fn validate_transforms(&self, field: &str) -> Result<(), Error> {
         if !self.allow.is_empty() && !self.deny.is_empty() {
             return Err(Error::invalid(
@@ -642,7 +663,22 @@ impl ConfigSpec {
                     when.validate(&format!("{field}.when"))?;
                 }
             }
-            crate::compose::validate_route(&at, route, &self.services)?;
+            let placeholders: Vec<Vec<String>> = (route.targets.iter())
+                .map(|t| {
+                    crate::compose::placeholders(
+                        self.services
+                            .get(&t.service)
+                            .and_then(|s| s.upstream.as_ref()),
+                    )
+                })
+                .collect();
+            let nodes: Vec<Node<'_>> = route
+                .targets
+                .iter()
+                .zip(&placeholders)
+                .map(|(t, p)| t.node(p))
+                .collect();
+            crate::compose::validate_route(&at, &nodes)?;
             for (i, service) in route.merge.priority.iter().enumerate() {
                 if !route.targets.iter().any(|t| t.name() == service) {
                     return Err(Error::invalid(

@@ -329,7 +329,7 @@ fn placeholders(template: &str) -> Result<Vec<Hole>, String> {
         let name = &tail[1..end];
         let hole = if name == "order_id" {
             Hole::OrderId
-        } else if crate::compose::is_attribute_name(name) {
+        } else if crate::validate::is_attribute_name(name) {
             Hole::Attribute(name.to_owned())
         } else {
             return Err(format!(

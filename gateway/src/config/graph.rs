@@ -76,7 +76,10 @@ impl Test {
 
 /// The graph of `route` (validated), or `None` when no target waits for another.
 pub fn compile(route: &RouteSpec) -> Option<Graph> {
-    if !route.is_graph() {
+    let waits = |t: &busgate_shared::config::TargetSpec| {
+        !t.needs.is_empty() || t.when.as_ref().is_some_and(|w| w.field.is_some())
+    };
+    if !route.targets.iter().any(waits) {
         return None;
     }
     let position = |name: &str| route.targets.iter().position(|t| t.name() == name);
@@ -87,7 +90,8 @@ pub fn compile(route: &RouteSpec) -> Option<Graph> {
             rest: p.rest.into(),
         })
     };
-    let needs = needs_of(route);
+    let nodes: Vec<_> = route.targets.iter().map(|t| t.node(&[])).collect();
+    let needs = needs_of(&nodes);
     let stages = stages(&needs);
     let mut read = vec![false; route.targets.len()];
     let with: Vec<Vec<Attribute>> = route
