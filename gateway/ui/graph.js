@@ -107,7 +107,10 @@ function waterfall(body) {
     const w = Math.max(((s.elapsed_ms || 0) / total) * width, 1);
     const bar = svg("rect", { x, y, width: w, height: row - 8, class: `wf-bar ${statusClass(s.status)}` });
     bar.append(svg("title", {}, `${name}: ${s.status}, asked at ${s.started_ms} ms, ${s.elapsed_ms ?? 0} ms`));
-    chart.append(bar, svg("text", { x: Math.min(x + w + 4, left + width - 40), y: y + 13, class: "wf-note" }, `${s.elapsed_ms ?? 0} ms`));
+    // The duration beside the bar: after its end, or before its start when there is no room.
+    const room = x + w + 60 <= left + width;
+    const label = svg("text", { x: room ? x + w + 4 : x - 4, y: y + 13, class: "wf-note", "text-anchor": room ? "start" : "end" }, `${s.elapsed_ms ?? 0} ms`);
+    chart.append(bar, label);
   });
   const axis = row * sources.length + 18;
   chart.append(svg("text", { x: left, y: axis, class: "wf-note" }, "0 ms"), svg("text", { x: left + width - 60, y: axis, class: "wf-note" }, `${Math.round(total * 100) / 100} ms`));
