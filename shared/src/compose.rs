@@ -452,6 +452,47 @@ mod tests {
     }
 
     #[test]
+    fn limits_hold() {
+        let with: serde_json::Map<String, serde_json::Value> = (0..=MAX_WITH)
+            .map(|i| (format!("a{i}"), serde_json::json!("/service1/x")))
+            .collect();
+        let (field, _) = error(serde_json::json!([
+            {"service": "service1"},
+            {"service": "carriers", "needs": ["service1"], "with": with}
+        ]));
+        assert_eq!(field, "routes.order.targets[1].with");
+        let long = format!("/service1/{}", "x".repeat(MAX_POINTER));
+        let (_, reason) = error(serde_json::json!([
+            {"service": "service1"},
+            {"service": "carriers", "needs": ["service1"], "with": {"a": long}}
+        ]));
+        assert!(reason.contains("longer than"), "{reason}");
+        let many: Vec<u32> = (0..=MAX_IN as u32).collect();
+        let (field, _) = error(serde_json::json!([
+            {"service": "service1"},
+            {"service": "carriers", "when": {"field": {"path": "/service1/x", "in": many}}}
+        ]));
+        assert_eq!(field, "routes.order.targets[1].when.field.in");
+        for bad in ["Upper", "1st", "has-dash", "order_id", ""] {
+            let (field, _) = error(serde_json::json!([
+                {"service": "service1"},
+                {"service": "carriers", "needs": ["service1"], "with": {bad: "/service1/x"}}
+            ]));
+            assert!(
+                field.starts_with("routes.order.targets[1].with"),
+                "{bad}: {field}"
+            );
+        }
+        let (field, reason) = error(serde_json::json!([
+            {"service": "service1", "when": {"field": {"path": "/service1/x", "exists": true}}}
+        ]));
+        assert!(
+            field.ends_with("when.field.path") && reason.contains("cycle"),
+            "{field}: {reason}"
+        );
+    }
+
+    #[test]
     fn pointers_split_at_the_first_token() {
         let p = split_pointer("/a~1b/c/d").expect("ok");
         assert_eq!(p.target, "a/b");

@@ -16,6 +16,10 @@ use serde_json::Value;
 
 use crate::config::graph::{Graph, Location};
 
+/// The longest attribute value (a string from another service's answer) sent on; a longer
+/// one counts as missing (`missing_value`): it would only make an oversized URL.
+pub const MAX_VALUE: usize = 1024;
+
 /// Why a target was not asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -179,9 +183,14 @@ impl Run {
             let mut missing = false;
             for attribute in with {
                 match self.resolve(&attribute.at, &seen) {
-                    None | Some(Value::Null) => missing = true,
-                    Some(Value::String(s)) if s.is_empty() => missing = true,
-                    Some(value) => attributes.push((attribute.name.clone(), value.clone())),
+                    Some(Value::String(s)) if s.is_empty() || s.len() > MAX_VALUE => {
+                        missing = true;
+                    }
+                    Some(value @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
+                        attributes.push((attribute.name.clone(), value.clone()));
+                    }
+                    // Nothing, null, or not a scalar: nothing to put in a URL.
+                    _ => missing = true,
                 }
             }
             out.push(if missing {
@@ -370,6 +379,45 @@ mod tests {
                 after: Duration::ZERO
             }
         );
+    }
+
+    #[test]
+    fn only_short_scalars_become_attributes() {
+        let g = graph(json!([
+            {"service": "a"},
+            {"service": "b", "needs": ["a"], "with": {"x": "/a/obj"}},
+            {"service": "c", "needs": ["a"], "with": {"x": "/a/long"}},
+            {"service": "d", "needs": ["a"], "with": {"x": "/a/null"}},
+            {"service": "e", "needs": ["a"], "with": {"x": "/a/yes", "y": "/a/short"}}
+        ]));
+        let mut book = Book::new(Instant::now(), [(true, 800 * MS); 5]);
+        let mut r = run(5);
+        decide(&mut r, &g, &book);
+        let long = "x".repeat(MAX_VALUE + 1);
+        let data = json!({"obj": {"k": 1}, "long": long, "null": null, "yes": true, "short": "s"});
+        book.settle(
+            0,
+            SourceResult::Ok {
+                data: Some(Bytes::from(data.to_string())),
+                elapsed: MS,
+            },
+        );
+        let decisions = decide(&mut r, &g, &book);
+        let skipped: Vec<usize> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Skip {
+                    index,
+                    reason: Skip::MissingValue,
+                } => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(skipped, vec![1, 2, 3]);
+        assert!(decisions.contains(&Decision::Ask {
+            index: 4,
+            attributes: vec![("x".into(), json!(true)), ("y".into(), json!("s"))]
+        }));
     }
 
     #[test]

@@ -179,7 +179,8 @@ fn sources(
             out.extend_from_slice(b",\"started_ms\":");
             put_ms(out, *start);
         }
-        if target.name.0 != target.service.0 {
+        // Without an alias the name is the service's own `Arc`: no string comparison.
+        if !std::sync::Arc::ptr_eq(&target.name.0, &target.service.0) {
             out.extend_from_slice(b",\"service\":");
             put_str(out, &target.service.0);
         }
@@ -279,14 +280,18 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn route() -> Route {
-        let target = |name: &str, required| Target {
-            service: Name(Arc::from(name)),
-            name: Name(Arc::from(name)),
-            subject: format!("busgate.svc.{name}").into(),
-            required,
-            timeout: 800 * MS,
-            when: None,
-            transform: None,
+        let target = |name: &str, required| {
+            // As the snapshot compiles it: without an alias, the name is the service's `Arc`.
+            let service = Name(Arc::from(name));
+            Target {
+                name: service.clone(),
+                service,
+                subject: format!("busgate.svc.{name}").into(),
+                required,
+                timeout: 800 * MS,
+                when: None,
+                transform: None,
+            }
         };
         Route {
             name: Name(Arc::from("order")),
@@ -500,6 +505,36 @@ mod tests {
             json!({"status": "skipped", "reason": "condition", "optional": true})
         );
         assert_eq!(v["data"], json!({"service1": {"amount": 1}}));
+    }
+
+    #[test]
+    fn aliases_name_data_and_sources_and_composed_routes_show_starts() {
+        let mut r = route();
+        r.targets[1].name = Name(Arc::from("carrier"));
+        let outcome = Outcome {
+            results: vec![
+                ok(r#"{"amount":1}"#),
+                SourceResult::Skipped(crate::gather::graph::Skip::MissingValue),
+            ],
+            failed: None,
+            starts: vec![Some(Duration::from_micros(20)), None],
+        };
+        let body = answer(&r, &outcome, "r1", "A1", MS).expect("ok");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["sources"]["service1"]["started_ms"], json!(0.02));
+        assert_eq!(
+            v["sources"]["carrier"],
+            json!({"status": "skipped", "reason": "missing_value", "service": "service2", "optional": true})
+        );
+        let outcome = Outcome {
+            results: vec![ok(r#"{"amount":1}"#), ok(r#"{"name":"DHL"}"#)],
+            failed: None,
+            starts: Vec::new(),
+        };
+        let body = answer(&r, &outcome, "r1", "A1", MS).expect("ok");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["data"]["carrier"], json!({"name": "DHL"}));
+        assert!(v["sources"]["service1"].get("started_ms").is_none());
     }
 
     #[test]
