@@ -370,3 +370,61 @@ targets = [{service = "a", needs = ["b"]}, {service = "b", needs = ["a"]}]
     assert_eq!(out.status.code(), Some(64), "{text}");
     assert!(text.contains("cycle: a → b → a"), "{text}");
 }
+
+/// The worked example of docs/routes.md on the demo services, natively on NATS: `carriers`
+/// reads the carrier from the request's attributes; it is asked only for shipped or delivered
+/// orders, and what it answers is under its alias.
+#[tokio::test]
+async fn the_worked_example_runs_on_the_demo_services() {
+    use busgate_shared::compose::FieldCondition;
+    use busgate_shared::config::{Condition, TargetSpec};
+    use busgate_tests::fixture::Route;
+
+    let nats = NatsServer::start();
+    let _services = support::Worker::natives(&nats, &["service1", "service2", "carriers"]);
+    let mut carrier = TargetSpec::new("carriers", false);
+    carrier.alias = Some("carrier".into());
+    carrier.needs = vec!["service2".into()];
+    carrier.with = [("carrier".to_owned(), "/service2/carrier".to_owned())].into();
+    carrier.when = Some(Condition {
+        field: Some(FieldCondition {
+            path: "/service1/status".into(),
+            one_of: Some(vec![json!("shipped"), json!("delivered")]),
+            ..FieldCondition::default()
+        }),
+        ..Condition::default()
+    });
+    let settings = Settings::builtin()
+        .service("carriers", Duration::from_millis(500))
+        .route(
+            "shipment",
+            Route::get("/api/shipments/{order_id}")
+                .target("service1")
+                .optional("service2")
+                .target_spec(carrier),
+        );
+    let gateway = Gateway::start(&nats, &settings).await;
+    let (mut asked, mut skipped) = (0, 0);
+    for id in ["A1", "A2", "A3", "A4", "B1", "B2", "B3", "B4"] {
+        let (status, answer) = get_json(&gateway.url(&format!("/api/shipments/{id}"))).await;
+        assert_eq!(status, 200, "{answer}");
+        let order_status = answer["data"]["service1"]["status"]
+            .as_str()
+            .expect("status");
+        let source = &answer["sources"]["carrier"];
+        if ["shipped", "delivered"].contains(&order_status) {
+            asked += 1;
+            assert_eq!(source["status"], "ok", "{answer}");
+            assert_eq!(
+                answer["data"]["carrier"]["carrier"], answer["data"]["service2"]["carrier"],
+                "{answer}"
+            );
+            assert!(answer["data"]["carrier"]["name"].is_string(), "{answer}");
+        } else {
+            skipped += 1;
+            assert_eq!(source["status"], "skipped", "{answer}");
+            assert_eq!(source["reason"], "condition", "{answer}");
+        }
+    }
+    assert!(asked > 0 && skipped > 0, "asked {asked}, skipped {skipped}");
+}
