@@ -217,6 +217,7 @@ mod tests {
             results: vec![result],
             failed: Some(0),
             tries: Vec::new(),
+            starts: Vec::new(),
         };
         assert!(is_transient(&failed(SourceResult::NoResponders {
             elapsed: ms
@@ -235,6 +236,7 @@ mod tests {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
             tries: Vec::new(),
+            starts: Vec::new(),
         }));
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compose::Node;
 pub use crate::resilience::{BreakerSpec, HedgeAfter, HedgeSpec, RetrySpec};
 pub use crate::upstream::{SecretSource, UpstreamSpec};
 use crate::{validate, Error};
@@ -348,6 +349,16 @@ pub struct TargetSpec {
     /// Top-level fields renamed (`from = "to"`), after `allow`/`deny`, before the merge.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rename: BTreeMap<String, String>,
+    /// The target's name in data, `sources`, `needs` and pointers (the service's when absent):
+    /// one service asked twice takes two names. See [`crate::compose`].
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Names of targets whose answers this one waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Attribute name → JSON Pointer into the data gathered so far (`/service1/customer_id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub with: BTreeMap<String, String>,
 }
 
 impl TargetSpec {
@@ -361,6 +372,9 @@ impl TargetSpec {
             allow: Vec::new(),
             deny: Vec::new(),
             rename: BTreeMap::new(),
+            alias: None,
+            needs: Vec::new(),
+            with: BTreeMap::new(),
         }
     }
 }
@@ -382,6 +396,9 @@ pub struct Condition {
     /// same decision), for a gradual rollout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    /// A value of the data gathered so far (see [`crate::compose::FieldCondition`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<crate::compose::FieldCondition>,
 }
 
 /// `header: { name, equals }`.
@@ -420,6 +437,26 @@ pub enum MergeStrategy {
     /// Objects merged into one, recursively, in a declared priority order (deterministic:
     /// never "the slowest wins").
     Deep,
+}
+
+impl TargetSpec {
+    /// The target's name: its alias, or its service's name.
+    pub fn name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.service)
+    }
+
+    /// The target as the graph's checks see it.
+    pub fn node<'a>(&'a self, placeholders: &'a [String]) -> Node<'a> {
+        Node {
+            name: self.name(),
+            alias: self.alias.as_deref(),
+            service: &self.service,
+            needs: &self.needs,
+            with: &self.with,
+            field: self.when.as_ref().and_then(|w| w.field.as_ref()),
+            placeholders,
+        }
+    }
 }
 
 impl TargetSpec {
@@ -622,7 +659,6 @@ impl ConfigSpec {
                     "needs at least one target",
                 ));
             }
-            let mut seen = BTreeSet::new();
             for (i, target) in route.targets.iter().enumerate() {
                 let field = format!("{at}.targets[{i}]");
                 let Some(service) = self.services.get(&target.service) else {
@@ -631,12 +667,6 @@ impl ConfigSpec {
                         format!("no service named {:?}", target.service),
                     ));
                 };
-                if !seen.insert(&target.service) {
-                    return Err(Error::invalid(
-                        format!("{field}.service"),
-                        format!("{:?} is already a target of this route", target.service),
-                    ));
-                }
                 let timeout = target.timeout.unwrap_or(service.timeout);
                 if target.timeout.is_some_and(|t| t.is_zero()) {
                     return Err(Error::invalid(
@@ -655,8 +685,24 @@ impl ConfigSpec {
                     when.validate(&format!("{field}.when"))?;
                 }
             }
+            let placeholders: Vec<Vec<String>> = (route.targets.iter())
+                .map(|t| {
+                    crate::compose::placeholders(
+                        self.services
+                            .get(&t.service)
+                            .and_then(|s| s.upstream.as_ref()),
+                    )
+                })
+                .collect();
+            let nodes: Vec<Node<'_>> = route
+                .targets
+                .iter()
+                .zip(&placeholders)
+                .map(|(t, p)| t.node(p))
+                .collect();
+            crate::compose::validate_route(&at, &nodes)?;
             for (i, service) in route.merge.priority.iter().enumerate() {
-                if !route.targets.iter().any(|t| &t.service == service) {
+                if !route.targets.iter().any(|t| t.name() == service) {
                     return Err(Error::invalid(
                         format!("{at}.merge.priority[{i}]"),
                         format!("{service:?} is not a target of this route"),

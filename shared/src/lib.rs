@@ -9,6 +9,8 @@
 //! - [`header`]: header names carried on every request, and deadline helpers.
 //! - [`envelope`]: the request and reply payloads, reply status, error codes.
 //! - [`validate`]: service-name and `order_id` validation.
+//! - [`compose`]: composition: targets that wait for other targets' answers (`needs`, `with`,
+//!   `as`, `when.field`), JSON Pointers into gathered data, and the validation of a route's graph.
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
 //! - [`upstream`]: a service's HTTP upstream as configuration: the URL template, header
 //!   secrets from env or file, validation, the own-listener check.
@@ -34,6 +36,7 @@
 //! release its watch.
 
 pub mod backoff;
+pub mod compose;
 pub mod config;
 pub mod envelope;
 pub mod error;

@@ -434,6 +434,12 @@ impl Route {
         self
     }
 
+    /// Asks `target` as given (aliases, `needs`, `with`, conditions: a composed route).
+    pub fn target_spec(mut self, target: TargetSpec) -> Route {
+        self.spec.targets.push(target);
+        self
+    }
+
     /// How the answers are merged (the schema's default: each under its service's name).
     pub fn merge(mut self, merge: MergeSpec) -> Route {
         self.spec.merge = merge;

@@ -55,6 +55,7 @@ async fn every_admin_answer_carries_the_security_headers() {
         "/",
         "/ui/app.js",
         "/ui/clients.js",
+        "/ui/graph.js",
         "/ui/app.css",
         "/admin/v1/openapi.json",
     ] {
@@ -115,7 +116,10 @@ async fn every_admin_answer_carries_the_security_headers() {
         answers.push((what.into(), status, headers));
     }
     let statuses: Vec<u16> = answers.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 401, 200, 404, 405, 412]);
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 401, 200, 404, 405, 412]
+    );
     for (what, _, headers) in &answers {
         assert_secured(what, headers);
     }
@@ -124,10 +128,11 @@ async fn every_admin_answer_carries_the_security_headers() {
     assert!(page.contains("<script src=\"/ui/app.js\"></script>"));
     assert!(page.contains("<script src=\"/ui/clients.js\"></script>"));
     assert!(page.contains("<script src=\"/ui/resilience.js\"></script>"));
+    assert!(page.contains("<script src=\"/ui/graph.js\"></script>"));
     assert_eq!(
         page.matches("<script").count(),
-        3,
-        "three scripts (app.js, clients.js, resilience.js), each from a file"
+        4,
+        "four scripts (app.js, clients.js, resilience.js, graph.js), each from a file"
     );
     assert!(!page.contains("<style"), "no inline style element");
     assert!(!page.contains(" style="), "no style attribute");

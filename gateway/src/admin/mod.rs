@@ -40,8 +40,8 @@ pub mod state;
 pub mod try_it;
 
 use assets::{
-    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_HTML,
-    UI_JS,
+    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_GRAPH_JS,
+    UI_HTML, UI_JS,
 };
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
@@ -119,6 +119,15 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     assets::UI_RESILIENCE_JS,
+                )
+            }),
+        )
+        .route(
+            "/ui/graph.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UI_GRAPH_JS,
                 )
             }),
         )

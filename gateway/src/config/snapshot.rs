@@ -52,6 +52,8 @@ pub struct Route {
     /// Replies beyond one per target that retries and hedges may bring (0: no target has a
     /// guard).
     pub extra_replies: usize,
+    /// The graph when a target waits for others; `None`: every target is asked at once.
+    pub graph: Option<Box<crate::config::graph::Graph>>,
 }
 
 /// A compiled target.
@@ -59,6 +61,8 @@ pub struct Route {
 pub struct Target {
     /// The service's name.
     pub service: Name,
+    /// The target's name in data and `sources`: its `as` alias, or the service's name.
+    pub name: Name,
     /// `busgate.svc.<service>`.
     pub subject: Box<str>,
     /// Whether its failure fails the request.
@@ -193,8 +197,13 @@ impl Snapshot {
                         .get(&t.service)
                         .map(|s| s.timeout)
                         .unwrap_or(route.deadline);
+                    let service = Name(Arc::from(t.service.as_str()));
                     Target {
-                        service: Name(Arc::from(t.service.as_str())),
+                        name: match &t.alias {
+                            Some(alias) => Name(Arc::from(alias.as_str())),
+                            None => service.clone(),
+                        },
+                        service,
                         subject: subject::service(&t.service).into(),
                         required: t.required,
                         timeout: t.timeout.unwrap_or(service_timeout).min(route.deadline),
@@ -231,7 +240,7 @@ impl Snapshot {
                 .merge
                 .priority
                 .iter()
-                .filter_map(|name| route.targets.iter().position(|t| &t.service == name))
+                .filter_map(|name| route.targets.iter().position(|t| t.name() == name))
                 .collect();
             for i in 0..route.targets.len() {
                 if !priority.contains(&i) {
@@ -247,6 +256,7 @@ impl Snapshot {
                 merge: route.merge.strategy,
                 priority,
                 extra_replies,
+                graph: crate::config::graph::compile(route).map(Box::new),
             });
             routes.insert(name.clone(), compiled.clone());
             for (i, b) in route.bindings.iter().enumerate() {

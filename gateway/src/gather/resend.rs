@@ -57,7 +57,7 @@ impl Resend {
         ];
         let mut reply = String::new();
         let collector = gather.collector();
-        collector.reply_subject(gather.id(), &target.service.0, &mut reply);
+        collector.reply_subject(gather.id(), &target.name.0, &mut reply);
         collector
             .wire()
             .publish(&target.subject, Some(&reply), &headers, &self.payload)

@@ -22,9 +22,11 @@ use busgate_shared::envelope::code::gateway as code;
 use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
 
-use crate::config::snapshot::Route;
+use crate::config::snapshot::{Route, Target};
 use crate::gather::collector::{Collector, Gather};
+use crate::gather::graph::{Run, Skip};
 use crate::gather::resend::Resend;
+use crate::gather::stages;
 use crate::resilience::Reply;
 
 /// What one source came to.
@@ -63,8 +65,9 @@ pub enum SourceResult {
     },
     /// The gather ended (a required source failed) before this one answered.
     Cancelled,
-    /// The target's conditions did not hold for this request: it was not asked.
-    Skipped,
+    /// The target was not asked: its conditions did not hold, or (in a graph) a value or a
+    /// dependency it needs is missing.
+    Skipped(Skip),
     /// The service's circuit breaker is open: it was not asked.
     CircuitOpen,
 }
@@ -79,14 +82,14 @@ impl SourceResult {
             SourceResult::NoResponders { .. } => "no_responders",
             SourceResult::Timeout { .. } => "timeout",
             SourceResult::Cancelled => "cancelled",
-            SourceResult::Skipped => "skipped",
+            SourceResult::Skipped(_) => "skipped",
             SourceResult::CircuitOpen => "circuit_open",
         }
     }
 
     /// Whether the source counts as present for `complete` (answered, or not asked).
     pub fn is_present(&self) -> bool {
-        matches!(self, SourceResult::Ok { .. } | SourceResult::Skipped)
+        matches!(self, SourceResult::Ok { .. } | SourceResult::Skipped(_))
     }
 
     /// What the attempt came to, as a service's guard counts it.
@@ -162,6 +165,9 @@ pub struct Outcome {
     pub results: Vec<SourceResult>,
     /// The first required target that failed, if any.
     pub failed: Option<usize>,
+    /// For a composed route: when each target was asked, after the gather started (`None`:
+    /// never). Empty for other routes.
+    pub starts: Vec<Option<Duration>>,
     /// Per target, the requests sent and whether one was a hedge; empty when every source was
     /// asked at most once.
     pub tries: Vec<Tries>,
@@ -188,7 +194,10 @@ pub struct Book {
 #[derive(Debug)]
 struct Slot {
     required: bool,
+    /// When it times out, after the gather started.
     timeout: Duration,
+    /// When it was asked, after the gather started (zero but in a graph).
+    start: Duration,
     result: Option<SourceResult>,
     tries: Tries,
     /// When a hedge is due, if one is armed.
@@ -212,6 +221,7 @@ impl Book {
             .map(|(required, timeout)| Slot {
                 required,
                 timeout,
+                start: Duration::ZERO,
                 result: None,
                 tries: Tries {
                     attempts: 1,
@@ -232,6 +242,35 @@ impl Book {
     /// When the gather started.
     pub fn started(&self) -> Instant {
         self.started
+    }
+
+    /// Marks source `index` as not asked yet (a graph's dependent): if the deadline it was
+    /// given (the route's) passes before [`Book::arm`], it times out having waited nothing.
+    pub fn hold(&mut self, index: usize) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.start = slot.timeout;
+        }
+    }
+
+    /// Source `index` is asked `at` after the gather started, with `timeout` of its own; it
+    /// still ends by the deadline it was given.
+    pub fn arm(&mut self, index: usize, at: Duration, timeout: Duration) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.timeout = slot.timeout.min(at.saturating_add(timeout));
+            slot.start = at.min(slot.timeout);
+        }
+    }
+
+    /// What source `index` came to, if it has settled.
+    pub fn result(&self, index: usize) -> Option<&SourceResult> {
+        self.slots.get(index)?.result.as_ref()
+    }
+
+    /// How long source `index` has been asked at `now`.
+    pub fn since_start(&self, index: usize, now: Instant) -> Duration {
+        let start = self.slots.get(index).map_or(Duration::ZERO, |s| s.start);
+        now.saturating_duration_since(self.started)
+            .saturating_sub(start)
     }
 
     /// Records what source `index` came to. Returns `None` when the source was already settled
@@ -255,7 +294,7 @@ impl Book {
         for index in 0..self.slots.len() {
             let slot = &self.slots[index];
             if slot.result.is_none() && slot.timeout <= elapsed {
-                let after = slot.timeout;
+                let after = slot.timeout.saturating_sub(slot.start);
                 self.settle(index, SourceResult::Timeout { after });
             }
         }
@@ -330,7 +369,7 @@ impl Book {
         Some(index)
     }
 
-    fn step(&self) -> Step {
+    pub fn step(&self) -> Step {
         if self.open == 0 || self.failed.is_some() {
             Step::Done
         } else {
@@ -346,6 +385,7 @@ impl Book {
             Vec::new()
         };
         Outcome {
+            starts: Vec::new(),
             failed: self.failed,
             tries,
             results: self
@@ -381,9 +421,21 @@ pub struct Pending {
     gather: Gather,
     /// What a retry or a hedge sends again; only for routes with guards that may send more.
     resend: Option<Box<Resend>>,
+    /// A composed route's run; `None` for every other route.
+    graph: Option<Box<Run>>,
 }
 
 impl Pending {
+    /// A composed route's gather (see [`crate::gather::stages`]).
+    pub(crate) fn composed(book: Book, gather: Gather, run: Box<Run>) -> Pending {
+        Pending {
+            book,
+            gather,
+            resend: None,
+            graph: Some(run),
+        }
+    }
+
     /// Waits until every source of `route` (the route it was started for) has settled, a
     /// required one has failed, or the deadlines passed.
     pub async fn collect(&mut self, route: &Route) {
@@ -392,6 +444,7 @@ impl Pending {
             &mut self.gather,
             route,
             self.resend.as_deref(),
+            self.graph.as_deref_mut(),
         )
         .await;
     }
@@ -399,13 +452,20 @@ impl Pending {
     /// The result, after [`Pending::collect`]: sources still open are
     /// [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
-        self.book.finish()
+        let mut outcome = self.book.finish();
+        if let Some(run) = self.graph {
+            outcome.starts = run.starts().to_vec();
+        }
+        outcome
     }
 }
 
 /// Opens a gather and publishes the request to every target of `route` whose condition holds.
 /// Never waits: the requests are queued on the collector's connection.
 pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
+    if route.graph.is_some() {
+        return stages::start_graph(collector, route, asker);
+    }
     let limit = asker.timeout;
     let mut book = Book::new(
         Instant::now(),
@@ -420,6 +480,7 @@ pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending
         book,
         gather,
         resend,
+        graph: None,
     }
 }
 
@@ -447,7 +508,7 @@ fn scatter(
                 asker.client,
                 asker.headers,
             ) {
-                book.settle(index, SourceResult::Skipped);
+                book.settle(index, SourceResult::Skipped(Skip::Condition));
                 continue;
             }
         }
@@ -460,23 +521,9 @@ fn scatter(
                 book.arm_hedge(index, book.started() + after);
             }
         }
+        let ids = [asker.request_id, asker.client, asker.traceparent];
         let timeout = book.timeout(index);
-        let deadline_ms =
-            now_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        let mut digits = [0u8; 20];
-        let headers = [
-            (header::REQUEST_ID, asker.request_id),
-            (header::DEADLINE, header::decimal(deadline_ms, &mut digits)),
-            (header::CLIENT, asker.client),
-            (header::TRACEPARENT, asker.traceparent),
-        ];
-        let collector = gather.collector();
-        collector.reply_subject(gather.id(), &target.service.0, &mut reply);
-        let published = collector
-            .wire()
-            .publish(&target.subject, Some(&reply), &headers, &payload);
-        if let Err(e) = published {
-            warn!(service = %target.service.0, error = %e, "cannot publish a service request");
+        if !publish(gather, target, ids, &payload, now_ms, timeout, &mut reply) {
             book.settle(
                 index,
                 SourceResult::NoResponders {
@@ -504,9 +551,47 @@ fn send_again(gather: &Gather, route: &Route, book: &Book, index: usize, resend:
         .is_some_and(|target| resend.send(gather, target, book.timeout(index)))
 }
 
+/// Publishes one target's request, with `[request_id, client, traceparent]` in its headers
+/// and a deadline `timeout` after `now_ms`; false when the bus refused it.
+pub(crate) fn publish(
+    gather: &Gather,
+    target: &Target,
+    [request_id, client, traceparent]: [&str; 3],
+    payload: &Bytes,
+    now_ms: u64,
+    timeout: Duration,
+    reply: &mut String,
+) -> bool {
+    let deadline_ms = now_ms.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let mut digits = [0u8; 20];
+    let headers = [
+        (header::REQUEST_ID, request_id),
+        (header::DEADLINE, header::decimal(deadline_ms, &mut digits)),
+        (header::CLIENT, client),
+        (header::TRACEPARENT, traceparent),
+    ];
+    let collector = gather.collector();
+    collector.reply_subject(gather.id(), &target.name.0, reply);
+    let published = collector
+        .wire()
+        .publish(&target.subject, Some(reply), &headers, payload);
+    if let Err(e) = published {
+        warn!(service = %target.service.0, error = %e, "cannot publish a service request");
+        return false;
+    }
+    true
+}
+
 /// Waits for replies until the book says the gather is done; retries and hedges through the
-/// targets' guards when `resend` is there.
-async fn collect(book: &mut Book, gather: &mut Gather, route: &Route, resend: Option<&Resend>) {
+/// targets' guards when `resend` is there, and asks a composed route's next stages (`run`) as
+/// their needs settle.
+async fn collect(
+    book: &mut Book,
+    gather: &mut Gather,
+    route: &Route,
+    resend: Option<&Resend>,
+    mut run: Option<&mut Run>,
+) {
     if book.step() == Step::Done {
         return;
     }
@@ -516,12 +601,13 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route, resend: Op
                 let Some(index) = gather
                     .collector()
                     .source_of(&message)
-                    .and_then(|source| route.targets.iter().position(|t| &*t.service.0 == source))
+                    .and_then(|source| route.targets.iter().position(|t| &*t.name.0 == source))
                 else {
                     gather.collector().count_late();
                     continue;
                 };
-                let result = SourceResult::from_message(&message, book.started().elapsed());
+                let result =
+                    SourceResult::from_message(&message, book.since_start(index, Instant::now()));
                 if let Some(guard) = &route.targets[index].guard {
                     if book.is_open(index) {
                         let metrics = gather.collector().metrics();
@@ -539,7 +625,14 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route, resend: Op
                 }
                 match book.settle(index, result) {
                     Some(Step::Done) => return,
-                    Some(Step::Continue) => {}
+                    Some(Step::Continue) => {
+                        if let Some(run) = run.as_deref_mut() {
+                            stages::advance(book, gather, route, run);
+                            if book.step() == Step::Done {
+                                return;
+                            }
+                        }
+                    }
                     None => {
                         debug!(gather = gather.id(), index, "duplicate reply");
                         gather.collector().count_late();
@@ -554,6 +647,12 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route, resend: Op
                 }
                 if book.expire(now) == Step::Done {
                     return;
+                }
+                if let Some(run) = run.as_deref_mut() {
+                    stages::advance(book, gather, route, run);
+                    if book.step() == Step::Done {
+                        return;
+                    }
                 }
             }
         }

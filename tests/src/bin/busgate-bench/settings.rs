@@ -1,5 +1,5 @@
 //! The gateway settings of the benchmark and of the perf scripts that read theirs from here
-//! (`busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held`), all built with
+//! (`busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|compose`), all built with
 //! [`busgate_tests::fixture`].
 
 use std::time::Duration;
@@ -97,6 +97,22 @@ fn merge_guarded_settings() -> Settings {
         .route("merge", merge_route())
 }
 
+/// [`merge_stack_settings`] and what `tests/perf/composition-overhead.sh` compares: each of n1
+/// and n2 alone (`/bench/stage1/…`, `/bench/stage2/…`) and the two as stages of one composed
+/// route (`/bench/chain/…`: n2 needs n1 and is given n1's `order_id` as an attribute).
+fn compose_settings() -> Settings {
+    let mut second = busgate_shared::config::TargetSpec::new("n2", true);
+    second.needs = vec!["n1".into()];
+    second.with = [("id".to_owned(), "/n1/order_id".to_owned())].into();
+    merge_stack_settings()
+        .route("stage1", bench_route("stage1").target("n1"))
+        .route("stage2", bench_route("stage2").target("n2"))
+        .route(
+            "chain",
+            bench_route("chain").target("n1").target_spec(second),
+        )
+}
+
 /// The API key of the `bench` client of [`merge_keyed_settings`]: a fixture, not a secret
 /// (`tests/perf/ab-auth.sh` sends it).
 #[cfg_attr(not(test), allow(dead_code))] // the script holds a copy; the test below checks the pair
@@ -154,9 +170,10 @@ pub fn print_settings(name: &str) -> ! {
         "merge-keyed" => merge_keyed_settings(),
         "merge-guarded" => merge_guarded_settings(),
         "held" => held_gathers_settings(),
+        "compose" => compose_settings(),
         other => {
             eprintln!(
-                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, merge-guarded, held)"
+                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, merge-guarded, held, compose)"
             );
             std::process::exit(2);
         }
