@@ -126,8 +126,11 @@ pub async fn run(
     let issuers =
         auth::jwt::Issuers::new(&settings.auth.issuers).map_err(StartupError::InvalidSettings)?;
     // The certificate is read now: a bad one stops the start, before NATS is dialled.
-    let (protocols, certificates) =
-        edge::protocols::for_settings(&settings.http).map_err(StartupError::InvalidSettings)?;
+    let (protocols, certificates) = edge::protocols::for_settings(
+        &settings.http,
+        edge::serve::Limits::from(&settings.http).builder(),
+    )
+    .map_err(StartupError::InvalidSettings)?;
     let snapshot =
         Snapshot::compile(settings.config_spec()).map_err(StartupError::InvalidSettings)?;
     let instance = if settings.nats.instance.is_empty() {

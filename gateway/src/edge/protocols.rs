@@ -55,11 +55,13 @@ pub const MAX_SEND_BUF: usize = 256 * 1024;
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The protocols of the public listener from `http`, `None` for cleartext HTTP/1.1 alone; and
-/// the certificates to [`Certificates::watch`] when TLS is on.
+/// The protocols of the public listener from `http` (with `h1`, the cleartext listener's
+/// HTTP/1.1 builder), `None` for cleartext HTTP/1.1 alone; and the certificates to
+/// [`Certificates::watch`] when TLS is on.
 #[allow(clippy::type_complexity)]
 pub fn for_settings(
     http: &HttpSettings,
+    h1: hyper::server::conn::http1::Builder,
 ) -> Result<(Option<Arc<Protocols>>, Option<Arc<Certificates>>), Error> {
     let proxy_protocol = http
         .proxy_protocol
@@ -70,6 +72,7 @@ pub fn for_settings(
     }
     let (tls, certificates) = if http.tls.enabled() {
         let certificates = Certificates::load(&http.tls)?;
+        tracing::info!(cert_file = %http.tls.cert_file, "the public listener serves TLS (h2, http/1.1)");
         (Some(certificates.acceptor()?), Some(certificates))
     } else {
         (None, None)
@@ -82,7 +85,6 @@ pub fn for_settings(
         max_header_bytes: http.max_header_bytes,
         header_timeout: http.header_timeout,
     };
-    let h1 = crate::edge::serve::Limits::from(http).builder();
     Ok((Some(Arc::new(Protocols::new(options, h1))), certificates))
 }
 

@@ -175,3 +175,47 @@ impl HttpSettings {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rule of TLS, h2c and trusted proxies refuses what breaks it, naming the field.
+    #[test]
+    fn edge_rules_name_their_field() {
+        let ok = HttpSettings::default();
+        assert!(ok.check_edge().is_ok());
+        let field = |s: HttpSettings| match s.check_edge() {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("not refused: {other:?}"),
+        };
+        let mut s = ok.clone();
+        s.tls.cert_file = "cert.pem".into();
+        assert_eq!(field(s.clone()), "http.tls");
+        s.tls.key_file = "key.pem".into();
+        assert!(s.check_edge().is_ok());
+        s.h2c = true;
+        assert_eq!(field(s.clone()), "http.h2c");
+        let mut s = ok.clone();
+        s.tls.reload_interval = Duration::from_millis(10);
+        assert_eq!(field(s), "http.tls.reload_interval");
+        let mut s = ok.clone();
+        s.h2_max_concurrent_streams = 0;
+        assert_eq!(field(s), "http.h2_max_concurrent_streams");
+        let mut s = ok.clone();
+        s.trusted_proxies = vec!["10.0.0.0/8".into(), "not-an-address".into()];
+        assert_eq!(field(s), "http.trusted_proxies");
+        let mut s = ok.clone();
+        s.proxy_protocol = true;
+        assert_eq!(field(s.clone()), "http.proxy_protocol");
+        s.trusted_proxies = vec![
+            " 192.0.2.7 ".into(),
+            "2001:db8::/32".into(),
+            "10.1.2.3/8".into(),
+        ];
+        assert!(s.check_edge().is_ok());
+        let nets = s.trusted_networks().expect("nets");
+        assert_eq!(nets[0].to_string(), "192.0.2.7/32");
+        assert_eq!(nets[2].to_string(), "10.0.0.0/8");
+    }
+}
