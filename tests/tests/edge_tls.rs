@@ -1,8 +1,9 @@
 //! The production edge, over TLS and HTTP/2: curl with HTTP/2 and HTTP/1.1 to a certificate
 //! made for the test (ALPN picks h2), h2c with prior knowledge, a certificate replaced while
-//! connections stay open (and a broken one refused), and an attacker's raw HTTP/2 client: a
-//! rapid-reset burst and a CONTINUATION flood, after which the gateway still answers at once,
-//! has not grown, and has closed the attacker's connection.
+//! connections stay open (and a broken one refused), openings that stall closed, HTTP/2's
+//! limits announced and enforced, and an attacker's raw HTTP/2 client: a rapid-reset burst and
+//! a CONTINUATION flood, during and after which the gateway still answers at once, has not
+//! grown, and has closed the attacker's connection.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -485,4 +486,114 @@ async fn stalled_openings_are_closed_within_the_header_timeout() {
             "{opening:?}: closed after {took:?}"
         );
     }
+}
+
+/// Reads frames from `stream` for `within` (or until it closes): (type, flags, stream, payload).
+async fn frames<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 9 <= seen.len() {
+        let len = usize::from(seen[at]) << 16
+            | usize::from(seen[at + 1]) << 8
+            | usize::from(seen[at + 2]);
+        if at + 9 + len > seen.len() {
+            break;
+        }
+        let id = u32::from_be_bytes([seen[at + 5], seen[at + 6], seen[at + 7], seen[at + 8]])
+            & 0x7fff_ffff;
+        out.push((
+            seen[at + 3],
+            seen[at + 4],
+            id,
+            seen[at + 9..at + 9 + len].to_vec(),
+        ));
+        at += 9 + len;
+    }
+    out
+}
+
+/// The server's SETTINGS announce the configured limits (streams, windows, header list, frame
+/// size), and a client that opens more streams than allowed has the extra ones refused
+/// (`REFUSED_STREAM`) while the others stay open.
+#[tokio::test]
+async fn h2_limits_are_announced_and_enforced() {
+    let nats = NatsServer::start();
+    let gateway = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_HTTP__H2C", "true")
+            .env("BUSGATE_HTTP__H2_MAX_CONCURRENT_STREAMS", "2");
+    })
+    .await;
+    let mut stream = TcpStream::connect(addr(&gateway)).await.expect("connect");
+    stream.write_all(PREFACE).await.expect("preface");
+    stream
+        .write_all(&frame(SETTINGS, 0, 0, &[]))
+        .await
+        .expect("settings");
+    let first = frames(&mut stream, Duration::from_millis(500)).await;
+    let settings = first
+        .iter()
+        .find(|f| f.0 == SETTINGS && f.1 == 0)
+        .expect("the server's SETTINGS");
+    let announced: std::collections::HashMap<u16, u32> = settings
+        .3
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    assert_eq!(announced.get(&0x3), Some(&2), "MAX_CONCURRENT_STREAMS");
+    assert_eq!(
+        announced.get(&0x4),
+        Some(&(256 * 1024)),
+        "INITIAL_WINDOW_SIZE"
+    );
+    assert_eq!(
+        announced.get(&0x6),
+        Some(&(16 * 1024)),
+        "MAX_HEADER_LIST_SIZE"
+    );
+    // Three requests whose bodies never end: the third is one stream too many.
+    let block = {
+        let mut b = vec![0x83, 0x86, 0x04, 10];
+        b.extend_from_slice(b"/api/order");
+        b.extend_from_slice(&[0x01, 9]);
+        b.extend_from_slice(b"localhost");
+        b
+    };
+    for id in [1, 3, 5] {
+        stream
+            .write_all(&frame(HEADERS, END_HEADERS, id, &block))
+            .await
+            .expect("headers");
+    }
+    let seen = frames(&mut stream, Duration::from_secs(2)).await;
+    eprintln!(
+        "{:?}",
+        seen.iter()
+            .map(|f| (f.0, f.1, f.2, f.3.len()))
+            .collect::<Vec<_>>()
+    );
+    let refused = seen
+        .iter()
+        .find(|f| f.0 == RST_STREAM && f.2 == 5)
+        .expect("stream 5 reset");
+    assert_eq!(refused.3, 7u32.to_be_bytes(), "REFUSED_STREAM");
+    assert!(!seen
+        .iter()
+        .any(|f| f.0 == RST_STREAM && f.2 == 1 && f.3 == 7u32.to_be_bytes()));
 }
