@@ -72,6 +72,11 @@ impl Certificates {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+        // Resumption by tickets (keys random per process, rotated every 6 hours): a client
+        // that comes back skips the full handshake, whichever instance it reaches again
+        // (another instance only declines the ticket).
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| Error::invalid("http.tls", e.to_string()))?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
