@@ -128,6 +128,12 @@ pub async fn run(
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
     let issuers =
         auth::jwt::Issuers::new(&settings.auth.issuers).map_err(StartupError::InvalidSettings)?;
+    // The certificate is read now: a bad one stops the start, before NATS is dialled.
+    let (protocols, certificates) = edge::protocols::for_settings(
+        &settings.http,
+        edge::serve::Limits::from(&settings.http).builder(),
+    )
+    .map_err(StartupError::InvalidSettings)?;
     let snapshot =
         Snapshot::compile(settings.config_spec()).map_err(StartupError::InvalidSettings)?;
     let instance = if settings.nats.instance.is_empty() {
@@ -205,6 +211,9 @@ pub async fn run(
     // One drain for every background task of the process: each holds a `Watch`; shutdown
     // signals once and waits until all have let go.
     let (drain, watch) = busgate_shared::drain::channel();
+    if let Some(certificates) = certificates {
+        tokio::spawn(certificates.watch(watch.clone()));
+    }
     let background = tokio::spawn(supervise_jetstream(
         state.clone(),
         settings.clone(),
@@ -230,8 +239,16 @@ pub async fn run(
             let service =
                 edge::serve::tower_service(admin::router(state.clone(), &token, metrics_on_admin));
             Some(tokio::spawn(async move {
-                edge::serve::serve(admin_listener, service, &limits, connections, admin_watch)
-                    .await;
+                let make = move |_| service.clone();
+                edge::serve::serve(
+                    admin_listener,
+                    make,
+                    &limits,
+                    None,
+                    connections,
+                    admin_watch,
+                )
+                .await;
             }))
         }
         None => {
@@ -250,7 +267,16 @@ pub async fn run(
         };
         let connections = state.edge.connections.clone();
         async move {
-            edge::serve::serve(listener, public, &limits, connections, public_watch).await;
+            let make = move |peer| public.for_peer(peer);
+            edge::serve::serve(
+                listener,
+                make,
+                &limits,
+                protocols,
+                connections,
+                public_watch,
+            )
+            .await;
             Ok::<(), std::io::Error>(())
         }
     };
@@ -312,6 +338,9 @@ fn edge(
     edge.body_timeout = settings.http.body_timeout;
     edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
     edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));
+    edge.proxies =
+        edge::forwarded::TrustedProxies::new(settings.http.trusted_networks().unwrap_or_default());
+    edge.access_log = settings.http.access_log;
     edge
 }
 

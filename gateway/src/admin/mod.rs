@@ -145,6 +145,8 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         .fallback(|uri: axum::http::Uri| async move {
             GatewayError::from(ErrorKind::NotFound(uri.path().to_owned()))
         })
+        // RFC 9112's Host rule before anything else is done for a request.
+        .layer(middleware::from_fn(crate::edge::host::require_host))
         // Outermost: every answer, the fallback's and the guard's refusals included.
         .layer(middleware::map_response(secure))
         .layer(middleware::from_fn(crate::edge::with_request_id))
@@ -217,13 +219,17 @@ async fn secure(method: Method, response: Response) -> Response {
 
 /// The bearer-token guard of the API, and the audit event of every request that is not a read.
 async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
+    // Two `Authorization` headers are refused, as on the public listener: which one a proxy
+    // in front would have checked is not knowable.
+    let mut authorization = request.headers().get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (authorization.next(), authorization.next());
+    let presented = first
+        .filter(|_| second.is_none())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
     let actor = match presented {
+        None if second.is_some() => Actor::Invalid,
         None => Actor::Anonymous,
         // Constant time over the (fixed-length) digests.
         Some(hash)

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -36,9 +37,17 @@ use crate::metrics::Name;
 pub(super) fn dispatch(
     state: InFlight,
     request: Request,
+    peer: Option<SocketAddr>,
 ) -> impl Future<Output = Result<Response, Infallible>> + Send {
     let started = Instant::now();
     let request_id = RequestId::fresh();
+    // The access log's client, only when it is on (`http.access_log`).
+    let client = match peer {
+        Some(peer) if state.edge.access_log => {
+            Some(state.edge.proxies.client(peer.ip(), request.headers()))
+        }
+        _ => None,
+    };
     let admitting = Box::pin(admit(AppState::clone(&state), request, request_id));
     async move {
         let (label, result) = match admitting.await {
@@ -71,6 +80,9 @@ pub(super) fn dispatch(
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
+        if let Some(client) = client {
+            crate::edge::forwarded::access(client, &label.0, &request_id, &response, started);
+        }
         Ok(response)
     }
 }
@@ -326,7 +338,7 @@ mod tests {
             Request::default(),
             RequestId::fresh(),
         ));
-        let future = dispatch(InFlight::uncounted(state), request);
+        let future = dispatch(InFlight::uncounted(state), request, None);
         let size = std::mem::size_of_val(&future);
         println!("dispatch future: {size} bytes; admission, boxed until the requests are out: {admitting} bytes");
         assert!(size <= 1024, "dispatch future is {size} bytes");

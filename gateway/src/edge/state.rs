@@ -89,6 +89,10 @@ pub struct Edge {
     /// Addresses a service's upstream may not aim at: this gateway's own listeners and the
     /// NATS monitoring port (checked when the admin API writes a service).
     pub upstream_forbidden: Vec<busgate_shared::upstream::Forbidden>,
+    /// Peers that may name the client (`http.trusted_proxies`).
+    pub proxies: crate::edge::forwarded::TrustedProxies,
+    /// One log line per request on a configured route (`http.access_log`).
+    pub access_log: bool,
 }
 
 impl Edge {
@@ -104,6 +108,8 @@ impl Edge {
             in_flight: Slots::new(http.max_in_flight),
             connections: Arc::new(Slots::new(http.max_connections)),
             upstream_forbidden: Vec::new(),
+            proxies: crate::edge::forwarded::TrustedProxies::default(),
+            access_log: false,
         }
     }
 }

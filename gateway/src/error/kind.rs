@@ -50,6 +50,9 @@ pub enum ErrorKind {
     /// No route or endpoint at this path.
     #[error("nothing is served at {0}")]
     NotFound(String),
+    /// An HTTP/1.1 request without `Host`, or any request with two (RFC 9112 §3.2).
+    #[error("{0}")]
+    InvalidHost(&'static str),
     /// The path exists, the method does not.
     #[error("method {method} is not allowed here, use {allow}")]
     MethodNotAllowed {

@@ -74,6 +74,7 @@ impl GatewayError {
             ),
             K::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             K::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            K::InvalidHost(_) => (StatusCode::BAD_REQUEST, "invalid-host", "Invalid Host"),
             K::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",

@@ -30,7 +30,7 @@ pub use self::auth::{
     MIN_JWT_SECRET,
 };
 pub use self::callbacks::{callback_key, CallbackSettings};
-pub use self::http::HttpSettings;
+pub use self::http::{HttpSettings, TlsSettings};
 pub use self::jobs::{Discard, JobsSettings, StreamLimits};
 pub use self::observe::{LogSettings, MetricsListener, MetricsSettings};
 
