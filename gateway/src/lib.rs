@@ -28,8 +28,10 @@
 //! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
 //!   whether a retry may help, and its one HTTP mapping), and apart from it
 //!   [`error::StartupError`]: why a process could not start, with its exit code.
+//! - [`fleet`]: the gateway instances' heartbeats on NATS, which count how many share each
+//!   client's rate and pending cap; [`share`] holds that count for the request path.
 //! - [`metrics`], [`clock`] (timestamps, the one retry backoff of the gateway's loops),
-//!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
+//!   [`limit`] (counted capacity: in flight, connections, streams), [`share`]: leaves.
 //! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
 //!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
 //!   the callback deliverer), signalled once at shutdown after the listeners' phases.
@@ -69,11 +71,13 @@ pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod fleet;
 pub mod gather;
 pub mod jobs;
 pub mod limit;
 pub mod metrics;
 pub mod route;
+pub mod share;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -202,6 +206,13 @@ pub async fn run(
     // One drain for every background task of the process: each holds a `Watch`; shutdown
     // signals once and waits until all have let go.
     let (drain, watch) = busgate_shared::drain::channel();
+    // The instances' heartbeats: how many share each client's limits (`fleet`, `share`).
+    let fleet = tokio::spawn(fleet::run(
+        nats.clone(),
+        instance.clone(),
+        state.runner.metrics().clone(),
+        watch.clone(),
+    ));
     let background = tokio::spawn(supervise_jetstream(
         state.clone(),
         settings.clone(),
@@ -289,6 +300,7 @@ pub async fn run(
     {
         warn!("background tasks did not stop within the grace period");
         background.abort();
+        fleet.abort();
     }
     inbox.stop();
     wire.close(Duration::from_secs(2)).await;
