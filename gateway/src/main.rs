@@ -155,6 +155,33 @@ mod tests {
     }
 
     #[test]
+    fn check_config_shows_no_jwks_credentials_or_query() {
+        let mut s = Settings::default();
+        let issuer = |url: &str| {
+            serde_json::from_value::<busgate_gateway::config::settings::IssuerSettings>(
+                serde_json::json!({"issuer": "https://idp.example", "audience": "busgate",
+                    "algorithm": "RS256", "jwks_url": url}),
+            )
+            .expect("issuer")
+        };
+        s.auth.issuers = vec![
+            issuer("https://jwks-user:jwks-pass-1@idp.example:8443/keys?access_token=jwks-tok-2#frag-3"),
+            issuer("https://only-user-4@idp.example/k"),
+            issuer("http://idp.example/plain"),
+            issuer("::not a url jwks-pass-5"),
+        ];
+        let text = redacted(&s).to_string();
+        for secret in ["jwks-user", "jwks-pass-1", "jwks-tok-2", "access_token", "frag-3", "only-user-4", "jwks-pass-5"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let shown = redacted(&s)["auth"]["issuers"].clone();
+        assert_eq!(shown[0]["jwks_url"], "https://***@idp.example:8443/keys?***#***");
+        assert_eq!(shown[1]["jwks_url"], "https://***@idp.example/k");
+        assert_eq!(shown[2]["jwks_url"], "http://idp.example/plain");
+        assert_eq!(shown[3]["jwks_url"], "***");
+    }
+
+    #[test]
     fn a_startup_failure_exits_with_its_code_and_any_other_with_1() {
         let bad = StartupError::InvalidSettings(busgate_shared::Error::invalid("http", "x"));
         let e = anyhow::Error::from(bad).context("starting");
