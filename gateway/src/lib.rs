@@ -125,6 +125,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
+    let risks = order_id.risks();
+    if !risks.is_empty() {
+        // Once, at start: the pattern is a setting, not a request.
+        warn!(
+            pattern = order_id.as_str(),
+            admits = %risks.join(", "),
+            "http.order_id_pattern lets unsafe order ids through to the services (see docs/settings.md)"
+        );
+    }
     busgate_shared::runtime::install_crypto_provider();
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
     let issuers =
