@@ -1,5 +1,6 @@
 //! The `busgate` binary: `busgate gateway` runs a gateway, `busgate up` the local stack,
-//! `busgate config` diffs, applies and exports configuration files (`config_cmd`).
+//! `busgate config` diffs, applies and exports configuration files (`config_cmd`), `busgate
+//! health` probes a gateway's readiness (`health_cmd`: the image's health check).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use busgate_shared::runtime;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod health_cmd;
 mod up;
 
 // glibc's malloc was the top cost in profiles of the hot path (malloc, free and
@@ -38,6 +40,8 @@ enum Command {
     /// Configuration as code: diff, apply or export the store's services, routes and clients.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Probe a gateway's `/health/ready`: exit 0 when it answers 200 (the image's health check).
+    Health(health_cmd::HealthArgs),
     /// Check a settings file and print the effective settings (as JSON).
     CheckConfig {
         /// Settings file (TOML).
@@ -117,6 +121,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Config(command) => config_cmd::run(command).await,
+        Command::Health(args) => health_cmd::run(args).await,
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(s) => {
                 println!(
