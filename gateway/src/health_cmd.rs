@@ -10,12 +10,15 @@ use std::time::Duration;
 /// What `busgate health` is told.
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
-    /// The readiness URL to ask (`https://…` for a listener with `[http.tls]`).
-    #[arg(long, default_value = "http://127.0.0.1:8080/health/ready")]
+    /// The readiness URL to ask (`https://…` for a listener with `[http.tls]`). From
+    /// `BUSGATE_HEALTH_URL` when not given: a container sets it once for the image's
+    /// `HEALTHCHECK` (podman-compose runs a compose file's health check through a shell,
+    /// which the image does not have).
+    #[arg(long, env = "BUSGATE_HEALTH_URL", default_value = "http://127.0.0.1:8080/health/ready")]
     pub url: String,
     /// A PEM file of CA certificates to trust besides the system's (a certificate made for
-    /// local use by deploy/make-cert.sh).
-    #[arg(long)]
+    /// local use by deploy/make-cert.sh). From `BUSGATE_HEALTH_CA_FILE` when not given.
+    #[arg(long, env = "BUSGATE_HEALTH_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// How long the whole probe may take.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
