@@ -79,8 +79,7 @@ impl Members {
             .heard_self
             .is_none_or(|at| now.duration_since(at) <= EXPIRY);
         if connected {
-            self.peers
-                .retain(|_, at| now.duration_since(*at) <= EXPIRY);
+            self.peers.retain(|_, at| now.duration_since(*at) <= EXPIRY);
         }
         self.count = u32::try_from(self.peers.len() + 1).unwrap_or(u32::MAX);
         self.count
@@ -136,11 +135,7 @@ pub async fn run(
     };
     // Bounded: a publish only queues into the client's buffer; the drain of the client
     // (after every background task) flushes it.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        nats.publish(own, LEAVING.into()),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), nats.publish(own, LEAVING.into())).await;
     drop(release);
 }
 
@@ -190,7 +185,11 @@ mod tests {
         assert_eq!(members.live(Instant::now()), 2);
         // Back: b is heard again, or expires after the expiry like anyone.
         members.heard("me", false, Instant::now());
-        assert_eq!(members.live(Instant::now()), 1, "b has not been heard since");
+        assert_eq!(
+            members.live(Instant::now()),
+            1,
+            "b has not been heard since"
+        );
     }
 
     #[test]

@@ -14,7 +14,11 @@ pub struct HealthArgs {
     /// `BUSGATE_HEALTH_URL` when not given: a container sets it once for the image's
     /// `HEALTHCHECK` (podman-compose runs a compose file's health check through a shell,
     /// which the image does not have).
-    #[arg(long, env = "BUSGATE_HEALTH_URL", default_value = "http://127.0.0.1:8080/health/ready")]
+    #[arg(
+        long,
+        env = "BUSGATE_HEALTH_URL",
+        default_value = "http://127.0.0.1:8080/health/ready"
+    )]
     pub url: String,
     /// A PEM file of CA certificates to trust besides the system's (a certificate made for
     /// local use by deploy/make-cert.sh). From `BUSGATE_HEALTH_CA_FILE` when not given.
@@ -48,8 +52,7 @@ async fn probe(args: &HealthArgs) -> Result<(), String> {
         .connect_timeout(args.timeout)
         .user_agent(concat!("busgate-health/", env!("CARGO_PKG_VERSION")));
     if let Some(file) = &args.ca_file {
-        let pem = std::fs::read(file)
-            .map_err(|e| format!("--ca-file {}: {e}", file.display()))?;
+        let pem = std::fs::read(file).map_err(|e| format!("--ca-file {}: {e}", file.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("--ca-file {}: {e}", file.display()))?;
         if certs.is_empty() {

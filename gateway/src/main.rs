@@ -176,11 +176,22 @@ mod tests {
             issuer("::not a url jwks-pass-5"),
         ];
         let text = redacted(&s).to_string();
-        for secret in ["jwks-user", "jwks-pass-1", "jwks-tok-2", "access_token", "frag-3", "only-user-4", "jwks-pass-5"] {
+        for secret in [
+            "jwks-user",
+            "jwks-pass-1",
+            "jwks-tok-2",
+            "access_token",
+            "frag-3",
+            "only-user-4",
+            "jwks-pass-5",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         let shown = redacted(&s)["auth"]["issuers"].clone();
-        assert_eq!(shown[0]["jwks_url"], "https://***@idp.example:8443/keys?***#***");
+        assert_eq!(
+            shown[0]["jwks_url"],
+            "https://***@idp.example:8443/keys?***#***"
+        );
         assert_eq!(shown[1]["jwks_url"], "https://***@idp.example/k");
         assert_eq!(shown[2]["jwks_url"], "http://idp.example/plain");
         assert_eq!(shown[3]["jwks_url"], "***");

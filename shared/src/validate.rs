@@ -209,16 +209,18 @@ mod tests {
         let rule = |p: &str| OrderIdRule::new(p).expect("compiles");
         assert!(rule(DEFAULT_ORDER_ID_PATTERN).risks().is_empty());
         assert!(rule("^[A-Za-z0-9_.-]{1,64}$").risks() == ["an id of dots only (. or ..)"]);
-        assert_eq!(rule("^.{1,64}$").risks().len(), 4, "{:?}", rule("^.{1,64}$").risks());
+        assert_eq!(
+            rule("^.{1,64}$").risks().len(),
+            4,
+            "{:?}",
+            rule("^.{1,64}$").risks()
+        );
         assert_eq!(rule("^[^ ]+$").risks().len(), 4);
         assert_eq!(
             rule("^[A-Za-z0-9%]+$").risks(),
             ["a percent sign (an escape such as %2F or %0D%0A)"]
         );
-        assert_eq!(
-            rule("^[a-z0-9/]+$").risks(),
-            ["a path separator (/ or \\)"]
-        );
+        assert_eq!(rule("^[a-z0-9/]+$").risks(), ["a path separator (/ or \\)"]);
         assert_eq!(
             rule("^[a-z0-9\\s]+$").risks(),
             ["control characters (CR, LF, NUL…)"]

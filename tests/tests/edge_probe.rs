@@ -57,7 +57,10 @@ jwks_url = "https://only-user-33aa@other.example/jwks.json?sig=q-77bb"
         "q-77bb",
         "sig=",
     ] {
-        assert!(!text.contains(secret), "check-config printed {secret}: {text}");
+        assert!(
+            !text.contains(secret),
+            "check-config printed {secret}: {text}"
+        );
     }
     let shown: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(
@@ -135,8 +138,12 @@ async fn an_upstream_aimed_at_the_gateway_itself_is_refused_however_spelled() {
 async fn descriptions_and_documents_too_large_are_refused_not_503() {
     let nats = NatsServer::start();
     let gateway = Gateway::start(&nats, &Settings::builtin()).await;
-    let (status, body) =
-        create_service(&gateway, "wordy", json!({"description": "d".repeat(60_000)})).await;
+    let (status, body) = create_service(
+        &gateway,
+        "wordy",
+        json!({"description": "d".repeat(60_000)}),
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     assert!(
         body.to_string().contains("services.wordy.description"),
@@ -197,7 +204,8 @@ async fn descriptions_and_documents_too_large_are_refused_not_503() {
 async fn a_permissive_order_id_pattern_is_warned_about_once() {
     const WARNING: &str = "http.order_id_pattern lets unsafe order ids through";
     let nats = NatsServer::start();
-    let permissive = Gateway::start(&nats, &Settings::builtin().order_id_pattern("^.{1,64}$")).await;
+    let permissive =
+        Gateway::start(&nats, &Settings::builtin().order_id_pattern("^.{1,64}$")).await;
     let quiet = Gateway::start(&nats, &Settings::builtin()).await;
     eventually(Duration::from_secs(5), || async {
         permissive.proc.logged(WARNING)
@@ -217,7 +225,12 @@ async fn a_permissive_order_id_pattern_is_warned_about_once() {
         .filter(|l| l.contains(WARNING))
         .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    for what in ["path separator", "percent sign", "dots only", "control characters"] {
+    for what in [
+        "path separator",
+        "percent sign",
+        "dots only",
+        "control characters",
+    ] {
         assert!(lines[0].contains(what), "{what} not named: {}", lines[0]);
     }
     assert!(!quiet.proc.logged(WARNING));

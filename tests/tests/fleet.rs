@@ -100,7 +100,11 @@ async fn a_rate_holds_across_two_gateways_and_survives_one() {
     b.proc.kill();
     let since = std::time::Instant::now();
     sees_instances(&a, 1.0, Duration::from_secs(8)).await;
-    assert!(since.elapsed() < Duration::from_secs(6), "{:?}", since.elapsed());
+    assert!(
+        since.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        since.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let alone = offer(&[&a], &key, 40, 5).await;
     // 20/s for 5 s, ± 10 %, plus the burst (all 10 on one instance now).
@@ -116,10 +120,12 @@ async fn a_rate_holds_across_two_gateways_and_survives_one() {
 async fn a_pending_cap_holds_across_two_gateways() {
     let (nats, _services) = native_services();
     let _silent = nats.silent("ghost").await;
-    let settings =
-        required()
-            .jobs_max_deliver(1)
-            .held("held", "/api/held/{order_id}", "ghost", Duration::from_secs(30));
+    let settings = required().jobs_max_deliver(1).held(
+        "held",
+        "/api/held/{order_id}",
+        "ghost",
+        Duration::from_secs(30),
+    );
     let a = Gateway::start(&nats, &settings).await;
     let b = Gateway::start(&nats, &settings).await;
     let key = a.client("queued", json!({"max_pending": 4})).await.secret;

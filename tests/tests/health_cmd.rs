@@ -73,7 +73,11 @@ fn health_fails_on_nothing_a_silent_listener_or_bad_arguments() {
         "500ms",
     ]);
     assert_eq!(code, Some(1));
-    assert!(since.elapsed() < Duration::from_secs(5), "{:?}", since.elapsed());
+    assert!(
+        since.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        since.elapsed()
+    );
 
     // Bad arguments: a CA file that is not there, a scheme that is not HTTP.
     let (code, err) = health(&["--ca-file", "/nonexistent/ca.pem"]);
