@@ -87,3 +87,45 @@ fn health_fails_on_nothing_a_silent_listener_or_bad_arguments() {
     assert_eq!(code, Some(1));
     drop(silent);
 }
+
+/// Over HTTPS: a certificate of a CA the probe is given (`--ca-file`, or
+/// `BUSGATE_HEALTH_CA_FILE` as compose sets it) is ready; without that CA the probe fails and
+/// says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_over_https_trusts_only_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().expect("dir");
+    let test_ca = support::TestCa::new();
+    let (cert, key) = test_ca.issue("leaf", &["localhost", "127.0.0.1"]);
+    std::fs::create_dir(dir.path().join("health")).expect("mkdir");
+    std::fs::write(dir.path().join("health/ready"), "{}").expect("file");
+    let port = support::free_port();
+    let mut server = Command::new("openssl");
+    server
+        .args(["s_server", "-quiet", "-WWW", "-cert", &cert, "-key", &key])
+        .args(["-accept", &port.to_string()])
+        .current_dir(dir.path());
+    let _server = support::Proc::spawn("openssl s_server", server);
+    support::eventually(Duration::from_secs(5), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let url = format!("https://127.0.0.1:{port}/health/ready");
+    let ca = test_ca.ca_file.clone();
+    let (code, err) = health(&["--url", &url, "--ca-file", &ca]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = health(&["--url", &url]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    let out = Command::new(bin("busgate"))
+        .arg("health")
+        .env("BUSGATE_HEALTH_URL", &url)
+        .env("BUSGATE_HEALTH_CA_FILE", &ca)
+        .output()
+        .expect("busgate health runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
