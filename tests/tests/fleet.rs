@@ -85,10 +85,13 @@ async fn a_rate_holds_across_two_gateways_and_survives_one() {
     knows(&b, &key).await;
     sees_instances(&a, 2.0, Duration::from_secs(10)).await;
     sees_instances(&b, 2.0, Duration::from_secs(10)).await;
+    let status = a.admin_send("GET", "/admin/v1/status", None, None).await;
+    assert_eq!(status.body["gateway_instances"], 2, "{}", status.body);
     // Let the burst that `knows` and the checks spent refill.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let admitted = offer(&[&a, &b], &key, 50, 10).await;
+    println!("two gateways: admitted {admitted} of 500 offered (want 200 ± 10 % + 10)");
     // 20/s for 10 s, ± 10 %, plus the burst (10, split between the two).
     assert!(
         (180 + 10..=220 + 10).contains(&admitted),
@@ -107,6 +110,7 @@ async fn a_rate_holds_across_two_gateways_and_survives_one() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let alone = offer(&[&a], &key, 40, 5).await;
+    println!("the survivor alone: admitted {alone} of 200 offered (want 100 ± 10 % + 10)");
     // 20/s for 5 s, ± 10 %, plus the burst (all 10 on one instance now).
     assert!(
         (90 + 10..=110 + 10).contains(&alone),

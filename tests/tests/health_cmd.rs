@@ -115,7 +115,10 @@ async fn health_over_https_trusts_only_the_ca_it_is_given() {
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = health(&["--url", &url]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
     let out = Command::new(bin("busgate"))
         .arg("health")
         .env("BUSGATE_HEALTH_URL", &url)
