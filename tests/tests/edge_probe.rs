@@ -182,6 +182,26 @@ async fn descriptions_and_documents_too_large_are_refused_not_503() {
         "{}",
         replace.status
     );
+    // A route of 20,000 bindings passes validation but is 1.5 MB: over what the store takes
+    // (its 1 MiB message), 413 with a problem document, not the store's refusal as a 503.
+    let bindings: Vec<Value> = (0..20_000)
+        .map(|i| json!({"method": "GET", "path": format!("/api/many-bindings-of-one-route-{i:05}/{{order_id}}")}))
+        .collect();
+    let big_route = json!({"name": "many", "spec": {"bindings": bindings,
+        "targets": [{"service": "service1"}]}});
+    let size = big_route.to_string().len();
+    assert!((1_400_000..2_000_000).contains(&size), "{size}");
+    let route = gateway
+        .admin_send("POST", "/admin/v1/routes", None, Some(&big_route))
+        .await;
+    assert_eq!(route.status, 413, "{}", route.body);
+    assert_eq!(route.body["type"], "urn:busgate:problem:payload-too-large");
+    // The store's limit (1 MiB less room for the subject and headers), not the listener's.
+    assert!(
+        route.body["detail"].to_string().contains("1044480"),
+        "{}",
+        route.body
+    );
     // A body over the admin listener's limit (2 MiB): 413, with a problem document.
     let over = gateway
         .admin_send(
