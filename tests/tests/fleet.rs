@@ -153,3 +153,22 @@ async fn a_pending_cap_holds_across_two_gateways() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((accepted, refused), (4, 4), "{statuses:?}");
 }
+
+/// A gateway that stops cleanly (SIGTERM) says so: the other takes over its share at once,
+/// well before a silent one would expire (3 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_stops_hands_over_its_share_at_once() {
+    let nats = support::NatsServer::start();
+    let a = Gateway::start(&nats, &Settings::builtin()).await;
+    let mut b = Gateway::start(&nats, &Settings::builtin()).await;
+    sees_instances(&a, 2.0, Duration::from_secs(10)).await;
+    let since = std::time::Instant::now();
+    assert_eq!(b.proc.terminate(Duration::from_secs(20)), Some(0));
+    sees_instances(&a, 1.0, Duration::from_secs(5)).await;
+    // From SIGTERM: the drain (no requests in flight), then the goodbye. Without it, the
+    // other would wait for the expiry: at least 2 s from SIGTERM (3 s from the last heartbeat,
+    // sent at most 1 s before).
+    let took = since.elapsed();
+    println!("the other counted itself alone {took:?} after SIGTERM");
+    assert!(took < Duration::from_millis(1900), "{took:?}");
+}
