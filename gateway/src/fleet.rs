@@ -32,10 +32,6 @@ pub const EXPIRY: Duration = Duration::from_secs(3);
 /// The most peers remembered: a publisher of forged heartbeats cannot grow the table beyond
 /// it (and the NATS accounts let only gateways publish there).
 const MAX_PEERS: usize = 1024;
-/// What a heartbeat says.
-const ALIVE: &[u8] = b"alive";
-/// What an instance says when it stops.
-const LEAVING: &[u8] = b"leaving";
 
 /// The instances heard, and when: pure, so that expiry is tested with a paused clock.
 #[derive(Debug)]
@@ -113,7 +109,7 @@ pub async fn run(
         tokio::select! {
             release = &mut signaled => break release,
             _ = tick.tick() => {
-                if let Err(e) = nats.publish(own.clone(), ALIVE.into()).await {
+                if let Err(e) = nats.publish(own.clone(), subject::FLEET_ALIVE.into()).await {
                     debug!(error = %e, "heartbeat not sent");
                 }
                 publish_count(&mut members, &metrics);
@@ -124,7 +120,7 @@ pub async fn run(
                     break signaled.await;
                 };
                 if let Some(who) = subject::parse_fleet_heartbeat(&msg.subject) {
-                    let leaving = msg.payload.as_ref() == LEAVING;
+                    let leaving = msg.payload.as_ref() == subject::FLEET_LEAVING;
                     members.heard(who, leaving, Instant::now());
                     if leaving {
                         publish_count(&mut members, &metrics);
@@ -135,7 +131,11 @@ pub async fn run(
     };
     // Bounded: a publish only queues into the client's buffer; the drain of the client
     // (after every background task) flushes it.
-    let _ = tokio::time::timeout(Duration::from_secs(1), nats.publish(own, LEAVING.into())).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        nats.publish(own, subject::FLEET_LEAVING.into()),
+    )
+    .await;
     drop(release);
 }
 

@@ -35,6 +35,10 @@ pub const CONFIG_BUCKET: &str = "busgate-config";
 pub const FLEET_PREFIX: &str = "busgate.fleet";
 /// Wildcard that every gateway instance subscribes to, to hear the others' heartbeats.
 pub const FLEET_ALL: &str = "busgate.fleet.*";
+/// A heartbeat's payload while the instance runs.
+pub const FLEET_ALIVE: &[u8] = b"alive";
+/// The payload of an instance's last heartbeat, sent when it stops.
+pub const FLEET_LEAVING: &[u8] = b"leaving";
 
 /// The subject a request to `service` is published on.
 pub fn service(service: &str) -> String {
