@@ -30,8 +30,10 @@
 //! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
 //!   whether a retry may help, and its one HTTP mapping), and apart from it
 //!   [`error::StartupError`]: why a process could not start, with its exit code.
+//! - [`fleet`]: the gateway instances' heartbeats on NATS, which count how many share each
+//!   client's rate and pending cap; [`share`] holds that count for the request path.
 //! - [`metrics`], [`clock`] (timestamps, the one retry backoff of the gateway's loops),
-//!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
+//!   [`limit`] (counted capacity: in flight, connections, streams), [`share`]: leaves.
 //! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
 //!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
 //!   the callback deliverer), signalled once at shutdown after the listeners' phases.
@@ -71,12 +73,14 @@ pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod fleet;
 pub mod gather;
 pub mod jobs;
 pub mod limit;
 pub mod metrics;
 pub mod resilience;
 pub mod route;
+pub mod share;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -124,6 +128,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
+    let risks = order_id.risks();
+    if !risks.is_empty() {
+        // Once, at start: the pattern is a setting, not a request.
+        warn!(
+            pattern = order_id.as_str(),
+            admits = %risks.join(", "),
+            "http.order_id_pattern lets unsafe order ids through to the services (see docs/settings.md)"
+        );
+    }
     busgate_shared::runtime::install_crypto_provider();
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
     let issuers =
@@ -214,6 +227,13 @@ pub async fn run(
     if let Some(certificates) = certificates {
         tokio::spawn(certificates.watch(watch.clone()));
     }
+    // The instances' heartbeats: how many share each client's limits (`fleet`, `share`).
+    let fleet = tokio::spawn(fleet::run(
+        nats.clone(),
+        instance.clone(),
+        state.runner.metrics().clone(),
+        watch.clone(),
+    ));
     let background = tokio::spawn(supervise_jetstream(
         state.clone(),
         settings.clone(),
@@ -318,6 +338,7 @@ pub async fn run(
     {
         warn!("background tasks did not stop within the grace period");
         background.abort();
+        fleet.abort();
     }
     inbox.stop();
     wire.close(Duration::from_secs(2)).await;

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub breaker_transitions: Family<ServiceKindLabels, Counter>,
     /// Retries and hedges, made or refused by their budget, by service.
     pub extra_requests: Family<ServiceKindLabels, Counter>,
+    /// Live gateway instances sharing the client limits (`crate::fleet`).
+    pub gateway_instances: Gauge,
     /// The label of requests that named no configured client.
     unknown_client: Name,
 }
@@ -118,6 +120,13 @@ impl Metrics {
         let gathers_in_flight = Gauge::default();
         let late_replies = Counter::default();
         let client_requests = Family::<ClientLabels, Counter>::default();
+        let gateway_instances = Gauge::default();
+        gateway_instances.set(1);
+        registry.register(
+            "gateway_instances",
+            "Live gateway instances sharing each client's rate and pending cap",
+            gateway_instances.clone(),
+        );
         registry.register(
             "client_requests",
             "Requests of the public API by client, admitted or refused (and why)",
@@ -177,6 +186,7 @@ impl Metrics {
             gathers_in_flight,
             late_replies,
             client_requests,
+            gateway_instances,
             unknown_client: Name(Arc::from("-")),
         }
     }

@@ -85,15 +85,17 @@ pub struct KeySpec {
 
 /// The most keys a client may have at once (rotation needs two; a few more for stragglers).
 pub const MAX_KEYS: usize = 16;
+/// The longest `description` of a service or a client, in bytes.
+pub const MAX_DESCRIPTION: usize = 1024;
 /// The highest rate and burst a client may be given.
 pub const MAX_RATE: u32 = 1_000_000;
 
 impl ClientSpec {
     fn validate(&self, at: &str, routes: &BTreeMap<String, RouteSpec>) -> Result<(), Error> {
-        if self.description.len() > 1024 {
+        if self.description.len() > MAX_DESCRIPTION {
             return Err(Error::invalid(
                 format!("{at}.description"),
-                "longer than 1024 characters",
+                format!("longer than {MAX_DESCRIPTION} characters"),
             ));
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -604,6 +606,12 @@ impl ConfigSpec {
     pub fn validate(&self) -> Result<(), Error> {
         for (name, svc) in &self.services {
             validate::name(&format!("services.{name}"), name)?;
+            if svc.description.len() > MAX_DESCRIPTION {
+                return Err(Error::invalid(
+                    format!("services.{name}.description"),
+                    format!("longer than {MAX_DESCRIPTION} characters"),
+                ));
+            }
             if svc.timeout.is_zero() || svc.timeout > MAX_DEADLINE {
                 return Err(Error::invalid(
                     format!("services.{name}.timeout"),

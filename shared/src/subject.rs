@@ -29,6 +29,16 @@ pub const RESULTS_BUCKET: &str = "busgate-results";
 pub const IDEMPOTENCY_BUCKET: &str = "busgate-idempotency";
 /// KV bucket of the dynamic configuration.
 pub const CONFIG_BUCKET: &str = "busgate-config";
+/// Prefix of the gateways' heartbeats: every gateway instance announces itself on
+/// `busgate.fleet.<instance>` (payload `alive` or `leaving`), so that each knows how many share
+/// the deployment-wide client limits.
+pub const FLEET_PREFIX: &str = "busgate.fleet";
+/// Wildcard that every gateway instance subscribes to, to hear the others' heartbeats.
+pub const FLEET_ALL: &str = "busgate.fleet.*";
+/// A heartbeat's payload while the instance runs.
+pub const FLEET_ALIVE: &[u8] = b"alive";
+/// The payload of an instance's last heartbeat, sent when it stops.
+pub const FLEET_LEAVING: &[u8] = b"leaving";
 
 /// The subject a request to `service` is published on.
 pub fn service(service: &str) -> String {
@@ -48,6 +58,17 @@ pub fn instance_inbox_prefix(instance: &str) -> String {
 /// The one wildcard subscription a gateway instance holds for all its replies.
 pub fn instance_inbox_wildcard(instance: &str) -> String {
     format!("{INBOX_PREFIX}.{instance}.>")
+}
+
+/// The subject a gateway instance announces itself on.
+pub fn fleet_heartbeat(instance: &str) -> String {
+    format!("{FLEET_PREFIX}.{instance}")
+}
+
+/// The instance a heartbeat subject names, if it is one.
+pub fn parse_fleet_heartbeat(subject: &str) -> Option<&str> {
+    let instance = subject.strip_prefix(FLEET_PREFIX)?.strip_prefix('.')?;
+    (!instance.is_empty() && !instance.contains('.')).then_some(instance)
 }
 
 /// Splits the tail of a reply subject (what follows the instance prefix) into
@@ -71,6 +92,11 @@ mod tests {
         assert_eq!(queue_group("service1"), "busgate.service1");
         assert_eq!(instance_inbox_prefix("g1"), "_INBOX.busgate.g1.");
         assert_eq!(instance_inbox_wildcard("g1"), "_INBOX.busgate.g1.>");
+        assert_eq!(fleet_heartbeat("g1"), "busgate.fleet.g1");
+        assert_eq!(parse_fleet_heartbeat("busgate.fleet.g1"), Some("g1"));
+        assert_eq!(parse_fleet_heartbeat("busgate.fleet."), None);
+        assert_eq!(parse_fleet_heartbeat("busgate.fleetx.g1"), None);
+        assert_eq!(parse_fleet_heartbeat("busgate.svc.g1"), None);
     }
 
     #[test]

@@ -363,11 +363,34 @@ pub struct Forbidden {
     pub what: String,
 }
 
-/// Whether `host` names this machine's loopback or "any address" (`localhost`, `127.0.0.0/8`,
-/// `::1`, `0.0.0.0`, `::`): those reach whatever listens on this machine on that port.
+/// One spelling per host, before any comparison: brackets and trailing dots off (`localhost.`
+/// is `localhost`: a fully qualified name), lower case, an IP address in its canonical form
+/// (`[0:0::1]` is `::1`). The URL parser has already turned the other spellings of an IPv4
+/// address (`127.1`, `0x7f.1`, `2130706433`, `0177.0.0.1`) and percent-encoded names into
+/// the plain form; a forbidden host from the settings goes through the same parser here.
+fn canonical_host(host: &str) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return ip.to_string();
+    }
+    // A host from the settings, written any way a URL may write it.
+    let parsed = url::Url::parse(&format!("http://{host}/"))
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_string()));
+    let name = parsed.as_deref().unwrap_or(bare);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
+/// Whether `host` names this machine's loopback or "any address" (`localhost` and its
+/// subdomains, `127.0.0.0/8`, `::1`, `0.0.0.0`, `::`, and those mapped into IPv6): those
+/// reach whatever listens on this machine on that port.
 fn is_local(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+    let host = canonical_host(host);
+    if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
     host.parse::<IpAddr>().is_ok_and(|ip| match ip {
@@ -377,20 +400,14 @@ fn is_local(host: &str) -> bool {
                 || v6.is_unspecified()
                 || v6
                     .to_ipv4_mapped()
+                    .or_else(|| v6.to_ipv4())
                     .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
         }
     })
 }
 
 fn same_host(a: &str, b: &str) -> bool {
-    let norm = |h: &str| {
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        match h.parse::<IpAddr>() {
-            Ok(ip) => ip.to_string(),
-            Err(_) => h.trim_end_matches('.').to_ascii_lowercase(),
-        }
-    };
-    norm(a) == norm(b)
+    canonical_host(a) == canonical_host(b)
 }
 
 impl UpstreamSpec {
@@ -669,6 +686,52 @@ mod tests {
         ] {
             assert!(spec(url).aims_at(&forbidden).is_some(), "{url}");
         }
+        // Every other spelling of a local host, as an attacker would write it.
+        for host in [
+            "localhost.",
+            "LOCALHOST.",
+            "LocalHost",
+            "localhost..",
+            "%6cocalhost",
+            "sub.localhost.",
+            "127.1",
+            "127.0.1",
+            "0x7f.1",
+            "0x7f000001",
+            "2130706433",
+            "0177.0.0.1",
+            "127.1.",
+            "0",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]",
+            "[::]",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+            "[::127.0.0.1]",
+        ] {
+            for port in [8080, 9090] {
+                let url = format!("http://{host}:{port}/{{order_id}}");
+                if UrlTemplate::parse(&url).is_err() {
+                    // Refused as a URL already (validation answers 422): fine, but the
+                    // spellings the probe tried must parse, and be caught below.
+                    assert!(
+                        !["localhost.", "LOCALHOST.", "127.1", "0x7f.1", "[::1]"].contains(&host),
+                        "{url}"
+                    );
+                    continue;
+                }
+                assert!(spec(&url).aims_at(&forbidden).is_some(), "{url}");
+            }
+        }
+        // A forbidden host from the settings, spelled oddly, still matches.
+        let odd = vec![Forbidden {
+            host: "NATS.Internal.".into(),
+            port: 8222,
+            what: "nats monitoring".into(),
+        }];
+        assert!(spec("http://nats.internal:8222/{order_id}")
+            .aims_at(&odd)
+            .is_some());
         for url in [
             "http://127.0.0.1:8081/{order_id}",
             "http://billing:8080/{order_id}",

@@ -274,5 +274,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "clients": snapshot.spec.clients.len(),
         },
         "gathers_in_flight": app.runner.collector().open_gathers(),
+        // How many live gateways share each client's limits (`crate::fleet`).
+        "gateway_instances": crate::share::instances(),
     }))
 }

@@ -199,10 +199,10 @@ pub async fn submit(
         }
     }
     let request_id = resumed.as_deref().unwrap_or(submit.request_id);
-    // The client's cap of pending requests (on this instance), after the key: a repeat is
+    // The client's cap of pending requests (this instance's share of it), after the key: a repeat is
     // answered whatever the client holds.
     let pending = match submit.caller.get() {
-        Some(c) if c.max_pending.is_some() => match c.usage.pending.try_hold(c.max_pending) {
+        Some(c) if c.max_pending.is_some() => match c.usage.pending.try_hold(c.pending_cap()) {
             Some(slot) => Some(slot),
             None => {
                 // A resumed claim stays, as below.
