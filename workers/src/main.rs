@@ -15,6 +15,8 @@
 //!   `demo` and `native`.
 //! - [`adapter`], [`demo`], [`native`]: one module per role.
 //! - [`http1`]: the adapters' lean HTTP/1.1 client for plain-HTTP upstreams.
+//! - [`hyper1`]: the same pool on hyper's client connection, the A/B control of `http1`
+//!   (benchmarking only: `BUSGATE_ADAPTER_HTTP_CLIENT=hyper`).
 //!
 //! # Shutdown
 //!
@@ -28,6 +30,7 @@ mod adapters;
 mod demo;
 mod demo_data;
 mod http1;
+mod hyper1;
 mod native;
 
 use std::net::SocketAddr;
@@ -286,7 +289,10 @@ mod tests {
     fn one_runtime_thread_per_service_up_to_the_cores_unless_told_otherwise() {
         let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).expect("parses");
         let threads = |args: &[&str], cores| runtime_threads(&parse(args), cores);
-        assert_eq!(threads(&["busgate-worker", "native", "--service", "a"], 8), 1);
+        assert_eq!(
+            threads(&["busgate-worker", "native", "--service", "a"], 8),
+            1
+        );
         let two = [
             "busgate-worker",
             "adapter",
@@ -305,7 +311,14 @@ mod tests {
         assert_eq!(threads(&["busgate-worker", "adapters"], 0), 1);
         assert_eq!(
             threads(
-                &["busgate-worker", "native", "--service", "a", "--threads", "4"],
+                &[
+                    "busgate-worker",
+                    "native",
+                    "--service",
+                    "a",
+                    "--threads",
+                    "4"
+                ],
                 2
             ),
             4

@@ -80,7 +80,9 @@ pub(super) async fn start_children(
     let demos = demo_services(args, settings);
     // The demo services' adapters are one process (one NATS connection, so a merge's replies
     // come from one connection: bench-results/README.md, "Fewer connections per merge").
-    let mut adapter = ChildSpec::new(&worker).envs(nats_env.clone()).arg("adapter");
+    let mut adapter = ChildSpec::new(&worker)
+        .envs(nats_env.clone())
+        .arg("adapter");
     for (i, service) in demos.iter().enumerate() {
         let port = args
             .demo_port
@@ -106,7 +108,11 @@ pub(super) async fn start_children(
         ]);
     }
     if !demos.is_empty() {
-        let name = demos.iter().map(String::as_str).collect::<Vec<_>>().join("+");
+        let name = demos
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("+");
         children.push(spawn(&format!("adapter-{name}"), adapter, data_dir)?);
     }
     // Services with an upstream come up once the gateway has seeded the configuration: the
