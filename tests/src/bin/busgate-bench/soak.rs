@@ -201,10 +201,11 @@ pub async fn run(
     out: &Path,
     failures: &mut Vec<String>,
 ) -> Value {
+    // Warm-up: connections, pools and buffers made before the first window counts.
+    load::wrk(url, CONNECTIONS, 3, None);
     let rate = match o.rate {
         Some(rate) => rate,
         None => {
-            load::wrk(url, CONNECTIONS, 3, None);
             let peak = load::wrk(url, CONNECTIONS, o.peak_seconds, None);
             println!("soak: adapters' peak {:.0} req/s", peak.rps);
             (peak.rps / 2.0).max(1.0)
