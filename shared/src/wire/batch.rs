@@ -22,6 +22,24 @@ pub(crate) const MAX_BYTES: usize = 32 * 1024;
 /// request's latency never waits more than a tick of the event loop's timer.
 pub(crate) const MAX_WAIT: Duration = Duration::from_micros(200);
 
+/// The variable that makes the writer yield once and write, as before issue 24
+/// (`BUSGATE_WIRE_GATHER=single`): the same-run control of A/B measurements
+/// (`tests/perf/replies-per-write.sh`), not a setting.
+pub(crate) const GATHER_VAR: &str = "BUSGATE_WIRE_GATHER";
+
+/// The most turns a connection's writer waits: [`MAX_TURNS`], or 1 when [`GATHER_VAR`] says
+/// `single`. Read once per connection handle.
+pub(crate) fn max_turns_from_env() -> u32 {
+    max_turns_for(std::env::var(GATHER_VAR).ok().as_deref())
+}
+
+fn max_turns_for(value: Option<&str>) -> u32 {
+    match value {
+        Some(v) if v.trim().eq_ignore_ascii_case("single") => 1,
+        _ => MAX_TURNS,
+    }
+}
+
 /// What the writer does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -36,15 +54,24 @@ pub(crate) enum Step {
 pub(crate) struct Gather {
     started: Instant,
     turns: u32,
+    max_turns: u32,
     last_len: usize,
 }
 
 impl Gather {
-    /// A gathering that starts now, with `queued` bytes already waiting.
+    /// A gathering that starts now, with `queued` bytes already waiting, of at most
+    /// [`MAX_TURNS`] turns.
+    #[cfg(test)]
     pub(crate) fn start(queued: usize) -> Gather {
+        Gather::start_within(queued, MAX_TURNS)
+    }
+
+    /// A gathering of at most `max_turns` turns (at least one).
+    pub(crate) fn start_within(queued: usize, max_turns: u32) -> Gather {
         Gather {
             started: Instant::now(),
             turns: 0,
+            max_turns: max_turns.max(1),
             last_len: queued,
         }
     }
@@ -59,7 +86,8 @@ impl Gather {
         if !first && !grew {
             return Step::Write;
         }
-        if self.turns >= MAX_TURNS || queued >= MAX_BYTES || self.started.elapsed() >= MAX_WAIT {
+        if self.turns >= self.max_turns || queued >= MAX_BYTES || self.started.elapsed() >= MAX_WAIT
+        {
             return Step::Write;
         }
         self.turns += 1;
@@ -106,6 +134,20 @@ mod tests {
             assert!(steps <= MAX_TURNS, "gathered past the bound");
         }
         assert_eq!(steps, MAX_TURNS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_single_control_yields_once_as_before() {
+        assert_eq!(max_turns_for(Some("single")), 1);
+        assert_eq!(max_turns_for(Some("turns")), MAX_TURNS);
+        assert_eq!(max_turns_for(None), MAX_TURNS);
+        let mut g = Gather::start_within(10, 1);
+        assert_eq!(g.next(10), Step::Yield);
+        assert_eq!(g.next(20), Step::Write);
+        // Zero is taken as one: the first turn is always taken.
+        let mut g = Gather::start_within(10, 0);
+        assert_eq!(g.next(10), Step::Yield);
+        assert_eq!(g.next(20), Step::Write);
     }
 
     #[tokio::test(start_paused = true)]
