@@ -4,7 +4,8 @@
 # one yield, as before), on one stack, at one paced rate, interleaved A B A B. Replies per write
 # is a count, not a timing: at the same paced rate it compares the two on a busy machine too
 # (the absolute figure still depends on the rate; compare A and B of one run only).
-#   tests/perf/replies-per-write.sh [BIN_DIR]   (ROUNDS=2, SECONDS_PER_ROUND=6, DELAY_MS=20, PROCESSES=2)
+#   tests/perf/replies-per-write.sh [BIN_DIR]   (ROUNDS=2, SECONDS_PER_ROUND=6, DELAY_MS=20, PROCESSES=2,
+#                                                A_GATHER=default, B_GATHER=single)
 # A serves n1+n2, B serves h1+h2 (same nginx upstreams), each as PROCESSES adapter processes
 # (2: one per service, as the benchmark; 1: both in one). Per round and mode: the replies the
 # adapters published (nats-server's /connz in_msgs of their request connections) and their
@@ -16,6 +17,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BINS=${1:-$HERE/../../target/release}
 PEERS=${PEERS:-$HERE/peers/peers.sh}
 ROUNDS=${ROUNDS:-2} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-6} DELAY_MS=${DELAY_MS:-20} PROCESSES=${PROCESSES:-2}
+# BUSGATE_WIRE_GATHER of each: default (two turns, then while growing), turns (one turn, then
+# while growing), single (one yield: before issue 24).
+A_GATHER=${A_GATHER:-default} B_GATHER=${B_GATHER:-single}
 export UP1=${UP1:-28081} UP2=${UP2:-28082} PROXY=${PROXY:-28090} MERGE=${MERGE:-28091} HAPROXY=${HAPROXY:-28092}
 export PEERS_DIR=${PEERS_DIR:-/tmp/busgate-peers-rpw}
 D=$(mktemp -d)
@@ -64,8 +68,8 @@ adapters() { # MODE_ENV S1 S2 -> pids on stdout via the arrays
     echo $!
   fi
 }
-mapfile -t APIDS < <(adapters turns n1 n2)
-mapfile -t BPIDS < <(adapters single h1 h2)
+mapfile -t APIDS < <(adapters "$A_GATHER" n1 n2)
+mapfile -t BPIDS < <(adapters "$B_GATHER" h1 h2)
 PIDS+=("${APIDS[@]}" "${BPIDS[@]}")
 A=http://127.0.0.1:$hp/rpw/a/12345 B=http://127.0.0.1:$hp/rpw/b/12345
 for url in "$A" "$B"; do
@@ -80,7 +84,11 @@ replies() {
 import json, sys
 names = set(sys.argv[1:])
 total = 0
-for c in json.load(sys.stdin).get("connections", []):
+try:
+    connections = json.load(sys.stdin).get("connections", [])
+except ValueError:
+    connections = []  # /connz did not answer: this measurement counts nothing
+for c in connections:
     n = c.get("name", "")
     if n.startswith("busgate-worker adapter ") and set(n.split(" ", 2)[2].split(",")) <= names:
         total += c.get("in_msgs", 0)
@@ -120,7 +128,7 @@ PY
 }
 join() { local IFS=,; echo "$*"; }
 echo "paced wrk -c64, delay ${DELAY_MS} ms, ${SECONDS_PER_ROUND}s per measurement, $PROCESSES adapter process(es) per mode;"
-echo "A = batched until a turn adds nothing (default), B = one yield (BUSGATE_WIRE_GATHER=single)"
+echo "A = BUSGATE_WIRE_GATHER=$A_GATHER, B = BUSGATE_WIRE_GATHER=$B_GATHER (default: two turns, then until a turn adds nothing; turns: one, then the same; single: one yield, as before)"
 ra=() rb=()
 for round in $(seq "$ROUNDS"); do
   if [ $((round % 2)) = 1 ]; then

@@ -6,9 +6,10 @@
 //! `yield_now` catches only what is ready after one turn: replies produced by a read of the
 //! bus (the native worker's) are all there, but replies that each wait for an HTTP response
 //! (the adapters') come in over several turns, 10–13 per write against about 50 for the native
-//! worker (bench-results/README.md, "Why the adapter path costs more"). So the writer yields
-//! again while the last turn added something, and writes as soon as a turn adds nothing: a
-//! flush driven by "nothing more ready", bounded by a number of turns, a size and a time.
+//! worker (bench-results/README.md, "Why the adapter path costs more"). So the writer takes
+//! [`MIN_TURNS`] turns, then yields again while the last turn added something, and writes as
+//! soon as a turn adds nothing: a flush driven by "nothing more ready", bounded by a number of
+//! turns, a size and a time.
 
 use std::time::Duration;
 
@@ -22,21 +23,41 @@ pub(crate) const MAX_BYTES: usize = 32 * 1024;
 /// request's latency never waits more than a tick of the event loop's timer.
 pub(crate) const MAX_WAIT: Duration = Duration::from_micros(200);
 
-/// The variable that makes the writer yield once and write, as before issue 24
-/// (`BUSGATE_WIRE_GATHER=single`): the same-run control of A/B measurements
-/// (`tests/perf/replies-per-write.sh`), not a setting.
+/// The variable that chooses the writer's policy for A/B measurements
+/// (`tests/perf/replies-per-write.sh`), not a setting: `single` yields once and writes, as before
+/// issue 24; `turns` takes the first turn only before asking whether a turn added anything;
+/// unset (or anything else), the default, [`MIN_TURNS`].
 pub(crate) const GATHER_VAR: &str = "BUSGATE_WIRE_GATHER";
 
-/// The most turns a connection's writer waits: [`MAX_TURNS`], or 1 when [`GATHER_VAR`] says
-/// `single`. Read once per connection handle.
-pub(crate) fn max_turns_from_env() -> u32 {
-    max_turns_for(std::env::var(GATHER_VAR).ok().as_deref())
+/// The turns always taken. Two, because of how tokio schedules a yielded task: it is woken
+/// after the I/O driver's poll, ahead of the tasks that poll woke (the LIFO slot). After one
+/// turn the writer has seen what the tasks queued before it published, not yet what the
+/// responses that poll read publish: the second turn lets those run.
+pub(crate) const MIN_TURNS: u32 = 2;
+
+/// A connection writer's policy: the turns always taken and the most taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Turns {
+    pub min: u32,
+    pub max: u32,
 }
 
-fn max_turns_for(value: Option<&str>) -> u32 {
-    match value {
-        Some(v) if v.trim().eq_ignore_ascii_case("single") => 1,
-        _ => MAX_TURNS,
+/// The policy [`GATHER_VAR`] chooses. Read once per connection handle.
+pub(crate) fn turns_from_env() -> Turns {
+    turns_for(std::env::var(GATHER_VAR).ok().as_deref())
+}
+
+fn turns_for(value: Option<&str>) -> Turns {
+    match value.map(str::trim) {
+        Some(v) if v.eq_ignore_ascii_case("single") => Turns { min: 1, max: 1 },
+        Some(v) if v.eq_ignore_ascii_case("turns") => Turns {
+            min: 1,
+            max: MAX_TURNS,
+        },
+        _ => Turns {
+            min: MIN_TURNS,
+            max: MAX_TURNS,
+        },
     }
 }
 
@@ -54,39 +75,44 @@ pub(crate) enum Step {
 pub(crate) struct Gather {
     started: Instant,
     turns: u32,
-    max_turns: u32,
+    policy: Turns,
     last_len: usize,
 }
 
 impl Gather {
-    /// A gathering that starts now, with `queued` bytes already waiting, of at most
-    /// [`MAX_TURNS`] turns.
+    /// A gathering that starts now, with `queued` bytes already waiting, by the default
+    /// policy.
     #[cfg(test)]
     pub(crate) fn start(queued: usize) -> Gather {
-        Gather::start_within(queued, MAX_TURNS)
+        Gather::start_with(queued, turns_for(None))
     }
 
-    /// A gathering of at most `max_turns` turns (at least one).
-    pub(crate) fn start_within(queued: usize, max_turns: u32) -> Gather {
+    /// A gathering by `policy` (at least one turn, at most `max`, and `min` ≤ `max`).
+    pub(crate) fn start_with(queued: usize, policy: Turns) -> Gather {
+        let max = policy.max.max(1);
         Gather {
             started: Instant::now(),
             turns: 0,
-            max_turns: max_turns.max(1),
+            policy: Turns {
+                min: policy.min.clamp(1, max),
+                max,
+            },
             last_len: queued,
         }
     }
 
-    /// What to do with `queued` bytes waiting now. The first turn is always taken (what the
-    /// writer did before: one yield); after it, another only while the last turn added bytes,
-    /// and only within [`MAX_TURNS`], [`MAX_BYTES`] and [`MAX_WAIT`].
+    /// What to do with `queued` bytes waiting now. The first [`Turns::min`] turns are always
+    /// taken (bounded by [`MAX_BYTES`] and [`MAX_WAIT`]); after them, another only while the
+    /// last turn added bytes, and only within [`Turns::max`], [`MAX_BYTES`] and [`MAX_WAIT`].
     pub(crate) fn next(&mut self, queued: usize) -> Step {
         let grew = queued > self.last_len;
         self.last_len = queued;
-        let first = self.turns == 0;
-        if !first && !grew {
+        if self.turns >= self.policy.min && !grew {
             return Step::Write;
         }
-        if self.turns >= self.max_turns || queued >= MAX_BYTES || self.started.elapsed() >= MAX_WAIT
+        if self.turns >= self.policy.max
+            || queued >= MAX_BYTES
+            || self.started.elapsed() >= MAX_WAIT
         {
             return Step::Write;
         }
@@ -107,11 +133,12 @@ mod tests {
     use proptest::prelude::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_turn_is_always_taken_then_a_turn_that_adds_nothing_writes() {
+    async fn the_first_turns_are_always_taken_then_a_turn_that_adds_nothing_writes() {
         let mut g = Gather::start(100);
         assert_eq!(g.next(100), Step::Yield);
+        assert_eq!(g.next(100), Step::Yield);
         assert_eq!(g.next(100), Step::Write);
-        assert_eq!(g.turns(), 1);
+        assert_eq!(g.turns(), MIN_TURNS);
     }
 
     #[tokio::test(start_paused = true)]
@@ -137,15 +164,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_single_control_yields_once_as_before() {
-        assert_eq!(max_turns_for(Some("single")), 1);
-        assert_eq!(max_turns_for(Some("turns")), MAX_TURNS);
-        assert_eq!(max_turns_for(None), MAX_TURNS);
-        let mut g = Gather::start_within(10, 1);
+    async fn the_controls_single_and_turns_and_the_default() {
+        assert_eq!(turns_for(Some("single")), Turns { min: 1, max: 1 });
+        assert_eq!(
+            turns_for(Some(" TURNS ")),
+            Turns {
+                min: 1,
+                max: MAX_TURNS
+            }
+        );
+        let default = Turns {
+            min: MIN_TURNS,
+            max: MAX_TURNS,
+        };
+        assert_eq!(turns_for(None), default);
+        assert_eq!(turns_for(Some("other")), default);
+        // single: one yield, then a write, as before issue 24.
+        let mut g = Gather::start_with(10, turns_for(Some("single")));
         assert_eq!(g.next(10), Step::Yield);
         assert_eq!(g.next(20), Step::Write);
-        // Zero is taken as one: the first turn is always taken.
-        let mut g = Gather::start_within(10, 0);
+        // turns: one turn always, then only while growing.
+        let mut g = Gather::start_with(10, turns_for(Some("turns")));
+        assert_eq!(g.next(10), Step::Yield);
+        assert_eq!(g.next(10), Step::Write);
+        // Nonsense is made sane: at least one turn, min never above max.
+        let mut g = Gather::start_with(10, Turns { min: 5, max: 0 });
         assert_eq!(g.next(10), Step::Yield);
         assert_eq!(g.next(20), Step::Write);
     }
@@ -157,6 +200,9 @@ mod tests {
         let mut g = Gather::start(10);
         assert_eq!(g.next(10), Step::Yield);
         assert_eq!(g.next(MAX_BYTES + 1), Step::Write);
+        // Also within the turns always taken.
+        let mut g = Gather::start(10);
+        assert_eq!(g.next(MAX_BYTES), Step::Write);
     }
 
     #[tokio::test(start_paused = true)]
@@ -170,8 +216,8 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the queue does, a gathering ends within MAX_TURNS yields, and never yields
-        /// after a turn that added nothing.
+        /// Whatever the queue does, a gathering ends within MAX_TURNS yields, and past the
+        /// turns always taken never yields after a turn that added nothing.
         #[test]
         fn gathering_is_bounded(lens in proptest::collection::vec(0usize..64 * 1024, 1..40)) {
             let mut g = Gather::start(lens[0]);
@@ -183,7 +229,7 @@ mod tests {
                         yields += 1;
                         prop_assert!(yields <= MAX_TURNS);
                         prop_assert!(len < MAX_BYTES);
-                        if i > 0 {
+                        if yields > MIN_TURNS {
                             prop_assert!(len > prev);
                         }
                     }

@@ -62,8 +62,8 @@ pub(crate) struct Inner {
     pub panics: AtomicU64,
     /// Number of connections made, for `Connection::connected` and tests.
     pub state: watch::Sender<u64>,
-    /// The most turns of the event loop the writer gathers a burst over (see `batch`).
-    pub gather_turns: u32,
+    /// The turns of the event loop the writer gathers a burst over (see `batch`).
+    pub gather_turns: batch::Turns,
 }
 
 impl Inner {
@@ -86,7 +86,7 @@ impl Inner {
             max_payload: AtomicUsize::new(1024 * 1024),
             panics: AtomicU64::new(0),
             state: watch::channel(0).0,
-            gather_turns: batch::max_turns_from_env(),
+            gather_turns: batch::turns_from_env(),
         }
     }
 
@@ -269,7 +269,7 @@ pub(crate) async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             // publish goes out in this one write. On loopback every write also runs the
             // receiver's TCP stack, so fewer, larger writes are most of what batching saves.
             // Gathering ends when a turn adds nothing, bounded (see `batch`).
-            let mut gather = Gather::start_within(queued_len(inner), inner.gather_turns);
+            let mut gather = Gather::start_with(queued_len(inner), inner.gather_turns);
             while gather.next(queued_len(inner)) == Step::Yield {
                 tokio::task::yield_now().await;
             }
