@@ -223,7 +223,7 @@ mod tests {
             let mut g = Gather::start(lens[0]);
             let mut yields = 0u32;
             let mut prev = lens[0];
-            for (i, &len) in lens.iter().enumerate() {
+            for &len in &lens {
                 match g.next(len) {
                     Step::Yield => {
                         yields += 1;
