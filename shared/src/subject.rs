@@ -13,8 +13,11 @@ pub const ALL_SERVICES: &str = "busgate.svc.>";
 
 /// JetStream work-queue stream of accepted asynchronous requests.
 pub const REQUESTS_STREAM: &str = "BUSGATE_REQUESTS";
-/// Subject an accepted asynchronous request is published on.
+/// Subject an accepted asynchronous request was published on by earlier gateways (the stream
+/// still takes it); now each goes to [`request_job`]`(request_id)` below it.
 pub const REQUESTS_SUBJECT: &str = "busgate.jobs.request";
+/// Wildcard of every accepted asynchronous request's own subject ([`request_job`]).
+pub const REQUESTS_ALL: &str = "busgate.jobs.request.>";
 /// Durable consumer that every gateway instance pulls asynchronous requests from.
 pub const REQUESTS_CONSUMER: &str = "gateways";
 /// JetStream work-queue stream of callback deliveries (retries are scheduled by NAK delays).
@@ -43,6 +46,13 @@ pub const FLEET_LEAVING: &[u8] = b"leaving";
 /// The subject a request to `service` is published on.
 pub fn service(service: &str) -> String {
     format!("{SERVICE_PREFIX}.{service}")
+}
+
+/// The subject the asynchronous request `request_id` (a UUID the gateway made) is published
+/// on: its own, so that the stream's last message on it is the request while it is pending
+/// (a poll on any instance finds it there before its status document is written).
+pub fn request_job(request_id: &str) -> String {
+    format!("{REQUESTS_SUBJECT}.{request_id}")
 }
 
 /// The queue group that workers of `service` share, so N instances split the load.

@@ -717,7 +717,7 @@ podman kube play --network "$KUBE_NET" "$WORK/kube.yaml" >"$WORK/kube.log" 2>&1 
 pods=$(podman pod ps --filter "network=$KUBE_NET" --format '{{.Name}}' | sort)
 echo "  pods: $(echo $pods)"
 [ "$(echo "$pods" | grep -c '^busgate-gateway')" = 2 ] || fail "2 gateway pods expected"
-[ "$(echo "$pods" | grep -c '^busgate-adapter')" = 4 ] || fail "4 adapter pods expected"
+[ "$(echo "$pods" | grep -c '^busgate-adapter')" = 2 ] || fail "2 adapter pods expected"
 for pod in $(echo "$pods" | grep '^busgate-gateway'); do
   infra=$(podman pod inspect "$pod" --format '{{.InfraContainerID}}')
   ip=$(podman inspect "$infra" --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}')
@@ -726,7 +726,7 @@ for pod in $(echo "$pods" | grep '^busgate-gateway'); do
   [ "$user" = 65532:65532 ] || fail "$pod runs as '$user'"
   ok "$pod: merged answer from http://$ip:8080 (user $user)"
 done
-ok "kube play: 2 gateways and 4 adapters from deploy/k8s/busgate.yaml answer ($(elapsed "$t0"))"
+ok "kube play: 2 gateways and 2 adapter pods (both services each) from deploy/k8s/busgate.yaml answer ($(elapsed "$t0"))"
 }
 section "9. podman kube play deploy/k8s/busgate.yaml, against the stack's NATS" section_kube_play
 

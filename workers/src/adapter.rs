@@ -26,7 +26,7 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::{info, warn};
 
-use crate::http1;
+use crate::{http1, hyper1};
 
 /// How far past the request's deadline the HTTP call's own timeout is set.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
@@ -151,6 +151,8 @@ pub struct Upstream {
 /// complete (certificate verification, ALPN, session resumption) for what users need.
 enum Transport {
     Http1(http1::Pool),
+    /// The A/B control of `Http1`, for benchmarking (`BUSGATE_ADAPTER_HTTP_CLIENT=hyper`).
+    Hyper(hyper1::Pool),
     Reqwest(reqwest::Client),
 }
 
@@ -160,6 +162,26 @@ enum Outcome {
     TimedOut,
     TooLarge,
     Unreachable(String),
+}
+
+/// The outcome of a plain-HTTP call, bounded by `own_timeout` when there is one.
+async fn bounded(
+    call: impl std::future::Future<Output = Result<http1::Response, http1::Error>>,
+    own_timeout: Option<Duration>,
+) -> Outcome {
+    let result = match own_timeout {
+        None => Ok(call.await),
+        Some(t) => tokio::time::timeout(t, call).await,
+    };
+    match result {
+        Ok(Ok(r)) => Outcome::Answered {
+            status: r.status,
+            body: r.body,
+        },
+        Ok(Err(http1::Error::TooLarge)) => Outcome::TooLarge,
+        Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
+        Err(_) => Outcome::TimedOut,
+    }
 }
 
 /// Reads every header value now: all, or what is missing.
@@ -185,6 +207,16 @@ impl Upstream {
     ) -> Result<Self, busgate_shared::Error> {
         let template = spec.validate("upstream")?;
         let (transport, parts) = match template.scheme {
+            Scheme::Http if hyper1::from_env() => {
+                let pool = hyper1::Pool::new(
+                    format!("{}:{}", template.host, template.port),
+                    &template.authority,
+                    spec.concurrency,
+                    CONNECT_TIMEOUT,
+                )
+                .map_err(|e| busgate_shared::Error::invalid("upstream", e.to_string()))?;
+                (Transport::Hyper(pool), template.target)
+            }
             Scheme::Http => {
                 let pool = http1::Pool::new(
                     format!("{}:{}", template.host, template.port),
@@ -347,20 +379,10 @@ impl Upstream {
         };
         let outcome = match &self.transport {
             Transport::Http1(pool) => {
-                let call = pool.get_limited(&target, extra, max_body);
-                let result = match own_timeout {
-                    None => Ok(call.await),
-                    Some(t) => tokio::time::timeout(t, call).await,
-                };
-                match result {
-                    Ok(Ok(r)) => Outcome::Answered {
-                        status: r.status,
-                        body: r.body,
-                    },
-                    Ok(Err(http1::Error::TooLarge)) => Outcome::TooLarge,
-                    Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
-                    Err(_) => Outcome::TimedOut,
-                }
+                bounded(pool.get_limited(&target, extra, max_body), own_timeout).await
+            }
+            Transport::Hyper(pool) => {
+                bounded(pool.get_limited(&target, extra, max_body), own_timeout).await
             }
             Transport::Reqwest(http) => {
                 // reqwest always sets a timer: the margin makes sure that the SDK's

@@ -232,6 +232,7 @@ pub async fn submit(
                 .collect(),
         },
         callback_url: submit.callback_url,
+        submitted_at: Some(crate::clock::rfc3339(std::time::SystemTime::now())),
     };
     let queued = match resumed {
         Some(_) => jobs.resume(&job).await,
@@ -366,8 +367,8 @@ pub async fn poll(
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let id = checked_id(&id)?;
-    match requests.jobs()?.status(&id).await? {
-        Some((_, doc)) if doc.client == caller.name() => Ok(axum::Json(doc).into_response()),
+    match requests.jobs()?.lookup(&id).await? {
+        Some((doc, _)) if doc.client == caller.name() => Ok(axum::Json(doc).into_response()),
         _ => Err(ErrorKind::RequestNotFound(id).into()),
     }
 }
@@ -384,10 +385,11 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, GatewayError> {
     let id = checked_id(&id)?;
     let jobs = requests.jobs()?;
-    match jobs.status(&id).await? {
-        Some((_, doc)) if doc.client == caller.name() => {}
+    // A request still in the queue has no document yet: its pending one is told first.
+    let queued = match jobs.lookup(&id).await? {
+        Some((doc, stored)) if doc.client == caller.name() => (!stored).then_some(doc),
         _ => return Err(ErrorKind::RequestNotFound(id).into()),
-    }
+    };
     let client_slot = match caller.get() {
         Some(c) => Some(
             c.usage
@@ -403,6 +405,7 @@ pub async fn events(
         .ok_or(ErrorKind::Overloaded("open event streams"))?;
     let slot = (slot, client_slot);
     let docs = jobs.watch(&id).await?;
+    let docs = futures::stream::iter(queued).chain(docs).boxed();
     let limit = tokio::time::sleep(jobs.settings().events_max);
     // Ends right after the final document, not at the next (never coming) one. The stream
     // holds its slot of `jobs.max_event_streams` until it ends or the client goes away.
