@@ -58,6 +58,20 @@ pub struct ClientLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service name.
+    pub service: Name,
+}
+
+/// Labels of an outcome alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What it came to.
+    pub outcome: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +87,14 @@ pub struct Metrics {
     pub late_replies: Counter,
     /// Requests by client and outcome.
     pub client_requests: Family<ClientLabels, Counter>,
+    /// Cache lookups by service and outcome (`hit`, `stale`, `miss`, `bypass`).
+    pub cache_lookups: Family<SourceLabels, Counter>,
+    /// Background refreshes of stale entries by service and outcome (`ok`, `failed`).
+    pub cache_refreshes: Family<SourceLabels, Counter>,
+    /// Source requests that joined another's publish, by service.
+    pub coalesced: Family<ServiceLabels, Counter>,
+    /// Late gathers by outcome (`completed`, `unchanged`, `refused`).
+    pub late_gathers: Family<OutcomeLabels, Counter>,
     /// The label of requests that named no configured client.
     unknown_client: Name,
 }
@@ -94,6 +116,30 @@ impl Metrics {
         let gathers_in_flight = Gauge::default();
         let late_replies = Counter::default();
         let client_requests = Family::<ClientLabels, Counter>::default();
+        let cache_lookups = Family::<SourceLabels, Counter>::default();
+        let cache_refreshes = Family::<SourceLabels, Counter>::default();
+        let coalesced = Family::<ServiceLabels, Counter>::default();
+        let late_gathers = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups of sources by service and outcome (hit, stale, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_refreshes",
+            "Background refreshes of stale cache entries by service and outcome",
+            cache_refreshes.clone(),
+        );
+        registry.register(
+            "coalesced",
+            "Source requests that shared another request's publish, by service",
+            coalesced.clone(),
+        );
+        registry.register(
+            "late_gathers",
+            "Partial answers kept listening for late sources, by outcome",
+            late_gathers.clone(),
+        );
         registry.register(
             "client_requests",
             "Requests of the public API by client, admitted or refused (and why)",
@@ -132,6 +178,10 @@ impl Metrics {
             gathers_in_flight,
             late_replies,
             client_requests,
+            cache_lookups,
+            cache_refreshes,
+            coalesced,
+            late_gathers,
             unknown_client: Name(Arc::from("-")),
         }
     }

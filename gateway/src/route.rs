@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::config::snapshot::{Route, Snapshot};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::collector::Collector;
+use crate::gather::late::{self, Late};
 use crate::gather::merge;
 use crate::gather::scatter::{self, Asker, Outcome, Pending, SourceResult};
 use crate::metrics::Metrics;
@@ -93,7 +94,8 @@ impl Runner {
         scatter::start(&self.collector, route, asker)
     }
 
-    /// Waits for a started gather's replies, counts them and renders the answer.
+    /// Waits for a started gather's replies, counts them and renders the answer, with its
+    /// `Cache-Status` when a source has a cache.
     pub async fn finish(
         &self,
         route: &Route,
@@ -101,13 +103,31 @@ impl Runner {
         request_id: &str,
         order_id: &str,
         started: Instant,
-    ) -> Result<Vec<u8>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         pending.collect(route).await;
-        let outcome = pending.finish();
+        let (outcome, gather) = pending.finish_open();
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());
         }
-        merge::answer(route, &outcome, request_id, order_id, started.elapsed())
+        let body = merge::answer(route, &outcome, request_id, order_id, started.elapsed())?;
+        let cache_status = (!outcome.marks.is_empty())
+            .then(|| {
+                crate::cache::cache_status(
+                    route
+                        .targets
+                        .iter()
+                        .map(|t| &*t.service.0)
+                        .zip(outcome.marks.iter().copied()),
+                )
+            })
+            .flatten();
+        let late = late::wanted(route, &outcome)
+            .and_then(|grace| Late::open(gather, outcome, grace, started).ok());
+        Ok(Answer {
+            body,
+            cache_status,
+            late,
+        })
     }
 
     /// Runs `call` in the configuration in force and answers with the status and body the
@@ -136,7 +156,17 @@ impl Runner {
         let started = Instant::now();
         let mut pending = self.start(route, &call.asker());
         pending.collect(route).await;
-        let outcome = pending.finish();
+        let (mut outcome, gather) = pending.finish_open();
+        // Nobody waits for an asynchronous answer: its late sources are waited for in place.
+        if let Some(grace) = late::wanted(route, &outcome) {
+            outcome = match Late::open(gather, outcome, grace, started) {
+                Ok(mut late) => {
+                    late.listen(route).await;
+                    late.into_outcome()
+                }
+                Err(refused) => refused,
+            };
+        }
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());
         }
@@ -163,6 +193,16 @@ impl Runner {
             }
         }
     }
+}
+
+/// A synchronous answer: its body, and the headers it adds.
+pub struct Answer {
+    /// The merged body.
+    pub body: Vec<u8>,
+    /// The RFC 9211 `Cache-Status` value, when a source has a cache.
+    pub cache_status: Option<String>,
+    /// A partial answer's late sources, still listened to (the route's `late.grace`).
+    pub late: Option<Late>,
 }
 
 /// What one run of a route came to.
@@ -206,6 +246,7 @@ mod tests {
         let failed = |result: SourceResult| Outcome {
             results: vec![result],
             failed: Some(0),
+            marks: Vec::new(),
         };
         assert!(is_transient(&failed(SourceResult::NoResponders {
             elapsed: ms
@@ -223,6 +264,7 @@ mod tests {
         assert!(!is_transient(&Outcome {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
+            marks: Vec::new(),
         }));
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::caching::{CacheSpec, LateSpec};
 pub use crate::upstream::{SecretSource, UpstreamSpec};
 use crate::{validate, Error};
 
@@ -178,6 +179,12 @@ pub struct ServiceSpec {
     /// other way (a single-service adapter, a native NATS service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamSpec>,
+    /// Replies kept and served again (`crate::caching`); absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+    /// Concurrent identical requests share one publish (on unless `false`).
+    #[serde(skip_serializing_if = "crate::caching::is_coalesce_default")]
+    pub coalesce: bool,
 }
 
 impl Default for ServiceSpec {
@@ -186,6 +193,8 @@ impl Default for ServiceSpec {
             timeout: Duration::from_millis(800),
             description: String::new(),
             upstream: None,
+            cache: None,
+            coalesce: crate::caching::coalesce_default(),
         }
     }
 }
@@ -207,6 +216,9 @@ pub struct RouteSpec {
     /// The `operation` sent to services; the route name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// Keeps a partial answer's late sources listened to after the answer (`crate::caching`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<LateSpec>,
 }
 
 fn default_deadline() -> Duration {
@@ -542,6 +554,7 @@ impl ConfigSpec {
             ],
             merge: MergeSpec::default(),
             operation: None,
+            late: None,
         };
         ConfigSpec {
             services,
@@ -562,6 +575,9 @@ impl ConfigSpec {
             }
             if let Some(upstream) = &svc.upstream {
                 upstream.validate(&format!("services.{name}.upstream"))?;
+            }
+            if let Some(cache) = &svc.cache {
+                cache.validate(&format!("services.{name}.cache"))?;
             }
         }
         let mut bound = BTreeSet::new();
@@ -643,6 +659,9 @@ impl ConfigSpec {
             }
             if let Some(op) = &route.operation {
                 validate::name(&format!("{at}.operation"), op)?;
+            }
+            if let Some(late) = &route.late {
+                late.validate(&format!("{at}.late"))?;
             }
         }
         let mut hashes = BTreeSet::new();

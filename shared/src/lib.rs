@@ -10,6 +10,7 @@
 //! - [`envelope`]: the request and reply payloads, reply status, error codes.
 //! - [`validate`]: service-name and `order_id` validation.
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
+//! - [`caching`]: a service's `cache` and `coalesce`, a route's `late` grace (issue 25).
 //! - [`upstream`]: a service's HTTP upstream as configuration: the URL template, header
 //!   secrets from env or file, validation, the own-listener check.
 //! - [`watch`]: following the `busgate-config` bucket (current values, then changes), shared
@@ -32,6 +33,7 @@
 //! release its watch.
 
 pub mod backoff;
+pub mod caching;
 pub mod config;
 pub mod envelope;
 pub mod error;

@@ -46,6 +46,8 @@ pub struct Route {
     pub merge: MergeStrategy,
     /// For `deep`: target indices from highest to lowest priority.
     pub priority: Vec<usize>,
+    /// How long a partial answer's late sources are still listened to (`late.grace`).
+    pub late: Option<Duration>,
 }
 
 /// A compiled target.
@@ -63,6 +65,10 @@ pub struct Target {
     pub when: Option<When>,
     /// What is done to its data before the merge; nothing when `None`.
     pub transform: Option<Transform>,
+    /// The service's cache; none when `None`.
+    pub cache: Option<busgate_shared::config::CacheSpec>,
+    /// Whether concurrent identical requests to it share one publish.
+    pub coalesce: bool,
 }
 
 /// A compiled [`busgate_shared::config::Condition`].
@@ -137,11 +143,14 @@ impl When {
 }
 
 impl Route {
-    /// Lower-case names of the request headers any condition of this route reads.
+    /// Lower-case names of the request headers any condition of this route reads (and
+    /// `cache-control` when a target has a cache: an asynchronous request keeps its `no-cache`).
     pub fn condition_headers(&self) -> impl Iterator<Item = &str> {
+        let cached = self.targets.iter().any(|t| t.cache.is_some());
         self.targets
             .iter()
             .filter_map(|t| t.when.as_ref()?.header.as_ref().map(|(n, _)| n.as_str()))
+            .chain(cached.then_some("cache-control"))
     }
 }
 
@@ -172,11 +181,8 @@ impl Snapshot {
                 .targets
                 .iter()
                 .map(|t| {
-                    let service_timeout = spec
-                        .services
-                        .get(&t.service)
-                        .map(|s| s.timeout)
-                        .unwrap_or(route.deadline);
+                    let service = spec.services.get(&t.service);
+                    let service_timeout = service.map(|s| s.timeout).unwrap_or(route.deadline);
                     Target {
                         service: Name(Arc::from(t.service.as_str())),
                         subject: subject::service(&t.service).into(),
@@ -207,6 +213,8 @@ impl Snapshot {
                                 .map(|(a, b)| (a.clone(), b.clone()))
                                 .collect(),
                         }),
+                        cache: service.and_then(|s| s.cache),
+                        coalesce: service.is_none_or(|s| s.coalesce),
                     }
                 })
                 .collect::<Vec<_>>();
@@ -228,6 +236,7 @@ impl Snapshot {
                 targets,
                 merge: route.merge.strategy,
                 priority,
+                late: route.late.map(|l| l.grace),
             });
             routes.insert(name.clone(), compiled.clone());
             for (i, b) in route.bindings.iter().enumerate() {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::cache::Mark;
 use crate::config::snapshot::{Route, Target, Transform};
 use crate::error::{ErrorKind, GatewayError, SourceFailure};
 use crate::gather::scatter::{Outcome, SourceResult};
@@ -54,7 +55,7 @@ pub fn answer(
         MergeStrategy::Deep => deep(&mut out, route, &outcome.results),
     }
     out.extend_from_slice(b",\"sources\":");
-    sources(&mut out, route, &outcome.results);
+    sources(&mut out, route, &outcome.results, &outcome.marks);
     out.extend_from_slice(b",\"elapsed_ms\":");
     put_ms(&mut out, elapsed);
     out.push(b'}');
@@ -154,7 +155,7 @@ fn apply(t: &Transform, map: &mut Map<String, Value>) {
 }
 
 /// The `sources` object: status and timing per source, and the error where there was one.
-fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult], marks: &[Mark]) {
     out.push(b'{');
     for (i, (target, result)) in route.targets.iter().zip(results).enumerate() {
         if i > 0 {
@@ -185,6 +186,9 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
         }
         if !target.required {
             out.extend_from_slice(b",\"optional\":true");
+        }
+        if let Some(mark) = marks.get(i) {
+            mark.put_fields(out);
         }
         out.push(b'}');
     }
@@ -224,7 +228,7 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
         }
     };
     let mut rendered = Vec::with_capacity(128);
-    sources(&mut rendered, route, &outcome.results);
+    sources(&mut rendered, route, &outcome.results, &outcome.marks);
     let sources = String::from_utf8(rendered)
         .ok()
         .and_then(|s| RawValue::from_string(s).ok())
@@ -267,6 +271,8 @@ mod tests {
             timeout: 800 * MS,
             when: None,
             transform: None,
+            cache: None,
+            coalesce: true,
         };
         Route {
             name: Name(Arc::from("order")),
@@ -275,6 +281,7 @@ mod tests {
             targets: vec![target("service1", true), target("service2", false)],
             merge: MergeStrategy::Namespace,
             priority: vec![0, 1],
+            late: None,
         }
     }
 
@@ -286,7 +293,11 @@ mod tests {
     }
 
     fn render(results: Vec<SourceResult>, failed: Option<usize>) -> Result<Value, GatewayError> {
-        let outcome = Outcome { results, failed };
+        let outcome = Outcome {
+            results,
+            failed,
+            marks: Vec::new(),
+        };
         answer(&route(), &outcome, "r1", "A1", 5 * MS)
             .map(|body| serde_json::from_slice(&body).expect("valid JSON"))
     }
@@ -406,6 +417,7 @@ mod tests {
         let outcome = Outcome {
             results,
             failed: None,
+            marks: Vec::new(),
         };
         let merged = |priority: Vec<usize>, r: &mut Route| {
             r.priority = priority;
@@ -444,6 +456,7 @@ mod tests {
             &Outcome {
                 results,
                 failed: None,
+                marks: Vec::new(),
             },
             "r1",
             "A1",

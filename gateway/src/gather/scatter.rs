@@ -16,8 +16,10 @@ use busgate_shared::envelope::code::gateway as code;
 use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
 
+use crate::cache::Mark;
 use crate::config::snapshot::Route;
 use crate::gather::collector::{Collector, Gather};
+use crate::gather::reuse::{self, SlotReuse};
 
 /// What one source came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +136,9 @@ pub struct Outcome {
     pub results: Vec<SourceResult>,
     /// The first required target that failed, if any.
     pub failed: Option<usize>,
+    /// What the cache and coalescing did per target, in the route's order; empty when they
+    /// did nothing (see `crate::cache::Mark`).
+    pub marks: Vec<Mark>,
 }
 
 /// The state of one gather: which targets are open, until when, and what came back.
@@ -150,6 +155,8 @@ struct Slot {
     required: bool,
     timeout: Duration,
     result: Option<SourceResult>,
+    mark: Mark,
+    reuse: SlotReuse,
 }
 
 /// Whether a gather goes on after an event.
@@ -170,6 +177,8 @@ impl Book {
                 required,
                 timeout,
                 result: None,
+                mark: Mark::default(),
+                reuse: SlotReuse::default(),
             })
             .collect();
         let open = slots.len();
@@ -193,12 +202,39 @@ impl Book {
         if slot.result.is_some() {
             return None;
         }
+        let result = slot.reuse.settled(&mut slot.mark, result);
         if slot.required && !result.is_present() && self.failed.is_none() {
             self.failed = Some(index);
         }
         slot.result = Some(result);
         self.open -= 1;
         Some(self.step())
+    }
+
+    /// Gives source `index` what reuse made of it (before it is published).
+    pub(crate) fn reuse_slot(&mut self, index: usize, mark: Mark, reuse: SlotReuse) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.mark = mark;
+            slot.reuse = reuse;
+        }
+    }
+
+    /// Settles source `index` with a reused answer (from the cache).
+    pub(crate) fn settle_reused(
+        &mut self,
+        index: usize,
+        result: SourceResult,
+        mark: Mark,
+        reuse: SlotReuse,
+    ) {
+        self.reuse_slot(index, mark, reuse);
+        self.settle(index, result);
+    }
+
+    /// The reply of source `index` came and this gather leads its flight: the gathers that
+    /// follow it (to forward the reply to).
+    pub(crate) fn land(&mut self, index: usize) -> Option<Vec<u64>> {
+        self.slots.get_mut(index)?.reuse.land()
     }
 
     /// Times out every open source whose timeout has passed at `now`.
@@ -233,6 +269,11 @@ impl Book {
 
     /// Ends the gather: open sources become [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
+        let marks = if self.slots.iter().all(|s| s.mark.is_empty()) {
+            Vec::new()
+        } else {
+            self.slots.iter().map(|s| s.mark).collect()
+        };
         Outcome {
             failed: self.failed,
             results: self
@@ -240,6 +281,7 @@ impl Book {
                 .into_iter()
                 .map(|s| s.result.unwrap_or(SourceResult::Cancelled))
                 .collect(),
+            marks,
         }
     }
 }
@@ -278,6 +320,11 @@ impl Pending {
     pub fn finish(self) -> Outcome {
         self.book.finish()
     }
+
+    /// [`Pending::finish`], keeping the gather's reply inbox open (for a late grace).
+    pub fn finish_open(self) -> (Outcome, Gather) {
+        (self.book.finish(), self.gather)
+    }
 }
 
 /// Opens a gather and publishes the request to every target of `route` whose condition holds.
@@ -313,6 +360,11 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
                 book.settle(index, SourceResult::Skipped);
                 continue;
             }
+        }
+        if (target.coalesce || target.cache.is_some())
+            && reuse::intercept(gather, route, target, asker, book, index)
+        {
+            continue;
         }
         let deadline_ms =
             now_ms.saturating_add(u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX));
@@ -356,6 +408,11 @@ async fn collect(book: &mut Book, gather: &mut Gather, route: &Route) {
                     gather.collector().count_late();
                     continue;
                 };
+                if let Some(followers) = book.land(index) {
+                    for follower in followers {
+                        gather.collector().forward(follower, message.clone());
+                    }
+                }
                 let result = SourceResult::from_message(&message, book.started().elapsed());
                 match book.settle(index, result) {
                     Some(Step::Done) => return,
