@@ -243,3 +243,92 @@ fn refresh(
             .inc();
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use busgate_shared::config::CacheSpec;
+    use bytes::Bytes;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn stale_copy() -> SlotReuse {
+        let entry = Arc::new(Entry {
+            data: Some(Bytes::from_static(b"{\"old\":1}")),
+            stored: std::time::Instant::now(),
+        });
+        SlotReuse {
+            fallback: Some((entry, -40)),
+            ..SlotReuse::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_required_source_with_a_stale_copy_does_not_fail_the_gather() {
+        for failure in [
+            SourceResult::Error {
+                code: "c".into(),
+                message: "m".into(),
+                elapsed: MS,
+            },
+            SourceResult::NoResponders { elapsed: MS },
+        ] {
+            let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+            book.reuse_slot(0, Mark::default(), stale_copy());
+            book.settle(0, failure);
+            let outcome = book.finish();
+            assert_eq!(outcome.failed, None);
+            assert!(outcome.results[0].is_ok());
+            assert_eq!(
+                outcome.marks[0].cache,
+                Some(CacheState::OnError { ttl: -40 })
+            );
+        }
+        // A timeout too, through the deadline.
+        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+        book.reuse_slot(0, Mark::default(), stale_copy());
+        tokio::time::advance(100 * MS).await;
+        book.expire(Instant::now());
+        let outcome = book.finish();
+        assert_eq!(outcome.failed, None);
+        assert_eq!(outcome.marks[0].cache.map(CacheState::word), Some("stale"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ok_reply_is_stored_and_says_so() {
+        let cache = Arc::new(ServiceCache::new(CacheSpec::fresh_for(
+            Duration::from_secs(5),
+        )));
+        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+        let slot = SlotReuse {
+            store: Some((cache.clone(), 42)),
+            ..SlotReuse::default()
+        };
+        let mark = Mark {
+            cache: Some(CacheState::Miss { stored: false }),
+            coalesced: false,
+        };
+        book.reuse_slot(0, mark, slot);
+        book.settle(
+            0,
+            SourceResult::Ok {
+                data: Some(Bytes::from_static(b"{}")),
+                elapsed: MS,
+            },
+        );
+        let outcome = book.finish();
+        assert_eq!(
+            outcome.marks[0].cache,
+            Some(CacheState::Miss { stored: true })
+        );
+        assert!(matches!(
+            cache.lookup(42, std::time::Instant::now()),
+            Found::Fresh { .. }
+        ));
+        // An answer without reuse carries no marks at all (nothing allocated).
+        let mut plain = Book::new(Instant::now(), [(true, 100 * MS)]);
+        plain.settle(0, SourceResult::NotFound { elapsed: MS });
+        assert!(plain.finish().marks.is_empty());
+    }
+}

@@ -366,8 +366,10 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
         {
             continue;
         }
+        // A route with a late grace still wants the reply that long after its deadline.
+        let wanted = target.timeout + route.late.unwrap_or_default();
         let deadline_ms =
-            now_ms.saturating_add(u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX));
+            now_ms.saturating_add(u64::try_from(wanted.as_millis()).unwrap_or(u64::MAX));
         let mut digits = [0u8; 20];
         let headers = [
             (header::REQUEST_ID, asker.request_id),
