@@ -5,22 +5,22 @@
 //! its place. Also the background refresh of a stale entry: one per key at a time, bounded by
 //! the target's timeout, stopped at shutdown.
 //!
-//! A target with neither a cache nor coalescing never reaches this module.
+//! A target with neither a cache nor coalescing never reaches this module. It knows sources'
+//! data as bytes; `scatter` turns what it says into results.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use busgate_shared::envelope::ServiceRequest;
+use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
+use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::cache::coalesce::{Joined, Ticket};
 use crate::cache::store::{Entry, Found, ServiceCache};
-use crate::cache::{forbids, CacheState, KeyParts, Mark, CACHE_CONTROL};
+use crate::cache::{forbids, CacheState, KeyParts, Mark};
 use crate::config::snapshot::{Route, Target};
 use crate::gather::collector::{Collector, Gather};
-use crate::gather::scatter::{Asker, Book, SourceResult};
 use crate::metrics::{ServiceLabels, SourceLabels};
 
 /// What one source of a gather holds for reuse; empty (and never looked at) for a target with
@@ -36,35 +36,39 @@ pub struct SlotReuse {
 }
 
 impl SlotReuse {
-    /// What a source's result becomes: an `ok` reply is stored; a failure is replaced by the
-    /// stale copy within `stale_if_error`, if there is one.
-    pub fn settled(&mut self, mark: &mut Mark, result: SourceResult) -> SourceResult {
-        match &result {
-            SourceResult::Ok { data, .. } => {
-                if let Some((cache, key)) = self.store.take() {
-                    if cache.store(key, data.clone(), std::time::Instant::now()) {
-                        if let Some(state) = &mut mark.cache {
-                            state.stored();
-                        }
-                    }
-                }
-                result
-            }
-            SourceResult::Error { elapsed, .. } | SourceResult::NoResponders { elapsed } => {
-                self.stale_instead(mark, *elapsed).unwrap_or(result)
-            }
-            SourceResult::Timeout { after } => self.stale_instead(mark, *after).unwrap_or(result),
-            _ => result,
+    /// Stores into `cache` under `key` when the source answers `ok`.
+    pub fn storing(cache: Arc<ServiceCache>, key: u128) -> Self {
+        SlotReuse {
+            store: Some((cache, key)),
+            ..SlotReuse::default()
         }
     }
 
-    fn stale_instead(&mut self, mark: &mut Mark, elapsed: Duration) -> Option<SourceResult> {
+    /// Serves `entry` (stale by `-ttl` seconds) if the source fails.
+    pub fn with_fallback(entry: Arc<Entry>, ttl: i64) -> Self {
+        SlotReuse {
+            fallback: Some((entry, ttl)),
+            ..SlotReuse::default()
+        }
+    }
+
+    /// The source answered `ok` with `data`: stored, if this slot stores.
+    pub fn answered(&mut self, mark: &mut Mark, data: &Option<Bytes>) {
+        if let Some((cache, key)) = self.store.take() {
+            if cache.store(key, data.clone(), std::time::Instant::now()) {
+                if let Some(state) = &mut mark.cache {
+                    state.stored();
+                }
+            }
+        }
+    }
+
+    /// The source failed (error, no responders, timeout): the stale copy's data to answer
+    /// with instead, if there is one.
+    pub fn failed(&mut self, mark: &mut Mark) -> Option<Option<Bytes>> {
         let (entry, ttl) = self.fallback.take()?;
         mark.cache = Some(CacheState::OnError { ttl });
-        Some(SourceResult::Ok {
-            data: entry.data.clone(),
-            elapsed,
-        })
+        Some(entry.data.clone())
     }
 
     /// The reply of a flight this gather leads came: the followers to forward it to.
@@ -73,16 +77,39 @@ impl SlotReuse {
     }
 }
 
-/// Looks `target` (source `index` of `route`) up before it is published: true when the
-/// source is settled or follows another gather's flight, so nothing is published for it.
+/// Who asks, as reuse needs it.
+pub struct Ask<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The order id.
+    pub order_id: &'a str,
+    /// The client.
+    pub client: &'a str,
+    /// The traceparent to send with a refresh.
+    pub traceparent: &'a str,
+    /// The request's `Cache-Control`, if any.
+    pub cache_control: Option<&'a str>,
+}
+
+/// What reuse made of a target before it is published.
+pub enum Intercepted {
+    /// Publish it, holding this.
+    Publish(Mark, SlotReuse),
+    /// Settled from the cache with this data: nothing to publish.
+    Served(Mark, Option<Bytes>),
+    /// Another gather's flight brings the reply: nothing to publish.
+    Follows(Mark, SlotReuse),
+}
+
+/// Looks `target` of `route` up before it is published (see [`Intercepted`]). `started` is
+/// when the gather started (a flight waits until its timeout from then).
 pub fn intercept(
     gather: &Gather,
     route: &Route,
     target: &Target,
-    asker: &Asker<'_>,
-    book: &mut Book,
-    index: usize,
-) -> bool {
+    ask: &Ask<'_>,
+    started: Instant,
+) -> Intercepted {
     let collector = gather.collector();
     let reuse = collector.reuse();
     let metrics = reuse.metrics();
@@ -90,9 +117,9 @@ pub fn intercept(
     let key = reuse.key(&KeyParts {
         service: &target.service.0,
         operation: &route.operation,
-        order_id: asker.order_id,
+        order_id: ask.order_id,
         attributes: b"",
-        client: (!shared).then_some(asker.client),
+        client: (!shared).then_some(ask.client),
     });
     let count = |outcome: &'static str| {
         metrics
@@ -107,7 +134,7 @@ pub fn intercept(
     let mut slot = SlotReuse::default();
     if let Some(spec) = &target.cache {
         let cache = reuse.cache(&target.service, spec);
-        let bypass = asker.headers.get_header(CACHE_CONTROL).is_some_and(forbids);
+        let bypass = ask.cache_control.is_some_and(forbids);
         let found = if bypass {
             Found::Miss
         } else {
@@ -117,17 +144,15 @@ pub fn intercept(
             Found::Fresh { entry, ttl } => {
                 count("hit");
                 mark.cache = Some(CacheState::Hit { ttl });
-                book.settle_reused(index, served(&entry, book), mark, slot);
-                return true;
+                return Intercepted::Served(mark, entry.data.clone());
             }
             Found::Revalidate { entry, ttl } => {
                 count("stale");
                 mark.cache = Some(CacheState::Revalidating { ttl });
                 if cache.claim_refresh(key) {
-                    refresh(collector, route, target, asker, cache.clone(), key);
+                    refresh(collector, route, target, ask, cache.clone(), key);
                 }
-                book.settle_reused(index, served(&entry, book), mark, slot);
-                return true;
+                return Intercepted::Served(mark, entry.data.clone());
             }
             Found::Fallback { entry, ttl } => {
                 count("miss");
@@ -146,8 +171,10 @@ pub fn intercept(
         slot.store = Some((cache, key));
     }
     if target.coalesce {
-        let until = book.started() + target.timeout;
-        match reuse.flights().join(key, gather.id(), until) {
+        match reuse
+            .flights()
+            .join(key, gather.id(), started + target.timeout)
+        {
             Joined::Follow => {
                 metrics
                     .coalesced
@@ -158,21 +185,12 @@ pub fn intercept(
                 mark.coalesced = true;
                 // The leader stores the reply; a follower keeps only its stale fallback.
                 slot.store = None;
-                book.reuse_slot(index, mark, slot);
-                return true;
+                return Intercepted::Follows(mark, slot);
             }
             Joined::Lead(ticket) => slot.ticket = Some(ticket),
         }
     }
-    book.reuse_slot(index, mark, slot);
-    false
-}
-
-fn served(entry: &Entry, book: &Book) -> SourceResult {
-    SourceResult::Ok {
-        data: entry.data.clone(),
-        elapsed: book.started().elapsed(),
-    }
+    Intercepted::Publish(mark, slot)
 }
 
 /// Refreshes a stale entry in the background: one request to the service on a gather of its
@@ -182,7 +200,7 @@ fn refresh(
     collector: &Collector,
     route: &Route,
     target: &Target,
-    asker: &Asker<'_>,
+    ask: &Ask<'_>,
     cache: Arc<ServiceCache>,
     key: u128,
 ) {
@@ -190,14 +208,11 @@ fn refresh(
     let subject = target.subject.clone();
     let service = target.service.clone();
     let timeout = target.timeout;
-    let payload = ServiceRequest::encode_without_attributes(
-        asker.request_id,
-        asker.order_id,
-        &route.operation,
-    );
-    let request_id = asker.request_id.to_owned();
-    let client = asker.client.to_owned();
-    let traceparent = asker.traceparent.to_owned();
+    let payload =
+        ServiceRequest::encode_without_attributes(ask.request_id, ask.order_id, &route.operation);
+    let request_id = ask.request_id.to_owned();
+    let client = ask.client.to_owned();
+    let traceparent = ask.traceparent.to_owned();
     let mut stopping = collector.reuse().stopping();
     tokio::spawn(async move {
         let started = Instant::now();
@@ -223,13 +238,12 @@ fn refresh(
                 m = wait => m.ok().flatten(),
                 _ = stopping.wait_for(|stop| *stop) => None,
             };
-            if let Some(message) = message {
-                if let SourceResult::Ok { data, .. } =
-                    SourceResult::from_message(&message, started.elapsed())
-                {
-                    cache.store(key, data, std::time::Instant::now());
-                    outcome = "ok";
-                }
+            let reply = message
+                .filter(|m| m.status().is_none())
+                .and_then(|m| ParsedReply::parse(&m.payload).ok());
+            if let Some(reply) = reply.filter(|r| r.status == ReplyStatus::Ok) {
+                cache.store(key, reply.data, std::time::Instant::now());
+                outcome = "ok";
             }
         }
         drop(gather);
@@ -242,93 +256,4 @@ fn refresh(
             .get_or_create(&SourceLabels { service, outcome })
             .inc();
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use busgate_shared::config::CacheSpec;
-    use bytes::Bytes;
-
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    fn stale_copy() -> SlotReuse {
-        let entry = Arc::new(Entry {
-            data: Some(Bytes::from_static(b"{\"old\":1}")),
-            stored: std::time::Instant::now(),
-        });
-        SlotReuse {
-            fallback: Some((entry, -40)),
-            ..SlotReuse::default()
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failed_required_source_with_a_stale_copy_does_not_fail_the_gather() {
-        for failure in [
-            SourceResult::Error {
-                code: "c".into(),
-                message: "m".into(),
-                elapsed: MS,
-            },
-            SourceResult::NoResponders { elapsed: MS },
-        ] {
-            let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
-            book.reuse_slot(0, Mark::default(), stale_copy());
-            book.settle(0, failure);
-            let outcome = book.finish();
-            assert_eq!(outcome.failed, None);
-            assert!(outcome.results[0].is_ok());
-            assert_eq!(
-                outcome.marks[0].cache,
-                Some(CacheState::OnError { ttl: -40 })
-            );
-        }
-        // A timeout too, through the deadline.
-        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
-        book.reuse_slot(0, Mark::default(), stale_copy());
-        tokio::time::advance(100 * MS).await;
-        book.expire(Instant::now());
-        let outcome = book.finish();
-        assert_eq!(outcome.failed, None);
-        assert_eq!(outcome.marks[0].cache.map(CacheState::word), Some("stale"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_ok_reply_is_stored_and_says_so() {
-        let cache = Arc::new(ServiceCache::new(CacheSpec::fresh_for(
-            Duration::from_secs(5),
-        )));
-        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
-        let slot = SlotReuse {
-            store: Some((cache.clone(), 42)),
-            ..SlotReuse::default()
-        };
-        let mark = Mark {
-            cache: Some(CacheState::Miss { stored: false }),
-            coalesced: false,
-        };
-        book.reuse_slot(0, mark, slot);
-        book.settle(
-            0,
-            SourceResult::Ok {
-                data: Some(Bytes::from_static(b"{}")),
-                elapsed: MS,
-            },
-        );
-        let outcome = book.finish();
-        assert_eq!(
-            outcome.marks[0].cache,
-            Some(CacheState::Miss { stored: true })
-        );
-        assert!(matches!(
-            cache.lookup(42, std::time::Instant::now()),
-            Found::Fresh { .. }
-        ));
-        // An answer without reuse carries no marks at all (nothing allocated).
-        let mut plain = Book::new(Instant::now(), [(true, 100 * MS)]);
-        plain.settle(0, SourceResult::NotFound { elapsed: MS });
-        assert!(plain.finish().marks.is_empty());
-    }
 }

@@ -19,7 +19,7 @@ use busgate_shared::header;
 use crate::cache::Mark;
 use crate::config::snapshot::Route;
 use crate::gather::collector::{Collector, Gather};
-use crate::gather::reuse::{self, SlotReuse};
+use crate::gather::reuse::{self, Ask, Intercepted, SlotReuse};
 
 /// What one source came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,7 +202,20 @@ impl Book {
         if slot.result.is_some() {
             return None;
         }
-        let result = slot.reuse.settled(&mut slot.mark, result);
+        let result = match result {
+            SourceResult::Ok { ref data, .. } => {
+                slot.reuse.answered(&mut slot.mark, data);
+                result
+            }
+            SourceResult::Error { elapsed, .. }
+            | SourceResult::NoResponders { elapsed }
+            | SourceResult::Timeout { after: elapsed } => match slot.reuse.failed(&mut slot.mark) {
+                // The stale copy within `stale_if_error` answers instead.
+                Some(data) => SourceResult::Ok { data, elapsed },
+                None => result,
+            },
+            other => other,
+        };
         if slot.required && !result.is_present() && self.failed.is_none() {
             self.failed = Some(index);
         }
@@ -217,18 +230,6 @@ impl Book {
             slot.mark = mark;
             slot.reuse = reuse;
         }
-    }
-
-    /// Settles source `index` with a reused answer (from the cache).
-    pub(crate) fn settle_reused(
-        &mut self,
-        index: usize,
-        result: SourceResult,
-        mark: Mark,
-        reuse: SlotReuse,
-    ) {
-        self.reuse_slot(index, mark, reuse);
-        self.settle(index, result);
     }
 
     /// The reply of source `index` came and this gather leads its flight: the gathers that
@@ -361,10 +362,29 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
                 continue;
             }
         }
-        if (target.coalesce || target.cache.is_some())
-            && reuse::intercept(gather, route, target, asker, book, index)
-        {
-            continue;
+        if target.coalesce || target.cache.is_some() {
+            let ask = Ask {
+                request_id: asker.request_id,
+                order_id: asker.order_id,
+                client: asker.client,
+                traceparent: asker.traceparent,
+                cache_control: target
+                    .cache
+                    .and(asker.headers.get_header(crate::cache::CACHE_CONTROL)),
+            };
+            match reuse::intercept(gather, route, target, &ask, book.started()) {
+                Intercepted::Publish(mark, slot) => book.reuse_slot(index, mark, slot),
+                Intercepted::Follows(mark, slot) => {
+                    book.reuse_slot(index, mark, slot);
+                    continue;
+                }
+                Intercepted::Served(mark, data) => {
+                    book.reuse_slot(index, mark, SlotReuse::default());
+                    let elapsed = book.started().elapsed();
+                    book.settle(index, SourceResult::Ok { data, elapsed });
+                    continue;
+                }
+            }
         }
         // A route with a late grace still wants the reply that long after its deadline.
         let wanted = target.timeout + route.late.unwrap_or_default();
@@ -506,6 +526,81 @@ mod tests {
             SourceResult::Timeout { after: 100 * MS }
         );
         assert_eq!(outcome.results[1], SourceResult::Cancelled);
+    }
+
+    fn stale_copy() -> SlotReuse {
+        let entry = std::sync::Arc::new(crate::cache::store::Entry {
+            data: Some(Bytes::from_static(b"{\"old\":1}")),
+            stored: std::time::Instant::now(),
+        });
+        SlotReuse::with_fallback(entry, -40)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_required_source_with_a_stale_copy_does_not_fail_the_gather() {
+        use crate::cache::CacheState;
+        for failure in [
+            SourceResult::Error {
+                code: "c".into(),
+                message: "m".into(),
+                elapsed: MS,
+            },
+            SourceResult::NoResponders { elapsed: MS },
+        ] {
+            let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+            book.reuse_slot(0, Mark::default(), stale_copy());
+            book.settle(0, failure);
+            let outcome = book.finish();
+            assert_eq!(outcome.failed, None);
+            assert!(outcome.results[0].is_ok());
+            assert_eq!(
+                outcome.marks[0].cache,
+                Some(CacheState::OnError { ttl: -40 })
+            );
+        }
+        // A timeout too, through the deadline.
+        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+        book.reuse_slot(0, Mark::default(), stale_copy());
+        tokio::time::advance(100 * MS).await;
+        book.expire(Instant::now());
+        let outcome = book.finish();
+        assert_eq!(outcome.failed, None);
+        assert_eq!(outcome.marks[0].cache.map(CacheState::word), Some("stale"));
+        // A not_found is an answer, not a failure: no stale copy for it.
+        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+        book.reuse_slot(0, Mark::default(), stale_copy());
+        book.settle(0, SourceResult::NotFound { elapsed: MS });
+        assert_eq!(book.finish().failed, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ok_reply_is_stored_and_says_so() {
+        use crate::cache::store::{Found, ServiceCache};
+        use crate::cache::CacheState;
+        use busgate_shared::config::CacheSpec;
+        let cache = std::sync::Arc::new(ServiceCache::new(CacheSpec::fresh_for(
+            Duration::from_secs(5),
+        )));
+        let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
+        let mark = Mark {
+            cache: Some(CacheState::Miss { stored: false }),
+            coalesced: false,
+        };
+        book.reuse_slot(0, mark, SlotReuse::storing(cache.clone(), 42));
+        book.settle(0, ok());
+        let outcome = book.finish();
+        assert_eq!(
+            outcome.marks[0].cache,
+            Some(CacheState::Miss { stored: true })
+        );
+        assert!(matches!(
+            cache.lookup(42, std::time::Instant::now()),
+            Found::Fresh { .. }
+        ));
+        // An answer without reuse carries no marks at all (nothing allocated).
+        let mut plain = Book::new(Instant::now(), [(true, 100 * MS)]);
+        plain.settle(0, SourceResult::NotFound { elapsed: MS });
+        assert!(plain.finish().marks.is_empty());
     }
 
     #[test]
