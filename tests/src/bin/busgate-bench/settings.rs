@@ -1,6 +1,10 @@
 //! The gateway settings of the benchmark and of the perf scripts that read theirs from here
-//! (`busgate-bench --print-settings bench|merge|merge-keyed|held`), all built with
-//! [`busgate_tests::fixture`].
+//! (`busgate-bench --print-settings bench|merge|merge-keyed|held|merge-coalesce`), all built
+//! with [`busgate_tests::fixture`].
+//!
+//! Coalescing is on by default, and the benchmark asks for one order id over and over: every
+//! setting here turns it off (the benchmark measures gathers), except `merge-coalesce`, which
+//! is `merge` with it on (what coalescing does to the same load).
 
 use std::time::Duration;
 
@@ -65,7 +69,7 @@ pub fn bench_settings() -> Settings {
             .fold(bench_route(&name), |route, service| route.target(service));
         settings = settings.route(&name, route);
     }
-    settings
+    settings.no_coalescing()
 }
 
 /// The gateway of `tests/perf/merge-stack.sh`: route `merge` alone.
@@ -77,6 +81,16 @@ fn merge_stack_settings() -> Settings {
         .service("n1", two)
         .service("n2", two)
         .route("merge", merge_route())
+        .no_coalescing()
+}
+
+/// [`merge_stack_settings`] with coalescing on (the default of a service): the same load, with
+/// concurrent identical requests sharing one publish (`tests/perf/ab-merge.sh` with
+/// `SETTINGS=merge-coalesce`).
+fn merge_coalesce_settings() -> Settings {
+    merge_stack_settings()
+        .coalesce("n1", true)
+        .coalesce("n2", true)
 }
 
 /// The API key of the `bench` client of [`merge_keyed_settings`]: a fixture, not a secret
@@ -112,6 +126,7 @@ fn merge_keyed_settings() -> Settings {
                 ..Default::default()
             },
         )
+        .no_coalescing()
 }
 
 /// The gateway of `tests/perf/held-gathers.py`: the held route and the merge for `--preload`,
@@ -126,6 +141,7 @@ fn held_gathers_settings() -> Settings {
         .service("n2", Duration::from_secs(2))
         .route("hold", hold_route())
         .route("merge", merge_route())
+        .no_coalescing()
 }
 
 /// `--print-settings NAME`: the settings file of the benchmark's gateway or a perf script's.
@@ -135,9 +151,10 @@ pub fn print_settings(name: &str) -> ! {
         "merge" => merge_stack_settings(),
         "merge-keyed" => merge_keyed_settings(),
         "held" => held_gathers_settings(),
+        "merge-coalesce" => merge_coalesce_settings(),
         other => {
             eprintln!(
-                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, held)"
+                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, held, merge-coalesce)"
             );
             std::process::exit(2);
         }
