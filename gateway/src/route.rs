@@ -122,7 +122,8 @@ impl Runner {
             })
             .flatten();
         let late = late::wanted(route, &outcome)
-            .and_then(|grace| Late::open(gather, outcome, grace, started).ok());
+            .zip(gather)
+            .and_then(|(grace, gather)| Late::open(gather, outcome, grace, started).ok());
         Ok(Answer {
             body,
             cache_status,
@@ -158,7 +159,7 @@ impl Runner {
         pending.collect(route).await;
         let (mut outcome, gather) = pending.finish_open();
         // Nobody waits for an asynchronous answer: its late sources are waited for in place.
-        if let Some(grace) = late::wanted(route, &outcome) {
+        if let Some((grace, gather)) = late::wanted(route, &outcome).zip(gather) {
             outcome = match Late::open(gather, outcome, grace, started) {
                 Ok(mut late) => {
                     late.listen(route).await;

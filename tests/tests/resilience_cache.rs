@@ -557,3 +557,53 @@ async fn limits_hold_against_big_entries_and_bad_settings() {
     assert_eq!(out.status.code(), Some(64), "{text}");
     assert!(text.contains("services.s.cache.stale_if_error"), "{text}");
 }
+
+/// A leader whose gather ends before its reply (another required source of its route failed)
+/// hands the reply over: its followers still get it, and the service is asked once.
+#[tokio::test]
+async fn followers_get_the_reply_when_their_leader_fails_first() {
+    let rig = rig().await;
+    rig.service("boom", json!({"coalesce": false})).await;
+    rig.service("shared", json!({})).await;
+    rig.route(
+        "lead",
+        json!([{"service": "boom"}, {"service": "shared", "required": false}]),
+        json!({"operation": "same"}),
+    )
+    .await;
+    rig.route(
+        "follow",
+        json!([{"service": "shared"}]),
+        json!({"operation": "same"}),
+    )
+    .await;
+    rig.served("/api/lead/warm").await;
+    rig.served("/api/follow/warm").await;
+    rig.up.delay("boom", 300);
+    rig.up.fail("boom", true);
+    rig.up.delay("shared", 900);
+
+    let before = rig.up.calls("shared");
+    let leader = tokio::spawn({
+        let url = rig.gateway.url("/api/lead/O-1");
+        async move { Answer::of(http().get(url).send().await.expect("get")).await }
+    });
+    // The leader's request reached the shared service: the followers come while it is out.
+    eventually(Duration::from_secs(5), || async {
+        rig.up.calls("shared") > before
+    })
+    .await;
+    let followers = wave(&rig, "/api/follow/O-1", 5).await;
+    let leader = leader.await.expect("leader");
+    assert_eq!(
+        leader.status, 502,
+        "the leader failed on boom: {}",
+        leader.body
+    );
+    for answer in &followers {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["sources"]["shared"]["coalesced"], true);
+        assert_eq!(answer.body["data"]["shared"]["id"], "O-1");
+    }
+    assert_eq!(rig.up.calls("shared") - before, 1, "asked once");
+}

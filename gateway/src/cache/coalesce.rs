@@ -44,6 +44,7 @@ pub struct Ticket {
     flights: Arc<Flights>,
     key: u128,
     leader: u64,
+    until: Instant,
 }
 
 impl Flights {
@@ -76,6 +77,7 @@ impl Flights {
             flights: self.clone(),
             key,
             leader: gather,
+            until,
         })
     }
 
@@ -98,6 +100,19 @@ impl Flights {
 }
 
 impl Ticket {
+    /// Until when the flight waits for its reply.
+    pub fn until(&self) -> Instant {
+        self.until
+    }
+
+    /// Whether other gathers follow the flight.
+    pub fn has_followers(&self) -> bool {
+        self.flights
+            .table
+            .get(&self.key)
+            .is_some_and(|f| f.leader == self.leader && !f.followers.is_empty())
+    }
+
     /// The reply came: the flight ends, and these gathers get a copy of it.
     pub fn land(self) -> Vec<u64> {
         let followers = self.flights.take(self.key, self.leader);

@@ -21,7 +21,7 @@ use crate::cache::store::{Entry, Found, ServiceCache};
 use crate::cache::{forbids, CacheState, KeyParts, Mark};
 use crate::config::snapshot::{Route, Target};
 use crate::gather::collector::{Collector, Gather};
-use crate::metrics::{ServiceLabels, SourceLabels};
+use crate::metrics::{Name, ServiceLabels, SourceLabels};
 
 /// What one source of a gather holds for reuse; empty (and never looked at) for a target with
 /// neither a cache nor coalescing.
@@ -31,8 +31,14 @@ pub struct SlotReuse {
     store: Option<(Arc<ServiceCache>, u128)>,
     /// A stale copy to serve if the service fails, with its (negative) ttl.
     fallback: Option<(Arc<Entry>, i64)>,
-    /// This gather leads the flight of the source's request.
-    ticket: Option<Ticket>,
+    /// This gather leads the flight of the source's request (whose service is this).
+    ticket: Option<(Ticket, Name)>,
+}
+
+/// A flight whose leader's gather ended before the reply came, while others follow it.
+pub struct OpenFlight {
+    ticket: Ticket,
+    service: Name,
 }
 
 impl SlotReuse {
@@ -73,7 +79,16 @@ impl SlotReuse {
 
     /// The reply of a flight this gather leads came: the followers to forward it to.
     pub fn land(&mut self) -> Option<Vec<u64>> {
-        self.ticket.take().map(Ticket::land)
+        self.ticket.take().map(|(ticket, _)| ticket.land())
+    }
+
+    /// The flight this slot leads, if its reply has not come and others follow it.
+    pub fn open_flight(&mut self) -> Option<OpenFlight> {
+        let (ticket, service) = self.ticket.take()?;
+        // Without followers the ticket just drops here: the flight ends.
+        ticket
+            .has_followers()
+            .then_some(OpenFlight { ticket, service })
     }
 }
 
@@ -187,7 +202,7 @@ pub fn intercept(
                 slot.store = None;
                 return Intercepted::Follows(mark, slot);
             }
-            Joined::Lead(ticket) => slot.ticket = Some(ticket),
+            Joined::Lead(ticket) => slot.ticket = Some((ticket, target.service.clone())),
         }
     }
     Intercepted::Publish(mark, slot)
@@ -255,5 +270,44 @@ fn refresh(
             .cache_refreshes
             .get_or_create(&SourceLabels { service, outcome })
             .inc();
+    });
+}
+
+/// Takes over the inbox of a gather that ended while leading `flights` that others follow: the
+/// replies, when they come, go to the followers. Bounded by the flights' deadlines, stopped at
+/// shutdown.
+pub fn orphan(mut gather: Gather, mut flights: Vec<OpenFlight>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(until) = flights.iter().map(|f| f.ticket.until()).max() else {
+        return;
+    };
+    let mut stopping = gather.collector().reuse().stopping();
+    runtime.spawn(async move {
+        while !flights.is_empty() {
+            let next = tokio::time::timeout_at(until, gather.next());
+            let message = tokio::select! {
+                m = next => m,
+                _ = stopping.wait_for(|stop| *stop) => break,
+            };
+            let Ok(Some(message)) = message else { break };
+            let collector = gather.collector();
+            let Some(source) = collector.source_of(&message) else {
+                continue;
+            };
+            let Some(at) = flights.iter().position(|f| &*f.service.0 == source) else {
+                continue;
+            };
+            let flight = flights.swap_remove(at);
+            for follower in flight.ticket.land() {
+                collector.forward(follower, message.clone());
+            }
+        }
+        debug!(
+            gather = gather.id(),
+            unanswered = flights.len(),
+            "orphaned flights ended"
+        );
     });
 }

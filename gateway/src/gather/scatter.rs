@@ -232,6 +232,18 @@ impl Book {
         }
     }
 
+    /// The flights of sources still waiting for their reply that other gathers follow
+    /// (taken from their slots).
+    pub(crate) fn open_flights(&mut self) -> Vec<reuse::OpenFlight> {
+        let mut open = Vec::new();
+        for slot in &mut self.slots {
+            if let Some(flight) = slot.reuse.open_flight() {
+                open.push(flight);
+            }
+        }
+        open
+    }
+
     /// The reply of source `index` came and this gather leads its flight: the gathers that
     /// follow it (to forward the reply to).
     pub(crate) fn land(&mut self, index: usize) -> Option<Vec<u64>> {
@@ -304,27 +316,57 @@ pub struct Asker<'a> {
 
 /// A gather whose requests are out: all it needs to collect the replies. It holds nothing of
 /// the request that asked for it, so a request waiting on one is small.
+///
+/// A gather that ends (answered, failed early, or dropped with its client) while it leads a
+/// coalesced flight that others follow hands its inbox over to `reuse::orphan`, which forwards
+/// the reply to the followers when it comes (see `Pending::hand_over`).
 pub struct Pending {
     book: Book,
-    gather: Gather,
+    /// `None` once handed over.
+    gather: Option<Gather>,
 }
 
 impl Pending {
     /// Waits until every source of `route` (the route it was started for) has settled, a
     /// required one has failed, or the deadlines passed.
     pub async fn collect(&mut self, route: &Route) {
-        collect(&mut self.book, &mut self.gather, route).await;
+        if let Some(gather) = &mut self.gather {
+            collect(&mut self.book, gather, route).await;
+        }
     }
 
     /// The result, after [`Pending::collect`]: sources still open are
     /// [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
-        self.book.finish()
+        self.finish_open().0
     }
 
-    /// [`Pending::finish`], keeping the gather's reply inbox open (for a late grace).
-    pub fn finish_open(self) -> (Outcome, Gather) {
-        (self.book.finish(), self.gather)
+    /// [`Pending::finish`], keeping the gather's reply inbox open (for a late grace); `None`
+    /// when the inbox went to the followers of a flight it led.
+    pub fn finish_open(mut self) -> (Outcome, Option<Gather>) {
+        self.hand_over();
+        let started = self.book.started();
+        let book = std::mem::replace(&mut self.book, Book::new(started, []));
+        (book.finish(), self.gather.take())
+    }
+
+    /// The flights this gather leads whose reply has not come and that others follow: the
+    /// inbox goes to a task that forwards their replies (nothing happens, and nothing is
+    /// allocated, when there is none).
+    fn hand_over(&mut self) {
+        let flights = self.book.open_flights();
+        if flights.is_empty() {
+            return;
+        }
+        if let Some(gather) = self.gather.take() {
+            reuse::orphan(gather, flights);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 
@@ -337,7 +379,10 @@ pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending
     );
     let gather = collector.register(route.targets.len());
     scatter(&gather, route, asker, &mut book);
-    Pending { book, gather }
+    Pending {
+        book,
+        gather: Some(gather),
+    }
 }
 
 /// Publishes the request to every target whose condition holds; settles the others (skipped)
