@@ -459,6 +459,26 @@ async fn a_partial_answer_completes_later_sync_and_async() {
     assert_eq!(doc["result"]["data"]["late"]["id"], "L-1");
     assert_eq!(doc["result"]["data"]["fast"]["id"], "L-1");
     assert_eq!(doc["result"]["sources"]["late"]["status"], "ok");
+    // Its event stream works as an asynchronous request's: the final document, then the end.
+    let events = http()
+        .get(
+            rig.gateway
+                .url(&format!("/api/requests/{request_id}/events")),
+        )
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(5), events.text())
+        .await
+        .expect("the stream ends after the final document")
+        .expect("text");
+    assert!(text.contains("\"completed\""), "{text}");
+    // Nobody else sees it: another client's poll is a 404 (here: a made-up id).
+    let other = rig
+        .get("/api/requests/0190a5b2-0000-7000-8000-000000000000", &[])
+        .await;
+    assert_eq!(other.status, 404);
 
     // Asynchronously: the late source is waited for in place.
     let (_, body) = support::submit_request(http().get(rig.gateway.url("/api/both/L-2"))).await;

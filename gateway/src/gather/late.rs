@@ -129,3 +129,116 @@ fn count(gather: &Gather, outcome: &'static str) {
         .get_or_create(&OutcomeLabels { outcome })
         .inc();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use busgate_shared::config::MergeStrategy;
+
+    use super::*;
+    use crate::config::snapshot::Target;
+    use crate::gather::collector::Collector;
+    use crate::metrics::{Metrics, Name};
+
+    fn collector() -> Collector {
+        let wire = busgate_shared::wire::Connection::connect("nats://127.0.0.1:1", "late")
+            .expect("a connection that connects later");
+        let (collector, subscription) =
+            Collector::start(&wire, "late", Arc::new(Metrics::new())).expect("subscribe");
+        std::mem::forget(subscription);
+        collector
+    }
+
+    fn route() -> Route {
+        Route {
+            name: Name(Arc::from("r")),
+            operation: "r".into(),
+            deadline: Duration::from_millis(200),
+            targets: vec![Target {
+                service: Name(Arc::from("slow")),
+                subject: "busgate.svc.slow".into(),
+                required: false,
+                timeout: Duration::from_millis(200),
+                when: None,
+                transform: None,
+                cache: None,
+                coalesce: false,
+            }],
+            merge: MergeStrategy::Namespace,
+            priority: vec![0],
+            late: Some(Duration::from_secs(60)),
+        }
+    }
+
+    fn partial() -> Outcome {
+        Outcome {
+            results: vec![SourceResult::Timeout {
+                after: Duration::from_millis(200),
+            }],
+            failed: None,
+            marks: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_gather_stops_at_shutdown_and_gives_its_place_back() {
+        let collector = collector();
+        let route = route();
+        assert_eq!(wanted(&route, &partial()), Some(Duration::from_secs(60)));
+        let Ok(mut late) = Late::open(
+            collector.register(1),
+            partial(),
+            Duration::from_secs(60),
+            Instant::now(),
+        ) else {
+            panic!("a place is free");
+        };
+        assert_eq!(collector.reuse().late_open(), 1);
+        let listening = tokio::spawn(async move {
+            let changed = late.listen(&route).await;
+            (changed, late.into_outcome())
+        });
+        collector.reuse().stop();
+        let (changed, outcome) = tokio::time::timeout(Duration::from_secs(2), listening)
+            .await
+            .expect("stopped well within its 60 s grace")
+            .expect("joined");
+        assert!(!changed);
+        assert_eq!(outcome.results[0].status(), "timeout");
+        assert_eq!(collector.reuse().late_open(), 0, "the place is given back");
+    }
+
+    #[tokio::test]
+    async fn late_gathers_are_capped_and_only_for_partial_answers() {
+        let collector = collector();
+        let places: Vec<_> = (0..MAX_OPEN)
+            .map(|_| collector.reuse().open_late(MAX_OPEN).expect("a place"))
+            .collect();
+        let refused = Late::open(
+            collector.register(1),
+            partial(),
+            Duration::from_secs(1),
+            Instant::now(),
+        );
+        assert!(refused.is_err(), "over the cap");
+        drop(places);
+        assert!(Late::open(
+            collector.register(1),
+            partial(),
+            Duration::from_secs(1),
+            Instant::now()
+        )
+        .is_ok());
+        // Complete, failed, or without a grace: no late gather.
+        let mut complete = partial();
+        complete.results[0] = SourceResult::Skipped;
+        assert_eq!(wanted(&route(), &complete), None);
+        let mut failed = partial();
+        failed.failed = Some(0);
+        assert_eq!(wanted(&route(), &failed), None);
+        let mut no_grace = route();
+        no_grace.late = None;
+        assert_eq!(wanted(&no_grace, &partial()), None);
+    }
+}
