@@ -105,11 +105,19 @@ impl Runner {
         started: Instant,
     ) -> Result<Answer, GatewayError> {
         pending.collect(route).await;
-        let (outcome, gather) = pending.finish_open();
+        let (outcome, open) = pending.finish_open();
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());
         }
-        let body = merge::answer(route, &outcome, request_id, order_id, started.elapsed())?;
+        let body = match merge::answer(route, &outcome, request_id, order_id, started.elapsed()) {
+            Ok(body) => body,
+            Err(e) => {
+                if let Some(open) = open {
+                    open.release();
+                }
+                return Err(e);
+            }
+        };
         let cache_status = (!outcome.marks.is_empty())
             .then(|| {
                 crate::cache::cache_status(
@@ -121,9 +129,15 @@ impl Runner {
                 )
             })
             .flatten();
-        let late = late::wanted(route, &outcome)
-            .zip(gather)
-            .and_then(|(grace, gather)| Late::open(gather, outcome, grace, started).ok());
+        let late = match (late::wanted(route, &outcome), open) {
+            (Some(grace), Some(open)) => Late::open(open, outcome, grace, started).ok(),
+            (_, open) => {
+                if let Some(open) = open {
+                    open.release();
+                }
+                None
+            }
+        };
         Ok(Answer {
             body,
             cache_status,
@@ -157,16 +171,20 @@ impl Runner {
         let started = Instant::now();
         let mut pending = self.start(route, &call.asker());
         pending.collect(route).await;
-        let (mut outcome, gather) = pending.finish_open();
+        let (mut outcome, open) = pending.finish_open();
         // Nobody waits for an asynchronous answer: its late sources are waited for in place.
-        if let Some((grace, gather)) = late::wanted(route, &outcome).zip(gather) {
-            outcome = match Late::open(gather, outcome, grace, started) {
-                Ok(mut late) => {
-                    late.listen(route).await;
-                    late.into_outcome()
-                }
-                Err(refused) => refused,
-            };
+        match (late::wanted(route, &outcome), open) {
+            (Some(grace), Some(open)) => {
+                outcome = match Late::open(open, outcome, grace, started) {
+                    Ok(mut late) => {
+                        late.listen(route).await;
+                        late.into_outcome()
+                    }
+                    Err(refused) => refused,
+                };
+            }
+            (_, Some(open)) => open.release(),
+            (_, None) => {}
         }
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());

@@ -14,7 +14,8 @@ use tracing::debug;
 use crate::cache::LatePlace;
 use crate::config::snapshot::Route;
 use crate::gather::collector::Gather;
-use crate::gather::scatter::{Outcome, SourceResult};
+use crate::gather::reuse::{self, OpenFlight};
+use crate::gather::scatter::{Open, Outcome, SourceResult};
 use crate::metrics::OutcomeLabels;
 
 /// The most late gathers one instance keeps open at once.
@@ -23,6 +24,8 @@ pub const MAX_OPEN: usize = 1024;
 /// A gather kept open after its answer, for its timed-out sources.
 pub struct Late {
     gather: Gather,
+    /// Flights this gather leads that others follow: their late replies go to them too.
+    flights: Vec<OpenFlight>,
     outcome: Outcome,
     until: Instant,
     started: Instant,
@@ -44,18 +47,21 @@ impl Late {
     /// Keeps `gather` open for `grace` after now, if a place is free (else counts the refusal
     /// and gives the outcome back). `started` is when the request started (for `elapsed_ms`).
     pub fn open(
-        gather: Gather,
+        open: Open,
         outcome: Outcome,
         grace: Duration,
         started: Instant,
     ) -> Result<Late, Outcome> {
-        let reuse = gather.collector().reuse().clone();
+        let reuse = open.gather.collector().reuse().clone();
         let Some(place) = reuse.open_late(MAX_OPEN) else {
-            count(&gather, "refused");
+            count(&open.gather, "refused");
+            open.release();
             return Err(outcome);
         };
+        let Open { gather, flights } = open;
         Ok(Late {
             gather,
+            flights,
             outcome,
             until: Instant::now() + grace,
             started,
@@ -88,10 +94,12 @@ impl Late {
             let Ok(Some(message)) = message else {
                 break;
             };
-            let index = self
-                .gather
-                .collector()
-                .source_of(&message)
+            let collector = self.gather.collector();
+            let source = collector.source_of(&message);
+            if let Some(source) = source {
+                reuse::land_open(collector, &mut self.flights, source, &message);
+            }
+            let index = source
                 .and_then(|source| route.targets.iter().position(|t| &*t.service.0 == source));
             let Some(index) = index else { continue };
             if !is_waiting(&self.outcome.results[index]) {
@@ -150,6 +158,13 @@ mod tests {
         collector
     }
 
+    fn open(collector: &Collector) -> Open {
+        Open {
+            gather: collector.register(1),
+            flights: Vec::new(),
+        }
+    }
+
     fn route() -> Route {
         Route {
             name: Name(Arc::from("r")),
@@ -187,7 +202,7 @@ mod tests {
         let route = route();
         assert_eq!(wanted(&route, &partial()), Some(Duration::from_secs(60)));
         let Ok(mut late) = Late::open(
-            collector.register(1),
+            open(&collector),
             partial(),
             Duration::from_secs(60),
             Instant::now(),
@@ -216,7 +231,7 @@ mod tests {
             .map(|_| collector.reuse().open_late(MAX_OPEN).expect("a place"))
             .collect();
         let refused = Late::open(
-            collector.register(1),
+            open(&collector),
             partial(),
             Duration::from_secs(1),
             Instant::now(),
@@ -224,7 +239,7 @@ mod tests {
         assert!(refused.is_err(), "over the cap");
         drop(places);
         assert!(Late::open(
-            collector.register(1),
+            open(&collector),
             partial(),
             Duration::from_secs(1),
             Instant::now()

@@ -41,6 +41,24 @@ pub struct OpenFlight {
     service: Name,
 }
 
+/// Forwards `message` (a reply to `source`) to the followers of the matching flight of
+/// `flights`, which ends; false when none matches.
+pub fn land_open(
+    collector: &Collector,
+    flights: &mut Vec<OpenFlight>,
+    source: &str,
+    message: &busgate_shared::wire::Msg,
+) -> bool {
+    let Some(at) = flights.iter().position(|f| &*f.service.0 == source) else {
+        return false;
+    };
+    let flight = flights.swap_remove(at);
+    for follower in flight.ticket.land() {
+        collector.forward(follower, message.clone());
+    }
+    true
+}
+
 impl SlotReuse {
     /// Stores into `cache` under `key` when the source answers `ok`.
     pub fn storing(cache: Arc<ServiceCache>, key: u128) -> Self {
@@ -293,15 +311,8 @@ pub fn orphan(mut gather: Gather, mut flights: Vec<OpenFlight>) {
             };
             let Ok(Some(message)) = message else { break };
             let collector = gather.collector();
-            let Some(source) = collector.source_of(&message) else {
-                continue;
-            };
-            let Some(at) = flights.iter().position(|f| &*f.service.0 == source) else {
-                continue;
-            };
-            let flight = flights.swap_remove(at);
-            for follower in flight.ticket.land() {
-                collector.forward(follower, message.clone());
+            if let Some(source) = collector.source_of(&message) {
+                land_open(collector, &mut flights, source, &message);
             }
         }
         debug!(

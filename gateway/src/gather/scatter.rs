@@ -338,16 +338,21 @@ impl Pending {
     /// The result, after [`Pending::collect`]: sources still open are
     /// [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
-        self.finish_open().0
+        let (outcome, open) = self.finish_open();
+        if let Some(open) = open {
+            open.release();
+        }
+        outcome
     }
 
-    /// [`Pending::finish`], keeping the gather's reply inbox open (for a late grace); `None`
-    /// when the inbox went to the followers of a flight it led.
-    pub fn finish_open(mut self) -> (Outcome, Option<Gather>) {
-        self.hand_over();
+    /// [`Pending::finish`], keeping the gather's reply inbox open (for a late grace), with the
+    /// flights it leads whose reply has not come and that others follow.
+    pub fn finish_open(mut self) -> (Outcome, Option<Open>) {
+        let flights = self.book.open_flights();
         let started = self.book.started();
         let book = std::mem::replace(&mut self.book, Book::new(started, []));
-        (book.finish(), self.gather.take())
+        let open = self.gather.take().map(|gather| Open { gather, flights });
+        (book.finish(), open)
     }
 
     /// The flights this gather leads whose reply has not come and that others follow: the
@@ -360,6 +365,24 @@ impl Pending {
         }
         if let Some(gather) = self.gather.take() {
             reuse::orphan(gather, flights);
+        }
+    }
+}
+
+/// A finished gather's reply inbox, still open, and the flights it leads that others follow
+/// (see [`Pending::finish_open`]).
+pub struct Open {
+    /// The inbox.
+    pub gather: Gather,
+    /// The flights whose reply has not come.
+    pub flights: Vec<reuse::OpenFlight>,
+}
+
+impl Open {
+    /// Done with the inbox: it goes to the followers of its open flights, if any, else closes.
+    pub fn release(self) {
+        if !self.flights.is_empty() {
+            reuse::orphan(self.gather, self.flights);
         }
     }
 }
