@@ -23,6 +23,8 @@
 //!   source requests, `Cache-Status`, the stop signal of refreshes and late gathers.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
 //!   its deadlines, the merge.
+//! - [`resilience`]: per service, on this instance: circuit breakers, retries within a
+//!   budget, hedged requests, and the latencies they go by.
 //! - [`config`]: settings (one file per section, and their loading and rules), the compiled
 //!   snapshot, the KV store of services, routes and clients and the watcher that keeps every
 //!   instance's configuration in force; configuration files, what applying one changes (its
@@ -76,6 +78,7 @@ pub mod gather;
 pub mod jobs;
 pub mod limit;
 pub mod metrics;
+pub mod resilience;
 pub mod route;
 
 use std::future::Future;

@@ -72,6 +72,17 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a breaker's transition, or of an extra request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceKindLabels {
+    /// The service name.
+    pub service: Name,
+    /// Transitions: the phase it moved to (`open`, `half_open`, `closed`). Extra requests:
+    /// `retry`, `hedge`, or one refused by its budget (`retry_over_budget`,
+    /// `hedge_over_budget`).
+    pub kind: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -95,6 +106,12 @@ pub struct Metrics {
     pub coalesced: Family<ServiceLabels, Counter>,
     /// Late gathers by outcome (`completed`, `unchanged`, `refused`).
     pub late_gathers: Family<OutcomeLabels, Counter>,
+    /// Circuit breakers: 0 closed, 1 open, 2 half-open, by service.
+    pub breaker_state: Family<ServiceLabels, Gauge>,
+    /// Circuit breakers' transitions, by service and the phase moved to.
+    pub breaker_transitions: Family<ServiceKindLabels, Counter>,
+    /// Retries and hedges, made or refused by their budget, by service.
+    pub extra_requests: Family<ServiceKindLabels, Counter>,
     /// The label of requests that named no configured client.
     unknown_client: Name,
 }
@@ -170,8 +187,29 @@ impl Metrics {
             "Replies that arrived after their gather ended (or twice)",
             late_replies.clone(),
         );
+        let breaker_state = Family::<ServiceLabels, Gauge>::default();
+        let breaker_transitions = Family::<ServiceKindLabels, Counter>::default();
+        let extra_requests = Family::<ServiceKindLabels, Counter>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker of a service on this instance: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker transitions by service and the phase moved to (kind)",
+            breaker_transitions.clone(),
+        );
+        registry.register(
+            "resilience_extra_requests",
+            "Retries and hedges by service: made (retry, hedge) or refused by the budget",
+            extra_requests.clone(),
+        );
         Metrics {
             registry,
+            breaker_state,
+            breaker_transitions,
+            extra_requests,
             http_requests,
             http_duration,
             source_outcomes,
@@ -217,6 +255,36 @@ impl Metrics {
             .get_or_create(&SourceLabels {
                 service: service.clone(),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// Records a breaker's move to `phase` (its gauge `value`).
+    pub fn record_breaker(&self, service: &Name, phase: &'static str, value: i64) {
+        self.breaker_transitions
+            .get_or_create(&ServiceKindLabels {
+                service: service.clone(),
+                kind: phase,
+            })
+            .inc();
+        self.set_breaker(service, value);
+    }
+
+    /// Sets a breaker's state gauge.
+    pub fn set_breaker(&self, service: &Name, value: i64) {
+        self.breaker_state
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .set(value);
+    }
+
+    /// Counts an extra request (`kind`: `retry`, `hedge`, `…_over_budget`).
+    pub fn record_extra(&self, service: &Name, kind: &'static str) {
+        self.extra_requests
+            .get_or_create(&ServiceKindLabels {
+                service: service.clone(),
+                kind,
             })
             .inc();
     }

@@ -45,6 +45,13 @@ pub struct Call {
     /// The request headers the route's conditions read, `(lower-case name, value)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// The client's own deadline (`Busgate-Timeout`), if it gave one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Call {
@@ -56,6 +63,7 @@ impl Call {
             client: &self.client,
             traceparent: &self.traceparent,
             headers: &self.headers,
+            timeout: self.timeout,
         }
     }
 }
@@ -248,7 +256,9 @@ pub fn is_transient(outcome: &Outcome) -> bool {
         .is_some_and(|result| {
             matches!(
                 result,
-                SourceResult::NoResponders { .. } | SourceResult::Timeout { .. }
+                SourceResult::NoResponders { .. }
+                    | SourceResult::Timeout { .. }
+                    | SourceResult::CircuitOpen
             )
         })
 }
@@ -266,6 +276,8 @@ mod tests {
             results: vec![result],
             failed: Some(0),
             marks: Vec::new(),
+            tries: Vec::new(),
+            starts: Vec::new(),
         };
         assert!(is_transient(&failed(SourceResult::NoResponders {
             elapsed: ms
@@ -284,6 +296,8 @@ mod tests {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
             marks: Vec::new(),
+            tries: Vec::new(),
+            starts: Vec::new(),
         }));
     }
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use crate::caching::{CacheSpec, LateSpec};
+pub use crate::client::{ClientSpec, KeySpec, RateSpec, MAX_KEYS, MAX_RATE};
+use crate::compose::Node;
+pub use crate::resilience::{BreakerSpec, HedgeAfter, HedgeSpec, RetrySpec};
 pub use crate::upstream::{SecretSource, UpstreamSpec};
 use crate::{validate, Error};
 
@@ -22,147 +25,6 @@ pub struct ConfigSpec {
     /// Clients of the public API by name (absent in older documents: none).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clients: BTreeMap<String, ClientSpec>,
-}
-
-/// A client of the public API: who it is, which routes it may use, its limits, and the hashes
-/// of its live API keys (never a key itself).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClientSpec {
-    /// Free text for people.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub description: String,
-    /// The routes it may use, by name; empty: every route.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<String>,
-    /// Its request rate (GCRA); absent: no rate limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate: Option<RateSpec>,
-    /// Asynchronous requests it may have pending at once (per gateway instance); absent: no cap.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_pending: Option<u32>,
-    /// Event streams it may have open at once (per gateway instance); absent: no cap but the
-    /// instance's own (`jobs.max_event_streams`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_streams: Option<u32>,
-    /// Its live API keys, as hashes. Managed through `/admin/v1/clients/{name}/keys`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<KeySpec>,
-}
-
-/// A rate: `per_second` requests a second on average, `burst` at once after a quiet spell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateSpec {
-    /// Sustained requests per second.
-    pub per_second: u32,
-    /// Requests allowed at once; `per_second` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-}
-
-impl RateSpec {
-    /// The burst in force.
-    pub fn burst(&self) -> u32 {
-        self.burst.unwrap_or(self.per_second)
-    }
-}
-
-/// One API key of a client: its id (public, names it in the admin API and logs), the hex
-/// SHA-256 of the secret, and when it was made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeySpec {
-    /// The key's id.
-    pub id: String,
-    /// Lower-case hex SHA-256 of the secret.
-    pub hash: String,
-    /// When it was made (RFC 3339).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub created: String,
-}
-
-/// The most keys a client may have at once (rotation needs two; a few more for stragglers).
-pub const MAX_KEYS: usize = 16;
-/// The highest rate and burst a client may be given.
-pub const MAX_RATE: u32 = 1_000_000;
-
-impl ClientSpec {
-    fn validate(&self, at: &str, routes: &BTreeMap<String, RouteSpec>) -> Result<(), Error> {
-        if self.description.len() > 1024 {
-            return Err(Error::invalid(
-                format!("{at}.description"),
-                "longer than 1024 characters",
-            ));
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            if !routes.contains_key(route) {
-                return Err(Error::invalid(
-                    format!("{at}.routes[{i}]"),
-                    format!("no route named {route:?}"),
-                ));
-            }
-        }
-        if let Some(rate) = &self.rate {
-            if !(1..=MAX_RATE).contains(&rate.per_second) {
-                return Err(Error::invalid(
-                    format!("{at}.rate.per_second"),
-                    format!("must be between 1 and {MAX_RATE}"),
-                ));
-            }
-            if !(1..=MAX_RATE).contains(&rate.burst()) {
-                return Err(Error::invalid(
-                    format!("{at}.rate.burst"),
-                    format!("must be between 1 and {MAX_RATE}"),
-                ));
-            }
-        }
-        for (field, value) in [
-            ("max_pending", self.max_pending),
-            ("max_streams", self.max_streams),
-        ] {
-            if value == Some(0) {
-                return Err(Error::invalid(
-                    format!("{at}.{field}"),
-                    "must be at least 1 (leave it out for no cap)",
-                ));
-            }
-        }
-        if self.keys.len() > MAX_KEYS {
-            return Err(Error::invalid(
-                format!("{at}.keys"),
-                format!("at most {MAX_KEYS} keys"),
-            ));
-        }
-        let mut ids = BTreeSet::new();
-        for (i, key) in self.keys.iter().enumerate() {
-            validate::name(&format!("{at}.keys[{i}].id"), &key.id)?;
-            if !ids.insert(&key.id) {
-                return Err(Error::invalid(
-                    format!("{at}.keys[{i}].id"),
-                    "two keys with this id",
-                ));
-            }
-            let hex = key.hash.len() == 64
-                && key
-                    .hash
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-            if !hex {
-                return Err(Error::invalid(
-                    format!("{at}.keys[{i}].hash"),
-                    "must be 64 lower-case hex digits (SHA-256)",
-                ));
-            }
-            if key.created.len() > 64 {
-                return Err(Error::invalid(
-                    format!("{at}.keys[{i}].created"),
-                    "longer than 64 characters",
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An internal service.
@@ -185,6 +47,15 @@ pub struct ServiceSpec {
     /// Concurrent identical requests share one publish (on unless `false`).
     #[serde(skip_serializing_if = "crate::caching::is_coalesce_default")]
     pub coalesce: bool,
+    /// Its circuit breaker; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSpec>,
+    /// Its retries; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Its hedged requests; absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeSpec>,
 }
 
 impl Default for ServiceSpec {
@@ -195,6 +66,9 @@ impl Default for ServiceSpec {
             upstream: None,
             cache: None,
             coalesce: crate::caching::coalesce_default(),
+            breaker: None,
+            retry: None,
+            hedge: None,
         }
     }
 }
@@ -347,6 +221,16 @@ pub struct TargetSpec {
     /// Top-level fields renamed (`from = "to"`), after `allow`/`deny`, before the merge.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rename: BTreeMap<String, String>,
+    /// The target's name in data, `sources`, `needs` and pointers (the service's when absent):
+    /// one service asked twice takes two names. See [`crate::compose`].
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Names of targets whose answers this one waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Attribute name → JSON Pointer into the data gathered so far (`/service1/customer_id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub with: BTreeMap<String, String>,
 }
 
 impl TargetSpec {
@@ -360,6 +244,9 @@ impl TargetSpec {
             allow: Vec::new(),
             deny: Vec::new(),
             rename: BTreeMap::new(),
+            alias: None,
+            needs: Vec::new(),
+            with: BTreeMap::new(),
         }
     }
 }
@@ -381,6 +268,9 @@ pub struct Condition {
     /// same decision), for a gradual rollout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
+    /// A value of the data gathered so far (see [`crate::compose::FieldCondition`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<crate::compose::FieldCondition>,
 }
 
 /// `header: { name, equals }`.
@@ -419,6 +309,26 @@ pub enum MergeStrategy {
     /// Objects merged into one, recursively, in a declared priority order (deterministic:
     /// never "the slowest wins").
     Deep,
+}
+
+impl TargetSpec {
+    /// The target's name: its alias, or its service's name.
+    pub fn name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.service)
+    }
+
+    /// The target as the graph's checks see it.
+    pub fn node<'a>(&'a self, placeholders: &'a [String]) -> Node<'a> {
+        Node {
+            name: self.name(),
+            alias: self.alias.as_deref(),
+            service: &self.service,
+            needs: &self.needs,
+            with: &self.with,
+            field: self.when.as_ref().and_then(|w| w.field.as_ref()),
+            placeholders,
+        }
+    }
 }
 
 impl TargetSpec {
@@ -579,6 +489,15 @@ impl ConfigSpec {
             if let Some(cache) = &svc.cache {
                 cache.validate(&format!("services.{name}.cache"))?;
             }
+            if let Some(breaker) = &svc.breaker {
+                breaker.validate(&format!("services.{name}.breaker"))?;
+            }
+            if let Some(retry) = &svc.retry {
+                retry.validate(&format!("services.{name}.retry"))?;
+            }
+            if let Some(hedge) = &svc.hedge {
+                hedge.validate(&format!("services.{name}.hedge"))?;
+            }
         }
         let mut bound = BTreeSet::new();
         for (name, route) in &self.routes {
@@ -616,7 +535,6 @@ impl ConfigSpec {
                     "needs at least one target",
                 ));
             }
-            let mut seen = BTreeSet::new();
             for (i, target) in route.targets.iter().enumerate() {
                 let field = format!("{at}.targets[{i}]");
                 let Some(service) = self.services.get(&target.service) else {
@@ -625,12 +543,6 @@ impl ConfigSpec {
                         format!("no service named {:?}", target.service),
                     ));
                 };
-                if !seen.insert(&target.service) {
-                    return Err(Error::invalid(
-                        format!("{field}.service"),
-                        format!("{:?} is already a target of this route", target.service),
-                    ));
-                }
                 let timeout = target.timeout.unwrap_or(service.timeout);
                 if target.timeout.is_some_and(|t| t.is_zero()) {
                     return Err(Error::invalid(
@@ -649,8 +561,24 @@ impl ConfigSpec {
                     when.validate(&format!("{field}.when"))?;
                 }
             }
+            let placeholders: Vec<Vec<String>> = (route.targets.iter())
+                .map(|t| {
+                    crate::compose::placeholders(
+                        self.services
+                            .get(&t.service)
+                            .and_then(|s| s.upstream.as_ref()),
+                    )
+                })
+                .collect();
+            let nodes: Vec<Node<'_>> = route
+                .targets
+                .iter()
+                .zip(&placeholders)
+                .map(|(t, p)| t.node(p))
+                .collect();
+            crate::compose::validate_route(&at, &nodes)?;
             for (i, service) in route.merge.priority.iter().enumerate() {
-                if !route.targets.iter().any(|t| &t.service == service) {
+                if !route.targets.iter().any(|t| t.name() == service) {
                     return Err(Error::invalid(
                         format!("{at}.merge.priority[{i}]"),
                         format!("{service:?} is not a target of this route"),
@@ -668,7 +596,7 @@ impl ConfigSpec {
         for (name, client) in &self.clients {
             let at = format!("clients.{name}");
             validate::name(&at, name)?;
-            client.validate(&at, &self.routes)?;
+            client.validate(&at, |route| self.routes.contains_key(route))?;
             for (i, key) in client.keys.iter().enumerate() {
                 if !hashes.insert(&key.hash) {
                     return Err(Error::invalid(

@@ -7,6 +7,18 @@ use crate::Error;
 /// Default pattern of an `order_id`.
 pub const DEFAULT_ORDER_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
+/// Whether an attribute name is usable as `{name}` in an upstream URL template and in a
+/// composed route's `with`: 1-32 of `a-z 0-9 _`, not starting with a digit, not `order_id`.
+pub fn is_attribute_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+        && name != "order_id"
+}
+
 /// Checks a service (or route, or client) name: `^[a-z][a-z0-9_-]{0,31}$`.
 /// Such names become subject tokens and KV keys, so nothing else may pass.
 pub fn name(field: &str, value: &str) -> Result<(), Error> {

@@ -11,6 +11,9 @@
 # merge-coalesce@target/release` is coalescing off against on in one run. With DISTINCT=1 every
 # request asks for another order id (distinct-ids.lua), so that coalescing shares nothing: its
 # cost alone; without it wrk asks for one order id, which coalescing collapses.
+# A bin dir written `guarded:DIR` runs that build with a circuit breaker and retries on both
+# services (busgate-bench --print-settings merge-guarded): `ab-merge.sh target/release
+# guarded:target/release` is what the resilience guard costs, in one run.
 # Needs wrk, nats-server, and the peers (tests/perf/peers/peers.sh start; this script starts
 # them when nothing answers on :18091 and stops what it started). A bin dir holds busgate and
 # busgate-worker; busgate-bench comes from this checkout (for the fixture's settings).
@@ -29,6 +32,7 @@ for round in $(seq "$ROUNDS"); do
   for bins in "$@"; do
     case $bins in
       tls:*) NATS_TLS=1 start_merge_stack "${bins#tls:}" "$D" ;;
+      guarded:*) NATS_TLS= SETTINGS=merge-guarded start_merge_stack "${bins#guarded:}" "$D" ;;
       *@*) SETTINGS=${bins%%@*} NATS_TLS= start_merge_stack "${bins#*@}" "$D" ;;
       *) NATS_TLS= start_merge_stack "$bins" "$D" ;;
     esac

@@ -274,6 +274,12 @@ impl Settings {
         self
     }
 
+    /// `[services.<name>]` as `spec` says (added, or replacing one of that name).
+    pub fn service_spec(mut self, name: &str, spec: ServiceSpec) -> Settings {
+        self.services.insert(name.to_owned(), spec);
+        self
+    }
+
     /// `[routes.<name>]` (added, or replacing one of that name).
     pub fn route(mut self, name: &str, route: Route) -> Settings {
         self.routes.insert(name.to_owned(), route.spec);
@@ -455,6 +461,12 @@ impl Route {
     pub fn target_with_timeout(mut self, service: &str, timeout: Duration) -> Route {
         let mut target = TargetSpec::new(service, true);
         target.timeout = Some(timeout);
+        self.spec.targets.push(target);
+        self
+    }
+
+    /// Asks `target` as given (aliases, `needs`, `with`, conditions: a composed route).
+    pub fn target_spec(mut self, target: TargetSpec) -> Route {
         self.spec.targets.push(target);
         self
     }

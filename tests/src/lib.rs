@@ -20,6 +20,7 @@
 //! - [`stack`]: the stacks tests start from (adapters in front of demos, or native services).
 //! - [`http`]: the one HTTP client helper, bodies and headers as text, a test HTTP server.
 //! - [`jobs`]: asynchronous requests: submit, poll until final.
+//! - [`upstream`]: a test upstream that fails or stalls on command and counts its calls.
 //! - [`wait`]: bounded waits ([`wait::eventually`]) and free ports.
 //! - [`fixture`]: the gateway settings (services, routes, jobs, callbacks) the tests, the
 //!   benchmark and the perf scripts (through `busgate-bench --print-settings`) start with;
@@ -55,5 +56,6 @@ pub mod nats;
 pub mod process;
 pub mod stack;
 pub mod support;
+pub mod upstream;
 pub mod wait;
 pub mod workers;

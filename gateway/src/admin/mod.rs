@@ -5,7 +5,7 @@
 //! clients' API keys ([`clients`]),
 //! the audit trail of writes ([`audit`]), configuration written straight to the store by
 //! `busgate config apply` and `up --config` ([`direct`], audited like the API's writes), the try-it ([`try_it`]), live instances
-//! ([`discovery`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
+//! ([`discovery`]), this instance's breakers ([`resilience`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
 //! everything but the UI's static files, the OpenAPI document and, when it is served here,
 //! `/metrics`.
 //!
@@ -35,12 +35,13 @@ pub mod direct;
 pub mod discovery;
 pub mod objects;
 pub mod precondition;
+pub mod resilience;
 pub mod state;
 pub mod try_it;
 
 use assets::{
-    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_HTML,
-    UI_JS,
+    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_GRAPH_JS,
+    UI_HTML, UI_JS,
 };
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
@@ -64,6 +65,7 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/config", get(export).put(import))
         .route("/admin/v1/instances", get(all_instances))
+        .route("/admin/v1/resilience", get(resilience::resilience))
         .route("/admin/v1/try", axum::routing::post(try_route))
         .route("/admin/v1/{kind}", get(list).post(create))
         .route(
@@ -108,6 +110,24 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     UI_CLIENTS_JS,
+                )
+            }),
+        )
+        .route(
+            "/ui/resilience.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    assets::UI_RESILIENCE_JS,
+                )
+            }),
+        )
+        .route(
+            "/ui/graph.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UI_GRAPH_JS,
                 )
             }),
         )

@@ -64,6 +64,7 @@ pub async fn try_route(
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
+        timeout: None,
     };
     let (status, answer) = app.runner.answer(&call).await;
     // The answer exactly as a client gets it (sources in route order), not re-parsed.

@@ -12,6 +12,12 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+use crate::metrics::Name;
+
+/// A follower: its gather, and the name its target has there (a reply is forwarded to it
+/// under that name, so that an alias in another route finds its own target).
+pub type Follower = (u64, Name);
+
 /// The source requests in flight on this instance, by key.
 #[derive(Debug, Default)]
 pub struct Flights {
@@ -25,7 +31,7 @@ struct Flight {
     /// When the leader stops waiting: a flight found after it is taken over.
     until: Instant,
     /// The gathers waiting on the leader's reply.
-    followers: Vec<u64>,
+    followers: Vec<Follower>,
 }
 
 /// What [`Flights::join`] made of a request.
@@ -48,13 +54,14 @@ pub struct Ticket {
 }
 
 impl Flights {
-    /// Joins the flight for `key` as gather `gather`, waiting until `until`.
-    pub fn join(self: &Arc<Self>, key: u128, gather: u64, until: Instant) -> Joined {
+    /// Joins the flight for `key` as gather `gather` (for its target named `source`), waiting
+    /// until `until`.
+    pub fn join(self: &Arc<Self>, key: u128, gather: u64, source: &Name, until: Instant) -> Joined {
         match self.table.entry(key) {
             Entry::Occupied(mut flight) => {
                 let flight = flight.get_mut();
                 if flight.until > Instant::now() {
-                    flight.followers.push(gather);
+                    flight.followers.push((gather, source.clone()));
                     return Joined::Follow;
                 }
                 // The leader has given up (or is about to): this request takes over. Its old
@@ -91,7 +98,7 @@ impl Flights {
         self.table.is_empty()
     }
 
-    fn take(&self, key: u128, leader: u64) -> Vec<u64> {
+    fn take(&self, key: u128, leader: u64) -> Vec<Follower> {
         self.table
             .remove_if(&key, |_, flight| flight.leader == leader)
             .map(|(_, flight)| flight.followers)
@@ -114,7 +121,7 @@ impl Ticket {
     }
 
     /// The reply came: the flight ends, and these gathers get a copy of it.
-    pub fn land(self) -> Vec<u64> {
+    pub fn land(self) -> Vec<Follower> {
         let followers = self.flights.take(self.key, self.leader);
         // Taken: the drop below finds nothing more to remove.
         std::mem::forget(self);
@@ -134,17 +141,21 @@ mod tests {
 
     use super::*;
 
+    fn n() -> Name {
+        Name(Arc::from("s"))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_first_leads_the_rest_follow_and_landing_hands_them_over() {
         let flights = Arc::new(Flights::default());
         let until = Instant::now() + Duration::from_millis(500);
-        let Joined::Lead(ticket) = flights.join(9, 1, until) else {
+        let Joined::Lead(ticket) = flights.join(9, 1, &n(), until) else {
             panic!("the first leads");
         };
-        assert!(matches!(flights.join(9, 2, until), Joined::Follow));
-        assert!(matches!(flights.join(9, 3, until), Joined::Follow));
-        assert!(matches!(flights.join(8, 4, until), Joined::Lead(_)));
-        assert_eq!(ticket.land(), vec![2, 3]);
+        assert!(matches!(flights.join(9, 2, &n(), until), Joined::Follow));
+        assert!(matches!(flights.join(9, 3, &n(), until), Joined::Follow));
+        assert!(matches!(flights.join(8, 4, &n(), until), Joined::Lead(_)));
+        assert_eq!(ticket.land(), vec![(2, n()), (3, n())]);
         assert!(flights.is_empty(), "both flights ended");
     }
 
@@ -152,17 +163,17 @@ mod tests {
     async fn a_leader_gone_or_past_its_deadline_leaves_nothing_behind() {
         let flights = Arc::new(Flights::default());
         let until = Instant::now() + Duration::from_millis(100);
-        let Joined::Lead(ticket) = flights.join(9, 1, until) else {
+        let Joined::Lead(ticket) = flights.join(9, 1, &n(), until) else {
             panic!("the first leads");
         };
         drop(ticket);
         assert!(flights.is_empty());
-        let Joined::Lead(old) = flights.join(9, 1, until) else {
+        let Joined::Lead(old) = flights.join(9, 1, &n(), until) else {
             panic!("leads again");
         };
         tokio::time::advance(Duration::from_millis(100)).await;
         let later = Instant::now() + Duration::from_millis(100);
-        let Joined::Lead(new) = flights.join(9, 2, later) else {
+        let Joined::Lead(new) = flights.join(9, 2, &n(), later) else {
             panic!("a flight past its deadline is taken over");
         };
         drop(old);

@@ -42,7 +42,8 @@ pub struct KeyParts<'a> {
     pub operation: &'a str,
     /// The order id.
     pub order_id: &'a str,
-    /// The request's attributes, as sent (none today: empty).
+    /// The request's attributes, as sent: empty on every route reuse applies to (a composed
+    /// route, whose stages send attributes, is never cached or coalesced).
     pub attributes: &'a [u8],
     /// The client; `None` when the service's cache is shared.
     pub client: Option<&'a str>,

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use busgate_shared::header::TRACEPARENT;
+use busgate_shared::resilience::{parse_client_timeout, ClientTimeoutError};
 use busgate_shared::validate::OrderIdRule;
 
 use crate::auth::Caller;
@@ -261,6 +262,8 @@ async fn serve(
     if !state.edge.order_id.accepts(&order_id) {
         return Err(invalid_order_id(&state.edge.order_id));
     }
+    let timeout =
+        client_timeout(&parts.headers).map_err(|e| GatewayError::from(e).with_order(&order_id))?;
     let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
     let traceparent = traceparent(incoming, request_id, state.edge.trace_sample_ratio);
     let prefer = Prefer::parse(&parts.headers);
@@ -275,6 +278,7 @@ async fn serve(
             request_id,
             traceparent,
             caller,
+            timeout,
         };
         // Boxed: its JetStream writes would otherwise make every synchronous request's
         // admission several KiB larger.
@@ -299,9 +303,25 @@ async fn serve(
         client: caller.name(),
         traceparent: &traceparent,
         headers: &parts.headers,
+        timeout,
     };
     let pending = state.runner.start(route, &asker);
     Ok(Served::Waiting { pending, order_id })
+}
+
+/// The client's `Busgate-Timeout`, if it sent one; a value that is not a duration is a 400.
+fn client_timeout(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<std::time::Duration>, ErrorKind> {
+    let Some(value) = headers.get(busgate_shared::header::TIMEOUT) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ErrorKind::InvalidTimeout(ClientTimeoutError::Malformed))?;
+    parse_client_timeout(text)
+        .map(Some)
+        .map_err(ErrorKind::InvalidTimeout)
 }
 
 fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {

@@ -62,7 +62,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.runner.metrics().encode(),
+        {
+            let metrics = state.runner.metrics();
+            // Breakers move on their own (open → half-open once `open_for` passed): the gauge
+            // is read from them when it is asked for.
+            for guard in state.runner.config().load().guards().values() {
+                if let Some(phase) = guard.phase() {
+                    metrics.set_breaker(guard.service(), phase.gauge());
+                }
+            }
+            metrics.encode()
+        },
     )
         .into_response()
 }

@@ -77,6 +77,9 @@ pub enum ErrorKind {
     /// The callback URL may not be called. The client hears the class only.
     #[error("callback_url {0}")]
     CallbackRefused(Refusal),
+    /// The `Busgate-Timeout` header is not a usable duration (the value is not repeated).
+    #[error("Busgate-Timeout {0}")]
+    InvalidTimeout(busgate_shared::resilience::ClientTimeoutError),
     /// The `Idempotency-Key` header is not usable.
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,

@@ -112,6 +112,11 @@ impl GatewayError {
                 "callback-refused",
                 "Callback URL refused",
             ),
+            K::InvalidTimeout(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-timeout",
+                "Invalid Busgate-Timeout",
+            ),
             K::InvalidIdempotencyKey => (
                 StatusCode::BAD_REQUEST,
                 "invalid-idempotency-key",

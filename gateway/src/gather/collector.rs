@@ -129,13 +129,22 @@ impl Collector {
         &self.inner.reuse
     }
 
-    /// Hands a copy of another gather's reply to gather `id` (a coalesced follower); false
-    /// when that gather has ended.
-    pub fn forward(&self, id: u64, message: Msg) -> bool {
-        match self.inner.pending.get(&id) {
-            Some(inbox) => inbox.push(message),
-            None => false,
-        }
+    /// Hands a copy of another gather's reply to gather `id` (a coalesced follower), addressed
+    /// to its target named `source` there (an alias may differ from the leader's); false when
+    /// that gather has ended.
+    pub fn forward(&self, id: u64, source: &str, mut message: Msg) -> bool {
+        let Some(inbox) = self.inner.pending.get(&id) else {
+            return false;
+        };
+        let mut subject = String::new();
+        self.reply_subject(id, source, &mut subject);
+        message.subject = subject.into();
+        inbox.push(message)
+    }
+
+    /// The metrics the gather counts in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Whether requests can go out right now.

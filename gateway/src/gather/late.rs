@@ -99,8 +99,8 @@ impl Late {
             if let Some(source) = source {
                 reuse::land_open(collector, &mut self.flights, source, &message);
             }
-            let index = source
-                .and_then(|source| route.targets.iter().position(|t| &*t.service.0 == source));
+            let index =
+                source.and_then(|source| route.targets.iter().position(|t| &*t.name.0 == source));
             let Some(index) = index else { continue };
             if !is_waiting(&self.outcome.results[index]) {
                 continue;
@@ -171,6 +171,7 @@ mod tests {
             operation: "r".into(),
             deadline: Duration::from_millis(200),
             targets: vec![Target {
+                name: Name(Arc::from("slow")),
                 service: Name(Arc::from("slow")),
                 subject: "busgate.svc.slow".into(),
                 required: false,
@@ -179,10 +180,13 @@ mod tests {
                 transform: None,
                 cache: None,
                 coalesce: false,
+                guard: None,
             }],
             merge: MergeStrategy::Namespace,
             priority: vec![0],
             late: Some(Duration::from_secs(60)),
+            extra_replies: 0,
+            graph: None,
         }
     }
 
@@ -193,6 +197,8 @@ mod tests {
             }],
             failed: None,
             marks: Vec::new(),
+            starts: Vec::new(),
+            tries: Vec::new(),
         }
     }
 
@@ -247,7 +253,7 @@ mod tests {
         .is_ok());
         // Complete, failed, or without a grace: no late gather.
         let mut complete = partial();
-        complete.results[0] = SourceResult::Skipped;
+        complete.results[0] = SourceResult::Skipped(crate::gather::graph::Skip::Condition);
         assert_eq!(wanted(&route(), &complete), None);
         let mut failed = partial();
         failed.failed = Some(0);

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::cache::coalesce::{Joined, Ticket};
+use crate::cache::coalesce::{Follower, Joined, Ticket};
 use crate::cache::store::{Entry, Found, ServiceCache};
 use crate::cache::{forbids, CacheState, KeyParts, Mark};
 use crate::config::snapshot::{Route, Target};
@@ -31,14 +31,15 @@ pub struct SlotReuse {
     store: Option<(Arc<ServiceCache>, u128)>,
     /// A stale copy to serve if the service fails, with its (negative) ttl.
     fallback: Option<(Arc<Entry>, i64)>,
-    /// This gather leads the flight of the source's request (whose service is this).
+    /// This gather leads the flight of the source's request (whose target has this name).
     ticket: Option<(Ticket, Name)>,
 }
 
 /// A flight whose leader's gather ended before the reply came, while others follow it.
 pub struct OpenFlight {
     ticket: Ticket,
-    service: Name,
+    /// The leader's target name (the source its reply subject names).
+    source: Name,
 }
 
 /// Forwards `message` (a reply to `source`) to the followers of the matching flight of
@@ -49,12 +50,12 @@ pub fn land_open(
     source: &str,
     message: &busgate_shared::wire::Msg,
 ) -> bool {
-    let Some(at) = flights.iter().position(|f| &*f.service.0 == source) else {
+    let Some(at) = flights.iter().position(|f| &*f.source.0 == source) else {
         return false;
     };
     let flight = flights.swap_remove(at);
-    for follower in flight.ticket.land() {
-        collector.forward(follower, message.clone());
+    for (follower, name) in flight.ticket.land() {
+        collector.forward(follower, &name.0, message.clone());
     }
     true
 }
@@ -96,17 +97,17 @@ impl SlotReuse {
     }
 
     /// The reply of a flight this gather leads came: the followers to forward it to.
-    pub fn land(&mut self) -> Option<Vec<u64>> {
+    pub fn land(&mut self) -> Option<Vec<Follower>> {
         self.ticket.take().map(|(ticket, _)| ticket.land())
     }
 
     /// The flight this slot leads, if its reply has not come and others follow it.
     pub fn open_flight(&mut self) -> Option<OpenFlight> {
-        let (ticket, service) = self.ticket.take()?;
+        let (ticket, source) = self.ticket.take()?;
         // Without followers the ticket just drops here: the flight ends.
         ticket
             .has_followers()
-            .then_some(OpenFlight { ticket, service })
+            .then_some(OpenFlight { ticket, source })
     }
 }
 
@@ -206,7 +207,7 @@ pub fn intercept(
     if target.coalesce {
         match reuse
             .flights()
-            .join(key, gather.id(), started + target.timeout)
+            .join(key, gather.id(), &target.name, started + target.timeout)
         {
             Joined::Follow => {
                 metrics
@@ -220,7 +221,7 @@ pub fn intercept(
                 slot.store = None;
                 return Intercepted::Follows(mark, slot);
             }
-            Joined::Lead(ticket) => slot.ticket = Some((ticket, target.service.clone())),
+            Joined::Lead(ticket) => slot.ticket = Some((ticket, target.name.clone())),
         }
     }
     Intercepted::Publish(mark, slot)

@@ -148,6 +148,8 @@ pub struct Submit<'a> {
     pub traceparent: String,
     /// Who submits it.
     pub caller: &'a Caller,
+    /// The client's own deadline (`Busgate-Timeout`), carried to the gather that runs it.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Accepts an asynchronous request: 202 once JetStream has it (or the answer, with `wait`).
@@ -219,6 +221,7 @@ pub async fn submit(
             order_id: submit.order_id,
             client: client.to_owned(),
             traceparent: submit.traceparent,
+            timeout: submit.timeout,
             headers: submit
                 .route
                 .condition_headers()

@@ -202,6 +202,7 @@ pub(super) mod tests {
                 client: String::new(),
                 traceparent: "00-x-y-01".into(),
                 headers: Vec::new(),
+                timeout: None,
             },
             callback_url: Some("https://example.com/hook".into()),
         }

@@ -100,7 +100,7 @@ pub(super) async fn start_children(
             "--service",
             service,
             "--upstream",
-            &format!("http://{listen}/order/{{order_id}}"),
+            &format!("http://{listen}{}", demo_path(service)),
         ]);
         children.push(spawn(&format!("adapter-{service}"), adapter, data_dir)?);
     }
@@ -108,6 +108,16 @@ pub(super) async fn start_children(
     // adapters process follows it.
     wait_for_services(&nats, demos.iter()).await?;
     Ok(nats_note)
+}
+
+/// The path a demo service answers on: the `carriers` demo looks up the carrier a composed
+/// route sends (`{carrier}`, see docs/routes.md), every other demo the order.
+pub(super) fn demo_path(service: &str) -> &'static str {
+    if service == "carriers" {
+        "/carriers/{carrier}"
+    } else {
+        "/order/{order_id}"
+    }
 }
 
 /// The services that get a demo: those of the settings without an upstream (none with

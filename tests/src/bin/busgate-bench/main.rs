@@ -16,7 +16,7 @@
 //! in the memory scenario (`--hold N` to say otherwise), no ratios to judge, results in a
 //! temporary folder unless `--out` says where: CI runs it so that the benchmark keeps working.
 //!
-//! `busgate-bench --print-settings bench|merge|merge-keyed|held|merge-coalesce` prints a gateway settings file and exits:
+//! `busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose` prints a gateway settings file and exits:
 //! the benchmark's own, and those of `tests/perf/merge-stack.sh` and `tests/perf/held-gathers.py`,
 //! which read theirs from here (all built with [`busgate_tests::fixture`]).
 
@@ -74,7 +74,7 @@ fn options() -> Options {
         hold: settings::MEMORY_HOLD,
     };
     let (mut out, mut hold) = (None, None);
-    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --print-settings bench|merge|merge-keyed|held|merge-coalesce   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
+    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()

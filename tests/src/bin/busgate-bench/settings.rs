@@ -1,6 +1,6 @@
 //! The gateway settings of the benchmark and of the perf scripts that read theirs from here
-//! (`busgate-bench --print-settings bench|merge|merge-keyed|held|merge-coalesce`), all built
-//! with [`busgate_tests::fixture`].
+//! (`busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose`),
+//! all built with [`busgate_tests::fixture`].
 //!
 //! Coalescing is on by default, and the benchmark asks for one order id over and over: every
 //! setting here turns it off (the benchmark measures gathers), except `merge-coalesce`, which
@@ -93,6 +93,41 @@ fn merge_coalesce_settings() -> Settings {
         .coalesce("n2", true)
 }
 
+/// [`merge_stack_settings`] with a circuit breaker and retries on both services (defaults,
+/// which never trigger on healthy services): what the resilience guard costs on the merge
+/// (`SETTINGS=merge-guarded tests/perf/ab-merge.sh …`).
+fn merge_guarded_settings() -> Settings {
+    let guarded = busgate_shared::config::ServiceSpec {
+        timeout: Duration::from_secs(2),
+        breaker: Some(Default::default()),
+        retry: Some(Default::default()),
+        ..Default::default()
+    };
+    Settings::default()
+        .log_level("warn")
+        .auth_none()
+        .service_spec("n1", guarded.clone())
+        .service_spec("n2", guarded)
+        .route("merge", merge_route())
+        .no_coalescing()
+}
+
+/// [`merge_stack_settings`] and what `tests/perf/composition-overhead.sh` compares: each of n1
+/// and n2 alone (`/bench/stage1/…`, `/bench/stage2/…`) and the two as stages of one composed
+/// route (`/bench/chain/…`: n2 needs n1 and is given n1's `order_id` as an attribute).
+fn compose_settings() -> Settings {
+    let mut second = busgate_shared::config::TargetSpec::new("n2", true);
+    second.needs = vec!["n1".into()];
+    second.with = [("id".to_owned(), "/n1/order_id".to_owned())].into();
+    merge_stack_settings()
+        .route("stage1", bench_route("stage1").target("n1"))
+        .route("stage2", bench_route("stage2").target("n2"))
+        .route(
+            "chain",
+            bench_route("chain").target("n1").target_spec(second),
+        )
+}
+
 /// The API key of the `bench` client of [`merge_keyed_settings`]: a fixture, not a secret
 /// (`tests/perf/ab-auth.sh` sends it).
 #[cfg_attr(not(test), allow(dead_code))] // the script holds a copy; the test below checks the pair
@@ -150,11 +185,13 @@ pub fn print_settings(name: &str) -> ! {
         "bench" => bench_settings(),
         "merge" => merge_stack_settings(),
         "merge-keyed" => merge_keyed_settings(),
+        "merge-guarded" => merge_guarded_settings(),
         "held" => held_gathers_settings(),
         "merge-coalesce" => merge_coalesce_settings(),
+        "compose" => compose_settings(),
         other => {
             eprintln!(
-                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, held, merge-coalesce)"
+                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, merge-guarded, held, merge-coalesce, compose)"
             );
             std::process::exit(2);
         }
