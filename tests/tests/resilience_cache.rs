@@ -627,3 +627,84 @@ async fn followers_get_the_reply_when_their_leader_fails_first() {
     }
     assert_eq!(rig.up.calls("shared") - before, 1, "asked once");
 }
+
+/// A route that names the service by an alias (`as`) follows another route's flight: the reply
+/// is forwarded under the follower's own target name.
+#[tokio::test]
+async fn an_aliased_follower_gets_the_reply_under_its_own_name() {
+    let rig = rig().await;
+    rig.service("shared", json!({})).await;
+    rig.route(
+        "plain",
+        json!([{"service": "shared"}]),
+        json!({"operation": "same"}),
+    )
+    .await;
+    rig.route(
+        "aliased",
+        json!([{"service": "shared", "as": "orders"}]),
+        json!({"operation": "same"}),
+    )
+    .await;
+    rig.served("/api/plain/warm").await;
+    rig.served("/api/aliased/warm").await;
+    rig.up.delay("shared", 600);
+
+    let before = rig.up.calls("shared");
+    let leader = tokio::spawn({
+        let url = rig.gateway.url("/api/plain/A-1");
+        async move { Answer::of(http().get(url).send().await.expect("get")).await }
+    });
+    eventually(Duration::from_secs(5), || async {
+        rig.up.calls("shared") > before
+    })
+    .await;
+    let followers = wave(&rig, "/api/aliased/A-1", 5).await;
+    let leader = leader.await.expect("leader");
+    assert_eq!(leader.status, 200, "{}", leader.body);
+    for answer in &followers {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["sources"]["orders"]["coalesced"], true);
+        assert_eq!(answer.body["sources"]["orders"]["service"], "shared");
+        assert_eq!(answer.body["data"]["orders"]["id"], "A-1");
+    }
+    assert_eq!(rig.up.calls("shared") - before, 1, "asked once");
+}
+
+/// An open circuit breaker serves the stale copy within `stale_if_error`, without asking.
+#[tokio::test]
+async fn an_open_breaker_serves_the_stale_copy() {
+    let rig = rig().await;
+    rig.service(
+        "tripped",
+        json!({"cache": {"ttl": "1s", "stale_if_error": "60s"},
+               "breaker": {"min_requests": 1, "failure_ratio": 0.1, "open_for": "60s"}}),
+    )
+    .await;
+    rig.route("tripped", json!([{"service": "tripped"}]), json!({}))
+        .await;
+    rig.served("/api/tripped/warm").await;
+    let first = rig.get("/api/tripped/B-1", &[]).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let original = first.body["data"]["tripped"].clone();
+    rig.up.fail("tripped", true);
+    // Failures open the breaker (each answered by the stale copy once the entry is stale).
+    eventually(Duration::from_secs(10), || async {
+        let calls = rig.up.calls("tripped");
+        let answer = rig.get("/api/tripped/B-1", &[]).await;
+        answer.status == 200
+            && answer.body["sources"]["tripped"]["cache"] == "stale"
+            && rig.up.calls("tripped") == calls
+    })
+    .await;
+    let served = rig.get("/api/tripped/B-1", &[]).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(served.body["sources"]["tripped"]["status"], "ok");
+    assert_eq!(served.body["data"]["tripped"], original);
+    let status = support::header(&served.headers, "cache-status");
+    assert!(status.contains("detail=stale-if-error"), "{status}");
+    // Without a copy, the open breaker is the answer.
+    let fresh = rig.get("/api/tripped/B-2", &[]).await;
+    assert_eq!(fresh.status, 503, "{}", fresh.body);
+    assert_eq!(fresh.body["sources"]["tripped"]["status"], "circuit_open");
+}

@@ -600,6 +600,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn only_a_coalesced_slot_is_a_follower() {
+        let mut book = Book::new(Instant::now(), [(true, 100 * MS), (true, 100 * MS)]);
+        let follows = Mark {
+            cache: None,
+            coalesced: true,
+        };
+        book.reuse_slot(1, follows, SlotReuse::default());
+        assert!(!book.is_follower(0), "published here: its guard counts it");
+        assert!(
+            book.is_follower(1),
+            "follows a flight: its guard counts nothing"
+        );
+        assert!(book.land(1).is_none(), "a follower leads no flight");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_open_breaker_serves_the_stale_copy() {
         use crate::cache::CacheState;
         let mut book = Book::new(Instant::now(), [(true, 100 * MS)]);
