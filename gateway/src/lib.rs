@@ -19,6 +19,8 @@
 //!   issuer ([`auth::jwt`], with its key sets), the key format and hashing.
 //! - [`route`]: running a route for one request, the one way the edge, the processor of
 //!   asynchronous requests and the try-it get an answer.
+//! - [`cache`]: answers reused: a cache of `ok` replies per service, coalescing of identical
+//!   source requests, `Cache-Status`, the stop signal of refreshes and late gathers.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
 //!   its deadlines, the merge.
 //! - [`resilience`]: per service, on this instance: circuit breakers, retries within a
@@ -69,6 +71,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod edge;
@@ -323,6 +326,16 @@ pub async fn run(
             server.abort();
         }
     }
+    // Cache refreshes and late gathers stop; a late gather writes its document before it
+    // gives its place back, which is waited for (bounded).
+    let reuse = state.runner.collector().reuse().clone();
+    reuse.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while reuse.late_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     tokio::spawn(admin_drain.drain());
     if let Some(admin) = admin {
         if tokio::time::timeout(Duration::from_secs(2), admin)

@@ -65,6 +65,13 @@ pub struct ServiceLabels {
     pub service: Name,
 }
 
+/// Labels of an outcome alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What it came to.
+    pub outcome: &'static str,
+}
+
 /// Labels of a breaker's transition, or of an extra request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ServiceKindLabels {
@@ -91,6 +98,14 @@ pub struct Metrics {
     pub late_replies: Counter,
     /// Requests by client and outcome.
     pub client_requests: Family<ClientLabels, Counter>,
+    /// Cache lookups by service and outcome (`hit`, `stale`, `miss`, `bypass`).
+    pub cache_lookups: Family<SourceLabels, Counter>,
+    /// Background refreshes of stale entries by service and outcome (`ok`, `failed`).
+    pub cache_refreshes: Family<SourceLabels, Counter>,
+    /// Source requests that joined another's publish, by service.
+    pub coalesced: Family<ServiceLabels, Counter>,
+    /// Late gathers by outcome (`completed`, `unchanged`, `refused`).
+    pub late_gathers: Family<OutcomeLabels, Counter>,
     /// Circuit breakers: 0 closed, 1 open, 2 half-open, by service.
     pub breaker_state: Family<ServiceLabels, Gauge>,
     /// Circuit breakers' transitions, by service and the phase moved to.
@@ -126,6 +141,30 @@ impl Metrics {
             "gateway_instances",
             "Live gateway instances sharing each client's rate and pending cap",
             gateway_instances.clone(),
+        );
+        let cache_lookups = Family::<SourceLabels, Counter>::default();
+        let cache_refreshes = Family::<SourceLabels, Counter>::default();
+        let coalesced = Family::<ServiceLabels, Counter>::default();
+        let late_gathers = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups of sources by service and outcome (hit, stale, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_refreshes",
+            "Background refreshes of stale cache entries by service and outcome",
+            cache_refreshes.clone(),
+        );
+        registry.register(
+            "coalesced",
+            "Source requests that shared another request's publish, by service",
+            coalesced.clone(),
+        );
+        registry.register(
+            "late_gathers",
+            "Partial answers kept listening for late sources, by outcome",
+            late_gathers.clone(),
         );
         registry.register(
             "client_requests",
@@ -187,6 +226,10 @@ impl Metrics {
             late_replies,
             client_requests,
             gateway_instances,
+            cache_lookups,
+            cache_refreshes,
+            coalesced,
+            late_gathers,
             unknown_client: Name(Arc::from("-")),
         }
     }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::config::snapshot::{Route, Snapshot};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::collector::Collector;
+use crate::gather::late::{self, Late};
 use crate::gather::merge;
 use crate::gather::scatter::{self, Asker, Outcome, Pending, SourceResult};
 use crate::metrics::Metrics;
@@ -101,7 +102,8 @@ impl Runner {
         scatter::start(&self.collector, route, asker)
     }
 
-    /// Waits for a started gather's replies, counts them and renders the answer.
+    /// Waits for a started gather's replies, counts them and renders the answer, with its
+    /// `Cache-Status` when a source has a cache.
     pub async fn finish(
         &self,
         route: &Route,
@@ -109,13 +111,46 @@ impl Runner {
         request_id: &str,
         order_id: &str,
         started: Instant,
-    ) -> Result<Vec<u8>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         pending.collect(route).await;
-        let outcome = pending.finish();
+        let (outcome, open) = pending.finish_open();
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());
         }
-        merge::answer(route, &outcome, request_id, order_id, started.elapsed())
+        let body = match merge::answer(route, &outcome, request_id, order_id, started.elapsed()) {
+            Ok(body) => body,
+            Err(e) => {
+                if let Some(open) = open {
+                    open.release();
+                }
+                return Err(e);
+            }
+        };
+        let cache_status = (!outcome.marks.is_empty())
+            .then(|| {
+                crate::cache::cache_status(
+                    route
+                        .targets
+                        .iter()
+                        .map(|t| &*t.service.0)
+                        .zip(outcome.marks.iter().copied()),
+                )
+            })
+            .flatten();
+        let late = match (late::wanted(route, &outcome), open) {
+            (Some(grace), Some(open)) => Late::open(open, outcome, grace, started).ok(),
+            (_, open) => {
+                if let Some(open) = open {
+                    open.release();
+                }
+                None
+            }
+        };
+        Ok(Answer {
+            body,
+            cache_status,
+            late,
+        })
     }
 
     /// Runs `call` in the configuration in force and answers with the status and body the
@@ -144,7 +179,21 @@ impl Runner {
         let started = Instant::now();
         let mut pending = self.start(route, &call.asker());
         pending.collect(route).await;
-        let outcome = pending.finish();
+        let (mut outcome, open) = pending.finish_open();
+        // Nobody waits for an asynchronous answer: its late sources are waited for in place.
+        match (late::wanted(route, &outcome), open) {
+            (Some(grace), Some(open)) => {
+                outcome = match Late::open(open, outcome, grace, started) {
+                    Ok(mut late) => {
+                        late.listen(route).await;
+                        late.into_outcome()
+                    }
+                    Err(refused) => refused,
+                };
+            }
+            (_, Some(open)) => open.release(),
+            (_, None) => {}
+        }
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());
         }
@@ -171,6 +220,16 @@ impl Runner {
             }
         }
     }
+}
+
+/// A synchronous answer: its body, and the headers it adds.
+pub struct Answer {
+    /// The merged body.
+    pub body: Vec<u8>,
+    /// The RFC 9211 `Cache-Status` value, when a source has a cache.
+    pub cache_status: Option<String>,
+    /// A partial answer's late sources, still listened to (the route's `late.grace`).
+    pub late: Option<Late>,
 }
 
 /// What one run of a route came to.
@@ -216,6 +275,7 @@ mod tests {
         let failed = |result: SourceResult| Outcome {
             results: vec![result],
             failed: Some(0),
+            marks: Vec::new(),
             tries: Vec::new(),
             starts: Vec::new(),
         };
@@ -235,6 +295,7 @@ mod tests {
         assert!(!is_transient(&Outcome {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
+            marks: Vec::new(),
             tries: Vec::new(),
             starts: Vec::new(),
         }));

@@ -248,6 +248,7 @@ function editService(item) {
   form.timeout.value = item ? item.spec.timeout || "" : "800ms";
   form.description.value = item ? item.spec.description || "" : "";
   fillUpstream(form, (item && item.spec.upstream) || null);
+  fillReuse(form, item ? item.spec : {});
   fillResilience(form, item && item.spec);
   $("#service-instances").replaceChildren();
   if (item) showInstances(item.name);
@@ -274,6 +275,36 @@ async function showInstances(name) {
         el("thead", {}, el("tr", {}, ["Id", "Mode", "Upstream", "Version", "Requests", "Errors", "Avg time"].map((h) => el("th", {}, h)))),
         el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No instance is running.")))))
   );
+}
+
+// ---- services: cache and coalescing --------------------------------------------------------
+
+/** The cache fields and the coalescing box from a service's spec. */
+function fillReuse(form, spec) {
+  const c = spec.cache || {};
+  form.cache_ttl.value = c.ttl || "";
+  form.cache_swr.value = c.stale_while_revalidate || "";
+  form.cache_sie.value = c.stale_if_error || "";
+  form.cache_max_entries.value = c.max_entries ?? "";
+  form.cache_max_bytes.value = c.max_bytes ?? "";
+  form.cache_shared.checked = !!c.shared;
+  form.coalesce.checked = spec.coalesce !== false;
+}
+
+/** Adds `cache` (when a ttl is given) and `coalesce: false` (when unchecked) to `spec`. */
+function reuseFromForm(form, spec) {
+  const ttl = form.cache_ttl.value.trim();
+  if (ttl) {
+    const cache = { ttl };
+    if (form.cache_swr.value.trim()) cache.stale_while_revalidate = form.cache_swr.value.trim();
+    if (form.cache_sie.value.trim()) cache.stale_if_error = form.cache_sie.value.trim();
+    const number = (v) => (/^\d+$/.test(v) ? Number(v) : v);
+    if (form.cache_max_entries.value.trim()) cache.max_entries = number(form.cache_max_entries.value.trim());
+    if (form.cache_max_bytes.value.trim()) cache.max_bytes = number(form.cache_max_bytes.value.trim());
+    if (form.cache_shared.checked) cache.shared = true;
+    spec.cache = cache;
+  }
+  if (!form.coalesce.checked) spec.coalesce = false;
 }
 
 // ---- services: the upstream ----------------------------------------------------------------
@@ -353,6 +384,7 @@ $("#service-form").addEventListener("submit", async (ev) => {
   if (form.description.value.trim()) spec.description = form.description.value.trim();
   const upstream = upstreamFromForm(form);
   if (upstream) spec.upstream = upstream;
+  reuseFromForm(form, spec);
   Object.assign(spec, resilienceFromForm(form));
   const name = form.name.value.trim();
   try {
@@ -470,6 +502,7 @@ function routeSpecFromForm(form) {
     if (v("rename")) t.rename = Object.fromEntries(list(v("rename")).map((p) => p.split("=").map((s) => s.trim())));
     spec.targets.push(t);
   }
+  if (form.late_grace.value.trim()) spec.late = { grace: form.late_grace.value.trim() };
   spec.merge = { strategy: form.strategy.value };
   if (form.priority.value.trim()) spec.merge.priority = list(form.priority.value);
   return spec;
@@ -490,6 +523,7 @@ async function editRoute(item) {
   form.name.value = item ? item.name : "";
   form.name.disabled = !!item;
   form.deadline.value = spec.deadline || "1s";
+  form.late_grace.value = (spec.late && spec.late.grace) || "";
   form.strategy.value = (spec.merge && spec.merge.strategy) || "namespace";
   form.priority.value = ((spec.merge && spec.merge.priority) || []).join(", ");
   $("#bindings").replaceChildren(...spec.bindings.map(bindingRow));
@@ -569,7 +603,8 @@ $("#try-form").addEventListener("submit", async (ev) => {
           Object.entries(sources).map(([name, s]) =>
             el("div", { class: "source", "data-source": name },
               el("h4", {}, name, el("span", { class: `chip ${statusClass(s.status)}` }, s.status)),
-              el("div", { class: "muted" }, s.elapsed_ms !== undefined ? `${s.elapsed_ms} ms` : "—", s.optional ? " · optional" : " · required", s.reason ? ` · ${s.reason}` : ""),
+              el("div", { class: "muted" }, s.elapsed_ms !== undefined ? `${s.elapsed_ms} ms` : "—", s.optional ? " · optional" : " · required", s.reason ? ` · ${s.reason}` : "",
+                s.cache ? ` · cache ${s.cache}` : "", s.coalesced ? " · coalesced" : ""),
               s.error ? el("div", { class: "error" }, `${s.error.code}: ${s.error.message}`) : ""))),
         waterfall(body),
         el("pre", { class: "json" }, JSON.stringify(body, null, 2))));

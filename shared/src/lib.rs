@@ -12,6 +12,8 @@
 //! - [`compose`]: composition: targets that wait for other targets' answers (`needs`, `with`,
 //!   `as`, `when.field`), JSON Pointers into gathered data, and the validation of a route's graph.
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
+//! - [`client`]: a client of the public API as configuration (routes, rate, key hashes).
+//! - [`caching`]: a service's `cache` and `coalesce`, a route's `late` grace (issue 25).
 //! - [`upstream`]: a service's HTTP upstream as configuration: the URL template, header
 //!   secrets from env or file, validation, the own-listener check.
 //! - [`resilience`]: a service's breaker, retries and hedging as configuration, and the client's
@@ -36,6 +38,8 @@
 //! release its watch.
 
 pub mod backoff;
+pub mod caching;
+pub mod client;
 pub mod compose;
 pub mod config;
 pub mod envelope;

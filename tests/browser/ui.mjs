@@ -117,7 +117,10 @@ try {
     ["services.invoices.upstream.headers.X-Api-Key.env", "is not an environment variable name", "#upstream-headers .header [name=header_value]"],
     ["services.invoices.upstream.headers.X-Api-Key", "is not a header name", "#upstream-headers .header [name=header_name]"],
     ["services.invoices.upstream.concurrency", "must be between 1 and 65536", "[name=upstream_concurrency]"],
+    ["services.invoices.cache.ttl", "must be between 1ms and 24h", "[name=cache_ttl]"],
+    ["services.invoices.cache.stale_if_error", "at most 24h", "[name=cache_sie]"],
   ];
+  assert.equal(await page.locator("#service-form [name=coalesce]").isChecked(), true, "coalescing is on by default");
   for (const [field, reason, input] of refusals) {
     await page.route("**/admin/v1/services", (route) => route.fulfill({
       status: 422,
@@ -130,7 +133,7 @@ try {
     assert.equal(await page.locator("#service-form .invalid").count(), 1, field);
     await page.unroute("**/admin/v1/services");
   }
-  step("refusals of upstream fields shown next to each field");
+  step("refusals of upstream and cache fields shown next to each field");
   await page.click("#service-form button.primary");
   await page.locator("#services-table tbody tr[data-name=invoices]").waitFor();
   const stored = await page.evaluate(async (t) => {

@@ -6,6 +6,11 @@
 # A bin dir written `tls:DIR` runs that build with every NATS connection over TLS
 # (merge-stack.sh's NATS_TLS): `ab-merge.sh target/release tls:target/release` is plain TCP
 # against TLS in one run.
+# A bin dir written `NAME@DIR` runs that build with the settings `busgate-bench
+# --print-settings NAME` (default `merge`): `ab-merge.sh target/release
+# merge-coalesce@target/release` is coalescing off against on in one run. With DISTINCT=1 every
+# request asks for another order id (distinct-ids.lua), so that coalescing shares nothing: its
+# cost alone; without it wrk asks for one order id, which coalescing collapses.
 # A bin dir written `guarded:DIR` runs that build with a circuit breaker and retries on both
 # services (busgate-bench --print-settings merge-guarded): `ab-merge.sh target/release
 # guarded:target/release` is what the resilience guard costs, in one run.
@@ -28,9 +33,10 @@ for round in $(seq "$ROUNDS"); do
     case $bins in
       tls:*) NATS_TLS=1 start_merge_stack "${bins#tls:}" "$D" ;;
       guarded:*) NATS_TLS= SETTINGS=merge-guarded start_merge_stack "${bins#guarded:}" "$D" ;;
+      *@*) SETTINGS=${bins%%@*} NATS_TLS= start_merge_stack "${bins#*@}" "$D" ;;
       *) NATS_TLS= start_merge_stack "$bins" "$D" ;;
     esac
-    ours=$(rps "$URL")
+    if [ -n "${DISTINCT:-}" ]; then ours=$(rps -s "$HERE/distinct-ids.lua" "$URL"); else ours=$(rps "$URL"); fi
     stop_merge_stack
     peer=$(rps "$PEER")
     ratio=$(python3 -c "print(f'{$ours/$peer:.2f}')")

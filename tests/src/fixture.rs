@@ -249,6 +249,31 @@ impl Settings {
         self
     }
 
+    /// Coalescing of `service` (an existing one) on or off (`coalesce`; on by default).
+    pub fn coalesce(mut self, service: &str, on: bool) -> Settings {
+        if let Some(spec) = self.services.get_mut(service) {
+            spec.coalesce = on;
+        }
+        self
+    }
+
+    /// Coalescing off for every service so far: a benchmark that asks for one order id over
+    /// and over measures gathers, not coalescing.
+    pub fn no_coalescing(mut self) -> Settings {
+        for spec in self.services.values_mut() {
+            spec.coalesce = false;
+        }
+        self
+    }
+
+    /// The cache of `service` (an existing one).
+    pub fn cache(mut self, service: &str, cache: busgate_shared::config::CacheSpec) -> Settings {
+        if let Some(spec) = self.services.get_mut(service) {
+            spec.cache = Some(cache);
+        }
+        self
+    }
+
     /// `[services.<name>]` as `spec` says (added, or replacing one of that name).
     pub fn service_spec(mut self, name: &str, spec: ServiceSpec) -> Settings {
         self.services.insert(name.to_owned(), spec);
@@ -423,6 +448,12 @@ impl Route {
     /// Asks `service`, optional: its failure leaves `complete: false`.
     pub fn optional(mut self, service: &str) -> Route {
         self.spec.targets.push(TargetSpec::new(service, false));
+        self
+    }
+
+    /// Keeps a partial answer's late sources listened to for `grace` (`late.grace`).
+    pub fn late(mut self, grace: Duration) -> Route {
+        self.spec.late = Some(busgate_shared::config::LateSpec { grace });
         self
     }
 

@@ -49,6 +49,8 @@ pub struct Route {
     pub merge: MergeStrategy,
     /// For `deep`: target indices from highest to lowest priority.
     pub priority: Vec<usize>,
+    /// How long a partial answer's late sources are still listened to (`late.grace`).
+    pub late: Option<Duration>,
     /// Replies beyond one per target that retries and hedges may bring (0: no target has a
     /// guard).
     pub extra_replies: usize,
@@ -73,6 +75,10 @@ pub struct Target {
     pub when: Option<When>,
     /// What is done to its data before the merge; nothing when `None`.
     pub transform: Option<Transform>,
+    /// The service's cache; none when `None`.
+    pub cache: Option<busgate_shared::config::CacheSpec>,
+    /// Whether concurrent identical requests to it share one publish.
+    pub coalesce: bool,
     /// Its service's breaker, retries and hedging; `None` (no lock, no cost) without them.
     pub guard: Option<Arc<Guard>>,
 }
@@ -149,11 +155,14 @@ impl When {
 }
 
 impl Route {
-    /// Lower-case names of the request headers any condition of this route reads.
+    /// Lower-case names of the request headers any condition of this route reads (and
+    /// `cache-control` when a target has a cache: an asynchronous request keeps its `no-cache`).
     pub fn condition_headers(&self) -> impl Iterator<Item = &str> {
+        let cached = self.targets.iter().any(|t| t.cache.is_some());
         self.targets
             .iter()
             .filter_map(|t| t.when.as_ref()?.header.as_ref().map(|(n, _)| n.as_str()))
+            .chain(cached.then_some("cache-control"))
     }
 }
 
@@ -192,11 +201,8 @@ impl Snapshot {
                 .targets
                 .iter()
                 .map(|t| {
-                    let service_timeout = spec
-                        .services
-                        .get(&t.service)
-                        .map(|s| s.timeout)
-                        .unwrap_or(route.deadline);
+                    let spec_of = spec.services.get(&t.service);
+                    let service_timeout = spec_of.map(|s| s.timeout).unwrap_or(route.deadline);
                     let service = Name(Arc::from(t.service.as_str()));
                     Target {
                         name: match &t.alias {
@@ -232,6 +238,8 @@ impl Snapshot {
                                 .map(|(a, b)| (a.clone(), b.clone()))
                                 .collect(),
                         }),
+                        cache: spec_of.and_then(|s| s.cache),
+                        coalesce: spec_of.is_none_or(|s| s.coalesce),
                         guard: guards.get(&t.service).cloned(),
                     }
                 })
@@ -255,6 +263,7 @@ impl Snapshot {
                 targets,
                 merge: route.merge.strategy,
                 priority,
+                late: route.late.map(|l| l.grace),
                 extra_replies,
                 graph: crate::config::graph::compile(route).map(Box::new),
             });

@@ -30,6 +30,9 @@ use crate::gather::scatter::{Asker, Pending};
 use crate::jobs::http::{Prefer, Submit};
 use crate::metrics::Name;
 
+/// RFC 9211's response header.
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
 /// Every configured route. Not an `async fn`: a future keeps the arguments of an async fn for
 /// its whole life, and a request mostly waits for its replies, which needs none of the request's
 /// head or body. So the request goes into [`admit`], boxed and freed once the requests are out,
@@ -56,14 +59,34 @@ pub(super) fn dispatch(
                 route,
                 pending,
                 order_id,
+                late_caller,
             } => {
                 let answer = state
                     .runner
                     .finish(&route, pending, request_id.as_str(), &order_id, started)
                     .await;
-                let result = answer.map(|body| {
+                let result = answer.map(|mut answer| {
                     let json = HeaderValue::from_static("application/json");
-                    ([(header::CONTENT_TYPE, json)], body).into_response()
+                    let location = crate::jobs::late::follow(
+                        &state.requests,
+                        &mut answer,
+                        &route,
+                        request_id.as_str(),
+                        &order_id,
+                        late_caller.as_ref(),
+                    );
+                    let mut response =
+                        ([(header::CONTENT_TYPE, json)], answer.body).into_response();
+                    if let Some(location) = location {
+                        response.headers_mut().insert(header::LOCATION, location);
+                    }
+                    if let Some(value) = answer
+                        .cache_status
+                        .and_then(|v| HeaderValue::from_str(&v).ok())
+                    {
+                        response.headers_mut().insert(CACHE_STATUS, value);
+                    }
+                    response
                 });
                 (route.name.clone(), result)
             }
@@ -99,6 +122,8 @@ enum Admitted {
         route: Arc<Route>,
         pending: Pending,
         order_id: String,
+        /// Who asked, kept only for a route with a late grace (its request document's owner).
+        late_caller: Option<Caller>,
     },
 }
 
@@ -162,6 +187,7 @@ async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admi
             route: route.clone(),
             pending,
             order_id,
+            late_caller: route.late.map(|_| caller.clone()),
         },
         Err(e) => {
             if matches!(e.kind, ErrorKind::TooManyPending) {

@@ -154,8 +154,8 @@ fn apply(t: &Transform, map: &mut Map<String, Value>) {
 }
 
 /// The `sources` object: status and timing per source, the error where there was one, why a
-/// source was skipped, (composed routes: `starts` not empty) when each was asked, and the
-/// attempts a guard made.
+/// source was skipped, (composed routes: `starts` not empty) when each was asked, the
+/// attempts a guard made, and what the cache and coalescing did.
 fn sources(out: &mut Vec<u8>, route: &Route, outcome: &Outcome) {
     out.push(b'{');
     for (i, (target, result)) in route.targets.iter().zip(&outcome.results).enumerate() {
@@ -209,6 +209,9 @@ fn sources(out: &mut Vec<u8>, route: &Route, outcome: &Outcome) {
         }
         if !target.required {
             out.extend_from_slice(b",\"optional\":true");
+        }
+        if let Some(mark) = outcome.marks.get(i) {
+            mark.put_fields(out);
         }
         out.push(b'}');
     }
@@ -301,6 +304,8 @@ mod tests {
                 when: None,
                 transform: None,
                 guard: None,
+                cache: None,
+                coalesce: true,
             }
         };
         Route {
@@ -310,6 +315,7 @@ mod tests {
             targets: vec![target("service1", true), target("service2", false)],
             merge: MergeStrategy::Namespace,
             priority: vec![0, 1],
+            late: None,
             extra_replies: 0,
             graph: None,
         }
@@ -326,6 +332,7 @@ mod tests {
         let outcome = Outcome {
             results,
             failed,
+            marks: Vec::new(),
             tries: Vec::new(),
             starts: Vec::new(),
         };
@@ -448,6 +455,7 @@ mod tests {
         let outcome = Outcome {
             results,
             failed: None,
+            marks: Vec::new(),
             tries: Vec::new(),
             starts: Vec::new(),
         };
@@ -488,6 +496,7 @@ mod tests {
             &Outcome {
                 results,
                 failed: None,
+                marks: Vec::new(),
                 tries: Vec::new(),
                 starts: Vec::new(),
             },
@@ -527,6 +536,7 @@ mod tests {
             results: vec![ok(r#"{"a":1}"#), SourceResult::CircuitOpen],
             failed: None,
             starts: Vec::new(),
+            marks: Vec::new(),
             tries: vec![
                 crate::gather::scatter::Tries {
                     attempts: 2,
@@ -550,6 +560,7 @@ mod tests {
             results: vec![SourceResult::CircuitOpen, ok("{}")],
             failed: Some(0),
             starts: Vec::new(),
+            marks: Vec::new(),
             tries: Vec::new(),
         };
         let e = answer(&route(), &failed, "r1", "A1", 5 * MS).expect_err("required");
@@ -568,6 +579,7 @@ mod tests {
             failed: None,
             tries: Vec::new(),
             starts: vec![Some(Duration::from_micros(20)), None],
+            marks: Vec::new(),
         };
         let body = answer(&r, &outcome, "r1", "A1", MS).expect("ok");
         let v: Value = serde_json::from_slice(&body).expect("json");
@@ -581,6 +593,7 @@ mod tests {
             failed: None,
             tries: Vec::new(),
             starts: Vec::new(),
+            marks: Vec::new(),
         };
         let body = answer(&r, &outcome, "r1", "A1", MS).expect("ok");
         let v: Value = serde_json::from_slice(&body).expect("json");

@@ -13,14 +13,19 @@ use busgate_shared::envelope::ServiceRequest;
 use busgate_shared::header;
 
 use crate::config::snapshot::Route;
+use crate::gather::ask::{publish, Asker};
+use crate::gather::book::{Book, SourceResult, Step};
 use crate::gather::collector::{Collector, Gather};
 use crate::gather::graph::{Decision, Run, Seen, Skip};
-use crate::gather::scatter::{publish, Asker, Book, Pending, SourceResult, Step};
 
-/// [`start`] for a composed route: every target waits (held) until the graph decides it;
+/// `scatter::start` for a composed route: every target waits (held) until the graph decides it;
 /// the conditions on the request are decided now (the request is not kept), then the first
 /// stage goes out.
-pub(crate) fn start_graph(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
+pub(crate) fn start_graph(
+    collector: &Collector,
+    route: &Route,
+    asker: &Asker<'_>,
+) -> (Book, Gather, Box<Run>) {
     let deadline = asker
         .timeout
         .map_or(route.deadline, |limit| route.deadline.min(limit));
@@ -53,7 +58,7 @@ pub(crate) fn start_graph(collector: &Collector, route: &Route, asker: &Asker<'_
         }
     }
     advance(&mut book, &gather, route, &mut run);
-    Pending::composed(book, gather, run)
+    (book, gather, run)
 }
 
 /// Asks the graph which targets can be decided now and carries that out: skips are settled,

@@ -88,7 +88,7 @@ impl AsyncRequests {
         &self.guard
     }
 
-    fn jobs(&self) -> Result<&Arc<Jobs>, GatewayError> {
+    pub(crate) fn jobs(&self) -> Result<&Arc<Jobs>, GatewayError> {
         self.jobs
             .get()
             .ok_or_else(|| ErrorKind::NotReady("asynchronous requests are not ready yet").into())

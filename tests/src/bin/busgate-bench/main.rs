@@ -19,7 +19,7 @@
 //! `busgate-bench --soak [--soak-duration 10m] [--soak-rate R]`: the adapters' merge at a fixed
 //! rate for a long time, synchronously and as async submits (see [`soak`]); not in CI.
 //!
-//! `busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|compose` prints a gateway settings file and exits:
+//! `busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose` prints a gateway settings file and exits:
 //! the benchmark's own, and those of `tests/perf/merge-stack.sh` and `tests/perf/held-gathers.py`,
 //! which read theirs from here (all built with [`busgate_tests::fixture`]).
 
@@ -82,7 +82,7 @@ fn options() -> Options {
     };
     let (mut out, mut hold) = (None, None);
     let (mut soak, mut soak_duration, mut soak_rate) = (false, 600, None);
-    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --soak [--soak-duration 10m] [--soak-rate REQ_PER_S] [--duration 6] [--out DIR]   (not in CI)\nbusgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|compose   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
+    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --soak [--soak-duration 10m] [--soak-rate REQ_PER_S] [--duration 6] [--out DIR]   (not in CI)\nbusgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()
