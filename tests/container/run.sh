@@ -52,7 +52,13 @@ fail() { # the first failure ends the test (in sections 7 to 9: its section): wh
   exit 1
 }
 # Secrets of this run never reach the output: the admin token is replaced wherever a log is shown.
-redact() { sed -e "s/${ADMIN_TOKEN:-@@none@@}/<admin-token>/g"; }
+redact() { # the admin token and the stack's NATS passwords (podman-compose logs its podman run lines)
+  sed -e "s/${ADMIN_TOKEN:-@@none@@}/<admin-token>/g" \
+    -e "s/${BUSGATE_NATS_GATEWAY_PASSWORD:-@@none@@}/<nats-password>/g" \
+    -e "s/${BUSGATE_NATS_SERVICE1_PASSWORD:-@@none@@}/<nats-password>/g" \
+    -e "s/${BUSGATE_NATS_SERVICE2_PASSWORD:-@@none@@}/<nats-password>/g" \
+    -e "s/${BUSGATE_NATS_ADMIN_PASSWORD:-@@none@@}/<nats-password>/g"
+}
 show_log() { # FILE [LINES]
   [ -f "$1" ] && tail -n "${2:-40}" "$1" | redact | sed 's/^/      /' >&2 || true
 }
@@ -129,7 +135,7 @@ cleanup() {
   set +e
   if [ "$rc" != 0 ]; then
     echo >&2
-    echo "container test FAILED: logs of the stack (admin token redacted)" >&2
+    echo "container test FAILED: logs of the stack (admin token and NATS passwords redacted)" >&2
     for c in $(podman ps -a --filter "label=io.podman.compose.project=$P" --format '{{.Names}}' 2>/dev/null); do
       echo "  --- $c" >&2
       podman logs --tail 15 "$c" 2>&1 | grep -v 'level=error msg="unable to get systemd' | redact | sed 's/^/      /' >&2
@@ -443,11 +449,12 @@ ok "HTTPS on :$BUSGATE_HTTPS_PORT: HTTP/2, a merged answer, the certificate veri
 # NATS accounts in force: the raw protocol (curl telnet://, on the bus network), the password on
 # standard input. A worker's user may not publish on the gateways' subjects; the gateway's may.
 nats_as() { # USER PASSWORD SUBJECT...: CONNECT, a PUB to each subject, PING; prints what the server said
-  local user=$1 pass=$2 cmd
+  local user=$1 pass=$2 cmd line
   shift 2
-  cmd=$(printf 'CONNECT {"user":"%s","pass":"%s","verbose":false,"pedantic":false}\r\n' "$user" "$pass")
-  for subject in "$@"; do cmd+=$(printf 'PUB %s 2\r\nhi\r\n' "$subject"); done
-  cmd+=$(printf 'PING\r\n')
+  # printf -v, not $(…): a command substitution drops the trailing \n of each \r\n.
+  printf -v cmd 'CONNECT {"user":"%s","pass":"%s","verbose":false,"pedantic":false}\r\n' "$user" "$pass"
+  for subject in "$@"; do printf -v line 'PUB %s 2\r\nhi\r\n' "$subject"; cmd+=$line; done
+  cmd+=$'PING\r\n'
   printf '%s' "$cmd" | podman run --rm -i --label "io.busgate.test=$P" --network "${P}_bus" \
     --entrypoint /usr/bin/curl "$PROBE_IMAGE" -s --max-time 3 telnet://nats-1:4222 2>>"$WORK/podman.log" || true
 }
@@ -597,8 +604,9 @@ section() { # TITLE FUNCTION
   local rc=0
   set +e
   (
-    set -e
+    set -eE
     trap 'echo "$PASSED" >"$WORK/section.passed"' EXIT
+    trap 'echo "  (failed at line $LINENO: $BASH_COMMAND)" >&2' ERR
     "$2"
   )
   rc=$?
@@ -674,7 +682,8 @@ t0=$(now_ms)
 podman secret inspect busgate >/dev/null 2>&1 && fail "a podman secret 'busgate' exists already: the kube test would replace it"
 podman volume inspect busgate >/dev/null 2>&1 && fail "a podman volume 'busgate' exists already: the kube test would use it"
 # Only the adapters played from the manifest may answer: the stack's are stopped.
-podman stop -t 10 "$(ctr adapter-service1)" "$(ctr adapter-service2)" >/dev/null 2>>"$WORK/podman.log"
+podman stop -t 10 "$(ctr adapter-service1)" "$(ctr adapter-service2)" >/dev/null 2>"$WORK/stop.log" ||
+  { show_log "$WORK/stop.log"; podman ps -a --filter "label=io.podman.compose.project=$P" --format '{{.Names}} {{.Status}}' >&2; fail "stop the stack's adapters"; }
 KUBE_NET=$P-kube
 podman network create --label "io.busgate.test=$P" "$KUBE_NET" >/dev/null
 # What the manifest calls nats://nats:4222: a node of the stack's cluster, under that name.
