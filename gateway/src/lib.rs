@@ -122,6 +122,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
     busgate_shared::runtime::install_crypto_provider();
+    // Traces when `[telemetry] otlp_endpoint` or OTEL_EXPORTER_OTLP_ENDPOINT names a collector.
+    let telemetry = busgate_shared::telemetry::init(&settings.telemetry, "busgate-gateway")
+        .map_err(StartupError::InvalidSettings)?;
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
     let issuers =
         auth::jwt::Issuers::new(&settings.auth.issuers).map_err(StartupError::InvalidSettings)?;
@@ -293,6 +296,9 @@ pub async fn run(
     inbox.stop();
     wire.close(Duration::from_secs(2)).await;
     nats.drain().await.context("draining nats")?;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -306,6 +312,7 @@ fn edge(
     let mut edge = Edge::new(settings.http.body_limit, order_id);
     edge.upstream_forbidden = upstream_forbidden(settings, public, admin);
     edge.trace_sample_ratio = settings.http.trace_sample_ratio;
+    edge.access_log = settings.log.access;
     edge.body_timeout = settings.http.body_timeout;
     edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
     edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));

@@ -47,6 +47,13 @@ pub struct SourceLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service name.
+    pub service: Name,
+}
+
 /// Labels of a client's request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ClientLabels {
@@ -67,6 +74,8 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, Histogram>,
     /// Source outcomes by service.
     pub source_outcomes: Family<SourceLabels, Counter>,
+    /// Time from publish to reply, by service (sources that answered or timed out).
+    pub source_duration: Family<ServiceLabels, Histogram>,
     /// Gathers waiting for replies right now.
     pub gathers_in_flight: Gauge,
     /// Replies that arrived after their gather had ended, or twice.
@@ -91,6 +100,14 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let source_outcomes = Family::<SourceLabels, Counter>::default();
+        let source_duration = Family::<ServiceLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "source_duration_seconds",
+            "Time from publish to reply (or timeout), by service",
+            source_duration.clone(),
+        );
         let gathers_in_flight = Gauge::default();
         let late_replies = Counter::default();
         let client_requests = Family::<ClientLabels, Counter>::default();
@@ -129,6 +146,7 @@ impl Metrics {
             http_requests,
             http_duration,
             source_outcomes,
+            source_duration,
             gathers_in_flight,
             late_replies,
             client_requests,
@@ -169,6 +187,15 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Records how long a source took to answer (or time out).
+    pub fn record_source_time(&self, service: &Name, seconds: f64) {
+        self.source_duration
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .observe(seconds);
     }
 
     /// The Prometheus text exposition.

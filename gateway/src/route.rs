@@ -104,10 +104,25 @@ impl Runner {
     ) -> Result<Vec<u8>, GatewayError> {
         pending.collect(route).await;
         let outcome = pending.finish();
+        self.count(route, &outcome);
+        merge::answer(route, &outcome, request_id, order_id, started.elapsed())
+    }
+
+    /// Counts each source's outcome and, when it answered or timed out, its time.
+    fn count(&self, route: &Route, outcome: &Outcome) {
         for (target, result) in route.targets.iter().zip(&outcome.results) {
             self.metrics.record_source(&target.service, result.status());
+            let took = match result {
+                SourceResult::Ok { elapsed, .. }
+                | SourceResult::NotFound { elapsed }
+                | SourceResult::Error { elapsed, .. }
+                | SourceResult::NoResponders { elapsed } => elapsed,
+                SourceResult::Timeout { after } => after,
+                SourceResult::Cancelled | SourceResult::Skipped => continue,
+            };
+            self.metrics
+                .record_source_time(&target.service, took.as_secs_f64());
         }
-        merge::answer(route, &outcome, request_id, order_id, started.elapsed())
     }
 
     /// Runs `call` in the configuration in force and answers with the status and body the
@@ -137,9 +152,7 @@ impl Runner {
         let mut pending = self.start(route, &call.asker());
         pending.collect(route).await;
         let outcome = pending.finish();
-        for (target, result) in route.targets.iter().zip(&outcome.results) {
-            self.metrics.record_source(&target.service, result.status());
-        }
+        self.count(route, &outcome);
         let transient = is_transient(&outcome);
         match merge::answer(
             route,

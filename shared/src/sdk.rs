@@ -83,6 +83,9 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
     /// The message's header block, kept as it came: read through the methods below.
     headers: Option<Bytes>,
+    /// With traces on, this service's `process` span: what the work's own spans (and what it
+    /// passes on downstream) are children of.
+    process: Option<crate::telemetry::Traceparent>,
 }
 
 impl RequestContext {
@@ -91,9 +94,13 @@ impl RequestContext {
         self.header(header::CLIENT)
     }
 
-    /// The W3C `traceparent` the gateway sent (empty when none), to pass on downstream.
+    /// The W3C `traceparent` to pass on downstream (empty when none): the one the gateway
+    /// sent, or with traces on, this service's `process` span.
     pub fn traceparent(&self) -> &str {
-        self.header(header::TRACEPARENT)
+        match &self.process {
+            Some(own) => own.as_str(),
+            None => self.header(header::TRACEPARENT),
+        }
     }
 
     fn header(&self, name: &str) -> &str {
@@ -355,9 +362,15 @@ where
         },
         None => None,
     };
+    // With traces on, the consumer span; it ends when this returns (or is cancelled).
+    let mut span = crate::telemetry::tracer().map(|tracer| {
+        let parent = message.header(header::TRACEPARENT).unwrap_or("");
+        crate::telemetry::span::process(tracer, parent, message.subject(), name)
+    });
     let context = RequestContext {
         deadline,
         headers: message.headers.clone(),
+        process: span.as_ref().map(crate::telemetry::traceparent_of),
     };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {
@@ -382,6 +395,9 @@ where
         Reply::Error(e) => Some(format!("{}: {}", e.code, e.message)),
         _ => None,
     };
+    if let Some(span) = span.as_mut() {
+        crate::telemetry::span::outcome(span, &reply);
+    }
     endpoint.stats.record(elapsed, error);
     if let Err(e) = endpoint.wire.publish(reply_to, None, &[], &payload) {
         warn!(service = name, error = %e, "cannot publish reply");

@@ -21,7 +21,7 @@ use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::{Scheme, SecretSource, UpstreamSpec};
-use busgate_shared::{drain, header};
+use busgate_shared::{drain, header, telemetry};
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::{info, warn};
@@ -276,13 +276,18 @@ impl Upstream {
             }
         };
         let target = self.target(&req.order_id);
+        // With traces on, the client span of this call, whose traceparent goes upstream.
+        let mut span = telemetry::tracer()
+            .map(|tracer| telemetry::span::http_client(tracer, ctx.traceparent(), "GET", &target));
+        let own = span.as_ref().map(telemetry::traceparent_of);
+        let traceparent = own.as_ref().map_or(ctx.traceparent(), |t| t.as_str());
         // Passed on so the upstream's logs and traces join the gateway's.
         let mut extra: Vec<(&str, &str)> = Vec::new();
         let mut fixed: [(&str, &str); 2] = [("", ""); 2];
         let mut n = 0;
         for (name, value) in [
             (header::REQUEST_ID, req.request_id.as_str()),
-            (header::TRACEPARENT, ctx.traceparent()),
+            (header::TRACEPARENT, traceparent),
         ] {
             if is_header_text(value) {
                 fixed[n] = (name, value);
@@ -337,6 +342,9 @@ impl Upstream {
                 reqwest_get(http, target, extra, timeout, max_body).await
             }
         };
+        if let Some(span) = span.as_mut() {
+            record(span, &outcome);
+        }
         match outcome {
             Outcome::Answered { status: 404, .. } => Reply::NotFound,
             Outcome::Answered { status, body } if (200..300).contains(&status) => {
@@ -372,6 +380,28 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Marks the client span with the call's outcome: the status, or `error.type`.
+fn record(span: &mut telemetry::SdkSpan, outcome: &Outcome) {
+    use telemetry::{KeyValue, Span, Status};
+    let error = match outcome {
+        Outcome::Answered { status, .. } => {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(*status),
+            ));
+            if *status < 400 || *status == 404 {
+                return;
+            }
+            "http_status"
+        }
+        Outcome::TimedOut => "timeout",
+        Outcome::TooLarge => "too_large",
+        Outcome::Unreachable(_) => "unreachable",
+    };
+    span.set_attribute(KeyValue::new("error.type", error));
+    span.set_status(Status::error(error));
 }
 
 async fn reqwest_get(

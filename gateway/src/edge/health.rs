@@ -1,5 +1,6 @@
 //! The built-in endpoints: `/health/live`, `/health/ready` and `/metrics`. They need no
-//! configuration and never touch the bus.
+//! configuration; only `/metrics` asks the bus something (JetStream's backlog, bounded by a
+//! timeout: see [`crate::edge::gauges`]).
 
 use std::sync::atomic::Ordering;
 
@@ -62,7 +63,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.runner.metrics().encode(),
+        crate::edge::gauges::with_gauges(&state, state.runner.metrics().encode()).await,
     )
         .into_response()
 }

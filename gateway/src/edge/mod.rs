@@ -12,12 +12,14 @@
 //!   and the middleware of its answers (request ids, the caller of polls and event streams).
 //! - [`shed`]: load shedding (`http.max_in_flight`, 503 `overloaded`).
 //! - [`dispatch`]: a configured route, from the caller to the answer.
+//! - [`gauges`]: what `/metrics` reads at scrape time (NATS state, loads, async backlog).
+//! - [`access`]: the server span and the access line of a request, when either is on.
 //! - [`serve`]: the listeners' hyper connections, their timeouts and caps, until the drain.
 //! - [`body`] reading and parsing, request [`ids`] and `traceparent`, the [`health`] and metrics
 //!   endpoints, and the [`state`] handlers share.
 //!
-//! Imports point down: here → `shed`, `dispatch`; `dispatch` → `shed`, `body`, `ids`,
-//! `state`; `shed` → `ids`, `state`. None of them uses this file.
+//! Imports point down: here → `shed`, `dispatch`; `dispatch` → `shed`, `access`, `body`,
+//! `ids`, `state`; `shed` → `ids`, `state`. None of them uses this file.
 //!
 //! May use: `jobs` (an asynchronous submit, poll and events), `auth` (the caller, before
 //! anything else is done for a request but the health endpoints and `/metrics`), `route`,
@@ -35,8 +37,10 @@ use axum::Router;
 
 use crate::error::{ErrorKind, GatewayError};
 
+pub mod access;
 pub mod body;
 pub mod dispatch;
+pub mod gauges;
 pub mod health;
 pub mod ids;
 pub mod serve;

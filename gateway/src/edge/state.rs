@@ -80,6 +80,8 @@ pub struct Edge {
     pub unmatched: Name,
     /// The share of the traces started here that are marked sampled.
     pub trace_sample_ratio: f64,
+    /// `[log] access`: one access line per public request.
+    pub access_log: bool,
     /// How long a request body may take to arrive whole.
     pub body_timeout: std::time::Duration,
     /// Requests in flight (health and metrics not counted) and their cap.
@@ -100,6 +102,7 @@ impl Edge {
             order_id,
             unmatched: Name(Arc::from("-")),
             trace_sample_ratio: 0.0,
+            access_log: false,
             body_timeout: http.body_timeout,
             in_flight: Slots::new(http.max_in_flight),
             connections: Arc::new(Slots::new(http.max_connections)),

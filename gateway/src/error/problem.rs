@@ -26,6 +26,8 @@ struct Problem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sources: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
@@ -221,14 +223,14 @@ impl GatewayError {
                 | K::Internal
         );
         if internal {
-            tracing::warn!(request_id = self.request_id.as_deref(), error = %self.kind, "request failed inside the gateway");
+            tracing::warn!(request_id = self.request_id.as_deref(), trace_id = self.trace_id.as_deref(), error = %self.kind, "request failed inside the gateway");
         }
         match &self.kind {
             K::CallbackRefused(refusal) => {
-                tracing::info!(request_id = self.request_id.as_deref(), class = ?refusal.class, detail = %refusal.detail, "callback_url refused");
+                tracing::info!(request_id = self.request_id.as_deref(), trace_id = self.trace_id.as_deref(), class = ?refusal.class, detail = %refusal.detail, "callback_url refused");
             }
             K::BodyRead(e) => {
-                tracing::debug!(request_id = self.request_id.as_deref(), error = %e, "cannot read a request body");
+                tracing::debug!(request_id = self.request_id.as_deref(), trace_id = self.trace_id.as_deref(), error = %e, "cannot read a request body");
             }
             _ => {}
         }
@@ -244,6 +246,7 @@ impl GatewayError {
             detail: self.public_detail(),
             request_id: self.request_id.as_deref(),
             order_id: self.order_id.as_deref(),
+            trace_id: self.trace_id.as_deref(),
             sources: match &self.kind {
                 ErrorKind::Source { sources, .. } => Some(sources),
                 _ => None,

@@ -3,10 +3,11 @@
 //!
 //! Owns: [`collector`] (the table of pending gathers and the one reply inbox per instance),
 //! [`scatter`] (one gather: publish, collect, the deadline bookkeeping), [`merge`] (a gather's
-//! outcome as the answer or the problem).
+//! outcome as the answer or the problem), [`trace`] (a gather's send spans, with traces on).
 //!
 //! May use: `config` (the compiled route), `metrics`, `error`.
 
 pub mod collector;
 pub mod merge;
 pub mod scatter;
+pub mod trace;

@@ -15,9 +15,11 @@ use tracing::{debug, warn};
 use busgate_shared::envelope::code::gateway as code;
 use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
+use busgate_shared::telemetry::Traceparent;
 
 use crate::config::snapshot::Route;
 use crate::gather::collector::{Collector, Gather};
+use crate::gather::trace::Sends;
 
 /// What one source came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,6 +266,8 @@ pub struct Asker<'a> {
 pub struct Pending {
     book: Book,
     gather: Gather,
+    /// The send spans, with traces on.
+    sends: Option<Box<Sends>>,
 }
 
 impl Pending {
@@ -276,7 +280,11 @@ impl Pending {
     /// The result, after [`Pending::collect`]: sources still open are
     /// [`SourceResult::Cancelled`].
     pub fn finish(self) -> Outcome {
-        self.book.finish()
+        let outcome = self.book.finish();
+        if let Some(sends) = self.sends {
+            sends.end(&outcome);
+        }
+        outcome
     }
 }
 
@@ -288,13 +296,24 @@ pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending
         route.targets.iter().map(|t| (t.required, t.timeout)),
     );
     let gather = collector.register(route.targets.len());
-    scatter(&gather, route, asker, &mut book);
-    Pending { book, gather }
+    let mut sends = Sends::begin(route.targets.len());
+    scatter(&gather, route, asker, &mut book, sends.as_deref_mut());
+    Pending {
+        book,
+        gather,
+        sends,
+    }
 }
 
 /// Publishes the request to every target whose condition holds; settles the others (skipped)
 /// and those that cannot be published.
-fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
+fn scatter(
+    gather: &Gather,
+    route: &Route,
+    asker: &Asker<'_>,
+    book: &mut Book,
+    mut sends: Option<&mut Sends>,
+) {
     let payload = ServiceRequest::encode_without_attributes(
         asker.request_id,
         asker.order_id,
@@ -317,11 +336,16 @@ fn scatter(gather: &Gather, route: &Route, asker: &Asker<'_>, book: &mut Book) {
         let deadline_ms =
             now_ms.saturating_add(u64::try_from(target.timeout.as_millis()).unwrap_or(u64::MAX));
         let mut digits = [0u8; 20];
+        // With traces on, this request's send span is the service's parent.
+        let own = sends
+            .as_deref_mut()
+            .and_then(|s| s.send(index, asker.traceparent, target));
+        let traceparent = own.as_ref().map_or(asker.traceparent, Traceparent::as_str);
         let headers = [
             (header::REQUEST_ID, asker.request_id),
             (header::DEADLINE, header::decimal(deadline_ms, &mut digits)),
             (header::CLIENT, asker.client),
-            (header::TRACEPARENT, asker.traceparent),
+            (header::TRACEPARENT, traceparent),
         ];
         let collector = gather.collector();
         collector.reply_subject(gather.id(), &target.service.0, &mut reply);

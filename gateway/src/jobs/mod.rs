@@ -14,6 +14,7 @@
 //! - [`callback`]: the callback queue: scheduling a finished request's delivery, signing,
 //!   and the deliverer (retries by JetStream NAK delay); obeys the drain.
 //! - [`guard`]: the SSRF guard of callback URLs.
+//! - [`backlog`]: the streams' depths, for `/metrics`.
 //! - [`store`]: what the stages share: the streams, buckets and consumers ([`store::Jobs`]),
 //!   the [`store::Job`] message, the redelivery backoff.
 //!
@@ -23,6 +24,7 @@
 //! May use: `route` (to run a request's route), `config`, `clock`, `limit`, `error`. Not `edge`: the edge
 //! hands a submit its parts, and the poll handlers take their own state ([`http::AsyncRequests`]).
 
+pub mod backlog;
 pub mod callback;
 pub mod guard;
 pub mod http;

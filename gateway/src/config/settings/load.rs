@@ -73,6 +73,7 @@ impl Settings {
             ));
         }
         self.validate_edge_limits()?;
+        self.telemetry.validate()?;
         if !self.nats.instance.is_empty() {
             busgate_shared::validate::name("nats.instance", &self.nats.instance)?;
         }
