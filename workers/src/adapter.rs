@@ -131,6 +131,9 @@ pub struct Upstream {
     after: String,
     /// For `$SRV.INFO` and logs: no query, no credentials.
     pub display: String,
+    /// The upstream's host and port, for the client spans.
+    host: String,
+    port: u16,
     /// Bounds each call when the request's deadline is later (or absent).
     timeout: Option<Duration>,
     /// Bounds a call of a request that carries no deadline and no timeout of the upstream.
@@ -225,6 +228,8 @@ impl Upstream {
             before,
             after,
             display: template.display,
+            host: template.host,
+            port: template.port,
             timeout: spec.timeout,
             default_timeout,
             secrets,
@@ -239,6 +244,14 @@ impl Upstream {
         percent_encode_into(&mut url, order_id);
         url.push_str(&self.after);
         url
+    }
+
+    /// The URL a call for `order_id` is shown as (in its client span): [`Upstream::display`]
+    /// with the order id in place, no query, no credentials.
+    fn display_url(&self, order_id: &str) -> String {
+        let mut id = String::with_capacity(order_id.len());
+        percent_encode_into(&mut id, order_id);
+        self.display.replacen("{order_id}", &id, 1)
     }
 
     /// The header values, read again after a failure (a secret file may have appeared).
@@ -277,8 +290,11 @@ impl Upstream {
         };
         let target = self.target(&req.order_id);
         // With traces on, the client span of this call, whose traceparent goes upstream.
-        let mut span = telemetry::tracer()
-            .map(|tracer| telemetry::span::http_client(tracer, ctx.traceparent(), "GET", &target));
+        let mut span = telemetry::tracer().map(|tracer| {
+            let server = (self.host.as_str(), self.port);
+            let url = self.display_url(&req.order_id);
+            telemetry::span::http_client(tracer, ctx.traceparent(), "GET", server, url)
+        });
         let own = span.as_ref().map(telemetry::traceparent_of);
         let traceparent = own.as_ref().map_or(ctx.traceparent(), |t| t.as_str());
         // Passed on so the upstream's logs and traces join the gateway's.

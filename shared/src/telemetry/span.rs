@@ -51,24 +51,24 @@ fn messaging(
 }
 
 /// The client span of an upstream call: `GET`, with `http.request.method`, `server.address`,
-/// `server.port` and `url.full` (without user, password or query: the query may hold a
-/// key). `http.response.status_code` is added when the answer comes.
-pub fn http_client(tracer: &SdkTracer, parent: &str, method: &str, url: &str) -> SdkSpan {
-    let mut attributes = Vec::with_capacity(4);
-    attributes.push(KeyValue::new("http.request.method", method.to_owned()));
-    if let Ok(parsed) = url::Url::parse(url) {
-        if let Some(host) = parsed.host_str() {
-            attributes.push(KeyValue::new("server.address", host.to_owned()));
-        }
-        if let Some(port) = parsed.port_or_known_default() {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
-        }
-    }
-    attributes.push(KeyValue::new("url.full", super::export::redact(url)));
+/// `server.port` and `url.full` (which the caller gives without user, password or query: the
+/// query may hold a key). `http.response.status_code` is added when the answer comes.
+pub fn http_client(
+    tracer: &SdkTracer,
+    parent: &str,
+    method: &'static str,
+    server: (&str, u16),
+    url: String,
+) -> SdkSpan {
     tracer
-        .span_builder(method.to_owned())
+        .span_builder(method)
         .with_kind(SpanKind::Client)
-        .with_attributes(attributes)
+        .with_attributes([
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("server.address", server.0.to_owned()),
+            KeyValue::new("server.port", i64::from(server.1)),
+            KeyValue::new("url.full", url),
+        ])
         .start_with_context(tracer, &super::parent(parent))
 }
 

@@ -37,7 +37,7 @@ impl Settings {
     }
 
     /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).
-    const TOP_LEVEL: [&'static str; 12] = [
+    const TOP_LEVEL: [&'static str; 13] = [
         "NATS",
         "HTTP",
         "ADMIN",
@@ -50,6 +50,7 @@ impl Settings {
         "ROUTES",
         "CLIENTS",
         "AUTH",
+        "TELEMETRY",
     ];
 
     /// Checks every rule; returns the compiled `order_id` rule on success.
