@@ -346,3 +346,61 @@ async fn the_dashboard_queries_only_exported_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An asynchronous request: its processing is a trace of its own (a consumer span linked to
+/// the submit's server span) whose gathers are its children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asynchronous_processing_links_to_the_submit() {
+    let receiver = Receiver::start().await;
+    let nats = NatsServer::start();
+    let _services = Worker::natives(&nats, &["service1", "service2"]);
+    let gateway = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_TELEMETRY__OTLP_ENDPOINT", &receiver.url);
+    })
+    .await;
+    let (_, body) = busgate_tests::jobs::submit_request(
+        http()
+            .get(gateway.url("/api/orders/A1"))
+            .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")),
+    )
+    .await;
+    let request_id = busgate_tests::jobs::request_id(&body);
+    busgate_tests::jobs::until_final(&gateway, &request_id, Duration::from_secs(30)).await;
+
+    let submit = receiver
+        .trace(CLIENT_TRACE, Duration::from_secs(30), |spans| {
+            spans.iter().any(|s| s.kind == kind::SERVER)
+        })
+        .await;
+    let submit = one(&submit, "submit span", |s| s.kind == kind::SERVER);
+    assert_eq!(submit.attr("http.response.status_code"), "202");
+    let processing = {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = receiver
+                .spans()
+                .into_iter()
+                .find(|s| s.kind == kind::CONSUMER && s.name == "process busgate.jobs.request");
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(Instant::now() < until, "no processing span");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(processing.attr("busgate.request_id"), request_id);
+    assert_eq!(processing.parent_span_id, "", "processing starts a trace");
+    assert_eq!(
+        processing.links,
+        vec![(CLIENT_TRACE.to_owned(), submit.span_id.clone())],
+        "linked to the submit"
+    );
+    let sends = receiver
+        .trace(&processing.trace_id, Duration::from_secs(30), |spans| {
+            spans.iter().filter(|s| s.kind == kind::PRODUCER).count() >= 2
+        })
+        .await;
+    for send in sends.iter().filter(|s| s.kind == kind::PRODUCER) {
+        assert_eq!(send.parent_span_id, processing.span_id);
+    }
+}

@@ -280,7 +280,7 @@ impl Upstream {
             match &*self.secrets() {
                 Ok(values) => Some(values.clone()),
                 Err(missing) => {
-                    info!(request_id, service = %self.service, %missing, "upstream header value missing");
+                    info!(request_id, trace_id = telemetry::trace_id(ctx.traceparent()), span_id = telemetry::span_id(ctx.traceparent()), service = %self.service, %missing, "upstream header value missing");
                     return Reply::error(
                         code::UPSTREAM_SECRET_MISSING,
                         "a header value of the upstream cannot be read by the adapter",
@@ -365,7 +365,7 @@ impl Upstream {
             Outcome::Answered { status: 404, .. } => Reply::NotFound,
             Outcome::Answered { status, body } if (200..300).contains(&status) => {
                 Reply::ok_json(body).unwrap_or_else(|e| {
-                    tracing::info!(request_id, error = %e, "upstream body is not JSON");
+                    tracing::info!(request_id, trace_id = telemetry::trace_id(traceparent), span_id = telemetry::span_id(traceparent), error = %e, "upstream body is not JSON");
                     Reply::error(code::UPSTREAM_BAD_BODY, "upstream body is not JSON")
                 })
             }
@@ -382,6 +382,8 @@ impl Upstream {
             Outcome::TooLarge => {
                 tracing::info!(
                     request_id,
+                    trace_id = telemetry::trace_id(traceparent),
+                    span_id = telemetry::span_id(traceparent),
                     max_body,
                     "upstream body larger than a reply can carry"
                 );
@@ -391,7 +393,7 @@ impl Upstream {
                 )
             }
             Outcome::Unreachable(e) => {
-                tracing::info!(request_id, error = %e, "upstream unreachable");
+                tracing::info!(request_id, trace_id = telemetry::trace_id(traceparent), span_id = telemetry::span_id(traceparent), error = %e, "upstream unreachable");
                 Reply::error(code::UPSTREAM_UNREACHABLE, "upstream unreachable")
             }
         }

@@ -71,8 +71,7 @@ pub(super) fn dispatch(
             Ok(response) => response,
             Err(e) => e
                 .with_request(request_id.as_str())
-                .with_trace(observed.as_deref().and_then(Observed::trace_id))
-                .into_response(),
+                .into_traced_response(observed.as_deref().and_then(Observed::trace_id)),
         };
         if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
             response.headers_mut().insert(REQUEST_ID_HEADER, id);

@@ -392,8 +392,6 @@ pub struct GatewayError {
     pub request_id: Option<String>,
     /// The order id, when known and valid.
     pub order_id: Option<String>,
-    /// The request's trace id, when traces or the access log are on.
-    pub trace_id: Option<String>,
 }
 
 impl From<ErrorKind> for GatewayError {
@@ -402,7 +400,6 @@ impl From<ErrorKind> for GatewayError {
             kind,
             request_id: None,
             order_id: None,
-            trace_id: None,
         }
     }
 }
@@ -425,14 +422,6 @@ impl GatewayError {
     /// Attaches the request id.
     pub fn with_request(mut self, request_id: &str) -> Self {
         self.request_id = Some(request_id.to_owned());
-        self
-    }
-
-    /// Attaches the trace id, if any.
-    pub fn with_trace(mut self, trace_id: Option<&str>) -> Self {
-        if let Some(id) = trace_id {
-            self.trace_id = Some(id.to_owned());
-        }
         self
     }
 

@@ -15,6 +15,7 @@
 //!   and the deliverer (retries by JetStream NAK delay); obeys the drain.
 //! - [`guard`]: the SSRF guard of callback URLs.
 //! - [`backlog`]: the streams' depths, for `/metrics`.
+//! - [`trace`]: the spans of processing (linked to the submit's) and of callback deliveries.
 //! - [`store`]: what the stages share: the streams, buckets and consumers ([`store::Jobs`]),
 //!   the [`store::Job`] message, the redelivery backoff.
 //!
@@ -32,3 +33,4 @@ pub mod intake;
 pub mod process;
 pub mod results;
 pub mod store;
+pub mod trace;

@@ -17,15 +17,14 @@ use std::time::Duration;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
 };
-use opentelemetry::Context;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 use serde::{Deserialize, Serialize};
 
-pub use opentelemetry::trace::{Span, SpanKind, Status, Tracer};
-pub use opentelemetry::KeyValue;
+pub use opentelemetry::trace::{Link, Span, SpanKind, Status, Tracer};
+pub use opentelemetry::{Context, KeyValue};
 pub use opentelemetry_sdk::trace::Span as SdkSpan;
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL (`/v1/traces` is appended).
@@ -81,9 +80,8 @@ impl TelemetrySettings {
             }
         }
         let endpoint = self.otlp_endpoint.as_str();
-        if !endpoint.is_empty()
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
+        let http = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !http {
             return Err(crate::Error::invalid(
                 "telemetry.otlp_endpoint",
                 "must be an http:// or https:// url",
@@ -241,6 +239,16 @@ impl std::fmt::Debug for Traceparent {
     }
 }
 
+/// The trace id of a `traceparent` (for log lines), or "".
+pub fn trace_id(traceparent: &str) -> &str {
+    traceparent.get(3..35).unwrap_or("")
+}
+
+/// The span id of a `traceparent` (for log lines), or "".
+pub fn span_id(traceparent: &str) -> &str {
+    traceparent.get(36..52).unwrap_or("")
+}
+
 /// The span context a valid version-00 `traceparent` names, as a remote parent.
 pub fn parse(traceparent: &str) -> Option<SpanContext> {
     let mut parts = traceparent.split('-');
@@ -299,6 +307,9 @@ mod tests {
             Traceparent::of(&context).trace_id(),
             "0af7651916cd43dd8448eb211c80319c"
         );
+        assert_eq!(trace_id(text), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(span_id(text), "b7ad6b7169203331");
+        assert_eq!(span_id("00-x"), "");
         let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
         assert!(!parse(unsampled).expect("valid").is_sampled());
     }
