@@ -282,7 +282,7 @@ impl Pending {
     pub fn finish(self) -> Outcome {
         let outcome = self.book.finish();
         if let Some(sends) = self.sends {
-            sends.end(&outcome);
+            sends.end(outcome.results.iter().map(SourceResult::status));
         }
         outcome
     }

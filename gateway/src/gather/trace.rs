@@ -7,7 +7,6 @@
 use busgate_shared::telemetry::{self, KeyValue, SdkSpan, Span, Status, Traceparent};
 
 use crate::config::snapshot::Target;
-use crate::gather::scatter::{Outcome, SourceResult};
 
 /// The send spans of one gather, by target index.
 pub struct Sends {
@@ -35,18 +34,14 @@ impl Sends {
         Some(own)
     }
 
-    /// Ends every span with its source's outcome.
-    pub fn end(self, outcome: &Outcome) {
-        for (span, result) in self.spans.into_iter().zip(&outcome.results) {
+    /// Ends every span with its source's outcome (`SourceResult::status`, in target order).
+    pub fn end(self, outcomes: impl Iterator<Item = &'static str>) {
+        for (span, outcome) in self.spans.into_iter().zip(outcomes) {
             let Some(mut span) = span else { continue };
-            span.set_attribute(KeyValue::new("busgate.outcome", result.status()));
-            match result {
-                SourceResult::Ok { .. } | SourceResult::NotFound { .. } | SourceResult::Skipped => {
-                }
-                other => {
-                    span.set_attribute(KeyValue::new("error.type", other.status()));
-                    span.set_status(Status::error(""));
-                }
+            span.set_attribute(KeyValue::new("busgate.outcome", outcome));
+            if !matches!(outcome, "ok" | "not_found" | "skipped") {
+                span.set_attribute(KeyValue::new("error.type", outcome));
+                span.set_status(Status::error(""));
             }
             span.end();
         }
