@@ -28,7 +28,7 @@
 //! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
 //!   whether a retry may help, and its one HTTP mapping), and apart from it
 //!   [`error::StartupError`]: why a process could not start, with its exit code.
-//! - [`metrics`], [`clock`] (timestamps, the one retry backoff of the gateway's loops),
+//! - [`metrics`] (with [`histogram`], the lock-free one of per-source latency), [`clock`] (timestamps, the one retry backoff of the gateway's loops),
 //!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
 //! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
 //!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
@@ -60,7 +60,7 @@
 //!                         config (settings/ · snapshot · store · clients · allowlist ·
 //!                                 file · plan · apply)
 //!                           │
-//!           metrics · error (request · startup) · clock · limit
+//!           metrics (histogram) · error (request · startup) · clock · limit
 //! ```
 
 pub mod admin;
@@ -70,6 +70,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod gather;
+pub mod histogram;
 pub mod jobs;
 pub mod limit;
 pub mod metrics;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+
+use crate::histogram::AtomicHistogram;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -75,7 +77,7 @@ pub struct Metrics {
     /// Source outcomes by service.
     pub source_outcomes: Family<SourceLabels, Counter>,
     /// Time from publish to reply, by service (sources that answered or timed out).
-    pub source_duration: Family<ServiceLabels, Histogram>,
+    pub source_duration: Family<ServiceLabels, AtomicHistogram>,
     /// Gathers waiting for replies right now.
     pub gathers_in_flight: Gauge,
     /// Replies that arrived after their gather had ended, or twice.
@@ -100,9 +102,7 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let source_outcomes = Family::<SourceLabels, Counter>::default();
-        let source_duration = Family::<ServiceLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let source_duration = Family::<ServiceLabels, AtomicHistogram>::default();
         registry.register(
             "source_duration_seconds",
             "Time from publish to reply (or timeout), by service",
