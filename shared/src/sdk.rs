@@ -85,7 +85,7 @@ pub struct RequestContext {
     headers: Option<Bytes>,
     /// With traces on, this service's `process` span: what the work's own spans (and what it
     /// passes on downstream) are children of.
-    process: Option<crate::telemetry::Traceparent>,
+    process: Option<Box<crate::telemetry::Traceparent>>,
 }
 
 impl RequestContext {
@@ -356,21 +356,35 @@ where
         Some(at) => match header::remaining(at, header::now_unix_ms()) {
             Some(left) => Some(started + left),
             None => {
-                debug!(service = name, "dropping work past its deadline");
+                debug!(
+                    service = name,
+                    trace_id = crate::telemetry::trace_id(
+                        message.header(header::TRACEPARENT).unwrap_or("")
+                    ),
+                    "dropping work past its deadline"
+                );
                 return;
             }
         },
         None => None,
     };
-    // With traces on, the consumer span; it ends when this returns (or is cancelled).
+    // With traces on, the consumer span; it ends when this returns (or is cancelled). Boxed:
+    // this future stays as small as without traces.
     let mut span = crate::telemetry::tracer().map(|tracer| {
         let parent = message.header(header::TRACEPARENT).unwrap_or("");
-        crate::telemetry::span::process(tracer, parent, message.subject(), name)
+        Box::new(crate::telemetry::span::process(
+            tracer,
+            parent,
+            message.subject(),
+            name,
+        ))
     });
     let context = RequestContext {
         deadline,
         headers: message.headers.clone(),
-        process: span.as_ref().map(crate::telemetry::traceparent_of),
+        process: span
+            .as_deref()
+            .map(|s| Box::new(crate::telemetry::traceparent_of(s))),
     };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {
@@ -379,7 +393,13 @@ where
                 Some(at) => match tokio::time::timeout_at(at.into(), work).await {
                     Ok(reply) => reply,
                     Err(_) => {
-                        debug!(service = name, "deadline reached while working, no reply");
+                        debug!(
+                            service = name,
+                            trace_id = crate::telemetry::trace_id(
+                                message.header(header::TRACEPARENT).unwrap_or("")
+                            ),
+                            "deadline reached while working, no reply"
+                        );
                         return;
                     }
                 },
@@ -395,7 +415,7 @@ where
         Reply::Error(e) => Some(format!("{}: {}", e.code, e.message)),
         _ => None,
     };
-    if let Some(span) = span.as_mut() {
+    if let Some(span) = span.as_deref_mut() {
         crate::telemetry::span::outcome(span, &reply);
     }
     endpoint.stats.record(elapsed, error);

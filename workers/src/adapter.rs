@@ -293,10 +293,19 @@ impl Upstream {
         let mut span = telemetry::tracer().map(|tracer| {
             let server = (self.host.as_str(), self.port);
             let url = self.display_url(&req.order_id);
-            telemetry::span::http_client(tracer, ctx.traceparent(), "GET", server, url)
+            // Boxed: the call's future stays as small as without traces.
+            Box::new(telemetry::span::http_client(
+                tracer,
+                ctx.traceparent(),
+                "GET",
+                server,
+                url,
+            ))
         });
-        let own = span.as_ref().map(telemetry::traceparent_of);
-        let traceparent = own.as_ref().map_or(ctx.traceparent(), |t| t.as_str());
+        let own = span
+            .as_deref()
+            .map(|s| Box::new(telemetry::traceparent_of(s)));
+        let traceparent = own.as_deref().map_or(ctx.traceparent(), |t| t.as_str());
         // Passed on so the upstream's logs and traces join the gateway's.
         let mut extra: Vec<(&str, &str)> = Vec::new();
         let mut fixed: [(&str, &str); 2] = [("", ""); 2];
@@ -358,7 +367,7 @@ impl Upstream {
                 reqwest_get(http, target, extra, timeout, max_body).await
             }
         };
-        if let Some(span) = span.as_mut() {
+        if let Some(span) = span.as_deref_mut() {
             record(span, &outcome);
         }
         match outcome {
