@@ -183,6 +183,21 @@ mod tests {
         assert_eq!(o.route.as_deref(), Some(path));
     }
 
+    /// Neither traces nor the access log: nothing is made for a request.
+    #[tokio::test]
+    async fn nothing_is_observed_when_neither_is_on() {
+        let state = crate::edge::tests::unconnected_state().await;
+        let request = Request::get("/api/orders/1")
+            .header(
+                TRACEPARENT,
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(())
+            .expect("request");
+        assert!(telemetry::tracer().is_none());
+        assert!(Observed::begin(&state, &request).is_none());
+    }
+
     #[test]
     fn the_trace_is_the_one_sent() {
         let mut o = observed();
