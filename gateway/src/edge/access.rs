@@ -96,6 +96,15 @@ impl Observed {
         client.clone_into(&mut self.client);
     }
 
+    /// The client's address (`client.address`), for the edge that knows it (the peer, or
+    /// what a trusted proxy says). Not called yet: the listener does not hand the peer's
+    /// address to requests.
+    pub fn address(&mut self, address: &str) {
+        if let Some(span) = &mut self.span {
+            span.set_attribute(KeyValue::new("client.address", address.to_owned()));
+        }
+    }
+
     /// The `traceparent` to send to the services, when this request has a server span.
     pub fn traceparent(&self) -> Option<&str> {
         self.span
