@@ -9,8 +9,10 @@
 #
 # then prints their names (NAME=image lines on stdout) and records them in deploy/.env
 # (NATS_IMAGE, LB_IMAGE, BUSGATE_IMAGE; other lines are kept), with a generated
-# BUSGATE_ADMIN_TOKEN when neither the shell nor that file has one (the file is made readable by
-# its owner only; the token is never printed). After it:
+# BUSGATE_ADMIN_TOKEN and NATS users' passwords (BUSGATE_NATS_*_PASSWORD) for those that neither
+# the shell nor that file has (the file is made readable by its owner only; no secret is
+# printed), and makes the gateways' certificate for local use (deploy/make-cert.sh, into
+# deploy/tls/) unless one is there. After it:
 #
 #   podman-compose -f deploy/compose.yaml up -d      # or: docker compose -f deploy/compose.yaml up -d
 #
@@ -155,9 +157,15 @@ if [ -n "$ENV_FILE" ]; then
     cat "$ENV_FILE.tmp" >"$ENV_FILE"
     rm -f "$ENV_FILE.tmp"
   done
-  if [ -z "${BUSGATE_ADMIN_TOKEN:-}" ] && ! grep -q '^BUSGATE_ADMIN_TOKEN=.' "$ENV_FILE"; then
-    echo "BUSGATE_ADMIN_TOKEN=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >>"$ENV_FILE"
-    echo "build-images: generated BUSGATE_ADMIN_TOKEN in $ENV_FILE (the admin API's bearer token)" >&2
-  fi
+  # Secrets: hex (letters and digits: the NATS passwords stand in nats:// URLs).
+  for var in BUSGATE_ADMIN_TOKEN BUSGATE_NATS_GATEWAY_PASSWORD BUSGATE_NATS_SERVICE1_PASSWORD \
+    BUSGATE_NATS_SERVICE2_PASSWORD BUSGATE_NATS_ADMIN_PASSWORD; do
+    if [ -z "${!var:-}" ] && ! grep -q "^$var=." "$ENV_FILE"; then
+      echo "$var=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >>"$ENV_FILE"
+      echo "build-images: generated $var in $ENV_FILE" >&2
+    fi
+  done
   echo "build-images: image names recorded in $ENV_FILE" >&2
+  # The gateways' certificate for local use (kept when there is one: yours, or an earlier one).
+  "$DEPLOY/make-cert.sh"
 fi

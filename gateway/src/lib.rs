@@ -19,8 +19,12 @@
 //!   issuer ([`auth::jwt`], with its key sets), the key format and hashing.
 //! - [`route`]: running a route for one request, the one way the edge, the processor of
 //!   asynchronous requests and the try-it get an answer.
+//! - [`cache`]: answers reused: a cache of `ok` replies per service, coalescing of identical
+//!   source requests, `Cache-Status`, the stop signal of refreshes and late gathers.
 //! - [`gather`]: scatter-gather over NATS: the collector and its reply inbox, one gather with
 //!   its deadlines, the merge.
+//! - [`resilience`]: per service, on this instance: circuit breakers, retries within a
+//!   budget, hedged requests, and the latencies they go by.
 //! - [`config`]: settings (one file per section, and their loading and rules), the compiled
 //!   snapshot, the KV store of services, routes and clients and the watcher that keeps every
 //!   instance's configuration in force; configuration files, what applying one changes (its
@@ -28,8 +32,11 @@
 //! - [`error`]: what a request can meet ([`error::GatewayError`], its kind's origin and
 //!   whether a retry may help, and its one HTTP mapping), and apart from it
 //!   [`error::StartupError`]: why a process could not start, with its exit code.
-//! - [`metrics`] (with [`histogram`], the lock-free one of per-source latency), [`clock`] (timestamps, the one retry backoff of the gateway's loops),
-//!   [`limit`] (counted capacity: in flight, connections, streams): leaves.
+//! - [`fleet`]: the gateway instances' heartbeats on NATS, which count how many share each
+//!   client's rate and pending cap; [`share`] holds that count for the request path.
+//! - [`metrics`] (with [`histogram`], the lock-free one of per-source latency), [`clock`]
+//!   (timestamps, the one retry backoff of the gateway's loops), [`limit`] (counted capacity: in
+//!   flight, connections, streams), [`share`]: leaves.
 //! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
 //!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
 //!   the callback deliverer), signalled once at shutdown after the listeners' phases.
@@ -65,16 +72,20 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod fleet;
 pub mod gather;
 pub mod histogram;
 pub mod jobs;
 pub mod limit;
 pub mod metrics;
+pub mod resilience;
 pub mod route;
+pub mod share;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -122,6 +133,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let order_id = settings.validate()?;
+    let risks = order_id.risks();
+    if !risks.is_empty() {
+        // Once, at start: the pattern is a setting, not a request.
+        warn!(
+            pattern = order_id.as_str(),
+            admits = %risks.join(", "),
+            "http.order_id_pattern lets unsafe order ids through to the services (see docs/settings.md)"
+        );
+    }
     busgate_shared::runtime::install_crypto_provider();
     // Traces when `[telemetry] otlp_endpoint` or OTEL_EXPORTER_OTLP_ENDPOINT names a collector.
     let telemetry = busgate_shared::telemetry::init(&settings.telemetry, "busgate-gateway")
@@ -129,6 +149,12 @@ pub async fn run(
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
     let issuers =
         auth::jwt::Issuers::new(&settings.auth.issuers).map_err(StartupError::InvalidSettings)?;
+    // The certificate is read now: a bad one stops the start, before NATS is dialled.
+    let (protocols, certificates) = edge::protocols::for_settings(
+        &settings.http,
+        edge::serve::Limits::from(&settings.http).builder(),
+    )
+    .map_err(StartupError::InvalidSettings)?;
     let snapshot =
         Snapshot::compile(settings.config_spec()).map_err(StartupError::InvalidSettings)?;
     let instance = if settings.nats.instance.is_empty() {
@@ -206,6 +232,16 @@ pub async fn run(
     // One drain for every background task of the process: each holds a `Watch`; shutdown
     // signals once and waits until all have let go.
     let (drain, watch) = busgate_shared::drain::channel();
+    if let Some(certificates) = certificates {
+        tokio::spawn(certificates.watch(watch.clone()));
+    }
+    // The instances' heartbeats: how many share each client's limits (`fleet`, `share`).
+    let fleet = tokio::spawn(fleet::run(
+        nats.clone(),
+        instance.clone(),
+        state.runner.metrics().clone(),
+        watch.clone(),
+    ));
     let background = tokio::spawn(supervise_jetstream(
         state.clone(),
         settings.clone(),
@@ -231,8 +267,16 @@ pub async fn run(
             let service =
                 edge::serve::tower_service(admin::router(state.clone(), &token, metrics_on_admin));
             Some(tokio::spawn(async move {
-                edge::serve::serve(admin_listener, service, &limits, connections, admin_watch)
-                    .await;
+                let make = move |_| service.clone();
+                edge::serve::serve(
+                    admin_listener,
+                    make,
+                    &limits,
+                    None,
+                    connections,
+                    admin_watch,
+                )
+                .await;
             }))
         }
         None => {
@@ -251,7 +295,16 @@ pub async fn run(
         };
         let connections = state.edge.connections.clone();
         async move {
-            edge::serve::serve(listener, public, &limits, connections, public_watch).await;
+            let make = move |peer| public.for_peer(peer);
+            edge::serve::serve(
+                listener,
+                make,
+                &limits,
+                protocols,
+                connections,
+                public_watch,
+            )
+            .await;
             Ok::<(), std::io::Error>(())
         }
     };
@@ -278,6 +331,16 @@ pub async fn run(
             server.abort();
         }
     }
+    // Cache refreshes and late gathers stop; a late gather writes its document before it
+    // gives its place back, which is waited for (bounded).
+    let reuse = state.runner.collector().reuse().clone();
+    reuse.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while reuse.late_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     tokio::spawn(admin_drain.drain());
     if let Some(admin) = admin {
         if tokio::time::timeout(Duration::from_secs(2), admin)
@@ -293,6 +356,7 @@ pub async fn run(
     {
         warn!("background tasks did not stop within the grace period");
         background.abort();
+        fleet.abort();
     }
     inbox.stop();
     wire.close(Duration::from_secs(2)).await;
@@ -313,10 +377,13 @@ fn edge(
     let mut edge = Edge::new(settings.http.body_limit, order_id);
     edge.upstream_forbidden = upstream_forbidden(settings, public, admin);
     edge.trace_sample_ratio = settings.http.trace_sample_ratio;
-    edge.access_log = settings.log.access;
+    // `http.access_log` is the edge's first name for the same line.
+    edge.access_log = settings.log.access || settings.http.access_log;
     edge.body_timeout = settings.http.body_timeout;
     edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
     edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));
+    edge.proxies =
+        edge::forwarded::TrustedProxies::new(settings.http.trusted_networks().unwrap_or_default());
     edge
 }
 

@@ -1,5 +1,6 @@
 //! The `busgate` binary: `busgate gateway` runs a gateway, `busgate up` the local stack,
-//! `busgate config` diffs, applies and exports configuration files (`config_cmd`).
+//! `busgate config` diffs, applies and exports configuration files (`config_cmd`), `busgate
+//! health` probes a gateway's readiness (`health_cmd`: the image's health check).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use busgate_shared::runtime;
 use clap::{Parser, Subcommand};
 
 mod config_cmd;
+mod health_cmd;
 mod up;
 
 // glibc's malloc was the top cost in profiles of the hot path (malloc, free and
@@ -38,6 +40,8 @@ enum Command {
     /// Configuration as code: diff, apply or export the store's services, routes and clients.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Probe a gateway's `/health/ready`: exit 0 when it answers 200 (the image's health check).
+    Health(health_cmd::HealthArgs),
     /// Check a settings file and print the effective settings (as JSON).
     CheckConfig {
         /// Settings file (TOML).
@@ -117,6 +121,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Config(command) => config_cmd::run(command).await,
+        Command::Health(args) => health_cmd::run(args).await,
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(s) => {
                 println!(
@@ -152,6 +157,44 @@ mod tests {
         assert!(text.contains("nats://***@h:4222,***@g"), "{text}");
         assert_eq!(redacted(&s)["admin"]["token"], "***");
         assert_eq!(redacted(&Settings::default())["admin"]["token"], "");
+    }
+
+    #[test]
+    fn check_config_shows_no_jwks_credentials_or_query() {
+        let mut s = Settings::default();
+        let issuer = |url: &str| {
+            serde_json::from_value::<busgate_gateway::config::settings::IssuerSettings>(
+                serde_json::json!({"issuer": "https://idp.example", "audience": "busgate",
+                    "algorithm": "RS256", "jwks_url": url}),
+            )
+            .expect("issuer")
+        };
+        s.auth.issuers = vec![
+            issuer("https://jwks-user:jwks-pass-1@idp.example:8443/keys?access_token=jwks-tok-2#frag-3"),
+            issuer("https://only-user-4@idp.example/k"),
+            issuer("http://idp.example/plain"),
+            issuer("::not a url jwks-pass-5"),
+        ];
+        let text = redacted(&s).to_string();
+        for secret in [
+            "jwks-user",
+            "jwks-pass-1",
+            "jwks-tok-2",
+            "access_token",
+            "frag-3",
+            "only-user-4",
+            "jwks-pass-5",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let shown = redacted(&s)["auth"]["issuers"].clone();
+        assert_eq!(
+            shown[0]["jwks_url"],
+            "https://***@idp.example:8443/keys?***#***"
+        );
+        assert_eq!(shown[1]["jwks_url"], "https://***@idp.example/k");
+        assert_eq!(shown[2]["jwks_url"], "http://idp.example/plain");
+        assert_eq!(shown[3]["jwks_url"], "***");
     }
 
     #[test]

@@ -67,6 +67,24 @@ pub struct ClientLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of an outcome alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What it came to.
+    pub outcome: &'static str,
+}
+
+/// Labels of a breaker's transition, or of an extra request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceKindLabels {
+    /// The service name.
+    pub service: Name,
+    /// Transitions: the phase it moved to (`open`, `half_open`, `closed`). Extra requests:
+    /// `retry`, `hedge`, or one refused by its budget (`retry_over_budget`,
+    /// `hedge_over_budget`).
+    pub kind: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -84,6 +102,22 @@ pub struct Metrics {
     pub late_replies: Counter,
     /// Requests by client and outcome.
     pub client_requests: Family<ClientLabels, Counter>,
+    /// Cache lookups by service and outcome (`hit`, `stale`, `miss`, `bypass`).
+    pub cache_lookups: Family<SourceLabels, Counter>,
+    /// Background refreshes of stale entries by service and outcome (`ok`, `failed`).
+    pub cache_refreshes: Family<SourceLabels, Counter>,
+    /// Source requests that joined another's publish, by service.
+    pub coalesced: Family<ServiceLabels, Counter>,
+    /// Late gathers by outcome (`completed`, `unchanged`, `refused`).
+    pub late_gathers: Family<OutcomeLabels, Counter>,
+    /// Circuit breakers: 0 closed, 1 open, 2 half-open, by service.
+    pub breaker_state: Family<ServiceLabels, Gauge>,
+    /// Circuit breakers' transitions, by service and the phase moved to.
+    pub breaker_transitions: Family<ServiceKindLabels, Counter>,
+    /// Retries and hedges, made or refused by their budget, by service.
+    pub extra_requests: Family<ServiceKindLabels, Counter>,
+    /// Live gateway instances sharing the client limits (`crate::fleet`).
+    pub gateway_instances: Gauge,
     /// The label of requests that named no configured client.
     unknown_client: Name,
 }
@@ -111,6 +145,37 @@ impl Metrics {
         let gathers_in_flight = Gauge::default();
         let late_replies = Counter::default();
         let client_requests = Family::<ClientLabels, Counter>::default();
+        let gateway_instances = Gauge::default();
+        gateway_instances.set(1);
+        registry.register(
+            "gateway_instances",
+            "Live gateway instances sharing each client's rate and pending cap",
+            gateway_instances.clone(),
+        );
+        let cache_lookups = Family::<SourceLabels, Counter>::default();
+        let cache_refreshes = Family::<SourceLabels, Counter>::default();
+        let coalesced = Family::<ServiceLabels, Counter>::default();
+        let late_gathers = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups of sources by service and outcome (hit, stale, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_refreshes",
+            "Background refreshes of stale cache entries by service and outcome",
+            cache_refreshes.clone(),
+        );
+        registry.register(
+            "coalesced",
+            "Source requests that shared another request's publish, by service",
+            coalesced.clone(),
+        );
+        registry.register(
+            "late_gathers",
+            "Partial answers kept listening for late sources, by outcome",
+            late_gathers.clone(),
+        );
         registry.register(
             "client_requests",
             "Requests of the public API by client, admitted or refused (and why)",
@@ -141,8 +206,29 @@ impl Metrics {
             "Replies that arrived after their gather ended (or twice)",
             late_replies.clone(),
         );
+        let breaker_state = Family::<ServiceLabels, Gauge>::default();
+        let breaker_transitions = Family::<ServiceKindLabels, Counter>::default();
+        let extra_requests = Family::<ServiceKindLabels, Counter>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker of a service on this instance: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker transitions by service and the phase moved to (kind)",
+            breaker_transitions.clone(),
+        );
+        registry.register(
+            "resilience_extra_requests",
+            "Retries and hedges by service: made (retry, hedge) or refused by the budget",
+            extra_requests.clone(),
+        );
         Metrics {
             registry,
+            breaker_state,
+            breaker_transitions,
+            extra_requests,
             http_requests,
             http_duration,
             source_outcomes,
@@ -150,6 +236,11 @@ impl Metrics {
             gathers_in_flight,
             late_replies,
             client_requests,
+            gateway_instances,
+            cache_lookups,
+            cache_refreshes,
+            coalesced,
+            late_gathers,
             unknown_client: Name(Arc::from("-")),
         }
     }
@@ -196,6 +287,36 @@ impl Metrics {
                 service: service.clone(),
             })
             .observe(seconds);
+    }
+
+    /// Records a breaker's move to `phase` (its gauge `value`).
+    pub fn record_breaker(&self, service: &Name, phase: &'static str, value: i64) {
+        self.breaker_transitions
+            .get_or_create(&ServiceKindLabels {
+                service: service.clone(),
+                kind: phase,
+            })
+            .inc();
+        self.set_breaker(service, value);
+    }
+
+    /// Sets a breaker's state gauge.
+    pub fn set_breaker(&self, service: &Name, value: i64) {
+        self.breaker_state
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .set(value);
+    }
+
+    /// Counts an extra request (`kind`: `retry`, `hedge`, `…_over_budget`).
+    pub fn record_extra(&self, service: &Name, kind: &'static str) {
+        self.extra_requests
+            .get_or_create(&ServiceKindLabels {
+                service: service.clone(),
+                kind,
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::config::snapshot::{Route, Snapshot};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::collector::Collector;
+use crate::gather::late::{self, Late};
 use crate::gather::merge;
 use crate::gather::scatter::{self, Asker, Outcome, Pending, SourceResult};
 use crate::metrics::Metrics;
@@ -44,6 +45,13 @@ pub struct Call {
     /// The request headers the route's conditions read, `(lower-case name, value)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// The client's own deadline (`Busgate-Timeout`), if it gave one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Call {
@@ -55,6 +63,7 @@ impl Call {
             client: &self.client,
             traceparent: &self.traceparent,
             headers: &self.headers,
+            timeout: self.timeout,
         }
     }
 }
@@ -93,7 +102,8 @@ impl Runner {
         scatter::start(&self.collector, route, asker)
     }
 
-    /// Waits for a started gather's replies, counts them and renders the answer.
+    /// Waits for a started gather's replies, counts them and renders the answer, with its
+    /// `Cache-Status` when a source has a cache.
     pub async fn finish(
         &self,
         route: &Route,
@@ -101,11 +111,44 @@ impl Runner {
         request_id: &str,
         order_id: &str,
         started: Instant,
-    ) -> Result<Vec<u8>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         pending.collect(route).await;
-        let outcome = pending.finish();
+        let (outcome, open) = pending.finish_open();
         self.count(route, &outcome);
-        merge::answer(route, &outcome, request_id, order_id, started.elapsed())
+        let body = match merge::answer(route, &outcome, request_id, order_id, started.elapsed()) {
+            Ok(body) => body,
+            Err(e) => {
+                if let Some(open) = open {
+                    open.release();
+                }
+                return Err(e);
+            }
+        };
+        let cache_status = (!outcome.marks.is_empty())
+            .then(|| {
+                crate::cache::cache_status(
+                    route
+                        .targets
+                        .iter()
+                        .map(|t| &*t.service.0)
+                        .zip(outcome.marks.iter().copied()),
+                )
+            })
+            .flatten();
+        let late = match (late::wanted(route, &outcome), open) {
+            (Some(grace), Some(open)) => Late::open(open, outcome, grace, started).ok(),
+            (_, open) => {
+                if let Some(open) = open {
+                    open.release();
+                }
+                None
+            }
+        };
+        Ok(Answer {
+            body,
+            cache_status,
+            late,
+        })
     }
 
     /// Counts each source's outcome and, when it answered or timed out, its time.
@@ -118,7 +161,9 @@ impl Runner {
                 | SourceResult::Error { elapsed, .. }
                 | SourceResult::NoResponders { elapsed } => elapsed,
                 SourceResult::Timeout { after } => after,
-                SourceResult::Cancelled | SourceResult::Skipped => continue,
+                SourceResult::Cancelled | SourceResult::Skipped(_) | SourceResult::CircuitOpen => {
+                    continue
+                }
             };
             self.metrics
                 .record_source_time(&target.service, took.as_secs_f64());
@@ -151,7 +196,21 @@ impl Runner {
         let started = Instant::now();
         let mut pending = self.start(route, &call.asker());
         pending.collect(route).await;
-        let outcome = pending.finish();
+        let (mut outcome, open) = pending.finish_open();
+        // Nobody waits for an asynchronous answer: its late sources are waited for in place.
+        match (late::wanted(route, &outcome), open) {
+            (Some(grace), Some(open)) => {
+                outcome = match Late::open(open, outcome, grace, started) {
+                    Ok(mut late) => {
+                        late.listen(route).await;
+                        late.into_outcome()
+                    }
+                    Err(refused) => refused,
+                };
+            }
+            (_, Some(open)) => open.release(),
+            (_, None) => {}
+        }
         self.count(route, &outcome);
         let transient = is_transient(&outcome);
         match merge::answer(
@@ -178,6 +237,16 @@ impl Runner {
     }
 }
 
+/// A synchronous answer: its body, and the headers it adds.
+pub struct Answer {
+    /// The merged body.
+    pub body: Vec<u8>,
+    /// The RFC 9211 `Cache-Status` value, when a source has a cache.
+    pub cache_status: Option<String>,
+    /// A partial answer's late sources, still listened to (the route's `late.grace`).
+    pub late: Option<Late>,
+}
+
 /// What one run of a route came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
@@ -202,7 +271,9 @@ pub fn is_transient(outcome: &Outcome) -> bool {
         .is_some_and(|result| {
             matches!(
                 result,
-                SourceResult::NoResponders { .. } | SourceResult::Timeout { .. }
+                SourceResult::NoResponders { .. }
+                    | SourceResult::Timeout { .. }
+                    | SourceResult::CircuitOpen
             )
         })
 }
@@ -219,6 +290,9 @@ mod tests {
         let failed = |result: SourceResult| Outcome {
             results: vec![result],
             failed: Some(0),
+            marks: Vec::new(),
+            tries: Vec::new(),
+            starts: Vec::new(),
         };
         assert!(is_transient(&failed(SourceResult::NoResponders {
             elapsed: ms
@@ -236,6 +310,9 @@ mod tests {
         assert!(!is_transient(&Outcome {
             results: vec![SourceResult::Timeout { after: ms }],
             failed: None,
+            marks: Vec::new(),
+            tries: Vec::new(),
+            starts: Vec::new(),
         }));
     }
 }

@@ -194,13 +194,14 @@ function fieldInput(form, field) {
 let editingService = null;
 
 async function loadServices() {
-  const [{ data }, instances] = await Promise.all([
+  const [{ data }, instances, breakers] = await Promise.all([
     api("GET", "/admin/v1/services"),
     api("GET", "/admin/v1/instances").then((r) => r.data.items).catch(() => []),
+    breakerStates(),
   ]);
   const tbody = $("#services-table tbody");
   tbody.replaceChildren();
-  if (!data.items.length) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No services yet.")));
+  if (!data.items.length) tbody.append(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No services yet.")));
   for (const item of data.items) {
     const live = instances.filter((i) => i.service === item.name);
     const modes = [...new Set(live.map((i) => i.mode).filter(Boolean))];
@@ -213,6 +214,7 @@ async function loadServices() {
         el("td", {}, live.length
           ? el("span", { class: "chip ok", title: modes.join(", ") }, `${live.length} live`, modes.length ? ` · ${modes.join(", ")}` : "")
           : el("span", { class: "chip bad" }, "none")),
+        breakerCell(breakers[item.name]),
         el("td", { class: "mono" }, item.revision),
         el("td", { class: "actions" },
           el("button", { class: "ghost small", onclick: () => editService(item) }, "Edit"), " ",
@@ -246,6 +248,8 @@ function editService(item) {
   form.timeout.value = item ? item.spec.timeout || "" : "800ms";
   form.description.value = item ? item.spec.description || "" : "";
   fillUpstream(form, (item && item.spec.upstream) || null);
+  fillReuse(form, item ? item.spec : {});
+  fillResilience(form, item && item.spec);
   $("#service-instances").replaceChildren();
   if (item) showInstances(item.name);
   form.name.focus();
@@ -271,6 +275,36 @@ async function showInstances(name) {
         el("thead", {}, el("tr", {}, ["Id", "Mode", "Upstream", "Version", "Requests", "Errors", "Avg time"].map((h) => el("th", {}, h)))),
         el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 7, class: "empty" }, "No instance is running.")))))
   );
+}
+
+// ---- services: cache and coalescing --------------------------------------------------------
+
+/** The cache fields and the coalescing box from a service's spec. */
+function fillReuse(form, spec) {
+  const c = spec.cache || {};
+  form.cache_ttl.value = c.ttl || "";
+  form.cache_swr.value = c.stale_while_revalidate || "";
+  form.cache_sie.value = c.stale_if_error || "";
+  form.cache_max_entries.value = c.max_entries ?? "";
+  form.cache_max_bytes.value = c.max_bytes ?? "";
+  form.cache_shared.checked = !!c.shared;
+  form.coalesce.checked = spec.coalesce !== false;
+}
+
+/** Adds `cache` (when a ttl is given) and `coalesce: false` (when unchecked) to `spec`. */
+function reuseFromForm(form, spec) {
+  const ttl = form.cache_ttl.value.trim();
+  if (ttl) {
+    const cache = { ttl };
+    if (form.cache_swr.value.trim()) cache.stale_while_revalidate = form.cache_swr.value.trim();
+    if (form.cache_sie.value.trim()) cache.stale_if_error = form.cache_sie.value.trim();
+    const number = (v) => (/^\d+$/.test(v) ? Number(v) : v);
+    if (form.cache_max_entries.value.trim()) cache.max_entries = number(form.cache_max_entries.value.trim());
+    if (form.cache_max_bytes.value.trim()) cache.max_bytes = number(form.cache_max_bytes.value.trim());
+    if (form.cache_shared.checked) cache.shared = true;
+    spec.cache = cache;
+  }
+  if (!form.coalesce.checked) spec.coalesce = false;
 }
 
 // ---- services: the upstream ----------------------------------------------------------------
@@ -350,6 +384,8 @@ $("#service-form").addEventListener("submit", async (ev) => {
   if (form.description.value.trim()) spec.description = form.description.value.trim();
   const upstream = upstreamFromForm(form);
   if (upstream) spec.upstream = upstream;
+  reuseFromForm(form, spec);
+  Object.assign(spec, resilienceFromForm(form));
   const name = form.name.value.trim();
   try {
     if (editingService) {
@@ -385,7 +421,8 @@ async function loadRoutes() {
         el("td", { class: "mono" }, s.bindings.map((b) => el("div", {}, `${b.method} ${b.path}`))),
         el("td", {}, s.targets.map((t) =>
           el("span", { class: t.required === false ? "chip opt" : "chip ok", title: t.when ? JSON.stringify(t.when) : "" },
-            t.service + (t.required === false ? " (optional)" : "") + (t.when ? " ⚑" : "")))),
+            (t.as ? `${t.as} = ${t.service}` : t.service) + (t.needs ? ` ← ${t.needs.join(", ")}` : "") +
+              (t.required === false ? " (optional)" : "") + (t.when ? " ⚑" : "")))),
         el("td", {}, (s.merge && s.merge.strategy) || "namespace"),
         el("td", { class: "mono" }, s.deadline || "1s"),
         el("td", { class: "mono" }, item.revision),
@@ -421,7 +458,7 @@ function targetRow(t, i) {
         el("small", { class: "field-error" })),
       el("label", { class: "check" }, el("input", { type: "checkbox", name: "required", checked: t.required !== false }), "required"),
       el("button", { type: "button", class: "danger small", onclick: (ev) => ev.target.closest(".row").remove() }, "Remove")),
-    el("details", { open: !!(t.when || t.allow || t.deny || t.rename) },
+    el("details", { open: !!(t.when || t.allow || t.deny || t.rename || t.needs || t.with || t.as) },
       el("summary", {}, "Conditions and transforms"),
       el("div", { class: "grid" },
         el("label", {}, "Header name", el("input", { name: "header_name", value: (w.header && w.header.name) || "", "data-field": `targets[${i}].when.header.name` }), el("small", { class: "field-error" })),
@@ -431,7 +468,8 @@ function targetRow(t, i) {
         el("label", {}, "Clients (comma separated)", el("input", { name: "clients", value: (w.clients || []).join(", ") })),
         el("label", {}, "Allow fields", el("input", { name: "allow", value: (t.allow || []).join(", "), "data-field": `targets[${i}].allow` }), el("small", { class: "field-error" })),
         el("label", {}, "Deny fields", el("input", { name: "deny", value: (t.deny || []).join(", "), "data-field": `targets[${i}].deny` }), el("small", { class: "field-error" })),
-        el("label", {}, "Rename (from=to, …)", el("input", { name: "rename", value: Object.entries(t.rename || {}).map(([a, b]) => `${a}=${b}`).join(", ") })))));
+        el("label", {}, "Rename (from=to, …)", el("input", { name: "rename", value: Object.entries(t.rename || {}).map(([a, b]) => `${a}=${b}`).join(", ") })),
+        graphFields(t, i))));
 }
 
 const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
@@ -457,12 +495,14 @@ function routeSpecFromForm(form) {
     if (v("order_id_matches")) when.order_id_matches = v("order_id_matches");
     if (v("percent") !== "") when.percent = Number(v("percent"));
     if (v("clients")) when.clients = list(v("clients"));
+    graphFromRow(row, t, when);
     if (Object.keys(when).length) t.when = when;
     if (v("allow")) t.allow = list(v("allow"));
     if (v("deny")) t.deny = list(v("deny"));
     if (v("rename")) t.rename = Object.fromEntries(list(v("rename")).map((p) => p.split("=").map((s) => s.trim())));
     spec.targets.push(t);
   }
+  if (form.late_grace.value.trim()) spec.late = { grace: form.late_grace.value.trim() };
   spec.merge = { strategy: form.strategy.value };
   if (form.priority.value.trim()) spec.merge.priority = list(form.priority.value);
   return spec;
@@ -483,10 +523,12 @@ async function editRoute(item) {
   form.name.value = item ? item.name : "";
   form.name.disabled = !!item;
   form.deadline.value = spec.deadline || "1s";
+  form.late_grace.value = (spec.late && spec.late.grace) || "";
   form.strategy.value = (spec.merge && spec.merge.strategy) || "namespace";
   form.priority.value = ((spec.merge && spec.merge.priority) || []).join(", ");
   $("#bindings").replaceChildren(...spec.bindings.map(bindingRow));
   $("#targets").replaceChildren(...spec.targets.map(targetRow));
+  renderStages();
   $("#route-editor").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
@@ -561,8 +603,10 @@ $("#try-form").addEventListener("submit", async (ev) => {
           Object.entries(sources).map(([name, s]) =>
             el("div", { class: "source", "data-source": name },
               el("h4", {}, name, el("span", { class: `chip ${statusClass(s.status)}` }, s.status)),
-              el("div", { class: "muted" }, s.elapsed_ms !== undefined ? `${s.elapsed_ms} ms` : "—", s.optional ? " · optional" : " · required"),
+              el("div", { class: "muted" }, s.elapsed_ms !== undefined ? `${s.elapsed_ms} ms` : "—", s.optional ? " · optional" : " · required", s.reason ? ` · ${s.reason}` : "",
+                s.cache ? ` · cache ${s.cache}` : "", s.coalesced ? " · coalesced" : ""),
               s.error ? el("div", { class: "error" }, `${s.error.code}: ${s.error.message}`) : ""))),
+        waterfall(body),
         el("pre", { class: "json" }, JSON.stringify(body, null, 2))));
   } catch (e) {
     out.replaceChildren(el("p", { class: "error" }, e.message));

@@ -9,6 +9,9 @@ pub const REQUEST_ID: &str = "Busgate-Request-Id";
 pub const REQUEST_ID_LOWER: &str = "busgate-request-id";
 /// Absolute deadline of the work, unix milliseconds. Workers drop work past it.
 pub const DEADLINE: &str = "Busgate-Deadline";
+/// A public request's own deadline (`250ms`, `2s`): shortens the route's, never lengthens it.
+/// Read by the gateway only; what reaches services is [`DEADLINE`].
+pub const TIMEOUT: &str = "Busgate-Timeout";
 /// The client id the request came from (empty until clients are configured).
 pub const CLIENT: &str = "Busgate-Client";
 /// W3C trace context.

@@ -9,9 +9,15 @@
 //! - [`header`]: header names carried on every request, and deadline helpers.
 //! - [`envelope`]: the request and reply payloads, reply status, error codes.
 //! - [`validate`]: service-name and `order_id` validation.
+//! - [`compose`]: composition: targets that wait for other targets' answers (`needs`, `with`,
+//!   `as`, `when.field`), JSON Pointers into gathered data, and the validation of a route's graph.
 //! - [`config`]: the configuration schema (services, routes, targets, merge) and its validation.
+//! - [`client`]: a client of the public API as configuration (routes, rate, key hashes).
+//! - [`caching`]: a service's `cache` and `coalesce`, a route's `late` grace (issue 25).
 //! - [`upstream`]: a service's HTTP upstream as configuration: the URL template, header
 //!   secrets from env or file, validation, the own-listener check.
+//! - [`resilience`]: a service's breaker, retries and hedging as configuration, and the client's
+//!   `Busgate-Timeout` value.
 //! - [`watch`]: following the `busgate-config` bucket (current values, then changes), shared
 //!   by the gateway and the configuration-following adapters.
 //! - [`nats`]: the async-nats connect helper (JetStream, KV; reconnects forever, logs state
@@ -34,12 +40,16 @@
 //! release its watch.
 
 pub mod backoff;
+pub mod caching;
+pub mod client;
+pub mod compose;
 pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod header;
 pub mod micro;
 pub mod nats;
+pub mod resilience;
 pub mod runtime;
 pub mod sdk;
 pub mod subject;

@@ -183,7 +183,27 @@ pub enum Scheme {
     Https,
 }
 
-/// A URL template parsed and normalised, split around the order id.
+/// What fills a hole of a URL template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hole {
+    /// `{order_id}`: the request's order id.
+    OrderId,
+    /// `{name}`: the request's attribute `name` (given by a route target's `with`).
+    Attribute(String),
+}
+
+/// A URL (or request target) split around its placeholders: `literals` has one more entry
+/// than `holes`, and the URL is `literals[0] hole[0] literals[1] … literals[n]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts {
+    /// The text between the holes.
+    pub literals: Vec<String>,
+    /// The holes, in order.
+    pub holes: Vec<Hole>,
+}
+
+/// A URL template parsed and normalised, split around its placeholders (`{order_id}` and any
+/// `{attribute}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlTemplate {
     /// The scheme.
@@ -194,12 +214,17 @@ pub struct UrlTemplate {
     pub port: u16,
     /// `host[:port]` as the URL wrote it: the `Host` header.
     pub authority: String,
-    /// The whole URL before and after the order id.
-    pub url: (String, String),
-    /// The request target (path and query) before and after the order id.
-    pub target: (String, String),
-    /// The URL for people: no query (it may hold a key), `{order_id}` where the id goes.
+    /// The whole URL, around the placeholders.
+    pub url: Parts,
+    /// The request target (path and query), around the placeholders.
+    pub target: Parts,
+    /// The URL for people: no query (it may hold a key), placeholders where values go.
     pub display: String,
+}
+
+/// Stands for placeholder `i` while the template is parsed as a URL.
+fn marker(i: usize) -> String {
+    format!("{MARKER}{i}x")
 }
 
 impl UrlTemplate {
@@ -208,11 +233,17 @@ impl UrlTemplate {
         if template.len() > MAX_URL {
             return Err(format!("longer than {MAX_URL} characters"));
         }
-        check_braces(template)?;
-        if template.matches(PLACEHOLDER).count() != 1 {
-            return Err("must contain {order_id} exactly once".into());
+        let holes = placeholders(template)?;
+        let mut probe = String::with_capacity(template.len() + 32 * holes.len());
+        let mut rest = template;
+        for (i, _) in holes.iter().enumerate() {
+            let open = rest.find('{').unwrap_or(rest.len());
+            let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
+            probe.push_str(&rest[..open]);
+            probe.push_str(&marker(i));
+            rest = &rest[close..];
         }
-        let probe = template.replace(PLACEHOLDER, MARKER);
+        probe.push_str(rest);
         let url = url::Url::parse(&probe).map_err(|e| format!("not a URL: {e}"))?;
         let scheme = match url.scheme() {
             "http" => Scheme::Http,
@@ -234,48 +265,91 @@ impl UrlTemplate {
             return Err("{order_id} must be in the path or query, never the host".into());
         }
         let port = url.port_or_known_default().ok_or("has no port")?;
-        let whole = url.as_str();
-        let target = &url[url::Position::BeforePath..];
-        let split = |s: &str| -> Result<(String, String), String> {
-            s.split_once(MARKER)
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .ok_or_else(|| "{order_id} must be in the path or query".to_owned())
+        let split = |s: &str| -> Result<Parts, String> {
+            let mut literals = Vec::with_capacity(holes.len() + 1);
+            let mut rest = s;
+            for i in 0..holes.len() {
+                let (a, b) = rest
+                    .split_once(&marker(i))
+                    .ok_or_else(|| "{order_id} must be in the path or query".to_owned())?;
+                literals.push(a.to_owned());
+                rest = b;
+            }
+            literals.push(rest.to_owned());
+            Ok(Parts {
+                literals,
+                holes: holes.clone(),
+            })
         };
         let path = &url[..url::Position::AfterPath];
-        let display =
-            path.replace(MARKER, PLACEHOLDER) + if url.query().is_some() { "?…" } else { "" };
+        let mut display = path.to_owned();
+        for (i, hole) in holes.iter().enumerate() {
+            let name = match hole {
+                Hole::OrderId => "{order_id}".to_owned(),
+                Hole::Attribute(a) => format!("{{{a}}}"),
+            };
+            display = display.replace(&marker(i), &name);
+        }
+        if url.query().is_some() {
+            display.push_str("?…");
+        }
         Ok(UrlTemplate {
             scheme,
             host,
             port,
             authority: url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
-            url: split(whole)?,
-            target: split(target)?,
+            url: split(url.as_str())?,
+            target: split(&url[url::Position::BeforePath..])?,
             display,
+        })
+    }
+
+    /// The attribute names the template uses (besides `order_id`).
+    pub fn attributes(&self) -> impl Iterator<Item = &str> {
+        self.url.holes.iter().filter_map(|h| match h {
+            Hole::Attribute(name) => Some(name.as_str()),
+            Hole::OrderId => None,
         })
     }
 }
 
-/// Every `{` opens `{order_id}`, and no `}` stands alone.
-fn check_braces(template: &str) -> Result<(), String> {
+/// The placeholders of a template, in order: every `{` opens `{order_id}` or `{attribute}`
+/// (each at most once, at least one in all), and no `}` stands alone.
+fn placeholders(template: &str) -> Result<Vec<Hole>, String> {
+    let mut holes = Vec::new();
     let mut rest = template;
     while let Some(i) = rest.find(['{', '}']) {
         let tail = &rest[i..];
         if tail.starts_with('}') {
             return Err("unbalanced braces: a } without its {".into());
         }
-        match tail.find('}') {
-            None => return Err("unbalanced braces: a { without its }".into()),
-            Some(end) if &tail[..=end] == PLACEHOLDER => rest = &tail[end + 1..],
-            Some(end) => {
-                return Err(format!(
-                    "unknown placeholder {}: only {PLACEHOLDER} is replaced",
-                    &tail[..=end]
-                ))
-            }
+        let Some(end) = tail.find('}') else {
+            return Err("unbalanced braces: a { without its }".into());
+        };
+        let name = &tail[1..end];
+        let hole = if name == "order_id" {
+            Hole::OrderId
+        } else if crate::validate::is_attribute_name(name) {
+            Hole::Attribute(name.to_owned())
+        } else {
+            return Err(format!(
+                "unknown placeholder {}: use {PLACEHOLDER} or {{attribute}} (a-z 0-9 _)",
+                &tail[..=end]
+            ));
+        };
+        if holes.contains(&hole) {
+            return Err(format!(
+                "{} is there twice: each placeholder exactly once",
+                &tail[..=end]
+            ));
         }
+        holes.push(hole);
+        rest = &tail[end + 1..];
     }
-    Ok(())
+    if holes.is_empty() {
+        return Err("must contain {order_id} (or an {attribute}) exactly once".into());
+    }
+    Ok(holes)
 }
 
 /// A `host:port` an upstream may not aim at (the gateway's listeners, NATS monitoring).
@@ -289,11 +363,34 @@ pub struct Forbidden {
     pub what: String,
 }
 
-/// Whether `host` names this machine's loopback or "any address" (`localhost`, `127.0.0.0/8`,
-/// `::1`, `0.0.0.0`, `::`): those reach whatever listens on this machine on that port.
+/// One spelling per host, before any comparison: brackets and trailing dots off (`localhost.`
+/// is `localhost`: a fully qualified name), lower case, an IP address in its canonical form
+/// (`[0:0::1]` is `::1`). The URL parser has already turned the other spellings of an IPv4
+/// address (`127.1`, `0x7f.1`, `2130706433`, `0177.0.0.1`) and percent-encoded names into
+/// the plain form; a forbidden host from the settings goes through the same parser here.
+fn canonical_host(host: &str) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return ip.to_string();
+    }
+    // A host from the settings, written any way a URL may write it.
+    let parsed = url::Url::parse(&format!("http://{host}/"))
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_string()));
+    let name = parsed.as_deref().unwrap_or(bare);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => name.trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
+/// Whether `host` names this machine's loopback or "any address" (`localhost` and its
+/// subdomains, `127.0.0.0/8`, `::1`, `0.0.0.0`, `::`, and those mapped into IPv6): those
+/// reach whatever listens on this machine on that port.
 fn is_local(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+    let host = canonical_host(host);
+    if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
     host.parse::<IpAddr>().is_ok_and(|ip| match ip {
@@ -303,20 +400,14 @@ fn is_local(host: &str) -> bool {
                 || v6.is_unspecified()
                 || v6
                     .to_ipv4_mapped()
+                    .or_else(|| v6.to_ipv4())
                     .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
         }
     })
 }
 
 fn same_host(a: &str, b: &str) -> bool {
-    let norm = |h: &str| {
-        let h = h.trim_start_matches('[').trim_end_matches(']');
-        match h.parse::<IpAddr>() {
-            Ok(ip) => ip.to_string(),
-            Err(_) => h.trim_end_matches('.').to_ascii_lowercase(),
-        }
-    };
-    norm(a) == norm(b)
+    canonical_host(a) == canonical_host(b)
 }
 
 impl UpstreamSpec {
@@ -446,20 +537,30 @@ mod tests {
     #[test]
     fn templates_split_around_the_order_id() {
         let t = UrlTemplate::parse("http://127.0.0.1:8081/order/{order_id}?x=1").expect("ok");
-        assert_eq!(t.target, ("/order/".into(), "?x=1".into()));
+        assert_eq!(t.target.literals, ["/order/", "?x=1"]);
+        assert_eq!(t.target.holes, [Hole::OrderId]);
         assert_eq!(t.authority, "127.0.0.1:8081");
         assert_eq!(t.display, "http://127.0.0.1:8081/order/{order_id}?…");
         let t = UrlTemplate::parse("https://h/a/{order_id}").expect("ok");
         assert_eq!(t.scheme, Scheme::Https);
         assert_eq!(t.port, 443);
-        assert_eq!(t.url, ("https://h/a/".into(), String::new()));
+        assert_eq!(t.url.literals, ["https://h/a/", ""]);
         assert_eq!(t.display, "https://h/a/{order_id}");
+        let t = UrlTemplate::parse("http://h/c/{carrier}/o/{order_id}?k={kind}").expect("ok");
+        assert_eq!(t.target.literals, ["/c/", "/o/", "?k=", ""]);
+        assert_eq!(t.attributes().collect::<Vec<_>>(), ["carrier", "kind"]);
+        assert_eq!(t.display, "http://h/c/{carrier}/o/{order_id}?…");
+        assert!(UrlTemplate::parse("http://h/c/{carrier}").is_ok());
+        assert!(UrlTemplate::parse("http://h/c/{Bad}").is_err());
+        assert!(UrlTemplate::parse("http://h/c/{a}/{a}").is_err());
+        assert!(UrlTemplate::parse("http://{carrier}.h/x").is_err());
+        assert!(UrlTemplate::parse("http://h/x").is_err());
     }
 
     #[test]
     fn bad_urls_are_named() {
         for (url, why) in [
-            ("http://h/{id}", "unknown placeholder"),
+            ("http://h/{ID}", "unknown placeholder"),
             ("http://h/{order_id", "unbalanced"),
             ("http://h/order_id}", "unbalanced"),
             ("http://h/{order_id}/{order_id}", "exactly once"),
@@ -585,6 +686,52 @@ mod tests {
         ] {
             assert!(spec(url).aims_at(&forbidden).is_some(), "{url}");
         }
+        // Every other spelling of a local host, as an attacker would write it.
+        for host in [
+            "localhost.",
+            "LOCALHOST.",
+            "LocalHost",
+            "localhost..",
+            "%6cocalhost",
+            "sub.localhost.",
+            "127.1",
+            "127.0.1",
+            "0x7f.1",
+            "0x7f000001",
+            "2130706433",
+            "0177.0.0.1",
+            "127.1.",
+            "0",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]",
+            "[::]",
+            "[::ffff:127.0.0.1]",
+            "[::ffff:7f00:1]",
+            "[::127.0.0.1]",
+        ] {
+            for port in [8080, 9090] {
+                let url = format!("http://{host}:{port}/{{order_id}}");
+                if UrlTemplate::parse(&url).is_err() {
+                    // Refused as a URL already (validation answers 422): fine, but the
+                    // spellings the probe tried must parse, and be caught below.
+                    assert!(
+                        !["localhost.", "LOCALHOST.", "127.1", "0x7f.1", "[::1]"].contains(&host),
+                        "{url}"
+                    );
+                    continue;
+                }
+                assert!(spec(&url).aims_at(&forbidden).is_some(), "{url}");
+            }
+        }
+        // A forbidden host from the settings, spelled oddly, still matches.
+        let odd = vec![Forbidden {
+            host: "NATS.Internal.".into(),
+            port: 8222,
+            what: "nats monitoring".into(),
+        }];
+        assert!(spec("http://nats.internal:8222/{order_id}")
+            .aims_at(&odd)
+            .is_some());
         for url in [
             "http://127.0.0.1:8081/{order_id}",
             "http://billing:8080/{order_id}",

@@ -7,6 +7,18 @@ use crate::Error;
 /// Default pattern of an `order_id`.
 pub const DEFAULT_ORDER_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
 
+/// Whether an attribute name is usable as `{name}` in an upstream URL template and in a
+/// composed route's `with`: 1-32 of `a-z 0-9 _`, not starting with a digit, not `order_id`.
+pub fn is_attribute_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+        && name != "order_id"
+}
+
 /// Checks a service (or route, or client) name: `^[a-z][a-z0-9_-]{0,31}$`.
 /// Such names become subject tokens and KV keys, so nothing else may pass.
 pub fn name(field: &str, value: &str) -> Result<(), Error> {
@@ -57,6 +69,49 @@ impl OrderIdRule {
     /// The pattern, for error messages.
     pub fn as_str(&self) -> &str {
         self.pattern.as_str()
+    }
+
+    /// What an unsafe id this pattern lets through, found by probing it: `/` (a path
+    /// separator once the upstream decodes it), `%` (an escape, such as `%2F` or `%0D%0A`),
+    /// ids of dots only (`.`, `..`: a path segment of their own) and control characters (CR,
+    /// LF, NUL…). An id travels percent-encoded to an upstream, but an upstream that decodes
+    /// twice, or joins it to a path, sees these. Empty for the default pattern. The probes
+    /// are samples (the id alone, inside and around letters and digits), not a proof.
+    pub fn risks(&self) -> Vec<&'static str> {
+        let wraps = |c: &str| -> Vec<String> {
+            [
+                c.to_owned(),
+                c.repeat(2),
+                format!("a{c}a"),
+                format!("A1{c}"),
+                format!("{c}A1"),
+                format!("1{c}1"),
+                format!("ab{c}cd"),
+                format!("..{c}"),
+            ]
+            .to_vec()
+        };
+        let any = |samples: Vec<String>| samples.iter().any(|s| self.accepts(s));
+        let mut risks = Vec::new();
+        if any(wraps("/")) || any(wraps("\\")) {
+            risks.push("a path separator (/ or \\)");
+        }
+        if any(["%2F", "%0D%0A", "..%2F", "%2e%2e", "%00"]
+            .iter()
+            .flat_map(|c| wraps(c))
+            .chain(wraps("%"))
+            .collect())
+        {
+            risks.push("a percent sign (an escape such as %2F or %0D%0A)");
+        }
+        if any([".", "..", "...", "...."].map(str::to_owned).to_vec()) {
+            risks.push("an id of dots only (. or ..)");
+        }
+        let controls = ["\r", "\n", "\0", "\t", "\x1b", "\x7f", "\r\n", "\u{85}"];
+        if any(controls.iter().flat_map(|c| wraps(c)).collect()) {
+            risks.push("control characters (CR, LF, NUL…)");
+        }
+        risks
     }
 }
 
@@ -159,6 +214,29 @@ mod tests {
         ] {
             assert!(!rule.accepts(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn permissive_patterns_are_named_for_what_they_let_through() {
+        let rule = |p: &str| OrderIdRule::new(p).expect("compiles");
+        assert!(rule(DEFAULT_ORDER_ID_PATTERN).risks().is_empty());
+        assert!(rule("^[A-Za-z0-9_.-]{1,64}$").risks() == ["an id of dots only (. or ..)"]);
+        assert_eq!(
+            rule("^.{1,64}$").risks().len(),
+            4,
+            "{:?}",
+            rule("^.{1,64}$").risks()
+        );
+        assert_eq!(rule("^[^ ]+$").risks().len(), 4);
+        assert_eq!(
+            rule("^[A-Za-z0-9%]+$").risks(),
+            ["a percent sign (an escape such as %2F or %0D%0A)"]
+        );
+        assert_eq!(rule("^[a-z0-9/]+$").risks(), ["a path separator (/ or \\)"]);
+        assert_eq!(
+            rule("^[a-z0-9\\s]+$").risks(),
+            ["control characters (CR, LF, NUL…)"]
+        );
     }
 
     #[test]

@@ -117,7 +117,10 @@ try {
     ["services.invoices.upstream.headers.X-Api-Key.env", "is not an environment variable name", "#upstream-headers .header [name=header_value]"],
     ["services.invoices.upstream.headers.X-Api-Key", "is not a header name", "#upstream-headers .header [name=header_name]"],
     ["services.invoices.upstream.concurrency", "must be between 1 and 65536", "[name=upstream_concurrency]"],
+    ["services.invoices.cache.ttl", "must be between 1ms and 24h", "[name=cache_ttl]"],
+    ["services.invoices.cache.stale_if_error", "at most 24h", "[name=cache_sie]"],
   ];
+  assert.equal(await page.locator("#service-form [name=coalesce]").isChecked(), true, "coalescing is on by default");
   for (const [field, reason, input] of refusals) {
     await page.route("**/admin/v1/services", (route) => route.fulfill({
       status: 422,
@@ -130,7 +133,7 @@ try {
     assert.equal(await page.locator("#service-form .invalid").count(), 1, field);
     await page.unroute("**/admin/v1/services");
   }
-  step("refusals of upstream fields shown next to each field");
+  step("refusals of upstream and cache fields shown next to each field");
   await page.click("#service-form button.primary");
   await page.locator("#services-table tbody tr[data-name=invoices]").waitFor();
   const stored = await page.evaluate(async (t) => {
@@ -157,6 +160,33 @@ try {
   assert.equal(await page.locator("#upstream-headers .header [name=header_value]").inputValue(), "INVOICES_KEY");
   await shot("service-instances", "#service-instances");
   step("live instance: mode and upstream shown, the table fits its card");
+
+  // Resilience: a circuit breaker with a bad ratio is refused next to its field; fixed, it is
+  // stored with retries, and the list shows the breaker's state on this instance.
+  await page.check("#service-form [name=breaker_on]");
+  await page.fill("#service-form [name=breaker_failure_ratio]", "2");
+  await page.click("#service-form button.primary");
+  await page.locator("#service-form [name=breaker_failure_ratio].invalid").waitFor();
+  assert.match(await page.locator("#service-form [name=breaker_failure_ratio] ~ .field-error").innerText(), /between 0 and 1/);
+  await page.fill("#service-form [name=breaker_failure_ratio]", "0.5");
+  await page.fill("#service-form [name=breaker_min_requests]", "10");
+  await page.check("#service-form [name=retry_on]");
+  await page.click("#service-form button.primary");
+  await page.locator("#services-table tr[data-name=invoices] td.breaker .chip").waitFor();
+  assert.equal(await page.locator("#services-table tr[data-name=invoices] td.breaker .chip").innerText(), "closed");
+  const guarded = await page.evaluate(async (t) => {
+    const r = await fetch("/admin/v1/services/invoices", { headers: { Authorization: `Bearer ${t}` } });
+    return (await r.json()).spec;
+  }, token);
+  assert.equal(guarded.breaker.failure_ratio, 0.5);
+  assert.equal(guarded.breaker.min_requests, 10);
+  assert.equal(typeof guarded.retry, "object", "retry with its defaults");
+  assert.equal(guarded.upstream.url, `${upstream}/invoices/{order_id}`, "the upstream is kept");
+  await page.click("#services-table tr[data-name=invoices] button:text('Edit')");
+  assert.equal(await page.locator("#service-form [name=breaker_on]").isChecked(), true);
+  assert.equal(await page.locator("#service-form [name=breaker_min_requests]").inputValue(), "10");
+  assert.equal(await page.locator("#service-form [name=hedge_on]").isChecked(), false);
+  step("resilience: a bad breaker setting refused at its field; breaker and retry stored, state shown");
   await page.click("#service-form [data-close]");
 
   // A route that asks the new service and the demo service1; first with a mistake.

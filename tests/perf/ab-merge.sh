@@ -9,6 +9,14 @@
 # traced and exported over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT, for the gateway and the
 # worker) to a sink (tests/perf/otlp-sink.py): `ab-merge.sh target/release otel:target/release`
 # is "no endpoint" against "every request traced" in one run (the issue's ≥ 90 % figure).
+# A bin dir written `NAME@DIR` runs that build with the settings `busgate-bench
+# --print-settings NAME` (default `merge`): `ab-merge.sh target/release
+# merge-coalesce@target/release` is coalescing off against on in one run. With DISTINCT=1 every
+# request asks for another order id (distinct-ids.lua), so that coalescing shares nothing: its
+# cost alone; without it wrk asks for one order id, which coalescing collapses.
+# A bin dir written `guarded:DIR` runs that build with a circuit breaker and retries on both
+# services (busgate-bench --print-settings merge-guarded): `ab-merge.sh target/release
+# guarded:target/release` is what the resilience guard costs, in one run.
 # Needs wrk, nats-server, and the peers (tests/perf/peers/peers.sh start; this script starts
 # them when nothing answers on :18091 and stops what it started). A bin dir holds busgate and
 # busgate-worker; busgate-bench comes from this checkout (for the fixture's settings).
@@ -31,9 +39,11 @@ for round in $(seq "$ROUNDS"); do
         sink_port=$(port)
         python3 "$HERE/otlp-sink.py" "$sink_port" 2>> "$D/otlp-sink.log" & SINK=$!
         OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port NATS_TLS= start_merge_stack "${bins#otel:}" "$D" ;;
+      guarded:*) NATS_TLS= SETTINGS=merge-guarded start_merge_stack "${bins#guarded:}" "$D" ;;
+      *@*) SETTINGS=${bins%%@*} NATS_TLS= start_merge_stack "${bins#*@}" "$D" ;;
       *) NATS_TLS= start_merge_stack "$bins" "$D" ;;
     esac
-    ours=$(rps "$URL")
+    if [ -n "${DISTINCT:-}" ]; then ours=$(rps -s "$HERE/distinct-ids.lua" "$URL"); else ours=$(rps "$URL"); fi
     stop_merge_stack
     if [ -n "${SINK:-}" ]; then kill "$SINK" 2> /dev/null; wait "$SINK" 2> /dev/null; SINK=; fi
     peer=$(rps "$PEER")

@@ -12,6 +12,7 @@
 #                                        system calls and context switches per request
 # With NATS_TLS=1 every connection (gateway's both, worker's) speaks TLS to a TLS-only
 # nats-server whose certificate comes from a CA made for the run (openssl, in WORK_DIR).
+# SETTINGS=merge-guarded: the same with a circuit breaker and retries (defaults) on n1 and n2.
 # SETTINGS=merge-keyed: the same with API-key auth and a rate limit that never triggers (the
 # requests carry the bench client's key: CURL_HEADER and WRK_HEADER, arrays, empty otherwise).
 # The gateway's settings come from `busgate-bench --print-settings merge` (the fixture the tests

@@ -4,7 +4,8 @@
 #   native     one `busgate-worker native` process serving n1 and n2 (one connection)
 #   native2    two native processes, n1 and n2 (two connections, replies from two processes)
 #   adapters   two `busgate-worker adapter` processes to the peers' nginx services
-#   adapters1  one adapter process serving both (one connection)
+#   adapters1  one adapter process serving both (one connection; a runtime thread per service)
+#   adapters1t1  the same with one runtime thread (BUSGATE_WORKER_THREADS=1; not in the default MODES)
 # and for each, under `wrk -t2 -c64` (full load) and paced (`wrk` with a fixed delay between a
 # connection's requests, so both paths run at about the same rate):
 #   - CPU µs, system calls (read, recvfrom, write, writev, sendto, epoll, futex) and context
@@ -75,6 +76,10 @@ start() {
       env "${env[@]}" "$BINS/busgate-worker" adapter --service n2 --upstream "http://127.0.0.1:$UP2/order/{order_id}" > "$dir/w2.log" 2>&1 & w2=$! ;;
     adapters1)
       env "${env[@]}" "$BINS/busgate-worker" adapter --service n1 --upstream "http://127.0.0.1:$UP1/order/{order_id}" \
+        --service n2 --upstream "http://127.0.0.1:$UP2/order/{order_id}" > "$dir/w.log" 2>&1 & w1=$! ;;
+    adapters1t1)
+      # adapters1 with one runtime thread (the default before issue 24: one per service now).
+      env "${env[@]}" BUSGATE_WORKER_THREADS=1 "$BINS/busgate-worker" adapter --service n1 --upstream "http://127.0.0.1:$UP1/order/{order_id}" \
         --service n2 --upstream "http://127.0.0.1:$UP2/order/{order_id}" > "$dir/w.log" 2>&1 & w1=$! ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac

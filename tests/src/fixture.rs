@@ -249,6 +249,37 @@ impl Settings {
         self
     }
 
+    /// Coalescing of `service` (an existing one) on or off (`coalesce`; on by default).
+    pub fn coalesce(mut self, service: &str, on: bool) -> Settings {
+        if let Some(spec) = self.services.get_mut(service) {
+            spec.coalesce = on;
+        }
+        self
+    }
+
+    /// Coalescing off for every service so far: a benchmark that asks for one order id over
+    /// and over measures gathers, not coalescing.
+    pub fn no_coalescing(mut self) -> Settings {
+        for spec in self.services.values_mut() {
+            spec.coalesce = false;
+        }
+        self
+    }
+
+    /// The cache of `service` (an existing one).
+    pub fn cache(mut self, service: &str, cache: busgate_shared::config::CacheSpec) -> Settings {
+        if let Some(spec) = self.services.get_mut(service) {
+            spec.cache = Some(cache);
+        }
+        self
+    }
+
+    /// `[services.<name>]` as `spec` says (added, or replacing one of that name).
+    pub fn service_spec(mut self, name: &str, spec: ServiceSpec) -> Settings {
+        self.services.insert(name.to_owned(), spec);
+        self
+    }
+
     /// `[routes.<name>]` (added, or replacing one of that name).
     pub fn route(mut self, name: &str, route: Route) -> Settings {
         self.routes.insert(name.to_owned(), route.spec);
@@ -420,10 +451,22 @@ impl Route {
         self
     }
 
+    /// Keeps a partial answer's late sources listened to for `grace` (`late.grace`).
+    pub fn late(mut self, grace: Duration) -> Route {
+        self.spec.late = Some(busgate_shared::config::LateSpec { grace });
+        self
+    }
+
     /// Asks `service`, required, waiting `timeout` for it instead of the service's timeout.
     pub fn target_with_timeout(mut self, service: &str, timeout: Duration) -> Route {
         let mut target = TargetSpec::new(service, true);
         target.timeout = Some(timeout);
+        self.spec.targets.push(target);
+        self
+    }
+
+    /// Asks `target` as given (aliases, `needs`, `with`, conditions: a composed route).
+    pub fn target_spec(mut self, target: TargetSpec) -> Route {
         self.spec.targets.push(target);
         self
     }

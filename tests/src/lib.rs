@@ -21,6 +21,7 @@
 //! - [`http`]: the one HTTP client helper, bodies and headers as text, a test HTTP server.
 //! - [`jobs`]: asynchronous requests: submit, poll until final.
 //! - [`otlp`]: an OTLP/HTTP receiver that decodes what the processes export.
+//! - [`upstream`]: a test upstream that fails or stalls on command and counts its calls.
 //! - [`wait`]: bounded waits ([`wait::eventually`]) and free ports.
 //! - [`fixture`]: the gateway settings (services, routes, jobs, callbacks) the tests, the
 //!   benchmark and the perf scripts (through `busgate-bench --print-settings`) start with;
@@ -57,5 +58,6 @@ pub mod otlp;
 pub mod process;
 pub mod stack;
 pub mod support;
+pub mod upstream;
 pub mod wait;
 pub mod workers;

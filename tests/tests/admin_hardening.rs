@@ -55,6 +55,8 @@ async fn every_admin_answer_carries_the_security_headers() {
         "/",
         "/ui/app.js",
         "/ui/clients.js",
+        "/ui/resilience.js",
+        "/ui/graph.js",
         "/ui/app.css",
         "/admin/v1/openapi.json",
     ] {
@@ -115,7 +117,10 @@ async fn every_admin_answer_carries_the_security_headers() {
         answers.push((what.into(), status, headers));
     }
     let statuses: Vec<u16> = answers.iter().map(|(_, s, _)| *s).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 401, 200, 404, 405, 412]);
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 200, 200, 401, 200, 404, 405, 412]
+    );
     for (what, _, headers) in &answers {
         assert_secured(what, headers);
     }
@@ -123,10 +128,12 @@ async fn every_admin_answer_carries_the_security_headers() {
     let page = get_text(&gateway.admin_url("/")).await.to_ascii_lowercase();
     assert!(page.contains("<script src=\"/ui/app.js\"></script>"));
     assert!(page.contains("<script src=\"/ui/clients.js\"></script>"));
+    assert!(page.contains("<script src=\"/ui/resilience.js\"></script>"));
+    assert!(page.contains("<script src=\"/ui/graph.js\"></script>"));
     assert_eq!(
         page.matches("<script").count(),
-        2,
-        "two scripts (app.js, clients.js), each from a file"
+        4,
+        "four scripts (app.js, clients.js, resilience.js, graph.js), each from a file"
     );
     assert!(!page.contains("<style"), "no inline style element");
     assert!(!page.contains(" style="), "no style attribute");

@@ -176,6 +176,53 @@ async fn two_instances_serve_polls_and_events_of_each_others_requests() {
     assert_eq!(doc["result"]["order_id"], "slow2-sse");
 }
 
+/// A submit writes only the job (its document is written when it finishes): while it is
+/// queued or running, a poll on either instance finds it pending, from the queue.
+#[tokio::test]
+async fn a_pending_request_is_polled_pending_on_any_instance_before_its_document_exists() {
+    let stack = Stack::start(&async_settings()).await;
+    let other = Gateway::start(&stack.nats, &async_settings()).await;
+    // slow1-: service1 (required) waits 3 s, so the request stays pending for a while.
+    let (_, accepted) = submit(&stack.gateway, "/api/orders/slow1-pending").await;
+    let id = accepted["request_id"].as_str().expect("id").to_owned();
+    for gateway in [&stack.gateway, &other] {
+        let response = http()
+            .get(gateway.url(&format!("/api/requests/{id}")))
+            .send()
+            .await
+            .expect("poll");
+        assert_eq!(response.status(), 200);
+        let doc: Value = response.json().await.expect("json");
+        assert_eq!(doc["status"], "pending", "{doc}");
+        assert_eq!(doc["request_id"], id.as_str());
+        assert_eq!(doc["order_id"], "slow1-pending");
+        assert!(
+            doc["submitted_at"].as_str().is_some_and(|t| !t.is_empty()),
+            "{doc}"
+        );
+    }
+    // No status document while it is pending: the one write of the submit is the job.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let results = js
+        .get_key_value(busgate_shared::subject::RESULTS_BUCKET)
+        .await
+        .expect("bucket");
+    let stored = results.get(&id).await.expect("get");
+    let doc = until_final(&other, &id).await;
+    assert_ne!(doc["status"], "pending");
+    if let Some(stored) = stored {
+        // Only if it already finished when read.
+        let stored: Value = serde_json::from_slice(&stored).expect("json");
+        assert_ne!(stored["status"], "pending", "{stored}");
+    }
+    // An unknown id is still a 404 on both.
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    for gateway in [&stack.gateway, &other] {
+        let status = get_status(&gateway.url(&format!("/api/requests/{unknown}"))).await;
+        assert_eq!(status, 404);
+    }
+}
+
 #[tokio::test]
 async fn a_killed_gateway_loses_no_accepted_request() {
     let stack = Stack::start(&async_settings()).await;

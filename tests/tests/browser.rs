@@ -199,3 +199,29 @@ async fn the_clients_page_makes_keys_that_work_and_revokes_them() {
     .await;
     assert!(stdout.contains("clients: all steps passed"), "{stdout}");
 }
+
+/// Composition in the UI: the route editor's needs/with/when.field fields and stages (a cycle
+/// shown and refused), and the try-it's waterfall (`tests/browser/graph.mjs`).
+#[tokio::test]
+async fn the_route_editor_shows_stages_and_try_it_draws_a_waterfall() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).is_file(),
+        "{chromium} is missing: tests/run.sh installs Debian's chromium (or set CHROMIUM)"
+    );
+    let stack = Stack::start(&Settings::default()).await;
+    // A folder of its own: the other UI tests empty theirs when they start.
+    let screenshots = browser_dir.join("screenshots-graph");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    let stdout = node(
+        browser_dir.join("graph.mjs"),
+        &[
+            ("ADMIN_URL", stack.gateway.admin.clone()),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+            ("CHROMIUM", chromium),
+        ],
+    )
+    .await;
+    assert!(stdout.contains("graph: all steps passed"), "{stdout}");
+}

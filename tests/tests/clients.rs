@@ -436,7 +436,7 @@ async fn bad_credentials_are_refused_before_anything_is_published() {
         .await
         .expect("subscribe");
     let mut jobs = watcher
-        .subscribe(busgate_shared::subject::REQUESTS_SUBJECT)
+        .subscribe(busgate_shared::subject::REQUESTS_ALL)
         .await
         .expect("subscribe");
     watcher.flush().await.expect("flush");

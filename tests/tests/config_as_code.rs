@@ -47,11 +47,23 @@ fn config(gateway: &Gateway, nats: &NatsServer, admin: bool, args: &[&str]) -> R
             .env("BUSGATE_LOG__FORMAT", "json");
     }
     let out = cmd.output().expect("busgate config");
-    Run {
+    let run = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    assert_no_secret(&run, ADMIN_TOKEN);
+    run
+}
+
+/// Neither output of `run` carries `secret`.
+fn assert_no_secret(run: &Run, secret: &str) {
+    assert!(
+        !run.stdout.contains(secret) && !run.stderr.contains(secret),
+        "a secret in the output of `busgate config`: {}{}",
+        run.stdout,
+        run.stderr
+    );
 }
 
 /// A gateway with the built-in configuration, once its store answers.
@@ -444,4 +456,72 @@ async fn up_twice_with_different_files_serves_the_second_files_services() {
         .await;
         assert_eq!(up.terminate(Duration::from_secs(30)), Some(0));
     }
+}
+
+/// The admin token, a wrong token and the NATS password never reach `busgate config`'s output,
+/// on success or on failure (refused token, unreachable admin API, refused NATS credentials),
+/// and its logs say why it failed.
+#[tokio::test]
+async fn config_never_prints_a_token_or_a_password() {
+    const PASSWORD: &str = "nats-password-9f8e7d6c5b4a";
+    const WRONG: &str = "wrong-admin-token-fedcba9876543210";
+    let nats = NatsServer::start_with_auth("busgate", PASSWORD);
+    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    eventually(Duration::from_secs(10), || async {
+        gateway
+            .admin_send("GET", "/admin/v1/services", None, None)
+            .await
+            .status
+            == 200
+    })
+    .await;
+
+    let direct = config(&gateway, &nats, false, &["export"]);
+    assert_eq!(direct.code, 0, "{}", direct.stderr);
+    assert_no_secret(&direct, PASSWORD);
+
+    let run = |admin: &str, token: &str, nats_url: &str| {
+        let out = Command::new(bin("busgate"))
+            .args(["config", "export", "--admin", admin])
+            .env("BUSGATE_ADMIN_TOKEN", token)
+            .env("BUSGATE_NATS__URL", nats_url)
+            .output()
+            .expect("busgate config");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let refused = run(&gateway.admin, WRONG, &nats.url);
+    assert_ne!(refused.code, 0, "a wrong token is refused");
+    assert!(!refused.stderr.is_empty(), "it says why");
+    let unreachable = run(
+        &format!("http://127.0.0.1:{}", free_port()),
+        WRONG,
+        &nats.url,
+    );
+    assert_ne!(unreachable.code, 0);
+    for failed in [&refused, &unreachable] {
+        assert_no_secret(failed, WRONG);
+        assert_no_secret(failed, PASSWORD);
+    }
+
+    // Through NATS with a wrong password in the URL: refused, and neither password shown.
+    let wrong_url = nats.url.replace(PASSWORD, "not-the-password-1234");
+    assert_ne!(wrong_url, nats.url, "the URL carries the password");
+    let out = Command::new(bin("busgate"))
+        .args(["config", "export"])
+        .env_remove("BUSGATE_ADMIN_TOKEN")
+        .env("BUSGATE_NATS__URL", &wrong_url)
+        .output()
+        .expect("busgate config");
+    let refused_nats = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_ne!(refused_nats.code, 0, "{}", refused_nats.stderr);
+    assert_no_secret(&refused_nats, "not-the-password-1234");
+    assert_no_secret(&refused_nats, PASSWORD);
 }

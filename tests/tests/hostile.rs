@@ -428,13 +428,18 @@ async fn hostile_requests_are_refused_and_nothing_is_published() {
         let payload = String::from_utf8_lossy(&message.payload).into_owned();
         if message.subject.as_str().starts_with("busgate.svc.") && payload.contains("BARRIER1") {
             barrier.0 = true;
-        } else if message.subject.as_str() == busgate_shared::subject::REQUESTS_SUBJECT
+        } else if message
+            .subject
+            .as_str()
+            .starts_with(busgate_shared::subject::REQUESTS_SUBJECT)
             && payload.contains(r#""order_id":"A1""#)
         {
             barrier.1 = true;
         } else if message.subject.starts_with("$KV.busgate-results.") && payload.contains("\"A1\"")
         {
             // The barrier's own status document.
+        } else if busgate_shared::subject::parse_fleet_heartbeat(&message.subject).is_some() {
+            // The gateway's heartbeat (client limits across instances): not a request's.
         } else {
             published.push(format!("{}: {payload}", message.subject));
         }

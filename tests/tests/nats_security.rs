@@ -242,7 +242,7 @@ async fn least_privilege_users_serve_and_may_not_take_others_subjects_or_the_con
     let gateway_url = url(&nats, "busgate-gateway", "gw-pw-1");
     let (gateway, _adapters, _demos) = stack(
         &nats,
-        &[("BUSGATE_NATS__URL", gateway_url)],
+        &[("BUSGATE_NATS__URL", gateway_url.clone())],
         &[
             (
                 "service1",
@@ -359,6 +359,29 @@ async fn least_privilege_users_serve_and_may_not_take_others_subjects_or_the_con
     )
     .await;
     assert!(!matches!(forged, Ok(Ok(_))), "service1 called service2");
+
+    // The gateways count each other under these users (their heartbeats on busgate.fleet.*
+    // are allowed), and a service's user cannot forge one: the count stays 2.
+    let second = Gateway::start_on(&gateway_url, &Settings::builtin(), |_| {}).await;
+    for g in [&gateway, &second] {
+        eventually(Duration::from_secs(10), || async {
+            g.metric("busgate_gateway_instances", "").await == 2.0
+        })
+        .await;
+    }
+    for i in 0..5 {
+        service1
+            .publish(format!("busgate.fleet.forged{i}"), "alive".into())
+            .await
+            .expect("sent");
+    }
+    service1.flush().await.expect("flushed");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // two heartbeats: what a forgery would need
+    assert_eq!(
+        gateway.metric("busgate_gateway_instances", "").await,
+        2.0,
+        "service1 forged a gateway heartbeat"
+    );
 }
 
 /// A JWT as nsc makes one: `claims` signed by `issuer` (ed25519 nkey), base64url without

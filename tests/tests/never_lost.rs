@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use busgate_shared::subject;
+use busgate_tests::jobs::FINAL_WITHIN;
 use support::{eventually, http, serve, submit, until_final, Gateway, NatsServer, Stack, Worker};
 
 /// A request id of the shape the gateway makes (a UUID), for planted state.
@@ -37,7 +38,7 @@ async fn plant_job(nats: &NatsServer, job: Value) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
     js.publish_with_headers(
-        subject::REQUESTS_SUBJECT,
+        subject::request_job(&id),
         headers,
         serde_json::to_vec(&job).expect("json").into(),
     )
@@ -172,40 +173,45 @@ async fn a_redelivered_finished_request_schedules_its_pending_callback() {
     assert_eq!(seen[0]["result"]["order_id"], "CB1");
 }
 
-/// A job whose status document is gone (expired, or its submit failed after publishing) ends
-/// at once with an error in the log, instead of being NAKed forever.
+/// A submit's one durable write is the job: a queued job without a status document (the
+/// rule now, and the case of a document that expired) runs, and its document is written when
+/// it finishes, before the message leaves the queue. Jobs of earlier gateways (on the old
+/// single subject) run too.
 #[tokio::test]
-async fn a_request_without_a_status_document_ends_with_an_error() {
-    let nats = NatsServer::start();
-    let gateway = Gateway::start(&nats, &settings()).await;
+async fn a_queued_job_without_a_status_document_runs_and_its_document_is_written_at_the_end() {
+    let stack = Stack::start(&settings()).await;
     plant_job(
-        &nats,
+        &stack.nats,
         json!({"request_id": PLANTED_ID, "route": "order", "order_id": "D1", "client": "",
                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
     )
     .await;
-    let logged = gateway.proc.wait_for(Duration::from_secs(10), |line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        (v["message"]
-            .as_str()?
-            .starts_with("no status document for an asynchronous request"))
-        .then_some(v)
-    });
-    assert_eq!(logged["level"], "ERROR", "{logged}");
-    assert_eq!(logged["request_id"], PLANTED_ID);
+    let doc = until_final(&stack.gateway, PLANTED_ID, FINAL_WITHIN).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["result"]["order_id"], "D1");
     eventually(Duration::from_secs(5), || async {
-        stream_messages(&nats, subject::REQUESTS_STREAM).await == 0
+        stream_messages(&stack.nats, subject::REQUESTS_STREAM).await == 0
     })
     .await;
-    // Terminated, not redelivered: ack_wait (2 s) and two NAK delays later, still one line.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let lines = gateway
-        .proc
-        .lines()
-        .iter()
-        .filter(|l| l.contains("no status document for an asynchronous request"))
-        .count();
-    assert_eq!(lines, 1);
+    // An earlier gateway's job, on the old subject, with no document either.
+    let old_id = "01a20092-06fb-75cf-a84a-ff868feb3496";
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", old_id);
+    let job = json!({"request_id": old_id, "route": "order", "order_id": "D2", "client": "",
+                     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"});
+    js.publish_with_headers(
+        subject::REQUESTS_SUBJECT,
+        headers,
+        serde_json::to_vec(&job).expect("json").into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+    let doc = until_final(&stack.gateway, old_id, FINAL_WITHIN).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["result"]["order_id"], "D2");
 }
 
 /// An idempotency key claimed by a submit that died before queueing its request (its

@@ -395,7 +395,7 @@ async fn upstream_validation_names_the_field() {
     let admin_port = gateway.admin.rsplit(':').next().expect("port").to_owned();
     let public_port = gateway.base.rsplit(':').next().expect("port").to_owned();
     let cases = [
-        (json!({"url": "http://h/{id}"}), "services.x.upstream.url"),
+        (json!({"url": "http://h/{ID}"}), "services.x.upstream.url"),
         (
             json!({"url": "http://h/{order_id"}),
             "services.x.upstream.url",

@@ -20,13 +20,13 @@ use arc_swap::ArcSwap;
 use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
-use busgate_shared::upstream::{Scheme, SecretSource, UpstreamSpec};
+use busgate_shared::upstream::{Hole, Parts, Scheme, SecretSource, UpstreamSpec};
 use busgate_shared::{drain, header, telemetry};
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::{info, warn};
 
-use crate::http1;
+use crate::{http1, hyper1};
 
 /// How far past the request's deadline the HTTP call's own timeout is set.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
@@ -125,10 +125,9 @@ pub fn max_body(nats: &busgate_shared::wire::Connection) -> usize {
 pub struct Upstream {
     service: String,
     transport: Transport,
-    /// The template split around `{order_id}`: the whole URL for reqwest, the request target
-    /// (path and query) for the HTTP/1.1 pool.
-    before: String,
-    after: String,
+    /// The template split around its placeholders: the whole URL for reqwest, the request
+    /// target (path and query) for the HTTP/1.1 pool.
+    parts: Parts,
     /// For `$SRV.INFO` and logs: no query, no credentials.
     pub display: String,
     /// The upstream's host and port, for the client spans.
@@ -155,6 +154,8 @@ pub struct Upstream {
 /// complete (certificate verification, ALPN, session resumption) for what users need.
 enum Transport {
     Http1(http1::Pool),
+    /// The A/B control of `Http1`, for benchmarking (`BUSGATE_ADAPTER_HTTP_CLIENT=hyper`).
+    Hyper(hyper1::Pool),
     Reqwest(reqwest::Client),
 }
 
@@ -164,6 +165,26 @@ enum Outcome {
     TimedOut,
     TooLarge,
     Unreachable(String),
+}
+
+/// The outcome of a plain-HTTP call, bounded by `own_timeout` when there is one.
+async fn bounded(
+    call: impl std::future::Future<Output = Result<http1::Response, http1::Error>>,
+    own_timeout: Option<Duration>,
+) -> Outcome {
+    let result = match own_timeout {
+        None => Ok(call.await),
+        Some(t) => tokio::time::timeout(t, call).await,
+    };
+    match result {
+        Ok(Ok(r)) => Outcome::Answered {
+            status: r.status,
+            body: r.body,
+        },
+        Ok(Err(http1::Error::TooLarge)) => Outcome::TooLarge,
+        Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
+        Err(_) => Outcome::TimedOut,
+    }
 }
 
 /// Reads every header value now: all, or what is missing.
@@ -188,7 +209,17 @@ impl Upstream {
         default_timeout: Duration,
     ) -> Result<Self, busgate_shared::Error> {
         let template = spec.validate("upstream")?;
-        let (transport, (before, after)) = match template.scheme {
+        let (transport, parts) = match template.scheme {
+            Scheme::Http if hyper1::from_env() => {
+                let pool = hyper1::Pool::new(
+                    format!("{}:{}", template.host, template.port),
+                    &template.authority,
+                    spec.concurrency,
+                    CONNECT_TIMEOUT,
+                )
+                .map_err(|e| busgate_shared::Error::invalid("upstream", e.to_string()))?;
+                (Transport::Hyper(pool), template.target)
+            }
             Scheme::Http => {
                 let pool = http1::Pool::new(
                     format!("{}:{}", template.host, template.port),
@@ -225,8 +256,7 @@ impl Upstream {
         Ok(Upstream {
             service: service.to_owned(),
             transport,
-            before,
-            after,
+            parts,
             display: template.display,
             host: template.host,
             port: template.port,
@@ -237,13 +267,47 @@ impl Upstream {
         })
     }
 
-    /// What the transport is given for `order_id`: the request target or the whole URL.
-    fn target(&self, order_id: &str) -> String {
-        let mut url = String::with_capacity(self.before.len() + order_id.len() + self.after.len());
-        url.push_str(&self.before);
-        percent_encode_into(&mut url, order_id);
-        url.push_str(&self.after);
-        url
+    /// What the transport is given for `req`: the request target or the whole URL, each
+    /// placeholder replaced by the order id or an attribute, percent-encoded. An attribute the
+    /// template needs and the request lacks (or a dot-segment value) is a `bad_request`.
+    fn target(&self, req: &ServiceRequest) -> Result<String, Reply> {
+        let Parts { literals, holes } = &self.parts;
+        let mut url = String::with_capacity(
+            literals.iter().map(String::len).sum::<usize>() + req.order_id.len() + 16 * holes.len(),
+        );
+        for (literal, hole) in literals.iter().zip(holes) {
+            url.push_str(literal);
+            match hole {
+                Hole::OrderId => percent_encode_into(&mut url, &req.order_id),
+                Hole::Attribute(name) => {
+                    let text = match req.attributes.get(name) {
+                        Some(serde_json::Value::String(s)) => {
+                            std::borrow::Cow::Borrowed(s.as_str())
+                        }
+                        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                            std::borrow::Cow::Owned(v.to_string())
+                        }
+                        _ => {
+                            return Err(Reply::error(
+                                code::BAD_REQUEST,
+                                format!("attribute {name} is missing or not a string"),
+                            ))
+                        }
+                    };
+                    if text.is_empty() || is_dot_segment(&text) {
+                        return Err(Reply::error(
+                            code::BAD_REQUEST,
+                            format!("attribute {name} may not be empty, . or .."),
+                        ));
+                    }
+                    percent_encode_into(&mut url, &text);
+                }
+            }
+        }
+        if let Some(last) = literals.last() {
+            url.push_str(last);
+        }
+        Ok(url)
     }
 
     /// The URL a call for `order_id` is shown as (in its client span): [`Upstream::display`]
@@ -288,7 +352,10 @@ impl Upstream {
                 }
             }
         };
-        let target = self.target(&req.order_id);
+        let target = match self.target(req) {
+            Ok(target) => target,
+            Err(reply) => return reply,
+        };
         // With traces on, the client span of this call, whose traceparent goes upstream.
         let mut span = telemetry::tracer().map(|tracer| {
             let server = (self.host.as_str(), self.port);
@@ -342,20 +409,10 @@ impl Upstream {
         };
         let outcome = match &self.transport {
             Transport::Http1(pool) => {
-                let call = pool.get_limited(&target, extra, max_body);
-                let result = match own_timeout {
-                    None => Ok(call.await),
-                    Some(t) => tokio::time::timeout(t, call).await,
-                };
-                match result {
-                    Ok(Ok(r)) => Outcome::Answered {
-                        status: r.status,
-                        body: r.body,
-                    },
-                    Ok(Err(http1::Error::TooLarge)) => Outcome::TooLarge,
-                    Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
-                    Err(_) => Outcome::TimedOut,
-                }
+                bounded(pool.get_limited(&target, extra, max_body), own_timeout).await
+            }
+            Transport::Hyper(pool) => {
+                bounded(pool.get_limited(&target, extra, max_body), own_timeout).await
             }
             Transport::Reqwest(http) => {
                 // reqwest always sets a timer: the margin makes sure that the SDK's
@@ -532,15 +589,56 @@ mod tests {
         Upstream::new(&o.service, &o.spec(), o.timeout)
     }
 
+    fn request(order_id: &str, attributes: serde_json::Value) -> ServiceRequest {
+        ServiceRequest {
+            request_id: "r".into(),
+            order_id: order_id.into(),
+            operation: "order".into(),
+            attributes: match attributes {
+                serde_json::Value::Object(map) => map,
+                _ => Default::default(),
+            },
+        }
+    }
+
+    fn target_of(u: &Upstream, order_id: &str) -> String {
+        match u.target(&request(order_id, serde_json::json!({}))) {
+            Ok(t) => t,
+            Err(reply) => panic!("{reply:?}"),
+        }
+    }
+
+    #[test]
+    fn attributes_fill_their_placeholders_encoded_and_are_checked() {
+        let u = build(&options("http://h/c/{carrier}/o/{order_id}?n={n}")).expect("ok");
+        let t = u.target(&request(
+            "A 1",
+            serde_json::json!({"carrier": "D/HL", "n": 3}),
+        ));
+        assert_eq!(t.ok(), Some("/c/D%2FHL/o/A%201?n=3".to_owned()));
+        for bad in [
+            serde_json::json!({"n": 3}),
+            serde_json::json!({"carrier": "", "n": 3}),
+            serde_json::json!({"carrier": "..", "n": 3}),
+            serde_json::json!({"carrier": {"x": 1}, "n": 3}),
+        ] {
+            let reply = u.target(&request("A", bad.clone())).expect_err("refused");
+            assert!(
+                matches!(&reply, Reply::Error(e) if e.code == code::BAD_REQUEST),
+                "{bad}: {reply:?}"
+            );
+        }
+    }
+
     #[test]
     fn urls_are_built_from_the_template_with_encoding() {
         let u = build(&options("http://127.0.0.1:8081/order/{order_id}?x=1")).expect("ok");
-        assert_eq!(u.target("A1"), "/order/A1?x=1");
-        assert_eq!(u.target("a/b c"), "/order/a%2Fb%20c?x=1");
+        assert_eq!(target_of(&u, "A1"), "/order/A1?x=1");
+        assert_eq!(target_of(&u, "a/b c"), "/order/a%2Fb%20c?x=1");
         let u = build(&options("http://h:81/o%20k/{order_id}")).expect("ok");
-        assert_eq!(u.target("1"), "/o%20k/1");
+        assert_eq!(target_of(&u, "1"), "/o%20k/1");
         let u = build(&options("https://h/order/{order_id}")).expect("ok");
-        assert_eq!(u.target("a b"), "https://h/order/a%20b");
+        assert_eq!(target_of(&u, "a b"), "https://h/order/a%20b");
     }
 
     /// The reqwest transport (https upstreams) has the pool's limit: by the length a response
@@ -594,8 +692,8 @@ mod tests {
         }
         // Dots elsewhere are kept as they are (unreserved), and a slash is encoded.
         let u = build(&options("http://h/order/{order_id}/x")).expect("ok");
-        assert_eq!(u.target("a..b"), "/order/a..b/x");
-        assert_eq!(u.target("../a"), "/order/..%2Fa/x");
+        assert_eq!(target_of(&u, "a..b"), "/order/a..b/x");
+        assert_eq!(target_of(&u, "../a"), "/order/..%2Fa/x");
     }
 
     /// The encoding of a path segment as it was written by hand before the crate: every byte

@@ -1,4 +1,5 @@
-//! A demo internal HTTP service: `GET /order/{order_id}`, deterministic data, failure prefixes.
+//! A demo internal HTTP service: `GET /order/{order_id}`, deterministic data, failure prefixes;
+//! and `GET /carriers/{carrier}`, a carrier by its code (what the `carriers` demo serves).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub async fn run(service: &str, listen: SocketAddr, drain: drain::Watch) -> anyh
 fn router(service: &str) -> Router {
     Router::new()
         .route("/order/{order_id}", get(order))
+        .route("/carriers/{carrier}", get(carrier))
         .route("/health", get(|| async { "ok" }))
         .with_state(Arc::<str>::from(service))
 }
@@ -52,6 +54,17 @@ async fn order(State(service): State<Arc<str>>, Path(order_id): Path<String>) ->
         Answer::Missing => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "no such order"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn carrier(Path(code): Path<String>) -> Response {
+    match demo_data::carrier(&code) {
+        Some(data) => json_body(data),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such carrier"})),
         )
             .into_response(),
     }

@@ -63,6 +63,31 @@ fn has_prefix(order_id: &str, word: &str, index: Option<u32>) -> bool {
     !digits.is_empty() && digits.parse::<u32>().ok() == index && index.is_some()
 }
 
+/// The demo service that looks up a carrier by its code (the `carrier` attribute, or the
+/// `{carrier}` of its URL): what a composed route asks with a value from service2's answer.
+pub const CARRIERS: &str = "carriers";
+
+/// The demo data of carrier `code` (`DHL`, `UPS`, `FedEx`, `GLS`); `None` for any other.
+pub fn carrier(code: &str) -> Option<Bytes> {
+    let (name, phone, site) = match code {
+        "DHL" => ("DHL Express", "+49 228 28609898", "https://www.dhl.com"),
+        "UPS" => (
+            "United Parcel Service",
+            "+1 800 742 5877",
+            "https://www.ups.com",
+        ),
+        "FedEx" => ("FedEx", "+1 800 463 3339", "https://www.fedex.com"),
+        "GLS" => (
+            "General Logistics Systems",
+            "+49 6677 646 907 000",
+            "https://gls-group.com",
+        ),
+        _ => return None,
+    };
+    let v = serde_json::json!({"carrier": code, "name": name, "phone": phone, "site": site});
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
 /// FNV-1a: stable across runs and platforms (std's hasher is seeded per process).
 fn hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -179,6 +204,13 @@ mod tests {
         assert_eq!(v["order_id"], "A1");
         assert!(v["carrier"].is_string());
         assert!(v["tracking"].is_string());
+    }
+
+    #[test]
+    fn carriers_are_known_by_code() {
+        let v = json(&carrier("DHL").expect("known"));
+        assert_eq!(v["name"], "DHL Express");
+        assert!(carrier("dhl").is_none());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!   `demo` and `native`.
 //! - [`adapter`], [`demo`], [`native`]: one module per role.
 //! - [`http1`]: the adapters' lean HTTP/1.1 client for plain-HTTP upstreams.
+//! - [`hyper1`]: the same pool on hyper's client connection, the A/B control of `http1`
+//!   (benchmarking only: `BUSGATE_ADAPTER_HTTP_CLIENT=hyper`).
 //!
 //! # Shutdown
 //!
@@ -28,6 +30,7 @@ mod adapters;
 mod demo;
 mod demo_data;
 mod http1;
+mod hyper1;
 mod native;
 
 use std::net::SocketAddr;
@@ -77,18 +80,19 @@ struct Cli {
         default_value = "info"
     )]
     log_level: String,
-    /// Threads of the async runtime. One event loop per process is the cheapest per request
-    /// (the adapters measured a quarter more requests per second with 1 than with 2 on a busy
-    /// 2-core machine, with a third of the context switches): scale out with more processes,
-    /// which share the queue group, or raise this for one large process.
+    /// Threads of the async runtime. Unset: one per service served, up to the cores
+    /// (`adapters`, whose services change, takes the cores). One event loop is the cheapest
+    /// per request for one service (the adapters measured a quarter more requests per second
+    /// with 1 than with 2 on a busy 2-core machine, with a third of the context switches), but
+    /// one process serving every adapter of a node (one NATS connection, so a merge's replies
+    /// come back on one connection) must not serve all their HTTP calls on one event loop.
     #[arg(
         long,
         global = true,
         env = "BUSGATE_WORKER_THREADS",
-        default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..=1024)
     )]
-    threads: u16,
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,8 +160,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(cli.threads))
+        .worker_threads(runtime_threads(&cli, cores))
         .enable_all()
         .build();
     match runtime {
@@ -243,6 +248,19 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The runtime's threads: `--threads` when given, else one per service served, up to `cores`.
+fn runtime_threads(cli: &Cli, cores: usize) -> usize {
+    if let Some(threads) = cli.threads {
+        return usize::from(threads);
+    }
+    let services = match &cli.command {
+        Command::Adapter { services, .. } | Command::Native { services, .. } => services.len(),
+        Command::Adapters => cores,
+        Command::Demo { .. } => 1,
+    };
+    services.clamp(1, cores.max(1))
+}
+
 /// Runs one role until `drain` is signalled (or it fails).
 async fn command(
     command: Command,
@@ -282,21 +300,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_runtime_thread_unless_told_otherwise() {
-        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
-        let cli = parse(&["busgate-worker", "native", "--service", "a"]).expect("parses");
-        assert_eq!(cli.threads, 1);
-        let cli = parse(&[
+    fn one_runtime_thread_per_service_up_to_the_cores_unless_told_otherwise() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).expect("parses");
+        let threads = |args: &[&str], cores| runtime_threads(&parse(args), cores);
+        assert_eq!(
+            threads(&["busgate-worker", "native", "--service", "a"], 8),
+            1
+        );
+        let two = [
             "busgate-worker",
-            "native",
+            "adapter",
             "--service",
             "a",
-            "--threads",
-            "4",
-        ])
-        .expect("parses");
-        assert_eq!(cli.threads, 4);
-        assert!(parse(&[
+            "--upstream",
+            "http://x/{order_id}",
+            "--service",
+            "b",
+            "--upstream",
+            "http://y/{order_id}",
+        ];
+        assert_eq!(threads(&two, 8), 2);
+        assert_eq!(threads(&two, 1), 1);
+        assert_eq!(threads(&["busgate-worker", "adapters"], 4), 4);
+        assert_eq!(threads(&["busgate-worker", "adapters"], 0), 1);
+        assert_eq!(
+            threads(
+                &[
+                    "busgate-worker",
+                    "native",
+                    "--service",
+                    "a",
+                    "--threads",
+                    "4"
+                ],
+                2
+            ),
+            4
+        );
+        assert_eq!(
+            threads(&["busgate-worker", "--threads", "1", "adapters"], 8),
+            1
+        );
+        assert!(Cli::try_parse_from([
             "busgate-worker",
             "--threads",
             "0",

@@ -27,7 +27,14 @@ pub async fn run(
             .insert(busgate_shared::micro::META_MODE.into(), "native".into());
         let name = service.clone();
         let handler = move |req: ServiceRequest, _ctx| {
-            let answer = demo_data::answer(&name, &req.order_id);
+            let answer = if name == demo_data::CARRIERS {
+                // Looked up by the carrier a composed route sends as an attribute.
+                let code = req.attributes.get("carrier").and_then(|v| v.as_str());
+                code.and_then(demo_data::carrier)
+                    .map_or(Answer::Missing, Answer::Data)
+            } else {
+                demo_data::answer(&name, &req.order_id)
+            };
             async move {
                 let data = match answer {
                     Answer::Data(v) => v,

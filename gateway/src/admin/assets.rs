@@ -18,3 +18,9 @@ pub const FAVICON_CONTENT_TYPE: &str = "image/svg+xml";
 pub const FAVICON_CACHE: &str = "public, max-age=86400";
 /// The Clients page's script (loaded after [`UI_JS`]).
 pub const UI_CLIENTS_JS: &str = include_str!("../../ui/clients.js");
+/// The services editor's breaker, retry and hedge fields and the breaker column (loaded after
+/// [`UI_JS`]).
+pub const UI_RESILIENCE_JS: &str = include_str!("../../ui/resilience.js");
+/// The composition script: the route editor's graph fields and stages, the try-it's waterfall
+/// (loaded after [`UI_JS`]).
+pub const UI_GRAPH_JS: &str = include_str!("../../ui/graph.js");

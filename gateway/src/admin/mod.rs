@@ -5,7 +5,7 @@
 //! clients' API keys ([`clients`]),
 //! the audit trail of writes ([`audit`]), configuration written straight to the store by
 //! `busgate config apply` and `up --config` ([`direct`], audited like the API's writes), the try-it ([`try_it`]), live instances
-//! ([`discovery`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
+//! ([`discovery`]), this instance's breakers ([`resilience`]) and the UI's files and OpenAPI document ([`assets`]). A bearer token guards
 //! everything but the UI's static files, the OpenAPI document and, when it is served here,
 //! `/metrics`.
 //!
@@ -35,12 +35,13 @@ pub mod direct;
 pub mod discovery;
 pub mod objects;
 pub mod precondition;
+pub mod resilience;
 pub mod state;
 pub mod try_it;
 
 use assets::{
-    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_HTML,
-    UI_JS,
+    FAVICON_CACHE, FAVICON_CONTENT_TYPE, FAVICON_SVG, OPENAPI, UI_CLIENTS_JS, UI_CSS, UI_GRAPH_JS,
+    UI_HTML, UI_JS,
 };
 use audit::{Actor, Change};
 use discovery::{all_instances, instances};
@@ -64,6 +65,7 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/config", get(export).put(import))
         .route("/admin/v1/instances", get(all_instances))
+        .route("/admin/v1/resilience", get(resilience::resilience))
         .route("/admin/v1/try", axum::routing::post(try_route))
         .route("/admin/v1/{kind}", get(list).post(create))
         .route(
@@ -112,6 +114,24 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
             }),
         )
         .route(
+            "/ui/resilience.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    assets::UI_RESILIENCE_JS,
+                )
+            }),
+        )
+        .route(
+            "/ui/graph.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    UI_GRAPH_JS,
+                )
+            }),
+        )
+        .route(
             "/admin/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         );
@@ -125,6 +145,8 @@ pub fn router(app: AppState, token: &str, metrics: bool) -> Router {
         .fallback(|uri: axum::http::Uri| async move {
             GatewayError::from(ErrorKind::NotFound(uri.path().to_owned()))
         })
+        // RFC 9112's Host rule before anything else is done for a request.
+        .layer(middleware::from_fn(crate::edge::host::require_host))
         // Outermost: every answer, the fallback's and the guard's refusals included.
         .layer(middleware::map_response(secure))
         .layer(middleware::from_fn(crate::edge::with_request_id))
@@ -197,13 +219,17 @@ async fn secure(method: Method, response: Response) -> Response {
 
 /// The bearer-token guard of the API, and the audit event of every request that is not a read.
 async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
+    // Two `Authorization` headers are refused, as on the public listener: which one a proxy
+    // in front would have checked is not knowable.
+    let mut authorization = request.headers().get_all(header::AUTHORIZATION).iter();
+    let (first, second) = (authorization.next(), authorization.next());
+    let presented = first
+        .filter(|_| second.is_none())
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| -> [u8; 32] { Sha256::digest(t.trim().as_bytes()).into() });
     let actor = match presented {
+        None if second.is_some() => Actor::Invalid,
         None => Actor::Anonymous,
         // Constant time over the (fixed-length) digests.
         Some(hash)
@@ -248,5 +274,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "clients": snapshot.spec.clients.len(),
         },
         "gathers_in_flight": app.runner.collector().open_gathers(),
+        // How many live gateways share each client's limits (`crate::fleet`).
+        "gateway_instances": crate::share::instances(),
     }))
 }

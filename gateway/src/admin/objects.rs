@@ -338,7 +338,7 @@ pub async fn create(
         ..Change::default()
     };
     let result = async {
-        let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        let Json(body) = body.map_err(rejected)?;
         validate::name("name", &body.name).map_err(GatewayError::invalid_config)?;
         change.object = kind.key(&body.name);
         let mut spec = parse_spec(kind, &body.name, &body.spec)?;
@@ -376,7 +376,7 @@ pub async fn replace(
     let mut change = Change::of(kind, &name);
     let result = async {
         let condition = IfMatch::from_headers(&headers)?;
-        let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        let Json(body) = body.map_err(rejected)?;
         let spec = parse_spec(kind, &name, &body)?;
         write(&state, kind, &name, spec, &condition, &mut change).await
     }
@@ -487,7 +487,7 @@ pub async fn rollback(
     let mut change = Change::of(kind, &name);
     let result = async {
         let condition = IfMatch::from_headers(&headers)?;
-        let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        let Json(body) = body.map_err(rejected)?;
         let spec = store_of(&state)?
             .at_revision(kind, &name, body.revision)
             .await?
@@ -530,7 +530,7 @@ pub async fn import(
     };
     let result = async {
         let condition = IfMatch::from_headers(&headers)?;
-        let Json(spec) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+        let Json(spec) = body.map_err(rejected)?;
         Snapshot::compile(spec.clone()).map_err(GatewayError::invalid_config)?;
         own_listeners(&state, &spec.services, None)?;
         let store = store_of(&state)?;
@@ -575,4 +575,18 @@ pub async fn import(
     }
     .await;
     change.attach(result)
+}
+
+/// What a body the JSON extractor refused is: 413 when it was over axum's limit (the admin
+/// listener's `DefaultBodyLimit`, 2 MiB), else 400 with the extractor's words.
+pub(crate) fn rejected(e: axum::extract::rejection::JsonRejection) -> ErrorKind {
+    /// axum's default body limit, which the admin router keeps.
+    const AXUM_BODY_LIMIT: usize = 2 * 1024 * 1024;
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorKind::PayloadTooLarge {
+            limit: AXUM_BODY_LIMIT,
+        }
+    } else {
+        ErrorKind::InvalidBody(e.body_text())
+    }
 }

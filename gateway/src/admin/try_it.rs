@@ -31,7 +31,7 @@ pub async fn try_route(
     State(state): State<AdminState>,
     body: Result<Json<Try>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, GatewayError> {
-    let Json(body) = body.map_err(|e| ErrorKind::InvalidBody(e.body_text()))?;
+    let Json(body) = body.map_err(crate::admin::objects::rejected)?;
     let app = &state.app;
     if !app.edge.order_id.accepts(&body.order_id) {
         return Err(ErrorKind::InvalidOrderId {
@@ -64,6 +64,7 @@ pub async fn try_route(
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect(),
+        timeout: None,
     };
     let (status, answer) = app.runner.answer(&call).await;
     // The answer exactly as a client gets it (sources in route order), not re-parsed.

@@ -7,14 +7,11 @@
 //! forgets what it holds. A changed rate starts a fresh limiter, in force from the swap on.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use busgate_shared::config::{ClientSpec, RateSpec};
-use governor::clock::{Clock, DefaultClock};
-use governor::{Quota, RateLimiter};
 
 use crate::metrics::Name;
 
@@ -39,7 +36,8 @@ pub struct Client {
     routes: Option<Vec<Box<str>>>,
     /// Its rate limiter, if it has a rate.
     pub limiter: Option<Arc<Limiter>>,
-    /// The most asynchronous requests it may have pending on this instance.
+    /// The most asynchronous requests it may have pending, across the deployment (this
+    /// instance's part: [`Client::pending_cap`]).
     pub max_pending: Option<usize>,
     /// The most event streams it may have open on this instance.
     pub max_streams: Option<usize>,
@@ -88,45 +86,78 @@ impl Drop for HeldSlot {
     }
 }
 
-/// A client's GCRA limiter and the rate it was made for.
+/// A client's GCRA limiter (the generic cell rate algorithm: one atomic "theoretical arrival
+/// time", moved on by a compare-and-swap per admitted request) and the rate it was made for.
+///
+/// The rate is the client's for the whole deployment: with N live gateway instances
+/// (`crate::share`), this instance admits one request every `N / per_second` seconds and a
+/// burst of `burst / N` (at least 1), so that the instances together admit the client's rate.
+/// A change of N takes effect at the next request, the state carried over.
 #[derive(Debug)]
 pub struct Limiter {
-    /// The rate.
+    /// The rate (the deployment's, not this instance's share).
     pub rate: RateSpec,
-    gcra: RateLimiter<
-        governor::state::NotKeyed,
-        governor::state::InMemoryState,
-        DefaultClock,
-        governor::middleware::NoOpMiddleware<<DefaultClock as Clock>::Instant>,
-    >,
-    clock: DefaultClock,
+    /// What `tat` counts from.
+    origin: Instant,
+    /// The theoretical arrival time of the next conforming request, in nanoseconds since
+    /// `origin`.
+    tat: AtomicU64,
 }
 
 impl Limiter {
     /// A limiter of `rate` (validated: both numbers at least 1).
     pub fn new(rate: RateSpec) -> Self {
-        let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(rate.burst()).unwrap_or(NonZeroU32::MIN);
-        let clock = DefaultClock::default();
         Limiter {
             rate,
-            gcra: RateLimiter::direct_with_clock(
-                Quota::per_second(per_second).allow_burst(burst),
-                clock.clone(),
-            ),
-            clock,
+            origin: Instant::now(),
+            tat: AtomicU64::new(0),
         }
     }
 
-    /// Counts one request: `Ok` when it conforms, else how long until one would.
+    /// Counts one request against this instance's share: `Ok` when it conforms, else how long
+    /// until one would.
     pub fn check(&self) -> Result<(), Duration> {
-        self.gcra
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.check_at(now, crate::share::instances())
+    }
+
+    /// [`Limiter::check`] at `now` (nanoseconds since the limiter was made) with `instances`
+    /// sharing the rate.
+    pub fn check_at(&self, now: u64, instances: u32) -> Result<(), Duration> {
+        let n = u64::from(instances.max(1));
+        let per_second = u64::from(self.rate.per_second.max(1));
+        // This instance's share: one request every `interval`, `burst` of them at once.
+        let interval = (n * 1_000_000_000 / per_second).max(1);
+        let burst = (u64::from(self.rate.burst().max(1)) / n).max(1);
+        let tolerance = interval.saturating_mul(burst - 1);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let start = tat.max(now);
+            let allowed_until = now.saturating_add(tolerance);
+            if start > allowed_until {
+                return Err(Duration::from_nanos(start - allowed_until));
+            }
+            match self.tat.compare_exchange_weak(
+                tat,
+                start.saturating_add(interval),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
     }
 }
 
 impl Client {
+    /// The most asynchronous requests it may have pending on this instance: its cap for the
+    /// deployment, shared among the live instances (`crate::share::of_cap`).
+    pub fn pending_cap(&self) -> Option<usize> {
+        self.max_pending
+            .map(|cap| crate::share::of_cap(cap, crate::share::instances()))
+    }
+
     /// Whether it may use the route named `route`.
     pub fn may_use(&self, route: &str) -> bool {
         self.routes
@@ -267,6 +298,35 @@ mod tests {
             wait > Duration::ZERO && wait <= Duration::from_millis(500),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn instances_share_the_rate_and_the_burst() {
+        let limiter = Limiter::new(RateSpec {
+            per_second: 20,
+            burst: Some(10),
+        });
+        // Two instances: a burst of 5, then one every 100 ms.
+        let admitted = (0..10).filter(|_| limiter.check_at(0, 2).is_ok()).count();
+        assert_eq!(admitted, 5);
+        let wait = limiter.check_at(0, 2).expect_err("burst spent");
+        assert_eq!(wait, Duration::from_millis(100));
+        // Over 10 s offered 50/s, this instance admits 10/s (+ its burst, spent above).
+        let mut admitted = 0;
+        for step in 1..=500u64 {
+            if limiter.check_at(step * 20_000_000, 2).is_ok() {
+                admitted += 1;
+            }
+        }
+        assert!((99..=101).contains(&admitted), "{admitted}");
+        // Alone again: the whole rate, from the next request on.
+        let mut alone = 0;
+        for step in 501..=1000u64 {
+            if limiter.check_at(step * 20_000_000, 1).is_ok() {
+                alone += 1;
+            }
+        }
+        assert!((199..=211).contains(&alone), "{alone}");
     }
 
     #[test]

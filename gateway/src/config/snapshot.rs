@@ -12,6 +12,7 @@ use busgate_shared::{subject, Error};
 
 use crate::config::clients::Clients;
 use crate::metrics::Name;
+use crate::resilience::Guard;
 
 /// A validated, compiled configuration.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub clients: Clients,
     bindings: Vec<Binding>,
     routes: std::collections::BTreeMap<String, Arc<Route>>,
+    /// The guards of the services that have a breaker, retries or hedging, by service.
+    guards: std::collections::BTreeMap<String, Arc<Guard>>,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,13 @@ pub struct Route {
     pub merge: MergeStrategy,
     /// For `deep`: target indices from highest to lowest priority.
     pub priority: Vec<usize>,
+    /// How long a partial answer's late sources are still listened to (`late.grace`).
+    pub late: Option<Duration>,
+    /// Replies beyond one per target that retries and hedges may bring (0: no target has a
+    /// guard).
+    pub extra_replies: usize,
+    /// The graph when a target waits for others; `None`: every target is asked at once.
+    pub graph: Option<Box<crate::config::graph::Graph>>,
 }
 
 /// A compiled target.
@@ -53,6 +63,8 @@ pub struct Route {
 pub struct Target {
     /// The service's name.
     pub service: Name,
+    /// The target's name in data and `sources`: its `as` alias, or the service's name.
+    pub name: Name,
     /// `busgate.svc.<service>`.
     pub subject: Box<str>,
     /// Whether its failure fails the request.
@@ -63,6 +75,12 @@ pub struct Target {
     pub when: Option<When>,
     /// What is done to its data before the merge; nothing when `None`.
     pub transform: Option<Transform>,
+    /// The service's cache; none when `None`.
+    pub cache: Option<busgate_shared::config::CacheSpec>,
+    /// Whether concurrent identical requests to it share one publish.
+    pub coalesce: bool,
+    /// Its service's breaker, retries and hedging; `None` (no lock, no cost) without them.
+    pub guard: Option<Arc<Guard>>,
 }
 
 /// A compiled [`busgate_shared::config::Condition`].
@@ -137,11 +155,14 @@ impl When {
 }
 
 impl Route {
-    /// Lower-case names of the request headers any condition of this route reads.
+    /// Lower-case names of the request headers any condition of this route reads (and
+    /// `cache-control` when a target has a cache: an asynchronous request keeps its `no-cache`).
     pub fn condition_headers(&self) -> impl Iterator<Item = &str> {
+        let cached = self.targets.iter().any(|t| t.cache.is_some());
         self.targets
             .iter()
             .filter_map(|t| t.when.as_ref()?.header.as_ref().map(|(n, _)| n.as_str()))
+            .chain(cached.then_some("cache-control"))
     }
 }
 
@@ -165,6 +186,14 @@ impl Snapshot {
     /// Validates and compiles a configuration.
     pub fn compile(spec: ConfigSpec) -> Result<Self, Error> {
         spec.validate()?;
+        let guards: std::collections::BTreeMap<String, Arc<Guard>> = spec
+            .services
+            .iter()
+            .filter_map(|(name, service)| {
+                let guard = Guard::compile(&Name(Arc::from(name.as_str())), service)?;
+                Some((name.clone(), guard))
+            })
+            .collect();
         let mut bindings = Vec::new();
         let mut routes = std::collections::BTreeMap::new();
         for (name, route) in &spec.routes {
@@ -172,13 +201,15 @@ impl Snapshot {
                 .targets
                 .iter()
                 .map(|t| {
-                    let service_timeout = spec
-                        .services
-                        .get(&t.service)
-                        .map(|s| s.timeout)
-                        .unwrap_or(route.deadline);
+                    let spec_of = spec.services.get(&t.service);
+                    let service_timeout = spec_of.map(|s| s.timeout).unwrap_or(route.deadline);
+                    let service = Name(Arc::from(t.service.as_str()));
                     Target {
-                        service: Name(Arc::from(t.service.as_str())),
+                        name: match &t.alias {
+                            Some(alias) => Name(Arc::from(alias.as_str())),
+                            None => service.clone(),
+                        },
+                        service,
                         subject: subject::service(&t.service).into(),
                         required: t.required,
                         timeout: t.timeout.unwrap_or(service_timeout).min(route.deadline),
@@ -207,6 +238,9 @@ impl Snapshot {
                                 .map(|(a, b)| (a.clone(), b.clone()))
                                 .collect(),
                         }),
+                        cache: spec_of.and_then(|s| s.cache),
+                        coalesce: spec_of.is_none_or(|s| s.coalesce),
+                        guard: guards.get(&t.service).cloned(),
                     }
                 })
                 .collect::<Vec<_>>();
@@ -214,13 +248,14 @@ impl Snapshot {
                 .merge
                 .priority
                 .iter()
-                .filter_map(|name| route.targets.iter().position(|t| &t.service == name))
+                .filter_map(|name| route.targets.iter().position(|t| t.name() == name))
                 .collect();
             for i in 0..route.targets.len() {
                 if !priority.contains(&i) {
                     priority.push(i);
                 }
             }
+            let extra_replies = targets_extra(&targets);
             let compiled = Arc::new(Route {
                 name: Name(Arc::from(name.as_str())),
                 operation: route.operation.clone().unwrap_or_else(|| name.clone()),
@@ -228,6 +263,9 @@ impl Snapshot {
                 targets,
                 merge: route.merge.strategy,
                 priority,
+                late: route.late.map(|l| l.grace),
+                extra_replies,
+                graph: crate::config::graph::compile(route).map(Box::new),
             });
             routes.insert(name.clone(), compiled.clone());
             for (i, b) in route.bindings.iter().enumerate() {
@@ -243,13 +281,24 @@ impl Snapshot {
             spec,
             bindings,
             routes,
+            guards,
         })
     }
 
-    /// Takes over the state of the clients of the snapshot this one replaces (see
-    /// [`Clients::inherit`]).
+    /// Takes over the state of the clients (see [`Clients::inherit`]) and of the services'
+    /// guards (see [`Guard::inherit`]) of the snapshot this one replaces.
     pub fn inherit(&mut self, previous: &Snapshot) {
         self.clients.inherit(&previous.clients);
+        for (name, guard) in &self.guards {
+            if let Some(old) = previous.guards.get(name) {
+                guard.inherit(old);
+            }
+        }
+    }
+
+    /// The guards of the services that have a breaker, retries or hedging, by service.
+    pub fn guards(&self) -> &std::collections::BTreeMap<String, Arc<Guard>> {
+        &self.guards
     }
 
     /// A route by name.
@@ -281,6 +330,15 @@ impl Snapshot {
             Lookup::MethodNotAllowed(allowed)
         }
     }
+}
+
+/// Replies beyond one per target that the targets' guards may bring.
+fn targets_extra(targets: &[Target]) -> usize {
+    targets
+        .iter()
+        .filter_map(|t| t.guard.as_ref())
+        .map(|g| g.extra_replies())
+        .sum()
 }
 
 /// Whether `path` fits the segments; on a fit, the `{order_id}` segment if there is one.

@@ -169,7 +169,16 @@ pub async fn read_from_leader(
 pub struct ConfigStore {
     js: jetstream::Context,
     kv: kv::Store,
+    /// The largest document the store takes: the server's message size less room for the
+    /// subject and headers. A larger one is refused (413) before it is sent, not answered
+    /// with the server's refusal (which would read as an unreachable store, 503).
+    max_object: usize,
 }
+
+/// Room left in a message for the KV subject and JetStream headers.
+const MESSAGE_OVERHEAD: usize = 4096;
+/// nats-server's default message size, when the server did not say.
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 impl ConfigStore {
     /// Opens (or creates) the bucket.
@@ -187,7 +196,15 @@ impl ConfigStore {
             .await
             .map_err(js)?;
         let kv = read_from_leader(&context, kv, replicas).await.map_err(js)?;
-        Ok(ConfigStore { js: context, kv })
+        let max_payload = match nats.server_info().max_payload {
+            0 => DEFAULT_MAX_PAYLOAD,
+            n => n,
+        };
+        Ok(ConfigStore {
+            js: context,
+            kv,
+            max_object: max_payload.saturating_sub(MESSAGE_OVERHEAD).max(1024),
+        })
     }
 
     /// Seeds an empty bucket with `spec`; returns how many objects were written (0 when the
@@ -198,6 +215,7 @@ impl ConfigStore {
         }
         let mut written = 0;
         for (kind, name, value) in objects(spec)? {
+            self.fits(&value)?;
             match self.kv.create(kind.key(&name), value).await {
                 Ok(_) => written += 1,
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
@@ -262,6 +280,7 @@ impl ConfigStore {
         expected: Option<u64>,
     ) -> Result<u64, GatewayError> {
         let (key, bytes) = encode(kind, name, value)?;
+        self.fits(&bytes)?;
         match expected {
             None => {
                 let written = self.kv.create(&key, bytes).await;
@@ -278,6 +297,18 @@ impl ConfigStore {
         }
     }
 
+    /// Refuses a document larger than the store takes: 413, never the 503 of the server's
+    /// own refusal.
+    fn fits(&self, document: &[u8]) -> Result<(), GatewayError> {
+        if document.len() > self.max_object {
+            return Err(ErrorKind::PayloadTooLarge {
+                limit: self.max_object,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Writes an object whatever its revision (import).
     pub async fn put(
         &self,
@@ -286,6 +317,7 @@ impl ConfigStore {
         value: &serde_json::Value,
     ) -> Result<u64, GatewayError> {
         let (key, bytes) = encode(kind, name, value)?;
+        self.fits(&bytes)?;
         self.kv.put(key, bytes).await.map_err(js)
     }
 

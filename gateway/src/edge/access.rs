@@ -3,6 +3,7 @@
 //! Neither on, nothing is made: [`Observed::begin`] answers `None` after two loads, and the
 //! request carries a `None`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::http::{Method, Request};
@@ -27,12 +28,19 @@ pub struct Observed {
     route: Option<String>,
     /// The client, once known.
     client: String,
+    /// The real client address (the peer, or what a trusted proxy says), when the listener
+    /// knows the peer.
+    address: Option<IpAddr>,
     access: bool,
 }
 
 impl Observed {
-    /// Starts observing `request` when traces or the access log are on.
-    pub fn begin<B>(state: &AppState, request: &Request<B>) -> Option<Box<Observed>> {
+    /// Starts observing `request` from `peer` when traces or the access log are on.
+    pub fn begin<B>(
+        state: &AppState,
+        request: &Request<B>,
+        peer: Option<SocketAddr>,
+    ) -> Option<Box<Observed>> {
         let tracer = telemetry::tracer();
         let access = state.edge.access_log;
         if tracer.is_none() && !access {
@@ -44,14 +52,20 @@ impl Observed {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let method = request.method().clone();
+        // The edge's rule (`http.trusted_proxies`): the peer, or the client it forwards for.
+        let address = peer.map(|peer| state.edge.proxies.client(peer.ip(), request.headers()));
         let span = tracer.map(|tracer| {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("url.path", request.uri().path().to_owned()),
+            ];
+            if let Some(address) = address {
+                attributes.push(KeyValue::new("client.address", address.to_string()));
+            }
             tracer
                 .span_builder(method.as_str().to_owned())
                 .with_kind(SpanKind::Server)
-                .with_attributes([
-                    KeyValue::new("http.request.method", method.as_str().to_owned()),
-                    KeyValue::new("url.path", request.uri().path().to_owned()),
-                ])
+                .with_attributes(attributes)
                 .start_with_context(tracer, &telemetry::parent(incoming))
         });
         let trace = match &span {
@@ -64,6 +78,7 @@ impl Observed {
             trace,
             route: None,
             client: String::new(),
+            address,
             access,
         }))
     }
@@ -94,15 +109,6 @@ impl Observed {
     /// The caller is known.
     pub fn client(&mut self, client: &str) {
         client.clone_into(&mut self.client);
-    }
-
-    /// The client's address (`client.address`), for the edge that knows it (the peer, or
-    /// what a trusted proxy says). Not called yet: the listener does not hand the peer's
-    /// address to requests.
-    pub fn address(&mut self, address: &str) {
-        if let Some(span) = &mut self.span {
-            span.set_attribute(KeyValue::new("client.address", address.to_owned()));
-        }
     }
 
     /// The `traceparent` to send to the services, when this request has a server span.
@@ -136,6 +142,7 @@ impl Observed {
                 path = self.route.as_deref().unwrap_or(""),
                 status,
                 client = self.client.as_str(),
+                client_address = self.address.map(tracing::field::display),
                 request_id,
                 trace_id,
                 elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
@@ -172,6 +179,7 @@ mod tests {
             trace: None,
             route: None,
             client: String::new(),
+            address: None,
             access: false,
         }
     }
@@ -204,7 +212,7 @@ mod tests {
             .body(())
             .expect("request");
         assert!(telemetry::tracer().is_none());
-        assert!(Observed::begin(&state, &request).is_none());
+        assert!(Observed::begin(&state, &request, Some(([127, 0, 0, 1], 9).into())).is_none());
     }
 
     #[test]

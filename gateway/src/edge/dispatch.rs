@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use busgate_shared::header::TRACEPARENT;
+use busgate_shared::resilience::{parse_client_timeout, ClientTimeoutError};
 use busgate_shared::validate::OrderIdRule;
 
 use crate::auth::Caller;
@@ -29,6 +31,9 @@ use crate::gather::scatter::{Asker, Pending};
 use crate::jobs::http::{Prefer, Submit};
 use crate::metrics::Name;
 
+/// RFC 9211's response header.
+const CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
 /// Every configured route. Not an `async fn`: a future keeps the arguments of an async fn for
 /// its whole life, and a request mostly waits for its replies, which needs none of the request's
 /// head or body. So the request goes into [`admit`], boxed and freed once the requests are out,
@@ -36,11 +41,12 @@ use crate::metrics::Name;
 pub(super) fn dispatch(
     state: InFlight,
     request: Request,
+    peer: Option<SocketAddr>,
 ) -> impl Future<Output = Result<Response, Infallible>> + Send {
     let started = Instant::now();
     let request_id = RequestId::fresh();
     // `None` unless traces or the access log are on.
-    let observed = Observed::begin(&state, &request);
+    let observed = Observed::begin(&state, &request, peer);
     let admitting = Box::pin(admit(
         AppState::clone(&state),
         request,
@@ -55,14 +61,34 @@ pub(super) fn dispatch(
                 route,
                 pending,
                 order_id,
+                late_caller,
             } => {
                 let answer = state
                     .runner
                     .finish(&route, pending, request_id.as_str(), &order_id, started)
                     .await;
-                let result = answer.map(|body| {
+                let result = answer.map(|mut answer| {
                     let json = HeaderValue::from_static("application/json");
-                    ([(header::CONTENT_TYPE, json)], body).into_response()
+                    let location = crate::jobs::late::follow(
+                        &state.requests,
+                        &mut answer,
+                        &route,
+                        request_id.as_str(),
+                        &order_id,
+                        late_caller.as_ref(),
+                    );
+                    let mut response =
+                        ([(header::CONTENT_TYPE, json)], answer.body).into_response();
+                    if let Some(location) = location {
+                        response.headers_mut().insert(header::LOCATION, location);
+                    }
+                    if let Some(value) = answer
+                        .cache_status
+                        .and_then(|v| HeaderValue::from_str(&v).ok())
+                    {
+                        response.headers_mut().insert(CACHE_STATUS, value);
+                    }
+                    response
                 });
                 (route.name.clone(), result)
             }
@@ -101,6 +127,8 @@ enum Admitted {
         route: Arc<Route>,
         pending: Pending,
         order_id: String,
+        /// Who asked, kept only for a route with a late grace (its request document's owner).
+        late_caller: Option<Caller>,
     },
 }
 
@@ -191,6 +219,7 @@ async fn admit_request(
             route: route.clone(),
             pending,
             order_id,
+            late_caller: route.late.map(|_| caller.clone()),
         },
         Err(e) => {
             if matches!(e.kind, ErrorKind::TooManyPending) {
@@ -279,6 +308,8 @@ async fn serve(
     if !state.edge.order_id.accepts(&order_id) {
         return Err(invalid_order_id(&state.edge.order_id));
     }
+    let timeout =
+        client_timeout(&parts.headers).map_err(|e| GatewayError::from(e).with_order(&order_id))?;
     let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
     // With traces on, the server span's; else the client's trace (or a new one) as before.
     let traceparent = match observed.as_deref().and_then(Observed::traceparent) {
@@ -300,6 +331,7 @@ async fn serve(
             request_id,
             traceparent,
             caller,
+            timeout,
         };
         // Boxed: its JetStream writes would otherwise make every synchronous request's
         // admission several KiB larger.
@@ -324,9 +356,25 @@ async fn serve(
         client: caller.name(),
         traceparent: &traceparent,
         headers: &parts.headers,
+        timeout,
     };
     let pending = state.runner.start(route, &asker);
     Ok(Served::Waiting { pending, order_id })
+}
+
+/// The client's `Busgate-Timeout`, if it sent one; a value that is not a duration is a 400.
+fn client_timeout(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<std::time::Duration>, ErrorKind> {
+    let Some(value) = headers.get(busgate_shared::header::TIMEOUT) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ErrorKind::InvalidTimeout(ClientTimeoutError::Malformed))?;
+    parse_client_timeout(text)
+        .map(Some)
+        .map_err(ErrorKind::InvalidTimeout)
 }
 
 fn invalid_order_id(rule: &OrderIdRule) -> GatewayError {
@@ -358,7 +406,7 @@ mod tests {
             RequestId::fresh(),
             None,
         ));
-        let future = dispatch(InFlight::uncounted(state), request);
+        let future = dispatch(InFlight::uncounted(state), request, None);
         let size = std::mem::size_of_val(&future);
         println!("dispatch future: {size} bytes; admission, boxed until the requests are out: {admitting} bytes");
         assert!(size <= 1024, "dispatch future is {size} bytes");

@@ -63,7 +63,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::edge::gauges::with_gauges(&state, state.runner.metrics().encode()).await,
+        {
+            let metrics = state.runner.metrics();
+            // Breakers move on their own (open → half-open once `open_for` passed): the gauge
+            // is read from them when it is asked for.
+            for guard in state.runner.config().load().guards().values() {
+                if let Some(phase) = guard.phase() {
+                    metrics.set_breaker(guard.service(), phase.gauge());
+                }
+            }
+            crate::edge::gauges::with_gauges(&state, metrics.encode()).await
+        },
     )
         .into_response()
 }

@@ -13,8 +13,12 @@
 //! - [`shed`]: load shedding (`http.max_in_flight`, 503 `overloaded`).
 //! - [`dispatch`]: a configured route, from the caller to the answer.
 //! - [`gauges`]: what `/metrics` reads at scrape time (NATS state, loads, async backlog).
-//! - [`access`]: the server span and the access line of a request, when either is on.
-//! - [`serve`]: the listeners' hyper connections, their timeouts and caps, until the drain.
+//! - [`access`]: the server span and the one access line of a request, when either is on.
+//! - [`serve`]: the listeners' hyper connections, their timeouts and caps, until the drain;
+//!   [`protocols`]: what a connection speaks beyond cleartext HTTP/1.1 (the PROXY header of
+//!   [`proxy_protocol`], [`tls`] with its reloaded certificate, HTTP/2 and its limits).
+//! - [`host`]: RFC 9112's `Host` rule (400), for both listeners; [`forwarded`]: the real
+//!   client address (trusted proxies) that the access line and the server span report.
 //! - [`body`] reading and parsing, request [`ids`] and `traceparent`, the [`health`] and metrics
 //!   endpoints, and the [`state`] handlers share.
 //!
@@ -40,12 +44,17 @@ use crate::error::{ErrorKind, GatewayError};
 pub mod access;
 pub mod body;
 pub mod dispatch;
+pub mod forwarded;
 pub mod gauges;
 pub mod health;
+pub mod host;
 pub mod ids;
+pub mod protocols;
+pub mod proxy_protocol;
 pub mod serve;
 pub mod shed;
 pub mod state;
+pub mod tls;
 
 use dispatch::dispatch;
 use ids::{RequestId, REQUEST_ID_HEADER};
@@ -63,6 +72,8 @@ use state::AppState;
 pub struct Public {
     builtins: Router,
     state: AppState,
+    /// The connection's client address (the peer, or a PROXY header's source).
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What [`Public`] answers with.
@@ -75,6 +86,16 @@ impl Public {
         Public {
             builtins: router(state.clone()),
             state,
+            peer: None,
+        }
+    }
+
+    /// The edge for one connection whose client is at `peer`.
+    pub fn for_peer(&self, peer: std::net::SocketAddr) -> Self {
+        Public {
+            builtins: self.builtins.clone(),
+            state: self.state.clone(),
+            peer: Some(peer),
         }
     }
 
@@ -84,6 +105,7 @@ impl Public {
         Public {
             builtins: builtins(state.clone(), false),
             state,
+            peer: None,
         }
     }
 
@@ -99,6 +121,9 @@ impl Public {
     }
 
     fn respond(&self, request: Request) -> ResponseFuture {
+        if let Some(why) = host::refusal(&request) {
+            return Box::pin(std::future::ready(Ok(host::refused(why))));
+        }
         let path = request.uri().path();
         if Public::is_exempt(path) {
             let mut builtins = self.builtins.clone();
@@ -116,7 +141,7 @@ impl Public {
                 answer
             })
         } else {
-            Box::pin(dispatch(entered, request))
+            Box::pin(dispatch(entered, request, self.peer))
         }
     }
 }
@@ -181,7 +206,7 @@ fn builtins(state: AppState, metrics: bool) -> Router {
         .merge(requests)
         .fallback_service(tower::service_fn({
             let state = state.clone();
-            move |request| dispatch(InFlight::uncounted(state.clone()), request)
+            move |request| dispatch(InFlight::uncounted(state.clone()), request, None)
         }))
         .method_not_allowed_fallback(builtin_method_not_allowed)
         .layer(axum::middleware::from_fn(with_request_id))
@@ -329,6 +354,7 @@ pub(crate) mod tests {
             let request = axum::http::Request::builder()
                 .method(method)
                 .uri(path)
+                .header(header::HOST, "t")
                 .body(Body::empty())
                 .expect("request");
             let response = public.clone().oneshot(request).await.expect("infallible");
@@ -365,6 +391,7 @@ pub(crate) mod tests {
         let public = Public::new(unconnected_state_with(crate::limit::Slots::new(1)).await);
         let get = |path: &str| {
             axum::http::Request::get(path)
+                .header(header::HOST, "t")
                 .body(Body::empty())
                 .expect("request")
         };

@@ -14,7 +14,12 @@
 //! kernel's backlog for a slot while its own timeouts run.
 //!
 //! The body timeout is not hyper's (it has none): see [`crate::edge::body`].
+//!
+//! A listener with TLS, h2c or the PROXY protocol hands each connection to
+//! [`crate::edge::protocols`]; without them a connection goes straight to hyper's HTTP/1.1, as
+//! it always has.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +35,7 @@ use busgate_shared::backoff::{Backoff, ExponentialBackoff};
 use busgate_shared::drain;
 
 use crate::config::settings::HttpSettings;
+use crate::edge::protocols::Protocols;
 use crate::limit::Slots;
 
 /// hyper's default number of header fields: parsed on the stack. Any other count makes hyper
@@ -60,7 +66,8 @@ impl From<&HttpSettings> for Limits {
 }
 
 impl Limits {
-    fn builder(&self) -> hyper::server::conn::http1::Builder {
+    /// The HTTP/1.1 connection builder with these limits.
+    pub fn builder(&self) -> hyper::server::conn::http1::Builder {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -76,25 +83,29 @@ impl Limits {
     }
 }
 
-/// Serves `service` on `listener` until `drain` is signalled; then stops accepting and returns
-/// (releasing the drain) once every open connection has finished its requests (hyper-util's
-/// graceful shutdown). `connections` counts open connections and caps them.
-pub async fn serve<S>(
+/// Serves the service `make` gives for each connection's client address on `listener`
+/// until `drain` is signalled; then stops accepting and returns (releasing the drain) once
+/// every open connection has finished its requests (hyper-util's graceful shutdown).
+/// `connections` counts open connections and caps them; `protocols` is what connections
+/// speak beyond cleartext HTTP/1.1, if anything.
+pub async fn serve<S, M>(
     listener: TcpListener,
-    service: S,
+    make: M,
     limits: &Limits,
+    protocols: Option<Arc<Protocols>>,
     connections: Arc<Slots>,
     drain: drain::Watch,
 ) where
+    M: Fn(SocketAddr) -> S + Send + Sync + 'static,
     S: hyper::service::Service<
             hyper::Request<Incoming>,
             Response = Response,
             Error = std::convert::Infallible,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
+    let make = Arc::new(make);
     let builder = limits.builder();
     let graceful = GracefulShutdown::new();
     let signaled = drain.signaled();
@@ -102,12 +113,12 @@ pub async fn serve<S>(
     let mut accept_retry = accept_backoff().stream();
     // Held until the open connections are done: the drain waits for it.
     let release = loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             release = &mut signaled => break release,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(accepted) => {
                     accept_retry.reset();
-                    stream
+                    accepted
                 }
                 Err(e) => {
                     if let Some(delay) = accept_failed(e, &mut accept_retry) {
@@ -128,8 +139,17 @@ pub async fn serve<S>(
             drop(stream);
             continue;
         };
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), service.clone()));
+        if let Some(protocols) = &protocols {
+            let (protocols, make, watcher) = (protocols.clone(), make.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                protocols
+                    .serve(stream, peer, |client| make(client), watcher)
+                    .await;
+                drop(slot);
+            });
+            continue;
+        }
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), make(peer)));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!(error = %e, "connection ended");
@@ -196,7 +216,16 @@ mod tests {
         let (signal, watch) = drain::channel();
         let served = tokio::spawn(async move {
             let service = tower_service(axum::Router::new());
-            serve(listener, service, &limits, Arc::new(Slots::new(4)), watch).await;
+            let make = move |_| service.clone();
+            serve(
+                listener,
+                make,
+                &limits,
+                None,
+                Arc::new(Slots::new(4)),
+                watch,
+            )
+            .await;
         });
         // Accepting before the drain.
         let before = tokio::net::TcpStream::connect(addr).await;

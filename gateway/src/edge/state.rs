@@ -80,7 +80,7 @@ pub struct Edge {
     pub unmatched: Name,
     /// The share of the traces started here that are marked sampled.
     pub trace_sample_ratio: f64,
-    /// `[log] access`: one access line per public request.
+    /// `[log] access` (or its alias `http.access_log`): one access line per public request.
     pub access_log: bool,
     /// How long a request body may take to arrive whole.
     pub body_timeout: std::time::Duration,
@@ -91,6 +91,8 @@ pub struct Edge {
     /// Addresses a service's upstream may not aim at: this gateway's own listeners and the
     /// NATS monitoring port (checked when the admin API writes a service).
     pub upstream_forbidden: Vec<busgate_shared::upstream::Forbidden>,
+    /// Peers that may name the client (`http.trusted_proxies`).
+    pub proxies: crate::edge::forwarded::TrustedProxies,
 }
 
 impl Edge {
@@ -107,6 +109,7 @@ impl Edge {
             in_flight: Slots::new(http.max_in_flight),
             connections: Arc::new(Slots::new(http.max_connections)),
             upstream_forbidden: Vec::new(),
+            proxies: crate::edge::forwarded::TrustedProxies::default(),
         }
     }
 }

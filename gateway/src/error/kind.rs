@@ -50,6 +50,9 @@ pub enum ErrorKind {
     /// No route or endpoint at this path.
     #[error("nothing is served at {0}")]
     NotFound(String),
+    /// An HTTP/1.1 request without `Host`, or any request with two (RFC 9112 §3.2).
+    #[error("{0}")]
+    InvalidHost(&'static str),
     /// The path exists, the method does not.
     #[error("method {method} is not allowed here, use {allow}")]
     MethodNotAllowed {
@@ -77,6 +80,9 @@ pub enum ErrorKind {
     /// The callback URL may not be called. The client hears the class only.
     #[error("callback_url {0}")]
     CallbackRefused(Refusal),
+    /// The `Busgate-Timeout` header is not a usable duration (the value is not repeated).
+    #[error("Busgate-Timeout {0}")]
+    InvalidTimeout(busgate_shared::resilience::ClientTimeoutError),
     /// The `Idempotency-Key` header is not usable.
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,

@@ -76,6 +76,7 @@ impl GatewayError {
             ),
             K::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             K::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            K::InvalidHost(_) => (StatusCode::BAD_REQUEST, "invalid-host", "Invalid Host"),
             K::MethodNotAllowed { .. } => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -113,6 +114,11 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST,
                 "callback-refused",
                 "Callback URL refused",
+            ),
+            K::InvalidTimeout(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-timeout",
+                "Invalid Busgate-Timeout",
             ),
             K::InvalidIdempotencyKey => (
                 StatusCode::BAD_REQUEST,

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use busgate_shared::subject;
 use busgate_shared::wire::{self, Msg};
 
+use crate::cache::Reuse;
 use crate::metrics::Metrics;
 
 /// A cheap, cloneable handle to the collector.
@@ -35,6 +36,8 @@ struct Inner {
     pending: DashMap<u64, Arc<Inbox>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Caches and coalescing (`crate::cache`).
+    reuse: Arc<Reuse>,
 }
 
 /// The replies of one gather, waiting to be read. A small vector sized to the sources and a
@@ -97,6 +100,7 @@ impl Collector {
                 prefix: subject::instance_inbox_prefix(instance),
                 pending: DashMap::new(),
                 next_id: AtomicU64::new(1),
+                reuse: Arc::new(Reuse::new(metrics.clone())),
                 metrics,
             }),
         };
@@ -118,6 +122,29 @@ impl Collector {
     /// The request path's connection.
     pub fn wire(&self) -> &wire::Connection {
         &self.inner.wire
+    }
+
+    /// Caches and coalescing.
+    pub fn reuse(&self) -> &Arc<Reuse> {
+        &self.inner.reuse
+    }
+
+    /// Hands a copy of another gather's reply to gather `id` (a coalesced follower), addressed
+    /// to its target named `source` there (an alias may differ from the leader's); false when
+    /// that gather has ended.
+    pub fn forward(&self, id: u64, source: &str, mut message: Msg) -> bool {
+        let Some(inbox) = self.inner.pending.get(&id) else {
+            return false;
+        };
+        let mut subject = String::new();
+        self.reply_subject(id, source, &mut subject);
+        message.subject = subject.into();
+        inbox.push(message)
+    }
+
+    /// The metrics the gather counts in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Whether requests can go out right now.

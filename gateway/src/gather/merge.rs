@@ -54,7 +54,7 @@ pub fn answer(
         MergeStrategy::Deep => deep(&mut out, route, &outcome.results),
     }
     out.extend_from_slice(b",\"sources\":");
-    sources(&mut out, route, &outcome.results);
+    sources(&mut out, route, outcome);
     out.extend_from_slice(b",\"elapsed_ms\":");
     put_ms(&mut out, elapsed);
     out.push(b'}');
@@ -73,7 +73,7 @@ fn namespace(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
             out.push(b',');
         }
         first = false;
-        put_str(out, &target.service.0);
+        put_str(out, &target.name.0);
         out.push(b':');
         match data {
             Some(bytes) => out.extend_from_slice(&transformed(target, bytes)),
@@ -153,24 +153,40 @@ fn apply(t: &Transform, map: &mut Map<String, Value>) {
     }
 }
 
-/// The `sources` object: status and timing per source, and the error where there was one.
-fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
+/// The `sources` object: status and timing per source, the error where there was one, why a
+/// source was skipped, (composed routes: `starts` not empty) when each was asked, the
+/// attempts a guard made, and what the cache and coalescing did.
+fn sources(out: &mut Vec<u8>, route: &Route, outcome: &Outcome) {
     out.push(b'{');
-    for (i, (target, result)) in route.targets.iter().zip(results).enumerate() {
+    for (i, (target, result)) in route.targets.iter().zip(&outcome.results).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        put_str(out, &target.service.0);
+        put_str(out, &target.name.0);
         out.extend_from_slice(b":{\"status\":\"");
         out.extend_from_slice(result.status().as_bytes());
         out.push(b'"');
+        if let SourceResult::Skipped(reason) = result {
+            out.extend_from_slice(b",\"reason\":\"");
+            out.extend_from_slice(reason.as_str().as_bytes());
+            out.push(b'"');
+        }
+        if let Some(Some(start)) = outcome.starts.get(i) {
+            out.extend_from_slice(b",\"started_ms\":");
+            put_ms(out, *start);
+        }
+        // Without an alias the name is the service's own `Arc`: no string comparison.
+        if !std::sync::Arc::ptr_eq(&target.name.0, &target.service.0) {
+            out.extend_from_slice(b",\"service\":");
+            put_str(out, &target.service.0);
+        }
         let elapsed = match result {
             SourceResult::Ok { elapsed, .. }
             | SourceResult::NotFound { elapsed }
             | SourceResult::Error { elapsed, .. }
             | SourceResult::NoResponders { elapsed } => Some(*elapsed),
             SourceResult::Timeout { after } => Some(*after),
-            SourceResult::Cancelled | SourceResult::Skipped => None,
+            SourceResult::Cancelled | SourceResult::Skipped(_) | SourceResult::CircuitOpen => None,
         };
         if let Some(elapsed) = elapsed {
             out.extend_from_slice(b",\"elapsed_ms\":");
@@ -183,8 +199,19 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
             put_str(out, message);
             out.push(b'}');
         }
+        if let Some(tries) = outcome.tries.get(i) {
+            if tries.attempts > 1 {
+                let _ = write!(out, ",\"attempts\":{}", tries.attempts);
+            }
+            if tries.hedged {
+                out.extend_from_slice(b",\"hedged\":true");
+            }
+        }
         if !target.required {
             out.extend_from_slice(b",\"optional\":true");
+        }
+        if let Some(mark) = outcome.marks.get(i) {
+            mark.put_fields(out);
         }
         out.push(b'}');
     }
@@ -193,7 +220,7 @@ fn sources(out: &mut Vec<u8>, route: &Route, results: &[SourceResult]) {
 
 fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
     let target = &route.targets[index];
-    let name = &target.service.0;
+    let name = &target.name.0;
     let (failure, detail) = match &outcome.results[index] {
         SourceResult::NotFound { .. } => (
             SourceFailure::NotFound,
@@ -212,6 +239,11 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
             SourceFailure::NoResponders,
             format!("no instance of required source {name} is available"),
         ),
+        // Not asked: as good as nobody there to answer, for the client.
+        SourceResult::CircuitOpen => (
+            SourceFailure::NoResponders,
+            format!("the circuit breaker of required source {name} is open"),
+        ),
         SourceResult::Timeout { after } => (
             SourceFailure::Timeout,
             format!(
@@ -219,12 +251,12 @@ fn failure(route: &Route, outcome: &Outcome, index: usize) -> GatewayError {
                 after.as_millis()
             ),
         ),
-        SourceResult::Ok { .. } | SourceResult::Cancelled | SourceResult::Skipped => {
+        SourceResult::Ok { .. } | SourceResult::Cancelled | SourceResult::Skipped(_) => {
             return GatewayError::from(ErrorKind::Internal);
         }
     };
     let mut rendered = Vec::with_capacity(128);
-    sources(&mut rendered, route, &outcome.results);
+    sources(&mut rendered, route, outcome);
     let sources = String::from_utf8(rendered)
         .ok()
         .and_then(|s| RawValue::from_string(s).ok())
@@ -260,13 +292,21 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn route() -> Route {
-        let target = |name: &str, required| Target {
-            service: Name(Arc::from(name)),
-            subject: format!("busgate.svc.{name}").into(),
-            required,
-            timeout: 800 * MS,
-            when: None,
-            transform: None,
+        let target = |name: &str, required| {
+            // As the snapshot compiles it: without an alias, the name is the service's `Arc`.
+            let service = Name(Arc::from(name));
+            Target {
+                name: service.clone(),
+                service,
+                subject: format!("busgate.svc.{name}").into(),
+                required,
+                timeout: 800 * MS,
+                when: None,
+                transform: None,
+                guard: None,
+                cache: None,
+                coalesce: true,
+            }
         };
         Route {
             name: Name(Arc::from("order")),
@@ -275,6 +315,9 @@ mod tests {
             targets: vec![target("service1", true), target("service2", false)],
             merge: MergeStrategy::Namespace,
             priority: vec![0, 1],
+            late: None,
+            extra_replies: 0,
+            graph: None,
         }
     }
 
@@ -286,7 +329,13 @@ mod tests {
     }
 
     fn render(results: Vec<SourceResult>, failed: Option<usize>) -> Result<Value, GatewayError> {
-        let outcome = Outcome { results, failed };
+        let outcome = Outcome {
+            results,
+            failed,
+            marks: Vec::new(),
+            tries: Vec::new(),
+            starts: Vec::new(),
+        };
         answer(&route(), &outcome, "r1", "A1", 5 * MS)
             .map(|body| serde_json::from_slice(&body).expect("valid JSON"))
     }
@@ -406,6 +455,9 @@ mod tests {
         let outcome = Outcome {
             results,
             failed: None,
+            marks: Vec::new(),
+            tries: Vec::new(),
+            starts: Vec::new(),
         };
         let merged = |priority: Vec<usize>, r: &mut Route| {
             r.priority = priority;
@@ -444,6 +496,9 @@ mod tests {
             &Outcome {
                 results,
                 failed: None,
+                marks: Vec::new(),
+                tries: Vec::new(),
+                starts: Vec::new(),
             },
             "r1",
             "A1",
@@ -459,13 +514,91 @@ mod tests {
 
     #[test]
     fn skipped_targets_leave_the_answer_complete() {
-        let v = render(vec![ok(r#"{"amount":1}"#), SourceResult::Skipped], None).expect("ok");
+        let v = render(
+            vec![
+                ok(r#"{"amount":1}"#),
+                SourceResult::Skipped(crate::gather::graph::Skip::Condition),
+            ],
+            None,
+        )
+        .expect("ok");
         assert_eq!(v["complete"], true);
         assert_eq!(
             v["sources"]["service2"],
-            json!({"status": "skipped", "optional": true})
+            json!({"status": "skipped", "reason": "condition", "optional": true})
         );
         assert_eq!(v["data"], json!({"service1": {"amount": 1}}));
+    }
+
+    #[test]
+    fn attempts_hedges_and_open_circuits_are_shown_per_source() {
+        let outcome = Outcome {
+            results: vec![ok(r#"{"a":1}"#), SourceResult::CircuitOpen],
+            failed: None,
+            starts: Vec::new(),
+            marks: Vec::new(),
+            tries: vec![
+                crate::gather::scatter::Tries {
+                    attempts: 2,
+                    hedged: true,
+                },
+                crate::gather::scatter::Tries::default(),
+            ],
+        };
+        let body = answer(&route(), &outcome, "r1", "A1", 5 * MS).expect("answer");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v["sources"]["service1"],
+            json!({"status": "ok", "elapsed_ms": 1.23, "attempts": 2, "hedged": true})
+        );
+        assert_eq!(
+            v["sources"]["service2"],
+            json!({"status": "circuit_open", "optional": true})
+        );
+        assert_eq!(v["complete"], false);
+        let failed = Outcome {
+            results: vec![SourceResult::CircuitOpen, ok("{}")],
+            failed: Some(0),
+            starts: Vec::new(),
+            marks: Vec::new(),
+            tries: Vec::new(),
+        };
+        let e = answer(&route(), &failed, "r1", "A1", 5 * MS).expect_err("required");
+        assert!(e.to_string().contains("circuit breaker"), "{e}");
+    }
+
+    #[test]
+    fn aliases_name_data_and_sources_and_composed_routes_show_starts() {
+        let mut r = route();
+        r.targets[1].name = Name(Arc::from("carrier"));
+        let outcome = Outcome {
+            results: vec![
+                ok(r#"{"amount":1}"#),
+                SourceResult::Skipped(crate::gather::graph::Skip::MissingValue),
+            ],
+            failed: None,
+            tries: Vec::new(),
+            starts: vec![Some(Duration::from_micros(20)), None],
+            marks: Vec::new(),
+        };
+        let body = answer(&r, &outcome, "r1", "A1", MS).expect("ok");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["sources"]["service1"]["started_ms"], json!(0.02));
+        assert_eq!(
+            v["sources"]["carrier"],
+            json!({"status": "skipped", "reason": "missing_value", "service": "service2", "optional": true})
+        );
+        let outcome = Outcome {
+            results: vec![ok(r#"{"amount":1}"#), ok(r#"{"name":"DHL"}"#)],
+            failed: None,
+            tries: Vec::new(),
+            starts: Vec::new(),
+            marks: Vec::new(),
+        };
+        let body = answer(&r, &outcome, "r1", "A1", MS).expect("ok");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["data"]["carrier"], json!({"name": "DHL"}));
+        assert!(v["sources"]["service1"].get("started_ms").is_none());
     }
 
     #[test]

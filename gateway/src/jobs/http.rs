@@ -93,7 +93,7 @@ impl AsyncRequests {
         &self.guard
     }
 
-    fn jobs(&self) -> Result<&Arc<Jobs>, GatewayError> {
+    pub(crate) fn jobs(&self) -> Result<&Arc<Jobs>, GatewayError> {
         self.jobs
             .get()
             .ok_or_else(|| ErrorKind::NotReady("asynchronous requests are not ready yet").into())
@@ -153,6 +153,8 @@ pub struct Submit<'a> {
     pub traceparent: String,
     /// Who submits it.
     pub caller: &'a Caller,
+    /// The client's own deadline (`Busgate-Timeout`), carried to the gather that runs it.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Accepts an asynchronous request: 202 once JetStream has it (or the answer, with `wait`).
@@ -202,10 +204,10 @@ pub async fn submit(
         }
     }
     let request_id = resumed.as_deref().unwrap_or(submit.request_id);
-    // The client's cap of pending requests (on this instance), after the key: a repeat is
+    // The client's cap of pending requests (this instance's share of it), after the key: a repeat is
     // answered whatever the client holds.
     let pending = match submit.caller.get() {
-        Some(c) if c.max_pending.is_some() => match c.usage.pending.try_hold(c.max_pending) {
+        Some(c) if c.max_pending.is_some() => match c.usage.pending.try_hold(c.pending_cap()) {
             Some(slot) => Some(slot),
             None => {
                 // A resumed claim stays, as below.
@@ -224,6 +226,7 @@ pub async fn submit(
             order_id: submit.order_id,
             client: client.to_owned(),
             traceparent: submit.traceparent,
+            timeout: submit.timeout,
             headers: submit
                 .route
                 .condition_headers()
@@ -234,6 +237,7 @@ pub async fn submit(
                 .collect(),
         },
         callback_url: submit.callback_url,
+        submitted_at: Some(crate::clock::rfc3339(std::time::SystemTime::now())),
     };
     let queued = match resumed {
         Some(_) => jobs.resume(&job).await,
@@ -368,8 +372,8 @@ pub async fn poll(
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let id = checked_id(&id)?;
-    match requests.jobs()?.status(&id).await? {
-        Some((_, doc)) if doc.client == caller.name() => Ok(axum::Json(doc).into_response()),
+    match requests.jobs()?.lookup(&id).await? {
+        Some((doc, _)) if doc.client == caller.name() => Ok(axum::Json(doc).into_response()),
         _ => Err(ErrorKind::RequestNotFound(id).into()),
     }
 }
@@ -386,10 +390,11 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, GatewayError> {
     let id = checked_id(&id)?;
     let jobs = requests.jobs()?;
-    match jobs.status(&id).await? {
-        Some((_, doc)) if doc.client == caller.name() => {}
+    // A request still in the queue has no document yet: its pending one is told first.
+    let queued = match jobs.lookup(&id).await? {
+        Some((doc, stored)) if doc.client == caller.name() => (!stored).then_some(doc),
         _ => return Err(ErrorKind::RequestNotFound(id).into()),
-    }
+    };
     let client_slot = match caller.get() {
         Some(c) => Some(
             c.usage
@@ -405,6 +410,7 @@ pub async fn events(
         .ok_or(ErrorKind::Overloaded("open event streams"))?;
     let slot = (slot, client_slot);
     let docs = jobs.watch(&id).await?;
+    let docs = futures::stream::iter(queued).chain(docs).boxed();
     let limit = tokio::time::sleep(jobs.settings().events_max);
     // Ends right after the final document, not at the next (never coming) one. The stream
     // holds its slot of `jobs.max_event_streams` until it ends or the client goes away.

@@ -1,6 +1,6 @@
-//! Intake: a submit's durable writes. The pending status document and the job on the work
-//! queue, both acked by JetStream before the client's 202 (each write retried patiently
-//! through a leader election), and the idempotency keys that make a repeated submit name the
+//! Intake: a submit's one durable write, the job on the work queue (on its own subject; the
+//! queued message is the pending request), acked by JetStream before the client's 202 (retried
+//! patiently through a leader election), and the idempotency keys that make a repeated submit name the
 //! request it repeats (the KV bucket `busgate-idempotency`: claim, confirm, release, resume).
 
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,6 @@ use busgate_shared::backoff::ExponentialBackoff;
 use busgate_shared::subject;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::jobs::results::StatusDoc;
 use crate::jobs::store::{js, Job, Jobs, STORE};
 
 /// A write the store refused because a stream or bucket is at its limits is `QueueFull`
@@ -100,7 +99,7 @@ pub enum Claim {
 }
 
 /// How long a claimed idempotency key may wait for its submit to confirm the request queued
-/// before a repeat takes the submit over: longer than a submit's two JetStream writes may take.
+/// before a repeat takes the submit over: longer than a submit's JetStream write may take.
 pub const CLAIM_GRACE: Duration = Duration::from_secs(30);
 
 /// What an idempotency key maps to. A key is claimed (`queued: false`) before anything is
@@ -148,40 +147,25 @@ fn judge(existing: &KeyRecord, fingerprint: &str, now_ms: u64) -> Claim {
 }
 
 impl Jobs {
-    /// Stores the pending document and publishes the job; returns once JetStream acked both.
+    /// Publishes the job, its one durable write (the pending request is the queued message;
+    /// its status document is written when it finishes); returns once JetStream acked it.
+    /// Submits in flight at once are pipelined on the connection: each awaits only its own
+    /// acknowledgement.
     pub async fn submit(&self, job: &Job) -> Result<(), GatewayError> {
         let request_id = &job.call.request_id;
-        let doc =
-            serde_json::to_vec(&StatusDoc::pending(job)).map_err(STORE.corrupt(request_id))?;
-        let doc = Bytes::from(doc);
-        patiently(|| async {
-            self.results
-                .put(request_id, doc.clone())
-                .await
-                .map(drop)
-                .map_err(full_or_failed)
-        })
-        .await?;
-        if let Err(e) = patiently(|| self.publish(job)).await {
-            // The pending document of a request that was not queued would never finish.
-            if let Err(purge) = self.results.purge(request_id).await {
-                warn!(request_id, error = %purge, "cannot remove the document of a refused request");
-            }
-            return Err(e);
-        }
-        Ok(())
+        let payload = Bytes::from(serde_json::to_vec(job).map_err(STORE.corrupt(request_id))?);
+        patiently(|| self.publish(request_id, payload.clone())).await
     }
 
-    /// Publishes a job, deduplicated by its request id; returns once JetStream acked it.
-    async fn publish(&self, job: &Job) -> Result<(), GatewayError> {
-        let request_id = &job.call.request_id;
-        let payload = serde_json::to_vec(job).map_err(STORE.corrupt(request_id))?;
+    /// Publishes a job on its own subject, deduplicated by its request id; returns once
+    /// JetStream acked it.
+    async fn publish(&self, request_id: &str, payload: Bytes) -> Result<(), GatewayError> {
         let publish = jetstream::message::PublishMessage::build()
-            .payload(payload.into())
+            .payload(payload)
             .message_id(request_id);
         let queued = async {
             self.js
-                .send_publish(subject::REQUESTS_SUBJECT, publish)
+                .send_publish(subject::request_job(request_id), publish)
                 .await?
                 .await
         };
@@ -270,16 +254,15 @@ impl Jobs {
     }
 
     /// Queues again a request whose idempotency key was claimed by a submit that never
-    /// confirmed it ([`Claim::Resume`]). That submit may have written the pending document,
-    /// published the job, both or neither: a final document is left alone; a pending one gets
-    /// the job published again (a duplicate within the stream's two-minute window is dropped
-    /// by its message id; a later one finds the document final and is acked); a missing one
-    /// is submitted anew.
+    /// confirmed it ([`Claim::Resume`]). That submit may have published the job or not: a
+    /// final document is left alone; a job still queued is left to run; else it is
+    /// submitted anew (a duplicate within the stream's two-minute window is dropped by its
+    /// message id; a later one finds the document final and is acked).
     pub async fn resume(&self, job: &Job) -> Result<(), GatewayError> {
-        let request_id = &job.call.request_id;
-        match self.status(request_id).await? {
-            Some((_, doc)) if doc.is_final() => Ok(()),
-            Some(_) => self.publish(job).await,
+        match self.lookup(&job.call.request_id).await? {
+            // A stored pending document is an earlier gateway's (written before its job).
+            Some((doc, true)) if !doc.is_final() => self.submit(job).await,
+            Some(_) => Ok(()),
             None => self.submit(job).await,
         }
     }

@@ -13,6 +13,8 @@
 //!   changed with compare-and-set.
 //! - [`callback`]: the callback queue: scheduling a finished request's delivery, signing,
 //!   and the deliverer (retries by JetStream NAK delay); obeys the drain.
+//! - [`late`]: the request document of a synchronous answer left partial on a route with a
+//!   `late.grace`: written pending with the partial answer, then final when the grace ends.
 //! - [`guard`]: the SSRF guard of callback URLs.
 //! - [`backlog`]: the streams' depths, for `/metrics`.
 //! - [`trace`]: the spans of processing (linked to the submit's) and of callback deliveries.
@@ -30,6 +32,7 @@ pub mod callback;
 pub mod guard;
 pub mod http;
 pub mod intake;
+pub mod late;
 pub mod process;
 pub mod results;
 pub mod store;

@@ -11,9 +11,8 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use busgate_shared::backoff::ExponentialBackoff;
 use busgate_shared::drain;
 use busgate_shared::subject;
 
@@ -161,19 +160,10 @@ async fn hand_back(batch: &mut consumer::pull::Batch) {
     }
 }
 
-/// Reads the status document of a request about to run. A missing one is read again a few
-/// times, about 100, 200 and 400 ms apart (a replica of the bucket may lag the write of a
-/// submit by a moment), before it is taken for gone.
+/// Reads the status document of a request about to run: none is the rule (a request's
+/// document is written when it finishes), a final one means a redelivery of a finished
+/// request, a pending one was written by an earlier gateway's submit.
 async fn current_doc(jobs: &Jobs, request_id: &str) -> Result<Option<StatusDoc>, GatewayError> {
-    let mut backoff =
-        ExponentialBackoff::new(Duration::from_millis(100), Duration::from_millis(600), 0.5)
-            .stream();
-    while backoff.attempts() < 3 {
-        if let Some((_, doc)) = jobs.status(request_id).await? {
-            return Ok(Some(doc));
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
     Ok(jobs.status(request_id).await?.map(|(_, doc)| doc))
 }
 
@@ -206,7 +196,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         }
     };
     let request_id = job.call.request_id.as_str();
-    match current_doc(jobs, request_id).await {
+    let base = match current_doc(jobs, request_id).await {
         Ok(Some(doc)) if doc.is_final() => {
             // The result is stored; the callback may not have been scheduled before the
             // instance that stored it died.
@@ -220,17 +210,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
             let _ = message.ack().await;
             return;
         }
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            // Its document expired, or its submit failed after publishing (the client got an
-            // error): nothing can record a result, so the request ends here.
-            error!(
-                request_id,
-                "no status document for an asynchronous request: dropping it"
-            );
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        }
+        Ok(doc) => doc,
         Err(e) => {
             warn!(request_id, error = %e, "cannot read a status document, retrying later");
             let _ = message
@@ -238,7 +218,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
                 .await;
             return;
         }
-    }
+    };
     let (http_status, body) = if delivered > i64::from(jobs.settings.max_deliver) {
         warn!(
             request_id,
@@ -281,9 +261,7 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         }
         (attempt.status, attempt.body)
     };
-    let finished = jobs
-        .update(request_id, |doc| doc.finish(http_status, &body))
-        .await;
+    let finished = jobs.complete(&job, base.as_ref(), http_status, &body).await;
     if let Err(e) = finished {
         warn!(request_id, error = %e, "cannot store a result, retrying later");
         let _ = message

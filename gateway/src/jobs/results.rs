@@ -4,11 +4,13 @@
 
 use std::time::SystemTime;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{kv, stream};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use busgate_shared::subject;
 
 use crate::clock::rfc3339;
 use crate::error::{ErrorKind, GatewayError};
@@ -89,7 +91,10 @@ impl StatusDoc {
             route: job.call.route.clone(),
             order_id: job.call.order_id.clone(),
             client: job.call.client.clone(),
-            submitted_at: rfc3339(SystemTime::now()),
+            submitted_at: job
+                .submitted_at
+                .clone()
+                .unwrap_or_else(|| rfc3339(SystemTime::now())),
             completed_at: None,
             callback: job.callback_url.as_ref().map(|url| CallbackState {
                 url: url.clone(),
@@ -137,6 +142,64 @@ impl Jobs {
         }
         let doc = serde_json::from_slice(&entry.value).map_err(STORE.corrupt(request_id))?;
         Ok(Some((entry.revision, doc)))
+    }
+
+    /// What a poll answers: the status document, or, while the request is still in the work
+    /// queue and has none, its pending document made from the queued job (`false`: not
+    /// stored). Read in the order that misses nothing: the document, the queue, the document
+    /// again (a request leaves the queue only after its final document is written).
+    pub async fn lookup(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(StatusDoc, bool)>, GatewayError> {
+        if let Some((_, doc)) = self.status(request_id).await? {
+            return Ok(Some((doc, true)));
+        }
+        if let Some(job) = self.queued(request_id).await? {
+            return Ok(Some((StatusDoc::pending(&job), false)));
+        }
+        Ok(self.status(request_id).await?.map(|(_, doc)| (doc, true)))
+    }
+
+    /// The job of `request_id` while it is in the work queue (read from the stream's leader).
+    pub(super) async fn queued(&self, request_id: &str) -> Result<Option<Job>, GatewayError> {
+        let subject = subject::request_job(request_id);
+        match self
+            .requests
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => serde_json::from_slice(&message.payload)
+                .map(Some)
+                .map_err(STORE.corrupt(request_id)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(js(e)),
+        }
+    }
+
+    /// Writes the final document of `job`: over its stored document when it has one (`base`,
+    /// from [`Jobs::status`]), else as a new one (the request was queued without one). A
+    /// concurrent write (another instance finishing a redelivery) is retried over it.
+    pub async fn complete(
+        &self,
+        job: &Job,
+        base: Option<&StatusDoc>,
+        http_status: u16,
+        body: &[u8],
+    ) -> Result<StatusDoc, GatewayError> {
+        let request_id = &job.call.request_id;
+        if base.is_none() {
+            let mut doc = StatusDoc::pending(job);
+            doc.finish(http_status, body);
+            let bytes = serde_json::to_vec(&doc).map_err(STORE.corrupt(request_id))?;
+            match self.results.create(request_id, bytes.into()).await {
+                Ok(_) => return Ok(doc),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(js(e)),
+            }
+        }
+        self.update(request_id, |doc| doc.finish(http_status, body))
+            .await
     }
 
     /// Changes a status document with compare-and-set, retrying on concurrent writes.

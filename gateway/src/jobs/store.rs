@@ -4,8 +4,11 @@
 //! it is delivered again ([`retry_delay`]).
 //!
 //! An accepted request is a [`Job`] on the JetStream work-queue stream `BUSGATE_REQUESTS`
-//! (deduplicated by request id) and a `pending` status document in the KV bucket
-//! `busgate-results`; the client's 202 is sent only after both. Every gateway instance pulls
+//! (deduplicated by request id), on a subject of its own (`busgate.jobs.request.<id>`): that
+//! message is its one durable write, the client's 202 is sent once JetStream acked it, and
+//! while it is pending a poll on any instance finds it there. Its status document in the KV
+//! bucket `busgate-results` is written when it finishes (before the message is acked), so a
+//! request is always in one place or the other. Every gateway instance pulls
 //! from one durable consumer and runs the same gather as a synchronous request; the final
 //! document is written before the message is acked, so a gateway that dies mid-gather leaves
 //! the message unacked and another instance (or the same one, restarted) finishes it. A job
@@ -42,12 +45,18 @@ pub struct Job {
     /// Where to POST the result, if anywhere (checked at submit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// When it was accepted (RFC 3339): the pending status document is made from the job
+    /// (jobs of earlier gateways lack it; their document was written at submit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<String>,
 }
 
 /// JetStream streams and KV buckets of asynchronous requests: a cheap handle, shared by the
 /// HTTP handlers, the processor and the callback deliverer.
 pub struct Jobs {
     pub(super) js: jetstream::Context,
+    /// The work queue, where a pending request is found by its subject.
+    pub(super) requests: Box<stream::Stream<()>>,
     pub(super) results: kv::Store,
     pub(super) keys: kv::Store,
     pub(super) settings: JobsSettings,
@@ -62,38 +71,48 @@ impl Jobs {
         callback_timeout: Duration,
     ) -> Result<Self, GatewayError> {
         let context = jetstream::new(nats.clone());
-        for (name, subj, limits) in [
+        for (name, subjects, limits) in [
             (
                 subject::REQUESTS_STREAM,
-                subject::REQUESTS_SUBJECT,
+                // Each request on its own subject; the old single subject still taken.
+                vec![
+                    subject::REQUESTS_SUBJECT.into(),
+                    subject::REQUESTS_ALL.into(),
+                ],
                 &settings.requests,
             ),
             (
                 subject::CALLBACKS_STREAM,
-                subject::CALLBACKS_SUBJECT,
+                vec![subject::CALLBACKS_SUBJECT.into()],
                 &settings.callbacks,
             ),
         ] {
-            // create_or_update: changed limits take effect at the next start.
-            context
-                .create_or_update_stream(stream::Config {
-                    name: name.into(),
-                    subjects: vec![subj.into()],
-                    retention: stream::RetentionPolicy::WorkQueue,
-                    storage: stream::StorageType::File,
-                    num_replicas: settings.replicas,
-                    duplicate_window: Duration::from_secs(120),
-                    max_messages: limits.max_msgs,
-                    max_bytes: limits.max_bytes,
-                    discard: match limits.discard {
-                        Discard::New => stream::DiscardPolicy::New,
-                        Discard::Old => stream::DiscardPolicy::Old,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(js)?;
+            // create_or_update: changed limits take effect at the next start (boxed: once, at
+            // setup, it need not weigh on the start-up future).
+            Box::pin(context.create_or_update_stream(stream::Config {
+                name: name.into(),
+                subjects,
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
+                duplicate_window: Duration::from_secs(120),
+                max_messages: limits.max_msgs,
+                max_bytes: limits.max_bytes,
+                discard: match limits.discard {
+                    Discard::New => stream::DiscardPolicy::New,
+                    Discard::Old => stream::DiscardPolicy::Old,
+                },
+                ..Default::default()
+            }))
+            .await
+            .map_err(js)?;
         }
+        let requests = Box::new(
+            context
+                .get_stream_no_info(subject::REQUESTS_STREAM)
+                .await
+                .map_err(js)?,
+        );
         let bucket = |name: &str, ttl: Duration, max_bytes: i64, description: &str| kv::Config {
             bucket: name.into(),
             description: description.into(),
@@ -130,6 +149,7 @@ impl Jobs {
             .map_err(js)?;
         Ok(Jobs {
             js: context,
+            requests,
             results,
             keys,
             settings: settings.clone(),
@@ -202,8 +222,10 @@ pub(super) mod tests {
                 client: String::new(),
                 traceparent: "00-x-y-01".into(),
                 headers: Vec::new(),
+                timeout: None,
             },
             callback_url: Some("https://example.com/hook".into()),
+            submitted_at: None,
         }
     }
 

@@ -200,7 +200,8 @@ pub(super) fn print_banner(
     for (i, service) in demo_services(args, settings).iter().enumerate() {
         let port = usize::from(args.demo_port) + i;
         out.push_str(&format!(
-            "  {service:<9} demo http://127.0.0.1:{port}/order/{{order_id}}, adapter on busgate.svc.{service}\n"
+            "  {service:<9} demo http://127.0.0.1:{port}{}, adapter on busgate.svc.{service}\n",
+            super::stack::demo_path(service)
         ));
     }
     for (service, spec) in &settings.services {

@@ -78,6 +78,11 @@ pub(super) async fn start_children(
         .arg("adapters");
     children.push(spawn("adapters", adapters, data_dir)?);
     let demos = demo_services(args, settings);
+    // The demo services' adapters are one process (one NATS connection, so a merge's replies
+    // come from one connection: bench-results/README.md, "Fewer connections per merge").
+    let mut adapter = ChildSpec::new(&worker)
+        .envs(nats_env.clone())
+        .arg("adapter");
     for (i, service) in demos.iter().enumerate() {
         let port = args
             .demo_port
@@ -95,19 +100,35 @@ pub(super) async fn start_children(
         wait_until(READY_WITHIN, || answers(listen))
             .await
             .with_context(|| format!("demo service {service} did not listen on {listen}"))?;
-        let adapter = ChildSpec::new(&worker).envs(nats_env.clone()).args([
-            "adapter",
+        adapter = adapter.args([
             "--service",
             service,
             "--upstream",
-            &format!("http://{listen}/order/{{order_id}}"),
+            &format!("http://{listen}{}", demo_path(service)),
         ]);
-        children.push(spawn(&format!("adapter-{service}"), adapter, data_dir)?);
+    }
+    if !demos.is_empty() {
+        let name = demos
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("+");
+        children.push(spawn(&format!("adapter-{name}"), adapter, data_dir)?);
     }
     // Services with an upstream come up once the gateway has seeded the configuration: the
     // adapters process follows it.
     wait_for_services(&nats, demos.iter()).await?;
     Ok(nats_note)
+}
+
+/// The path a demo service answers on: the `carriers` demo looks up the carrier a composed
+/// route sends (`{carrier}`, see docs/routes.md), every other demo the order.
+pub(super) fn demo_path(service: &str) -> &'static str {
+    if service == "carriers" {
+        "/carriers/{carrier}"
+    } else {
+        "/order/{order_id}"
+    }
 }
 
 /// The services that get a demo: those of the settings without an upstream (none with

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Notify};
 use tracing::{debug, warn};
 
+use crate::wire::batch::{self, Gather, Step};
 use crate::wire::connector::Security;
 use crate::wire::error::ConnError;
 use crate::wire::options::Server;
@@ -61,6 +62,8 @@ pub(crate) struct Inner {
     pub panics: AtomicU64,
     /// Number of connections made, for `Connection::connected` and tests.
     pub state: watch::Sender<u64>,
+    /// The turns of the event loop the writer gathers a burst over (see `batch`).
+    pub gather_turns: batch::Turns,
 }
 
 impl Inner {
@@ -83,6 +86,7 @@ impl Inner {
             max_payload: AtomicUsize::new(1024 * 1024),
             panics: AtomicU64::new(0),
             state: watch::channel(0).0,
+            gather_turns: batch::turns_from_env(),
         }
     }
 
@@ -181,6 +185,11 @@ impl Inner {
         }
     }
 }
+/// Bytes waiting to be written (0 if the lock is poisoned: the writer then finds out itself).
+fn queued_len(inner: &Inner) -> usize {
+    inner.out.lock().map(|o| o.buf.len()).unwrap_or(0)
+}
+
 /// Runs one server connection: `Ok` when closed on purpose, `Err` when lost. Generic over the
 /// stream: plain TCP runs exactly the code it ran before TLS existed.
 pub(crate) async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -256,10 +265,14 @@ pub(crate) async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             }
             inner.wake_writer.notified().await;
             // Let what else is ready on this thread run first (the rest of a read's requests,
-            // replies woken by the same poll): what they publish goes out in this one write.
-            // On loopback every write also runs the receiver's TCP stack, so fewer, larger
-            // writes are most of what batching saves.
-            tokio::task::yield_now().await;
+            // replies woken by the same poll, HTTP responses read in the next turns): what they
+            // publish goes out in this one write. On loopback every write also runs the
+            // receiver's TCP stack, so fewer, larger writes are most of what batching saves.
+            // Gathering ends when a turn adds nothing, bounded (see `batch`).
+            let mut gather = Gather::start_with(queued_len(inner), inner.gather_turns);
+            while gather.next(queued_len(inner)) == Step::Yield {
+                tokio::task::yield_now().await;
+            }
         }
     };
     let pinging = async {
@@ -309,5 +322,78 @@ mod tests {
         assert_eq!(inner.max_payload.load(Ordering::Relaxed), MAX_PAYLOAD_CAP);
         let pool = inner.servers.lock().expect("pool").addresses();
         assert_eq!(pool, ["a:1", "b:2"]);
+    }
+
+    /// Counts the writes made to it.
+    struct Counting(Arc<Mutex<Vec<usize>>>);
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.lock().expect("writes").push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Replies that come in over several turns of the event loop (as HTTP responses do) go
+    /// out in one write, not one per turn; a lone publish is not held back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn replies_ready_over_a_few_turns_go_out_in_one_write() {
+        let settings = NatsSettings::with_url("nats://a:1");
+        let sec = Security::load(&settings).expect("settings");
+        let server = parse_servers(&settings.url).expect("url").remove(0);
+        let inner = Arc::new(Inner::new("batch", vec![server.clone()], sec));
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (_keep, reader) = tokio::io::duplex(64);
+        let task = {
+            let inner = inner.clone();
+            let writer = Counting(writes.clone());
+            tokio::spawn(async move {
+                let _ = serve(&inner, &server, reader, writer, BytesMut::new()).await;
+            })
+        };
+        // Let the writer reach its wait.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        // Four "replies", each ready one turn of the event loop after the one before (each
+        // publishes, then starts the next, which waits for the next turn as an HTTP response
+        // read on the next poll of the driver would).
+        fn reply(inner: Arc<Inner>, left: u32) -> tokio::task::JoinHandle<()> {
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                inner.send_raw(|b| b.put_slice(b"PUB r 1\r\nx\r\n"));
+                if left > 1 {
+                    let _ = reply(inner, left - 1).await;
+                }
+            })
+        }
+        reply(inner.clone(), 4).await.expect("replies");
+        for _ in 0..(batch::MAX_TURNS * 2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*writes.lock().expect("writes"), vec![4 * 12]);
+        // A lone publish later is written after one quiet turn.
+        inner.send_raw(|b| b.put_slice(b"PING\r\n"));
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*writes.lock().expect("writes"), vec![4 * 12, 6]);
+        task.abort();
     }
 }

@@ -47,6 +47,7 @@
 //!   lame duck, the jittered backoff between rounds.
 //! - `connection`: the state the handles and the task share, and one server connection at
 //!   work (read, write, keep-alive PINGs).
+//! - `batch`: when the writer stops gathering a burst and writes it.
 //! - `pool`: the servers in the order they are tried, with those announced in `connect_urls`.
 //! - `connector`: one server connection made (TCP, TLS, `INFO`, `CONNECT`, the first `PONG`).
 //! - `tls`: the rustls configuration and handshake.
@@ -66,6 +67,7 @@
 //! what `wire.rs` exported, so no caller changes.
 
 pub(crate) mod auth;
+mod batch;
 mod client;
 mod connection;
 mod connector;

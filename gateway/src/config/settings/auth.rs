@@ -214,6 +214,34 @@ impl IssuerSettings {
         Ok(())
     }
 
+    /// `jwks_url` as `check-config` shows it: scheme, host, port and path; a user, a password,
+    /// a query or a fragment (where a key set's access token may hide) each become `***`, so
+    /// the output still says they are there. A URL that does not parse shows as `***`.
+    pub fn redacted_jwks_url(&self) -> String {
+        if self.jwks_url.is_empty() {
+            return String::new();
+        }
+        let Ok(url) = url::Url::parse(&self.jwks_url) else {
+            return "***".to_owned();
+        };
+        let credentials = !url.username().is_empty() || url.password().is_some();
+        let mut out = format!(
+            "{}://{}{}{}{}",
+            url.scheme(),
+            if credentials { "***@" } else { "" },
+            url.host_str().unwrap_or_default(),
+            url.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            url.path()
+        );
+        if url.query().is_some() {
+            out.push_str("?***");
+        }
+        if url.fragment().is_some() {
+            out.push_str("#***");
+        }
+        out
+    }
+
     /// `jwks_url`, parsed: `http` or `https` with a host. The error does not repeat the URL
     /// (it may carry credentials).
     pub fn jwks_url(&self, field: &str) -> Result<url::Url, Error> {

@@ -29,7 +29,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("callbacks.allow")
-                .with_list_parse_key("callbacks.retry"),
+                .with_list_parse_key("callbacks.retry")
+                .with_list_parse_key("http.trusted_proxies"),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.config_file = file.map(Path::to_path_buf);
@@ -75,6 +76,7 @@ impl Settings {
         }
         self.validate_edge_limits()?;
         self.telemetry.validate()?;
+        self.http.check_edge()?;
         if !self.nats.instance.is_empty() {
             busgate_shared::validate::name("nats.instance", &self.nats.instance)?;
         }

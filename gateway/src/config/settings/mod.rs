@@ -30,7 +30,7 @@ pub use self::auth::{
     MIN_JWT_SECRET,
 };
 pub use self::callbacks::{callback_key, CallbackSettings};
-pub use self::http::HttpSettings;
+pub use self::http::{HttpSettings, TlsSettings};
 pub use self::jobs::{Discard, JobsSettings, StreamLimits};
 pub use self::observe::{LogSettings, MetricsListener, MetricsSettings};
 
@@ -74,13 +74,17 @@ pub struct Settings {
 
 impl Settings {
     /// The same settings with every secret replaced by `***` (NATS credentials in `nats.url`,
-    /// `admin.token`, `callbacks.secret`): what `check-config` prints. A secret that is set
+    /// `admin.token`, `callbacks.secret`, a JWKS URL's user, password and query): what
+    /// `check-config` prints. A secret that is set
     /// shows as `***`, one that is not as `""`, so the output still says which are set.
     pub fn redacted(&self) -> Settings {
         let mut copy = self.clone();
         copy.nats = copy.nats.redacted();
         for secret in [&mut copy.admin.token, &mut copy.callbacks.secret] {
             *secret = redacted(secret).to_owned();
+        }
+        for issuer in &mut copy.auth.issuers {
+            issuer.jwks_url = issuer.redacted_jwks_url();
         }
         copy
     }

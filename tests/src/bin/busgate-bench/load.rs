@@ -79,6 +79,15 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, header: Option<&str>) ->
         cmd.args(["-H", h]);
     }
     let text = output(cmd.arg(url));
+    let run = parse_wrk(&text);
+    if run.rps == 0.0 {
+        eprintln!("wrk said:\n{text}");
+    }
+    run
+}
+
+/// What `wrk --latency` printed, as a [`Run`].
+pub fn parse_wrk(text: &str) -> Run {
     let mut run = Run::default();
     for line in text.lines() {
         let line = line.trim();
@@ -98,9 +107,6 @@ pub fn wrk(url: &str, connections: usize, seconds: u64, header: Option<&str>) ->
         } else if let Some((n, _)) = line.split_once(" requests in ") {
             run.requests = n.trim().parse().unwrap_or(0);
         }
-    }
-    if run.rps == 0.0 {
-        eprintln!("wrk said:\n{text}");
     }
     run
 }

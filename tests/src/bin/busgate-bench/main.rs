@@ -16,7 +16,10 @@
 //! in the memory scenario (`--hold N` to say otherwise), no ratios to judge, results in a
 //! temporary folder unless `--out` says where: CI runs it so that the benchmark keeps working.
 //!
-//! `busgate-bench --print-settings bench|merge|merge-keyed|held` prints a gateway settings file and exits:
+//! `busgate-bench --soak [--soak-duration 10m] [--soak-rate R]`: the adapters' merge at a fixed
+//! rate for a long time, synchronously and as async submits (see [`soak`]); not in CI.
+//!
+//! `busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose` prints a gateway settings file and exits:
 //! the benchmark's own, and those of `tests/perf/merge-stack.sh` and `tests/perf/held-gathers.py`,
 //! which read theirs from here (all built with [`busgate_tests::fixture`]).
 
@@ -27,6 +30,7 @@ mod peers;
 mod report;
 mod scenarios;
 mod settings;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +58,8 @@ pub struct Options {
     pub peers: PathBuf,
     /// Requests the memory scenario holds in flight.
     pub hold: usize,
+    /// `--soak`: the soak instead of the scenarios.
+    pub soak: Option<soak::SoakOptions>,
 }
 
 fn options() -> Options {
@@ -72,9 +78,11 @@ fn options() -> Options {
             .join("peers")
             .join("peers.sh"),
         hold: settings::MEMORY_HOLD,
+        soak: None,
     };
     let (mut out, mut hold) = (None, None);
-    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --print-settings bench|merge|merge-keyed|held   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
+    let (mut soak, mut soak_duration, mut soak_rate) = (false, 600, None);
+    let usage = "busgate-bench [--rounds 3] [--duration 6] [--warmup 3] [--connections 64] [--out DIR] [--peers tests/perf/peers/peers.sh] [--hold 10000] [--smoke]\nbusgate-bench --soak [--soak-duration 10m] [--soak-rate REQ_PER_S] [--duration 6] [--out DIR]   (not in CI)\nbusgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose   (the gateway settings of the benchmark, tests/perf/merge-stack.sh, tests/perf/ab-auth.sh, tests/perf/held-gathers.py)";
     while let Some(arg) = args.next() {
         let mut value = || {
             args.next()
@@ -93,6 +101,14 @@ fn options() -> Options {
             "--hold" => hold = Some(number(value()) as usize),
             "--peers" => o.peers = PathBuf::from(value()),
             "--smoke" => o.smoke = true,
+            "--soak" => soak = true,
+            "--soak-duration" => {
+                let v = value();
+                soak_duration = soak::parse_duration(&v).unwrap_or_else(|| {
+                    fail(&format!("--soak-duration takes 600, 60s or 10m, not {v:?}"))
+                });
+            }
+            "--soak-rate" => soak_rate = Some(number(value()) as f64),
             "--print-settings" => settings::print_settings(&value()),
             "-h" | "--help" => {
                 println!("{usage}");
@@ -110,6 +126,13 @@ fn options() -> Options {
     }
     o.out = out.unwrap_or(o.out);
     o.hold = hold.unwrap_or(o.hold);
+    if soak {
+        o.soak = Some(soak::SoakOptions {
+            duration: soak_duration,
+            rate: soak_rate,
+            peak_seconds: o.duration.max(5),
+        });
+    }
     o
 }
 
@@ -232,6 +255,34 @@ async fn main() {
         process("adapter a1", &a1),
         process("adapter a2", &a2),
     );
+    if let Some(soak_options) = &o.soak {
+        let mut failures = Vec::new();
+        let watched = [gw.clone(), bus.clone(), a1_p.clone(), a2_p.clone()];
+        soak::run(
+            &g("/bench/merge-adapter/12345"),
+            &nats.url,
+            soak_options,
+            &watched,
+            &o.out,
+            &mut failures,
+        )
+        .await;
+        drop(gateway);
+        drop(a1);
+        drop(a2);
+        drop(native);
+        drop(nats);
+        drop(peers);
+        println!("soak results in {}", o.out.join("soak.json").display());
+        if !failures.is_empty() {
+            eprintln!("busgate-bench --soak: {} failure(s):", failures.len());
+            for f in &failures {
+                eprintln!("  {f}");
+            }
+            std::process::exit(1);
+        }
+        return;
+    }
     let one_hop = || {
         vec![
             Peer {

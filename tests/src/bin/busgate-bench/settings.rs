@@ -1,6 +1,10 @@
 //! The gateway settings of the benchmark and of the perf scripts that read theirs from here
-//! (`busgate-bench --print-settings bench|merge|merge-keyed|held`), all built with
-//! [`busgate_tests::fixture`].
+//! (`busgate-bench --print-settings bench|merge|merge-keyed|merge-guarded|held|merge-coalesce|compose`),
+//! all built with [`busgate_tests::fixture`].
+//!
+//! Coalescing is on by default, and the benchmark asks for one order id over and over: every
+//! setting here turns it off (the benchmark measures gathers), except `merge-coalesce`, which
+//! is `merge` with it on (what coalescing does to the same load).
 
 use std::time::Duration;
 
@@ -65,7 +69,7 @@ pub fn bench_settings() -> Settings {
             .fold(bench_route(&name), |route, service| route.target(service));
         settings = settings.route(&name, route);
     }
-    settings
+    settings.no_coalescing()
 }
 
 /// The gateway of `tests/perf/merge-stack.sh`: route `merge` alone.
@@ -77,6 +81,51 @@ fn merge_stack_settings() -> Settings {
         .service("n1", two)
         .service("n2", two)
         .route("merge", merge_route())
+        .no_coalescing()
+}
+
+/// [`merge_stack_settings`] with coalescing on (the default of a service): the same load, with
+/// concurrent identical requests sharing one publish (`tests/perf/ab-merge.sh` with
+/// `SETTINGS=merge-coalesce`).
+fn merge_coalesce_settings() -> Settings {
+    merge_stack_settings()
+        .coalesce("n1", true)
+        .coalesce("n2", true)
+}
+
+/// [`merge_stack_settings`] with a circuit breaker and retries on both services (defaults,
+/// which never trigger on healthy services): what the resilience guard costs on the merge
+/// (`SETTINGS=merge-guarded tests/perf/ab-merge.sh …`).
+fn merge_guarded_settings() -> Settings {
+    let guarded = busgate_shared::config::ServiceSpec {
+        timeout: Duration::from_secs(2),
+        breaker: Some(Default::default()),
+        retry: Some(Default::default()),
+        ..Default::default()
+    };
+    Settings::default()
+        .log_level("warn")
+        .auth_none()
+        .service_spec("n1", guarded.clone())
+        .service_spec("n2", guarded)
+        .route("merge", merge_route())
+        .no_coalescing()
+}
+
+/// [`merge_stack_settings`] and what `tests/perf/composition-overhead.sh` compares: each of n1
+/// and n2 alone (`/bench/stage1/…`, `/bench/stage2/…`) and the two as stages of one composed
+/// route (`/bench/chain/…`: n2 needs n1 and is given n1's `order_id` as an attribute).
+fn compose_settings() -> Settings {
+    let mut second = busgate_shared::config::TargetSpec::new("n2", true);
+    second.needs = vec!["n1".into()];
+    second.with = [("id".to_owned(), "/n1/order_id".to_owned())].into();
+    merge_stack_settings()
+        .route("stage1", bench_route("stage1").target("n1"))
+        .route("stage2", bench_route("stage2").target("n2"))
+        .route(
+            "chain",
+            bench_route("chain").target("n1").target_spec(second),
+        )
 }
 
 /// The API key of the `bench` client of [`merge_keyed_settings`]: a fixture, not a secret
@@ -112,6 +161,7 @@ fn merge_keyed_settings() -> Settings {
                 ..Default::default()
             },
         )
+        .no_coalescing()
 }
 
 /// The gateway of `tests/perf/held-gathers.py`: the held route and the merge for `--preload`,
@@ -126,6 +176,7 @@ fn held_gathers_settings() -> Settings {
         .service("n2", Duration::from_secs(2))
         .route("hold", hold_route())
         .route("merge", merge_route())
+        .no_coalescing()
 }
 
 /// `--print-settings NAME`: the settings file of the benchmark's gateway or a perf script's.
@@ -134,10 +185,13 @@ pub fn print_settings(name: &str) -> ! {
         "bench" => bench_settings(),
         "merge" => merge_stack_settings(),
         "merge-keyed" => merge_keyed_settings(),
+        "merge-guarded" => merge_guarded_settings(),
         "held" => held_gathers_settings(),
+        "merge-coalesce" => merge_coalesce_settings(),
+        "compose" => compose_settings(),
         other => {
             eprintln!(
-                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, held)"
+                "--print-settings: no settings named {other:?} (bench, merge, merge-keyed, merge-guarded, held, merge-coalesce, compose)"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,205 @@
+//! The real client address: the peer of the connection, unless the peer is one of
+//! `http.trusted_proxies`; then what the proxy says: the `Forwarded` header (RFC 7239) if
+//! there is one, else `X-Forwarded-For`.
+//!
+//! Both headers are lists that every proxy on the way appends to, so the rightmost entries are
+//! the ones trusted proxies wrote. The client is the rightmost address that is not itself a
+//! trusted proxy (what nginx's `real_ip_recursive` does): an address a client wrote further left
+//! is never taken while a trusted hop stands between. An entry that is not an address
+//! (`unknown`, an obfuscated `_name`) stops the walk at the last trusted address. From a peer
+//! that is not trusted, neither header is read.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The networks whose peers may name the client.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    /// Trusts peers in `nets` (none: the peer is always the client).
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies { nets }
+    }
+
+    /// Whether `ip` is a trusted proxy (an IPv4-mapped IPv6 address as its IPv4 address).
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether any proxy is trusted.
+    pub fn any(&self) -> bool {
+        !self.nets.is_empty()
+    }
+
+    /// The client of a request that came from `peer` with `headers`.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer.to_canonical();
+        }
+        let forwarded = headers.get_all(axum::http::header::FORWARDED);
+        let mut forwarded = forwarded.iter().peekable();
+        if forwarded.peek().is_some() {
+            let entries: Vec<Option<IpAddr>> = forwarded
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(forwarded_for)
+                .collect();
+            return self.walk(peer, entries.into_iter().rev());
+        }
+        let entries: Vec<Option<IpAddr>> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(address)
+            .collect();
+        self.walk(peer, entries.into_iter().rev())
+    }
+
+    /// From the right: the first address that is not trusted.
+    fn walk(&self, peer: IpAddr, entries: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
+        let mut client = peer.to_canonical();
+        for entry in entries {
+            let Some(ip) = entry else {
+                return client;
+            };
+            client = ip.to_canonical();
+            if !self.trusts(client) {
+                return client;
+            }
+        }
+        client
+    }
+}
+
+/// The `for=` of one `Forwarded` element (`for=192.0.2.1;proto=https`), `None` when it has
+/// none or it is not an address.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        address(value.trim().trim_matches('"'))
+    })
+}
+
+/// An address, with or without a port, IPv6 bracketed or not.
+fn address(value: &str) -> Option<IpAddr> {
+    let value = value.trim();
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = value.parse::<SocketAddr>() {
+        return Some(socket.ip());
+    }
+    // `[2001:db8::1]` without a port.
+    value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().expect("value"));
+        }
+        map
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().expect("net"),
+            "2001:db8::/32".parse().expect("net"),
+        ])
+    }
+
+    /// From a peer that is not trusted, the headers are ignored.
+    #[test]
+    fn an_untrusted_peer_is_the_client() {
+        let spoof = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
+        assert_eq!(
+            trusted().client(ip("198.51.100.9"), &spoof),
+            ip("198.51.100.9")
+        );
+        assert_eq!(
+            TrustedProxies::default().client(ip("10.1.1.1"), &spoof),
+            ip("10.1.1.1")
+        );
+    }
+
+    /// From a trusted peer, the rightmost untrusted entry: what a client prepended to the list
+    /// is not taken; `Forwarded` wins over `X-Forwarded-For`.
+    #[test]
+    fn a_trusted_peer_names_the_client() {
+        let t = trusted();
+        let peer = ip("10.0.0.5");
+        let cases: &[(&[(&'static str, &str)], &str)] = &[
+            (&[("x-forwarded-for", "203.0.113.1")], "203.0.113.1"),
+            (
+                &[("x-forwarded-for", "6.6.6.6, 203.0.113.1, 10.0.0.9")],
+                "203.0.113.1",
+            ),
+            (
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("x-forwarded-for", "203.0.113.2"),
+                ],
+                "203.0.113.2",
+            ),
+            (
+                &[(
+                    "forwarded",
+                    "for=\"[2001:db9::1]:4711\";proto=https, for=10.0.0.7",
+                )],
+                "2001:db9::1",
+            ),
+            (
+                &[
+                    ("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43"),
+                    ("x-forwarded-for", "6.6.6.6"),
+                ],
+                "192.0.2.60",
+            ),
+            (&[("forwarded", "for=unknown, for=10.0.0.8")], "10.0.0.8"),
+            (&[("x-forwarded-for", "garbage")], "10.0.0.5"),
+            (&[("x-forwarded-for", "203.0.113.3:5555")], "203.0.113.3"),
+            (&[], "10.0.0.5"),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(t.client(peer, &headers(pairs)), ip(want), "{pairs:?}");
+        }
+    }
+
+    /// An IPv4 peer seen on an IPv6 socket is matched as IPv4.
+    #[test]
+    fn mapped_addresses_are_matched_as_ipv4() {
+        let t = trusted();
+        assert!(t.trusts(ip("::ffff:10.0.0.1")));
+        assert_eq!(
+            t.client(
+                ip("::ffff:10.0.0.1"),
+                &headers(&[("x-forwarded-for", "203.0.113.1")])
+            ),
+            ip("203.0.113.1")
+        );
+    }
+}
