@@ -3,7 +3,7 @@
 //! admin's try-it all call a [`Runner`].
 //!
 //! Owns: [`Runner`] (the configuration in force, the collector, the metrics a run counts in)
-//! and [`Call`], one run as data. May use: `gather`, `config`, `metrics`, `error`.
+//! and [`Call`], one run as data. May use: `gather`, `cache`, `config`, `metrics`, `error`.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::cache::CacheState;
 use crate::config::snapshot::{Route, Snapshot};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::collector::Collector;
@@ -151,10 +152,18 @@ impl Runner {
         })
     }
 
-    /// Counts each source's outcome and, when it answered or timed out, its time.
+    /// Counts each source's outcome and, when it answered or timed out, its time (not when
+    /// the cache answered at once: nothing was published).
     fn count(&self, route: &Route, outcome: &Outcome) {
-        for (target, result) in route.targets.iter().zip(&outcome.results) {
+        for (index, (target, result)) in route.targets.iter().zip(&outcome.results).enumerate() {
             self.metrics.record_source(&target.service, result.status());
+            let cached = outcome.marks.get(index).and_then(|m| m.cache);
+            if matches!(
+                cached,
+                Some(CacheState::Hit { .. } | CacheState::Revalidating { .. })
+            ) {
+                continue;
+            }
             let took = match result {
                 SourceResult::Ok { elapsed, .. }
                 | SourceResult::NotFound { elapsed }

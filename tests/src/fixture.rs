@@ -274,6 +274,18 @@ impl Settings {
         self
     }
 
+    /// The circuit breaker of `service` (an existing one).
+    pub fn breaker(
+        mut self,
+        service: &str,
+        breaker: busgate_shared::config::BreakerSpec,
+    ) -> Settings {
+        if let Some(spec) = self.services.get_mut(service) {
+            spec.breaker = Some(breaker);
+        }
+        self
+    }
+
     /// `[services.<name>]` as `spec` says (added, or replacing one of that name).
     pub fn service_spec(mut self, name: &str, spec: ServiceSpec) -> Settings {
         self.services.insert(name.to_owned(), spec);

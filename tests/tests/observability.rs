@@ -309,7 +309,12 @@ async fn an_unreachable_collector_changes_nothing_for_clients() {
 async fn the_dashboard_queries_only_exported_metrics() {
     let nats = NatsServer::start();
     let _services = Worker::natives(&nats, &["service1", "service2"]);
-    let gateway = Gateway::start(&nats, &Settings::builtin()).await;
+    // A cache and a breaker on service1, so that their families have samples.
+    let cache = serde_json::from_value(json!({"ttl": "60s"})).expect("cache spec");
+    let settings = Settings::builtin()
+        .cache("service1", cache)
+        .breaker("service1", Default::default());
+    let gateway = Gateway::start(&nats, &settings).await;
     let status = http()
         .get(gateway.url("/api/orders/A1"))
         .send()
@@ -317,6 +322,12 @@ async fn the_dashboard_queries_only_exported_metrics() {
         .expect("request")
         .status();
     assert_eq!(status, 200);
+    // Two at once while service2 stalls (3 s, optional): the second follows the first's
+    // request to service2 (coalesced).
+    let ask = || http().get(gateway.url("/api/orders/slow2-A1")).send();
+    let (first, second) = tokio::join!(ask(), ask());
+    assert_eq!(first.expect("request").status(), 200);
+    assert_eq!(second.expect("request").status(), 200);
     let metrics = http()
         .get(gateway.url("/metrics"))
         .send()
@@ -328,7 +339,7 @@ async fn the_dashboard_queries_only_exported_metrics() {
     for gauge in [
         "busgate_nats_connected{connection=\"requests\"} 1",
         "busgate_async_backlog{stream=\"requests\"}",
-        "busgate_source_duration_seconds_count{service=\"service1\"} 1",
+        "busgate_source_duration_seconds_count{service=\"service1\"}",
     ] {
         assert!(metrics.contains(gauge), "{gauge} missing from {metrics}");
     }
@@ -403,4 +414,58 @@ async fn asynchronous_processing_links_to_the_submit() {
     for send in sends.iter().filter(|s| s.kind == kind::PRODUCER) {
         assert_eq!(send.parent_span_id, processing.span_id);
     }
+}
+
+/// A source the cache answers still has its `send` span, with the outcome `cached` and no
+/// `process` span below it (nothing was published); the other source is traced as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_source_has_a_send_span_with_the_outcome_cached() {
+    let receiver = Receiver::start().await;
+    let (upstream, _seen) = recording_upstream().await;
+    let nats = NatsServer::start();
+    let _adapters = Worker::adapters_with(
+        &nats.url,
+        &[("service1", &upstream), ("service2", &upstream)],
+        |cmd| {
+            cmd.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.url);
+        },
+    );
+    let cache = serde_json::from_value(json!({"ttl": "60s"})).expect("cache spec");
+    let settings = Settings::builtin().cache("service1", cache);
+    let gateway = Gateway::start_with(&nats, &settings, |cmd| {
+        cmd.env("BUSGATE_TELEMETRY__OTLP_ENDPOINT", &receiver.url);
+    })
+    .await;
+    let warm = "00-6bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let cached = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    for traceparent in [warm, cached.as_str()] {
+        let response = http()
+            .get(gateway.url("/api/orders/C1"))
+            .header("traceparent", traceparent)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+    }
+    // The server span, two send spans, and service2's process and client spans.
+    let spans = receiver
+        .trace(CLIENT_TRACE, Duration::from_secs(30), |spans| {
+            spans.len() >= 5
+        })
+        .await;
+    let server = one(&spans, "server span", |s| s.kind == kind::SERVER);
+    let send = |service: &str| {
+        let subject = format!("busgate.svc.{service}");
+        one(&spans, "send span", move |s| {
+            s.kind == kind::PRODUCER && s.attr("messaging.destination.name") == subject
+        })
+    };
+    let hit = send("service1");
+    assert_eq!(hit.parent_span_id, server.span_id);
+    assert_eq!(hit.attr("busgate.outcome"), "cached");
+    assert_eq!(send("service2").attr("busgate.outcome"), "ok");
+    assert!(
+        spans.iter().all(|s| s.parent_span_id != hit.span_id),
+        "nothing below a cached source: {spans:#?}"
+    );
 }
