@@ -446,6 +446,15 @@ impl Route {
         self
     }
 
+    /// Asks `service`, required, once the targets `needs` answered (a composed route's later
+    /// stage).
+    pub fn target_after(mut self, service: &str, needs: &[&str]) -> Route {
+        let mut target = TargetSpec::new(service, true);
+        target.needs = needs.iter().map(|n| (*n).to_owned()).collect();
+        self.spec.targets.push(target);
+        self
+    }
+
     /// Asks `service`, required, only for requests of the clients named (`when.clients`).
     pub fn target_for_clients(mut self, service: &str, clients: &[&str]) -> Route {
         let mut target = TargetSpec::new(service, true);

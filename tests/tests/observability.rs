@@ -105,6 +105,7 @@ async fn one_trace_follows_a_request_from_the_client_to_the_upstream() {
     assert_eq!(server.attr("http.route"), "/api/orders/{order_id}");
     assert_eq!(server.attr("http.response.status_code"), "200");
     assert_eq!(server.attr("busgate.request_id"), request_id);
+    assert_eq!(server.attr("client.address"), "127.0.0.1");
 
     let mut clients_seen = HashSet::new();
     for service in ["service1", "service2"] {
@@ -164,6 +165,7 @@ async fn one_trace_follows_a_request_from_the_client_to_the_upstream() {
     assert_eq!(access["method"], "GET");
     assert_eq!(access["route"], "order");
     assert_eq!(access["status"], 200);
+    assert_eq!(access["client_address"], "127.0.0.1");
     assert!(access["elapsed_ms"].is_u64(), "{access}");
 
     // A problem document carries the trace id.
@@ -468,4 +470,54 @@ async fn a_cached_source_has_a_send_span_with_the_outcome_cached() {
         spans.iter().all(|s| s.parent_span_id != hit.span_id),
         "nothing below a cached source: {spans:#?}"
     );
+}
+
+/// A composed route: the later stage's request has its own `send` span too, a child of the
+/// server span, and the service's `process` span is its child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_of_a_composed_route_has_its_send_span() {
+    use busgate_tests::fixture::Route;
+    let receiver = Receiver::start().await;
+    let (upstream, _seen) = recording_upstream().await;
+    let nats = NatsServer::start();
+    let _adapters = Worker::adapters_with(
+        &nats.url,
+        &[("service1", &upstream), ("service2", &upstream)],
+        |cmd| {
+            cmd.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.url);
+        },
+    );
+    let chain = Route::get("/api/chain/{order_id}")
+        .target("service1")
+        .target_after("service2", &["service1"]);
+    let settings = Settings::builtin().route("chain", chain);
+    let gateway = Gateway::start_with(&nats, &settings, |cmd| {
+        cmd.env("BUSGATE_TELEMETRY__OTLP_ENDPOINT", &receiver.url);
+    })
+    .await;
+    let response = http()
+        .get(gateway.url("/api/chain/A1"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let spans = receiver
+        .trace(CLIENT_TRACE, Duration::from_secs(30), |spans| {
+            spans.len() >= 7
+        })
+        .await;
+    assert_eq!(spans.len(), 7, "{spans:#?}");
+    let server = one(&spans, "server span", |s| s.kind == kind::SERVER);
+    for service in ["service1", "service2"] {
+        let subject = format!("busgate.svc.{service}");
+        let send = one(&spans, "send span", |s| {
+            s.kind == kind::PRODUCER && s.attr("messaging.destination.name") == subject
+        });
+        assert_eq!(send.parent_span_id, server.span_id);
+        assert_eq!(send.attr("busgate.outcome"), "ok");
+        one(&spans, "process span", |s| {
+            s.kind == kind::CONSUMER && s.parent_span_id == send.span_id
+        });
+    }
 }
