@@ -34,8 +34,9 @@
 //!   [`error::StartupError`]: why a process could not start, with its exit code.
 //! - [`fleet`]: the gateway instances' heartbeats on NATS, which count how many share each
 //!   client's rate and pending cap; [`share`] holds that count for the request path.
-//! - [`metrics`], [`clock`] (timestamps, the one retry backoff of the gateway's loops),
-//!   [`limit`] (counted capacity: in flight, connections, streams), [`share`]: leaves.
+//! - [`metrics`] (with [`histogram`], the lock-free one of per-source latency), [`clock`]
+//!   (timestamps, the one retry backoff of the gateway's loops), [`limit`] (counted capacity: in
+//!   flight, connections, streams), [`share`]: leaves.
 //! - this file: wiring only ([`run`]): one `drain` signal for every background task (the
 //!   JetStream supervisor, the configuration watcher, the processor of asynchronous requests,
 //!   the callback deliverer), signalled once at shutdown after the listeners' phases.
@@ -66,7 +67,7 @@
 //!                         config (settings/ · snapshot · store · clients · allowlist ·
 //!                                 file · plan · apply)
 //!                           │
-//!           metrics · error (request · startup) · clock · limit
+//!           metrics (histogram) · error (request · startup) · clock · limit
 //! ```
 
 pub mod admin;
@@ -78,6 +79,7 @@ pub mod edge;
 pub mod error;
 pub mod fleet;
 pub mod gather;
+pub mod histogram;
 pub mod jobs;
 pub mod limit;
 pub mod metrics;
@@ -141,6 +143,9 @@ pub async fn run(
         );
     }
     busgate_shared::runtime::install_crypto_provider();
+    // Traces when `[telemetry] otlp_endpoint` or OTEL_EXPORTER_OTLP_ENDPOINT names a collector.
+    let telemetry = busgate_shared::telemetry::init(&settings.telemetry, "busgate-gateway")
+        .map_err(StartupError::InvalidSettings)?;
     // HS256 secrets are read now; key sets are fetched by the first token of each issuer.
     let issuers =
         auth::jwt::Issuers::new(&settings.auth.issuers).map_err(StartupError::InvalidSettings)?;
@@ -356,6 +361,9 @@ pub async fn run(
     inbox.stop();
     wire.close(Duration::from_secs(2)).await;
     nats.drain().await.context("draining nats")?;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -369,12 +377,13 @@ fn edge(
     let mut edge = Edge::new(settings.http.body_limit, order_id);
     edge.upstream_forbidden = upstream_forbidden(settings, public, admin);
     edge.trace_sample_ratio = settings.http.trace_sample_ratio;
+    // `http.access_log` is the edge's first name for the same line.
+    edge.access_log = settings.log.access || settings.http.access_log;
     edge.body_timeout = settings.http.body_timeout;
     edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
     edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));
     edge.proxies =
         edge::forwarded::TrustedProxies::new(settings.http.trusted_networks().unwrap_or_default());
-    edge.access_log = settings.http.access_log;
     edge
 }
 

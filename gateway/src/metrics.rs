@@ -8,6 +8,8 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+
+use crate::histogram::AtomicHistogram;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -47,6 +49,13 @@ pub struct SourceLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service name.
+    pub service: Name,
+}
+
 /// Labels of a client's request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ClientLabels {
@@ -56,13 +65,6 @@ pub struct ClientLabels {
     /// `admitted`, or why it was refused: `unauthorized`, `route-not-allowed`,
     /// `rate-limited`, `too-many-pending`, `too-many-streams`.
     pub outcome: &'static str,
-}
-
-/// Labels of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ServiceLabels {
-    /// The service name.
-    pub service: Name,
 }
 
 /// Labels of an outcome alone.
@@ -92,6 +94,8 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, Histogram>,
     /// Source outcomes by service.
     pub source_outcomes: Family<SourceLabels, Counter>,
+    /// Time from publish to reply, by service (sources that answered or timed out).
+    pub source_duration: Family<ServiceLabels, AtomicHistogram>,
     /// Gathers waiting for replies right now.
     pub gathers_in_flight: Gauge,
     /// Replies that arrived after their gather had ended, or twice.
@@ -132,6 +136,12 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let source_outcomes = Family::<SourceLabels, Counter>::default();
+        let source_duration = Family::<ServiceLabels, AtomicHistogram>::default();
+        registry.register(
+            "source_duration_seconds",
+            "Time from publish to reply (or timeout), by service",
+            source_duration.clone(),
+        );
         let gathers_in_flight = Gauge::default();
         let late_replies = Counter::default();
         let client_requests = Family::<ClientLabels, Counter>::default();
@@ -222,6 +232,7 @@ impl Metrics {
             http_requests,
             http_duration,
             source_outcomes,
+            source_duration,
             gathers_in_flight,
             late_replies,
             client_requests,
@@ -267,6 +278,15 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Records how long a source took to answer (or time out).
+    pub fn record_source_time(&self, service: &Name, seconds: f64) {
+        self.source_duration
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .observe(seconds);
     }
 
     /// Records a breaker's move to `phase` (its gauge `value`).

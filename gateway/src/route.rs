@@ -3,7 +3,7 @@
 //! admin's try-it all call a [`Runner`].
 //!
 //! Owns: [`Runner`] (the configuration in force, the collector, the metrics a run counts in)
-//! and [`Call`], one run as data. May use: `gather`, `config`, `metrics`, `error`.
+//! and [`Call`], one run as data. May use: `gather`, `cache`, `config`, `metrics`, `error`.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::cache::CacheState;
 use crate::config::snapshot::{Route, Snapshot};
 use crate::error::{ErrorKind, GatewayError};
 use crate::gather::collector::Collector;
@@ -114,9 +115,7 @@ impl Runner {
     ) -> Result<Answer, GatewayError> {
         pending.collect(route).await;
         let (outcome, open) = pending.finish_open();
-        for (target, result) in route.targets.iter().zip(&outcome.results) {
-            self.metrics.record_source(&target.service, result.status());
-        }
+        self.count(route, &outcome);
         let body = match merge::answer(route, &outcome, request_id, order_id, started.elapsed()) {
             Ok(body) => body,
             Err(e) => {
@@ -151,6 +150,33 @@ impl Runner {
             cache_status,
             late,
         })
+    }
+
+    /// Counts each source's outcome and, when it answered or timed out, its time (not when
+    /// the cache answered at once: nothing was published).
+    fn count(&self, route: &Route, outcome: &Outcome) {
+        for (index, (target, result)) in route.targets.iter().zip(&outcome.results).enumerate() {
+            self.metrics.record_source(&target.service, result.status());
+            let cached = outcome.marks.get(index).and_then(|m| m.cache);
+            if matches!(
+                cached,
+                Some(CacheState::Hit { .. } | CacheState::Revalidating { .. })
+            ) {
+                continue;
+            }
+            let took = match result {
+                SourceResult::Ok { elapsed, .. }
+                | SourceResult::NotFound { elapsed }
+                | SourceResult::Error { elapsed, .. }
+                | SourceResult::NoResponders { elapsed } => elapsed,
+                SourceResult::Timeout { after } => after,
+                SourceResult::Cancelled | SourceResult::Skipped(_) | SourceResult::CircuitOpen => {
+                    continue
+                }
+            };
+            self.metrics
+                .record_source_time(&target.service, took.as_secs_f64());
+        }
     }
 
     /// Runs `call` in the configuration in force and answers with the status and body the
@@ -194,9 +220,7 @@ impl Runner {
             (_, Some(open)) => open.release(),
             (_, None) => {}
         }
-        for (target, result) in route.targets.iter().zip(&outcome.results) {
-            self.metrics.record_source(&target.service, result.status());
-        }
+        self.count(route, &outcome);
         let transient = is_transient(&outcome);
         match merge::answer(
             route,

@@ -30,6 +30,8 @@
 //!   connection task, the server pool, the connector, TLS, the `[nats]` settings
 //!   ([`NatsSettings`](nats::NatsSettings)), authentication, protocol parsing, errors.
 //! - [`runtime`]: what every Busgate process does the same way: logging set-up, shutdown signals.
+//! - [`telemetry`]: traces over OTLP (`[telemetry]`, `OTEL_*`), the process's tracer, and the
+//!   `traceparent` made from and read into spans.
 //! - [`backoff`]: the one exponential backoff with jitter that every retry loop uses.
 //! - [`error`]: this crate's error type.
 //!
@@ -51,6 +53,7 @@ pub mod resilience;
 pub mod runtime;
 pub mod sdk;
 pub mod subject;
+pub mod telemetry;
 pub mod upstream;
 pub mod validate;
 pub mod watch;

@@ -83,6 +83,9 @@ pub struct RequestContext {
     pub deadline: Option<Instant>,
     /// The message's header block, kept as it came: read through the methods below.
     headers: Option<Bytes>,
+    /// With traces on, this service's `process` span: what the work's own spans (and what it
+    /// passes on downstream) are children of.
+    process: Option<Box<crate::telemetry::Traceparent>>,
 }
 
 impl RequestContext {
@@ -91,9 +94,13 @@ impl RequestContext {
         self.header(header::CLIENT)
     }
 
-    /// The W3C `traceparent` the gateway sent (empty when none), to pass on downstream.
+    /// The W3C `traceparent` to pass on downstream (empty when none): the one the gateway
+    /// sent, or with traces on, this service's `process` span.
     pub fn traceparent(&self) -> &str {
-        self.header(header::TRACEPARENT)
+        match &self.process {
+            Some(own) => own.as_str(),
+            None => self.header(header::TRACEPARENT),
+        }
     }
 
     fn header(&self, name: &str) -> &str {
@@ -349,15 +356,35 @@ where
         Some(at) => match header::remaining(at, header::now_unix_ms()) {
             Some(left) => Some(started + left),
             None => {
-                debug!(service = name, "dropping work past its deadline");
+                debug!(
+                    service = name,
+                    trace_id = crate::telemetry::trace_id(
+                        message.header(header::TRACEPARENT).unwrap_or("")
+                    ),
+                    "dropping work past its deadline"
+                );
                 return;
             }
         },
         None => None,
     };
+    // With traces on, the consumer span; it ends when this returns (or is cancelled). Boxed:
+    // this future stays as small as without traces.
+    let mut span = crate::telemetry::tracer().map(|tracer| {
+        let parent = message.header(header::TRACEPARENT).unwrap_or("");
+        Box::new(crate::telemetry::span::process(
+            tracer,
+            parent,
+            message.subject(),
+            name,
+        ))
+    });
     let context = RequestContext {
         deadline,
         headers: message.headers.clone(),
+        process: span
+            .as_deref()
+            .map(|s| Box::new(crate::telemetry::traceparent_of(s))),
     };
     let reply = match serde_json::from_slice::<ServiceRequest>(&message.payload) {
         Ok(req) => {
@@ -366,7 +393,13 @@ where
                 Some(at) => match tokio::time::timeout_at(at.into(), work).await {
                     Ok(reply) => reply,
                     Err(_) => {
-                        debug!(service = name, "deadline reached while working, no reply");
+                        debug!(
+                            service = name,
+                            trace_id = crate::telemetry::trace_id(
+                                message.header(header::TRACEPARENT).unwrap_or("")
+                            ),
+                            "deadline reached while working, no reply"
+                        );
                         return;
                     }
                 },
@@ -382,6 +415,9 @@ where
         Reply::Error(e) => Some(format!("{}: {}", e.code, e.message)),
         _ => None,
     };
+    if let Some(span) = span.as_deref_mut() {
+        crate::telemetry::span::outcome(span, &reply);
+    }
     endpoint.stats.record(elapsed, error);
     if let Err(e) = endpoint.wire.publish(reply_to, None, &[], &payload) {
         warn!(service = name, error = %e, "cannot publish reply");

@@ -5,7 +5,10 @@
 #   tests/perf/ab-merge.sh OLD_BIN_DIR NEW_BIN_DIR [MORE…]      (ROUNDS=3, SECONDS_PER_ROUND=10)
 # A bin dir written `tls:DIR` runs that build with every NATS connection over TLS
 # (merge-stack.sh's NATS_TLS): `ab-merge.sh target/release tls:target/release` is plain TCP
-# against TLS in one run.
+# against TLS in one run. A bin dir written `otel:DIR` runs that build with every request
+# traced and exported over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT, for the gateway and the
+# worker) to a sink (tests/perf/otlp-sink.py): `ab-merge.sh target/release otel:target/release`
+# is "no endpoint" against "every request traced" in one run (the issue's ≥ 90 % figure).
 # A bin dir written `NAME@DIR` runs that build with the settings `busgate-bench
 # --print-settings NAME` (default `merge`): `ab-merge.sh target/release
 # merge-coalesce@target/release` is coalescing off against on in one run. With DISTINCT=1 every
@@ -32,12 +35,17 @@ for round in $(seq "$ROUNDS"); do
   for bins in "$@"; do
     case $bins in
       tls:*) NATS_TLS=1 start_merge_stack "${bins#tls:}" "$D" ;;
+      otel:*)
+        sink_port=$(port)
+        python3 "$HERE/otlp-sink.py" "$sink_port" 2>> "$D/otlp-sink.log" & SINK=$!
+        OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port NATS_TLS= start_merge_stack "${bins#otel:}" "$D" ;;
       guarded:*) NATS_TLS= SETTINGS=merge-guarded start_merge_stack "${bins#guarded:}" "$D" ;;
       *@*) SETTINGS=${bins%%@*} NATS_TLS= start_merge_stack "${bins#*@}" "$D" ;;
       *) NATS_TLS= start_merge_stack "$bins" "$D" ;;
     esac
     if [ -n "${DISTINCT:-}" ]; then ours=$(rps -s "$HERE/distinct-ids.lua" "$URL"); else ours=$(rps "$URL"); fi
     stop_merge_stack
+    if [ -n "${SINK:-}" ]; then kill "$SINK" 2> /dev/null; wait "$SINK" 2> /dev/null; SINK=; fi
     peer=$(rps "$PEER")
     ratio=$(python3 -c "print(f'{$ours/$peer:.2f}')")
     ratios[$bins]="${ratios[$bins]:-} $ratio"

@@ -274,6 +274,18 @@ impl Settings {
         self
     }
 
+    /// The circuit breaker of `service` (an existing one).
+    pub fn breaker(
+        mut self,
+        service: &str,
+        breaker: busgate_shared::config::BreakerSpec,
+    ) -> Settings {
+        if let Some(spec) = self.services.get_mut(service) {
+            spec.breaker = Some(breaker);
+        }
+        self
+    }
+
     /// `[services.<name>]` as `spec` says (added, or replacing one of that name).
     pub fn service_spec(mut self, name: &str, spec: ServiceSpec) -> Settings {
         self.services.insert(name.to_owned(), spec);
@@ -431,6 +443,15 @@ impl Route {
     /// Asks `service`, required.
     pub fn target(mut self, service: &str) -> Route {
         self.spec.targets.push(TargetSpec::new(service, true));
+        self
+    }
+
+    /// Asks `service`, required, once the targets `needs` answered (a composed route's later
+    /// stage).
+    pub fn target_after(mut self, service: &str, needs: &[&str]) -> Route {
+        let mut target = TargetSpec::new(service, true);
+        target.needs = needs.iter().map(|n| (*n).to_owned()).collect();
+        self.spec.targets.push(target);
         self
     }
 

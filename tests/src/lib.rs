@@ -20,6 +20,7 @@
 //! - [`stack`]: the stacks tests start from (adapters in front of demos, or native services).
 //! - [`http`]: the one HTTP client helper, bodies and headers as text, a test HTTP server.
 //! - [`jobs`]: asynchronous requests: submit, poll until final.
+//! - [`otlp`]: an OTLP/HTTP receiver that decodes what the processes export.
 //! - [`upstream`]: a test upstream that fails or stalls on command and counts its calls.
 //! - [`wait`]: bounded waits ([`wait::eventually`]) and free ports.
 //! - [`fixture`]: the gateway settings (services, routes, jobs, callbacks) the tests, the
@@ -53,6 +54,7 @@ pub mod gateway;
 pub mod http;
 pub mod jobs;
 pub mod nats;
+pub mod otlp;
 pub mod process;
 pub mod stack;
 pub mod support;

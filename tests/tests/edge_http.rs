@@ -66,7 +66,7 @@ fn nth_access(gateway: &Gateway, n: usize) -> String {
             return None;
         }
         seen += 1;
-        (seen == n + 1).then(|| v["client"].as_str().unwrap_or_default().to_owned())
+        (seen == n + 1).then(|| v["client_address"].as_str().unwrap_or_default().to_owned())
     })
 }
 

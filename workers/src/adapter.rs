@@ -21,7 +21,7 @@ use busgate_shared::envelope::{code, Reply, ServiceRequest};
 use busgate_shared::micro::{META_MODE, META_UPSTREAM};
 use busgate_shared::sdk::{self, RequestContext, ServeOptions};
 use busgate_shared::upstream::{Hole, Parts, Scheme, SecretSource, UpstreamSpec};
-use busgate_shared::{drain, header};
+use busgate_shared::{drain, header, telemetry};
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tracing::{info, warn};
@@ -130,6 +130,9 @@ pub struct Upstream {
     parts: Parts,
     /// For `$SRV.INFO` and logs: no query, no credentials.
     pub display: String,
+    /// The upstream's host and port, for the client spans.
+    host: String,
+    port: u16,
     /// Bounds each call when the request's deadline is later (or absent).
     timeout: Option<Duration>,
     /// Bounds a call of a request that carries no deadline and no timeout of the upstream.
@@ -255,6 +258,8 @@ impl Upstream {
             transport,
             parts,
             display: template.display,
+            host: template.host,
+            port: template.port,
             timeout: spec.timeout,
             default_timeout,
             secrets,
@@ -305,6 +310,14 @@ impl Upstream {
         Ok(url)
     }
 
+    /// The URL a call for `order_id` is shown as (in its client span): [`Upstream::display`]
+    /// with the order id in place, no query, no credentials.
+    fn display_url(&self, order_id: &str) -> String {
+        let mut id = String::with_capacity(order_id.len());
+        percent_encode_into(&mut id, order_id);
+        self.display.replacen("{order_id}", &id, 1)
+    }
+
     /// The header values, read again after a failure (a secret file may have appeared).
     fn secrets(&self) -> Arc<Result<Vec<(String, String)>, String>> {
         let current = self.resolved.load_full();
@@ -331,7 +344,7 @@ impl Upstream {
             match &*self.secrets() {
                 Ok(values) => Some(values.clone()),
                 Err(missing) => {
-                    info!(request_id, service = %self.service, %missing, "upstream header value missing");
+                    info!(request_id, trace_id = telemetry::trace_id(ctx.traceparent()), span_id = telemetry::span_id(ctx.traceparent()), service = %self.service, %missing, "upstream header value missing");
                     return Reply::error(
                         code::UPSTREAM_SECRET_MISSING,
                         "a header value of the upstream cannot be read by the adapter",
@@ -343,13 +356,30 @@ impl Upstream {
             Ok(target) => target,
             Err(reply) => return reply,
         };
+        // With traces on, the client span of this call, whose traceparent goes upstream.
+        let mut span = telemetry::tracer().map(|tracer| {
+            let server = (self.host.as_str(), self.port);
+            let url = self.display_url(&req.order_id);
+            // Boxed: the call's future stays as small as without traces.
+            Box::new(telemetry::span::http_client(
+                tracer,
+                ctx.traceparent(),
+                "GET",
+                server,
+                url,
+            ))
+        });
+        let own = span
+            .as_deref()
+            .map(|s| Box::new(telemetry::traceparent_of(s)));
+        let traceparent = own.as_deref().map_or(ctx.traceparent(), |t| t.as_str());
         // Passed on so the upstream's logs and traces join the gateway's.
         let mut extra: Vec<(&str, &str)> = Vec::new();
         let mut fixed: [(&str, &str); 2] = [("", ""); 2];
         let mut n = 0;
         for (name, value) in [
             (header::REQUEST_ID, req.request_id.as_str()),
-            (header::TRACEPARENT, ctx.traceparent()),
+            (header::TRACEPARENT, traceparent),
         ] {
             if is_header_text(value) {
                 fixed[n] = (name, value);
@@ -394,11 +424,14 @@ impl Upstream {
                 reqwest_get(http, target, extra, timeout, max_body).await
             }
         };
+        if let Some(span) = span.as_deref_mut() {
+            record(span, &outcome);
+        }
         match outcome {
             Outcome::Answered { status: 404, .. } => Reply::NotFound,
             Outcome::Answered { status, body } if (200..300).contains(&status) => {
                 Reply::ok_json(body).unwrap_or_else(|e| {
-                    tracing::info!(request_id, error = %e, "upstream body is not JSON");
+                    tracing::info!(request_id, trace_id = telemetry::trace_id(traceparent), span_id = telemetry::span_id(traceparent), error = %e, "upstream body is not JSON");
                     Reply::error(code::UPSTREAM_BAD_BODY, "upstream body is not JSON")
                 })
             }
@@ -415,6 +448,8 @@ impl Upstream {
             Outcome::TooLarge => {
                 tracing::info!(
                     request_id,
+                    trace_id = telemetry::trace_id(traceparent),
+                    span_id = telemetry::span_id(traceparent),
                     max_body,
                     "upstream body larger than a reply can carry"
                 );
@@ -424,11 +459,33 @@ impl Upstream {
                 )
             }
             Outcome::Unreachable(e) => {
-                tracing::info!(request_id, error = %e, "upstream unreachable");
+                tracing::info!(request_id, trace_id = telemetry::trace_id(traceparent), span_id = telemetry::span_id(traceparent), error = %e, "upstream unreachable");
                 Reply::error(code::UPSTREAM_UNREACHABLE, "upstream unreachable")
             }
         }
     }
+}
+
+/// Marks the client span with the call's outcome: the status, or `error.type`.
+fn record(span: &mut telemetry::SdkSpan, outcome: &Outcome) {
+    use telemetry::{KeyValue, Span, Status};
+    let error = match outcome {
+        Outcome::Answered { status, .. } => {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(*status),
+            ));
+            if *status < 400 || *status == 404 {
+                return;
+            }
+            "http_status"
+        }
+        Outcome::TimedOut => "timeout",
+        Outcome::TooLarge => "too_large",
+        Outcome::Unreachable(_) => "unreachable",
+    };
+    span.set_attribute(KeyValue::new("error.type", error));
+    span.set_status(Status::error(error));
 }
 
 async fn reqwest_get(

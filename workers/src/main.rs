@@ -181,6 +181,17 @@ async fn run(cli: Cli) -> ExitCode {
     };
     runtime::init_logging(format, &cli.log_level);
     runtime::install_crypto_provider();
+    // Traces when OTEL_EXPORTER_OTLP_ENDPOINT (or …_TRACES_ENDPOINT) names a collector.
+    let telemetry = match busgate_shared::telemetry::init(
+        &busgate_shared::telemetry::TelemetrySettings::default(),
+        "busgate-worker",
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("busgate-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let nats = match busgate_shared::nats::NatsSettings::from_env() {
         Ok(settings) => busgate_shared::nats::NatsSettings {
             url: cli.nats.clone(),
@@ -225,6 +236,9 @@ async fn run(cli: Cli) -> ExitCode {
             result.unwrap_or(Ok(()))
         }
     };
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -21,6 +21,7 @@ use busgate_shared::validate::OrderIdRule;
 
 use crate::auth::Caller;
 use crate::config::snapshot::{Lookup, Route};
+use crate::edge::access::Observed;
 use crate::edge::body::{body_fields, read_body, BodyFields};
 use crate::edge::ids::{traceparent, RequestId, REQUEST_ID_HEADER};
 use crate::edge::shed::InFlight;
@@ -44,16 +45,17 @@ pub(super) fn dispatch(
 ) -> impl Future<Output = Result<Response, Infallible>> + Send {
     let started = Instant::now();
     let request_id = RequestId::fresh();
-    // The access log's client, only when it is on (`http.access_log`).
-    let client = match peer {
-        Some(peer) if state.edge.access_log => {
-            Some(state.edge.proxies.client(peer.ip(), request.headers()))
-        }
-        _ => None,
-    };
-    let admitting = Box::pin(admit(AppState::clone(&state), request, request_id));
+    // `None` unless traces or the access log are on.
+    let observed = Observed::begin(&state, &request, peer);
+    let admitting = Box::pin(admit(
+        AppState::clone(&state),
+        request,
+        request_id,
+        observed,
+    ));
     async move {
-        let (label, result) = match admitting.await {
+        let (admitted, observed) = admitting.await;
+        let (label, result) = match admitted {
             Admitted::Done { label, result } => (label, result),
             Admitted::Waiting {
                 route,
@@ -93,7 +95,9 @@ pub(super) fn dispatch(
         };
         let mut response = match result {
             Ok(response) => response,
-            Err(e) => e.with_request(request_id.as_str()).into_response(),
+            Err(e) => e
+                .with_request(request_id.as_str())
+                .into_traced_response(observed.as_deref().and_then(Observed::trace_id)),
         };
         if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
             response.headers_mut().insert(REQUEST_ID_HEADER, id);
@@ -103,8 +107,9 @@ pub(super) fn dispatch(
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
-        if let Some(client) = client {
-            crate::edge::forwarded::access(client, &label.0, &request_id, &response, started);
+        if let Some(observed) = observed {
+            let status = response.status().as_u16();
+            observed.finish(&label.0, status, request_id.as_str(), started.elapsed());
         }
         Ok(response)
     }
@@ -127,15 +132,36 @@ enum Admitted {
     },
 }
 
+/// [`admit_request`], handing back the request's observation.
+async fn admit(
+    state: AppState,
+    request: Request,
+    request_id: RequestId,
+    mut observed: Option<Box<Observed>>,
+) -> (Admitted, Option<Box<Observed>>) {
+    let admitted = admit_request(state, request, request_id, observed.as_deref_mut()).await;
+    (admitted, observed)
+}
+
 /// Everything up to the wait: the route lookup, the body, validation, an asynchronous submit,
 /// and publishing the requests of a synchronous one.
-async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admitted {
+async fn admit_request(
+    state: AppState,
+    request: Request,
+    request_id: RequestId,
+    mut observed: Option<&mut Observed>,
+) -> Admitted {
     let snapshot = state.runner.config().load_full();
     let (parts, body) = request.into_parts();
     // Who asks comes first: a request without valid credentials learns nothing, not even
     // which paths exist, and its body is never read.
     let caller = match state.auth.authenticate(&snapshot, &parts.headers).await {
-        Ok(caller) => caller,
+        Ok(caller) => {
+            if let Some(o) = observed.as_deref_mut() {
+                o.client(caller.name());
+            }
+            caller
+        }
         Err(e) => {
             state.runner.metrics().record_client(None, "unauthorized");
             return Admitted::Done {
@@ -148,7 +174,12 @@ async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admi
         Lookup::Found {
             route,
             path_order_id,
-        } => (route, path_order_id),
+        } => {
+            if let Some(o) = observed.as_deref_mut() {
+                o.matched(parts.uri.path(), path_order_id);
+            }
+            (route, path_order_id)
+        }
         Lookup::MethodNotAllowed(allow) => {
             let refused = ErrorKind::MethodNotAllowed {
                 method: parts.method.to_string(),
@@ -177,6 +208,7 @@ async fn admit(state: AppState, request: Request, request_id: RequestId) -> Admi
         body,
         request_id: request_id.as_str(),
         caller: &caller,
+        observed,
     };
     match serve(&state, route, path_order_id, request).await {
         Ok(Served::Answered(response)) => Admitted::Done {
@@ -238,6 +270,7 @@ struct Incoming<'a> {
     body: Body,
     request_id: &'a str,
     caller: &'a Caller,
+    observed: Option<&'a mut Observed>,
 }
 
 /// What [`serve`] made of a request.
@@ -259,6 +292,7 @@ async fn serve(
         body,
         request_id,
         caller,
+        observed,
     } = request;
     let (fields, raw) = if parts.method == Method::POST {
         let bytes = read_body(parts, body, state.edge.body_limit, state.edge.body_timeout).await?;
@@ -277,7 +311,14 @@ async fn serve(
     let timeout =
         client_timeout(&parts.headers).map_err(|e| GatewayError::from(e).with_order(&order_id))?;
     let incoming = parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
-    let traceparent = traceparent(incoming, request_id, state.edge.trace_sample_ratio);
+    // With traces on, the server span's; else the client's trace (or a new one) as before.
+    let traceparent = match observed.as_deref().and_then(Observed::traceparent) {
+        Some(own) => own.to_owned(),
+        None => traceparent(incoming, request_id, state.edge.trace_sample_ratio),
+    };
+    if let Some(o) = observed {
+        o.sent(&traceparent);
+    }
     let prefer = Prefer::parse(&parts.headers);
     if prefer.respond_async || fields.callback_url.is_some() {
         let submit = Submit {
@@ -363,6 +404,7 @@ mod tests {
             state.clone(),
             Request::default(),
             RequestId::fresh(),
+            None,
         ));
         let future = dispatch(InFlight::uncounted(state), request, None);
         let size = std::mem::size_of_val(&future);

@@ -109,25 +109,6 @@ fn address(value: &str) -> Option<IpAddr> {
         .and_then(|v| v.parse().ok())
 }
 
-/// One line of the access log (`http.access_log`): who asked (the real client address), what
-/// it reached, how it ended.
-pub fn access(
-    client: IpAddr,
-    route: &str,
-    request_id: &crate::edge::ids::RequestId,
-    response: &axum::response::Response,
-    started: tokio::time::Instant,
-) {
-    tracing::info!(
-        %client,
-        route,
-        request_id = request_id.as_str(),
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        "access"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

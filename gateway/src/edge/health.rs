@@ -1,5 +1,6 @@
 //! The built-in endpoints: `/health/live`, `/health/ready` and `/metrics`. They need no
-//! configuration and never touch the bus.
+//! configuration; only `/metrics` asks the bus something (JetStream's backlog, bounded by a
+//! timeout: see [`crate::edge::gauges`]).
 
 use std::sync::atomic::Ordering;
 
@@ -71,7 +72,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                     metrics.set_breaker(guard.service(), phase.gauge());
                 }
             }
-            metrics.encode()
+            crate::edge::gauges::with_gauges(&state, metrics.encode()).await
         },
     )
         .into_response()

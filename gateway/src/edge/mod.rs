@@ -12,16 +12,18 @@
 //!   and the middleware of its answers (request ids, the caller of polls and event streams).
 //! - [`shed`]: load shedding (`http.max_in_flight`, 503 `overloaded`).
 //! - [`dispatch`]: a configured route, from the caller to the answer.
+//! - [`gauges`]: what `/metrics` reads at scrape time (NATS state, loads, async backlog).
+//! - [`access`]: the server span and the one access line of a request, when either is on.
 //! - [`serve`]: the listeners' hyper connections, their timeouts and caps, until the drain;
 //!   [`protocols`]: what a connection speaks beyond cleartext HTTP/1.1 (the PROXY header of
 //!   [`proxy_protocol`], [`tls`] with its reloaded certificate, HTTP/2 and its limits).
 //! - [`host`]: RFC 9112's `Host` rule (400), for both listeners; [`forwarded`]: the real
-//!   client address (trusted proxies) and the access log.
+//!   client address (trusted proxies) that the access line and the server span report.
 //! - [`body`] reading and parsing, request [`ids`] and `traceparent`, the [`health`] and metrics
 //!   endpoints, and the [`state`] handlers share.
 //!
-//! Imports point down: here → `shed`, `dispatch`; `dispatch` → `shed`, `body`, `ids`,
-//! `state`; `shed` → `ids`, `state`. None of them uses this file.
+//! Imports point down: here → `shed`, `dispatch`; `dispatch` → `shed`, `access`, `body`,
+//! `ids`, `state`; `shed` → `ids`, `state`. None of them uses this file.
 //!
 //! May use: `jobs` (an asynchronous submit, poll and events), `auth` (the caller, before
 //! anything else is done for a request but the health endpoints and `/metrics`), `route`,
@@ -39,9 +41,11 @@ use axum::Router;
 
 use crate::error::{ErrorKind, GatewayError};
 
+pub mod access;
 pub mod body;
 pub mod dispatch;
 pub mod forwarded;
+pub mod gauges;
 pub mod health;
 pub mod host;
 pub mod ids;

@@ -80,6 +80,8 @@ pub struct Edge {
     pub unmatched: Name,
     /// The share of the traces started here that are marked sampled.
     pub trace_sample_ratio: f64,
+    /// `[log] access` (or its alias `http.access_log`): one access line per public request.
+    pub access_log: bool,
     /// How long a request body may take to arrive whole.
     pub body_timeout: std::time::Duration,
     /// Requests in flight (health and metrics not counted) and their cap.
@@ -91,8 +93,6 @@ pub struct Edge {
     pub upstream_forbidden: Vec<busgate_shared::upstream::Forbidden>,
     /// Peers that may name the client (`http.trusted_proxies`).
     pub proxies: crate::edge::forwarded::TrustedProxies,
-    /// One log line per request on a configured route (`http.access_log`).
-    pub access_log: bool,
 }
 
 impl Edge {
@@ -104,12 +104,12 @@ impl Edge {
             order_id,
             unmatched: Name(Arc::from("-")),
             trace_sample_ratio: 0.0,
+            access_log: false,
             body_timeout: http.body_timeout,
             in_flight: Slots::new(http.max_in_flight),
             connections: Arc::new(Slots::new(http.max_connections)),
             upstream_forbidden: Vec::new(),
             proxies: crate::edge::forwarded::TrustedProxies::default(),
-            access_log: false,
         }
     }
 }

@@ -26,6 +26,8 @@ struct Problem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     sources: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
@@ -217,6 +219,11 @@ impl GatewayError {
     /// Logs the cause of a failure inside the gateway (a store, a bug), which the problem
     /// document does not show; bad input and failed sources are not logged here.
     pub fn log_if_internal(&self) {
+        self.log_traced(None);
+    }
+
+    /// [`GatewayError::log_if_internal`], the lines carrying the request's `trace_id`.
+    fn log_traced(&self, trace_id: Option<&str>) {
         use ErrorKind as K;
         let internal = matches!(
             self.kind,
@@ -227,14 +234,14 @@ impl GatewayError {
                 | K::Internal
         );
         if internal {
-            tracing::warn!(request_id = self.request_id.as_deref(), error = %self.kind, "request failed inside the gateway");
+            tracing::warn!(request_id = self.request_id.as_deref(), trace_id, error = %self.kind, "request failed inside the gateway");
         }
         match &self.kind {
             K::CallbackRefused(refusal) => {
-                tracing::info!(request_id = self.request_id.as_deref(), class = ?refusal.class, detail = %refusal.detail, "callback_url refused");
+                tracing::info!(request_id = self.request_id.as_deref(), trace_id, class = ?refusal.class, detail = %refusal.detail, "callback_url refused");
             }
             K::BodyRead(e) => {
-                tracing::debug!(request_id = self.request_id.as_deref(), error = %e, "cannot read a request body");
+                tracing::debug!(request_id = self.request_id.as_deref(), trace_id, error = %e, "cannot read a request body");
             }
             _ => {}
         }
@@ -242,6 +249,11 @@ impl GatewayError {
 
     /// The problem document: status and body bytes. Also what asynchronous results store.
     pub fn problem(&self) -> (StatusCode, Bytes) {
+        self.problem_traced(None)
+    }
+
+    /// [`GatewayError::problem`], with the request's `trace_id` when it has one.
+    fn problem_traced(&self, trace_id: Option<&str>) -> (StatusCode, Bytes) {
         let (status, slug, title) = self.classify();
         let problem = Problem {
             kind: problem_type(slug),
@@ -250,6 +262,7 @@ impl GatewayError {
             detail: self.public_detail(),
             request_id: self.request_id.as_deref(),
             order_id: self.order_id.as_deref(),
+            trace_id,
             sources: match &self.kind {
                 ErrorKind::Source { sources, .. } => Some(sources),
                 _ => None,
@@ -270,12 +283,20 @@ pub fn problem_type(slug: &str) -> String {
 }
 
 impl IntoResponse for GatewayError {
-    fn into_response(mut self) -> Response {
+    fn into_response(self) -> Response {
+        self.into_traced_response(None)
+    }
+}
+
+impl GatewayError {
+    /// The problem response, carrying `trace_id` (in the document and the log line) when the
+    /// request has one: the public edge's answers, with traces or the access log on.
+    pub fn into_traced_response(mut self, trace_id: Option<&str>) -> Response {
         if self.request_id.is_none() {
             self.request_id = ANSWER_ID.try_with(Clone::clone).ok();
         }
-        self.log_if_internal();
-        let (status, body) = self.problem();
+        self.log_traced(trace_id);
+        let (status, body) = self.problem_traced(trace_id);
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

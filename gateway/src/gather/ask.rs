@@ -54,7 +54,14 @@ pub(crate) fn publish(
         .wire()
         .publish(&target.subject, Some(reply), &headers, payload);
     if let Err(e) = published {
-        warn!(service = %target.service.0, error = %e, "cannot publish a service request");
+        warn!(
+            service = %target.service.0,
+            request_id,
+            trace_id = busgate_shared::telemetry::trace_id(traceparent),
+            span_id = busgate_shared::telemetry::span_id(traceparent),
+            error = %e,
+            "cannot publish a service request"
+        );
         return false;
     }
     true

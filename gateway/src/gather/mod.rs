@@ -9,7 +9,7 @@
 //! route's stages carried out on the bus), [`resend`] (a request sent again to one source: a
 //! retry or a hedge), [`reuse`] (the hooks of the cache and coalescing), [`late`] (a partial
 //! answer's sources listened to after it, for the route's `late.grace`), [`merge`] (a gather's
-//! outcome as the answer or the problem).
+//! outcome as the answer or the problem), [`trace`] (a gather's send spans, with traces on).
 //!
 //! May use: `config` (the compiled route), `cache`, `metrics`, `error`.
 
@@ -23,3 +23,4 @@ pub mod resend;
 pub mod reuse;
 pub mod scatter;
 pub mod stages;
+pub mod trace;

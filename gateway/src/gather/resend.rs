@@ -42,8 +42,15 @@ impl Resend {
     }
 
     /// Sends the request to `target` again, within `gather`, with the deadline `timeout` after
-    /// the gather's start; whether it went out.
-    pub fn send(&self, gather: &Gather, target: &Target, timeout: Duration) -> bool {
+    /// the gather's start, and `traceparent` when traces give the source its own (else the
+    /// request's); whether it went out.
+    pub fn send(
+        &self,
+        gather: &Gather,
+        target: &Target,
+        timeout: Duration,
+        traceparent: Option<&str>,
+    ) -> bool {
         let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let mut digits = [0u8; 20];
         let headers = [
@@ -53,7 +60,10 @@ impl Resend {
                 header::decimal(self.start_ms.saturating_add(timeout), &mut digits),
             ),
             (header::CLIENT, self.client.as_str()),
-            (header::TRACEPARENT, self.traceparent.as_str()),
+            (
+                header::TRACEPARENT,
+                traceparent.unwrap_or(self.traceparent.as_str()),
+            ),
         ];
         let mut reply = String::new();
         let collector = gather.collector();

@@ -21,6 +21,7 @@ use tracing::debug;
 
 use busgate_shared::envelope::ServiceRequest;
 use busgate_shared::header;
+use busgate_shared::telemetry::Traceparent;
 
 use crate::config::snapshot::Route;
 use crate::gather::ask::publish;
@@ -31,6 +32,7 @@ use crate::gather::graph::{Run, Skip};
 use crate::gather::resend::Resend;
 use crate::gather::reuse::{self, Ask, Intercepted, SlotReuse};
 use crate::gather::stages;
+use crate::gather::trace::Sends;
 use crate::resilience::Reply;
 
 /// A gather whose requests are out: all it needs to collect the replies. It holds nothing of
@@ -47,16 +49,24 @@ pub struct Pending {
     resend: Option<Box<Resend>>,
     /// A composed route's run; `None` for every other route.
     graph: Option<Box<Run>>,
+    /// The send spans, with traces on.
+    sends: Option<Box<Sends>>,
 }
 
 impl Pending {
     /// A composed route's gather (see [`crate::gather::stages`]).
-    pub(crate) fn composed(book: Book, gather: Gather, run: Box<Run>) -> Pending {
+    pub(crate) fn composed(
+        book: Book,
+        gather: Gather,
+        run: Box<Run>,
+        sends: Option<Box<Sends>>,
+    ) -> Pending {
         Pending {
             book,
             gather: Some(gather),
             resend: None,
             graph: Some(run),
+            sends,
         }
     }
 
@@ -70,6 +80,7 @@ impl Pending {
                 route,
                 self.resend.as_deref(),
                 self.graph.as_deref_mut(),
+                self.sends.as_deref_mut(),
             )
             .await;
         }
@@ -95,6 +106,9 @@ impl Pending {
         let mut outcome = book.finish();
         if let Some(run) = self.graph.take() {
             outcome.starts = run.starts().to_vec();
+        }
+        if let Some(sends) = self.sends.take() {
+            sends.end(outcome.results.iter().map(SourceResult::status));
         }
         (outcome, open)
     }
@@ -141,8 +155,10 @@ impl Drop for Pending {
 /// Never waits: the requests are queued on the collector's connection.
 pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending {
     if route.graph.is_some() {
-        let (book, gather, run) = stages::start_graph(collector, route, asker);
-        return Pending::composed(book, gather, run);
+        let mut sends = Sends::begin(route.targets.len());
+        let (book, gather, run) =
+            stages::start_graph(collector, route, asker, sends.as_deref_mut());
+        return Pending::composed(book, gather, run, sends);
     }
     let limit = asker.timeout;
     let mut book = Book::new(
@@ -153,12 +169,14 @@ pub fn start(collector: &Collector, route: &Route, asker: &Asker<'_>) -> Pending
         }),
     );
     let gather = collector.register(route.targets.len() + route.extra_replies);
-    let resend = scatter(&gather, route, asker, &mut book);
+    let mut sends = Sends::begin(route.targets.len());
+    let resend = scatter(&gather, route, asker, &mut book, sends.as_deref_mut());
     Pending {
         book,
         gather: Some(gather),
         resend,
         graph: None,
+        sends,
     }
 }
 
@@ -170,6 +188,7 @@ fn scatter(
     route: &Route,
     asker: &Asker<'_>,
     book: &mut Book,
+    mut sends: Option<&mut Sends>,
 ) -> Option<Box<Resend>> {
     let payload = ServiceRequest::encode_without_attributes(
         asker.request_id,
@@ -204,10 +223,16 @@ fn scatter(
                 Intercepted::Publish(mark, slot) => book.reuse_slot(index, mark, slot),
                 Intercepted::Follows(mark, slot) => {
                     book.reuse_slot(index, mark, slot);
+                    if let Some(sends) = sends.as_deref_mut() {
+                        sends.note(index, asker.traceparent, target, "coalesced");
+                    }
                     continue;
                 }
                 Intercepted::Served(mark, data) => {
                     book.reuse_slot(index, mark, SlotReuse::default());
+                    if let Some(sends) = sends.as_deref_mut() {
+                        sends.note(index, asker.traceparent, target, "cached");
+                    }
                     let elapsed = book.started().elapsed();
                     book.settle(index, SourceResult::Ok { data, elapsed });
                     continue;
@@ -218,6 +243,10 @@ fn scatter(
             if !guard.admit(gather.collector().metrics()) {
                 // A flight it leads ends unanswered (a stale copy may still answer it).
                 book.land(index);
+                if let Some(sends) = sends.as_deref_mut() {
+                    // Not asked, but a source of the request: its span says why.
+                    sends.send(index, asker.traceparent, target);
+                }
                 book.settle(index, SourceResult::CircuitOpen);
                 continue;
             }
@@ -225,7 +254,12 @@ fn scatter(
                 book.arm_hedge(index, book.started() + after);
             }
         }
-        let ids = [asker.request_id, asker.client, asker.traceparent];
+        // With traces on, this request's send span is the service's parent.
+        let own = sends
+            .as_deref_mut()
+            .and_then(|s| s.send(index, asker.traceparent, target));
+        let traceparent = own.as_ref().map_or(asker.traceparent, Traceparent::as_str);
+        let ids = [asker.request_id, asker.client, traceparent];
         // A route with a late grace still wants the reply that long after its deadline.
         let timeout = book.timeout(index) + route.late.unwrap_or_default();
         if !publish(gather, target, ids, &payload, now_ms, timeout, &mut reply) {
@@ -248,12 +282,26 @@ fn scatter(
     })
 }
 
-/// Sends the request to source `index` again (a retry or a hedge); whether it went out.
-fn send_again(gather: &Gather, route: &Route, book: &Book, index: usize, resend: &Resend) -> bool {
-    route
-        .targets
-        .get(index)
-        .is_some_and(|target| resend.send(gather, target, book.timeout(index)))
+/// Sends the request to source `index` again (a retry or a hedge: `event` on its send span,
+/// whose `traceparent` it carries, with traces on); whether it went out.
+fn send_again(
+    gather: &Gather,
+    route: &Route,
+    book: &Book,
+    index: usize,
+    resend: &Resend,
+    sends: Option<&mut Sends>,
+    event: &'static str,
+) -> bool {
+    let own = sends.and_then(|s| s.again(index, event));
+    route.targets.get(index).is_some_and(|target| {
+        resend.send(
+            gather,
+            target,
+            book.timeout(index),
+            own.as_ref().map(Traceparent::as_str),
+        )
+    })
 }
 
 /// Waits for replies until the book says the gather is done; retries and hedges through the
@@ -265,6 +313,7 @@ async fn collect(
     route: &Route,
     resend: Option<&Resend>,
     mut run: Option<&mut Run>,
+    mut sends: Option<&mut Sends>,
 ) {
     if book.step() == Step::Done {
         return;
@@ -294,7 +343,15 @@ async fn collect(
                         if let Some(resend) = resend.filter(|_| result.is_retryable()) {
                             let left = book.left(index, Instant::now());
                             if guard.retry(metrics, book.attempts(index), left)
-                                && send_again(gather, route, book, index, resend)
+                                && send_again(
+                                    gather,
+                                    route,
+                                    book,
+                                    index,
+                                    resend,
+                                    sends.as_deref_mut(),
+                                    "busgate.retry",
+                                )
                             {
                                 // The followers of its flight wait for the final reply.
                                 book.sent(index, false);
@@ -313,7 +370,7 @@ async fn collect(
                     Some(Step::Done) => return,
                     Some(Step::Continue) => {
                         if let Some(run) = run.as_deref_mut() {
-                            stages::advance(book, gather, route, run);
+                            stages::advance(book, gather, route, run, sends.as_deref_mut());
                             if book.step() == Step::Done {
                                 return;
                             }
@@ -329,13 +386,13 @@ async fn collect(
             Err(_) => {
                 let now = Instant::now();
                 if route.extra_replies > 0 || route.targets.iter().any(|t| t.guard.is_some()) {
-                    guarded_wake(book, gather, route, resend, now);
+                    guarded_wake(book, gather, route, resend, sends.as_deref_mut(), now);
                 }
                 if book.expire(now) == Step::Done {
                     return;
                 }
                 if let Some(run) = run.as_deref_mut() {
-                    stages::advance(book, gather, route, run);
+                    stages::advance(book, gather, route, run, sends.as_deref_mut());
                     if book.step() == Step::Done {
                         return;
                     }
@@ -352,6 +409,7 @@ fn guarded_wake(
     gather: &Gather,
     route: &Route,
     resend: Option<&Resend>,
+    mut sends: Option<&mut Sends>,
     now: Instant,
 ) {
     let metrics = gather.collector().metrics();
@@ -359,7 +417,10 @@ fn guarded_wake(
         let (Some(guard), Some(resend)) = (&route.targets[index].guard, resend) else {
             continue;
         };
-        if guard.hedge(metrics) && send_again(gather, route, book, index, resend) {
+        let sends = sends.as_deref_mut();
+        if guard.hedge(metrics)
+            && send_again(gather, route, book, index, resend, sends, "busgate.hedge")
+        {
             book.sent(index, true);
         }
     }

@@ -4,6 +4,8 @@
 //! shortened by the client's `Busgate-Timeout`). The decisions are [`crate::gather::graph`]'s;
 //! this file carries them out on the [`Book`] and the bus. A guard's breaker applies to every
 //! stage; retries and hedges are not made in a composed route (each stage's payload differs).
+//! With traces on, every stage's request has its send span (`gather::trace`), as in a plain
+//! gather.
 
 use std::time::Duration;
 
@@ -11,12 +13,14 @@ use tokio::time::Instant;
 
 use busgate_shared::envelope::ServiceRequest;
 use busgate_shared::header;
+use busgate_shared::telemetry::Traceparent;
 
 use crate::config::snapshot::Route;
 use crate::gather::ask::{publish, Asker};
 use crate::gather::book::{Book, SourceResult, Step};
 use crate::gather::collector::{Collector, Gather};
 use crate::gather::graph::{Decision, Run, Seen, Skip};
+use crate::gather::trace::Sends;
 
 /// `scatter::start` for a composed route: every target waits (held) until the graph decides it;
 /// the conditions on the request are decided now (the request is not kept), then the first
@@ -25,6 +29,7 @@ pub(crate) fn start_graph(
     collector: &Collector,
     route: &Route,
     asker: &Asker<'_>,
+    sends: Option<&mut Sends>,
 ) -> (Book, Gather, Box<Run>) {
     let deadline = asker
         .timeout
@@ -57,14 +62,20 @@ pub(crate) fn start_graph(
             book.settle(index, SourceResult::Skipped(Skip::Condition));
         }
     }
-    advance(&mut book, &gather, route, &mut run);
+    advance(&mut book, &gather, route, &mut run, sends);
     (book, gather, run)
 }
 
 /// Asks the graph which targets can be decided now and carries that out: skips are settled,
 /// asks published (the target's timeout counting from now, within the route's deadline), until
 /// nothing more is decided or the gather is done.
-pub(crate) fn advance(book: &mut Book, gather: &Gather, route: &Route, run: &mut Run) {
+pub(crate) fn advance(
+    book: &mut Book,
+    gather: &Gather,
+    route: &Route,
+    run: &mut Run,
+    mut sends: Option<&mut Sends>,
+) {
     let Some(graph) = route.graph.as_deref() else {
         return;
     };
@@ -98,6 +109,9 @@ pub(crate) fn advance(book: &mut Book, gather: &Gather, route: &Route, run: &mut
                     };
                     if let Some(guard) = &target.guard {
                         if !guard.admit(gather.collector().metrics()) {
+                            if let Some(sends) = sends.as_deref_mut() {
+                                sends.send(index, &run.traceparent, target);
+                            }
                             book.settle(index, SourceResult::CircuitOpen);
                             continue;
                         }
@@ -114,7 +128,12 @@ pub(crate) fn advance(book: &mut Book, gather: &Gather, route: &Route, run: &mut
                         &attributes,
                     );
                     let timeout = target.timeout.min(run.deadline.saturating_sub(at));
-                    let ids = [&*run.request_id, &*run.client, &*run.traceparent];
+                    // With traces on, this stage's send span is the service's parent.
+                    let own = sends
+                        .as_deref_mut()
+                        .and_then(|s| s.send(index, &run.traceparent, target));
+                    let traceparent = own.as_ref().map_or(&*run.traceparent, Traceparent::as_str);
+                    let ids = [&*run.request_id, &*run.client, traceparent];
                     let now_ms = header::now_unix_ms();
                     if !publish(gather, target, ids, &payload, now_ms, timeout, &mut reply) {
                         book.settle(

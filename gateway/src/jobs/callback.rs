@@ -229,7 +229,16 @@ impl Deliverer {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         };
+        let span = super::trace::delivery(&url, &request_id, attempt);
         let outcome = self.attempt(&url, &request_id, &doc).await;
+        if let Some(span) = span {
+            let (status, error) = match &outcome {
+                Attempt::Delivered(status) => (Some(*status), None),
+                Attempt::Gone => (Some(410), None),
+                Attempt::Failed { status, error } => (*status, error.as_deref().or(Some("failed"))),
+            };
+            super::trace::delivered(span, status, error);
+        }
         let now = SystemTime::now();
         // The next delay, if any attempt is left: retry[attempt - 1], ±10 % jitter.
         let next_delay = self

@@ -73,6 +73,11 @@ impl AsyncRequests {
         let _ = self.jobs.set(jobs);
     }
 
+    /// The streams and buckets, once JetStream is ready.
+    pub fn ready_jobs(&self) -> Option<&Arc<Jobs>> {
+        self.jobs.get()
+    }
+
     /// Whether requests are taken.
     pub fn is_ready(&self) -> bool {
         self.jobs.get().is_some()

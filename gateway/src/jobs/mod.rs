@@ -16,6 +16,8 @@
 //! - [`late`]: the request document of a synchronous answer left partial on a route with a
 //!   `late.grace`: written pending with the partial answer, then final when the grace ends.
 //! - [`guard`]: the SSRF guard of callback URLs.
+//! - [`backlog`]: the streams' depths, for `/metrics`.
+//! - [`trace`]: the spans of processing (linked to the submit's) and of callback deliveries.
 //! - [`store`]: what the stages share: the streams, buckets and consumers ([`store::Jobs`]),
 //!   the [`store::Job`] message, the redelivery backoff.
 //!
@@ -25,6 +27,7 @@
 //! May use: `route` (to run a request's route), `config`, `clock`, `limit`, `error`. Not `edge`: the edge
 //! hands a submit its parts, and the poll handlers take their own state ([`http::AsyncRequests`]).
 
+pub mod backlog;
 pub mod callback;
 pub mod guard;
 pub mod http;
@@ -33,3 +36,4 @@ pub mod late;
 pub mod process;
 pub mod results;
 pub mod store;
+pub mod trace;

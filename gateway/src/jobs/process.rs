@@ -226,7 +226,12 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         );
         gave_up(request_id, delivered)
     } else {
-        let work = runner.attempt(&job.call);
+        // With traces on, a processing span linked to the submit's; the gather is its child.
+        let (span, traced) = match super::trace::processing(&job.call, delivered) {
+            Some((span, call)) => (Some(span), Some(call)),
+            None => (None, None),
+        };
+        let work = runner.attempt(traced.as_ref().unwrap_or(&job.call));
         tokio::pin!(work);
         // Tell JetStream we are alive while a long gather runs.
         let mut ticks = tokio::time::interval(jobs.settings.ack_wait / 2);
@@ -237,6 +242,9 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
                 _ = ticks.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             }
         };
+        if let Some(span) = span {
+            super::trace::processed(span, attempt.status);
+        }
         if attempt.transient && delivered < i64::from(jobs.settings.max_deliver) {
             // The bus could not carry it (a node or worker going away, a connection being
             // remade): accepted work is tried again, not finished as a failure.

@@ -123,6 +123,11 @@ pub async fn run(args: UpArgs, mut settings: Settings) -> anyhow::Result<()> {
             settings.callbacks.allow.push(entry.into());
         }
     }
+    // A local stack is watched by a person: one access line per request, unless the
+    // environment turns it off (`BUSGATE_LOG__ACCESS=false`).
+    if std::env::var_os("BUSGATE_LOG__ACCESS").is_none() {
+        settings.log.access = true;
+    }
     let mut children: Vec<Running> = Vec::new();
     let started = stack::start_children(&args, &settings, &data_dir, &mut children).await;
     let nats_note = match started {

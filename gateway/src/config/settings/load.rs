@@ -38,7 +38,7 @@ impl Settings {
     }
 
     /// The top-level keys, as environment variables spell them (`BUSGATE_<KEY>…`).
-    const TOP_LEVEL: [&'static str; 12] = [
+    const TOP_LEVEL: [&'static str; 13] = [
         "NATS",
         "HTTP",
         "ADMIN",
@@ -51,6 +51,7 @@ impl Settings {
         "ROUTES",
         "CLIENTS",
         "AUTH",
+        "TELEMETRY",
     ];
 
     /// Checks every rule; returns the compiled `order_id` rule on success.
@@ -74,6 +75,7 @@ impl Settings {
             ));
         }
         self.validate_edge_limits()?;
+        self.telemetry.validate()?;
         self.http.check_edge()?;
         if !self.nats.instance.is_empty() {
             busgate_shared::validate::name("nats.instance", &self.nats.instance)?;

@@ -52,6 +52,8 @@ pub struct Settings {
     pub callbacks: CallbackSettings,
     /// Where `/metrics` is served.
     pub metrics: MetricsSettings,
+    /// Traces over OTLP (`[telemetry]`; off unless an endpoint is set here or in `OTEL_*`).
+    pub telemetry: busgate_shared::telemetry::TelemetrySettings,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -117,6 +119,7 @@ impl Default for Settings {
             jobs: JobsSettings::default(),
             callbacks: CallbackSettings::default(),
             metrics: MetricsSettings::default(),
+            telemetry: Default::default(),
             shutdown_grace: Duration::from_secs(10),
             services: builtin.services,
             routes: builtin.routes,

@@ -30,6 +30,9 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A tracing filter such as `info` or `busgate=debug` (RUST_LOG wins when set).
     pub level: String,
+    /// One access line per public request (target `busgate::access`): method, route,
+    /// status, client, request id, trace id, elapsed time. Off by default; on in `busgate up`.
+    pub access: bool,
 }
 
 impl Default for LogSettings {
@@ -37,6 +40,7 @@ impl Default for LogSettings {
         LogSettings {
             format: LogFormat::Text,
             level: "info".into(),
+            access: false,
         }
     }
 }
