@@ -95,8 +95,13 @@ pub struct ReplyError {
 
 /// Error codes that Busgate's own workers put into [`ReplyError::code`].
 pub mod code {
-    /// The upstream HTTP service answered a non-2xx, non-404 status.
+    /// The upstream HTTP service answered a non-2xx, non-404 status that says it is failing (5xx,
+    /// 408, 429, or anything else not listed below).
     pub const UPSTREAM_STATUS: &str = "upstream_status";
+    /// The upstream HTTP service refused this request (a 4xx other than 404, 408 and 429): an
+    /// answer about the request, not a failing service. A circuit breaker does not count it and
+    /// it is not retried.
+    pub const UPSTREAM_REJECTED: &str = "upstream_rejected";
     /// The upstream HTTP service did not answer before the deadline.
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
     /// The upstream HTTP service could not be reached.

@@ -25,6 +25,8 @@ pub enum Behaviour {
     Answer,
     /// Answers 500, always.
     Fail,
+    /// Answers 422 (refuses the request, not failing), always.
+    Reject,
     /// Fails every second call (the 2nd, 4th, …), answers the others.
     FailEverySecond,
     /// Answers after `delay`.
@@ -142,6 +144,7 @@ async fn answer(
     match svc.behaviour {
         Behaviour::Answer => ok(),
         Behaviour::Fail => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Behaviour::Reject => StatusCode::UNPROCESSABLE_ENTITY.into_response(),
         Behaviour::FailEverySecond if n % 2 == 0 => {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }

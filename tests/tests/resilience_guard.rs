@@ -197,6 +197,65 @@ async fn a_failing_service_opens_its_breaker_and_recovery_closes_it() {
 
 /// An upstream failing every second call: with `retry`, every answer is `ok`; an upstream
 /// failing always is asked at most the budget's share more.
+/// An attacker cannot open a service's breaker for everyone: neither by cutting its own deadline
+/// (`Busgate-Timeout: 1ms`: those timeouts are its own, not the service's) nor by asking for
+/// orders the upstream refuses (a 4xx is `upstream_rejected`: an answer, and not retried).
+#[tokio::test]
+async fn a_client_cannot_open_a_breaker_for_everyone() {
+    let (upstream, _nats, gateway, _worker) = stack().await;
+    let breaker = json!({"failure_ratio": 0.5, "min_requests": 5, "window": "10s", "open_for": "5s", "probes": 1});
+    create(
+        &gateway,
+        "services",
+        "shared",
+        json!({"timeout": "2s", "upstream": upstream.spec("shared"), "breaker": breaker,
+               "retry": {"attempts": 3, "budget": 0.5}}),
+    )
+    .await;
+    create(
+        &gateway,
+        "routes",
+        "shared",
+        route(
+            "shared",
+            "2s",
+            json!([{"service": "shared", "required": false}]),
+        ),
+    )
+    .await;
+    let url = gateway.url("/api/shared/A1");
+    served(&url).await;
+
+    upstream.set("shared", Behaviour::Slow(Duration::from_millis(100)));
+    for _ in 0..20 {
+        let (status, body, _) = get(&url, &[("busgate-timeout", "1ms")]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["sources"]["shared"]["status"], "timeout", "{body}");
+    }
+    assert_eq!(breaker_state(&gateway, "shared").await, "closed");
+
+    upstream.set("shared", Behaviour::Reject);
+    let before = upstream.calls("shared");
+    for _ in 0..20 {
+        let (status, body, _) = get(&url, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let source = &body["sources"]["shared"];
+        assert_eq!(source["status"], "error", "{body}");
+        assert_eq!(source["error"]["code"], "upstream_rejected", "{body}");
+        assert!(source.get("attempts").is_none(), "not retried: {body}");
+    }
+    assert_eq!(upstream.calls("shared") - before, 20, "one call each");
+    assert_eq!(breaker_state(&gateway, "shared").await, "closed");
+
+    upstream.set("shared", Behaviour::Answer);
+    let (status, body, _) = get(&url, &[]).await;
+    assert_eq!(
+        (status, &body["sources"]["shared"]["status"]),
+        (200, &json!("ok")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn retries_cure_every_second_failure_and_stay_within_the_budget() {
     let (upstream, _nats, gateway, _worker) = stack().await;

@@ -307,6 +307,15 @@ impl Upstream {
         if let Some(last) = literals.last() {
             url.push_str(last);
         }
+        // Each value is checked alone above; adjacent ones (`/{a}{b}` with `.` and `.`) could
+        // still make a dot-segment together, which a server or proxy upstream would resolve.
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        if path.split('/').any(is_dot_segment) {
+            return Err(Reply::error(
+                code::BAD_REQUEST,
+                "the values make a path segment . or ..",
+            ));
+        }
         Ok(url)
     }
 
@@ -439,6 +448,11 @@ impl Upstream {
                 code::UPSTREAM_REDIRECT,
                 format!("upstream answered {status} (redirects are not followed)"),
             ),
+            Outcome::Answered { status, .. }
+                if (400..500).contains(&status) && status != 408 && status != 429 =>
+            {
+                Reply::error(code::UPSTREAM_REJECTED, format!("upstream answered {status}"))
+            }
             Outcome::Answered { status, .. } => {
                 Reply::error(code::UPSTREAM_STATUS, format!("upstream answered {status}"))
             }
@@ -495,11 +509,12 @@ async fn reqwest_get(
     timeout: Duration,
     max_body: usize,
 ) -> Outcome {
+    // Without the URL: its query may hold a key (`?api_key=…`), and this text is logged.
     let failed = |e: reqwest::Error| {
         if e.is_timeout() {
             Outcome::TimedOut
         } else {
-            Outcome::Unreachable(e.to_string())
+            Outcome::Unreachable(e.without_url().to_string())
         }
     };
     let mut request = http.get(url).timeout(timeout);
@@ -627,6 +642,41 @@ mod tests {
                 matches!(&reply, Reply::Error(e) if e.code == code::BAD_REQUEST),
                 "{bad}: {reply:?}"
             );
+        }
+    }
+
+    #[test]
+    fn adjacent_values_never_make_a_dot_segment() {
+        for template in [
+            "http://h/x/{a}{b}/y",
+            "https://h/x/.{a}",
+            "http://h/{order_id}{a}",
+        ] {
+            let u = build(&options(template)).expect("ok");
+            let reply = u
+                .target(&request(".", serde_json::json!({"a": ".", "b": "."})))
+                .expect_err(template);
+            assert!(
+                matches!(&reply, Reply::Error(e) if e.code == code::BAD_REQUEST),
+                "{template}: {reply:?}"
+            );
+        }
+        let u = build(&options("http://h/x/{a}{b}/y")).expect("ok");
+        let fine = u.target(&request("1", serde_json::json!({"a": ".a", "b": "b."})));
+        assert_eq!(fine.ok(), Some("/x/.ab./y".to_owned()));
+    }
+
+    /// An unreachable https upstream is reported without its URL: the query may hold a key.
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_reported_without_its_query() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/x?api_key=sekrit-123");
+        match reqwest_get(&http, url, &[], Duration::from_secs(2), 1000).await {
+            Outcome::Unreachable(text) => assert!(!text.contains("sekrit"), "{text}"),
+            _ => panic!("not unreachable"),
         }
     }
 

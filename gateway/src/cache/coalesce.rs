@@ -7,6 +7,7 @@
 //! lands, and allocates nothing (an empty follower list is not allocated).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -30,6 +31,8 @@ struct Flight {
     leader: u64,
     /// When the leader stops waiting: a flight found after it is taken over.
     until: Instant,
+    /// The time the leader gave the source (its deadline sent to the service).
+    budget: Duration,
     /// The gathers waiting on the leader's reply.
     followers: Vec<Follower>,
 }
@@ -41,6 +44,9 @@ pub enum Joined {
     Lead(Ticket),
     /// Another gather is in flight for the same key: wait for its reply.
     Follow,
+    /// Another gather is in flight for the same key, but it gives up before this one would:
+    /// publish alone (a short-deadline leader never starves requests that can wait longer).
+    Alone,
 }
 
 /// The leader's hold on its flight: landing it hands over the followers; dropping it
@@ -54,21 +60,35 @@ pub struct Ticket {
 }
 
 impl Flights {
-    /// Joins the flight for `key` as gather `gather` (for its target named `source`), waiting
-    /// until `until`.
-    pub fn join(self: &Arc<Self>, key: u128, gather: u64, source: &Name, until: Instant) -> Joined {
+    /// Joins the flight for `key` as gather `gather` (for its target named `source`), giving the
+    /// source `budget` and waiting until `until`. A request follows only a flight whose leader
+    /// gave the source at least as much time: a leader whose client cut its deadline
+    /// (`Busgate-Timeout`) would leave followers without a reply (the service drops work past
+    /// its deadline), so they publish alone.
+    pub fn join(
+        self: &Arc<Self>,
+        key: u128,
+        gather: u64,
+        source: &Name,
+        until: Instant,
+        budget: Duration,
+    ) -> Joined {
         match self.table.entry(key) {
             Entry::Occupied(mut flight) => {
                 let flight = flight.get_mut();
                 if flight.until > Instant::now() {
-                    flight.followers.push((gather, source.clone()));
-                    return Joined::Follow;
+                    if flight.budget >= budget {
+                        flight.followers.push((gather, source.clone()));
+                        return Joined::Follow;
+                    }
+                    return Joined::Alone;
                 }
                 // The leader has given up (or is about to): this request takes over. Its old
                 // followers keep waiting on their own deadlines.
                 *flight = Flight {
                     leader: gather,
                     until,
+                    budget,
                     followers: Vec::new(),
                 };
             }
@@ -76,6 +96,7 @@ impl Flights {
                 slot.insert(Flight {
                     leader: gather,
                     until,
+                    budget,
                     followers: Vec::new(),
                 });
             }
@@ -137,7 +158,6 @@ impl Drop for Ticket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -145,16 +165,46 @@ mod tests {
         Name(Arc::from("s"))
     }
 
+    const MS500: Duration = Duration::from_millis(500);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_with_less_time_is_not_followed() {
+        let flights = Arc::new(Flights::default());
+        let until = Instant::now() + Duration::from_millis(5);
+        let Joined::Lead(short) = flights.join(9, 1, &n(), until, Duration::from_millis(5)) else {
+            panic!("the first leads");
+        };
+        let later = Instant::now() + MS500;
+        assert!(matches!(
+            flights.join(9, 2, &n(), later, MS500),
+            Joined::Alone
+        ));
+        assert!(matches!(
+            flights.join(9, 3, &n(), until, Duration::from_millis(5)),
+            Joined::Follow
+        ));
+        assert_eq!(short.land(), vec![(3, n())]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_first_leads_the_rest_follow_and_landing_hands_them_over() {
         let flights = Arc::new(Flights::default());
         let until = Instant::now() + Duration::from_millis(500);
-        let Joined::Lead(ticket) = flights.join(9, 1, &n(), until) else {
+        let Joined::Lead(ticket) = flights.join(9, 1, &n(), until, MS500) else {
             panic!("the first leads");
         };
-        assert!(matches!(flights.join(9, 2, &n(), until), Joined::Follow));
-        assert!(matches!(flights.join(9, 3, &n(), until), Joined::Follow));
-        assert!(matches!(flights.join(8, 4, &n(), until), Joined::Lead(_)));
+        assert!(matches!(
+            flights.join(9, 2, &n(), until, MS500),
+            Joined::Follow
+        ));
+        assert!(matches!(
+            flights.join(9, 3, &n(), until, MS500),
+            Joined::Follow
+        ));
+        assert!(matches!(
+            flights.join(8, 4, &n(), until, MS500),
+            Joined::Lead(_)
+        ));
         assert_eq!(ticket.land(), vec![(2, n()), (3, n())]);
         assert!(flights.is_empty(), "both flights ended");
     }
@@ -163,17 +213,17 @@ mod tests {
     async fn a_leader_gone_or_past_its_deadline_leaves_nothing_behind() {
         let flights = Arc::new(Flights::default());
         let until = Instant::now() + Duration::from_millis(100);
-        let Joined::Lead(ticket) = flights.join(9, 1, &n(), until) else {
+        let Joined::Lead(ticket) = flights.join(9, 1, &n(), until, MS500) else {
             panic!("the first leads");
         };
         drop(ticket);
         assert!(flights.is_empty());
-        let Joined::Lead(old) = flights.join(9, 1, &n(), until) else {
+        let Joined::Lead(old) = flights.join(9, 1, &n(), until, MS500) else {
             panic!("leads again");
         };
         tokio::time::advance(Duration::from_millis(100)).await;
         let later = Instant::now() + Duration::from_millis(100);
-        let Joined::Lead(new) = flights.join(9, 2, &n(), later) else {
+        let Joined::Lead(new) = flights.join(9, 2, &n(), later, MS500) else {
             panic!("a flight past its deadline is taken over");
         };
         drop(old);

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use busgate_shared::envelope::code::gateway as code;
+use busgate_shared::envelope::code::UPSTREAM_REJECTED;
 use busgate_shared::envelope::{ParsedReply, ReplyStatus};
 use busgate_shared::wire::Msg;
 use bytes::Bytes;
@@ -85,16 +86,23 @@ impl SourceResult {
         match self {
             SourceResult::Ok { elapsed, .. } => Reply::Ok(*elapsed),
             SourceResult::NotFound { elapsed } => Reply::NotFound(*elapsed),
+            // The upstream refused this request (a 4xx): an answer, or a client that knows an
+            // order the upstream rejects could open the breaker for everyone.
+            SourceResult::Error { code, elapsed, .. } if code == UPSTREAM_REJECTED => {
+                Reply::NotFound(*elapsed)
+            }
             _ => Reply::Failed,
         }
     }
 
-    /// Whether asking again may help (an error, or no responders).
+    /// Whether asking again may help (an error other than the upstream refusing this request,
+    /// or no responders).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            SourceResult::Error { .. } | SourceResult::NoResponders { .. }
-        )
+        match self {
+            SourceResult::Error { code, .. } => code != UPSTREAM_REJECTED,
+            SourceResult::NoResponders { .. } => true,
+            _ => false,
+        }
     }
 
     /// Whether the source delivered data.
@@ -259,6 +267,14 @@ impl Book {
     /// What source `index` came to, if it has settled.
     pub fn result(&self, index: usize) -> Option<&SourceResult> {
         self.slots.get(index)?.result.as_ref()
+    }
+
+    /// The time source `index` was given from when it was asked: its service's timeout, or less
+    /// when the client's `Busgate-Timeout` or the route's deadline cut it.
+    pub fn given(&self, index: usize) -> Duration {
+        self.slots
+            .get(index)
+            .map_or(Duration::ZERO, |s| s.timeout.saturating_sub(s.start))
     }
 
     /// How long source `index` has been asked at `now`.

@@ -9,6 +9,7 @@
 //! data as bytes; `scatter` turns what it says into results.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use busgate_shared::envelope::{ParsedReply, ReplyStatus, ServiceRequest};
 use busgate_shared::header;
@@ -135,14 +136,17 @@ pub enum Intercepted {
     Follows(Mark, SlotReuse),
 }
 
-/// Looks `target` of `route` up before it is published (see [`Intercepted`]). `started` is
-/// when the gather started (a flight waits until its timeout from then).
+/// Looks `target` of `route` up before it is published (see [`Intercepted`]). `budget` is the
+/// time this request gives the source (its timeout, perhaps cut by the client's
+/// `Busgate-Timeout`), `until` when it stops waiting: it follows only a flight whose leader gave
+/// at least as much.
 pub fn intercept(
     gather: &Gather,
     route: &Route,
     target: &Target,
     ask: &Ask<'_>,
-    started: Instant,
+    until: Instant,
+    budget: Duration,
 ) -> Intercepted {
     let collector = gather.collector();
     let reuse = collector.reuse();
@@ -207,7 +211,7 @@ pub fn intercept(
     if target.coalesce {
         match reuse
             .flights()
-            .join(key, gather.id(), &target.name, started + target.timeout)
+            .join(key, gather.id(), &target.name, until, budget)
         {
             Joined::Follow => {
                 metrics
@@ -222,6 +226,9 @@ pub fn intercept(
                 return Intercepted::Follows(mark, slot);
             }
             Joined::Lead(ticket) => slot.ticket = Some((ticket, target.name.clone())),
+            // A flight that ends before this request would stop waiting (its leader's client
+            // cut its deadline): publish alone, neither following nor taking it over.
+            Joined::Alone => {}
         }
     }
     Intercepted::Publish(mark, slot)

@@ -219,7 +219,8 @@ fn scatter(
                     .cache
                     .and(asker.headers.get_header(crate::cache::CACHE_CONTROL)),
             };
-            match reuse::intercept(gather, route, target, &ask, book.started()) {
+            let budget = book.timeout(index);
+            match reuse::intercept(gather, route, target, &ask, book.started() + budget, budget) {
                 Intercepted::Publish(mark, slot) => book.reuse_slot(index, mark, slot),
                 Intercepted::Follows(mark, slot) => {
                     book.reuse_slot(index, mark, slot);
@@ -295,10 +296,11 @@ fn send_again(
 ) -> bool {
     let own = sends.and_then(|s| s.again(index, event));
     route.targets.get(index).is_some_and(|target| {
+        // As the first request: a route with a late grace wants the reply that long after.
         resend.send(
             gather,
             target,
-            book.timeout(index),
+            book.timeout(index) + route.late.unwrap_or_default(),
             own.as_ref().map(Traceparent::as_str),
         )
     })
@@ -426,7 +428,13 @@ fn guarded_wake(
     }
     for (index, target) in route.targets.iter().enumerate() {
         if let Some(guard) = &target.guard {
-            if book.times_out(index, now) && !book.is_follower(index) {
+            // Only a source that had its service's whole timeout failed by timing out: a client
+            // that cuts its own deadline (`Busgate-Timeout: 1ms`) must not open the breaker for
+            // everyone.
+            if book.times_out(index, now)
+                && !book.is_follower(index)
+                && book.given(index) >= target.timeout
+            {
                 guard.record(metrics, Reply::Failed);
             }
         }

@@ -53,11 +53,12 @@ struct State {
 }
 
 impl State {
-    /// Whether the breaker just opened: a service it refuses is not asked again either.
+    /// Whether the breaker is not closed: a service it refuses, or one it only probes (half
+    /// open: `probes` requests and no more), is not asked again by a retry or a hedge.
     fn is_open(&self) -> bool {
         self.breaker
             .as_ref()
-            .is_some_and(|b| b.phase() == Phase::Open)
+            .is_some_and(|b| b.phase() != Phase::Closed)
     }
 }
 
