@@ -195,10 +195,12 @@ fn machine_and_versions() -> (
             .unwrap_or_else(|| "not installed".into()),
     );
     versions.insert("rustc", output(Command::new("rustc").arg("-V")));
-    let profile = if bin("busgate").to_string_lossy().contains("/release/") {
-        "release"
-    } else {
+    // busgate comes from the same build as this binary (beside it, or the same target dir); a
+    // path test misnamed release binaries copied elsewhere.
+    let profile = if cfg!(debug_assertions) {
         "debug"
+    } else {
+        "release"
     };
     versions.insert("profile", profile.into());
     (machine, versions)
