@@ -127,11 +127,19 @@ pub async fn run_deliveries(
     use futures::StreamExt;
     let consumer = jobs.callbacks_consumer().await?;
     let mut messages = consumer.messages().await.map_err(js)?;
+    // A stream of messages that ends (its pull failed for good, the connection was remade) is
+    // opened again, a moment later: deliveries must not stop for the life of the gateway.
+    let mut reopen = busgate_shared::backoff::ExponentialBackoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+        0.5,
+    )
+    .stream();
     let mut tasks = tokio::task::JoinSet::new();
     // At most `concurrency` attempts at once: a message is pulled only when one may start,
     // so the rest wait in the stream (and another instance may take them).
     let slots = Arc::new(tokio::sync::Semaphore::new(deliverer.concurrency));
-    let signaled = drain.signaled();
+    let signaled = drain.clone().signaled();
     tokio::pin!(signaled);
     // Held until the attempts in flight are done: the drain waits for it.
     let release = loop {
@@ -145,12 +153,25 @@ pub async fn run_deliveries(
         let message = tokio::select! {
             release = &mut signaled => break Some(release),
             next = messages.next() => match next {
-                Some(Ok(m)) => m,
+                Some(Ok(m)) => {
+                    reopen.reset();
+                    m
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pulling callbacks");
                     continue;
                 }
-                None => break None,
+                None => {
+                    tracing::warn!("the callback queue's message stream ended: opening it again");
+                    if !reopen.wait(&drain).await {
+                        break None;
+                    }
+                    match consumer.messages().await {
+                        Ok(again) => messages = again,
+                        Err(e) => tracing::warn!(error = %e, "cannot open the callback queue again"),
+                    }
+                    continue;
+                }
             },
         };
         let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
