@@ -555,6 +555,9 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
 /// kill -9 one gateway under load: the other keeps answering, and finishes the dead one's
 /// accepted asynchronous requests.
 #[tokio::test]
+#[ignore = "quarantined 2026-12-07: 2 of 4 CI runs of the merged tree left accepted requests \
+            pending (or their callbacks queued) after the gateway kill; a real defect to find, \
+            run with --ignored (issue 24's note)"]
 async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
