@@ -47,6 +47,7 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 PIDS=()    # the processes of the layout being measured
 INFRA=()   # the cluster's nodes, kept over layouts B…E
+LOAD=()    # the wrk runs in progress
 SUMMARY=() # one line per process and layout
 URL=() MON=() NODE=() ROUTE=() # per node index 1…3: client URL, monitoring port, pid, route port
 
@@ -63,6 +64,7 @@ stop_pids() {
 stop_layout() { [ ${#PIDS[@]} -eq 0 ] || stop_pids "${PIDS[@]}"; PIDS=(); }
 
 cleanup() {
+  [ ${#LOAD[@]} -eq 0 ] || stop_pids "${LOAD[@]}"
   stop_layout
   # start_merge_stack's, when it exited before they were handed over to PIDS.
   stop_pids ${G:-} ${W:-} ${W2:-} ${N:-}
@@ -83,11 +85,13 @@ fail() {
   exit 1
 }
 
-# wait_for SECONDS WHAT COMMAND…: polls COMMAND every 0.1 s until it succeeds, bounded.
+# wait_for SECONDS WHAT COMMAND…: polls COMMAND every POLL (0.1) s until it succeeds, bounded.
 wait_for() {
-  local seconds=$1 what=$2 i; shift 2
-  for i in $(seq $((seconds * 10))); do "$@" && return 0; sleep 0.1; done
-  fail "$what: not within $seconds s"
+  local seconds=$1 what=$2 until=$((SECONDS + $1)); shift 2
+  until "$@"; do
+    [ "$SECONDS" -lt "$until" ] || fail "$what: not within $seconds s"
+    sleep "${POLL:-0.1}"
+  done
 }
 
 # spawn LOG COMMAND…: runs COMMAND in the background, its output in $D/LOG.log; pid in LAST.
@@ -217,7 +221,20 @@ leader_state() {
   done
   return 1
 }
-drained() { local st; st=$(leader_state) && [ "${st##* }" = 0 ]; }
+# Whether the work queue is empty, on the leader found before the load (LEADER_MON): one
+# monitoring request per poll (polled every 0.25 s: the monitoring costs nats-server CPU too).
+drained() {
+  local st
+  st=$(stream_state "$LEADER_MON") && [ -n "$st" ] && [ "${st##* }" = 0 ]
+}
+leader_mon() {
+  local i st
+  for i in "${!MON[@]}"; do
+    st=$(stream_state "${MON[i]}") || continue
+    if [ "${st%% *}" = "n$i" ] || { [ ${#MON[@]} -eq 1 ] && [ -n "$st" ]; }; then echo "${MON[i]}"; return 0; fi
+  done
+  return 1
+}
 
 # Client connections per node (from /connz), as "n1=3 n2=1 n3=0".
 placement() {
@@ -233,24 +250,26 @@ placement() {
 # HEADER "Prefer: respond-async" the CPU is counted until the work queue is drained.
 measure() {
   local label=$1 urls=$2 header=$3 threads=2 conns=64 u i n=0 requests=0 rps=0 bad="" t0 t1 spec
-  local -a hdr=() wrks=() before=()
+  local -a hdr=() before=()
   shift 3
   [ -n "$header" ] && hdr=(-H "$header")
   read -r -a urls <<< "$urls"
   if [ ${#urls[@]} -gt 1 ]; then threads=1; conns=$((64 / ${#urls[@]})); fi
-  for u in "${urls[@]}"; do wrk -t"$threads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$u" > /dev/null & wrks+=($!); done
-  wait "${wrks[@]}"; wrks=()
-  [ -n "$header" ] && { wait_for 60 "the warm-up's submits drained" drained; }
+  for u in "${urls[@]}"; do wrk -t"$threads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$u" > /dev/null & LOAD+=($!); done
+  wait "${LOAD[@]}"; LOAD=()
+  if [ -n "$header" ]; then
+    LEADER_MON=$(leader_mon) || fail "$label: no node leads the stream BUSGATE_REQUESTS"
+    POLL=0.25 wait_for 60 "the warm-up's submits drained" drained
+  fi
   for spec in "$@"; do before+=("$(ticks "${spec#*:}")"); done
   t0=$(date +%s.%N)
   for u in "${urls[@]}"; do
-    wrk -t"$threads" -c"$conns" -d"${DURATION}s" "${hdr[@]}" "$u" > "$D/wrk.$n.txt" & wrks+=($!); n=$((n + 1))
+    wrk -t"$threads" -c"$conns" -d"${DURATION}s" "${hdr[@]}" "$u" > "$D/wrk.$n.txt" & LOAD+=($!); n=$((n + 1))
   done
-  wait "${wrks[@]}"
-  local drain=""
+  wait "${LOAD[@]}"; LOAD=()
+  local drain="" sustained=""
   if [ -n "$header" ]; then
-    wait_for 120 "the submits drained" drained
-    drain=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]) - $DURATION:.1f}')" "$(date +%s.%N)" "$t0")
+    POLL=0.25 wait_for 120 "the submits drained" drained
   fi
   t1=$(date +%s.%N)
   for i in $(seq 0 $((n - 1))); do
@@ -259,10 +278,17 @@ measure() {
     bad+=$(grep -E 'Non-2xx|Socket errors' "$D/wrk.$i.txt" | tr -s ' \n' ' ')
   done
   [ "$requests" -gt 0 ] || fail "$label: no request answered"
-  printf '\n== %s: %s req/s (%s requests%s)\n' "$label" "$rps" "$requests" "${drain:+, queue drained ${drain} s after the load}"
+  if [ -n "$header" ]; then
+    # Accepted at wrk's rate, completed by t1: what the processes sustain is the lower rate.
+    drain=$(python3 -c "print(f'{$t1 - $t0 - $DURATION:.1f}')")
+    sustained=$(python3 -c "print(round($requests / ($t1 - $t0)))")
+  fi
+  printf '\n== %s: %s req/s (%s requests%s)\n' "$label" "$rps" "$requests" \
+    "${drain:+; the work queue drained ${drain} s after the load: $sustained completed/s sustained}"
   [ -n "$bad" ] && printf '   NOT ALL 2xx, do not use these figures: %s\n' "$bad"
   [ -n "${MON[1]:-}" ] && printf '   client connections per node: %s\n' "$(placement)"
-  SUMMARY+=("$(printf '%-28s %-22s %9s req/s' "$label" "(all)" "$rps")")
+  SUMMARY+=("$(printf '%-28s %-22s %9s req/s%s' "$label" "(all)" "$rps" "${sustained:+, $sustained completed/s}")")
+  local total=0
   i=0
   for spec in "$@"; do
     local name=${spec%%:*} d us cores
@@ -271,8 +297,12 @@ measure() {
     cores=$(python3 -c "print(f'{$d * $TICK_US / 1e6 / ($t1 - $t0):.2f}')")
     printf '   %-22s %7s us CPU per request  %5s cores\n' "$name" "$us" "$cores"
     SUMMARY+=("$(printf '%-28s %-22s %9s us  %5s cores' "$label" "$name" "$us" "$cores")")
+    total=$((total + d))
     i=$((i + 1))
   done
+  us=$(python3 -c "print(f'{$total * $TICK_US / $requests:.1f}')")
+  printf '   %-22s %7s us CPU per request\n' "(every process)" "$us"
+  SUMMARY+=("$(printf '%-28s %-22s %9s us' "$label" "(every process)" "$us")")
 }
 
 layout_a() {
