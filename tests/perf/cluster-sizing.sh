@@ -28,12 +28,12 @@
 # node). The nginx services are the peers' (tests/perf/peers/peers.sh; started when nothing
 # answers on :18091, and stopped again). Needs wrk, curl, python3, nginx (the peers) and
 # nats-server (the pinned one, deploy/install-nats.sh, unless NATS_SERVER names one).
-# Everything it starts is stopped on exit, however it exits.
+# Everything it starts (wrk included) is stopped when it ends: done, failed, SIGINT or SIGTERM.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=$(cd "${1:-$HERE/../../target/release}" && pwd) || exit 64
 for b in busgate busgate-worker; do
-  [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: cargo build --release --bins" >&2; exit 64; }
+  [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: cargo build --release --workspace --bins" >&2; exit 64; }
 done
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} REPLICAS=${REPLICAS:-3}
 LAYOUTS=${LAYOUTS:-A B C D E F}
@@ -258,6 +258,7 @@ measure() {
   for u in "${urls[@]}"; do wrk -t"$threads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$u" > /dev/null & LOAD+=($!); done
   wait "${LOAD[@]}"; LOAD=()
   if [ -n "$header" ]; then
+    wait_for 30 "a node leading the stream BUSGATE_REQUESTS" leader_mon > /dev/null
     LEADER_MON=$(leader_mon) || fail "$label: no node leads the stream BUSGATE_REQUESTS"
     POLL=0.25 wait_for 60 "the warm-up's submits drained" drained
   fi
@@ -287,7 +288,7 @@ measure() {
     "${drain:+; the work queue drained ${drain} s after the load: $sustained completed/s sustained}"
   [ -n "$bad" ] && printf '   NOT ALL 2xx, do not use these figures: %s\n' "$bad"
   [ -n "${MON[1]:-}" ] && printf '   client connections per node: %s\n' "$(placement)"
-  SUMMARY+=("$(printf '%-28s %-22s %9s req/s%s' "$label" "(all)" "$rps" "${sustained:+, $sustained completed/s}")")
+  SUMMARY+=("$(printf '%-30s %-22s %9s req/s%s' "$label" "(all)" "$rps" "${sustained:+, $sustained completed/s}")")
   local total=0
   i=0
   for spec in "$@"; do
@@ -296,13 +297,13 @@ measure() {
     us=$(python3 -c "print(f'{$d * $TICK_US / $requests:.1f}')")
     cores=$(python3 -c "print(f'{$d * $TICK_US / 1e6 / ($t1 - $t0):.2f}')")
     printf '   %-22s %7s us CPU per request  %5s cores\n' "$name" "$us" "$cores"
-    SUMMARY+=("$(printf '%-28s %-22s %9s us  %5s cores' "$label" "$name" "$us" "$cores")")
+    SUMMARY+=("$(printf '%-30s %-22s %9s us  %5s cores' "$label" "$name" "$us" "$cores")")
     total=$((total + d))
     i=$((i + 1))
   done
   us=$(python3 -c "print(f'{$total * $TICK_US / $requests:.1f}')")
   printf '   %-22s %7s us CPU per request\n' "(every process)" "$us"
-  SUMMARY+=("$(printf '%-28s %-22s %9s us' "$label" "(every process)" "$us")")
+  SUMMARY+=("$(printf '%-30s %-22s %9s us' "$label" "(every process)" "$us")")
 }
 
 layout_a() {
@@ -336,7 +337,7 @@ cluster_layout() {
     st=$(leader_state) || st="? ? ?"
     read -r leader replicas _ <<< "$st"
     printf '   stream BUSGATE_REQUESTS: leader %s, %s replicas\n' "$leader" "$replicas"
-    SUMMARY+=("$(printf '%-28s stream leader %s (R%s)' "$label" "$leader" "$replicas")")
+    SUMMARY+=("$(printf '%-30s stream leader %s (R%s)' "$label" "$leader" "$replicas")")
   fi
   stop_layout
 }
