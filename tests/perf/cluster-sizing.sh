@@ -124,16 +124,17 @@ ticks() {
 
 monitor() { curl -sf --max-time 2 "http://127.0.0.1:$1$2"; }
 
-# One node's nats-server configuration: NAME PORT MONITOR [ROUTE ROUTES]; JetStream with a
-# store of its own when a cluster node or JS=1.
+# One node's nats-server configuration: NAME PORT MONITOR [ROUTE ROUTES]; a cluster node (with
+# ROUTE) has JetStream, with a store of its own.
 node_conf() {
   local name=$1 port=$2 mon=$3 route=${4:-} routes=${5:-}
   mkdir -p "$D/$name"
   {
     printf 'server_name: %s\nlisten: "127.0.0.1:%s"\nhttp: "127.0.0.1:%s"\n' "$name" "$port" "$mon"
-    [ -n "$route" ] || [ -n "${JS:-}" ] && printf 'jetstream { store_dir: "%s/store" }\n' "$D/$name"
+    [ -n "$route" ] || return 0
+    printf 'jetstream { store_dir: "%s/store" }\n' "$D/$name"
     # Routes pinged every second, as tests/src/cluster.rs does.
-    [ -n "$route" ] && printf 'cluster {\n  name: busgate-sizing\n  listen: "127.0.0.1:%s"\n  ping_interval: "1s"\n  routes: [%s]\n}\n' "$route" "$routes"
+    printf 'cluster {\n  name: busgate-sizing\n  listen: "127.0.0.1:%s"\n  ping_interval: "1s"\n  routes: [%s]\n}\n' "$route" "$routes"
   } > "$D/$name/nats.conf"
 }
 
@@ -164,7 +165,7 @@ start_cluster() {
   wait_for 60 "a JetStream meta leader of the 3-node cluster" meta_ready
 }
 
-# start_single: one nats-server (JetStream with JS=1), node index 1 of URL/MON/NODE.
+# start_single: one nats-server without JetStream, node index 1 of URL/MON/NODE.
 start_single() {
   URL[1]=nats://127.0.0.1:$(port); MON[1]=$(port)
   node_conf single "${URL[1]##*:}" "${MON[1]}"
