@@ -34,6 +34,7 @@ pub mod http;
 pub mod intake;
 pub mod late;
 pub mod process;
+pub mod pull;
 pub mod results;
 pub mod store;
 pub mod trace;
