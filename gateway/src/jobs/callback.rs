@@ -25,7 +25,7 @@ use crate::config::settings::callback_key;
 use crate::error::GatewayError;
 use crate::jobs::guard::{http_client, Guard};
 use crate::jobs::pull::{hand_back, Puller};
-use crate::jobs::results::StatusDoc;
+use crate::jobs::results::{CallbackState, StatusDoc};
 use crate::jobs::store::{js, retry_delay, Jobs};
 
 impl Jobs {
@@ -50,6 +50,12 @@ pub fn callback_unscheduled(doc: &StatusDoc) -> bool {
     doc.callback
         .as_ref()
         .is_some_and(|cb| cb.state == "pending" && cb.attempts == 0)
+}
+
+/// Whether a callback's outcome is recorded (delivered, gone, or given up on): a redelivery
+/// of its message is acked without another attempt.
+fn callback_settled(cb: &CallbackState) -> bool {
+    matches!(cb.state.as_str(), "delivered" | "gone" | "failed")
 }
 
 /// Signs callback bodies per Standard Webhooks.
@@ -238,6 +244,12 @@ impl Deliverer {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         };
+        if doc.callback.as_ref().is_some_and(callback_settled) {
+            // An instance recorded the outcome and died before its ack: not sent again.
+            tracing::debug!(%request_id, "callback already settled, acking a redelivery");
+            let _ = message.ack().await;
+            return;
+        }
         let span = super::trace::delivery(&url, &request_id, attempt);
         let outcome = self.attempt(&url, &request_id, &doc).await;
         if let Some(span) = span {
@@ -398,6 +410,13 @@ mod tests {
             cb.state = "delivered".into();
         }
         assert!(!callback_unscheduled(&doc));
+        let settled = |state: &str| {
+            let mut cb = doc.callback.clone().expect("callback");
+            cb.state = state.into();
+            callback_settled(&cb)
+        };
+        assert!(settled("delivered") && settled("gone") && settled("failed"));
+        assert!(!settled("pending") && !settled("waiting"));
         let mut without = StatusDoc::pending(&Job {
             callback_url: None,
             ..job()
