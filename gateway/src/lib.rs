@@ -514,8 +514,9 @@ async fn supervise_jetstream(
         state.store_status.clone(),
         drain.clone(),
     );
-    // The processor, the deliverer and the watcher obey the same drain as this task; this
-    // task's own watch is let go when all three have stopped.
+    // The processor, the deliverer and the watcher obey the same drain as this task, and
+    // nothing else stops them (a failed pull is retried); this task's own watch is let go
+    // when all three have stopped.
     let processor = jobs::process::run_requests(
         jobs.clone(),
         state.runner.clone(),
@@ -523,18 +524,10 @@ async fn supervise_jetstream(
         settings.shutdown_grace,
     );
     let deliveries = async {
-        match deliverer {
-            Some(deliverer) => {
-                jobs::callback::run_deliveries(jobs.clone(), deliverer, drain.clone()).await
-            }
-            None => Ok(()),
+        if let Some(deliverer) = deliverer {
+            jobs::callback::run_deliveries(jobs.clone(), deliverer, drain.clone()).await;
         }
     };
-    let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
+    tokio::join!(processor, deliveries, watcher);
     drop(drain);
-    for result in [processed, delivered] {
-        if let Err(e) = result {
-            warn!(error = %e, "asynchronous processing stopped");
-        }
-    }
 }
