@@ -222,7 +222,9 @@ pub async fn run(
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
-        auth: auth::Authenticator::new(settings.auth.mode).with_issuers(issuers),
+        auth: auth::Authenticator::new(settings.auth.mode)
+            .with_issuers(issuers)
+            .with_throttle(settings.auth.max_failures_per_minute),
     });
     if settings.auth.mode == config::settings::AuthMode::None {
         warn!(

@@ -63,7 +63,8 @@ pub struct ClientLabels {
     /// that exists.
     pub client: Name,
     /// `admitted`, or why it was refused: `unauthorized`, `route-not-allowed`,
-    /// `rate-limited`, `too-many-pending`, `too-many-streams`.
+    /// `rate-limited`, `too-many-pending`, `too-many-streams`, `throttled` (credentials from an
+    /// address past `auth.max_failures_per_minute`).
     pub outcome: &'static str,
 }
 

@@ -40,29 +40,30 @@ impl TrustedProxies {
         !self.nets.is_empty()
     }
 
-    /// The client of a request that came from `peer` with `headers`.
+    /// The client of a request that came from `peer` with `headers`. Read from the right, so
+    /// nothing is collected: no allocation.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return peer.to_canonical();
         }
         let forwarded = headers.get_all(axum::http::header::FORWARDED);
-        let mut forwarded = forwarded.iter().peekable();
-        if forwarded.peek().is_some() {
-            let entries: Vec<Option<IpAddr>> = forwarded
+        if forwarded.iter().next().is_some() {
+            let entries = forwarded
+                .iter()
+                .rev()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(forwarded_for)
-                .collect();
-            return self.walk(peer, entries.into_iter().rev());
+                .flat_map(|v| v.rsplit(','))
+                .map(forwarded_for);
+            return self.walk(peer, entries);
         }
-        let entries: Vec<Option<IpAddr>> = headers
+        let entries = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
+            .rev()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(address)
-            .collect();
-        self.walk(peer, entries.into_iter().rev())
+            .flat_map(|v| v.rsplit(','))
+            .map(address);
+        self.walk(peer, entries)
     }
 
     /// From the right: the first address that is not trusted.

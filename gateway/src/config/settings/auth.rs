@@ -7,7 +7,7 @@ use busgate_shared::Error;
 use serde::{Deserialize, Serialize};
 
 /// `[auth]`: how public requests name their client.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// `required` (the default): every public request but the health endpoints and
@@ -17,6 +17,25 @@ pub struct AuthSettings {
     pub mode: AuthMode,
     /// Issuers whose JWTs name a client (`[[auth.issuers]]`); none by default.
     pub issuers: Vec<IssuerSettings>,
+    /// Refused credentials (401) one client address may send in a minute; past them its
+    /// requests with credentials are answered 429 `too-many-failures` until the minute from
+    /// its first failure is over (per instance; IPv6 by /64). 0: off. At most
+    /// [`crate::auth::throttle::MAX_LIMIT`].
+    pub max_failures_per_minute: u32,
+}
+
+/// `auth.max_failures_per_minute` by default: far above a misconfigured client's retries,
+/// far below a brute force.
+pub const DEFAULT_MAX_FAILURES_PER_MINUTE: u32 = 20;
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            mode: AuthMode::default(),
+            issuers: Vec::new(),
+            max_failures_per_minute: DEFAULT_MAX_FAILURES_PER_MINUTE,
+        }
+    }
 }
 
 /// `auth.mode`.
@@ -262,6 +281,17 @@ impl IssuerSettings {
         }
         Ok(url)
     }
+}
+
+/// Checks `auth.max_failures_per_minute`.
+pub fn validate_throttle(auth: &AuthSettings) -> Result<(), Error> {
+    if auth.max_failures_per_minute > crate::auth::throttle::MAX_LIMIT {
+        return Err(Error::invalid(
+            "auth.max_failures_per_minute",
+            format!("at most {}", crate::auth::throttle::MAX_LIMIT),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks every issuer and that no two share an `issuer`.

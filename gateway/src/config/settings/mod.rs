@@ -26,7 +26,7 @@ pub use busgate_shared::nats::NatsSettings;
 
 pub use self::admin::{AdminSettings, MIN_ADMIN_TOKEN};
 pub use self::auth::{
-    validate_issuers, AuthMode, AuthSettings, IssuerSettings, JwtAlgorithm, MAX_JWT_LEEWAY,
+    validate_issuers, validate_throttle, AuthMode, AuthSettings, IssuerSettings, JwtAlgorithm, MAX_JWT_LEEWAY,
     MIN_JWT_SECRET,
 };
 pub use self::callbacks::{callback_key, CallbackSettings};
