@@ -224,7 +224,12 @@ pub async fn run(
         instance: Arc::from(instance.as_str()),
         auth: auth::Authenticator::new(settings.auth.mode)
             .with_issuers(issuers)
-            .with_throttle(settings.auth.max_failures_per_minute),
+            .with_throttle(settings.auth.max_failures_per_minute)
+            .with_anonymous(
+                (settings.auth.mode == config::settings::AuthMode::None)
+                    .then(|| settings.auth.anonymous.limits())
+                    .flatten(),
+            ),
     });
     if settings.auth.mode == config::settings::AuthMode::None {
         warn!(

@@ -196,3 +196,44 @@ async fn the_span_and_the_access_line_name_the_forwarded_client() {
     });
     assert_eq!(access["client_address"], "203.0.113.44");
 }
+
+/// With `[auth.anonymous] rate`, each client address (as a trusted proxy names it) is held to
+/// the rate on its own: one address spending its burst leaves the others theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anonymous_rate_holds_per_address() {
+    let nats = NatsServer::start();
+    let gateway = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_HTTP__TRUSTED_PROXIES", "127.0.0.1")
+            .env("BUSGATE_AUTH__ANONYMOUS__RATE__PER_SECOND", "1")
+            .env("BUSGATE_AUTH__ANONYMOUS__RATE__BURST", "3");
+    })
+    .await;
+    // A body that is not JSON: refused (415) after the rate, before anything is published.
+    let post = |xff: &'static str| {
+        http()
+            .post(gateway.url("/api/order"))
+            .header("content-type", "text/plain")
+            .header("x-forwarded-for", xff)
+            .body("x")
+            .send()
+    };
+    for i in 0..3 {
+        let status = post("203.0.113.5").await.expect("answer").status();
+        assert_eq!(status, 415, "request {i} is within the burst");
+    }
+    let limited = post("203.0.113.5").await.expect("answer");
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.expect("problem");
+    assert!(
+        body["type"].as_str().unwrap_or_default().ends_with("rate-limited"),
+        "{body}"
+    );
+    for other in ["203.0.113.6", "2001:db8:9::1"] {
+        assert_eq!(post(other).await.expect("answer").status(), 415, "{other}");
+    }
+    let limited = gateway
+        .metric("busgate_client_requests_total", "outcome=\"rate-limited\"")
+        .await;
+    assert_eq!(limited, 1.0);
+}

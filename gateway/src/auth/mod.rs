@@ -11,11 +11,14 @@
 //! unknown or revoked key) is refused with 401 before the body is read or anything published.
 //!
 //! Refused credentials are counted per client address ([`throttle`]): past
-//! `auth.max_failures_per_minute`, an address's credentials are not even checked (429).
+//! `auth.max_failures_per_minute`, an address's credentials are not even checked (429). With
+//! `[auth.anonymous]` limits, each client address is an anonymous client of its own
+//! ([`anonymous`]).
 //!
 //! Owns: [`Authenticator`], [`Caller`] and key generation. May use: `config` (the snapshot's
 //! clients, `[auth]` settings), `metrics`, `error`.
 
+pub mod anonymous;
 pub mod jwt;
 pub mod throttle;
 
@@ -77,6 +80,8 @@ pub struct Authenticator {
     issuers: jwt::Issuers,
     /// Refused credentials per client address (`auth.max_failures_per_minute`; `None`: off).
     throttle: Option<Arc<throttle::Throttle>>,
+    /// The anonymous client's limits per address (`[auth.anonymous]`; `None`: no limits).
+    anonymous: Option<Arc<anonymous::Anonymous>>,
 }
 
 /// What a request presented.
@@ -97,7 +102,20 @@ impl Authenticator {
             mode,
             issuers: jwt::Issuers::default(),
             throttle: None,
+            anonymous: None,
         }
+    }
+
+    /// The same, holding each client address to the anonymous client's limits (none: the
+    /// anonymous caller has no limits).
+    pub fn with_anonymous(mut self, limits: Option<anonymous::Anonymous>) -> Self {
+        self.anonymous = limits.map(Arc::new);
+        self
+    }
+
+    /// The anonymous client's table of addresses, when it has limits.
+    pub fn anonymous(&self) -> Option<&anonymous::Anonymous> {
+        self.anonymous.as_deref()
     }
 
     /// The same, throttling an address after `max_failures_per_minute` refused credentials
@@ -133,7 +151,7 @@ impl Authenticator {
         address: Option<IpAddr>,
     ) -> Result<Caller, GatewayError> {
         let Some((throttle, address)) = self.throttle.as_deref().zip(address) else {
-            return self.caller(snapshot, presented(headers)).await;
+            return self.caller(snapshot, presented(headers), address).await;
         };
         let presented = presented(headers);
         if !matches!(presented, Ok(Presented::Nothing)) {
@@ -141,7 +159,7 @@ impl Authenticator {
                 return Err(ErrorKind::TooManyFailures { retry_after }.into());
             }
         }
-        let result = self.caller(snapshot, presented).await;
+        let result = self.caller(snapshot, presented, Some(address)).await;
         if let Err(GatewayError {
             kind: ErrorKind::ClientUnauthorized(why),
             ..
@@ -159,10 +177,14 @@ impl Authenticator {
         &self,
         snapshot: &Snapshot,
         presented: Result<Presented<'_>, GatewayError>,
+        address: Option<IpAddr>,
     ) -> Result<Caller, GatewayError> {
         match presented? {
             Presented::Nothing => match self.mode {
-                AuthMode::None => Ok(Caller::anonymous()),
+                AuthMode::None => Ok(match &self.anonymous {
+                    None => Caller::anonymous(),
+                    Some(limits) => limits.caller(address),
+                }),
                 AuthMode::Required => {
                     Err(ErrorKind::ClientUnauthorized(Credentials::Missing).into())
                 }

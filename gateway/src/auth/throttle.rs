@@ -192,7 +192,7 @@ impl Throttle {
 
 /// What an address is counted under: an IPv4 address (or IPv4-mapped IPv6) whole, an IPv6
 /// address by its /64.
-fn key(address: IpAddr) -> u128 {
+pub(crate) fn key(address: IpAddr) -> u128 {
     match address.to_canonical() {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
         IpAddr::V6(v6) => u128::from(v6) & !(u128::from(u64::MAX)),

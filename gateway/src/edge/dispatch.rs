@@ -256,7 +256,7 @@ async fn admit_request(
 
 /// Holds a client to its routes and its rate, and counts its request: 403
 /// `route-not-allowed`, 429 `rate-limited`. The anonymous caller (`auth.mode = "none"`) has
-/// neither.
+/// neither, unless `[auth.anonymous]` gives each client address a rate.
 fn admit_client(state: &AppState, caller: &Caller, route: &Route) -> Result<(), GatewayError> {
     let Some(client) = caller.get() else {
         return Ok(());

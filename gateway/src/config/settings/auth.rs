@@ -22,6 +22,32 @@ pub struct AuthSettings {
     /// its first failure is over (per instance; IPv6 by /64). 0: off. At most
     /// [`crate::auth::throttle::MAX_LIMIT`].
     pub max_failures_per_minute: u32,
+    /// `[auth.anonymous]`: with `mode = "none"`, the anonymous client's limits, applied per
+    /// client address (none by default: no limits).
+    pub anonymous: AnonymousSettings,
+}
+
+/// `[auth.anonymous]`: what each client address may do as the anonymous client.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnonymousSettings {
+    /// Requests per second (and burst) per address, shared among the instances.
+    pub rate: Option<busgate_shared::config::RateSpec>,
+    /// Asynchronous requests pending per address, shared among the instances.
+    pub max_pending: Option<u32>,
+    /// Event streams open per address on one instance.
+    pub max_streams: Option<u32>,
+}
+
+impl AnonymousSettings {
+    /// The table of addresses these limits need, if any.
+    pub fn limits(&self) -> Option<crate::auth::anonymous::Anonymous> {
+        crate::auth::anonymous::Anonymous::new(
+            self.rate,
+            self.max_pending.map(|n| n as usize),
+            self.max_streams.map(|n| n as usize),
+        )
+    }
 }
 
 /// `auth.max_failures_per_minute` by default: far above a misconfigured client's retries,
@@ -34,6 +60,7 @@ impl Default for AuthSettings {
             mode: AuthMode::default(),
             issuers: Vec::new(),
             max_failures_per_minute: DEFAULT_MAX_FAILURES_PER_MINUTE,
+            anonymous: AnonymousSettings::default(),
         }
     }
 }
@@ -283,13 +310,31 @@ impl IssuerSettings {
     }
 }
 
-/// Checks `auth.max_failures_per_minute`.
+/// Checks `auth.max_failures_per_minute` and `[auth.anonymous]`.
 pub fn validate_throttle(auth: &AuthSettings) -> Result<(), Error> {
     if auth.max_failures_per_minute > crate::auth::throttle::MAX_LIMIT {
         return Err(Error::invalid(
             "auth.max_failures_per_minute",
             format!("at most {}", crate::auth::throttle::MAX_LIMIT),
         ));
+    }
+    let anonymous = &auth.anonymous;
+    if anonymous
+        .rate
+        .is_some_and(|r| r.per_second == 0 || r.burst() == 0)
+    {
+        return Err(Error::invalid(
+            "auth.anonymous.rate",
+            "per_second and burst must be at least 1",
+        ));
+    }
+    for (field, value) in [
+        ("auth.anonymous.max_pending", anonymous.max_pending),
+        ("auth.anonymous.max_streams", anonymous.max_streams),
+    ] {
+        if value == Some(0) {
+            return Err(Error::invalid(field, "must be at least 1"));
+        }
     }
     Ok(())
 }
