@@ -227,7 +227,7 @@ pub async fn run(
             .with_throttle(settings.auth.max_failures_per_minute)
             .with_anonymous(
                 (settings.auth.mode == config::settings::AuthMode::None)
-                    .then(|| settings.auth.anonymous.limits())
+                    .then(|| auth::anonymous::Anonymous::from_settings(&settings.auth.anonymous))
                     .flatten(),
             ),
     });

@@ -61,7 +61,11 @@ async fn failed_credentials_throttle_the_forwarded_client() {
     let abuser = Some("203.0.113.1");
     for i in 0..LIMIT {
         let (status, _, kind) = call(&gateway, BAD, abuser).await;
-        assert_eq!((status, kind.as_str()), (401, "unauthorized"), "failure {i}");
+        assert_eq!(
+            (status, kind.as_str()),
+            (401, "unauthorized"),
+            "failure {i}"
+        );
     }
     for key in [BAD, good.as_str()] {
         let (status, retry_after, kind) = call(&gateway, key, abuser).await;
@@ -71,7 +75,11 @@ async fn failed_credentials_throttle_the_forwarded_client() {
     }
     // The same /64 of IPv6 is one address; another client of the proxy and the proxy are not.
     for i in 0..LIMIT {
-        assert_eq!(call(&gateway, BAD, Some("2001:db8:5:6::1")).await.0, 401, "{i}");
+        assert_eq!(
+            call(&gateway, BAD, Some("2001:db8:5:6::1")).await.0,
+            401,
+            "{i}"
+        );
     }
     assert_eq!(call(&gateway, &good, Some("2001:db8:5:6::99")).await.0, 429);
     assert_eq!(call(&gateway, &good, Some("2001:db8:5:7::1")).await.0, 404);
@@ -142,9 +150,7 @@ async fn the_table_stays_bounded_under_many_addresses() {
     while let Some(done) = tasks.join_next().await {
         done.expect("worker");
     }
-    let tracked = gateway
-        .metric("busgate_auth_failing_addresses", "")
-        .await;
+    let tracked = gateway.metric("busgate_auth_failing_addresses", "").await;
     assert!(
         (1.0..=8192.0).contains(&tracked),
         "{tracked} addresses tracked"
@@ -185,8 +191,7 @@ async fn the_span_and_the_access_line_name_the_forwarded_client() {
         .to_owned();
     eventually(Duration::from_secs(15), || async {
         receiver.spans().iter().any(|s| {
-            s.attr("busgate.request_id") == request_id
-                && s.attr("client.address") == "203.0.113.44"
+            s.attr("busgate.request_id") == request_id && s.attr("client.address") == "203.0.113.44"
         })
     })
     .await;
@@ -226,7 +231,10 @@ async fn the_anonymous_rate_holds_per_address() {
     assert!(limited.headers().contains_key("retry-after"));
     let body: Value = limited.json().await.expect("problem");
     assert!(
-        body["type"].as_str().unwrap_or_default().ends_with("rate-limited"),
+        body["type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("rate-limited"),
         "{body}"
     );
     for other in ["203.0.113.6", "2001:db8:9::1"] {

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use busgate_shared::config::RateSpec;
 
-use super::Caller;
 use crate::config::clients::Client;
+use crate::config::settings::AnonymousSettings;
 
 /// Addresses the table holds at most.
 pub const MAX_ADDRESSES: usize = 4096;
@@ -57,12 +57,21 @@ impl Anonymous {
         })
     }
 
+    /// The table `[auth.anonymous]` needs, if any.
+    pub fn from_settings(settings: &AnonymousSettings) -> Option<Self> {
+        Anonymous::new(
+            settings.rate,
+            settings.max_pending.map(|n| n as usize),
+            settings.max_streams.map(|n| n as usize),
+        )
+    }
+
     /// The anonymous client of `address` (an unknown address is one address of its own).
-    pub fn caller(&self, address: Option<IpAddr>) -> Caller {
+    pub fn client(&self, address: Option<IpAddr>) -> Arc<Client> {
         let key = address.map_or(0, super::throttle::key);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, client)) = table.by_address.get(&key) {
-            return Caller::client(client.clone());
+            return client.clone();
         }
         if table.by_address.len() >= MAX_ADDRESSES {
             table.sweep();
@@ -75,7 +84,7 @@ impl Anonymous {
         table.made += 1;
         let made = table.made;
         table.by_address.insert(key, (made, client.clone()));
-        Caller::client(client)
+        client
     }
 
     /// Addresses in the table.
@@ -126,19 +135,22 @@ mod tests {
             burst: Some(2),
         };
         let anonymous = Anonymous::new(Some(rate), Some(3), None).expect("on");
-        let a = anonymous.caller(Some(ip(1)));
-        let limiter = |c: &Caller| c.get().and_then(|c| c.limiter.clone()).expect("limiter");
+        let a = anonymous.client(Some(ip(1)));
+        let limiter = |c: &Arc<Client>| c.limiter.clone().expect("limiter");
         assert!(limiter(&a).check().is_ok());
         assert!(limiter(&a).check().is_ok());
         assert!(limiter(&a).check().is_err(), "a's burst is spent");
-        let again = anonymous.caller(Some(ip(1)));
-        assert!(limiter(&again).check().is_err(), "the same address, the same limiter");
-        assert!(limiter(&anonymous.caller(Some(ip(2)))).check().is_ok());
-        assert_eq!(a.name(), "", "anonymous");
+        let again = anonymous.client(Some(ip(1)));
+        assert!(
+            limiter(&again).check().is_err(),
+            "the same address, the same limiter"
+        );
+        assert!(limiter(&anonymous.client(Some(ip(2)))).check().is_ok());
+        assert!(a.name.0.is_empty(), "anonymous");
         let v6 = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
-        let x = anonymous.caller(v6("2001:db8::1"));
-        let y = anonymous.caller(v6("2001:db8::2"));
-        assert!(Arc::ptr_eq(x.get().expect("x"), y.get().expect("y")));
+        let x = anonymous.client(v6("2001:db8::1"));
+        let y = anonymous.client(v6("2001:db8::2"));
+        assert!(Arc::ptr_eq(&x, &y));
     }
 
     /// A flood of addresses leaves the table at its cap; a busy address survives a sweep that
@@ -146,22 +158,21 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let anonymous = Anonymous::new(None, Some(1), None).expect("on");
-        let busy = anonymous.caller(Some(ip(7)));
-        let held = busy
-            .get()
-            .expect("client")
-            .usage
-            .pending
-            .try_hold(Some(1))
-            .expect("one");
+        let busy = anonymous.client(Some(ip(7)));
+        let held = busy.usage.pending.try_hold(Some(1)).expect("one");
         drop(busy);
         for n in 1000..1000 + 3 * MAX_ADDRESSES as u32 {
-            let _ = anonymous.caller(Some(ip(n)));
+            let _ = anonymous.client(Some(ip(n)));
             assert!(anonymous.tracked() <= MAX_ADDRESSES);
         }
-        let busy = anonymous.caller(Some(ip(7)));
+        let busy = anonymous.client(Some(ip(7)));
         assert!(
-            busy.get().expect("client").usage.pending.try_hold(Some(1)).is_none(),
+            busy.get()
+                .expect("client")
+                .usage
+                .pending
+                .try_hold(Some(1))
+                .is_none(),
             "the busy address kept its count"
         );
         drop(held);

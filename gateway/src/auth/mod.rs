@@ -183,7 +183,7 @@ impl Authenticator {
             Presented::Nothing => match self.mode {
                 AuthMode::None => Ok(match &self.anonymous {
                     None => Caller::anonymous(),
-                    Some(limits) => limits.caller(address),
+                    Some(limits) => Caller::client(limits.client(address)),
                 }),
                 AuthMode::Required => {
                     Err(ErrorKind::ClientUnauthorized(Credentials::Missing).into())
@@ -375,7 +375,10 @@ mod tests {
             headers(&[("authorization", &format!("bearer  {secret}"))]),
             headers(&[("x-api-key", &secret)]),
         ] {
-            let caller = auth.authenticate(&snapshot, &h, None).await.expect("accepted");
+            let caller = auth
+                .authenticate(&snapshot, &h, None)
+                .await
+                .expect("accepted");
             assert_eq!(caller.name(), "acme");
         }
         let (_, other) = new_key();

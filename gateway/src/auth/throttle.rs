@@ -29,7 +29,7 @@ pub const WAYS: usize = 4;
 /// The window a count runs for, from an address's first failure.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// The highest `max_failures_per_minute` (the count has 12 bits).
-pub const MAX_LIMIT: u32 = 4000;
+pub const MAX_LIMIT: u32 = crate::config::settings::auth::MAX_FAILURES_PER_MINUTE;
 
 const COUNT_BITS: u32 = 12;
 const TAG_BITS: u32 = 20;
@@ -258,7 +258,10 @@ mod tests {
         }
         assert_eq!(t.entries.len(), BUCKETS * WAYS);
         assert!(t.tracked() <= BUCKETS * WAYS);
-        assert!(t.check_at(abuser, 2).is_err(), "the throttled address is kept");
+        assert!(
+            t.check_at(abuser, 2).is_err(),
+            "the throttled address is kept"
+        );
     }
 
     #[test]

@@ -144,14 +144,8 @@ async fn admit(
     mut observed: Option<Box<Observed>>,
     address: Option<IpAddr>,
 ) -> (Admitted, Option<Box<Observed>>) {
-    let admitted = admit_request(
-        state,
-        request,
-        request_id,
-        observed.as_deref_mut(),
-        address,
-    )
-    .await;
+    let admitted =
+        admit_request(state, request, request_id, observed.as_deref_mut(), address).await;
     (admitted, observed)
 }
 

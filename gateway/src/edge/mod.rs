@@ -252,7 +252,10 @@ async fn with_caller(
             response
         }
         Err(e) => {
-            state.runner.metrics().record_client(None, dispatch::refusal(&e));
+            state
+                .runner
+                .metrics()
+                .record_client(None, dispatch::refusal(&e));
             e.into_response()
         }
     }

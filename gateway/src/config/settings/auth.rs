@@ -20,7 +20,7 @@ pub struct AuthSettings {
     /// Refused credentials (401) one client address may send in a minute; past them its
     /// requests with credentials are answered 429 `too-many-failures` until the minute from
     /// its first failure is over (per instance; IPv6 by /64). 0: off. At most
-    /// [`crate::auth::throttle::MAX_LIMIT`].
+    /// [`MAX_FAILURES_PER_MINUTE`].
     pub max_failures_per_minute: u32,
     /// `[auth.anonymous]`: with `mode = "none"`, the anonymous client's limits, applied per
     /// client address (none by default: no limits).
@@ -39,16 +39,8 @@ pub struct AnonymousSettings {
     pub max_streams: Option<u32>,
 }
 
-impl AnonymousSettings {
-    /// The table of addresses these limits need, if any.
-    pub fn limits(&self) -> Option<crate::auth::anonymous::Anonymous> {
-        crate::auth::anonymous::Anonymous::new(
-            self.rate,
-            self.max_pending.map(|n| n as usize),
-            self.max_streams.map(|n| n as usize),
-        )
-    }
-}
+/// The highest `auth.max_failures_per_minute` (the throttle's count has 12 bits).
+pub const MAX_FAILURES_PER_MINUTE: u32 = 4000;
 
 /// `auth.max_failures_per_minute` by default: far above a misconfigured client's retries,
 /// far below a brute force.
@@ -312,10 +304,10 @@ impl IssuerSettings {
 
 /// Checks `auth.max_failures_per_minute` and `[auth.anonymous]`.
 pub fn validate_throttle(auth: &AuthSettings) -> Result<(), Error> {
-    if auth.max_failures_per_minute > crate::auth::throttle::MAX_LIMIT {
+    if auth.max_failures_per_minute > MAX_FAILURES_PER_MINUTE {
         return Err(Error::invalid(
             "auth.max_failures_per_minute",
-            format!("at most {}", crate::auth::throttle::MAX_LIMIT),
+            format!("at most {MAX_FAILURES_PER_MINUTE}"),
         ));
     }
     let anonymous = &auth.anonymous;
