@@ -26,8 +26,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::response::Response;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -40,6 +38,7 @@ use busgate_shared::Error;
 use crate::config::settings::HttpSettings;
 use crate::edge::forwarded::TrustedProxies;
 use crate::edge::proxy_protocol;
+use crate::edge::serve::ConnectionService;
 use crate::edge::tls::{Certificates, ALPN_H2};
 
 /// Bytes a client may send on one stream before the server reads them.
@@ -153,13 +152,7 @@ impl Protocols {
         make: impl FnOnce(SocketAddr) -> S,
         watcher: Watcher,
     ) where
-        S: hyper::service::Service<
-                hyper::Request<Incoming>,
-                Response = Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnectionService,
     {
         let opened = tokio::time::timeout(self.opening, async {
             let client = match &self.proxy_protocol {
@@ -198,46 +191,27 @@ impl Protocols {
         };
         let service = make(client);
         let result = match opened {
-            Opened::Tls(io, true) => self.h2(*io, service, watcher).await,
-            Opened::Tls(io, false) => self.h1(*io, service, watcher).await,
-            Opened::Plain(io, true) => self.h2(io, service, watcher).await,
-            Opened::Plain(io, false) => self.h1(io, service, watcher).await,
+            Opened::Tls(io, h2) => self.http(*io, h2, service, watcher).await,
+            Opened::Plain(io, h2) => self.http(io, h2, service, watcher).await,
         };
         if let Err(e) = result {
             debug!(%peer, error = %e, "connection ended");
         }
     }
 
-    async fn h1<I, S>(&self, io: I, service: S, watcher: Watcher) -> hyper::Result<()>
+    /// Serves HTTP/2 (`h2`) or HTTP/1.1 on `io` until the connection ends or the listener
+    /// shuts down.
+    async fn http<I, S>(&self, io: I, h2: bool, service: S, watcher: Watcher) -> hyper::Result<()>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                hyper::Request<Incoming>,
-                Response = Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnectionService,
     {
-        watcher
-            .watch(self.h1.serve_connection(TokioIo::new(io), service))
-            .await
-    }
-
-    async fn h2<I, S>(&self, io: I, service: S, watcher: Watcher) -> hyper::Result<()>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                hyper::Request<Incoming>,
-                Response = Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        watcher
-            .watch(self.h2.serve_connection(TokioIo::new(io), service))
-            .await
+        let io = TokioIo::new(io);
+        if h2 {
+            watcher.watch(self.h2.serve_connection(io, service)).await
+        } else {
+            watcher.watch(self.h1.serve_connection(io, service)).await
+        }
     }
 }
 

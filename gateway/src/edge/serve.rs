@@ -83,6 +83,29 @@ impl Limits {
     }
 }
 
+/// What serves one connection's requests: a hyper service of the public or the admin edge.
+pub trait ConnectionService:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// Serves the service `make` gives for each connection's client address on `listener`
 /// until `drain` is signalled; then stops accepting and returns (releasing the drain) once
 /// every open connection has finished its requests (hyper-util's graceful shutdown).
@@ -97,13 +120,7 @@ pub async fn serve<S, M>(
     drain: drain::Watch,
 ) where
     M: Fn(SocketAddr) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnectionService,
 {
     let make = Arc::new(make);
     let builder = limits.builder();
