@@ -3,7 +3,8 @@
 //! limit and not before, answers 429 `too-many-failures` with `Retry-After` without checking
 //! even a good key, and is counted in `/metrics`. The address is the one the edge resolves:
 //! an untrusted peer's `X-Forwarded-For` cannot move its failures to another address, a
-//! trusted proxy's does; the table stays bounded under thousands of addresses. The server
+//! trusted proxy's does; the table stays bounded under thousands of addresses. With
+//! `[auth.anonymous]`, the anonymous client's rate and pending cap hold per address. The server
 //! span's `client.address` is the resolved address, not the proxy's.
 
 use std::time::Duration;
@@ -244,4 +245,49 @@ async fn the_anonymous_rate_holds_per_address() {
         .metric("busgate_client_requests_total", "outcome=\"rate-limited\"")
         .await;
     assert_eq!(limited, 1.0);
+}
+
+/// With `[auth.anonymous] max_pending`, each client address has its own cap of pending
+/// asynchronous requests: one address at its cap is refused 429 `too-many-pending`, another
+/// is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_anonymous_pending_cap_holds_per_address() {
+    let nats = NatsServer::start();
+    let _silent = nats.silent("ghost").await;
+    let settings = Settings::builtin().jobs_max_deliver(1).held(
+        "held",
+        "/api/held/{order_id}",
+        "ghost",
+        Duration::from_secs(3),
+    );
+    let gateway = Gateway::start_with(&nats, &settings, |cmd| {
+        cmd.env("BUSGATE_HTTP__TRUSTED_PROXIES", "127.0.0.1")
+            .env("BUSGATE_AUTH__ANONYMOUS__MAX_PENDING", "1");
+    })
+    .await;
+    let submit = |order: &'static str, xff: &'static str| {
+        http()
+            .get(gateway.url(&format!("/api/held/{order}")))
+            .header("prefer", "respond-async")
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    assert_eq!(
+        submit("P1", "203.0.113.7").await.expect("submit").status(),
+        202
+    );
+    let over = submit("P2", "203.0.113.7").await.expect("submit");
+    assert_eq!(over.status(), 429);
+    let problem: Value = over.json().await.expect("problem");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("too-many-pending"),
+        "{problem}"
+    );
+    assert_eq!(
+        submit("P3", "203.0.113.8").await.expect("submit").status(),
+        202
+    );
 }
