@@ -86,6 +86,12 @@ async fn failed_credentials_throttle_the_forwarded_client() {
     assert_eq!(call(&gateway, &good, Some("2001:db8:5:7::1")).await.0, 404);
     assert_eq!(call(&gateway, &good, Some("203.0.113.2")).await.0, 404);
     assert_eq!(call(&gateway, &good, None).await.0, 404);
+    // The proxy itself (it named no client) is not throttled: that would lock out every
+    // client behind it.
+    for i in 0..=LIMIT {
+        assert_eq!(call(&gateway, BAD, None).await.0, 401, "from the proxy {i}");
+    }
+    assert_eq!(call(&gateway, &good, None).await.0, 404);
     // Polls name their client the same way, and are throttled the same way.
     let poll = http()
         .get(gateway.url("/api/requests/01900000-0000-7000-8000-000000000000"))

@@ -164,7 +164,11 @@ async fn admit_request(
     // which paths exist, and its body is never read.
     let caller = match state
         .auth
-        .authenticate(&snapshot, &parts.headers, address)
+        .authenticate(
+            &snapshot,
+            &parts.headers,
+            address.and_then(|a| state.edge.proxies.limited(a)),
+        )
         .await
     {
         Ok(caller) => {

@@ -231,7 +231,10 @@ async fn with_caller(
 ) -> Response {
     // Owned, not a guard: the check may wait (a JWT issuer's keys).
     let snapshot = state.runner.config().load_full();
-    let address = request.extensions().get::<ClientAddress>().map(|a| a.0);
+    let address = request
+        .extensions()
+        .get::<ClientAddress>()
+        .and_then(|a| state.edge.proxies.limited(a.0));
     match state
         .auth
         .authenticate(&snapshot, request.headers(), address)
