@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::response::Response;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -38,7 +40,6 @@ use busgate_shared::Error;
 use crate::config::settings::HttpSettings;
 use crate::edge::forwarded::TrustedProxies;
 use crate::edge::proxy_protocol;
-use crate::edge::serve::ConnectionService;
 use crate::edge::tls::{Certificates, ALPN_H2};
 
 /// Bytes a client may send on one stream before the server reads them.
@@ -53,6 +54,29 @@ pub const MAX_LOCAL_ERROR_RESETS: usize = 256;
 pub const MAX_SEND_BUF: usize = 256 * 1024;
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What serves one connection's requests: a hyper service of the public or the admin edge.
+pub trait ConnectionService:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
 
 /// The protocols of the public listener from `http` (with `h1`, the cleartext listener's
 /// HTTP/1.1 builder), `None` for cleartext HTTP/1.1 alone; and the certificates to

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -35,7 +34,7 @@ use busgate_shared::backoff::{Backoff, ExponentialBackoff};
 use busgate_shared::drain;
 
 use crate::config::settings::HttpSettings;
-use crate::edge::protocols::Protocols;
+use crate::edge::protocols::{ConnectionService, Protocols};
 use crate::limit::Slots;
 
 /// hyper's default number of header fields: parsed on the stack. Any other count makes hyper
@@ -81,29 +80,6 @@ impl Limits {
         }
         builder
     }
-}
-
-/// What serves one connection's requests: a hyper service of the public or the admin edge.
-pub trait ConnectionService:
-    hyper::service::Service<
-        hyper::Request<Incoming>,
-        Response = Response,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Send
-    + 'static
-{
-}
-
-impl<S> ConnectionService for S where
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static
-{
 }
 
 /// Serves the service `make` gives for each connection's client address on `listener`
