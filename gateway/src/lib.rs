@@ -222,7 +222,14 @@ pub async fn run(
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
-        auth: auth::Authenticator::new(settings.auth.mode).with_issuers(issuers),
+        auth: auth::Authenticator::new(settings.auth.mode)
+            .with_issuers(issuers)
+            .with_throttle(settings.auth.max_failures_per_minute)
+            .with_anonymous(
+                (settings.auth.mode == config::settings::AuthMode::None)
+                    .then(|| auth::anonymous::Anonymous::from_settings(&settings.auth.anonymous))
+                    .flatten(),
+            ),
     });
     if settings.auth.mode == config::settings::AuthMode::None {
         warn!(

@@ -3,7 +3,7 @@
 //! Neither on, nothing is made: [`Observed::begin`] answers `None` after two loads, and the
 //! request carries a `None`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::{Method, Request};
@@ -35,11 +35,12 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Starts observing `request` from `peer` when traces or the access log are on.
+    /// Starts observing `request` from the client at `address` (the real client's, see
+    /// [`crate::edge::forwarded`]) when traces or the access log are on.
     pub fn begin<B>(
         state: &AppState,
         request: &Request<B>,
-        peer: Option<SocketAddr>,
+        address: Option<IpAddr>,
     ) -> Option<Box<Observed>> {
         let tracer = telemetry::tracer();
         let access = state.edge.access_log;
@@ -52,8 +53,6 @@ impl Observed {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let method = request.method().clone();
-        // The edge's rule (`http.trusted_proxies`): the peer, or the client it forwards for.
-        let address = peer.map(|peer| state.edge.proxies.client(peer.ip(), request.headers()));
         let span = tracer.map(|tracer| {
             let mut attributes = vec![
                 KeyValue::new("http.request.method", method.as_str().to_owned()),
@@ -212,7 +211,7 @@ mod tests {
             .body(())
             .expect("request");
         assert!(telemetry::tracer().is_none());
-        assert!(Observed::begin(&state, &request, Some(([127, 0, 0, 1], 9).into())).is_none());
+        assert!(Observed::begin(&state, &request, Some([127, 0, 0, 1].into())).is_none());
     }
 
     #[test]

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -35,7 +34,7 @@ use busgate_shared::backoff::{Backoff, ExponentialBackoff};
 use busgate_shared::drain;
 
 use crate::config::settings::HttpSettings;
-use crate::edge::protocols::Protocols;
+use crate::edge::protocols::{ConnectionService, Protocols};
 use crate::limit::Slots;
 
 /// hyper's default number of header fields: parsed on the stack. Any other count makes hyper
@@ -97,13 +96,7 @@ pub async fn serve<S, M>(
     drain: drain::Watch,
 ) where
     M: Fn(SocketAddr) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnectionService,
 {
     let make = Arc::new(make);
     let builder = limits.builder();
