@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::{
 use serde::{Deserialize, Serialize};
 
 pub use opentelemetry::trace::{Link, Span, SpanKind, Status, Tracer};
-pub use opentelemetry::{Context, KeyValue};
+pub use opentelemetry::{Context, KeyValue, Value};
 pub use opentelemetry_sdk::trace::Span as SdkSpan;
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL (`/v1/traces` is appended).
