@@ -570,7 +570,7 @@ async fn traced_get(url: &str, trace: &str, service: &str) -> String {
 
 /// A fresh trace id for request `n` of a test.
 fn trace_of(n: usize) -> String {
-    format!("{:032x}", 0xb0_5eu128 << 64 | n as u128 + 1)
+    format!("{:032x}", (0xb0_5eu128 << 64) | (n as u128 + 1))
 }
 
 /// The send span of `service` in `spans`.
