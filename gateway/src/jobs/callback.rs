@@ -29,11 +29,20 @@ use crate::jobs::results::{CallbackState, StatusDoc};
 use crate::jobs::store::{js, retry_delay, Jobs};
 
 impl Jobs {
-    /// Queues the callback delivery of a finished request (deduplicated per request).
-    pub async fn schedule_callback(&self, request_id: &str) -> Result<(), GatewayError> {
-        let publish = jetstream::message::PublishMessage::build()
+    /// Queues the callback delivery of a finished request (deduplicated per request). The
+    /// submit's `traceparent` travels in the message's headers: each delivery's span links to
+    /// the client's trace.
+    pub async fn schedule_callback(
+        &self,
+        request_id: &str,
+        traceparent: &str,
+    ) -> Result<(), GatewayError> {
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(request_id.to_owned()))
             .message_id(format!("callback-{request_id}"));
+        if !traceparent.is_empty() {
+            publish = publish.header(busgate_shared::header::TRACEPARENT, traceparent);
+        }
         self.js
             .send_publish(subject::CALLBACKS_SUBJECT, publish)
             .await
@@ -250,7 +259,12 @@ impl Deliverer {
             let _ = message.ack().await;
             return;
         }
-        let span = super::trace::delivery(&url, &request_id, attempt);
+        let submit = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(busgate_shared::header::TRACEPARENT))
+            .map(|v| v.as_str());
+        let span = super::trace::delivery(&url, &request_id, attempt, submit);
         let outcome = self.attempt(&url, &request_id, &doc).await;
         if let Some(span) = span {
             let (status, error) = match &outcome {

@@ -114,9 +114,10 @@ async fn schedule_callback_or_nak(
     jobs: &Jobs,
     message: &jetstream::Message,
     request_id: &str,
+    traceparent: &str,
     delivered: i64,
 ) -> bool {
-    let Err(e) = jobs.schedule_callback(request_id).await else {
+    let Err(e) = jobs.schedule_callback(request_id, traceparent).await else {
         return true;
     };
     warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
@@ -142,7 +143,15 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
             // The result is stored; the callback may not have been scheduled before the
             // instance that stored it died.
             if job.callback_url.is_some() && callback_unscheduled(&doc) {
-                if !schedule_callback_or_nak(jobs, &message, request_id, delivered).await {
+                if !schedule_callback_or_nak(
+                    jobs,
+                    &message,
+                    request_id,
+                    &job.call.traceparent,
+                    delivered,
+                )
+                .await
+                {
                     return;
                 }
                 info!(request_id, "callback of a finished request scheduled");
@@ -211,7 +220,8 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         return;
     }
     if job.callback_url.is_some()
-        && !schedule_callback_or_nak(jobs, &message, request_id, delivered).await
+        && !schedule_callback_or_nak(jobs, &message, request_id, &job.call.traceparent, delivered)
+            .await
     {
         return;
     }
