@@ -668,6 +668,8 @@ mod tests {
     /// An unreachable https upstream is reported without its URL: the query may hold a key.
     #[tokio::test]
     async fn an_unreachable_upstream_is_reported_without_its_query() {
+        // Not left to whichever test of this binary ran first.
+        busgate_shared::runtime::install_crypto_provider();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         drop(listener);
@@ -719,6 +721,7 @@ mod tests {
                 let _ = stream.write_all(answer.as_bytes()).await;
             }
         });
+        busgate_shared::runtime::install_crypto_provider();
         let http = reqwest::Client::new();
         let url = format!("http://{addr}/x");
         let timeout = Duration::from_secs(5);
