@@ -520,4 +520,49 @@ mod tests {
         let n = client.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
     }
+
+    /// At the drain a request in progress is answered (and told the connection closes) before
+    /// the connection ends and releases the drain.
+    #[tokio::test]
+    async fn a_request_in_progress_at_the_drain_is_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (signal, watch) = drain::channel();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new()).header_read_timeout(TIMEOUT);
+        let (called_tx, called) = tokio::sync::oneshot::channel::<()>();
+        let called_tx = std::sync::Mutex::new(Some(called_tx));
+        let task = tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_| {
+                if let Some(tx) = called_tx.lock().ok().and_then(|mut tx| tx.take()) {
+                    let _ = tx.send(());
+                }
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, Infallible>(Response::new(Body::from("ok")))
+                })
+            });
+            serve(stream, service, &h1, TIMEOUT, watch).await;
+        });
+        client.write_all(GET).await.expect("request");
+        tokio::time::timeout(TIMEOUT, called)
+            .await
+            .expect("called")
+            .expect("sent");
+        let drained = tokio::spawn(signal.drain());
+        let seen = answers(&mut client, 1).await;
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        assert!(seen.contains("connection: close"), "{seen}");
+        tokio::time::timeout(TIMEOUT, drained)
+            .await
+            .expect("the drain completes")
+            .expect("join");
+        tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("the connection ends")
+            .expect("join");
+    }
 }
