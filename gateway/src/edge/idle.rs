@@ -166,7 +166,12 @@ async fn serve_counted<S>(
                 let replay = parts.io.into_inner();
                 stream = replay.stream;
                 service = parts.service;
-                unread = parts.read_buf;
+                // An empty `Bytes` from hyper still holds its whole read buffer: dropped.
+                unread = if parts.read_buf.is_empty() {
+                    Bytes::new()
+                } else {
+                    parts.read_buf
+                };
                 deadline = until;
             }
             Ended::Drain(release) => {
@@ -338,6 +343,10 @@ impl AsyncRead for Replay {
             let n = self.unread.len().min(buf.remaining());
             buf.put_slice(&self.unread[..n]);
             self.unread.advance(n);
+            if self.unread.is_empty() {
+                // Releases the previous connection's read buffer it pointed into.
+                self.unread = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.stream).poll_read(cx, buf)
@@ -564,5 +573,30 @@ mod tests {
             .await
             .expect("the connection ends")
             .expect("join");
+    }
+
+    /// What a parked connection's task holds inline (hyper's connection is boxed apart).
+    #[tokio::test]
+    async fn a_connection_future_is_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (_signal, watch) = drain::channel();
+        let h1 = http1::Builder::new();
+        let service = hyper::service::service_fn(|_| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(Body::from("ok"))))
+        });
+        fn connection_size<S: hyper::service::HttpService<Incoming>>(_: &S) -> usize {
+            std::mem::size_of::<http1::Connection<TokioIo<Replay>, S>>()
+        }
+        let conn_size = connection_size(&service);
+        let served = serve(stream, service, &h1, TIMEOUT, watch);
+        println!(
+            "serve future {} bytes, hyper connection {conn_size} bytes",
+            std::mem::size_of_val(&served)
+        );
+        assert!(std::mem::size_of_val(&served) < 1536);
     }
 }
