@@ -222,7 +222,14 @@ pub async fn run(
         store: Arc::new(OnceLock::new()),
         store_status: Arc::new(StoreStatus::default()),
         instance: Arc::from(instance.as_str()),
-        auth: auth::Authenticator::new(settings.auth.mode).with_issuers(issuers),
+        auth: auth::Authenticator::new(settings.auth.mode)
+            .with_issuers(issuers)
+            .with_throttle(settings.auth.max_failures_per_minute)
+            .with_anonymous(
+                (settings.auth.mode == config::settings::AuthMode::None)
+                    .then(|| auth::anonymous::Anonymous::from_settings(&settings.auth.anonymous))
+                    .flatten(),
+            ),
     });
     if settings.auth.mode == config::settings::AuthMode::None {
         warn!(
@@ -514,8 +521,9 @@ async fn supervise_jetstream(
         state.store_status.clone(),
         drain.clone(),
     );
-    // The processor, the deliverer and the watcher obey the same drain as this task; this
-    // task's own watch is let go when all three have stopped.
+    // The processor, the deliverer and the watcher obey the same drain as this task, and
+    // nothing else stops them (a failed pull is retried); this task's own watch is let go
+    // when all three have stopped.
     let processor = jobs::process::run_requests(
         jobs.clone(),
         state.runner.clone(),
@@ -523,18 +531,10 @@ async fn supervise_jetstream(
         settings.shutdown_grace,
     );
     let deliveries = async {
-        match deliverer {
-            Some(deliverer) => {
-                jobs::callback::run_deliveries(jobs.clone(), deliverer, drain.clone()).await
-            }
-            None => Ok(()),
+        if let Some(deliverer) = deliverer {
+            jobs::callback::run_deliveries(jobs.clone(), deliverer, drain.clone()).await;
         }
     };
-    let (processed, delivered, ()) = tokio::join!(processor, deliveries, watcher);
+    tokio::join!(processor, deliveries, watcher);
     drop(drain);
-    for result in [processed, delivered] {
-        if let Err(e) = result {
-            warn!(error = %e, "asynchronous processing stopped");
-        }
-    }
 }

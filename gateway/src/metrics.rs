@@ -63,7 +63,8 @@ pub struct ClientLabels {
     /// that exists.
     pub client: Name,
     /// `admitted`, or why it was refused: `unauthorized`, `route-not-allowed`,
-    /// `rate-limited`, `too-many-pending`, `too-many-streams`.
+    /// `rate-limited`, `too-many-pending`, `too-many-streams`, `throttled` (credentials from an
+    /// address past `auth.max_failures_per_minute`).
     pub outcome: &'static str,
 }
 
@@ -249,7 +250,11 @@ impl Metrics {
     pub fn record_client(&self, client: Option<&Name>, outcome: &'static str) {
         self.client_requests
             .get_or_create(&ClientLabels {
-                client: client.unwrap_or(&self.unknown_client).clone(),
+                // The anonymous client (no name) counts with the unknown.
+                client: client
+                    .filter(|c| !c.0.is_empty())
+                    .unwrap_or(&self.unknown_client)
+                    .clone(),
                 outcome,
             })
             .inc();

@@ -34,6 +34,56 @@ pub const CLIENT_CAPACITY: usize = 64 * 1024;
 /// URL's credentials itself (the server answered "authorization violation"), and a URL without
 /// them is one that no log of the client can leak.
 pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Error> {
+    open(settings, name, true).await
+}
+
+/// How long [`connect_now`] tries servers that do not answer.
+pub const CONNECT_NOW_WITHIN: Duration = Duration::from_secs(10);
+
+/// Connects with `settings` as `name` for a command that runs once and needs the connection
+/// now (`busgate config`): returns once connected; retries a server that does not answer for
+/// at most `within`, but never credentials a server refused: an authorization violation (or a
+/// nonce it could not sign) is returned at once, as [`Error::Connect`] whose source says so,
+/// rather than as a JetStream request timing out behind a client that keeps retrying.
+pub async fn connect_now(
+    settings: &NatsSettings,
+    name: &str,
+    within: Duration,
+) -> Result<Client, Error> {
+    let until = tokio::time::Instant::now() + within;
+    let mut backoff = crate::backoff::ExponentialBackoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+        0.5,
+    )
+    .stream();
+    loop {
+        match open(settings, name, false).await {
+            Err(Error::Connect { url, source }) if !refused(&source) => {
+                let delay = backoff.next_delay();
+                if tokio::time::Instant::now() + delay >= until {
+                    return Err(Error::Connect { url, source });
+                }
+                debug!(%url, error = %source, retry_in = ?delay, "nats not reachable yet");
+                tokio::time::sleep(delay).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether a connection failed on its credentials: trying again cannot help.
+fn refused(e: &async_nats::ConnectError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication
+    )
+}
+
+/// [`connect`] (`retry`: the client keeps trying in the background) or one try of every
+/// server ([`connect_now`]).
+async fn open(settings: &NatsSettings, name: &str, retry: bool) -> Result<Client, Error> {
     settings.validate()?;
     let url = settings.url.as_str();
     let logged_url = redact_url(url);
@@ -88,13 +138,15 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> Result<Client, Erro
     if settings.handshake_first {
         options = options.tls_first();
     }
+    if retry {
+        options = options.retry_on_initial_connect();
+    }
     options
         .require_tls(settings.requires_tls())
         .ping_interval(settings.ping_interval)
         .name(name)
         .max_reconnects(None)
         .client_capacity(CLIENT_CAPACITY)
-        .retry_on_initial_connect()
         .reconnect_to_server_callback(|pool, info| async move { reconnect_to(&pool, &info) })
         .event_callback(move |event| {
             let url = logged_url.clone();

@@ -7,6 +7,9 @@
 #                                        and URL, waits until URL answers, then warms it up
 #                                        with 2 s of wrk -c64
 #   stop_merge_stack                     stops them
+#   start_tls_gateway BIN_DIR WORK_DIR   a second gateway on the stack's NATS serving TLS itself
+#                                        ([http.tls], a certificate from make_tls); sets GT (its
+#                                        pid) and TLS_URL
 #   cpu_per_request URL NAME:PID…        10 s of wrk -t2 -c64 on URL with 5 s of perf stat on
 #                                        each PID; prints req/s, then per NAME the CPU time,
 #                                        system calls and context switches per request
@@ -19,7 +22,8 @@
 # and the benchmark use, tests/src/fixture.rs): the busgate-bench in BIN_DIR, else this
 # checkout's release or debug build.
 #   rps [WRK ARGS…] URL                  requests/s of SECONDS_PER_ROUND s of wrk -t2 -c64, or 0
-#                                        when any answer was not a 2xx
+#                                        when any answer was not a 2xx; WRK_CPUS=2,3 runs wrk on
+#                                        those CPUs only (taskset), away from what it measures
 #   with_merge_peer                      makes the work dir D, starts the peers when nothing answers
 #                                        at PEER (stopping them again on exit, with the stack)
 # The pinned nats-server (deploy/install-nats.sh), unless NATS_SERVER names one.
@@ -92,6 +96,17 @@ start_merge_stack() {
   wrk -t2 -c64 -d2s ${WRK_HEADER[@]+"${WRK_HEADER[@]}"} "$URL" > /dev/null
 }
 
+start_tls_gateway() {
+  local bins=$1 dir=$2 tp tap
+  make_tls "$dir"
+  tp=$(port); tap=$(port)
+  BUSGATE_NATS__URL=$NATS_URL BUSGATE_LOG__LEVEL=warn \
+    BUSGATE_HTTP__LISTEN=127.0.0.1:$tp BUSGATE_ADMIN__LISTEN=127.0.0.1:$tap \
+    BUSGATE_HTTP__TLS__CERT_FILE=$dir/server.pem BUSGATE_HTTP__TLS__KEY_FILE=$dir/server-key.pem \
+    "$bins/busgate" gateway --config "$dir/gw.toml" > "$dir/g-tls.log" 2>&1 & GT=$!
+  TLS_URL=https://127.0.0.1:$tp/bench/merge/12345
+}
+
 stop_merge_stack() {
   kill "$G" "$W" $W2 2>/dev/null; wait "$G" "$W" $W2 2>/dev/null
   kill "$N" 2>/dev/null; wait "$N" 2>/dev/null
@@ -130,7 +145,7 @@ with_merge_peer() {
 # would flatter the figure.
 rps() {
   local out
-  out=$(wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@")
+  out=$(${WRK_CPUS:+taskset -c "$WRK_CPUS"} wrk -t2 -c64 -d"${SECONDS_PER_ROUND}s" "$@")
   if grep -q "Non-2xx" <<< "$out"; then
     echo "answers that are not 2xx from ${*: -1}: $(grep Non-2xx <<< "$out")" >&2
     echo 0

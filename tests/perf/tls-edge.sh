@@ -29,12 +29,7 @@ PLAIN_URL=$URL
 PLAIN_PORT=${URL#http://127.0.0.1:}; PLAIN_PORT=${PLAIN_PORT%%/*}
 
 # The same gateway with TLS, on the stack's NATS and workers.
-tp=$(port); tap=$(port)
-BUSGATE_NATS__URL=$NATS_URL BUSGATE_LOG__LEVEL=warn \
-  BUSGATE_HTTP__LISTEN=127.0.0.1:$tp BUSGATE_ADMIN__LISTEN=127.0.0.1:$tap \
-  BUSGATE_HTTP__TLS__CERT_FILE=$D/server.pem BUSGATE_HTTP__TLS__KEY_FILE=$D/server-key.pem \
-  "$BINS/busgate" gateway --config "$D/gw.toml" > "$D/g-tls.log" 2>&1 & GT=$!
-TLS_URL=https://127.0.0.1:$tp/bench/merge/12345
+start_tls_gateway "$BINS" "$D"
 
 # HAProxy: TLS in front of the cleartext gateway.
 hp=$(port)

@@ -36,17 +36,33 @@ impl ClusterNode {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// Starts it and waits until it listens for clients (bounded).
     fn start(&mut self) {
+        if let Err(fatal) = self.try_start() {
+            panic!("{} did not start: {fatal}", self.name);
+        }
+    }
+
+    /// [`ClusterNode::start`], or the fatal line it logged before it exited.
+    fn try_start(&mut self) -> Result<(), String> {
         let binary = busgate_shared::runtime::locate_nats_server(None)
             .unwrap_or_else(|| panic!("{}", busgate_shared::runtime::NATS_SERVER_HINT));
         let mut cmd = Command::new(binary);
         cmd.arg("-c").arg(&self.config);
         let proc = Proc::spawn(&format!("nats-{}", self.name), cmd);
-        proc.wait_for(READY_WITHIN, |line| {
-            line.contains("Listening for client connections on ")
-                .then_some(())
+        // Ready when it listens for clients and for routes (in that order of the log; a port
+        // taken meanwhile is a fatal line instead).
+        let (mut clients, mut routes) = (false, false);
+        let started = proc.wait_for(READY_WITHIN, |line| {
+            if line.contains("[FTL]") {
+                return Some(Err(line.to_owned()));
+            }
+            clients |= line.contains("Listening for client connections on ");
+            routes |= line.contains("Listening for route connections on ");
+            (clients && routes).then_some(Ok(()))
         });
         self.proc = Some(proc);
+        started
     }
 
     fn pid(&self) -> Pid {
@@ -86,6 +102,31 @@ impl NatsCluster {
 
     async fn launch(size: usize, ca: Option<TestCa>) -> NatsCluster {
         busgate_shared::runtime::install_crypto_provider();
+        // The ports are found free, then released until the nodes bind them: on a machine
+        // running other tests, one may be taken meanwhile (a node then exits: "address already
+        // in use"). The cluster is made again on other ports, a few times.
+        let mut tries = 0;
+        let nodes = loop {
+            tries += 1;
+            match Self::nodes(size, ca.as_ref()) {
+                Ok(nodes) => break nodes,
+                Err(fatal) if tries < 4 && fatal.contains("address already in use") => {
+                    eprintln!("a cluster port was taken meanwhile, on other ports: {fatal}");
+                }
+                Err(fatal) => panic!("the cluster did not start: {fatal}"),
+            }
+        };
+        let env = ca
+            .as_ref()
+            .map(|ca| vec![("BUSGATE_NATS__CA_FILE".to_owned(), ca.ca_file.clone())])
+            .unwrap_or_default();
+        let cluster = NatsCluster { nodes, env, ca };
+        cluster.wait_for_meta_leader().await;
+        cluster
+    }
+
+    /// `size` nodes on free ports, started; or the fatal line of one that exited.
+    fn nodes(size: usize, ca: Option<&TestCa>) -> Result<Vec<ClusterNode>, String> {
         let ports: Vec<(u16, u16, u16)> = (0..size)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
@@ -133,15 +174,9 @@ impl NatsCluster {
             });
         }
         for node in &mut nodes {
-            node.start();
+            node.try_start()?;
         }
-        let env = ca
-            .as_ref()
-            .map(|ca| vec![("BUSGATE_NATS__CA_FILE".to_owned(), ca.ca_file.clone())])
-            .unwrap_or_default();
-        let cluster = NatsCluster { nodes, env, ca };
-        cluster.wait_for_meta_leader().await;
-        cluster
+        Ok(nodes)
     }
 
     /// The client URLs of every node, comma-separated: what a gateway or worker is given.

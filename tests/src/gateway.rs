@@ -32,6 +32,7 @@ impl Gateway {
     /// `auth.mode = "none"` (set through its environment): most tests are about routes,
     /// gathers and limits, not clients. The tests of clients (`tests/clients.rs`) start theirs
     /// with `auth_required` and create clients through the admin API ([`Gateway::client`]).
+    /// `auth.max_failures_per_minute` is 0 (off) unless `configure` sets it.
     pub async fn start(nats: &NatsServer, settings: &Settings) -> Gateway {
         Self::start_with(nats, settings, |_| {}).await
     }
@@ -109,6 +110,10 @@ impl Gateway {
         if settings.auth_mode().is_none() {
             cmd.env("BUSGATE_AUTH__MODE", "none");
         }
+        // Off unless a test turns it on: tests that wait for a key to reach an instance poll
+        // with it every 20 ms, and 20 refusals from 127.0.0.1 would throttle the test's every
+        // credential for a minute. The throttle's own tests set it (edge_client_address.rs).
+        cmd.env("BUSGATE_AUTH__MAX_FAILURES_PER_MINUTE", "0");
         configure(&mut cmd);
         let proc = Proc::spawn("gateway", cmd);
         let listening = proc.wait_for_message("listening");

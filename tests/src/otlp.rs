@@ -31,6 +31,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// Span ids this span links to.
     pub links: Vec<(String, String)>,
+    /// The names of its events, in order.
+    pub events: Vec<String>,
 }
 
 impl ReceivedSpan {
@@ -141,6 +143,7 @@ async fn export(State(receiver): State<Receiver>, body: Bytes) -> StatusCode {
                         .iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
+                    events: span.events.iter().map(|e| e.name.clone()).collect(),
                 });
             }
         }

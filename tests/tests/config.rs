@@ -5,6 +5,7 @@ use busgate_tests::support;
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use support::{header, http, Gateway, Stack, ADMIN_TOKEN};
@@ -307,30 +308,41 @@ async fn a_percentage_rollout_reaches_its_share_and_decides_the_same_way_every_t
     let (status, body) = put_order(&stack.gateway, Some(&etag), &rollout).await;
     assert_eq!(status, 200, "{body}");
     // In force when a request shows the service2 target as skipped or asked.
-    support::eventually(Duration::from_secs(2), || async {
+    support::eventually(Duration::from_secs(10), || async {
         let url = stack.gateway.url("/api/orders/probe");
         let body = json_of(reqwest::Client::new().get(url)).await;
         body["sources"].get("service2").is_some()
     })
     .await;
     let http = reqwest::Client::new();
+    // The rollout's decision for an order id: service2 asked (and answered: the answer is
+    // complete), or skipped.
     let decide = |i: usize| {
         let http = http.clone();
         let url = stack.gateway.url(&format!("/api/orders/roll-{i}"));
         async move {
             let body = json_of(http.get(url)).await;
             assert_eq!(body["complete"], true, "{body}");
-            body["sources"]["service2"]["status"] == "ok"
+            body["sources"]["service2"]["status"] != "skipped"
         }
     };
-    let first: Vec<bool> = futures::future::join_all((0..1000).map(decide)).await;
+    // Sixteen requests at a time, in order: the share and the decisions are what is measured,
+    // not how many requests a machine takes at once (1000 at once on a loaded one once had
+    // some miss the route's 1 s deadline: an incomplete answer).
+    let decisions = |n: usize| {
+        futures::stream::iter(0..n)
+            .map(decide)
+            .buffered(16)
+            .collect::<Vec<bool>>()
+    };
+    let first: Vec<bool> = decisions(1000).await;
     let share = first.iter().filter(|b| **b).count() as f64 / 10.0;
     eprintln!("share of 1000 order ids that reached service2 at 30%: {share}%");
     assert!(
         (25.0..=35.0).contains(&share),
         "share {share}% is not within ±5% of 30%"
     );
-    let again: Vec<bool> = futures::future::join_all((0..200).map(decide)).await;
+    let again: Vec<bool> = decisions(200).await;
     assert_eq!(
         again,
         first[..200],

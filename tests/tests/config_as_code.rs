@@ -525,3 +525,60 @@ async fn config_never_prints_a_token_or_a_password() {
     assert_no_secret(&refused_nats, "not-the-password-1234");
     assert_no_secret(&refused_nats, PASSWORD);
 }
+
+/// Credentials the server refuses end `busgate config` at once (not after its JetStream
+/// requests time out behind a client retrying them), with an error that names the refusal and
+/// shows neither password, and a non-zero exit code; a server that is not there is given up on
+/// within its bound too.
+#[tokio::test]
+async fn refused_credentials_fail_at_once_with_a_clear_error_and_no_secret() {
+    const RIGHT: &str = "right-pw-7f3a91c2";
+    const WRONG: &str = "wrong-pw-0d5e88b4";
+    let nats = NatsServer::start_with_auth("bus", RIGHT);
+    let port = nats.url.rsplit(':').next().expect("port").to_owned();
+    let run = |url: String| {
+        let started = std::time::Instant::now();
+        let out = Command::new(bin("busgate"))
+            .args(["config", "export"])
+            .env_remove("BUSGATE_ADMIN_TOKEN")
+            .env("BUSGATE_NATS__URL", url)
+            .env("BUSGATE_ADMIN__TOKEN", ADMIN_TOKEN)
+            .env("BUSGATE_LOG__FORMAT", "json")
+            .output()
+            .expect("busgate config");
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        for secret in [RIGHT, WRONG, ADMIN_TOKEN] {
+            assert_no_secret(&run, secret);
+        }
+        (run, started.elapsed())
+    };
+    let (refused, took) = run(format!("nats://bus:{WRONG}@127.0.0.1:{port}"));
+    assert_eq!(refused.code, 69, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("refused the credentials")
+            && refused.stderr.contains("authorization violation"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains("timed out"), "{}", refused.stderr);
+    assert!(
+        took < Duration::from_secs(5),
+        "a refusal is final: it took {took:?}"
+    );
+    // The right password goes through (the test's refusal is the password's).
+    let (ok, _) = run(format!("nats://bus:{RIGHT}@127.0.0.1:{port}"));
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    // Nothing listening: retried, then given up on within the bound, as unreachable.
+    let (gone, took) = run(format!("nats://127.0.0.1:{}", free_port()));
+    assert_eq!(gone.code, 69, "{}", gone.stderr);
+    assert!(
+        gone.stderr.contains("cannot connect to nats"),
+        "{}",
+        gone.stderr
+    );
+    assert!(took < Duration::from_secs(20), "given up after {took:?}");
+}

@@ -91,10 +91,10 @@ impl Receiver {
             if missing == 0 && queued == 0 {
                 break;
             }
-            assert!(
-                Instant::now() < until,
-                "{test}: {missing} callbacks missing, {queued} queued after 60 s"
-            );
+            if Instant::now() >= until {
+                println!("{}", queues(cluster).await);
+                panic!("{test}: {missing} callbacks missing, {queued} queued after 60 s");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let seen = self.seen.lock().expect("seen");
@@ -206,15 +206,22 @@ struct Load {
     seen: Arc<Mutex<Seen>>,
     /// Which gateways (by index) receive load; a test takes a dead one out.
     targets: Arc<Mutex<Vec<String>>>,
+    /// Requests under way, by gateway.
+    inflight: Inflight,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How many requests are under way to each gateway (by base URL).
+type Inflight = Arc<Mutex<BTreeMap<String, usize>>>;
+
 /// Sends one request every `period` until `stop`, to the `targets` in turn (`send(i, base)`
-/// makes the `i`-th, for the gateway at `base`), and waits for those in flight before it ends.
+/// makes the `i`-th, for the gateway at `base`), counting them in `inflight` while they are
+/// under way, and waits for those in flight before it ends.
 fn every<F, Fut>(
     period: Duration,
     stop: Arc<AtomicBool>,
     targets: Arc<Mutex<Vec<String>>>,
+    inflight: Inflight,
     send: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -224,18 +231,32 @@ where
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         let mut i = 0u64;
-        let mut inflight = tokio::task::JoinSet::new();
+        let mut under_way = tokio::task::JoinSet::new();
         while !stop.load(Ordering::Relaxed) {
             tick.tick().await;
             i += 1;
+            // Counted under the targets' lock: once a gateway is taken out, no request to it
+            // is sent that is not counted.
             let base = {
                 let t = targets.lock().expect("targets");
-                t[(i as usize) % t.len()].clone()
+                let base = t[(i as usize) % t.len()].clone();
+                *inflight
+                    .lock()
+                    .expect("inflight")
+                    .entry(base.clone())
+                    .or_default() += 1;
+                base
             };
-            inflight.spawn(send(i, base));
-            while inflight.try_join_next().is_some() {}
+            let (sent, inflight) = (send(i, base.clone()), inflight.clone());
+            under_way.spawn(async move {
+                sent.await;
+                if let Some(n) = inflight.lock().expect("inflight").get_mut(&base) {
+                    *n -= 1;
+                }
+            });
+            while under_way.try_join_next().is_some() {}
         }
-        while inflight.join_next().await.is_some() {}
+        while under_way.join_next().await.is_some() {}
     })
 }
 
@@ -255,6 +276,7 @@ impl Load {
         let targets = Arc::new(Mutex::new(
             bases.iter().map(|g| g.base.clone()).collect::<Vec<_>>(),
         ));
+        let inflight = Inflight::default();
         // Longer than a submit may wait for a stream leader (6 s), so that a slow 202 counts as
         // accepted rather than as a refusal the gateway never made.
         // Idle connections are let go after 5 s, before the gateway closes them (its
@@ -272,6 +294,7 @@ impl Load {
                 Duration::from_millis(20),
                 stop.clone(),
                 targets.clone(),
+                inflight.clone(),
                 move |i, base| {
                     let (seen, http) = (seen.clone(), http.clone());
                     async move {
@@ -300,6 +323,7 @@ impl Load {
                 Duration::from_millis(50),
                 stop.clone(),
                 targets.clone(),
+                inflight.clone(),
                 move |i, base| {
                     let (seen, http) = (seen.clone(), http.clone());
                     let hook = callback.clone().filter(|_| i % 2 == 1);
@@ -348,16 +372,28 @@ impl Load {
             stop,
             seen,
             targets,
+            inflight,
             tasks,
         }
     }
 
-    /// Sends no more load to `gateway`.
-    fn drop_target(&self, gateway: &Gateway) {
+    /// Sends no more load to `gateway`, and waits (bounded) until what was sent to it has
+    /// been answered: a request still under way when it is killed fails because of the kill.
+    async fn drop_target(&self, gateway: &Gateway) {
         self.targets
             .lock()
             .expect("targets")
             .retain(|b| b != &gateway.base);
+        support::eventually(Duration::from_secs(20), || {
+            let idle = self
+                .inflight
+                .lock()
+                .expect("inflight")
+                .get(&gateway.base)
+                .is_none_or(|n| *n == 0);
+            async move { idle }
+        })
+        .await;
     }
 
     async fn stop(self) -> Seen {
@@ -385,7 +421,13 @@ struct Report {
 
 /// Prints what the load saw and checks every accepted request on `poll_on`; returns the
 /// verdict on the synchronous requests.
-async fn report(test: &str, seen: &Seen, fault: Instant, poll_on: &Gateway) -> Report {
+async fn report(
+    test: &str,
+    seen: &Seen,
+    fault: Instant,
+    poll_on: &Gateway,
+    cluster: &NatsCluster,
+) -> Report {
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
     for s in &seen.sync {
         *by_status.entry(s.status).or_default() += 1;
@@ -446,6 +488,10 @@ async fn report(test: &str, seen: &Seen, fault: Instant, poll_on: &Gateway) -> R
         seen.refused,
         lost.len(),
     );
+    if !lost.is_empty() {
+        println!("{}", queues(cluster).await);
+        println!("{}'s warnings:\n{}", poll_on.proc.name, warnings(poll_on));
+    }
     assert!(lost.is_empty(), "{test}: lost or wrong: {lost:#?}");
     assert_eq!(duplicated, 0, "{test}: one request id per accepted request");
     assert!(
@@ -458,6 +504,64 @@ async fn report(test: &str, seen: &Seen, fault: Instant, poll_on: &Gateway) -> R
         errors_before_fault,
         slowest,
     }
+}
+
+/// Where asynchronous work is in the cluster: each stream's depth and each consumer's
+/// pending, waiting (pulls out), unacknowledged and redelivered counts. Printed when a test
+/// finds work left over, to say where it stalled.
+async fn queues(cluster: &NatsCluster) -> String {
+    let js = async_nats::jetstream::new(cluster.client().await);
+    let mut out = String::new();
+    for (stream, consumer) in [
+        ("BUSGATE_REQUESTS", "gateways"),
+        ("BUSGATE_CALLBACKS", "callbacks"),
+    ] {
+        let depth = match js.get_stream(stream).await {
+            Ok(mut s) => s
+                .info()
+                .await
+                .map_or_else(|e| e.to_string(), |i| i.state.messages.to_string()),
+            Err(e) => e.to_string(),
+        };
+        let info = match js.get_stream(stream).await {
+            Ok(s) => match s
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(consumer)
+                .await
+            {
+                Ok(mut c) => c.info().await.map_or_else(
+                    |e| e.to_string(),
+                    |i| {
+                        format!(
+                            "num_pending {}, num_waiting {}, num_ack_pending {}, \
+                             num_redelivered {}, delivered {:?}, ack_floor {:?}, leader {:?}",
+                            i.num_pending,
+                            i.num_waiting,
+                            i.num_ack_pending,
+                            i.num_redelivered,
+                            i.delivered,
+                            i.ack_floor,
+                            i.cluster.as_ref().and_then(|c| c.leader.clone()),
+                        )
+                    },
+                ),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        out.push_str(&format!("{stream}: {depth} messages; {consumer}: {info}\n"));
+    }
+    out
+}
+
+/// The warnings and errors a gateway logged.
+fn warnings(gateway: &Gateway) -> String {
+    gateway
+        .proc
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Polls a request until final (bounded); a request that never is comes back as `lost`.
@@ -486,7 +590,7 @@ async fn a_killed_node_costs_a_bounded_window_and_no_accepted_request() {
     println!("killed node n{} (gw1's)", node + 1);
     tokio::time::sleep(Duration::from_secs(12)).await;
     let seen = load.stop().await;
-    let verdict = report("kill -9 node", &seen, fault, &rig.gateways[1]).await;
+    let verdict = report("kill -9 node", &seen, fault, &rig.gateways[1], &rig.cluster).await;
     hook.exactly_once("kill -9 node", &seen.with_callback, &rig.cluster)
         .await;
     assert_eq!(verdict.errors_before_fault, 0);
@@ -543,7 +647,7 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
         "SIGSTOP node: {} errors after the fault, the last (sent+took:status): {last:?}",
         errors.len()
     );
-    let verdict = report("SIGSTOP node", &seen, fault, &rig.gateways[1]).await;
+    let verdict = report("SIGSTOP node", &seen, fault, &rig.gateways[1], &rig.cluster).await;
     assert_eq!(verdict.errors_before_fault, 0);
     assert!(
         verdict.window <= DEAD_NODE_BOUND,
@@ -553,11 +657,12 @@ async fn a_hung_node_is_detected_by_staleness_within_the_same_bound() {
 }
 
 /// kill -9 one gateway under load: the other keeps answering, and finishes the dead one's
-/// accepted asynchronous requests.
+/// accepted asynchronous requests and their callbacks. (It failed 2 of 4 CI runs while a
+/// survivor's consumer could stop pulling: its callback deliveries stalled 30 s after a pull
+/// answered "no responders" at start-up, and a consumer loop that met an error stopped for
+/// good; `gateway/src/jobs/pull.rs` now pulls for the gateway's life. What the queues and
+/// consumers hold is printed, to say where work stalls if it ever does again.)
 #[tokio::test]
-#[ignore = "quarantined 2026-12-07: 2 of 4 CI runs of the merged tree left accepted requests \
-            pending (or their callbacks queued) after the gateway kill; a real defect to find, \
-            run with --ignored (issue 24's note)"]
 async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(&[]).await;
@@ -568,7 +673,7 @@ async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
         Some(hook.url.clone()),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    load.drop_target(&rig.gateways[0]);
+    load.drop_target(&rig.gateways[0]).await;
     let fault = Instant::now();
     rig.gateways[0].proc.kill();
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -580,7 +685,16 @@ async fn a_killed_gateway_leaves_the_other_serving_and_finishing_its_work() {
         .iter()
         .filter(|s| s.status != 200 && s.sent > fault + Duration::from_millis(100))
         .collect();
-    let verdict = report("kill -9 gateway", &seen, fault, &rig.gateways[1]).await;
+    let verdict = report(
+        "kill -9 gateway",
+        &seen,
+        fault,
+        &rig.gateways[1],
+        &rig.cluster,
+    )
+    .await;
+    println!("{}", queues(&rig.cluster).await);
+    println!("survivor's warnings:\n{}", warnings(&rig.gateways[1]));
     hook.exactly_once("kill -9 gateway", &seen.with_callback, &rig.cluster)
         .await;
     assert_eq!(verdict.errors_before_fault, 0);
@@ -603,7 +717,14 @@ async fn a_killed_worker_is_replaced_by_its_peer_and_nothing_hangs() {
     rig.adapters[0].kill();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let seen = load.stop().await;
-    let verdict = report("kill -9 worker", &seen, fault, &rig.gateways[1]).await;
+    let verdict = report(
+        "kill -9 worker",
+        &seen,
+        fault,
+        &rig.gateways[1],
+        &rig.cluster,
+    )
+    .await;
     assert_eq!(verdict.errors_before_fault, 0);
     assert!(
         verdict.window <= DEADLINE + SLACK,
@@ -640,6 +761,7 @@ async fn a_restarted_cluster_keeps_configuration_and_results() {
         &before,
         Instant::now(),
         &rig.gateways[1],
+        &rig.cluster,
     )
     .await;
 
@@ -675,6 +797,7 @@ async fn a_restarted_cluster_keeps_configuration_and_results() {
         &after,
         Instant::now(),
         &rig.gateways[0],
+        &rig.cluster,
     )
     .await;
     assert_eq!(verdict.errors_before_fault, 0, "no errors once recovered");

@@ -330,3 +330,108 @@ async fn a_stopping_gateway_hands_back_requests_it_has_not_started() {
     assert_eq!(doc["status"], "completed", "{doc}");
     assert_eq!(doc["result"]["data"]["service1"]["order_id"], "N1");
 }
+
+/// The pulls of the processor and the callback deliverer survive their consumers going away
+/// under them: the pulls out fail ("Consumer Deleted", then "no responders"), and the gateway
+/// finds (makes) its consumers again and goes on, rather than stopping for its life or until
+/// a client library's heartbeat timer (30 s). Both consumers are deleted after a first request
+/// went through; a second one submitted after it still completes and its callback arrives,
+/// once each, within bounds.
+#[tokio::test]
+async fn the_processor_and_the_deliverer_pull_again_when_their_consumers_go_away() {
+    let settings = settings().callbacks(
+        Callbacks::signed("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .retry(&[Duration::from_millis(100); 3])
+            .timeout(Duration::from_secs(2))
+            .allow("127.0.0.0/8"),
+    );
+    let stack = Stack::start(&settings).await;
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(seen): axum::extract::State<Arc<Mutex<Vec<String>>>>,
+                 body: String| async move {
+                    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let id = doc["request_id"].as_str().unwrap_or("").to_owned();
+                    seen.lock().expect("seen").push(id);
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let hook = format!("{}/hook", serve(app).await);
+    let submit_with_callback = |order: &'static str| {
+        let (gateway, hook) = (&stack.gateway, hook.clone());
+        async move {
+            let (_, body) = busgate_tests::jobs::submit_request(
+                http()
+                    .post(gateway.url("/api/order"))
+                    .json(&json!({"order_id": order, "callback_url": hook})),
+            )
+            .await;
+            busgate_tests::jobs::request_id(&body)
+        }
+    };
+    // Delivered within `within`: completed, its callback received and recorded as delivered.
+    let delivered = |id: String, within: Duration| {
+        let (gateway, seen) = (&stack.gateway, seen.clone());
+        async move {
+            let doc = until_final(gateway, &id, within).await;
+            assert_eq!(doc["status"], "completed", "{doc}");
+            eventually(within, || async {
+                let doc: Value = http()
+                    .get(gateway.url(&format!("/api/requests/{id}")))
+                    .send()
+                    .await
+                    .expect("poll")
+                    .json()
+                    .await
+                    .expect("json");
+                doc["callback"]["state"] == "delivered"
+            })
+            .await;
+            let times = seen
+                .lock()
+                .expect("seen")
+                .iter()
+                .filter(|s| **s == id)
+                .count();
+            assert_eq!(times, 1, "one delivery of {id}");
+        }
+    };
+    let first = submit_with_callback("GONE1").await;
+    delivered(first, Duration::from_secs(10)).await;
+
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    for (stream, consumer) in [
+        (subject::REQUESTS_STREAM, subject::REQUESTS_CONSUMER),
+        (subject::CALLBACKS_STREAM, subject::CALLBACKS_CONSUMER),
+    ] {
+        js.get_stream(stream)
+            .await
+            .expect("stream")
+            .delete_consumer(consumer)
+            .await
+            .expect("delete the consumer");
+    }
+    // Well under the 30 s a stalled `messages()` stream took to notice, and bounded.
+    let second = submit_with_callback("GONE2").await;
+    let started = std::time::Instant::now();
+    delivered(second, Duration::from_secs(15)).await;
+    println!(
+        "after the consumers were deleted: completed and called back in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stack.gateway.proc.logged("a pull failed, pulling again"),
+        "the failed pulls were noticed"
+    );
+    for stream in [subject::REQUESTS_STREAM, subject::CALLBACKS_STREAM] {
+        eventually(Duration::from_secs(10), || async {
+            stream_messages(&stack.nats, stream).await == 0
+        })
+        .await;
+    }
+}

@@ -521,3 +521,305 @@ async fn every_stage_of_a_composed_route_has_its_send_span() {
         });
     }
 }
+
+/// `busgate-worker adapters` (following the configuration), exporting its spans to `receiver`.
+fn traced_adapters(nats: &NatsServer, receiver: &Receiver) -> busgate_tests::support::Proc {
+    use busgate_tests::support::{bin, Proc, READY_WITHIN};
+    let mut cmd = std::process::Command::new(bin("busgate-worker"));
+    cmd.arg("adapters")
+        .env("BUSGATE_NATS__URL", &nats.url)
+        .env("BUSGATE_LOG__FORMAT", "json")
+        .env("WORKER_NAME", "a")
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &receiver.url);
+    let proc = Proc::spawn("adapters-traced", cmd);
+    proc.wait_for(READY_WITHIN, |l| l.contains("nats connected").then_some(()));
+    proc
+}
+
+/// Creates the service `name` (`spec`) and a route `GET /api/<name>/{order_id}` asking it
+/// alone (optional), through the admin API.
+async fn service_and_route(gateway: &Gateway, name: &str, spec: Value) {
+    let route = json!({
+        "bindings": [{"method": "GET", "path": format!("/api/{name}/{{order_id}}")}],
+        "deadline": "2s",
+        "targets": [{"service": name, "required": false}],
+    });
+    for (kind, spec) in [("services", spec), ("routes", route)] {
+        let body = json!({"name": name, "spec": spec});
+        let answer = gateway
+            .admin_send("POST", &format!("/admin/v1/{kind}"), None, Some(&body))
+            .await;
+        assert_eq!(answer.status, 201, "{kind}/{name}: {}", answer.body);
+    }
+}
+
+/// `GET url` in a trace of its own (`trace`, sampled); the status of source `service`.
+async fn traced_get(url: &str, trace: &str, service: &str) -> String {
+    let response = http()
+        .get(url)
+        .header("traceparent", format!("00-{trace}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .expect("request");
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    body["sources"][service]["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A fresh trace id for request `n` of a test.
+fn trace_of(n: usize) -> String {
+    format!("{:032x}", (0xb0_5eu128 << 64) | (n as u128 + 1))
+}
+
+/// The send span of `service` in `spans`.
+fn send_of<'a>(spans: &'a [ReceivedSpan], service: &str) -> &'a ReceivedSpan {
+    let subject = format!("busgate.svc.{service}");
+    one(spans, "send span", |s| {
+        s.kind == kind::PRODUCER && s.attr("messaging.destination.name") == subject
+    })
+}
+
+/// The resilience of a source shows on its send span: a breaker that is open is the outcome
+/// `circuit_open` (an error, nothing published below it); a retry and a hedge are events
+/// (`busgate.retry`, `busgate.hedge`) on the span, whose second request is its child too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_retries_and_hedges_show_on_the_send_spans() {
+    use busgate_tests::upstream::{Behaviour, Upstream};
+    let receiver = Receiver::start().await;
+    let upstream = Upstream::start().await;
+    let nats = NatsServer::start();
+    let gateway = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_TELEMETRY__OTLP_ENDPOINT", &receiver.url);
+    })
+    .await;
+    let _adapters = traced_adapters(&nats, &receiver);
+    let breaker = json!({"failure_ratio": 0.5, "min_requests": 3, "window": "30s",
+                         "open_for": "60s", "probes": 1});
+    let services = [
+        ("flaky", json!({"breaker": breaker})),
+        ("retried", json!({"retry": {"attempts": 2, "budget": 1.0}})),
+        (
+            "hedged",
+            json!({"hedge": {"after": "50ms", "max_extra": 1.0}}),
+        ),
+    ];
+    for (name, mut spec) in services {
+        spec["timeout"] = json!("2s");
+        spec["upstream"] = upstream.spec(name);
+        service_and_route(&gateway, name, spec).await;
+        busgate_tests::support::eventually(Duration::from_secs(15), || async {
+            traced_get(&gateway.url(&format!("/api/{name}/A1")), &trace_of(0), name).await == "ok"
+        })
+        .await;
+    }
+    upstream.set("flaky", Behaviour::Fail);
+    upstream.set("retried", Behaviour::Fail);
+    upstream.set("hedged", Behaviour::Slow(Duration::from_millis(400)));
+
+    // The breaker opens after a few failures; then a traced request finds it open.
+    let flaky = gateway.url("/api/flaky/B1");
+    let mut n = 1;
+    while traced_get(&flaky, &trace_of(n), "flaky").await != "circuit_open" {
+        n += 1;
+        assert!(n < 30, "the breaker never opened");
+    }
+    let spans = receiver
+        .trace(&trace_of(n), Duration::from_secs(30), |spans| {
+            spans.iter().any(|s| s.kind == kind::PRODUCER)
+        })
+        .await;
+    let server = one(&spans, "server span", |s| s.kind == kind::SERVER);
+    let open = send_of(&spans, "flaky");
+    assert_eq!(open.parent_span_id, server.span_id);
+    assert_eq!(open.attr("busgate.outcome"), "circuit_open");
+    assert_eq!(open.attr("error.type"), "circuit_open");
+    assert!(
+        spans.iter().all(|s| s.parent_span_id != open.span_id),
+        "nothing published below an open breaker: {spans:#?}"
+    );
+    let calls = upstream.calls("flaky");
+
+    // A retry: the event on the source's span, and two process spans below it.
+    let retried = trace_of(100);
+    assert_eq!(
+        traced_get(&gateway.url("/api/retried/R1"), &retried, "retried").await,
+        "error"
+    );
+    let spans = receiver
+        .trace(&retried, Duration::from_secs(30), |spans| {
+            spans.iter().filter(|s| s.kind == kind::CONSUMER).count() >= 2
+                && spans.iter().any(|s| s.kind == kind::PRODUCER)
+        })
+        .await;
+    let send = send_of(&spans, "retried");
+    assert_eq!(send.events, vec!["busgate.retry".to_owned()], "{send:#?}");
+    assert_eq!(send.attr("busgate.outcome"), "error");
+    let processes: Vec<_> = spans.iter().filter(|s| s.kind == kind::CONSUMER).collect();
+    assert_eq!(processes.len(), 2, "{spans:#?}");
+    assert!(processes.iter().all(|s| s.parent_span_id == send.span_id));
+
+    // A hedge: the first answer is slow, a second request goes out after 50 ms.
+    let hedged = trace_of(200);
+    assert_eq!(
+        traced_get(&gateway.url("/api/hedged/H1"), &hedged, "hedged").await,
+        "ok"
+    );
+    let spans = receiver
+        .trace(&hedged, Duration::from_secs(30), |spans| {
+            spans.iter().filter(|s| s.kind == kind::CONSUMER).count() >= 2
+                && spans.iter().any(|s| s.kind == kind::PRODUCER)
+        })
+        .await;
+    let send = send_of(&spans, "hedged");
+    assert_eq!(send.events, vec!["busgate.hedge".to_owned()], "{send:#?}");
+    assert_eq!(send.attr("busgate.outcome"), "ok");
+    assert!(spans
+        .iter()
+        .filter(|s| s.kind == kind::CONSUMER)
+        .all(|s| s.parent_span_id == send.span_id));
+    assert_eq!(
+        upstream.calls("flaky"),
+        calls,
+        "the open breaker asked nobody"
+    );
+}
+
+/// Two identical requests at once share one publish: the one that followed has its send span
+/// with the outcome `coalesced` and nothing below it; the one that led has the process span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_source_has_a_send_span_with_the_outcome_coalesced() {
+    use busgate_tests::upstream::{Behaviour, Upstream};
+    let receiver = Receiver::start().await;
+    let upstream = Upstream::start().await;
+    let nats = NatsServer::start();
+    let gateway = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_TELEMETRY__OTLP_ENDPOINT", &receiver.url);
+    })
+    .await;
+    let _adapters = traced_adapters(&nats, &receiver);
+    let spec = json!({"timeout": "2s", "upstream": upstream.spec("shared"), "coalesce": true});
+    service_and_route(&gateway, "shared", spec).await;
+    busgate_tests::support::eventually(Duration::from_secs(15), || async {
+        traced_get(&gateway.url("/api/shared/W1"), &trace_of(0), "shared").await == "ok"
+    })
+    .await;
+    upstream.set("shared", Behaviour::Slow(Duration::from_millis(500)));
+    let url = gateway.url("/api/shared/S1");
+    let before = upstream.calls("shared");
+    let (first, second) = (trace_of(1), trace_of(2));
+    let (a, b) = tokio::join!(traced_get(&url, &first, "shared"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        traced_get(&url, &second, "shared").await
+    });
+    assert_eq!((a.as_str(), b.as_str()), ("ok", "ok"));
+    let led = receiver
+        .trace(&first, Duration::from_secs(30), |spans| spans.len() >= 4)
+        .await;
+    let leader = send_of(&led, "shared");
+    assert_eq!(leader.attr("busgate.outcome"), "ok");
+    one(&led, "process span", |s| {
+        s.kind == kind::CONSUMER && s.parent_span_id == leader.span_id
+    });
+    let followed = receiver
+        .trace(&second, Duration::from_secs(30), |spans| spans.len() >= 2)
+        .await;
+    let server = one(&followed, "server span", |s| s.kind == kind::SERVER);
+    let follower = send_of(&followed, "shared");
+    assert_eq!(follower.parent_span_id, server.span_id);
+    assert_eq!(follower.attr("busgate.outcome"), "coalesced");
+    assert_eq!(follower.attr("error.type"), "", "coalesced is no error");
+    assert!(
+        followed
+            .iter()
+            .all(|s| s.parent_span_id != follower.span_id),
+        "nothing published for a follower: {followed:#?}"
+    );
+    assert_eq!(upstream.calls("shared"), before + 1, "one call for both");
+}
+
+/// Every callback delivery is a client span `POST` of its own trace, linked to the submit's
+/// server span; a failed attempt is an error span with the receiver's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_deliveries_are_spans_linked_to_the_submit() {
+    use busgate_tests::fixture::Callbacks;
+    let receiver = Receiver::start().await;
+    let nats = NatsServer::start();
+    let _services = Worker::natives(&nats, &["service1", "service2"]);
+    let settings = Settings::builtin()
+        .jobs_ack_wait(Duration::from_secs(2))
+        .callbacks(
+            Callbacks::signed("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .retry(&[Duration::from_millis(100); 2])
+                .timeout(Duration::from_secs(2))
+                .allow("127.0.0.0/8"),
+        );
+    let gateway = Gateway::start_with(&nats, &settings, |cmd| {
+        cmd.env("BUSGATE_TELEMETRY__OTLP_ENDPOINT", &receiver.url);
+    })
+    .await;
+    // The hook answers 503 once, then 200.
+    let calls = Arc::new(Mutex::new(0u32));
+    let hook = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(|State(calls): State<Arc<Mutex<u32>>>| async move {
+                let mut calls = calls.lock().expect("calls");
+                *calls += 1;
+                if *calls == 1 {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .with_state(calls.clone());
+    let hook = format!("{}/hook", serve(hook).await);
+    let response = http()
+        .post(gateway.url("/api/order"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .json(&json!({"order_id": "K1", "callback_url": hook}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), 202);
+    let submit = receiver
+        .trace(CLIENT_TRACE, Duration::from_secs(30), |spans| {
+            spans.iter().any(|s| s.kind == kind::SERVER)
+        })
+        .await;
+    let submit = one(&submit, "submit span", |s| s.kind == kind::SERVER);
+    let until = Instant::now() + Duration::from_secs(30);
+    let deliveries = loop {
+        let found: Vec<ReceivedSpan> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.kind == kind::CLIENT && s.name == "POST")
+            .collect();
+        if found.len() >= 2 {
+            break found;
+        }
+        assert!(Instant::now() < until, "deliveries: {found:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(deliveries.len(), 2, "{deliveries:#?}");
+    let mut statuses: Vec<&str> = deliveries
+        .iter()
+        .map(|s| s.attr("http.response.status_code"))
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["200", "503"]);
+    for delivery in &deliveries {
+        assert_ne!(delivery.trace_id, CLIENT_TRACE, "a trace of its own");
+        assert_eq!(delivery.parent_span_id, "");
+        assert_eq!(
+            delivery.links,
+            vec![(CLIENT_TRACE.to_owned(), submit.span_id.clone())],
+            "linked to the submit"
+        );
+        assert_eq!(delivery.attr("server.address"), "127.0.0.1");
+        assert!(!delivery.attr("url.full").contains('?'));
+    }
+    assert_eq!(*calls.lock().expect("calls"), 2);
+}

@@ -368,14 +368,13 @@ impl Upstream {
         // With traces on, the client span of this call, whose traceparent goes upstream.
         let mut span = telemetry::tracer().map(|tracer| {
             let server = (self.host.as_str(), self.port);
-            let url = self.display_url(&req.order_id);
             // Boxed: the call's future stays as small as without traces.
             Box::new(telemetry::span::http_client(
                 tracer,
                 ctx.traceparent(),
                 "GET",
                 server,
-                url,
+                || self.display_url(&req.order_id),
             ))
         });
         let own = span

@@ -21,9 +21,15 @@ impl Direct {
     /// Connects with `nats` settings and opens the store (`replicas` as the gateway's
     /// `jobs.replicas`).
     pub async fn connect(nats: &NatsSettings, replicas: usize) -> Result<Direct, ApplyError> {
-        let client = busgate_shared::nats::connect(nats, "busgate config")
-            .await
-            .map_err(|e| ApplyError::Unavailable(format!("cannot connect to nats: {e}")))?;
+        // Connected before any store request: credentials the server refuses are that error
+        // at once, not a JetStream request timing out behind a client retrying them.
+        let client = busgate_shared::nats::connect_now(
+            nats,
+            "busgate config",
+            busgate_shared::nats::CONNECT_NOW_WITHIN,
+        )
+        .await
+        .map_err(unreachable)?;
         Self::open(&client, replicas).await
     }
 
@@ -33,6 +39,24 @@ impl Direct {
             ApplyError::Unavailable(format!("cannot open the configuration store: {e}"))
         })?;
         Ok(Direct { store })
+    }
+}
+
+/// What a failed connection is for `busgate config`: credentials the server refused are
+/// named as such (never shown: the URL is redacted and the settings' files are not read out).
+fn unreachable(e: busgate_shared::Error) -> ApplyError {
+    use async_nats::ConnectErrorKind::{Authentication, AuthorizationViolation};
+    match &e {
+        busgate_shared::Error::Connect { url, source }
+            if matches!(source.kind(), AuthorizationViolation | Authentication) =>
+        {
+            ApplyError::Unavailable(format!(
+                "nats at {url} refused the credentials ({}): check the user and password of \
+                 nats.url, nats.creds_file or nats.nkey_file",
+                source.kind()
+            ))
+        }
+        _ => ApplyError::Unavailable(e.to_string()),
     }
 }
 

@@ -10,11 +10,19 @@
 //! Anything else (no credentials, two, a malformed header, an oversize or garbage token, an
 //! unknown or revoked key) is refused with 401 before the body is read or anything published.
 //!
+//! Refused credentials are counted per client address ([`throttle`]): past
+//! `auth.max_failures_per_minute`, an address's credentials are not even checked (429). With
+//! `[auth.anonymous]` limits, each client address is an anonymous client of its own
+//! ([`anonymous`]).
+//!
 //! Owns: [`Authenticator`], [`Caller`] and key generation. May use: `config` (the snapshot's
 //! clients, `[auth]` settings), `metrics`, `error`.
 
+pub mod anonymous;
 pub mod jwt;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -70,6 +78,10 @@ pub struct Authenticator {
     mode: AuthMode,
     /// The configured JWT issuers (none: every JWT is refused).
     issuers: jwt::Issuers,
+    /// Refused credentials per client address (`auth.max_failures_per_minute`; `None`: off).
+    throttle: Option<Arc<throttle::Throttle>>,
+    /// The anonymous client's limits per address (`[auth.anonymous]`; `None`: no limits).
+    anonymous: Option<Arc<anonymous::Anonymous>>,
 }
 
 /// What a request presented.
@@ -89,7 +101,33 @@ impl Authenticator {
         Authenticator {
             mode,
             issuers: jwt::Issuers::default(),
+            throttle: None,
+            anonymous: None,
         }
+    }
+
+    /// The same, holding each client address to the anonymous client's limits (none: the
+    /// anonymous caller has no limits).
+    pub fn with_anonymous(mut self, limits: Option<anonymous::Anonymous>) -> Self {
+        self.anonymous = limits.map(Arc::new);
+        self
+    }
+
+    /// The anonymous client's table of addresses, when it has limits.
+    pub fn anonymous(&self) -> Option<&anonymous::Anonymous> {
+        self.anonymous.as_deref()
+    }
+
+    /// The same, throttling an address after `max_failures_per_minute` refused credentials
+    /// (0: never).
+    pub fn with_throttle(mut self, max_failures_per_minute: u32) -> Self {
+        self.throttle = throttle::Throttle::new(max_failures_per_minute).map(Arc::new);
+        self
+    }
+
+    /// The table of failures, when on.
+    pub fn throttle(&self) -> Option<&throttle::Throttle> {
+        self.throttle.as_deref()
     }
 
     /// The same, also taking JWTs of `issuers`.
@@ -103,15 +141,50 @@ impl Authenticator {
         self.mode
     }
 
-    /// The caller of a request with `headers`, or a 401 refusal.
+    /// The caller of a request with `headers` from the client at `address` (when known), or a
+    /// 401 refusal; 429 `too-many-failures` without checking anything when credentials come
+    /// from an address that is throttled.
     pub async fn authenticate(
         &self,
         snapshot: &Snapshot,
         headers: &HeaderMap,
+        address: Option<IpAddr>,
     ) -> Result<Caller, GatewayError> {
-        match presented(headers)? {
+        let Some((throttle, address)) = self.throttle.as_deref().zip(address) else {
+            return self.caller(snapshot, presented(headers), address).await;
+        };
+        let presented = presented(headers);
+        if !matches!(presented, Ok(Presented::Nothing)) {
+            if let Err(retry_after) = throttle.check(address) {
+                return Err(ErrorKind::TooManyFailures { retry_after }.into());
+            }
+        }
+        let result = self.caller(snapshot, presented, Some(address)).await;
+        if let Err(GatewayError {
+            kind: ErrorKind::ClientUnauthorized(why),
+            ..
+        }) = &result
+        {
+            if *why != Credentials::Missing {
+                throttle.failed(address);
+            }
+        }
+        result
+    }
+
+    /// The caller of what a request presented.
+    async fn caller(
+        &self,
+        snapshot: &Snapshot,
+        presented: Result<Presented<'_>, GatewayError>,
+        address: Option<IpAddr>,
+    ) -> Result<Caller, GatewayError> {
+        match presented? {
             Presented::Nothing => match self.mode {
-                AuthMode::None => Ok(Caller::anonymous()),
+                AuthMode::None => Ok(match &self.anonymous {
+                    None => Caller::anonymous(),
+                    Some(limits) => Caller::client(limits.client(address)),
+                }),
                 AuthMode::Required => {
                     Err(ErrorKind::ClientUnauthorized(Credentials::Missing).into())
                 }
@@ -302,7 +375,10 @@ mod tests {
             headers(&[("authorization", &format!("bearer  {secret}"))]),
             headers(&[("x-api-key", &secret)]),
         ] {
-            let caller = auth.authenticate(&snapshot, &h).await.expect("accepted");
+            let caller = auth
+                .authenticate(&snapshot, &h, None)
+                .await
+                .expect("accepted");
             assert_eq!(caller.name(), "acme");
         }
         let (_, other) = new_key();
@@ -350,25 +426,64 @@ mod tests {
         ];
         for (h, why) in cases {
             assert_eq!(
-                refusal(auth.authenticate(&snapshot, &h).await),
+                refusal(auth.authenticate(&snapshot, &h, None).await),
                 why,
                 "{h:?}"
             );
         }
         let open = Authenticator::new(AuthMode::None);
         let anonymous = open
-            .authenticate(&snapshot, &headers(&[]))
+            .authenticate(&snapshot, &headers(&[]), None)
             .await
             .expect("anonymous");
         assert_eq!(anonymous.name(), "");
         assert_eq!(
             refusal(
-                open.authenticate(&snapshot, &headers(&[("x-api-key", &other)]))
+                open.authenticate(&snapshot, &headers(&[("x-api-key", &other)]), None)
                     .await
             ),
             Credentials::Invalid,
             "credentials sent are checked in every mode"
         );
+    }
+
+    /// Past the limit an address's credentials are refused unchecked (429), a good key too;
+    /// other addresses, and requests without credentials, are not.
+    #[tokio::test]
+    async fn failed_credentials_throttle_their_address() {
+        let (_, secret) = new_key();
+        let snapshot = snapshot_with(&secret);
+        let auth = Authenticator::new(AuthMode::None).with_throttle(3);
+        let (abuser, other): (IpAddr, IpAddr) = ([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
+        let bad = headers(&[("x-api-key", "bgk_wrong")]);
+        let good = headers(&[("x-api-key", &secret)]);
+        for _ in 0..3 {
+            assert_eq!(
+                refusal(auth.authenticate(&snapshot, &bad, Some(abuser)).await),
+                Credentials::Invalid
+            );
+            // Nothing sent is no failure.
+            auth.authenticate(&snapshot, &headers(&[]), Some(abuser))
+                .await
+                .expect("anonymous");
+        }
+        for h in [&bad, &good] {
+            match auth.authenticate(&snapshot, h, Some(abuser)).await {
+                Err(GatewayError {
+                    kind: ErrorKind::TooManyFailures { retry_after },
+                    ..
+                }) => assert!(retry_after <= throttle::WINDOW),
+                other => panic!("expected a 429, got {other:?}"),
+            }
+        }
+        auth.authenticate(&snapshot, &headers(&[]), Some(abuser))
+            .await
+            .expect("anonymous still served");
+        auth.authenticate(&snapshot, &good, Some(other))
+            .await
+            .expect("another address is not throttled");
+        let off = Authenticator::new(AuthMode::Required).with_throttle(0);
+        assert!(off.throttle().is_none());
     }
 
     #[test]

@@ -121,6 +121,12 @@ impl Limiter {
         self.check_at(now, crate::share::instances())
     }
 
+    /// Whether the limiter is back at its full burst (forgetting it loses nothing).
+    pub fn idle(&self) -> bool {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tat.load(Ordering::Acquire) <= now
+    }
+
     /// [`Limiter::check`] at `now` (nanoseconds since the limiter was made) with `instances`
     /// sharing the rate.
     pub fn check_at(&self, now: u64, instances: u32) -> Result<(), Duration> {
@@ -151,6 +157,30 @@ impl Limiter {
 }
 
 impl Client {
+    /// The anonymous client of one address (`[auth.anonymous]`, see `crate::auth::anonymous`):
+    /// no name, every route, the given limits and fresh usage.
+    pub fn anonymous(
+        rate: Option<RateSpec>,
+        max_pending: Option<usize>,
+        max_streams: Option<usize>,
+    ) -> Self {
+        Client {
+            name: Name(Arc::from("")),
+            routes: None,
+            limiter: rate.map(|rate| Arc::new(Limiter::new(rate))),
+            max_pending,
+            max_streams,
+            usage: Arc::new(Usage::default()),
+        }
+    }
+
+    /// Whether it holds nothing and its limiter is at its full burst.
+    pub fn idle(&self) -> bool {
+        self.usage.pending.count() == 0
+            && self.usage.streams.count() == 0
+            && self.limiter.as_ref().is_none_or(|l| l.idle())
+    }
+
     /// The most asynchronous requests it may have pending on this instance: its cap for the
     /// deployment, shared among the live instances (`crate::share::of_cap`).
     pub fn pending_cap(&self) -> Option<usize> {

@@ -3,13 +3,14 @@
 //! Neither on, nothing is made: [`Observed::begin`] answers `None` after two loads, and the
 //! request carries a `None`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::borrow::Cow;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::{Method, Request};
 use busgate_shared::header::TRACEPARENT;
 use busgate_shared::telemetry::{
-    self, KeyValue, SdkSpan, Span, SpanKind, Status, Traceparent, Tracer,
+    self, KeyValue, SdkSpan, Span, SpanKind, Status, Traceparent, Tracer, Value,
 };
 
 use crate::edge::state::AppState;
@@ -35,11 +36,12 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Starts observing `request` from `peer` when traces or the access log are on.
+    /// Starts observing `request` from the client at `address` (the real client's, see
+    /// [`crate::edge::forwarded`]) when traces or the access log are on.
     pub fn begin<B>(
         state: &AppState,
         request: &Request<B>,
-        peer: Option<SocketAddr>,
+        address: Option<IpAddr>,
     ) -> Option<Box<Observed>> {
         let tracer = telemetry::tracer();
         let access = state.edge.access_log;
@@ -52,21 +54,25 @@ impl Observed {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let method = request.method().clone();
-        // The edge's rule (`http.trusted_proxies`): the peer, or the client it forwards for.
-        let address = peer.map(|peer| state.edge.proxies.client(peer.ip(), request.headers()));
         let span = tracer.map(|tracer| {
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("url.path", request.uri().path().to_owned()),
-            ];
-            if let Some(address) = address {
-                attributes.push(KeyValue::new("client.address", address.to_string()));
+            // The method's name: a standard one is a static text (no allocation); the name
+            // becomes `{method} {http.route}` once a route matched.
+            let name = static_method(&method)
+                .map_or_else(|| method.as_str().to_owned().into(), Cow::Borrowed);
+            let mut builder = tracer.span_builder(name).with_kind(SpanKind::Server);
+            builder.attributes = Some(Vec::with_capacity(SERVER_ATTRIBUTES));
+            let mut span = builder.start_with_context(tracer, &telemetry::parent(incoming));
+            // Attributes for a recorded span only (an unsampled client trace makes none).
+            if span.is_recording() {
+                let method = static_method(&method)
+                    .map_or_else(|| method.as_str().to_owned().into(), Value::from);
+                span.set_attribute(KeyValue::new("http.request.method", method));
+                span.set_attribute(KeyValue::new("url.path", request.uri().path().to_owned()));
+                if let Some(address) = address {
+                    span.set_attribute(KeyValue::new("client.address", address.to_string()));
+                }
             }
-            tracer
-                .span_builder(method.as_str().to_owned())
-                .with_kind(SpanKind::Server)
-                .with_attributes(attributes)
-                .start_with_context(tracer, &telemetry::parent(incoming))
+            span
         });
         let trace = match &span {
             Some(span) => Some(telemetry::traceparent_of(span)),
@@ -99,9 +105,17 @@ impl Observed {
             }
             None => path.to_owned(),
         };
-        if let Some(span) = &mut self.span {
-            span.update_name(format!("{} {template}", self.method));
-            span.set_attribute(KeyValue::new("http.route", template.clone()));
+        if let Some(span) = self.span.as_mut().filter(|s| s.is_recording()) {
+            match telemetry::span::server_names(self.method.as_str(), &template) {
+                Some((name, route)) => {
+                    span.update_name(name);
+                    span.set_attribute(KeyValue::new("http.route", route));
+                }
+                None => {
+                    span.update_name(format!("{} {template}", self.method));
+                    span.set_attribute(KeyValue::new("http.route", template.clone()));
+                }
+            }
         }
         self.route = Some(template);
     }
@@ -150,12 +164,17 @@ impl Observed {
             );
         }
         if let Some(span) = &mut self.span {
+            if !span.is_recording() {
+                return;
+            }
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
             span.set_attribute(KeyValue::new("busgate.request_id", request_id.to_owned()));
-            span.set_attribute(KeyValue::new("busgate.route", route.to_owned()));
+            let route =
+                telemetry::span::text(route).map_or_else(|| route.to_owned().into(), Value::from);
+            span.set_attribute(KeyValue::new("busgate.route", route));
             if !self.client.is_empty() {
                 span.set_attribute(KeyValue::new("busgate.client", self.client.clone()));
             }
@@ -166,6 +185,23 @@ impl Observed {
             span.end();
         }
     }
+}
+
+/// Attributes a server span has when it ends: its vector is made this large once.
+const SERVER_ATTRIBUTES: usize = 10;
+
+/// The name of a standard method as a static text.
+fn static_method(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -212,7 +248,7 @@ mod tests {
             .body(())
             .expect("request");
         assert!(telemetry::tracer().is_none());
-        assert!(Observed::begin(&state, &request, Some(([127, 0, 0, 1], 9).into())).is_none());
+        assert!(Observed::begin(&state, &request, Some([127, 0, 0, 1].into())).is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -45,13 +45,17 @@ pub(super) fn dispatch(
 ) -> impl Future<Output = Result<Response, Infallible>> + Send {
     let started = Instant::now();
     let request_id = RequestId::fresh();
+    // The real client (the peer, or what a trusted proxy says): for the failed-credentials
+    // throttle, the access line and the server span.
+    let address = peer.map(|peer| state.edge.proxies.client(peer.ip(), request.headers()));
     // `None` unless traces or the access log are on.
-    let observed = Observed::begin(&state, &request, peer);
+    let observed = Observed::begin(&state, &request, address);
     let admitting = Box::pin(admit(
         AppState::clone(&state),
         request,
         request_id,
         observed,
+        address,
     ));
     async move {
         let (admitted, observed) = admitting.await;
@@ -138,8 +142,10 @@ async fn admit(
     request: Request,
     request_id: RequestId,
     mut observed: Option<Box<Observed>>,
+    address: Option<IpAddr>,
 ) -> (Admitted, Option<Box<Observed>>) {
-    let admitted = admit_request(state, request, request_id, observed.as_deref_mut()).await;
+    let admitted =
+        admit_request(state, request, request_id, observed.as_deref_mut(), address).await;
     (admitted, observed)
 }
 
@@ -150,12 +156,21 @@ async fn admit_request(
     request: Request,
     request_id: RequestId,
     mut observed: Option<&mut Observed>,
+    address: Option<IpAddr>,
 ) -> Admitted {
     let snapshot = state.runner.config().load_full();
     let (parts, body) = request.into_parts();
     // Who asks comes first: a request without valid credentials learns nothing, not even
     // which paths exist, and its body is never read.
-    let caller = match state.auth.authenticate(&snapshot, &parts.headers).await {
+    let caller = match state
+        .auth
+        .authenticate(
+            &snapshot,
+            &parts.headers,
+            address.and_then(|a| state.edge.proxies.limited(a)),
+        )
+        .await
+    {
         Ok(caller) => {
             if let Some(o) = observed.as_deref_mut() {
                 o.client(caller.name());
@@ -163,7 +178,7 @@ async fn admit_request(
             caller
         }
         Err(e) => {
-            state.runner.metrics().record_client(None, "unauthorized");
+            state.runner.metrics().record_client(None, refusal(&e));
             return Admitted::Done {
                 label: state.edge.unmatched.clone(),
                 result: Err(e),
@@ -239,7 +254,7 @@ async fn admit_request(
 
 /// Holds a client to its routes and its rate, and counts its request: 403
 /// `route-not-allowed`, 429 `rate-limited`. The anonymous caller (`auth.mode = "none"`) has
-/// neither.
+/// neither, unless `[auth.anonymous]` gives each client address a rate.
 fn admit_client(state: &AppState, caller: &Caller, route: &Route) -> Result<(), GatewayError> {
     let Some(client) = caller.get() else {
         return Ok(());
@@ -262,6 +277,16 @@ fn admit_client(state: &AppState, caller: &Caller, route: &Route) -> Result<(), 
     }
     metrics.record_client(Some(&client.name), "admitted");
     Ok(())
+}
+
+/// The outcome label of a refused caller: `unauthorized`, or `throttled` when its address
+/// is past `auth.max_failures_per_minute`.
+pub(super) fn refusal(e: &GatewayError) -> &'static str {
+    if matches!(e.kind, ErrorKind::TooManyFailures { .. }) {
+        "throttled"
+    } else {
+        "unauthorized"
+    }
 }
 
 /// A request that matched a route.
@@ -404,6 +429,7 @@ mod tests {
             state.clone(),
             Request::default(),
             RequestId::fresh(),
+            None,
             None,
         ));
         let future = dispatch(InFlight::uncounted(state), request, None);

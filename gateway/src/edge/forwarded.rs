@@ -35,34 +35,43 @@ impl TrustedProxies {
         self.nets.iter().any(|net| net.contains(&ip))
     }
 
+    /// The address limits count `address` (a resolved client) under: itself, or `None` when it
+    /// is a trusted proxy (one that named no client, e.g. a TCP pass-through without a PROXY
+    /// header): counting the proxy would hold every client behind it to one allowance, and let
+    /// one client's failed keys lock all of them out.
+    pub fn limited(&self, address: IpAddr) -> Option<IpAddr> {
+        (!self.trusts(address)).then_some(address)
+    }
+
     /// Whether any proxy is trusted.
     pub fn any(&self) -> bool {
         !self.nets.is_empty()
     }
 
-    /// The client of a request that came from `peer` with `headers`.
+    /// The client of a request that came from `peer` with `headers`. Read from the right, so
+    /// nothing is collected: no allocation.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return peer.to_canonical();
         }
         let forwarded = headers.get_all(axum::http::header::FORWARDED);
-        let mut forwarded = forwarded.iter().peekable();
-        if forwarded.peek().is_some() {
-            let entries: Vec<Option<IpAddr>> = forwarded
+        if forwarded.iter().next().is_some() {
+            let entries = forwarded
+                .iter()
+                .rev()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(forwarded_for)
-                .collect();
-            return self.walk(peer, entries.into_iter().rev());
+                .flat_map(|v| v.rsplit(','))
+                .map(forwarded_for);
+            return self.walk(peer, entries);
         }
-        let entries: Vec<Option<IpAddr>> = headers
+        let entries = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
+            .rev()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(address)
-            .collect();
-        self.walk(peer, entries.into_iter().rev())
+            .flat_map(|v| v.rsplit(','))
+            .map(address);
+        self.walk(peer, entries)
     }
 
     /// From the right: the first address that is not trusted.
@@ -187,6 +196,14 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(t.client(peer, &headers(pairs)), ip(want), "{pairs:?}");
         }
+    }
+
+    /// A trusted proxy that named no client is not an address limits count.
+    #[test]
+    fn a_proxy_is_not_limited_as_a_client() {
+        let t = trusted();
+        assert_eq!(t.limited(ip("10.0.0.5")), None);
+        assert_eq!(t.limited(ip("203.0.113.1")), Some(ip("203.0.113.1")));
     }
 
     /// An IPv4 peer seen on an IPv6 socket is matched as IPv4.

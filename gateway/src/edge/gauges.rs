@@ -52,6 +52,14 @@ pub async fn with_gauges(state: &AppState, metrics: String) -> String {
         "Open server-sent event streams of asynchronous requests",
         &[("", state.requests.streams().used() as f64)],
     );
+    if let Some(throttle) = state.auth.throttle() {
+        gauge(
+            &mut out,
+            "busgate_auth_failing_addresses",
+            "Client addresses with refused credentials in their minute (a fixed table: at most 8192)",
+            &[("", throttle.tracked() as f64)],
+        );
+    }
     if let Some((requests, callbacks)) = backlog(&state.requests).await {
         gauge(
             &mut out,

@@ -78,6 +78,10 @@ pub struct Public {
     peer: Option<std::net::SocketAddr>,
 }
 
+/// The real client address of a poll or an event stream, for [`with_caller`].
+#[derive(Debug, Clone, Copy)]
+struct ClientAddress(std::net::IpAddr);
+
 /// What [`Public`] answers with.
 pub type ResponseFuture =
     std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -135,6 +139,11 @@ impl Public {
             return Box::pin(std::future::ready(Ok(overloaded(&self.state))));
         };
         if Public::is_builtin(path) {
+            let mut request = request;
+            if let Some(peer) = self.peer {
+                let address = self.state.edge.proxies.client(peer.ip(), request.headers());
+                request.extensions_mut().insert(ClientAddress(address));
+            }
             let mut builtins = self.builtins.clone();
             let answer = tower::Service::call(&mut builtins, request);
             Box::pin(async move {
@@ -224,7 +233,15 @@ async fn with_caller(
 ) -> Response {
     // Owned, not a guard: the check may wait (a JWT issuer's keys).
     let snapshot = state.runner.config().load_full();
-    match state.auth.authenticate(&snapshot, request.headers()).await {
+    let address = request
+        .extensions()
+        .get::<ClientAddress>()
+        .and_then(|a| state.edge.proxies.limited(a.0));
+    match state
+        .auth
+        .authenticate(&snapshot, request.headers(), address)
+        .await
+    {
         Ok(caller) => {
             drop(snapshot);
             let client = caller.get().map(|c| c.name.clone());
@@ -240,7 +257,10 @@ async fn with_caller(
             response
         }
         Err(e) => {
-            state.runner.metrics().record_client(None, "unauthorized");
+            state
+                .runner
+                .metrics()
+                .record_client(None, dispatch::refusal(&e));
             e.into_response()
         }
     }

@@ -55,6 +55,29 @@ pub const MAX_SEND_BUF: usize = 256 * 1024;
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What serves one connection's requests: a hyper service of the public or the admin edge.
+pub trait ConnectionService:
+    hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ConnectionService for S where
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// The protocols of the public listener from `http` (with `h1`, the cleartext listener's
 /// HTTP/1.1 builder), `None` for cleartext HTTP/1.1 alone; and the certificates to
 /// [`Certificates::watch`] when TLS is on.
@@ -153,13 +176,7 @@ impl Protocols {
         make: impl FnOnce(SocketAddr) -> S,
         watcher: Watcher,
     ) where
-        S: hyper::service::Service<
-                hyper::Request<Incoming>,
-                Response = Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnectionService,
     {
         let opened = tokio::time::timeout(self.opening, async {
             let client = match &self.proxy_protocol {
@@ -198,46 +215,27 @@ impl Protocols {
         };
         let service = make(client);
         let result = match opened {
-            Opened::Tls(io, true) => self.h2(*io, service, watcher).await,
-            Opened::Tls(io, false) => self.h1(*io, service, watcher).await,
-            Opened::Plain(io, true) => self.h2(io, service, watcher).await,
-            Opened::Plain(io, false) => self.h1(io, service, watcher).await,
+            Opened::Tls(io, h2) => self.http(*io, h2, service, watcher).await,
+            Opened::Plain(io, h2) => self.http(io, h2, service, watcher).await,
         };
         if let Err(e) = result {
             debug!(%peer, error = %e, "connection ended");
         }
     }
 
-    async fn h1<I, S>(&self, io: I, service: S, watcher: Watcher) -> hyper::Result<()>
+    /// Serves HTTP/2 (`h2`) or HTTP/1.1 on `io` until the connection ends or the listener
+    /// shuts down.
+    async fn http<I, S>(&self, io: I, h2: bool, service: S, watcher: Watcher) -> hyper::Result<()>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                hyper::Request<Incoming>,
-                Response = Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnectionService,
     {
-        watcher
-            .watch(self.h1.serve_connection(TokioIo::new(io), service))
-            .await
-    }
-
-    async fn h2<I, S>(&self, io: I, service: S, watcher: Watcher) -> hyper::Result<()>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                hyper::Request<Incoming>,
-                Response = Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        watcher
-            .watch(self.h2.serve_connection(TokioIo::new(io), service))
-            .await
+        let io = TokioIo::new(io);
+        if h2 {
+            watcher.watch(self.h2.serve_connection(io, service)).await
+        } else {
+            watcher.watch(self.h1.serve_connection(io, service)).await
+        }
     }
 }
 

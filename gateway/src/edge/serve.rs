@@ -36,7 +36,7 @@ use busgate_shared::drain;
 
 use crate::config::settings::HttpSettings;
 use crate::edge::idle;
-use crate::edge::protocols::Protocols;
+use crate::edge::protocols::{ConnectionService, Protocols};
 use crate::limit::Slots;
 
 /// hyper's default number of header fields: parsed on the stack. Any other count makes hyper
@@ -99,14 +99,9 @@ pub async fn serve<S, M>(
     drain: drain::Watch,
 ) where
     M: Fn(SocketAddr) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<
-            hyper::Request<Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Unpin
-        + Send
-        + 'static,
-    S::Future: Unpin + Send + 'static,
+    // Unpin: an idle connection's service and futures move to its next hyper connection.
+    S: ConnectionService + Unpin,
+    S::Future: Unpin,
 {
     let make = Arc::new(make);
     let builder = Arc::new(limits.builder());

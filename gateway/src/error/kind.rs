@@ -112,6 +112,13 @@ pub enum ErrorKind {
         /// How long until a request would conform.
         retry_after: std::time::Duration,
     },
+    /// Too many refused credentials from this client address (`auth.max_failures_per_minute`):
+    /// its credentials are not checked until the window is over.
+    #[error("too many failed credentials from this address, retry later")]
+    TooManyFailures {
+        /// How long until the address's window is over.
+        retry_after: std::time::Duration,
+    },
     /// The client has as many asynchronous requests pending as it may.
     #[error("too many asynchronous requests pending for this client, retry when some finish")]
     TooManyPending,
@@ -240,6 +247,7 @@ impl ErrorKind {
             | K::QueueFull
             | K::Contended(_)
             | K::RateLimited { .. }
+            | K::TooManyFailures { .. }
             | K::TooManyPending
             | K::TooManyStreams
             | K::BodyTimeout(_) => true,

@@ -161,6 +161,11 @@ impl GatewayError {
                 "rate-limited",
                 "Rate limited",
             ),
+            K::TooManyFailures { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failures",
+                "Too many failed credentials",
+            ),
             K::TooManyPending => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-pending",
@@ -367,6 +372,12 @@ impl GatewayError {
                 }
                 if let Ok(v) = HeaderValue::from_str(&format!("\"client\";r=0;t={seconds}")) {
                     headers.insert(RATELIMIT, v);
+                }
+            }
+            ErrorKind::TooManyFailures { retry_after } => {
+                let seconds = retry_after.as_secs().max(1);
+                if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
                 }
             }
             ErrorKind::TooManyPending | ErrorKind::TooManyStreams => {

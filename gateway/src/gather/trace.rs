@@ -11,11 +11,10 @@ use busgate_shared::telemetry::{self, KeyValue, SdkSpan, Span, Status, Tracepare
 
 use crate::config::snapshot::Target;
 
-/// The send spans of one gather, by target index.
+/// The send spans of one gather, by target index, each with an outcome that is not the
+/// source's result word (`cached`, `coalesced`), if it has one.
 pub struct Sends {
-    spans: Vec<Option<SdkSpan>>,
-    /// An outcome that is not the source's result word (`cached`, `coalesced`).
-    noted: Vec<Option<&'static str>>,
+    spans: Vec<(Option<SdkSpan>, Option<&'static str>)>,
 }
 
 impl Sends {
@@ -23,11 +22,8 @@ impl Sends {
     pub fn begin(targets: usize) -> Option<Box<Sends>> {
         telemetry::tracer()?;
         let mut spans = Vec::with_capacity(targets);
-        spans.resize_with(targets, || None);
-        Some(Box::new(Sends {
-            spans,
-            noted: vec![None; targets],
-        }))
+        spans.resize_with(targets, || (None, None));
+        Some(Box::new(Sends { spans }))
     }
 
     /// Opens the span of the request to `target` (index `index`), a child of `parent`, and
@@ -37,7 +33,7 @@ impl Sends {
         let span = telemetry::span::send(tracer, parent, &target.subject, &target.service.0);
         let own = telemetry::traceparent_of(&span);
         if let Some(slot) = self.spans.get_mut(index) {
-            *slot = Some(span);
+            slot.0 = Some(span);
         }
         Some(own)
     }
@@ -46,8 +42,8 @@ impl Sends {
     /// `outcome` (`cached`, `coalesced`) rather than its result's word.
     pub fn note(&mut self, index: usize, parent: &str, target: &Target, outcome: &'static str) {
         if self.send(index, parent, target).is_some() {
-            if let Some(slot) = self.noted.get_mut(index) {
-                *slot = Some(outcome);
+            if let Some(slot) = self.spans.get_mut(index) {
+                slot.1 = Some(outcome);
             }
         }
     }
@@ -55,15 +51,14 @@ impl Sends {
     /// Records a request sent again to source `index` (`busgate.retry`, `busgate.hedge`) and
     /// answers the `traceparent` it carries: its source's span's.
     pub fn again(&mut self, index: usize, event: &'static str) -> Option<Traceparent> {
-        let span = self.spans.get_mut(index)?.as_mut()?;
+        let span = self.spans.get_mut(index)?.0.as_mut()?;
         span.add_event(event, Vec::new());
         Some(telemetry::traceparent_of(span))
     }
 
     /// Ends every span with its source's outcome (`SourceResult::status`, in target order).
     pub fn end(self, outcomes: impl Iterator<Item = &'static str>) {
-        let spans = self.spans.into_iter().zip(self.noted);
-        for ((span, noted), outcome) in spans.zip(outcomes) {
+        for ((span, noted), outcome) in self.spans.into_iter().zip(outcomes) {
             let Some(mut span) = span else { continue };
             let outcome = noted.unwrap_or(outcome);
             span.set_attribute(KeyValue::new("busgate.outcome", outcome));

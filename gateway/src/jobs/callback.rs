@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -24,15 +24,25 @@ use crate::clock::rfc3339;
 use crate::config::settings::callback_key;
 use crate::error::GatewayError;
 use crate::jobs::guard::{http_client, Guard};
-use crate::jobs::results::StatusDoc;
+use crate::jobs::pull::{hand_back, Puller};
+use crate::jobs::results::{CallbackState, StatusDoc};
 use crate::jobs::store::{js, retry_delay, Jobs};
 
 impl Jobs {
-    /// Queues the callback delivery of a finished request (deduplicated per request).
-    pub async fn schedule_callback(&self, request_id: &str) -> Result<(), GatewayError> {
-        let publish = jetstream::message::PublishMessage::build()
+    /// Queues the callback delivery of a finished request (deduplicated per request). The
+    /// submit's `traceparent` travels in the message's headers: each delivery's span links to
+    /// the client's trace.
+    pub async fn schedule_callback(
+        &self,
+        request_id: &str,
+        traceparent: &str,
+    ) -> Result<(), GatewayError> {
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::from(request_id.to_owned()))
             .message_id(format!("callback-{request_id}"));
+        if !traceparent.is_empty() {
+            publish = publish.header(busgate_shared::header::TRACEPARENT, traceparent);
+        }
         self.js
             .send_publish(subject::CALLBACKS_SUBJECT, publish)
             .await
@@ -40,17 +50,6 @@ impl Jobs {
             .await
             .map_err(js)?;
         Ok(())
-    }
-
-    /// The durable consumer of callback deliveries.
-    async fn callbacks_consumer(&self) -> Result<consumer::PullConsumer, GatewayError> {
-        self.consumer(
-            subject::CALLBACKS_STREAM,
-            subject::CALLBACKS_CONSUMER,
-            self.callback_ack_wait,
-            20_000,
-        )
-        .await
     }
 }
 
@@ -60,6 +59,12 @@ pub fn callback_unscheduled(doc: &StatusDoc) -> bool {
     doc.callback
         .as_ref()
         .is_some_and(|cb| cb.state == "pending" && cb.attempts == 0)
+}
+
+/// Whether a callback's outcome is recorded (delivered, gone, or given up on): a redelivery
+/// of its message is acked without another attempt.
+fn callback_settled(cb: &CallbackState) -> bool {
+    matches!(cb.state.as_str(), "delivered" | "gone" | "failed")
 }
 
 /// Signs callback bodies per Standard Webhooks.
@@ -116,75 +121,73 @@ pub fn unix_seconds(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the deliverer pulls, as the logs name it.
+const WHAT: &str = "callbacks";
+
 /// Delivers callbacks until `drain` is signalled, then finishes the attempts in flight and
 /// releases it. One JetStream message per request; a failed attempt is NAKed with the next
-/// retry delay, so the schedule survives restarts.
-pub async fn run_deliveries(
-    jobs: Arc<Jobs>,
-    deliverer: Deliverer,
-    drain: drain::Watch,
-) -> Result<(), GatewayError> {
-    use futures::StreamExt;
-    let consumer = jobs.callbacks_consumer().await?;
-    let mut messages = consumer.messages().await.map_err(js)?;
-    // A stream of messages that ends (its pull failed for good, the connection was remade) is
-    // opened again, a moment later: deliveries must not stop for the life of the gateway.
-    let mut reopen = busgate_shared::backoff::ExponentialBackoff::new(
-        std::time::Duration::from_millis(100),
-        std::time::Duration::from_secs(5),
-        0.5,
-    )
-    .stream();
+/// retry delay, so the schedule survives restarts. Nothing else stops it: a failed pull or a
+/// consumer it cannot find is retried ([`Puller`]).
+///
+/// At most `concurrency` attempts at once, and only as many messages pulled as may start:
+/// the rest wait in the stream, where another instance may take them (a gateway that dies
+/// strands only the attempts it was making, until `ack_wait`).
+pub async fn run_deliveries(jobs: Arc<Jobs>, deliverer: Deliverer, drain: drain::Watch) {
+    let mut puller = Puller::new(
+        jobs.clone(),
+        (subject::CALLBACKS_STREAM, subject::CALLBACKS_CONSUMER),
+        jobs.callback_ack_wait,
+        WHAT,
+        drain.clone(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
-    // At most `concurrency` attempts at once: a message is pulled only when one may start,
-    // so the rest wait in the stream (and another instance may take them).
     let slots = Arc::new(tokio::sync::Semaphore::new(deliverer.concurrency));
-    let signaled = drain.clone().signaled();
+    let signaled = drain.signaled();
     tokio::pin!(signaled);
     // Held until the attempts in flight are done: the drain waits for it.
-    let release = loop {
-        let slot = tokio::select! {
+    let release = 'pulling: loop {
+        let first = tokio::select! {
             release = &mut signaled => break Some(release),
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break None,
             },
         };
-        let message = tokio::select! {
-            release = &mut signaled => break Some(release),
-            next = messages.next() => match next {
-                Some(Ok(m)) => {
-                    reopen.reset();
-                    m
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "pulling callbacks");
-                    continue;
-                }
-                None => {
-                    tracing::warn!("the callback queue's message stream ended: opening it again");
-                    if !reopen.wait(&drain).await {
-                        break None;
-                    }
-                    match consumer.messages().await {
-                        Ok(again) => messages = again,
-                        Err(e) => tracing::warn!(error = %e, "cannot open the callback queue again"),
-                    }
-                    continue;
-                }
-            },
+        let free = slots.available_permits() + 1;
+        let Some(mut pull) = puller.pull(free).await else {
+            // Only the drain stops the puller.
+            break Some((&mut signaled).await);
         };
-        let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
-        tasks.spawn(async move {
-            deliverer.deliver(&jobs, message).await;
-            drop(slot);
-        });
-        while tasks.try_join_next().is_some() {}
+        let mut held = Some(first);
+        loop {
+            let next = tokio::select! {
+                release = &mut signaled => {
+                    hand_back(&mut pull, WHAT).await;
+                    break 'pulling Some(release);
+                }
+                next = puller.next(&mut pull) => next,
+            };
+            let Some(message) = next else { break };
+            // One slot per message asked for, as the processor does.
+            let slot = match held.take() {
+                Some(slot) => Some(slot),
+                None => slots.clone().try_acquire_owned().ok(),
+            };
+            let Some(slot) = slot else {
+                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+                continue;
+            };
+            let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
+            tasks.spawn(async move {
+                deliverer.deliver(&jobs, message).await;
+                drop(slot);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
     };
     // Attempts in flight are bounded by the delivery timeout.
     while tasks.join_next().await.is_some() {}
     drop(release);
-    Ok(())
 }
 
 /// Makes one delivery attempt per message and records it.
@@ -250,7 +253,18 @@ impl Deliverer {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         };
-        let span = super::trace::delivery(&url, &request_id, attempt);
+        if doc.callback.as_ref().is_some_and(callback_settled) {
+            // An instance recorded the outcome and died before its ack: not sent again.
+            tracing::debug!(%request_id, "callback already settled, acking a redelivery");
+            let _ = message.ack().await;
+            return;
+        }
+        let submit = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(busgate_shared::header::TRACEPARENT))
+            .map(|v| v.as_str());
+        let span = super::trace::delivery(&url, &request_id, attempt, submit);
         let outcome = self.attempt(&url, &request_id, &doc).await;
         if let Some(span) = span {
             let (status, error) = match &outcome {
@@ -410,6 +424,13 @@ mod tests {
             cb.state = "delivered".into();
         }
         assert!(!callback_unscheduled(&doc));
+        let settled = |state: &str| {
+            let mut cb = doc.callback.clone().expect("callback");
+            cb.state = state.into();
+            callback_settled(&cb)
+        };
+        assert!(settled("delivered") && settled("gone") && settled("failed"));
+        assert!(!settled("pending") && !settled("waiting"));
         let mut without = StatusDoc::pending(&Job {
             callback_url: None,
             ..job()

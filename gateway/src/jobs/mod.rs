@@ -9,6 +9,8 @@
 //!   through a leader election) and idempotency keys (claim, confirm, release, resume).
 //! - [`process`]: the work-queue consumer: pulls, runs, stores the result, acks, schedules
 //!   the callback, hands transient failures back to be delivered later; obeys the drain.
+//! - [`pull`]: how the processor and the deliverer pull from their durable consumers, for the
+//!   gateway's life (a failed pull or a lost consumer costs a retry, never the loop).
 //! - [`results`]: status documents (`busgate-results`): read for polls and event streams,
 //!   changed with compare-and-set.
 //! - [`callback`]: the callback queue: scheduling a finished request's delivery, signing,
@@ -22,7 +24,7 @@
 //!   the [`store::Job`] message, the redelivery backoff.
 //!
 //! Imports point one way: `http` → `intake`, `results` → `store`; `process` → `callback`,
-//! `results`, `store`; `callback` → `results`, `store`, `guard`.
+//! `pull`, `results`, `store`; `callback` → `pull`, `results`, `store`, `guard`; `pull` → `store`.
 //!
 //! May use: `route` (to run a request's route), `config`, `clock`, `limit`, `error`. Not `edge`: the edge
 //! hands a submit its parts, and the poll handlers take their own state ([`http::AsyncRequests`]).
@@ -34,6 +36,7 @@ pub mod http;
 pub mod intake;
 pub mod late;
 pub mod process;
+pub mod pull;
 pub mod results;
 pub mod store;
 pub mod trace;

@@ -7,8 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, AckKind};
-use futures::StreamExt;
+use async_nats::jetstream::{self, AckKind};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -18,41 +17,30 @@ use busgate_shared::subject;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::jobs::callback::callback_unscheduled;
+use crate::jobs::pull::{hand_back, Puller};
 use crate::jobs::results::StatusDoc;
 use crate::jobs::store::{retry_delay, Job, Jobs};
 use crate::route::Runner;
 
-/// How long one pull for asynchronous requests waits for messages before it is made again.
-/// It bounds how long a stopping instance waits for the pull it has out.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
-
-/// How long a pull may go on past its expiry before it is given up and made again: the
-/// server ends an expired pull with a status message, and one that never comes (a pull the
-/// consumer's leader dropped, a status lost on the way) would otherwise stop this instance
-/// pulling for good. A message delivered to a pull given up is redelivered after `ack_wait`.
-const PULL_GIVE_UP: Duration = Duration::from_secs(2);
+/// What this stage pulls, as the logs name it.
+const WHAT: &str = "asynchronous requests";
 
 /// Pulls asynchronous requests and runs them until `drain` is signalled; then waits at most
-/// `grace` for the requests it started, and releases the drain.
+/// `grace` for the requests it started, and releases the drain. Nothing else stops it: a
+/// failed pull or a consumer it cannot find is retried ([`Puller`]).
 ///
 /// An instance asks JetStream for as many requests as it can start at once (its free
 /// permits of `jobs.concurrency`), never more: a request it holds is a request it runs, so
 /// none waits behind a busy instance while another is idle, and a stopping instance hands
 /// back at once (NAK without delay) whatever reaches it after the stop.
-pub async fn run_requests(
-    jobs: Arc<Jobs>,
-    runner: Runner,
-    drain: drain::Watch,
-    grace: Duration,
-) -> Result<(), GatewayError> {
-    let consumer = jobs
-        .consumer(
-            subject::REQUESTS_STREAM,
-            subject::REQUESTS_CONSUMER,
-            jobs.settings.ack_wait,
-            20_000,
-        )
-        .await?;
+pub async fn run_requests(jobs: Arc<Jobs>, runner: Runner, drain: drain::Watch, grace: Duration) {
+    let mut puller = Puller::new(
+        jobs.clone(),
+        (subject::REQUESTS_STREAM, subject::REQUESTS_CONSUMER),
+        jobs.settings.ack_wait,
+        WHAT,
+        drain.clone(),
+    );
     let permits = Arc::new(Semaphore::new(jobs.settings.concurrency));
     let mut tasks = JoinSet::new();
     info!(
@@ -61,7 +49,6 @@ pub async fn run_requests(
     );
     let signaled = drain.signaled();
     tokio::pin!(signaled);
-    let mut retry = crate::clock::retry_backoff().stream();
     // Held until the requests in flight are done or abandoned: the drain waits for it.
     let release = 'pulling: loop {
         let first = tokio::select! {
@@ -69,47 +56,20 @@ pub async fn run_requests(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break None },
         };
         let free = permits.available_permits() + 1;
-        let batch = consumer
-            .batch()
-            .max_messages(free)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(e) => {
-                let delay = retry.next_delay();
-                warn!(error = %e, retry_in = ?delay, "pulling asynchronous requests");
-                drop(first);
-                tokio::select! {
-                    release = &mut signaled => break Some(release),
-                    () = tokio::time::sleep(delay) => continue,
-                }
-            }
+        let Some(mut pull) = puller.pull(free).await else {
+            // Only the drain stops the puller.
+            break Some((&mut signaled).await);
         };
-        retry.reset();
         let mut held = Some(first);
-        let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GIVE_UP;
         loop {
             let next = tokio::select! {
                 release = &mut signaled => {
-                    hand_back(&mut batch).await;
+                    hand_back(&mut pull, WHAT).await;
                     break 'pulling Some(release);
                 }
-                next = tokio::time::timeout_at(give_up, batch.next()) => next,
+                next = puller.next(&mut pull) => next,
             };
-            let message = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => {
-                    debug!(error = %e, "pull for asynchronous requests ended");
-                    break;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    warn!("a pull for asynchronous requests outlived its expiry: pulling again");
-                    break;
-                }
-            };
+            let Some(message) = next else { break };
             // One permit per message asked for: the first is held, the others were free
             // when the pull was made and only this loop takes permits.
             let permit = match held.take() {
@@ -139,25 +99,6 @@ pub async fn run_requests(
         tasks.abort_all();
     }
     drop(release);
-    Ok(())
-}
-
-/// Hands back what the pull still brings after a stop, at once (NAK without delay) so that
-/// another instance takes it now rather than after `ack_wait`. Bounded by the pull's expiry.
-async fn hand_back(batch: &mut consumer::pull::Batch) {
-    let mut handed = 0u32;
-    let drained = tokio::time::timeout(PULL_EXPIRES + Duration::from_millis(500), async {
-        while let Some(next) = batch.next().await {
-            if let Ok(message) = next {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                handed += 1;
-            }
-        }
-    })
-    .await;
-    if handed > 0 || drained.is_err() {
-        info!(handed, "asynchronous requests not started handed back");
-    }
 }
 
 /// Reads the status document of a request about to run: none is the rule (a request's
@@ -173,9 +114,10 @@ async fn schedule_callback_or_nak(
     jobs: &Jobs,
     message: &jetstream::Message,
     request_id: &str,
+    traceparent: &str,
     delivered: i64,
 ) -> bool {
-    let Err(e) = jobs.schedule_callback(request_id).await else {
+    let Err(e) = jobs.schedule_callback(request_id, traceparent).await else {
         return true;
     };
     warn!(request_id, error = %e, "cannot schedule a callback, retrying later");
@@ -201,7 +143,15 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
             // The result is stored; the callback may not have been scheduled before the
             // instance that stored it died.
             if job.callback_url.is_some() && callback_unscheduled(&doc) {
-                if !schedule_callback_or_nak(jobs, &message, request_id, delivered).await {
+                if !schedule_callback_or_nak(
+                    jobs,
+                    &message,
+                    request_id,
+                    &job.call.traceparent,
+                    delivered,
+                )
+                .await
+                {
                     return;
                 }
                 info!(request_id, "callback of a finished request scheduled");
@@ -270,7 +220,8 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         return;
     }
     if job.callback_url.is_some()
-        && !schedule_callback_or_nak(jobs, &message, request_id, delivered).await
+        && !schedule_callback_or_nak(jobs, &message, request_id, &job.call.traceparent, delivered)
+            .await
     {
         return;
     }

@@ -1,7 +1,7 @@
 //! The spans of asynchronous requests, with traces on. Processing is a trace of its own (it
 //! may run long after the submit, on another instance, more than once): a consumer span
 //! `process busgate.jobs.request` whose gathers are its children, linked to the submit's
-//! span (the job's `traceparent`). Each callback delivery is a client span `POST`. With
+//! span (the job's `traceparent`). Each callback delivery is a client span `POST`, linked to the submit's span too. With
 //! traces off, nothing is made.
 
 use busgate_shared::subject;
@@ -48,8 +48,14 @@ pub fn processed(mut span: SdkSpan, status: u16) {
 }
 
 /// The client span of one callback delivery to `url` (shown without user, password or
-/// query), when traces are on.
-pub fn delivery(url: &str, request_id: &str, attempt: u32) -> Option<SdkSpan> {
+/// query), when traces are on: a trace of its own (deliveries are retried, long after the
+/// processing), linked to the submit's span (`submit`, its `traceparent`) when known.
+pub fn delivery(
+    url: &str,
+    request_id: &str,
+    attempt: u32,
+    submit: Option<&str>,
+) -> Option<SdkSpan> {
     let tracer = telemetry::tracer()?;
     let parsed = url::Url::parse(url).ok();
     let host = parsed
@@ -57,9 +63,14 @@ pub fn delivery(url: &str, request_id: &str, attempt: u32) -> Option<SdkSpan> {
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
     let port = parsed.as_ref().and_then(url::Url::port_or_known_default);
+    let links = submit
+        .and_then(telemetry::parse)
+        .map(|submit| vec![Link::with_context(submit)])
+        .unwrap_or_default();
     Some(
         tracer
             .span_builder("POST")
+            .with_links(links)
             .with_kind(SpanKind::Client)
             .with_attributes([
                 KeyValue::new("http.request.method", "POST"),

@@ -7,7 +7,7 @@ use busgate_shared::Error;
 use serde::{Deserialize, Serialize};
 
 /// `[auth]`: how public requests name their client.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// `required` (the default): every public request but the health endpoints and
@@ -17,6 +17,44 @@ pub struct AuthSettings {
     pub mode: AuthMode,
     /// Issuers whose JWTs name a client (`[[auth.issuers]]`); none by default.
     pub issuers: Vec<IssuerSettings>,
+    /// Refused credentials (401) one client address may send in a minute; past them its
+    /// requests with credentials are answered 429 `too-many-failures` until the minute from
+    /// its first failure is over (per instance; IPv6 by /64). 0: off. At most
+    /// [`MAX_FAILURES_PER_MINUTE`].
+    pub max_failures_per_minute: u32,
+    /// `[auth.anonymous]`: with `mode = "none"`, the anonymous client's limits, applied per
+    /// client address (none by default: no limits).
+    pub anonymous: AnonymousSettings,
+}
+
+/// `[auth.anonymous]`: what each client address may do as the anonymous client.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnonymousSettings {
+    /// Requests per second (and burst) per address, shared among the instances.
+    pub rate: Option<busgate_shared::config::RateSpec>,
+    /// Asynchronous requests pending per address, shared among the instances.
+    pub max_pending: Option<u32>,
+    /// Event streams open per address on one instance.
+    pub max_streams: Option<u32>,
+}
+
+/// The highest `auth.max_failures_per_minute` (the throttle's count has 12 bits).
+pub const MAX_FAILURES_PER_MINUTE: u32 = 4000;
+
+/// `auth.max_failures_per_minute` by default: far above a misconfigured client's retries,
+/// far below a brute force.
+pub const DEFAULT_MAX_FAILURES_PER_MINUTE: u32 = 20;
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            mode: AuthMode::default(),
+            issuers: Vec::new(),
+            max_failures_per_minute: DEFAULT_MAX_FAILURES_PER_MINUTE,
+            anonymous: AnonymousSettings::default(),
+        }
+    }
 }
 
 /// `auth.mode`.
@@ -262,6 +300,35 @@ impl IssuerSettings {
         }
         Ok(url)
     }
+}
+
+/// Checks `auth.max_failures_per_minute` and `[auth.anonymous]`.
+pub fn validate_throttle(auth: &AuthSettings) -> Result<(), Error> {
+    if auth.max_failures_per_minute > MAX_FAILURES_PER_MINUTE {
+        return Err(Error::invalid(
+            "auth.max_failures_per_minute",
+            format!("at most {MAX_FAILURES_PER_MINUTE}"),
+        ));
+    }
+    let anonymous = &auth.anonymous;
+    if anonymous
+        .rate
+        .is_some_and(|r| r.per_second == 0 || r.burst() == 0)
+    {
+        return Err(Error::invalid(
+            "auth.anonymous.rate",
+            "per_second and burst must be at least 1",
+        ));
+    }
+    for (field, value) in [
+        ("auth.anonymous.max_pending", anonymous.max_pending),
+        ("auth.anonymous.max_streams", anonymous.max_streams),
+    ] {
+        if value == Some(0) {
+            return Err(Error::invalid(field, "must be at least 1"));
+        }
+    }
+    Ok(())
 }
 
 /// Checks every issuer and that no two share an `issuer`.

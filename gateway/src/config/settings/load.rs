@@ -7,7 +7,7 @@ use std::time::Duration;
 use busgate_shared::validate::OrderIdRule;
 use busgate_shared::Error;
 
-use super::{callback_key, validate_issuers, Settings};
+use super::{callback_key, validate_issuers, validate_throttle, Settings};
 use crate::error::StartupError;
 
 impl Settings {
@@ -146,6 +146,7 @@ impl Settings {
         }
         self.admin.resolve_token()?;
         validate_issuers(&self.auth.issuers)?;
+        validate_throttle(&self.auth)?;
         crate::config::allowlist::Allowlist::parse(&self.callbacks.allow)?;
         OrderIdRule::new(&self.http.order_id_pattern)
     }

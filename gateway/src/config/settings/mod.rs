@@ -26,8 +26,8 @@ pub use busgate_shared::nats::NatsSettings;
 
 pub use self::admin::{AdminSettings, MIN_ADMIN_TOKEN};
 pub use self::auth::{
-    validate_issuers, AuthMode, AuthSettings, IssuerSettings, JwtAlgorithm, MAX_JWT_LEEWAY,
-    MIN_JWT_SECRET,
+    validate_issuers, validate_throttle, AnonymousSettings, AuthMode, AuthSettings, IssuerSettings,
+    JwtAlgorithm, MAX_JWT_LEEWAY, MIN_JWT_SECRET,
 };
 pub use self::callbacks::{callback_key, CallbackSettings};
 pub use self::http::{HttpSettings, TlsSettings};

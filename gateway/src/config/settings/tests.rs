@@ -217,3 +217,45 @@ fn queue_limits_are_validated() {
     s.jobs.callbacks.discard = Discard::Old;
     assert!(s.validate().is_ok());
 }
+
+#[test]
+fn failure_throttle_and_anonymous_limits_are_checked() {
+    let s = Settings::default();
+    assert_eq!(
+        s.auth.max_failures_per_minute,
+        auth::DEFAULT_MAX_FAILURES_PER_MINUTE
+    );
+    assert!(validate_throttle(&s.auth).is_ok());
+    let mut a = s.auth.clone();
+    a.max_failures_per_minute = auth::MAX_FAILURES_PER_MINUTE + 1;
+    assert!(validate_throttle(&a).is_err());
+    a.max_failures_per_minute = 0;
+    assert!(validate_throttle(&a).is_ok(), "0 is off");
+    for bad in [
+        AnonymousSettings {
+            rate: Some(busgate_shared::config::RateSpec {
+                per_second: 0,
+                burst: None,
+            }),
+            ..Default::default()
+        },
+        AnonymousSettings {
+            max_pending: Some(0),
+            ..Default::default()
+        },
+        AnonymousSettings {
+            max_streams: Some(0),
+            ..Default::default()
+        },
+    ] {
+        let mut a = s.auth.clone();
+        a.anonymous = bad;
+        assert!(validate_throttle(&a).is_err(), "{:?}", a.anonymous);
+    }
+    let toml = write(
+        "[auth]\nmode = \"none\"\n[auth.anonymous]\nrate = { per_second = 2, burst = 4 }\nmax_pending = 3\n",
+    );
+    let loaded = Settings::load(Some(toml.path())).expect("loads");
+    assert_eq!(loaded.auth.anonymous.max_pending, Some(3));
+    assert_eq!(loaded.auth.anonymous.rate.map(|r| r.burst()), Some(4));
+}

@@ -219,6 +219,7 @@ async fn main() {
     busgate_shared::runtime::install_crypto_provider();
     // First: peers.sh installs what is missing (wrk among it) when run as root.
     let peers = Peers::start(&o.peers);
+    peers::stop_everything_on_signal(peers.stopper());
     if which("wrk").is_none() {
         fail("wrk is missing: apt-get install wrk (tests/perf/peers/peers.sh does, as root)");
     }

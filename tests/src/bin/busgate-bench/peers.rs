@@ -89,8 +89,28 @@ impl Peers {
     }
 }
 
-impl Drop for Peers {
-    fn drop(&mut self) {
+impl Peers {
+    /// What stops these peers, for a signal handler that runs while they are borrowed.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            script: self.script.clone(),
+            env: self.env.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+/// Stops a set of peers (`peers.sh stop`) and removes their folder.
+#[derive(Clone)]
+pub struct Stopper {
+    script: PathBuf,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+}
+
+impl Stopper {
+    /// `peers.sh stop`, then the folder removed.
+    pub fn stop(&self) {
         let _ = Command::new("bash")
             .arg(&self.script)
             .arg("stop")
@@ -98,4 +118,63 @@ impl Drop for Peers {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        self.stopper().stop();
+    }
+}
+
+/// On SIGINT or SIGTERM: every child of this process (nats-server, workers, gateway, wrk, oha)
+/// sent SIGTERM, the peers stopped (nginx and HAProxy run as daemons, outside this process's
+/// reach), and exit 130. Without it an interrupted run left all of them running.
+pub fn stop_everything_on_signal(peers: Stopper) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered here, before any child exists, not in the task: a signal between the spawn
+    // and the task's first poll would otherwise be lost.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("busgate-bench: stopped by a signal; stopping every child and the peers");
+        // The children first (the load generators hold the peers' connections open, and the
+        // scenarios go on meanwhile), then the peers.
+        for child in children() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        peers.stop();
+        std::process::exit(130);
+    });
+}
+
+/// The pids whose parent is this process (from `/proc/*/stat`).
+fn children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // pid (comm) state ppid …: comm may hold spaces and parentheses.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1).map(|ppid| ppid == me)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
 }
