@@ -15,6 +15,7 @@
 //! - [`gauges`]: what `/metrics` reads at scrape time (NATS state, loads, async backlog).
 //! - [`access`]: the server span and the one access line of a request, when either is on.
 //! - [`serve`]: the listeners' hyper connections, their timeouts and caps, until the drain;
+//!   [`idle`]: a cleartext connection parked without hyper's buffers while it waits;
 //!   [`protocols`]: what a connection speaks beyond cleartext HTTP/1.1 (the PROXY header of
 //!   [`proxy_protocol`], [`tls`] with its reloaded certificate, HTTP/2 and its limits).
 //! - [`host`]: RFC 9112's `Host` rule (400), for both listeners; [`forwarded`]: the real
@@ -48,6 +49,7 @@ pub mod forwarded;
 pub mod gauges;
 pub mod health;
 pub mod host;
+pub mod idle;
 pub mod ids;
 pub mod protocols;
 pub mod proxy_protocol;

@@ -16,16 +16,17 @@
 //! The body timeout is not hyper's (it has none): see [`crate::edge::body`].
 //!
 //! A listener with TLS, h2c or the PROXY protocol hands each connection to
-//! [`crate::edge::protocols`]; without them a connection goes straight to hyper's HTTP/1.1, as
-//! it always has.
+//! [`crate::edge::protocols`]; without them a connection goes to hyper's HTTP/1.1 through
+//! [`crate::edge::idle`], which parks it without hyper's buffers whenever it is idle.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -34,6 +35,7 @@ use busgate_shared::backoff::{Backoff, ExponentialBackoff};
 use busgate_shared::drain;
 
 use crate::config::settings::HttpSettings;
+use crate::edge::idle;
 use crate::edge::protocols::{ConnectionService, Protocols};
 use crate::limit::Slots;
 
@@ -84,7 +86,8 @@ impl Limits {
 
 /// Serves the service `make` gives for each connection's client address on `listener`
 /// until `drain` is signalled; then stops accepting and returns (releasing the drain) once
-/// every open connection has finished its requests (hyper-util's graceful shutdown).
+/// every open connection has finished its requests (hyper's graceful shutdown; hyper-util's
+/// watcher of each connection is what is waited for).
 /// `connections` counts open connections and caps them; `protocols` is what connections
 /// speak beyond cleartext HTTP/1.1, if anything.
 pub async fn serve<S, M>(
@@ -96,11 +99,14 @@ pub async fn serve<S, M>(
     drain: drain::Watch,
 ) where
     M: Fn(SocketAddr) -> S + Send + Sync + 'static,
-    S: ConnectionService,
+    // Unpin: an idle connection's service and futures move to its next hyper connection.
+    S: ConnectionService + Unpin,
+    S::Future: Unpin,
 {
     let make = Arc::new(make);
-    let builder = limits.builder();
+    let builder = Arc::new(limits.builder());
     let graceful = GracefulShutdown::new();
+    let connection_drain = drain.clone();
     let signaled = drain.signaled();
     tokio::pin!(signaled);
     let mut accept_retry = accept_backoff().stream();
@@ -142,11 +148,12 @@ pub async fn serve<S, M>(
             });
             continue;
         }
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), make(peer)));
+        let (service, builder, drain) = (make(peer), builder.clone(), connection_drain.clone());
+        let (header_timeout, watcher) = (limits.header_timeout, graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "connection ended");
-            }
+            idle::serve(stream, service, &builder, header_timeout, drain).await;
+            // Held until here: the graceful shutdown below waits for every watcher.
+            drop(watcher);
             drop(slot);
         });
     };
@@ -177,18 +184,39 @@ fn accept_failed(e: std::io::Error, retry: &mut Backoff) -> Option<Duration> {
     Some(delay)
 }
 
-/// A tower service made a hyper service that takes hyper's requests.
-pub type TowerService<T> = hyper_util::service::TowerToHyperService<
-    tower::util::MapRequest<T, fn(hyper::Request<Incoming>) -> Request>,
->;
+/// A tower service (the admin router) as the hyper service [`serve`] takes. Its answers are
+/// boxed futures ([`serve`] parks idle connections, which needs futures that are `Unpin`): one
+/// allocation per admin request, which the public listener's [`crate::edge::Public`] does not
+/// need (its futures are boxed already).
+#[derive(Clone)]
+pub struct TowerService<T>(T);
 
 /// A tower service (the admin router) as the hyper service [`serve`] takes.
-pub fn tower_service<T>(service: T) -> TowerService<T>
+pub fn tower_service<T>(service: T) -> TowerService<T> {
+    TowerService(service)
+}
+
+impl<T> hyper::service::Service<hyper::Request<Incoming>> for TowerService<T>
 where
-    T: tower::Service<Request>,
+    T: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    T::Future: Send + 'static,
 {
-    let to_axum: fn(hyper::Request<Incoming>) -> Request = |r| r.map(axum::body::Body::new);
-    hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(service, to_axum))
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(tower::ServiceExt::oneshot(
+            service,
+            request.map(axum::body::Body::new),
+        ))
+    }
 }
 
 #[cfg(test)]
