@@ -576,6 +576,49 @@ mod tests {
             .expect("join");
     }
 
+    /// An answer still going out when the wait for the next head reaches `PARK_AFTER` (the
+    /// client reads slowly) is not cut short, and the connection is parked once it is out:
+    /// a slow reader does not keep hyper's buffers for the whole header timeout.
+    #[tokio::test]
+    async fn a_connection_is_parked_once_a_slow_answer_is_out() {
+        const BIG: usize = 16 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let parks = Arc::new(AtomicUsize::new(0));
+        let (_signal, watch) = drain::channel();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new()).header_read_timeout(TIMEOUT);
+        let counted = parks.clone();
+        let _task = tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_| {
+                let body = Body::from(vec![b'x'; BIG]);
+                std::future::ready(Ok::<_, Infallible>(Response::new(body)))
+            });
+            serve_counted(stream, service, &h1, TIMEOUT, watch, &counted).await;
+        });
+        client.write_all(GET).await.expect("request");
+        // The client's pace, not synchronisation: it reads nothing until PARK_AFTER has passed.
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::time::timeout(TIMEOUT, client.read(&mut buf))
+                .await
+                .expect("the answer in time")
+                .expect("read");
+            assert!(n > 0, "closed after {} bytes", seen.len());
+            seen.extend_from_slice(&buf[..n]);
+            let head = seen.windows(4).position(|w| w == b"\r\n\r\n");
+            if head.is_some_and(|h| seen.len() >= h + 4 + BIG) {
+                break;
+            }
+        }
+        parked(&parks, 1).await;
+    }
+
     /// What a parked connection's task holds inline (hyper's connection is boxed apart).
     #[tokio::test]
     async fn a_connection_future_is_small() {
