@@ -390,7 +390,8 @@ fn edge(
     edge.in_flight = limit::Slots::new(settings.http.max_in_flight);
     edge.connections = Arc::new(limit::Slots::new(settings.http.max_connections));
     edge.proxies =
-        edge::forwarded::TrustedProxies::new(settings.http.trusted_networks().unwrap_or_default());
+        edge::forwarded::TrustedProxies::new(settings.http.trusted_networks().unwrap_or_default())
+            .reading(settings.http.client_header);
     edge
 }
 

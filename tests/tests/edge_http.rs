@@ -74,8 +74,8 @@ fn get(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: t\r\n{extra}connection: close\r\n\r\n")
 }
 
-/// `X-Forwarded-For` and `Forwarded` name the client only when the peer is a trusted proxy;
-/// from anyone else the peer is the client.
+/// `X-Forwarded-For` (or, with `client_header = "forwarded"`, `Forwarded`) names the client
+/// only when the peer is a trusted proxy; from anyone else the peer is the client.
 #[tokio::test]
 async fn forwarded_headers_count_only_from_trusted_proxies() {
     let nats = NatsServer::start();
@@ -93,18 +93,38 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     .await;
     assert_eq!(status, 404);
     assert_eq!(nth_access(&trusting, 0), "203.0.113.9");
+    // The proxy writes `X-Forwarded-For` (the default `client_header`): a `Forwarded` header
+    // is the client's own, and names nobody.
     exchange(
         &addr,
         b"",
         &get(
             "/nope",
-            "forwarded: for=\"[2001:db8::7]:443\";proto=https\r\n",
+            "forwarded: for=198.51.100.77\r\nx-forwarded-for: 203.0.113.5\r\n",
         ),
     )
     .await;
-    assert_eq!(nth_access(&trusting, 1), "2001:db8::7");
+    assert_eq!(nth_access(&trusting, 1), "203.0.113.5");
     exchange(&addr, b"", &get("/nope", "")).await;
     assert_eq!(nth_access(&trusting, 2), "127.0.0.1");
+
+    let rfc7239 = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
+        cmd.env("BUSGATE_HTTP__ACCESS_LOG", "true")
+            .env("BUSGATE_HTTP__TRUSTED_PROXIES", "127.0.0.1")
+            .env("BUSGATE_HTTP__CLIENT_HEADER", "forwarded");
+    })
+    .await;
+    let addr = host_port(&rfc7239.base);
+    exchange(
+        &addr,
+        b"",
+        &get(
+            "/nope",
+            "forwarded: for=\"[2001:db8::7]:443\";proto=https\r\nx-forwarded-for: 6.6.6.6\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(nth_access(&rfc7239, 0), "2001:db8::7");
 
     let wary = Gateway::start_with(&nats, &Settings::builtin(), |cmd| {
         cmd.env("BUSGATE_HTTP__ACCESS_LOG", "true")

@@ -5,6 +5,10 @@
 //! pending cap are shared among the live instances like a configured client's
 //! (`crate::share`).
 //!
+//! A request whose address is a trusted proxy (one that named no client) has no address to be
+//! counted by, and is not held to these limits: one allowance for all of them would be
+//! everyone's again.
+//!
 //! The table holds at most [`MAX_ADDRESSES`] addresses. When a new address finds it full, the
 //! idle entries (nothing pending, no stream open, the rate back at its full burst) are dropped;
 //! if that frees fewer than an eighth of it, the oldest-made entries are dropped too, so that a
@@ -66,9 +70,10 @@ impl Anonymous {
         )
     }
 
-    /// The anonymous client of `address` (an unknown address is one address of its own).
-    pub fn client(&self, address: Option<IpAddr>) -> Arc<Client> {
-        let key = address.map_or(0, super::throttle::key);
+    /// The anonymous client of `address`. (A request without an address limits count is
+    /// not held to any: [`super::Authenticator`] does not ask.)
+    pub fn client(&self, address: IpAddr) -> Arc<Client> {
+        let key = super::throttle::key(address);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, client)) = table.by_address.get(&key) {
             return client.clone();
@@ -135,19 +140,19 @@ mod tests {
             burst: Some(2),
         };
         let anonymous = Anonymous::new(Some(rate), Some(3), None).expect("on");
-        let a = anonymous.client(Some(ip(1)));
+        let a = anonymous.client(ip(1));
         let limiter = |c: &Arc<Client>| c.limiter.clone().expect("limiter");
         assert!(limiter(&a).check().is_ok());
         assert!(limiter(&a).check().is_ok());
         assert!(limiter(&a).check().is_err(), "a's burst is spent");
-        let again = anonymous.client(Some(ip(1)));
+        let again = anonymous.client(ip(1));
         assert!(
             limiter(&again).check().is_err(),
             "the same address, the same limiter"
         );
-        assert!(limiter(&anonymous.client(Some(ip(2)))).check().is_ok());
+        assert!(limiter(&anonymous.client(ip(2))).check().is_ok());
         assert!(a.name.0.is_empty(), "anonymous");
-        let v6 = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
         let x = anonymous.client(v6("2001:db8::1"));
         let y = anonymous.client(v6("2001:db8::2"));
         assert!(Arc::ptr_eq(&x, &y));
@@ -158,14 +163,14 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let anonymous = Anonymous::new(None, Some(1), None).expect("on");
-        let busy = anonymous.client(Some(ip(7)));
+        let busy = anonymous.client(ip(7));
         let held = busy.usage.pending.try_hold(Some(1)).expect("one");
         drop(busy);
         for n in 1000..1000 + 3 * MAX_ADDRESSES as u32 {
-            let _ = anonymous.client(Some(ip(n)));
+            let _ = anonymous.client(ip(n));
             assert!(anonymous.tracked() <= MAX_ADDRESSES);
         }
-        let busy = anonymous.client(Some(ip(7)));
+        let busy = anonymous.client(ip(7));
         assert!(
             busy.usage.pending.try_hold(Some(1)).is_none(),
             "the busy address kept its count"

@@ -181,9 +181,12 @@ impl Authenticator {
     ) -> Result<Caller, GatewayError> {
         match presented? {
             Presented::Nothing => match self.mode {
-                AuthMode::None => Ok(match &self.anonymous {
-                    None => Caller::anonymous(),
-                    Some(limits) => Caller::client(limits.client(address)),
+                // No address (a trusted proxy that named no client): not counted by address,
+                // as failed credentials are not; one allowance for all of them would let one
+                // abuser spend it for everyone behind the proxy.
+                AuthMode::None => Ok(match (&self.anonymous, address) {
+                    (Some(limits), Some(address)) => Caller::client(limits.client(address)),
+                    _ => Caller::anonymous(),
                 }),
                 AuthMode::Required => {
                     Err(ErrorKind::ClientUnauthorized(Credentials::Missing).into())
@@ -484,6 +487,34 @@ mod tests {
             .expect("another address is not throttled");
         let off = Authenticator::new(AuthMode::Required).with_throttle(0);
         assert!(off.throttle().is_none());
+    }
+
+    /// A request without an address limits count (its peer a trusted proxy that named no
+    /// client) is not held to one address's anonymous allowance, which every such request
+    /// would share (one abuser spending it for all); an address is.
+    #[tokio::test]
+    async fn no_address_is_no_shared_anonymous_allowance() {
+        let (_, secret) = new_key();
+        let snapshot = snapshot_with(&secret);
+        let auth = Authenticator::new(AuthMode::None).with_anonymous(anonymous::Anonymous::new(
+            None,
+            Some(1),
+            None,
+        ));
+        for _ in 0..2 {
+            let caller = auth
+                .authenticate(&snapshot, &headers(&[]), None)
+                .await
+                .expect("anonymous");
+            assert!(caller.get().is_none(), "held to a shared allowance");
+        }
+        let address: IpAddr = [192, 0, 2, 1].into();
+        let caller = auth
+            .authenticate(&snapshot, &headers(&[]), Some(address))
+            .await
+            .expect("anonymous");
+        assert!(caller.get().is_some(), "an address is held to its own");
+        assert_eq!(auth.anonymous().map(|a| a.tracked()), Some(1));
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The real client address: the peer of the connection, unless the peer is one of
-//! `http.trusted_proxies`; then what the proxy says: the `Forwarded` header (RFC 7239) if
-//! there is one, else `X-Forwarded-For`.
+//! `http.trusted_proxies`; then what the proxy says in the one header `http.client_header`
+//! names: `X-Forwarded-For` (the default) or `Forwarded` (RFC 7239).
+//!
+//! One header, never "`Forwarded` if there is one": a proxy appends to the header it writes and
+//! passes the other through as the client sent it, so reading the other would let any client
+//! name itself (and move its failed-credential count or its anonymous limits to any address,
+//! a victim's included).
 //!
 //! Both headers are lists that every proxy on the way appends to, so the rightmost entries are
 //! the ones trusted proxies wrote. The client is the rightmost address that is not itself a
@@ -13,20 +18,43 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The networks whose peers may name the client.
+/// The header the trusted proxies name the client in (`http.client_header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientHeader {
+    /// `X-Forwarded-For`: what nginx, HAProxy and the cloud balancers append to.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), for a proxy that writes it (and not `X-Forwarded-For`).
+    Forwarded,
+}
+
+/// The networks whose peers may name the client, and the header they name it in.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
+    header: ClientHeader,
 }
 
 impl TrustedProxies {
-    /// Trusts peers in `nets` (none: the peer is always the client).
+    /// Trusts peers in `nets` (none: the peer is always the client), reading
+    /// `X-Forwarded-For`.
     pub fn new(nets: Vec<IpNet>) -> Self {
-        TrustedProxies { nets }
+        TrustedProxies {
+            nets,
+            header: ClientHeader::default(),
+        }
+    }
+
+    /// The same, reading `header` (and only it) from a trusted peer.
+    pub fn reading(mut self, header: ClientHeader) -> Self {
+        self.header = header;
+        self
     }
 
     /// Whether `ip` is a trusted proxy (an IPv4-mapped IPv6 address as its IPv4 address).
@@ -54,23 +82,21 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return peer.to_canonical();
         }
-        let forwarded = headers.get_all(axum::http::header::FORWARDED);
-        if forwarded.iter().next().is_some() {
-            let entries = forwarded
+        if self.header == ClientHeader::Forwarded {
+            let entries = headers
+                .get_all(axum::http::header::FORWARDED)
                 .iter()
                 .rev()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.rsplit(','))
-                .map(forwarded_for);
+                .flat_map(|v| entries(v.as_bytes()))
+                .map(|e| e.and_then(forwarded_for));
             return self.walk(peer, entries);
         }
         let entries = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
             .rev()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.rsplit(','))
-            .map(address);
+            .flat_map(|v| entries(v.as_bytes()))
+            .map(|e| e.and_then(address));
         self.walk(peer, entries)
     }
 
@@ -88,6 +114,15 @@ impl TrustedProxies {
         }
         client
     }
+}
+
+/// The entries of one line of a list header, from the right; `None` for one that is not
+/// text. Split as bytes: a line the proxy made of the client's value and its own entry
+/// (nginx's `$proxy_add_x_forwarded_for`) may hold the client's bytes that are not visible
+/// ASCII, and skipping the whole line would skip the proxy's entry too.
+fn entries(line: &[u8]) -> impl Iterator<Item = Option<&str>> {
+    line.rsplit(|&b| b == b',')
+        .map(|entry| std::str::from_utf8(entry).ok())
 }
 
 /// The `for=` of one `Forwarded` element (`for=192.0.2.1;proto=https`), `None` when it has
@@ -155,8 +190,8 @@ mod tests {
         );
     }
 
-    /// From a trusted peer, the rightmost untrusted entry: what a client prepended to the list
-    /// is not taken; `Forwarded` wins over `X-Forwarded-For`.
+    /// From a trusted peer, the rightmost untrusted entry of `X-Forwarded-For`: what a client
+    /// prepended to the list is not taken.
     #[test]
     fn a_trusted_peer_names_the_client() {
         let t = trusted();
@@ -174,6 +209,82 @@ mod tests {
                 ],
                 "203.0.113.2",
             ),
+            (&[("x-forwarded-for", "garbage")], "10.0.0.5"),
+            (&[("x-forwarded-for", "203.0.113.3:5555")], "203.0.113.3"),
+            (&[], "10.0.0.5"),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(t.client(peer, &headers(pairs)), ip(want), "{pairs:?}");
+        }
+    }
+
+    /// A proxy that appends to `X-Forwarded-For` passes a `Forwarded` header through as the
+    /// client wrote it: it names nobody, whether it names a victim, a trusted address or
+    /// `unknown` (which would make the proxy the client: no limits at all).
+    #[test]
+    fn a_clients_own_forwarded_header_is_not_taken() {
+        let t = trusted();
+        let peer = ip("10.0.0.5");
+        for spoof in [
+            "for=198.51.100.77",
+            "for=10.0.0.1",
+            "for=unknown",
+            "for=_hidden",
+        ] {
+            let pairs = [("forwarded", spoof), ("x-forwarded-for", "203.0.113.1")];
+            assert_eq!(
+                t.client(peer, &headers(&pairs)),
+                ip("203.0.113.1"),
+                "{spoof}"
+            );
+        }
+    }
+
+    /// A proxy that merges the client's own `X-Forwarded-For` with what it appends (nginx's
+    /// `$proxy_add_x_forwarded_for`) makes one line of both: bytes that are not visible ASCII
+    /// on the client's side do not hide the proxy's entry (which would make the proxy the
+    /// client, counted by no limit).
+    #[test]
+    fn a_clients_bad_bytes_do_not_hide_the_proxys_entry() {
+        let peer = ip("10.0.0.5");
+        let merged = |value: &[u8]| {
+            let mut map = HeaderMap::new();
+            let value = axum::http::HeaderValue::from_bytes(value).expect("obs-text is a value");
+            map.append(X_FORWARDED_FOR, value);
+            map
+        };
+        let t = trusted();
+        assert_eq!(
+            t.client(peer, &merged(b"\xff\xfe, 203.0.113.1")),
+            ip("203.0.113.1")
+        );
+        assert_eq!(
+            t.client(peer, &merged(b"1.2.3.4\xff, 10.0.0.9, 203.0.113.1")),
+            ip("203.0.113.1")
+        );
+        // Past the proxy's entry, a bad entry stops the walk as any non-address does.
+        assert_eq!(t.client(peer, &merged(b"\xff, 10.0.0.9")), ip("10.0.0.9"));
+        let f = |value: &[u8]| {
+            let mut map = HeaderMap::new();
+            let value = axum::http::HeaderValue::from_bytes(value).expect("obs-text is a value");
+            map.append(axum::http::header::FORWARDED, value);
+            map
+        };
+        assert_eq!(
+            t.clone()
+                .reading(ClientHeader::Forwarded)
+                .client(peer, &f(b"for=\"\xff\", for=203.0.113.1")),
+            ip("203.0.113.1")
+        );
+    }
+
+    /// With `client_header = "forwarded"`, `Forwarded` alone is read, from the right, and a
+    /// client's own `X-Forwarded-For` names nobody.
+    #[test]
+    fn a_proxy_writing_forwarded_names_the_client() {
+        let t = trusted().reading(ClientHeader::Forwarded);
+        let peer = ip("10.0.0.5");
+        let cases: &[(&[(&'static str, &str)], &str)] = &[
             (
                 &[(
                     "forwarded",
@@ -189,9 +300,7 @@ mod tests {
                 "192.0.2.60",
             ),
             (&[("forwarded", "for=unknown, for=10.0.0.8")], "10.0.0.8"),
-            (&[("x-forwarded-for", "garbage")], "10.0.0.5"),
-            (&[("x-forwarded-for", "203.0.113.3:5555")], "203.0.113.3"),
-            (&[], "10.0.0.5"),
+            (&[("x-forwarded-for", "6.6.6.6")], "10.0.0.5"),
         ];
         for (pairs, want) in cases {
             assert_eq!(t.client(peer, &headers(pairs)), ip(want), "{pairs:?}");

@@ -576,6 +576,159 @@ mod tests {
             .expect("join");
     }
 
+    /// An answer still going out when the wait for the next head reaches `PARK_AFTER` (the
+    /// client reads slowly) is not cut short, and the connection is parked once it is out:
+    /// a slow reader does not keep hyper's buffers for the whole header timeout.
+    #[tokio::test]
+    async fn a_connection_is_parked_once_a_slow_answer_is_out() {
+        const BIG: usize = 16 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let parks = Arc::new(AtomicUsize::new(0));
+        let (_signal, watch) = drain::channel();
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new()).header_read_timeout(TIMEOUT);
+        let counted = parks.clone();
+        let _task = tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_| {
+                let body = Body::from(vec![b'x'; BIG]);
+                std::future::ready(Ok::<_, Infallible>(Response::new(body)))
+            });
+            serve_counted(stream, service, &h1, TIMEOUT, watch, &counted).await;
+        });
+        client.write_all(GET).await.expect("request");
+        // The client's pace, not synchronisation: it reads nothing until PARK_AFTER has passed.
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::time::timeout(TIMEOUT, client.read(&mut buf))
+                .await
+                .expect("the answer in time")
+                .expect("read");
+            assert!(n > 0, "closed after {} bytes", seen.len());
+            seen.extend_from_slice(&buf[..n]);
+            let head = seen.windows(4).position(|w| w == b"\r\n\r\n");
+            if head.is_some_and(|h| seen.len() >= h + 4 + BIG) {
+                break;
+            }
+        }
+        parked(&parks, 1).await;
+    }
+
+    /// A client that sends a byte of its head now and then, each time after `PARK_AFTER` (so
+    /// that the connection parks and is served again), is still closed at the header timeout
+    /// of the wait it began: a park never restarts the clock.
+    #[tokio::test]
+    async fn a_trickled_head_is_closed_at_the_header_timeout() {
+        let (mut client, parks, _signal, _task) = served().await;
+        client.write_all(GET).await.expect("request");
+        answers(&mut client, 1).await;
+        let since = std::time::Instant::now();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nx-a: ")
+            .await
+            .expect("line");
+        let mut buf = [0u8; 64];
+        let closed = loop {
+            assert!(since.elapsed() < TIMEOUT * 2, "still open");
+            // The client's pace: a byte every PARK_AFTER and a half.
+            match tokio::time::timeout(PARK_AFTER * 3 / 2, client.read(&mut buf)).await {
+                Err(_) => {
+                    if client.write_all(b"a").await.is_err() {
+                        break since.elapsed();
+                    }
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => break since.elapsed(),
+                Ok(Ok(n)) => panic!("an answer to a head never sent: {:?}", &buf[..n]),
+            }
+        };
+        assert!(parks.load(Ordering::Relaxed) >= 1, "parked while trickling");
+        assert!(closed < TIMEOUT + Duration::from_millis(500), "{closed:?}");
+        assert!(closed >= TIMEOUT - Duration::from_millis(100), "{closed:?}");
+    }
+
+    /// After a park, a body the service did not read is never taken for a request: a body
+    /// that has arrived whole is skipped (one answer, the connection kept), and the body of an
+    /// `Expect: 100-continue` that was not asked for closes the connection after the answer.
+    #[tokio::test]
+    async fn an_unread_body_after_a_park_is_not_a_request() {
+        let (mut client, parks, _signal, _task) = served().await;
+        client.write_all(GET).await.expect("request");
+        answers(&mut client, 1).await;
+        parked(&parks, 1).await;
+        let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let post = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        client
+            .write_all(&[post.as_bytes(), smuggled].concat())
+            .await
+            .expect("request");
+        let seen = answers(&mut client, 1).await;
+        assert_eq!(seen.matches("HTTP/1.1").count(), 1, "{seen}");
+        parked(&parks, 2).await;
+        client.write_all(GET).await.expect("request");
+        let seen = answers(&mut client, 1).await;
+        assert_eq!(seen.matches("HTTP/1.1").count(), 1, "{seen}");
+        parked(&parks, 3).await;
+        let expect = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        client.write_all(expect.as_bytes()).await.expect("head");
+        let seen = answers(&mut client, 1).await;
+        assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+        let _ = client.write_all(smuggled).await;
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(TIMEOUT, client.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+
+    /// A connection's own semantics hold across parks: HTTP/1.0 with `Connection: keep-alive`
+    /// is kept and served again, `Connection: close` closes after its answer (not parked), and
+    /// a client that half-closes a parked connection ends it.
+    #[tokio::test]
+    async fn keep_alive_and_close_hold_across_a_park() {
+        let (mut client, parks, _signal, task) = served().await;
+        let get10 = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        client.write_all(get10).await.expect("request");
+        answers(&mut client, 1).await;
+        parked(&parks, 1).await;
+        client.write_all(get10).await.expect("request");
+        let seen = answers(&mut client, 1).await;
+        assert!(seen.starts_with("HTTP/1.0 200"), "{seen}");
+        parked(&parks, 2).await;
+        client.shutdown().await.expect("half-close");
+        tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("a half-closed parked connection ends")
+            .expect("join");
+
+        let (mut client, parks, _signal, task) = served().await;
+        client.write_all(GET).await.expect("request");
+        answers(&mut client, 1).await;
+        parked(&parks, 1).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let seen = answers(&mut client, 1).await;
+        assert!(seen.contains("connection: close"), "{seen}");
+        tokio::time::timeout(TIMEOUT, task)
+            .await
+            .expect("closed after its answer")
+            .expect("join");
+        assert_eq!(parks.load(Ordering::Relaxed), 1);
+    }
+
     /// What a parked connection's task holds inline (hyper's connection is boxed apart).
     #[tokio::test]
     async fn a_connection_future_is_small() {

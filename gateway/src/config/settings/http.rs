@@ -50,10 +50,14 @@ pub struct HttpSettings {
     /// Streams one HTTP/2 connection may have open at once; past it the client is refused
     /// more (`REFUSED_STREAM`).
     pub h2_max_concurrent_streams: u32,
-    /// Peers that may say who the client is (addresses or CIDR blocks): their `Forwarded` or
-    /// `X-Forwarded-For` (or PROXY protocol v2 header, with `proxy_protocol`) names the client;
+    /// Peers that may say who the client is (addresses or CIDR blocks): their `client_header`
+    /// (or PROXY protocol v2 header, with `proxy_protocol`) names the client;
     /// from any other peer these headers are ignored and the client is the peer.
     pub trusted_proxies: Vec<String>,
+    /// The one header `trusted_proxies` name the client in: `"x-forwarded-for"` (nginx,
+    /// HAProxy, the cloud balancers) or `"forwarded"` (RFC 7239). The other is never read: a
+    /// proxy passes it through as the client wrote it.
+    pub client_header: crate::edge::forwarded::ClientHeader,
     /// Connections from `trusted_proxies` start with a PROXY protocol v2 header (HAProxy's
     /// `send-proxy-v2`, a cloud load balancer's proxy protocol): its source is the client.
     pub proxy_protocol: bool,
@@ -109,6 +113,7 @@ impl Default for HttpSettings {
             h2c: false,
             h2_max_concurrent_streams: 128,
             trusted_proxies: Vec::new(),
+            client_header: crate::edge::forwarded::ClientHeader::default(),
             proxy_protocol: false,
             access_log: false,
         }
