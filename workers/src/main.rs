@@ -14,9 +14,10 @@
 //! - [`demo_data`]: the demo orders and the `slow-`/`fail-`/`missing-` prefixes, shared by
 //!   `demo` and `native`.
 //! - [`adapter`], [`demo`], [`native`]: one module per role.
-//! - [`http1`]: the adapters' lean HTTP/1.1 client for plain-HTTP upstreams.
-//! - [`hyper1`]: the same pool on hyper's client connection, the A/B control of `http1`
-//!   (benchmarking only: `BUSGATE_ADAPTER_HTTP_CLIENT=hyper`).
+//! - [`hyper1`]: the adapters' keep-alive client for plain-HTTP upstreams, on hyper's client
+//!   connection.
+//! - [`http1`]: Busgate's own HTTP/1.1 client, now the A/B control of `hyper1` (benchmarking
+//!   only: `BUSGATE_ADAPTER_HTTP_CLIENT=busgate`); it was not ≥ 15 % ahead.
 //!
 //! # Shutdown
 //!
@@ -80,12 +81,12 @@ struct Cli {
         default_value = "info"
     )]
     log_level: String,
-    /// Threads of the async runtime. Unset: one per service served, up to the cores
-    /// (`adapters`, whose services change, takes the cores). One event loop is the cheapest
-    /// per request for one service (the adapters measured a quarter more requests per second
-    /// with 1 than with 2 on a busy 2-core machine, with a third of the context switches), but
-    /// one process serving every adapter of a node (one NATS connection, so a merge's replies
-    /// come back on one connection) must not serve all their HTTP calls on one event loop.
+    /// Threads of the async runtime. Unset: one, whatever the services served: one event loop
+    /// per process, as an nginx worker; scale out with more processes in the queue group, or
+    /// raise this where one process's core is saturated. Measured at a fixed rate on the 2-core
+    /// benchmark machine (`tests/perf/tails.sh`, both adapters in one process): one thread cost
+    /// 34 µs of CPU per merged request against 48 with two, a third of the run-queue wait and
+    /// half the preemptions, and its p99.9 was 9.3–9.8 ms against 10.8–45.7 ms.
     #[arg(
         long,
         global = true,
@@ -160,9 +161,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(runtime_threads(&cli, cores))
+        .worker_threads(runtime_threads(&cli))
         .enable_all()
         .build();
     match runtime {
@@ -248,17 +248,9 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// The runtime's threads: `--threads` when given, else one per service served, up to `cores`.
-fn runtime_threads(cli: &Cli, cores: usize) -> usize {
-    if let Some(threads) = cli.threads {
-        return usize::from(threads);
-    }
-    let services = match &cli.command {
-        Command::Adapter { services, .. } | Command::Native { services, .. } => services.len(),
-        Command::Adapters => cores,
-        Command::Demo { .. } => 1,
-    };
-    services.clamp(1, cores.max(1))
+/// The runtime's threads: `--threads` when given, else one.
+fn runtime_threads(cli: &Cli) -> usize {
+    cli.threads.map_or(1, usize::from)
 }
 
 /// Runs one role until `drain` is signalled (or it fails).
@@ -300,13 +292,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_runtime_thread_per_service_up_to_the_cores_unless_told_otherwise() {
+    fn one_runtime_thread_unless_told_otherwise() {
         let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).expect("parses");
-        let threads = |args: &[&str], cores| runtime_threads(&parse(args), cores);
-        assert_eq!(
-            threads(&["busgate-worker", "native", "--service", "a"], 8),
-            1
-        );
+        let threads = |args: &[&str]| runtime_threads(&parse(args));
+        assert_eq!(threads(&["busgate-worker", "native", "--service", "a"]), 1);
         let two = [
             "busgate-worker",
             "adapter",
@@ -319,27 +308,22 @@ mod tests {
             "--upstream",
             "http://y/{order_id}",
         ];
-        assert_eq!(threads(&two, 8), 2);
-        assert_eq!(threads(&two, 1), 1);
-        assert_eq!(threads(&["busgate-worker", "adapters"], 4), 4);
-        assert_eq!(threads(&["busgate-worker", "adapters"], 0), 1);
+        assert_eq!(threads(&two), 1);
+        assert_eq!(threads(&["busgate-worker", "adapters"]), 1);
         assert_eq!(
-            threads(
-                &[
-                    "busgate-worker",
-                    "native",
-                    "--service",
-                    "a",
-                    "--threads",
-                    "4"
-                ],
-                2
-            ),
+            threads(&[
+                "busgate-worker",
+                "native",
+                "--service",
+                "a",
+                "--threads",
+                "4"
+            ]),
             4
         );
         assert_eq!(
-            threads(&["busgate-worker", "--threads", "1", "adapters"], 8),
-            1
+            threads(&["busgate-worker", "--threads", "3", "adapters"]),
+            3
         );
         assert!(Cli::try_parse_from([
             "busgate-worker",
