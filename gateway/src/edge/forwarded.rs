@@ -18,21 +18,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The header the trusted proxies name the client in (`http.client_header`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientHeader {
-    /// `X-Forwarded-For`: what nginx, HAProxy and the cloud balancers append to.
-    #[default]
-    XForwardedFor,
-    /// `Forwarded` (RFC 7239), for a proxy that writes it (and not `X-Forwarded-For`).
-    Forwarded,
-}
+pub use crate::config::settings::ClientHeader;
 
 /// The networks whose peers may name the client, and the header they name it in.
 #[derive(Debug, Clone, Default)]

@@ -57,7 +57,7 @@ pub struct HttpSettings {
     /// The one header `trusted_proxies` name the client in: `"x-forwarded-for"` (nginx,
     /// HAProxy, the cloud balancers) or `"forwarded"` (RFC 7239). The other is never read: a
     /// proxy passes it through as the client wrote it.
-    pub client_header: crate::edge::forwarded::ClientHeader,
+    pub client_header: ClientHeader,
     /// Connections from `trusted_proxies` start with a PROXY protocol v2 header (HAProxy's
     /// `send-proxy-v2`, a cloud load balancer's proxy protocol): its source is the client.
     pub proxy_protocol: bool,
@@ -113,7 +113,7 @@ impl Default for HttpSettings {
             h2c: false,
             h2_max_concurrent_streams: 128,
             trusted_proxies: Vec::new(),
-            client_header: crate::edge::forwarded::ClientHeader::default(),
+            client_header: ClientHeader::default(),
             proxy_protocol: false,
             access_log: false,
         }
@@ -179,6 +179,17 @@ impl HttpSettings {
             })
             .collect()
     }
+}
+
+/// The header the trusted proxies name the client in (`http.client_header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientHeader {
+    /// `X-Forwarded-For`: what nginx, HAProxy and the cloud balancers append to.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), for a proxy that writes it (and not `X-Forwarded-For`).
+    Forwarded,
 }
 
 #[cfg(test)]

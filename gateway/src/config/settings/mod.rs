@@ -30,7 +30,7 @@ pub use self::auth::{
     JwtAlgorithm, MAX_JWT_LEEWAY, MIN_JWT_SECRET,
 };
 pub use self::callbacks::{callback_key, CallbackSettings};
-pub use self::http::{HttpSettings, TlsSettings};
+pub use self::http::{ClientHeader, HttpSettings, TlsSettings};
 pub use self::jobs::{Discard, JobsSettings, StreamLimits};
 pub use self::observe::{LogSettings, MetricsListener, MetricsSettings};
 
