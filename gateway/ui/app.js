@@ -628,8 +628,11 @@ async function loadHistory() {
 }
 
 let historyItems = [];
+/** The latest call of showHistory: an earlier one whose answers arrive later shows nothing. */
+let historyShown = 0;
 
 async function showHistory() {
+  const call = ++historyShown;
   const path = $("#history-object").value;
   const tbody = $("#history-table tbody");
   if (!path) {
@@ -638,6 +641,9 @@ async function showHistory() {
     return tbody.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "empty" }, "Nothing to show.")));
   }
   const [{ data }, currentObject] = await Promise.all([api("GET", `/admin/v1/${path}/history`), api("GET", `/admin/v1/${path}`).catch(() => null)]);
+  // Another object was chosen while these were on their way (opening the view shows the last
+  // one chosen, and the user may choose again before its answers arrive).
+  if (call !== historyShown) return;
   const currentRevision = currentObject ? currentObject.data.revision : null;
   historyItems = data.items;
   fillDiffChoices();
