@@ -152,10 +152,15 @@ pub fn oha(url: &str, connections: usize, seconds: u64, rate: f64) -> Option<Run
         p50_ms: pct("p50"),
         p99_ms: pct("p99"),
         p999_ms: Some(pct("p99.9")),
+        // oha counts the requests still in flight when `-z` ends ("aborted due to deadline")
+        // as errors: the load generator stopping, not the server failing.
         errors: all.saturating_sub(ok)
-            + v["errorDistribution"]
-                .as_object()
-                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
+            + v["errorDistribution"].as_object().map_or(0, |m| {
+                m.iter()
+                    .filter(|(kind, _)| !kind.contains("deadline"))
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            }),
         requests: all,
     })
 }
