@@ -24,7 +24,7 @@ use crate::clock::rfc3339;
 use crate::config::settings::callback_key;
 use crate::error::GatewayError;
 use crate::jobs::guard::{http_client, Guard};
-use crate::jobs::pull::{hand_back, Puller};
+use crate::jobs::pull::{run_within, Puller};
 use crate::jobs::results::{CallbackState, StatusDoc};
 use crate::jobs::store::{js, retry_delay, Jobs};
 
@@ -142,49 +142,12 @@ pub async fn run_deliveries(jobs: Arc<Jobs>, deliverer: Deliverer, drain: drain:
     );
     let mut tasks = tokio::task::JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(deliverer.concurrency));
-    let signaled = drain.signaled();
-    tokio::pin!(signaled);
     // Held until the attempts in flight are done: the drain waits for it.
-    let release = 'pulling: loop {
-        let first = tokio::select! {
-            release = &mut signaled => break Some(release),
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break None,
-            },
-        };
-        let free = slots.available_permits() + 1;
-        let Some(mut pull) = puller.pull(free).await else {
-            // Only the drain stops the puller.
-            break Some((&mut signaled).await);
-        };
-        let mut held = Some(first);
-        loop {
-            let next = tokio::select! {
-                release = &mut signaled => {
-                    hand_back(&mut pull, WHAT).await;
-                    break 'pulling Some(release);
-                }
-                next = puller.next(&mut pull) => next,
-            };
-            let Some(message) = next else { break };
-            // One slot per message asked for, as the processor does.
-            let slot = match held.take() {
-                Some(slot) => Some(slot),
-                None => slots.clone().try_acquire_owned().ok(),
-            };
-            let Some(slot) = slot else {
-                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
-                continue;
-            };
-            let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
-            tasks.spawn(async move {
-                deliverer.deliver(&jobs, message).await;
-                drop(slot);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-    };
+    let release = run_within(&mut puller, &slots, &mut tasks, &drain, |message| {
+        let (jobs, deliverer) = (jobs.clone(), deliverer.clone());
+        async move { deliverer.deliver(&jobs, message).await }
+    })
+    .await;
     // Attempts in flight are bounded by the delivery timeout.
     while tasks.join_next().await.is_some() {}
     drop(release);

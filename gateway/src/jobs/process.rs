@@ -17,7 +17,7 @@ use busgate_shared::subject;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::jobs::callback::callback_unscheduled;
-use crate::jobs::pull::{hand_back, Puller};
+use crate::jobs::pull::{run_within, Puller};
 use crate::jobs::results::StatusDoc;
 use crate::jobs::store::{retry_delay, Job, Jobs};
 use crate::route::Runner;
@@ -47,47 +47,12 @@ pub async fn run_requests(jobs: Arc<Jobs>, runner: Runner, drain: drain::Watch, 
         concurrency = jobs.settings.concurrency,
         "processing asynchronous requests"
     );
-    let signaled = drain.signaled();
-    tokio::pin!(signaled);
     // Held until the requests in flight are done or abandoned: the drain waits for it.
-    let release = 'pulling: loop {
-        let first = tokio::select! {
-            release = &mut signaled => break Some(release),
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break None },
-        };
-        let free = permits.available_permits() + 1;
-        let Some(mut pull) = puller.pull(free).await else {
-            // Only the drain stops the puller.
-            break Some((&mut signaled).await);
-        };
-        let mut held = Some(first);
-        loop {
-            let next = tokio::select! {
-                release = &mut signaled => {
-                    hand_back(&mut pull, WHAT).await;
-                    break 'pulling Some(release);
-                }
-                next = puller.next(&mut pull) => next,
-            };
-            let Some(message) = next else { break };
-            // One permit per message asked for: the first is held, the others were free
-            // when the pull was made and only this loop takes permits.
-            let permit = match held.take() {
-                Some(p) => Some(p),
-                None => permits.clone().try_acquire_owned().ok(),
-            };
-            let Some(permit) = permit else {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-                continue;
-            };
-            let (jobs, runner) = (jobs.clone(), runner.clone());
-            tasks.spawn(async move {
-                process(&jobs, &runner, message).await;
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
-        }
-    };
+    let release = run_within(&mut puller, &permits, &mut tasks, &drain, |message| {
+        let (jobs, runner) = (jobs.clone(), runner.clone());
+        async move { process(&jobs, &runner, message).await }
+    })
+    .await;
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await
         .is_err()

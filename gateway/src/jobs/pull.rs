@@ -12,10 +12,14 @@
 //! other until its missed-heartbeat timer (30 s), and a loop that stops on an error or an end
 //! stops serving for the gateway's life.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -176,5 +180,63 @@ pub async fn hand_back(pull: &mut Pull, what: &'static str) {
         info!(what, handed, "messages not started handed back");
     } else {
         debug!(what, "nothing to hand back");
+    }
+}
+
+/// Pulls with `puller` until `drain` is signalled, as many messages at a time as `permits` has
+/// free, and runs `start(message)` on `tasks` for each, holding one permit until it ends. A
+/// message beyond the free permits (only this loop takes them) is handed back at once. What
+/// the drain released is returned (`None` if the permits were closed), to be held until
+/// `tasks` are done. The processor's and the deliverer's loop.
+pub async fn run_within<F, Fut>(
+    puller: &mut Puller,
+    permits: &Arc<Semaphore>,
+    tasks: &mut JoinSet<()>,
+    drain: &drain::Watch,
+    start: F,
+) -> Option<drain::ReleaseShutdown>
+where
+    F: Fn(jetstream::Message) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let signaled = drain.clone().signaled();
+    tokio::pin!(signaled);
+    'pulling: loop {
+        let first = tokio::select! {
+            release = &mut signaled => break Some(release),
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break None },
+        };
+        let free = permits.available_permits() + 1;
+        let Some(mut pull) = puller.pull(free).await else {
+            // Only the drain stops the puller.
+            break Some((&mut signaled).await);
+        };
+        let mut held = Some(first);
+        loop {
+            let next = tokio::select! {
+                release = &mut signaled => {
+                    hand_back(&mut pull, puller.what).await;
+                    break 'pulling Some(release);
+                }
+                next = puller.next(&mut pull) => next,
+            };
+            let Some(message) = next else { break };
+            // One permit per message asked for: the first is held, the others were free
+            // when the pull was made and only this loop takes permits.
+            let permit = match held.take() {
+                Some(p) => Some(p),
+                None => permits.clone().try_acquire_owned().ok(),
+            };
+            let Some(permit) = permit else {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                continue;
+            };
+            let run = start(message);
+            tasks.spawn(async move {
+                run.await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
     }
 }
