@@ -522,9 +522,9 @@ async fn supervise_jetstream(
         state.store_status.clone(),
         drain.clone(),
     );
-    // The processor, the deliverer and the watcher obey the same drain as this task, and
-    // nothing else stops them (a failed pull is retried); this task's own watch is let go
-    // when all three have stopped.
+    // The processor, the deliverer, the watcher and the room probe obey the same drain as
+    // this task, and nothing else stops them (a failed pull is retried); this task's own
+    // watch is let go when all four have stopped.
     let processor = jobs::process::run_requests(
         jobs.clone(),
         state.runner.clone(),
@@ -536,6 +536,7 @@ async fn supervise_jetstream(
             jobs::callback::run_deliveries(jobs.clone(), deliverer, drain.clone()).await;
         }
     };
-    tokio::join!(processor, deliveries, watcher);
+    let room = jobs.watch_room(drain.clone());
+    tokio::join!(processor, deliveries, watcher, room);
     drop(drain);
 }

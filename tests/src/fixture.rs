@@ -50,6 +50,8 @@ struct Jobs {
     ack_wait: Option<Duration>,
     concurrency: Option<usize>,
     requests_max_msgs: Option<i64>,
+    results_max_bytes: Option<i64>,
+    result_ttl: Option<Duration>,
     max_event_streams: Option<usize>,
     max_waiters: Option<usize>,
     max_deliver: Option<u32>,
@@ -180,6 +182,18 @@ impl Settings {
     /// `[jobs] concurrency`: asynchronous gathers one instance runs at once.
     pub fn jobs_concurrency(mut self, concurrency: usize) -> Settings {
         self.jobs.concurrency = Some(concurrency);
+        self
+    }
+
+    /// `[jobs] results_max_bytes`: the size of the bucket of status documents.
+    pub fn jobs_results_max_bytes(mut self, max_bytes: i64) -> Settings {
+        self.jobs.results_max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// `[jobs] result_ttl`: how long a status document is kept.
+    pub fn jobs_result_ttl(mut self, ttl: Duration) -> Settings {
+        self.jobs.result_ttl = Some(ttl);
         self
     }
 
@@ -335,6 +349,12 @@ impl Settings {
         }
         if let Some(concurrency) = self.jobs.concurrency {
             jobs.insert("concurrency".into(), concurrency.into());
+        }
+        if let Some(max_bytes) = self.jobs.results_max_bytes {
+            jobs.insert("results_max_bytes".into(), max_bytes.into());
+        }
+        if let Some(ttl) = self.jobs.result_ttl {
+            jobs.insert("result_ttl".into(), duration(ttl));
         }
         if let Some(max_deliver) = self.jobs.max_deliver {
             jobs.insert("max_deliver".into(), max_deliver.into());

@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use busgate_shared::subject;
 use busgate_tests::jobs::FINAL_WITHIN;
-use support::{eventually, http, serve, submit, until_final, Gateway, NatsServer, Stack, Worker};
+use support::{
+    eventually, http, serve, status_doc, submit, until_final, Gateway, NatsServer, Stack, Worker,
+};
 
 /// A request id of the shape the gateway makes (a UUID), for planted state.
 const PLANTED_ID: &str = "01a20092-06fb-75cf-a84a-ff868feb3495";
@@ -434,4 +436,137 @@ async fn the_processor_and_the_deliverer_pull_again_when_their_consumers_go_away
         })
         .await;
     }
+}
+
+/// A results bucket that cannot take the documents of more requests refuses submits (503
+/// `queue-full`, `Retry-After`) instead of accepting work that could never finish, and every
+/// request it accepted completes. Without the check, every submit was accepted and the ones
+/// past the bucket's size stayed pending for the documents' lifetime (a day by default).
+#[tokio::test]
+async fn a_full_results_bucket_refuses_submits_and_every_accepted_request_completes() {
+    let stack = Stack::start(&settings().jobs_results_max_bytes(16 * 1024)).await;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let response = http()
+            .get(stack.gateway.url(&format!("/api/orders/F{i}")))
+            .header("prefer", "respond-async")
+            .send()
+            .await
+            .expect("submit");
+        match response.status().as_u16() {
+            202 => {
+                let body: Value = response.json().await.expect("json");
+                accepted.push(busgate_tests::jobs::request_id(&body));
+            }
+            503 => {
+                let retry_after = response.headers().get("retry-after").cloned();
+                refused = Some((retry_after, response.json::<Value>().await.expect("json")));
+                break;
+            }
+            other => panic!("submit {i}: {other}"),
+        }
+    }
+    let (retry_after, body) = refused.expect("a full results bucket refuses a submit");
+    assert_eq!(body["type"], "urn:busgate:problem:queue-full", "{body}");
+    assert!(retry_after.is_some(), "Retry-After on queue-full");
+    assert!(accepted.len() >= 5, "{} accepted", accepted.len());
+    for id in &accepted {
+        let doc = until_final(&stack.gateway, id, FINAL_WITHIN).await;
+        assert_eq!(doc["status"], "completed", "{doc}");
+    }
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let mut bucket = js
+        .get_stream(format!("KV_{}", subject::RESULTS_BUCKET))
+        .await
+        .expect("bucket");
+    let state = bucket.info().await.expect("info").state.clone();
+    assert_eq!(state.messages, accepted.len() as u64, "one document each");
+    assert!(state.bytes <= 16 * 1024);
+}
+
+/// A result that does not fit in a full results bucket is held, its message kept alive, and
+/// written once there is room: the request is neither run again nor ended as failed. The
+/// test fills the bucket while the request's upstream call waits for it, then lets the call
+/// answer, then empties the bucket of its filler.
+#[tokio::test]
+async fn a_result_that_does_not_fit_is_held_and_written_once_there_is_room() {
+    let nats = NatsServer::start();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = axum::Router::new().route(
+        "/order/{order_id}",
+        axum::routing::get({
+            let (calls, release) = (calls.clone(), release.clone());
+            move |axum::extract::Path(order_id): axum::extract::Path<String>| async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = started_tx.send(());
+                let _ = release.acquire().await.map(|p| p.forget());
+                axum::Json(json!({"order_id": order_id, "held": true}))
+            }
+        }),
+    );
+    let upstream = serve(app).await;
+    let _adapter = Worker::adapter(&nats, "held", &upstream);
+    let settings = settings()
+        .jobs_results_max_bytes(16 * 1024)
+        .service("held", Duration::from_secs(20))
+        .route(
+            "held",
+            Route::get("/api/held/{order_id}")
+                .deadline(Duration::from_secs(20))
+                .target("held"),
+        );
+    let gateway = Gateway::start(&nats, &settings).await;
+    let id = submit(&gateway, "/api/held/FULL1").await;
+    tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("the upstream is called");
+    let js = async_nats::jetstream::new(nats.client().await);
+    let results = js
+        .get_key_value(subject::RESULTS_BUCKET)
+        .await
+        .expect("bucket");
+    let mut filled = 0;
+    while results
+        .put(format!("filler.{filled}"), vec![b'x'; 1000].into())
+        .await
+        .is_ok()
+    {
+        filled += 1;
+        assert!(filled < 64, "a 16 KiB bucket refuses a 64th kilobyte");
+    }
+    release.add_permits(1);
+    // Not a synchronisation: a margin for a negative. The result cannot be written; past a
+    // redelivery's first delay (1 s) and the 2 s ack wait, the request is still pending and
+    // its upstream was called once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_doc(&gateway, &id).await["status"], "pending");
+    let bucket = js
+        .get_stream(format!("KV_{}", subject::RESULTS_BUCKET))
+        .await
+        .expect("bucket");
+    bucket
+        .purge()
+        .filter(format!("$KV.{}.filler.>", subject::RESULTS_BUCKET))
+        .await
+        .expect("purge the filler");
+    let doc = until_final(&gateway, &id, Duration::from_secs(10)).await;
+    assert_eq!(doc["status"], "completed", "{doc}");
+    assert_eq!(doc["result"]["data"]["held"]["held"], true, "{doc}");
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one gather"
+    );
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(subject::REQUESTS_STREAM)
+        .await
+        .expect("stream")
+        .get_consumer(subject::REQUESTS_CONSUMER)
+        .await
+        .expect("consumer");
+    let info = consumer.cached_info();
+    assert_eq!(info.num_redelivered, 0, "held, not handed back: {info:?}");
 }

@@ -15,33 +15,7 @@ use busgate_shared::backoff::ExponentialBackoff;
 use busgate_shared::subject;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::jobs::store::{js, Job, Jobs, STORE};
-
-/// A write the store refused because a stream or bucket is at its limits is `QueueFull`
-/// (503 `queue-full`); anything else is a store failure.
-fn full_or_failed(e: impl std::error::Error + Send + Sync + 'static) -> GatewayError {
-    if is_full(&e) {
-        ErrorKind::QueueFull.into()
-    } else {
-        js(e)
-    }
-}
-
-/// Whether JetStream refused a write because a stream (a bucket is one too) is full: its
-/// error code 10077 ("maximum messages exceeded", "maximum bytes exceeded"), somewhere in the
-/// chain of sources.
-fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
-            if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED {
-                return true;
-            }
-        }
-        next = e.source();
-    }
-    false
-}
+use crate::jobs::store::{full_or_failed, js, Job, Jobs, STORE};
 
 /// How long a submit keeps trying a write that failed for a moment: a 3-node cluster elects
 /// a new leader for a stream within a few seconds of losing one (measured: 4 to 7 s after a
@@ -151,10 +125,17 @@ impl Jobs {
     /// its status document is written when it finishes); returns once JetStream acked it.
     /// Submits in flight at once are pipelined on the connection: each awaits only its own
     /// acknowledgement.
+    /// Refused with `QueueFull` when the results bucket could not take the documents of the
+    /// requests already queued ([`room`](super::room)).
     pub async fn submit(&self, job: &Job) -> Result<(), GatewayError> {
+        if !self.room.admits() {
+            return Err(ErrorKind::QueueFull.into());
+        }
         let request_id = &job.call.request_id;
         let payload = Bytes::from(serde_json::to_vec(job).map_err(STORE.corrupt(request_id))?);
-        patiently(|| self.publish(request_id, payload.clone())).await
+        patiently(|| self.publish(request_id, payload.clone())).await?;
+        self.room.accepted();
+        Ok(())
     }
 
     /// Publishes a job on its own subject, deduplicated by its request id; returns once
@@ -197,7 +178,7 @@ impl Jobs {
             match self.keys.create(&hashed, record(request_id)?.into()).await {
                 Ok(_) => return Ok(Claim::New),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(js(e)),
+                Err(e) => return Err(full_or_failed(e)),
             }
             let Some(entry) = self.keys.entry(&hashed).await.map_err(js)? else {
                 continue;

@@ -13,6 +13,8 @@
 //!   gateway's life (a failed pull or a lost consumer costs a retry, never the loop).
 //! - [`results`]: status documents (`busgate-results`): read for polls and event streams,
 //!   changed with compare-and-set.
+//! - [`room`]: room in the results bucket: submits refused while the queued requests'
+//!   documents would not fit, results held by the processor until they do.
 //! - [`callback`]: the callback queue: scheduling a finished request's delivery, signing,
 //!   and the deliverer (retries by JetStream NAK delay); obeys the drain.
 //! - [`late`]: the request document of a synchronous answer left partial on a route with a
@@ -24,7 +26,8 @@
 //!   the [`store::Job`] message, the redelivery backoff.
 //!
 //! Imports point one way: `http` → `intake`, `results` → `store`; `process` → `callback`,
-//! `pull`, `results`, `store`; `callback` → `pull`, `results`, `store`, `guard`; `pull` → `store`.
+//! `pull`, `results`, `room`, `store`; `store` → `room`; `callback` → `pull`, `results`,
+//! `store`, `guard`; `pull` → `store`.
 //!
 //! May use: `route` (to run a request's route), `config`, `clock`, `limit`, `error`. Not `edge`: the edge
 //! hands a submit its parts, and the poll handlers take their own state ([`http::AsyncRequests`]).
@@ -38,5 +41,6 @@ pub mod late;
 pub mod process;
 pub mod pull;
 pub mod results;
+pub mod room;
 pub mod store;
 pub mod trace;

@@ -49,8 +49,8 @@ pub async fn run_requests(jobs: Arc<Jobs>, runner: Runner, drain: drain::Watch, 
     );
     // Held until the requests in flight are done or abandoned: the drain waits for it.
     let release = run_within(&mut puller, &permits, &mut tasks, &drain, |message| {
-        let (jobs, runner) = (jobs.clone(), runner.clone());
-        async move { process(&jobs, &runner, message).await }
+        let (jobs, runner, drain) = (jobs.clone(), runner.clone(), drain.clone());
+        async move { process(&jobs, &runner, message, &drain).await }
     })
     .await;
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
@@ -92,7 +92,22 @@ async fn schedule_callback_or_nak(
     false
 }
 
-async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
+/// Keeps `message` alive until the results bucket has room ([`Room::until_room`](crate::jobs::room::Room::until_room)); `false`
+/// when `drain` came first (the caller hands it back).
+async fn hold_for_room(jobs: &Jobs, message: &jetstream::Message, drain: &drain::Watch) -> bool {
+    let mut ticks = tokio::time::interval(jobs.settings.ack_wait / 2);
+    ticks.tick().await;
+    let room = jobs.room.until_room(drain);
+    tokio::pin!(room);
+    loop {
+        tokio::select! {
+            found = &mut room => return found,
+            _ = ticks.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+        }
+    }
+}
+
+async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message, drain: &drain::Watch) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let job: Job = match serde_json::from_slice(&message.payload) {
         Ok(job) => job,
@@ -176,7 +191,22 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message) {
         }
         (attempt.status, attempt.body)
     };
-    let finished = jobs.complete(&job, base.as_ref(), http_status, &body).await;
+    let finished = loop {
+        match jobs.complete(&job, base.as_ref(), http_status, &body).await {
+            Err(e) if matches!(e.kind, ErrorKind::QueueFull) => {
+                // The bucket is full: hold the result, not the gather again nor a failure.
+                warn!(
+                    request_id,
+                    "the results bucket is full: holding a result until it has room"
+                );
+                if !hold_for_room(jobs, &message, drain).await {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return;
+                }
+            }
+            finished => break finished,
+        }
+    };
     if let Err(e) = finished {
         warn!(request_id, error = %e, "cannot store a result, retrying later");
         let _ = message

@@ -14,7 +14,7 @@ use busgate_shared::subject;
 
 use crate::clock::rfc3339;
 use crate::error::{ErrorKind, GatewayError};
-use crate::jobs::store::{js, Job, Jobs, STORE};
+use crate::jobs::store::{full_or_failed, js, Job, Jobs, STORE};
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +195,7 @@ impl Jobs {
             match self.results.create(request_id, bytes.into()).await {
                 Ok(_) => return Ok(doc),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(js(e)),
+                Err(e) => return Err(full_or_failed(e)),
             }
         }
         self.update(request_id, |doc| doc.finish(http_status, body))
@@ -221,7 +221,7 @@ impl Jobs {
             {
                 Ok(_) => return Ok(doc),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(js(e)),
+                Err(e) => return Err(full_or_failed(e)),
             }
         }
         Err(ErrorKind::Contended(request_id.to_owned()).into())

@@ -25,7 +25,8 @@ use busgate_shared::subject;
 
 use crate::config::settings::{Discard, JobsSettings};
 use crate::config::store::read_from_leader;
-use crate::error::{GatewayError, Store};
+use crate::error::{ErrorKind, GatewayError, Store};
+use crate::jobs::room::{self, Room};
 use crate::route::Call;
 
 /// The store this module owns, as errors name it.
@@ -34,6 +35,32 @@ pub(super) const STORE: Store = Store::Requests;
 /// A JetStream or KV failure of this store.
 pub(super) fn js(e: impl Into<async_nats::Error>) -> GatewayError {
     STORE.failed(e)
+}
+
+/// A write the store refused because a stream or bucket is at its limits is `QueueFull`
+/// (503 `queue-full`); anything else is a store failure.
+pub(super) fn full_or_failed(e: impl std::error::Error + Send + Sync + 'static) -> GatewayError {
+    if is_full(&e) {
+        ErrorKind::QueueFull.into()
+    } else {
+        js(e)
+    }
+}
+
+/// Whether JetStream refused a write because a stream (a bucket is one too) is full: its
+/// error code 10077 ("maximum messages exceeded", "maximum bytes exceeded"), somewhere in the
+/// chain of sources.
+fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(js) = e.downcast_ref::<async_nats::jetstream::Error>() {
+            if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// An accepted asynchronous request, as published to the work queue.
@@ -61,6 +88,8 @@ pub struct Jobs {
     pub(super) keys: kv::Store,
     pub(super) settings: JobsSettings,
     pub(super) callback_ack_wait: Duration,
+    /// Whether the results bucket can take more requests' documents.
+    pub(super) room: Room,
 }
 
 impl Jobs {
@@ -154,6 +183,7 @@ impl Jobs {
             keys,
             settings: settings.clone(),
             callback_ack_wait: callback_timeout + Duration::from_secs(30),
+            room: Room::default(),
         })
     }
 
@@ -180,6 +210,11 @@ impl Jobs {
             )
             .await
             .map_err(js)
+    }
+
+    /// Measures the room in the results bucket until `drain` is signalled ([`room::watch`]).
+    pub async fn watch_room(&self, drain: busgate_shared::drain::Watch) {
+        room::watch(&self.js, &self.room, drain).await;
     }
 
     /// How long a poll's `Prefer: wait` and an event stream may last.

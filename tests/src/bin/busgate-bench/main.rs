@@ -243,7 +243,13 @@ async fn main() {
     }
     let a1 = Worker::adapter(&nats, "a1", &format!("http://127.0.0.1:{}", peers.up1));
     let a2 = Worker::adapter(&nats, "a2", &format!("http://127.0.0.1:{}", peers.up2));
-    let gateway = Gateway::start(&nats, &settings::bench_settings()).await;
+    let gateway_settings = match &o.soak {
+        // Documents kept long enough to be polled, short enough for the bucket to reach its
+        // steady size within the soak's warm-up (see soak.rs).
+        Some(_) => settings::bench_settings().jobs_result_ttl(soak::RESULT_TTL),
+        None => settings::bench_settings(),
+    };
+    let gateway = Gateway::start(&nats, &gateway_settings).await;
     let gw_pid = gateway.proc.pid().as_raw() as u32;
     let g = |p: &str| gateway.url(p);
     let (gw, bus) = (

@@ -9,6 +9,12 @@
 //! backlog and the results bucket bounded (the backlog at most two seconds' worth of submits,
 //! the bucket within its `max_bytes`). Not in CI: the merger runs it on a quiet machine.
 //!
+//! The gateway keeps status documents [`RESULT_TTL`] (the default is a day): at the async
+//! phase's rate (about 5,000 submits/s of ~800-byte documents) a day's documents would need
+//! some 300 GB; with the default 1 GiB bucket, submits are refused (503 `queue-full`) once the
+//! queued requests' documents would no longer fit, after about four minutes. Forty seconds
+//! give a steady bucket (~160 MB) within the first window.
+//!
 //! The fixed rate is `oha -q` when `oha` is installed; else `wrk` paced by a Lua `delay()`
 //! (connections / rate per request), which holds the rate only roughly: the report says which.
 
@@ -20,6 +26,9 @@ use serde_json::{json, Value};
 use crate::cpu::Process;
 use crate::load::{self, Run};
 use crate::memory::rss_kib;
+
+/// How long the soak's gateway keeps status documents.
+pub const RESULT_TTL: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// The connections the fixed-rate load uses.
 const CONNECTIONS: usize = 64;
