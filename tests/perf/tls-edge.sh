@@ -9,6 +9,9 @@
 # Prints req/s of each and the ratios the issue asks for: tls/plain (target >= 0.9),
 # h2/h1 (target >= 1), tls/haproxy and tls/nginx.
 #   tests/perf/tls-edge.sh [BIN_DIR]   (default target/release; ROUNDS=3, SECONDS_PER_ROUND=10)
+# STACK_CPUS=0 WRK_CPUS=1 puts the servers (nats-server, workers, both gateways, HAProxy,
+# nginx) on CPU 0 and wrk on CPU 1, so that the load generator's own TLS work (OpenSSL reads
+# a record's header and its body with two read calls) does not take CPU from the server side.
 # Needs wrk (built with OpenSSL, as Debian's is), openssl, haproxy, nginx, nats-server, and the
 # peers (tests/perf/peers/peers.sh start; started here when nothing answers on :18081, and
 # stopped again). oha for the h2 figures (`cargo install oha --locked`); without it they are
@@ -89,6 +92,12 @@ cleanup_tls() {
 }
 trap cleanup_tls EXIT
 
+if [ -n "${STACK_CPUS:-}" ]; then
+  for pid in "$N" "$W" ${W2:-} "$G" "$GT" "$(cat "$D/haproxy-tls.pid")" $(pgrep -f "nginx.*$D/nginx.conf"); do
+    taskset -a -p -c "$STACK_CPUS" "$pid" > /dev/null
+  done
+  echo "servers on CPU $STACK_CPUS, wrk on CPU ${WRK_CPUS:-any}"
+fi
 for url in "$TLS_URL" "$HAPROXY_URL" "$NGINX_URL"; do
   for _ in $(seq 100); do curl -sf --cacert "$D/ca.pem" "$url" > /dev/null && break; sleep 0.1; done
   curl -sf --cacert "$D/ca.pem" "$url" > /dev/null || { echo "no 200 at $url" >&2; tail -n 5 "$D"/*.log >&2; exit 1; }
