@@ -144,18 +144,19 @@ pub struct Upstream {
     resolved: ArcSwap<Result<Vec<(String, String)>, String>>,
 }
 
-/// Plain `http://` upstreams go through a keep-alive pool on hyper's client ([`hyper1`]); `https://`
-/// ones through reqwest and rustls.
+/// Plain `http://` upstreams go through Busgate's keep-alive HTTP/1.1 pool ([`http1`]);
+/// `https://` ones through reqwest and rustls.
 ///
-/// Why these: hyper's client connection for plain HTTP, driven on the caller's task (reqwest's
+/// Why these: Busgate's own pool for plain HTTP, each call on its caller's task (reqwest's
 /// per-request task hand-off, URL parsing and header maps were more than half of an adapter's
-/// CPU under load); Busgate's own `http1` pool only as the A/B control, since it was not ≥ 15 %
-/// ahead of hyper's in the same run (issue 24, `tests/perf/ab-http-client.sh`). TLS is the
-/// library's job (reqwest with rustls): a hand-written TLS path would not be as complete
-/// (certificate verification, ALPN, session resumption) for what users need.
+/// CPU under load), since it is ≥ 15 % ahead of hyper's client connection driven the same way
+/// on the one runtime thread workers run by default (issue 24, `tests/perf/ab-http-client.sh`);
+/// hyper's is kept as its A/B control. TLS is the library's job (reqwest with rustls): a
+/// hand-written TLS path would not be as complete (certificate verification, ALPN, session
+/// resumption) for what users need.
 enum Transport {
-    /// The A/B control of `Hyper`, for benchmarking (`BUSGATE_ADAPTER_HTTP_CLIENT=busgate`).
     Http1(http1::Pool),
+    /// The A/B control of `Http1`, for benchmarking (`BUSGATE_ADAPTER_HTTP_CLIENT=hyper`).
     Hyper(hyper1::Pool),
     Reqwest(reqwest::Client),
 }

@@ -1,9 +1,13 @@
-//! The adapters' client for plain-HTTP upstreams: a keep-alive `GET` pool on hyper's client
-//! connection (`hyper::client::conn::http1`). Busgate's own HTTP/1.1 code ([`crate::http1`])
-//! stays as its A/B control, chosen by `BUSGATE_ADAPTER_HTTP_CLIENT=busgate` (see
-//! [`from_env`]), measured by `tests/perf/ab-http-client.sh`: issue 24 keeps a hand-written
-//! client only where it is ≥ 15 % ahead, and on 2026-12-07 it was not (the merge: hyper 1.08×
-//! its requests per second at 1.08× its CPU per request; one source: 0.96× at 1.16×).
+//! hyper's client connection (`hyper::client::conn::http1`) as a keep-alive `GET` pool: the
+//! A/B control of the adapters' own client ([`crate::http1`]), chosen by
+//! `BUSGATE_ADAPTER_HTTP_CLIENT=hyper` for benchmarking only ([`from_env`]) and measured by
+//! `tests/perf/ab-http-client.sh`. Issue 24 keeps a hand-written client only where it is
+//! ≥ 15 % ahead of the library in the same run. With two runtime threads per adapter (before
+//! 2026-12-07) it was not (the merge: hyper 1.08× the requests per second at 1.08× the CPU
+//! per request), and hyper's was the default for a day; with the one thread workers now run
+//! by default it is, in two runs (hyper 0.82× the requests per second at 1.43–1.46× the CPU
+//! on the merge, 0.84× at 1.42–1.50× on one source): every request is handed to hyper's
+//! connection task and back on the one event loop.
 //!
 //! Driven the same way as `http1`: each call takes an idle connection from a stack (or opens
 //! one), sends its request and reads the whole body on the caller's task, and puts the
@@ -27,14 +31,13 @@ use crate::http1::{Error, Response, MAX_BODY};
 /// The variable that chooses the adapters' client for plain-HTTP upstreams (benchmarking).
 pub const CLIENT_VAR: &str = "BUSGATE_ADAPTER_HTTP_CLIENT";
 
-/// True unless [`CLIENT_VAR`] asks for Busgate's own client (`busgate`): hyper's client is
-/// the default.
+/// True when [`CLIENT_VAR`] asks for hyper's client (`hyper`): Busgate's own is the default.
 pub fn from_env() -> bool {
     wants_hyper(std::env::var(CLIENT_VAR).ok().as_deref())
 }
 
 fn wants_hyper(value: Option<&str>) -> bool {
-    !value.is_some_and(|v| v.trim().eq_ignore_ascii_case("busgate"))
+    value.is_some_and(|v| v.trim().eq_ignore_ascii_case("hyper"))
 }
 
 /// Keep-alive hyper connections to one `host:port`.
@@ -204,10 +207,10 @@ mod tests {
     #[test]
     fn hyper_unless_busgate_is_asked_for() {
         assert!(wants_hyper(Some("hyper")));
-        assert!(wants_hyper(None));
-        assert!(wants_hyper(Some("")));
+        assert!(wants_hyper(Some(" HYPER ")));
+        assert!(!wants_hyper(None));
+        assert!(!wants_hyper(Some("")));
         assert!(!wants_hyper(Some("busgate")));
-        assert!(!wants_hyper(Some(" BUSGATE ")));
     }
 
     /// A server that answers every request on a connection with `response`, then closes
