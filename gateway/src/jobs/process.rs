@@ -191,14 +191,22 @@ async fn process(jobs: &Jobs, runner: &Runner, message: jetstream::Message, drai
         }
         (attempt.status, attempt.body)
     };
+    let mut held = false;
     let finished = loop {
         match jobs.complete(&job, base.as_ref(), http_status, &body).await {
             Err(e) if matches!(e.kind, ErrorKind::QueueFull) => {
                 // The bucket is full: hold the result, not the gather again nor a failure.
-                warn!(
-                    request_id,
-                    "the results bucket is full: holding a result until it has room"
-                );
+                // Said once per request; a document larger than the room found is retried
+                // at every probe, quietly.
+                if held {
+                    debug!(request_id, "still no room for a held result");
+                } else {
+                    warn!(
+                        request_id,
+                        "the results bucket is full: holding a result until it has room"
+                    );
+                    held = true;
+                }
                 if !hold_for_room(jobs, &message, drain).await {
                     let _ = message.ack_with(AckKind::Nak(None)).await;
                     return;
