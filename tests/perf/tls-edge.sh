@@ -5,7 +5,9 @@
 #   haproxy    HAProxy terminating TLS in front of the cleartext gateway (one thread)
 #   nginx      nginx terminating TLS as a 1-hop reverse proxy to the first service (one worker)
 #   h1 / h2    with oha, over Busgate's TLS: HTTP/1.1 on 64 connections, and HTTP/2 with 64
-#              streams on 4 connections (16 each)
+#              streams on 4 connections (16 each); and oha's HTTP/1.1 over cleartext, for the
+#              TLS / cleartext ratio with a second load generator (oha's TLS is rustls, wrk's
+#              OpenSSL)
 # Prints req/s of each and the ratios the issue asks for: tls/plain (target >= 0.9),
 # h2/h1 (target >= 1), tls/haproxy and tls/nginx.
 #   tests/perf/tls-edge.sh [BIN_DIR]   (default target/release; ROUNDS=3, SECONDS_PER_ROUND=10)
@@ -122,7 +124,7 @@ print(0 if bad or not codes else round(d["summary"]["requestsPerSec"], 1))' <<< 
 }
 
 ratio() { python3 -c "print(f'{$1/$2:.3f}' if float($2) else 'n/a')"; }
-r_tls=() r_h2=() r_hap=() r_ngx=()
+r_tls=() r_h2=() r_hap=() r_ngx=() r_otls=()
 for round in $(seq "$ROUNDS"); do
   plain=$(rps "$PLAIN_URL")
   tls=$(rps "$TLS_URL")
@@ -134,8 +136,9 @@ for round in $(seq "$ROUNDS"); do
   if [ -n "$HAVE_OHA" ]; then
     h1=$(oha_rps --http-version 1.1 -c 64 "$TLS_URL")
     h2=$(oha_rps --http2 -c 4 -p 16 "$TLS_URL")
-    r_h2+=("$(ratio "$h2" "$h1")")
-    printf '          h1.1 x64 connections %9s  h2 64 streams on 4 connections %9s req/s\n' "$h1" "$h2"
+    oplain=$(oha_rps --http-version 1.1 -c 64 "$PLAIN_URL")
+    r_h2+=("$(ratio "$h2" "$h1")") r_otls+=("$(ratio "$h1" "$oplain")")
+    printf '          h1.1 x64 connections %9s  h2 64 streams on 4 connections %9s  cleartext h1.1 (oha) %9s req/s\n' "$h1" "$h2" "$oplain"
   fi
 done
 med() { python3 -c "import statistics,sys; v=[float(x) for x in sys.argv[1:] if x!='n/a']; print(f'{statistics.median(v):.3f}' if v else 'n/a')" "$@"; }
@@ -144,6 +147,7 @@ printf 'median tls/haproxy-tls-in-front: %s (rounds: %s)\n' "$(med "${r_hap[@]}"
 printf 'median tls/nginx-tls-1-hop: %s (rounds: %s)\n' "$(med "${r_ngx[@]}")" "${r_ngx[*]}"
 if [ -n "$HAVE_OHA" ]; then
   printf 'median h2/h1.1: %s (target >= 1; rounds: %s)\n' "$(med "${r_h2[@]}")" "${r_h2[*]}"
+  printf 'median tls/plain with oha (rustls on the client): %s (rounds: %s)\n' "$(med "${r_otls[@]}")" "${r_otls[*]}"
 else
   echo "h2/h1.1: not measured, no oha (cargo install oha --locked)"
 fi
