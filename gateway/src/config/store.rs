@@ -154,8 +154,8 @@ pub async fn read_from_leader(
         return Ok(store);
     }
     let bucket = store.name.clone();
-    let mut stream = context.get_stream(format!("KV_{bucket}")).await?;
-    let mut config = stream.info().await?.config.clone();
+    let stream = context.get_stream(format!("KV_{bucket}")).await?;
+    let mut config = stream.cached_info().config.clone();
     if !config.allow_direct {
         return Ok(store);
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use busgate_shared::subject;
 
 use crate::jobs::http::AsyncRequests;
+use crate::jobs::room::stream_info;
 
 /// How long a scrape waits for JetStream's answer.
 const ASK_WITHIN: Duration = Duration::from_secs(1);
@@ -13,10 +14,8 @@ const ASK_WITHIN: Duration = Duration::from_secs(1);
 /// Messages in the requests and callbacks streams, or `None` (JetStream not ready, or slow).
 pub async fn backlog(requests: &AsyncRequests) -> Option<(u64, u64)> {
     let jobs = requests.ready_jobs()?;
-    let count = |name: &'static str| async move {
-        let mut stream = jobs.js.get_stream(name).await.ok()?;
-        Some(stream.info().await.ok()?.state.messages)
-    };
+    let count =
+        |name: &'static str| async move { Some(stream_info(&jobs.js, name).await?.state.messages) };
     let both = async {
         (
             count(subject::REQUESTS_STREAM).await,

@@ -125,6 +125,7 @@ impl Jobs {
     /// its status document is written when it finishes); returns once JetStream acked it.
     /// Submits in flight at once are pipelined on the connection: each awaits only its own
     /// acknowledgement.
+    ///
     /// Refused with `QueueFull` when the results bucket could not take the documents of the
     /// requests already queued ([`room`](super::room)).
     pub async fn submit(&self, job: &Job) -> Result<(), GatewayError> {

@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, stream};
 use tokio::sync::watch as latest;
 use tracing::{debug, warn};
 
@@ -163,13 +163,20 @@ pub async fn watch(js: &jetstream::Context, room: &Room, drain: drain::Watch) {
     }
 }
 
+/// A stream's state and configuration as JetStream answers now, in one request (looking a
+/// stream up fetches its info; asking that stream for its info again would be a second), or
+/// `None` when JetStream does not answer. The probe's and `/metrics`' backlog's.
+pub(super) async fn stream_info(js: &jetstream::Context, name: &str) -> Option<stream::Info> {
+    Some(js.get_stream(name).await.ok()?.cached_info().clone())
+}
+
 /// The bucket's and the queue's sizes, or `None` when JetStream does not answer.
 async fn probe(js: &jetstream::Context) -> Option<Sizes> {
-    let bucket = format!("KV_{}", subject::RESULTS_BUCKET);
-    let mut results = js.get_stream(bucket).await.ok()?;
-    let results = results.info().await.ok()?;
-    let mut requests = js.get_stream(subject::REQUESTS_STREAM).await.ok()?;
-    let queued = requests.info().await.ok()?.state.messages;
+    let results = stream_info(js, &format!("KV_{}", subject::RESULTS_BUCKET)).await?;
+    let queued = stream_info(js, subject::REQUESTS_STREAM)
+        .await?
+        .state
+        .messages;
     Some(Sizes {
         stored_bytes: results.state.bytes,
         stored_docs: results.state.messages,
